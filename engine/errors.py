@@ -1,0 +1,34 @@
+"""Errors the engine raises, each with a message a user can act on."""
+
+
+class EngineError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class ModelLoadError(EngineError):
+    """A checkpoint could not be found, read or understood."""
+
+
+class InsufficientMemoryError(ModelLoadError):
+    """The model (plus its context budget) does not fit in the memory available."""
+
+    def __init__(self, needed: int, available: int, detail: str = ""):
+        self.needed = needed
+        self.available = available
+        gb = 1024**3
+        msg = (
+            f"not enough memory to load this model: it needs about {needed / gb:.1f} GB "
+            f"(weights and context), but only {available / gb:.1f} GB is available"
+        )
+        if detail:
+            msg += f" ({detail})"
+        msg += ". Close other apps, choose a smaller quantization, or lower the context budget."
+        super().__init__(msg)
+
+
+class ChatTemplateError(EngineError):
+    """The conversation could not be rendered with the model's chat template."""
+
+
+class RequestError(EngineError):
+    """A generation request is invalid (bad sampling values, empty prompt, too long)."""

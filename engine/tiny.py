@@ -1,0 +1,423 @@
+"""Tiny random Qwen3.5/3.6-MoE checkpoints, tokenizer and chat template, built in seconds.
+
+Used by `locus --demo` (no real weights can be downloaded everywhere) and by the tests. The weights are
+random: the model talks nonsense, but every code path (loader, layouts, MoE experts, linear and full
+attention, the template, streaming) runs for real.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+Layout = Literal["per_expert", "fused", "mlx"]
+
+# Qwen's special and added tokens, in the order the real tokenizer lists them.
+SPECIAL_TOKENS: list[tuple[str, bool]] = [
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", True),
+    ("<|fim_middle|>", True),
+    ("<|fim_suffix|>", True),
+    ("<|fim_pad|>", True),
+    ("<|repo_name|>", True),
+    ("<|file_sep|>", True),
+    ("<tool_response>", False),
+    ("</tool_response>", False),
+    ("<think>", False),
+    ("</think>", False),
+]
+
+_CORPUS = """<|im_start|>system
+You are a helpful assistant.<|im_end|>
+<|im_start|>user
+Hello, how are you? Tell me about the weather in Paris and the cat on the mat.<|im_end|>
+<|im_start|>assistant
+<think>
+The user greets me. I should answer politely and call a function if needed.
+</think>
+
+I am fine, thank you! The weather is sunny. def main(): return 0
+<tool_call>
+<function=get_weather>
+<parameter=city>
+Paris
+</parameter>
+</function>
+</tool_call>
+<tool_response>
+{"temperature": 21, "unit": "celsius"}
+</tool_response>
+import os, sys, json; print("hello world"); for i in range(10): x = i * 2
+The quick brown fox jumps over the lazy dog. 0123456789 {}[]()<>=+-*/.,;:!?'"
+"""
+
+
+@dataclass
+class TinyConfig:
+    """Sizes of a tiny model; the defaults keep every quantizable width a multiple of 64."""
+
+    hidden_size: int = 64
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 16
+    linear_num_key_heads: int = 2
+    linear_num_value_heads: int = 4
+    linear_key_head_dim: int = 16
+    linear_value_head_dim: int = 16
+    num_experts: int = 8
+    num_experts_per_tok: int = 2
+    moe_intermediate_size: int = 64
+    shared_expert_intermediate_size: int = 64
+    vocab_size: int = 512
+    vision_depth: int = 2
+    vision_hidden_size: int = 32
+    vision_intermediate_size: int = 64
+    vision_num_heads: int = 2
+    vision_num_position_embeddings: int = 16
+    extra_text_config: dict[str, Any] = field(default_factory=dict)
+
+
+def _special_ids(vocab_size: int) -> dict[str, int]:
+    # Special tokens sit at the top of the vocabulary, as in Qwen's tokenizer.
+    base = vocab_size - len(SPECIAL_TOKENS) - 6
+    return {tok: base + i for i, (tok, _) in enumerate(SPECIAL_TOKENS)}
+
+
+def make_config(cfg: TinyConfig) -> dict[str, Any]:
+    """The checkpoint's config.json, shaped like Qwen3.6-35B-A3B's (HF layout)."""
+    ids = _special_ids(cfg.vocab_size)
+    rotary = int(cfg.head_dim * 0.25)
+    half = rotary // 2
+    mrope = [half - 2 * (half // 3), half // 3, half // 3]
+    text = {
+        "model_type": "qwen3_5_moe_text",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "attn_output_gate": True,
+        "full_attention_interval": 4,
+        "layer_types": [
+            "full_attention" if (i + 1) % 4 == 0 else "linear_attention"
+            for i in range(cfg.num_hidden_layers)
+        ],
+        "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": cfg.linear_key_head_dim,
+        "linear_value_head_dim": cfg.linear_value_head_dim,
+        "linear_num_key_heads": cfg.linear_num_key_heads,
+        "linear_num_value_heads": cfg.linear_num_value_heads,
+        "mamba_ssm_dtype": "float32",
+        "moe_intermediate_size": cfg.moe_intermediate_size,
+        "shared_expert_intermediate_size": cfg.shared_expert_intermediate_size,
+        "num_experts": cfg.num_experts,
+        "num_experts_per_tok": cfg.num_experts_per_tok,
+        "norm_topk_prob": True,
+        "mtp_num_hidden_layers": 1,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10_000_000,
+            "partial_rotary_factor": 0.25,
+            "mrope_section": mrope,
+            "mrope_interleaved": True,
+        },
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        **cfg.extra_text_config,
+    }
+    vision = {
+        "model_type": "qwen3_5_moe_vision",
+        "depth": cfg.vision_depth,
+        "hidden_size": cfg.vision_hidden_size,
+        "intermediate_size": cfg.vision_intermediate_size,
+        "num_heads": cfg.vision_num_heads,
+        "hidden_act": "gelu_pytorch_tanh",
+        "in_channels": 3,
+        "patch_size": 16,
+        "temporal_patch_size": 2,
+        "spatial_merge_size": 2,
+        "out_hidden_size": cfg.hidden_size,
+        "num_position_embeddings": cfg.vision_num_position_embeddings,
+        "deepstack_visual_indexes": [],
+    }
+    return {
+        "architectures": ["Qwen3_5MoeForConditionalGeneration"],
+        "model_type": "qwen3_5_moe",
+        "text_config": text,
+        "vision_config": vision,
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+    }
+
+
+def make_weights(cfg: TinyConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights with the key names transformers' `save_pretrained` writes (per-expert)."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape: int, scale: float = 0.08) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    H = cfg.hidden_size
+    out: dict[str, np.ndarray] = {}
+    p = "model.language_model."
+    out[p + "embed_tokens.weight"] = w(cfg.vocab_size, H, scale=0.5)
+    out[p + "norm.weight"] = w(H, scale=0.1)
+    out["lm_head.weight"] = w(cfg.vocab_size, H, scale=0.2)
+    kd = cfg.linear_num_key_heads * cfg.linear_key_head_dim
+    vd = cfg.linear_num_value_heads * cfg.linear_value_head_dim
+    for i in range(cfg.num_hidden_layers):
+        lp = f"{p}layers.{i}."
+        out[lp + "input_layernorm.weight"] = w(H, scale=0.1)
+        out[lp + "post_attention_layernorm.weight"] = w(H, scale=0.1)
+        if (i + 1) % 4 == 0:
+            a = lp + "self_attn."
+            qd = cfg.num_attention_heads * cfg.head_dim
+            kvd = cfg.num_key_value_heads * cfg.head_dim
+            out[a + "q_proj.weight"] = w(2 * qd, H)  # query and output gate
+            out[a + "k_proj.weight"] = w(kvd, H)
+            out[a + "v_proj.weight"] = w(kvd, H)
+            out[a + "o_proj.weight"] = w(H, qd)
+            out[a + "q_norm.weight"] = w(cfg.head_dim, scale=0.1)
+            out[a + "k_norm.weight"] = w(cfg.head_dim, scale=0.1)
+        else:
+            a = lp + "linear_attn."
+            nv = cfg.linear_num_value_heads
+            out[a + "in_proj_qkv.weight"] = w(2 * kd + vd, H)
+            out[a + "in_proj_z.weight"] = w(vd, H)
+            out[a + "in_proj_b.weight"] = w(nv, H)
+            out[a + "in_proj_a.weight"] = w(nv, H)
+            out[a + "conv1d.weight"] = w(2 * kd + vd, 1, 4, scale=0.3)
+            out[a + "dt_bias"] = (1.0 + w(nv, scale=0.1)).astype(np.float32)
+            out[a + "A_log"] = np.log(rng.uniform(1, 16, nv)).astype(np.float32)
+            out[a + "norm.weight"] = (1.0 + w(cfg.linear_value_head_dim, scale=0.1)).astype(
+                np.float32
+            )
+            out[a + "out_proj.weight"] = w(H, vd)
+        m = lp + "mlp."
+        out[m + "gate.weight"] = w(cfg.num_experts, H, scale=0.5)
+        for e in range(cfg.num_experts):
+            out[f"{m}experts.{e}.gate_proj.weight"] = w(cfg.moe_intermediate_size, H)
+            out[f"{m}experts.{e}.up_proj.weight"] = w(cfg.moe_intermediate_size, H)
+            out[f"{m}experts.{e}.down_proj.weight"] = w(H, cfg.moe_intermediate_size)
+        si = cfg.shared_expert_intermediate_size
+        out[m + "shared_expert.gate_proj.weight"] = w(si, H)
+        out[m + "shared_expert.up_proj.weight"] = w(si, H)
+        out[m + "shared_expert.down_proj.weight"] = w(H, si)
+        out[m + "shared_expert_gate.weight"] = w(1, H)
+    # Multi-token-prediction head: present in the original checkpoint, unused for generation.
+    out["mtp.fc.weight"] = w(H, 2 * H)
+    # Vision tower, kept so that one weight copy serves text and images.
+    v = "model.visual."
+    V, VI = cfg.vision_hidden_size, cfg.vision_intermediate_size
+    out[v + "patch_embed.proj.weight"] = w(V, 3, 2, 16, 16, scale=0.02)
+    out[v + "patch_embed.proj.bias"] = w(V)
+    out[v + "pos_embed.weight"] = w(cfg.vision_num_position_embeddings, V)
+    for b in range(cfg.vision_depth):
+        bp = f"{v}blocks.{b}."
+        out[bp + "norm1.weight"] = 1.0 + w(V, scale=0.1)
+        out[bp + "norm1.bias"] = w(V)
+        out[bp + "norm2.weight"] = 1.0 + w(V, scale=0.1)
+        out[bp + "norm2.bias"] = w(V)
+        out[bp + "attn.qkv.weight"] = w(3 * V, V)
+        out[bp + "attn.qkv.bias"] = w(3 * V)
+        out[bp + "attn.proj.weight"] = w(V, V)
+        out[bp + "attn.proj.bias"] = w(V)
+        out[bp + "mlp.linear_fc1.weight"] = w(VI, V)
+        out[bp + "mlp.linear_fc1.bias"] = w(VI)
+        out[bp + "mlp.linear_fc2.weight"] = w(V, VI)
+        out[bp + "mlp.linear_fc2.bias"] = w(V)
+    M = V * 4
+    out[v + "merger.norm.weight"] = 1.0 + w(V, scale=0.1)
+    out[v + "merger.norm.bias"] = w(V)
+    out[v + "merger.linear_fc1.weight"] = w(M, M)
+    out[v + "merger.linear_fc1.bias"] = w(M)
+    out[v + "merger.linear_fc2.weight"] = w(H, M)
+    out[v + "merger.linear_fc2.bias"] = w(H)
+    return {k: np.ascontiguousarray(a, dtype=np.float32) for k, a in out.items()}
+
+
+def fuse_experts(weights: dict[str, np.ndarray], num_layers: int) -> dict[str, np.ndarray]:
+    """Per-expert keys → the fused `experts.gate_up_proj` / `experts.down_proj` layout."""
+    out = dict(weights)
+    for i in range(num_layers):
+        m = f"model.language_model.layers.{i}.mlp.experts."
+        ids = sorted({int(k[len(m) :].split(".")[0]) for k in weights if k.startswith(m)})
+        if not ids:
+            continue
+        gate = [out.pop(f"{m}{e}.gate_proj.weight") for e in ids]
+        up = [out.pop(f"{m}{e}.up_proj.weight") for e in ids]
+        down = [out.pop(f"{m}{e}.down_proj.weight") for e in ids]
+        out[m + "gate_up_proj"] = np.stack([np.concatenate([g, u], 0) for g, u in zip(gate, up)])
+        out[m + "down_proj"] = np.stack(down)
+    return out
+
+
+def template_text() -> str:
+    """The Qwen-format chat template the tiny tokenizer carries."""
+    return resources.files("resources").joinpath("templates/qwen3_tiny.jinja").read_text()
+
+
+def write_tokenizer(path: Path, vocab_size: int = 512) -> None:
+    """A byte-level BPE tokenizer with Qwen's special tokens, trained on a small fixed corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    ids = _special_ids(vocab_size)
+    n_regular = min(ids.values())
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=n_regular,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+        special_tokens=[],
+    )
+    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    if tok.get_vocab_size() > n_regular:
+        raise RuntimeError("tiny tokenizer vocabulary overflowed")
+    # Pad the regular vocabulary so that special ids land exactly where the config says.
+    from tokenizers import AddedToken
+
+    while tok.get_vocab_size() < n_regular:
+        tok.add_tokens([AddedToken(f"<|unused_{tok.get_vocab_size()}|>", special=True)])
+    for text, special in SPECIAL_TOKENS:
+        tok.add_tokens([AddedToken(text, special=special, normalized=False)])
+    for text, want in ids.items():
+        got = tok.token_to_id(text)
+        if got != want:
+            raise RuntimeError(f"tiny tokenizer: {text} got id {got}, expected {want}")
+    path.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path / "tokenizer.json"))
+    added = {
+        str(ids[t]): {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": s,
+        }
+        for t, s in SPECIAL_TOKENS
+    }
+    (path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "Qwen2Tokenizer",
+                "added_tokens_decoder": added,
+                "bos_token": None,
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "unk_token": None,
+                "model_max_length": 4096,
+                "clean_up_tokenization_spaces": False,
+                "errors": "replace",
+                "split_special_tokens": False,
+            },
+            indent=2,
+        )
+    )
+    (path / "chat_template.jinja").write_text(template_text())
+
+
+def write_checkpoint(
+    path: str | Path,
+    layout: Layout = "per_expert",
+    *,
+    bits: int | None = None,
+    cfg: TinyConfig | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write a complete tiny checkpoint (config, weights, tokenizer, template) to `path`.
+
+    `per_expert` and `fused` are HF layouts; `mlx` is the stacked `switch_mlp` layout that mlx-vlm
+    writes, optionally quantized to `bits` (router and shared-expert gate at 8 bits).
+    """
+    import mlx.core as mx
+
+    cfg = cfg or TinyConfig()
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = make_config(cfg)
+    ids = _special_ids(cfg.vocab_size)
+    write_tokenizer(path, cfg.vocab_size)
+    (path / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token_id": ids["<|endoftext|>"],
+                "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
+                "do_sample": True,
+                "temperature": 1.0,
+                "top_p": 0.95,
+                "top_k": 20,
+            }
+        )
+    )
+    weights = make_weights(cfg, seed)
+    if layout == "mlx":
+        (path / "config.json").write_text(json.dumps(config, indent=2))
+        mx.save_safetensors(
+            str(path / "model.safetensors"),
+            {k: mx.array(v) for k, v in weights.items()},
+            metadata={"format": "pt"},
+        )
+        from .convert import convert
+
+        tmp = path.with_name(path.name + ".hf-src")
+        path.rename(tmp)
+        try:
+            convert(tmp, path, bits=bits)
+        finally:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+    if bits is not None:
+        raise ValueError("quantized tiny checkpoints use layout='mlx'")
+    if layout == "fused":
+        weights = fuse_experts(weights, cfg.num_hidden_layers)
+    elif layout != "per_expert":
+        raise ValueError(f"unknown layout {layout!r}")
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    # Two shards with an index, as real checkpoints have.
+    keys = sorted(weights)
+    half = len(keys) // 2
+    shards = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
+    index = {"metadata": {"total_size": int(sum(a.nbytes for a in weights.values()))}, "weight_map": {}}
+    for name, ks in shards.items():
+        mx.save_safetensors(
+            str(path / name), {k: mx.array(weights[k]) for k in ks}, metadata={"format": "pt"}
+        )
+        index["weight_map"].update({k: name for k in ks})
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return path
