@@ -1,0 +1,73 @@
+"""Locus's inference engine: load Qwen3.5/3.6-MoE checkpoints on MLX and stream typed events.
+
+Everything not listed in `__all__` is internal.
+"""
+
+from .chat import render_prompt, supports_preserve_thinking
+from .engine import Engine, GenerationRequest, GenerationResult, RequestHandle
+from .errors import (
+    ChatTemplateError,
+    EngineError,
+    InsufficientMemoryError,
+    ModelLoadError,
+    RequestError,
+)
+from .events import (
+    Done,
+    Event,
+    FinishReason,
+    PromptProgress,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    ToolCallError,
+    Usage,
+    event_to_dict,
+)
+from .loader import (
+    CheckpointInfo,
+    LoadedModel,
+    MemoryEstimate,
+    estimate_memory,
+    inspect_checkpoint,
+    load_model,
+)
+from .sampling import PRESETS, SamplingParams, preset
+
+__all__ = [
+    "PRESETS",
+    "ChatTemplateError",
+    "CheckpointInfo",
+    "Done",
+    "Engine",
+    "EngineError",
+    "Event",
+    "FinishReason",
+    "GenerationRequest",
+    "GenerationResult",
+    "InsufficientMemoryError",
+    "LoadedModel",
+    "MemoryEstimate",
+    "ModelLoadError",
+    "PromptProgress",
+    "ReasoningDelta",
+    "RequestError",
+    "RequestHandle",
+    "SamplingParams",
+    "TextDelta",
+    "ToolCall",
+    "ToolCallError",
+    "Usage",
+    "estimate_memory",
+    "event_to_dict",
+    "inspect_checkpoint",
+    "load_model",
+    "preset",
+    "render_prompt",
+    "supports_preserve_thinking",
+]
+
+from .convert import convert  # noqa: E402
+from .tiny import write_checkpoint as write_tiny_checkpoint  # noqa: E402
+
+__all__ += ["convert", "write_tiny_checkpoint"]

@@ -1,0 +1,236 @@
+"""`locus` command line: generate, chat, convert (the window and other commands come with their issues)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from engine import (
+    PRESETS,
+    Done,
+    EngineError,
+    GenerationRequest,
+    PromptProgress,
+    ReasoningDelta,
+    SamplingParams,
+    TextDelta,
+    ToolCall,
+    ToolCallError,
+    Usage,
+    event_to_dict,
+)
+
+DIM, RESET = "\033[2m", "\033[0m"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", metavar="PATH", help="model directory or cached Hugging Face repo id")
+    g.add_argument("--demo", action="store_true", help="use the tiny random demo model")
+    p.add_argument("--context", type=int, default=32768, metavar="N",
+                   help="context budget used for the memory check (default 32768 tokens)")  # fmt: skip
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="load even if the memory estimate says it will not fit")  # fmt: skip
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="model-card sampling profile (default: thinking, or instruct with --no-thinking)")  # fmt: skip
+    p.add_argument("--temperature", type=float, metavar="T", help="0 = greedy")
+    p.add_argument("--top-p", type=float, metavar="P")
+    p.add_argument("--top-k", type=int, metavar="K", help="0 disables")
+    p.add_argument("--min-p", type=float, metavar="P")
+    p.add_argument("--presence-penalty", type=float, metavar="X")
+    p.add_argument("--repetition-penalty", type=float, metavar="X")
+    p.add_argument("--seed", type=int, metavar="S")
+    p.add_argument("--max-tokens", type=int, default=2048, metavar="N", help="default 2048")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    p.add_argument("--no-thinking", action="store_true", help="answer without a reasoning block")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="locus",
+        description="Run Qwen3.6-35B-A3B (and other MLX models) locally.",
+        epilog="Run `locus COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--demo", action="store_true",
+                        help="chat with the tiny random demo model (no download needed)")  # fmt: skip
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="generate from a prompt and stream the output")
+    _add_model_args(g)
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--prompt", metavar="TEXT", help="the user message (or raw text with --no-chat-template); '-' reads stdin")
+    src.add_argument("--prompt-ids", metavar="IDS", help="raw token ids, comma-separated; skips the template")
+    g.add_argument("--system", metavar="TEXT", help="system prompt")
+    g.add_argument("--no-chat-template", action="store_true", help="feed --prompt as raw text")
+    g.add_argument("--json", action="store_true", help="one JSON object per event per line")
+    _add_sampling_args(g)
+
+    c = sub.add_parser("chat", help="chat in the terminal (Ctrl-C stops a reply, /reset, /think on|off)")
+    _add_model_args(c)
+    c.add_argument("--system", metavar="TEXT", help="system prompt")
+    _add_sampling_args(c)
+
+    v = sub.add_parser("convert", help="convert an HF Qwen3.5/3.6-MoE checkpoint to MLX (quantized)")
+    v.add_argument("src", help="HF checkpoint directory (or cached repo id)")
+    v.add_argument("dst", help="new output directory")
+    v.add_argument("--bits", type=int, default=4, help="4 (default) or 8; router and shared gate stay 8-bit")
+    v.add_argument("--group-size", type=int, default=64)
+    v.add_argument("--no-quantize", action="store_true", help="keep the weights' precision")
+    return parser
+
+
+def _sampling(args: argparse.Namespace) -> SamplingParams:
+    name = args.preset or ("instruct" if args.no_thinking else "thinking")
+    return PRESETS[name].with_(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+        presence_penalty=args.presence_penalty, repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )  # fmt: skip
+
+
+def _model_path(args: argparse.Namespace) -> str:
+    if getattr(args, "demo", False) or not args.model:
+        if not getattr(args, "demo", False):
+            raise EngineError("no model given: use --model PATH, or --demo for the tiny random model")
+        from .demo import DEMO_NOTICE, demo_model_dir
+
+        print(DEMO_NOTICE, file=sys.stderr)
+        return str(demo_model_dir())
+    return args.model
+
+
+def open_engine(args: argparse.Namespace):
+    """Start the engine and load the model named by --model/--demo, reporting to stderr."""
+    from engine import Engine, inspect_checkpoint
+
+    path = _model_path(args)
+    info = inspect_checkpoint(path)
+    print(f"Loading {info.path.name} ({info.file_bytes / 1e9:.2f} GB, {info.layout} layout)…",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return Engine.from_path(path, context_tokens=args.context, memory_check=not args.no_memory_check)
+
+
+def _read_prompt(args: argparse.Namespace) -> GenerationRequest:
+    common: dict[str, Any] = dict(
+        sampling=_sampling(args), max_tokens=args.max_tokens, stop=args.stop,
+        enable_thinking=not args.no_thinking,
+    )  # fmt: skip
+    if args.prompt_ids is not None:
+        try:
+            ids = [int(x) for x in args.prompt_ids.replace(" ", "").split(",") if x]
+        except ValueError:
+            raise EngineError("--prompt-ids must be comma-separated integers, e.g. 1,2,3") from None
+        return GenerationRequest(prompt_ids=ids, **common)
+    text = args.prompt
+    if text is None or text == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise EngineError("give --prompt TEXT, --prompt-ids, or pipe the prompt on stdin")
+        text = sys.stdin.read()
+    if args.no_chat_template:
+        return GenerationRequest(prompt=(args.system or "") + text, **common)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": text}
+    ]
+    return GenerationRequest(messages=messages, **common)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    req = _read_prompt(args)
+    eng = open_engine(args)
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    handle = eng.submit(req)
+    in_reasoning = False
+    done: Done | None = None
+    try:
+        for ev in handle.events():
+            if args.json:
+                if not isinstance(ev, PromptProgress):
+                    print(json.dumps(event_to_dict(ev), ensure_ascii=False), flush=True)
+                if isinstance(ev, Done):
+                    done = ev
+                continue
+            if isinstance(ev, ReasoningDelta):
+                if not in_reasoning:
+                    in_reasoning = True
+                    sys.stdout.write(DIM if color else "[reasoning]\n")
+                sys.stdout.write(ev.text)
+            elif isinstance(ev, TextDelta | ToolCall | ToolCallError) and in_reasoning:
+                in_reasoning = False
+                sys.stdout.write(RESET if color else "\n[/reasoning]\n")
+            if isinstance(ev, TextDelta):
+                sys.stdout.write(ev.text)
+            elif isinstance(ev, ToolCall):
+                sys.stdout.write(f"\n[tool call] {ev.name} {json.dumps(ev.arguments, ensure_ascii=False)}\n")
+            elif isinstance(ev, ToolCallError):
+                sys.stdout.write(f"\n[malformed tool call] {ev.message}\n{ev.raw}\n")
+            elif isinstance(ev, Usage):
+                u = ev
+                print(f"\n[{u.prompt_tokens} prompt tokens at {u.prompt_tps:.1f} tok/s, "
+                      f"{u.completion_tokens} generated at {u.generation_tps:.1f} tok/s, "
+                      f"peak {u.peak_memory_gb:.2f} GB]", file=sys.stderr)  # fmt: skip
+            elif isinstance(ev, Done):
+                done = ev
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        handle.cancel()
+        done = handle.result() and handle.done
+    finally:
+        if in_reasoning and color:
+            sys.stdout.write(RESET)
+        if not args.json:
+            sys.stdout.write("\n")
+        eng.close()
+    if done is None or done.finish_reason == "error":
+        print(f"locus: error: {done.error if done else 'generation ended unexpectedly'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from engine import convert
+
+    def progress(i: int, n: int) -> None:
+        print(f"  wrote shard {i}/{n}", file=sys.stderr, flush=True)
+
+    bits = None if args.no_quantize else args.bits
+    out = convert(args.src, args.dst, bits=bits, group_size=args.group_size, progress=progress)
+    what = "unquantized" if bits is None else f"{bits}-bit"
+    print(f"Converted to {what} MLX checkpoint: {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .terminal_chat import run_chat
+
+    return run_chat(args, open_engine(args), _sampling(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command is None:
+            if args.demo:
+                # Until the window lands, the demo opens the terminal chat.
+                args = parser.parse_args(["chat", "--demo"])
+                return cmd_chat(args)
+            parser.print_help()
+            return 0
+        return {"generate": cmd_generate, "chat": cmd_chat, "convert": cmd_convert}[args.command](args)
+    except EngineError as e:
+        print(f"locus: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

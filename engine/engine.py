@@ -1,0 +1,363 @@
+"""The engine: one worker thread owns MLX; callers submit requests and read typed events.
+
+Layers, as in mlx-lm: `generate.generate_step` (token ids) → `Engine.submit` (a stream of typed
+events on a per-request queue) → `Engine.generate` (the whole result at once).
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .chat import opens_reasoning, render_prompt, supports_preserve_thinking
+from .errors import EngineError, RequestError
+from .events import (
+    Done,
+    Event,
+    FinishReason,
+    PromptProgress,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    ToolCallError,
+    Usage,
+)
+from .loader import DEFAULT_CONTEXT_TOKENS, LoadedModel, load_model
+from .parser import StreamParser
+from .sampling import SamplingParams, make_logits_processors, make_sampler
+
+T = TypeVar("T")
+
+
+@dataclass
+class GenerationRequest:
+    """One generation: a conversation (rendered with the model's template), raw text, or raw ids."""
+
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    prompt_ids: list[int] | None = None
+    tools: list[dict[str, Any]] | None = None
+    enable_thinking: bool = True
+    # None: on when the template supports it and the conversation has reasoning to keep.
+    preserve_thinking: bool | None = False
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int = 4096
+    stop: list[str] = field(default_factory=list)
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        given = [x is not None for x in (self.messages, self.prompt, self.prompt_ids)]
+        if sum(given) != 1:
+            raise RequestError("give exactly one of messages, prompt or prompt_ids")
+        if self.max_tokens < 1:
+            raise RequestError(f"max_tokens must be >= 1 (got {self.max_tokens})")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise RequestError("stop strings must be non-empty strings")
+        self.sampling.validate()
+
+
+@dataclass
+class GenerationResult:
+    """Everything one request produced (what `Engine.generate` returns)."""
+
+    text: str
+    reasoning: str
+    tool_calls: list[ToolCall]
+    tool_call_errors: list[ToolCallError]
+    finish_reason: FinishReason
+    token_ids: list[int]
+    usage: Usage | None
+    error: str | None = None
+
+
+class RequestHandle:
+    """A submitted request: iterate its events (ending with Done), or cancel it."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self) -> None:
+        self.id = next(self._ids)
+        self._queue: queue.Queue[Event] = queue.Queue()
+        self._cancel = threading.Event()
+        self.done: Done | None = None
+
+    def cancel(self) -> None:
+        """Stop the request; it ends within one token with finish_reason "cancelled"."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """Yield events as they arrive, through the final Done."""
+        while True:
+            ev = self._queue.get(timeout=timeout)
+            yield ev
+            if isinstance(ev, Done):
+                self.done = ev
+                return
+
+    def result(self) -> GenerationResult:
+        """Wait for the request to finish and collect its events."""
+        text, reasoning, calls, errs = [], [], [], []
+        done: Done | None = None
+        for ev in self.events():
+            if isinstance(ev, TextDelta):
+                text.append(ev.text)
+            elif isinstance(ev, ReasoningDelta):
+                reasoning.append(ev.text)
+            elif isinstance(ev, ToolCall):
+                calls.append(ev)
+            elif isinstance(ev, ToolCallError):
+                errs.append(ev)
+            elif isinstance(ev, Done):
+                done = ev
+        assert done is not None
+        return GenerationResult("".join(text), "".join(reasoning), calls, errs,
+                                done.finish_reason, done.token_ids, done.usage, done.error)  # fmt: skip
+
+    def _put(self, ev: Event) -> None:
+        self._queue.put(ev)
+
+
+class _StopFilter:
+    """Cuts the text at the first stop string, holding back text that may start one."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = stops
+        self.buf = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        if not self.stops:
+            return text, False
+        self.buf += text
+        cut = min((i for i in (self.buf.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.buf = self.buf[:cut], ""
+            return out, True
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.buf)), 0, -1):
+                if self.buf.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        out = self.buf[: len(self.buf) - hold]
+        self.buf = self.buf[len(out) :]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.buf = self.buf, ""
+        return out
+
+
+class Engine:
+    """Owns the model and the one thread that runs MLX. Thread-safe to call from anywhere."""
+
+    def __init__(self, loaded: LoadedModel | None = None):
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="locus-mlx", daemon=True)
+        self._loaded = loaded
+        self._stream: Any = None
+        self._thread.start()
+
+    # -- worker thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        import mlx.core as mx
+
+        self._stream = mx.new_stream(mx.default_device())
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            job()
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the worker thread and wait for its result."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        fut: Future[T] = Future()
+
+        def job() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # handed back to the caller's thread
+                fut.set_exception(e)
+
+        self._jobs.put(job)
+        return fut.result()
+
+    # -- public API ---------------------------------------------------------------------------
+    @classmethod
+    def from_path(
+        cls, path: str, *, context_tokens: int = DEFAULT_CONTEXT_TOKENS, memory_check: bool = True
+    ) -> Engine:
+        """Start an engine and load the model at `path` on its worker thread."""
+        eng = cls()
+        eng.load(path, context_tokens=context_tokens, memory_check=memory_check)
+        return eng
+
+    def load(self, path: str, **kwargs: Any) -> LoadedModel:
+        """Load (or replace) the model; raises ModelLoadError with a clear message."""
+
+        def job() -> LoadedModel:
+            self._loaded = None
+            import gc
+
+            gc.collect()
+            self._loaded = load_model(path, **kwargs)
+            return self._loaded
+
+        return self._call(job)
+
+    @property
+    def model(self) -> LoadedModel:
+        if self._loaded is None:
+            raise EngineError("no model is loaded")
+        return self._loaded
+
+    def close(self) -> None:
+        """Stop the worker thread after the requests already queued."""
+        self._jobs.put(None)
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def encode(self, req: GenerationRequest) -> tuple[list[int], bool]:
+        """The prompt's token ids and whether output starts inside a reasoning block."""
+        return self._call(lambda: self._encode(req))
+
+    def submit(self, req: GenerationRequest) -> RequestHandle:
+        """Queue a request; read its events from the returned handle."""
+        handle = RequestHandle()
+        try:
+            req.validate()
+        except RequestError as e:
+            handle._put(Done("error", error=str(e)))
+            return handle
+        self._jobs.put(lambda: self._generate(req, handle))
+        return handle
+
+    def generate(self, req: GenerationRequest) -> GenerationResult:
+        """Run a request to the end and return everything it produced."""
+        return self.submit(req).result()
+
+    # -- generation (worker thread only) ------------------------------------------------------
+    def _encode(self, req: GenerationRequest) -> tuple[list[int], bool]:
+        lm = self.model
+        tok = lm.tokenizer
+        if req.prompt_ids is not None:
+            vocab = int(lm.config.get("text_config", lm.config).get("vocab_size", 0)) or None
+            bad = [i for i in req.prompt_ids if not isinstance(i, int) or i < 0 or (vocab and i >= vocab)]
+            if bad or not req.prompt_ids:
+                raise RequestError(f"prompt ids must be integers in [0, vocab size); bad: {bad[:5]}")
+            return list(req.prompt_ids), False
+        if req.prompt is not None:
+            if not req.prompt:
+                raise RequestError("the prompt is empty")
+            return tok.encode(req.prompt, add_special_tokens=False), False
+        preserve = req.preserve_thinking
+        if preserve is None:
+            preserve = supports_preserve_thinking(tok)
+        text = render_prompt(
+            tok, req.messages or [], tools=req.tools, enable_thinking=req.enable_thinking,
+            preserve_thinking=preserve, **req.template_kwargs,
+        )  # fmt: skip
+        return tok.encode(text, add_special_tokens=False), opens_reasoning(text)
+
+    def _generate(self, req: GenerationRequest, handle: RequestHandle) -> None:
+        import mlx.core as mx
+
+        from .generate import Cancelled, generate_step
+
+        tokens: list[int] = []
+        t0 = time.perf_counter()
+        t_first = t0
+        prompt: list[int] = []
+        reason: FinishReason = "stop"
+        error: str | None = None
+        try:
+            if handle.cancelled:
+                raise Cancelled
+            lm = self.model
+            prompt, reasoning = self._encode(req)
+            limit = int(lm.config.get("text_config", lm.config).get("max_position_embeddings", 0))
+            if limit and len(prompt) >= limit:
+                raise RequestError(
+                    f"the prompt has {len(prompt)} tokens; this model's context is {limit}"
+                )
+            if req.sampling.seed is not None:
+                mx.random.seed(req.sampling.seed)
+            eos = set(lm.eos_token_ids)
+            detok = lm.tokenizer.detokenizer
+            detok.reset()
+            parser = StreamParser(req.tools, reasoning=reasoning)
+            stops = _StopFilter(req.stop)
+            cache = lm.model.make_cache()
+            mx.reset_peak_memory()
+
+            def progress(done: int, total: int) -> None:
+                handle._put(PromptProgress(done, total))
+
+            steps = generate_step(
+                lm.model, prompt, cache, sampler=make_sampler(req.sampling),
+                logits_processors=make_logits_processors(req.sampling), progress=progress,
+                cancelled=lambda: handle.cancelled, stream=self._stream,
+            )  # fmt: skip
+            reason, hit = "length", False
+            for tok in steps:
+                if not tokens:
+                    t_first = time.perf_counter()
+                tokens.append(tok)
+                if handle.cancelled:
+                    reason = "cancelled"
+                    break
+                if tok in eos:
+                    reason = "stop"
+                    break
+                detok.add_token(tok)
+                seg, hit = stops.feed(detok.last_segment)
+                for ev in parser.feed(seg):
+                    handle._put(ev)
+                if hit:
+                    reason = "stop"
+                    break
+                if len(tokens) >= req.max_tokens:
+                    break
+            steps.close()
+            if not hit:  # text after a stop string is dropped; otherwise flush what was held
+                detok.finalize()
+                tail, hit = stops.feed(detok.last_segment)
+                for ev in parser.feed(tail if hit else tail + stops.flush()):
+                    handle._put(ev)
+            for ev in parser.finish():
+                handle._put(ev)
+        except Cancelled:
+            reason = "cancelled"
+        except EngineError as e:
+            reason, error = "error", str(e)
+        except Exception as e:  # never let a request kill the worker thread
+            reason, error = "error", f"{type(e).__name__}: {e}"
+        t_end = time.perf_counter()
+        usage = None
+        if prompt:
+            n = len(tokens)
+            usage = Usage(
+                prompt_tokens=len(prompt),
+                completion_tokens=n,
+                prompt_tps=len(prompt) / max(t_first - t0, 1e-9) if n else 0.0,
+                generation_tps=(n - 1) / max(t_end - t_first, 1e-9) if n > 1 else 0.0,
+                peak_memory_gb=mx.get_peak_memory() / 1e9,
+            )
+            handle._put(usage)
+        handle._put(Done(reason, tokens, usage, error))

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny random Qwen3.5-MoE checkpoints in every layout, built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+LAYOUTS = ["per_expert", "fused", "mlx"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A function (layout, bits=None) -> Path of a tiny checkpoint, cached for the session."""
+    from engine.tiny import write_checkpoint
+
+    made: dict[tuple[str, int | None], Path] = {}
+
+    def get(layout: str = "per_expert", bits: int | None = None) -> Path:
+        key = (layout, bits)
+        if key not in made:
+            path = tmp_path_factory.mktemp(f"tiny-{layout}-{bits or 'fp'}") / "model"
+            made[key] = write_checkpoint(path, layout, bits=bits)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir):
+    """The per-expert tiny checkpoint, loaded once."""
+    from engine import load_model
+
+    return load_model(tiny_dir("per_expert"))
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_dir):
+    """An Engine with the 4-bit tiny model loaded (shared; tests must not close it)."""
+    from engine import Engine
+
+    eng = Engine.from_path(str(tiny_dir("mlx", 4)))
+    yield eng
+    eng.close()
