@@ -48,7 +48,9 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, metavar="X")
     p.add_argument("--seed", type=int, metavar="S")
     p.add_argument("--max-tokens", type=int, default=2048, metavar="N", help="default 2048")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    p.add_argument(
+        "--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)"
+    )
     p.add_argument("--no-thinking", action="store_true", help="answer without a reasoning block")
 
 
@@ -65,22 +67,34 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate from a prompt and stream the output")
     _add_model_args(g)
     src = g.add_mutually_exclusive_group()
-    src.add_argument("--prompt", metavar="TEXT", help="the user message (or raw text with --no-chat-template); '-' reads stdin")
-    src.add_argument("--prompt-ids", metavar="IDS", help="raw token ids, comma-separated; skips the template")
+    src.add_argument(
+        "--prompt",
+        metavar="TEXT",
+        help="the user message (or raw text with --no-chat-template); '-' reads stdin",
+    )
+    src.add_argument(
+        "--prompt-ids", metavar="IDS", help="raw token ids, comma-separated; skips the template"
+    )
     g.add_argument("--system", metavar="TEXT", help="system prompt")
     g.add_argument("--no-chat-template", action="store_true", help="feed --prompt as raw text")
     g.add_argument("--json", action="store_true", help="one JSON object per event per line")
     _add_sampling_args(g)
 
-    c = sub.add_parser("chat", help="chat in the terminal (Ctrl-C stops a reply, /reset, /think on|off)")
+    c = sub.add_parser(
+        "chat", help="chat in the terminal (Ctrl-C stops a reply, /reset, /think on|off)"
+    )
     _add_model_args(c)
     c.add_argument("--system", metavar="TEXT", help="system prompt")
     _add_sampling_args(c)
 
-    v = sub.add_parser("convert", help="convert an HF Qwen3.5/3.6-MoE checkpoint to MLX (quantized)")
+    v = sub.add_parser(
+        "convert", help="convert an HF Qwen3.5/3.6-MoE checkpoint to MLX (quantized)"
+    )
     v.add_argument("src", help="HF checkpoint directory (or cached repo id)")
     v.add_argument("dst", help="new output directory")
-    v.add_argument("--bits", type=int, default=4, help="4 (default) or 8; router and shared gate stay 8-bit")
+    v.add_argument(
+        "--bits", type=int, default=4, help="4 (default) or 8; router and shared gate stay 8-bit"
+    )
     v.add_argument("--group-size", type=int, default=64)
     v.add_argument("--no-quantize", action="store_true", help="keep the weights' precision")
     return parser
@@ -98,7 +112,9 @@ def _sampling(args: argparse.Namespace) -> SamplingParams:
 def _model_path(args: argparse.Namespace) -> str:
     if getattr(args, "demo", False) or not args.model:
         if not getattr(args, "demo", False):
-            raise EngineError("no model given: use --model PATH, or --demo for the tiny random model")
+            raise EngineError(
+                "no model given: use --model PATH, or --demo for the tiny random model"
+            )
         from .demo import DEMO_NOTICE, demo_model_dir
 
         print(DEMO_NOTICE, file=sys.stderr)
@@ -114,7 +130,9 @@ def open_engine(args: argparse.Namespace):
     info = inspect_checkpoint(path)
     print(f"Loading {info.path.name} ({info.file_bytes / 1e9:.2f} GB, {info.layout} layout)…",
           file=sys.stderr, flush=True)  # fmt: skip
-    return Engine.from_path(path, context_tokens=args.context, memory_check=not args.no_memory_check)
+    return Engine.from_path(
+        path, context_tokens=args.context, memory_check=not args.no_memory_check
+    )
 
 
 def _read_prompt(args: argparse.Namespace) -> GenerationRequest:
@@ -167,7 +185,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             if isinstance(ev, TextDelta):
                 sys.stdout.write(ev.text)
             elif isinstance(ev, ToolCall):
-                sys.stdout.write(f"\n[tool call] {ev.name} {json.dumps(ev.arguments, ensure_ascii=False)}\n")
+                sys.stdout.write(
+                    f"\n[tool call] {ev.name} {json.dumps(ev.arguments, ensure_ascii=False)}\n"
+                )
             elif isinstance(ev, ToolCallError):
                 sys.stdout.write(f"\n[malformed tool call] {ev.message}\n{ev.raw}\n")
             elif isinstance(ev, Usage):
@@ -188,7 +208,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             sys.stdout.write("\n")
         eng.close()
     if done is None or done.finish_reason == "error":
-        print(f"locus: error: {done.error if done else 'generation ended unexpectedly'}", file=sys.stderr)
+        print(
+            f"locus: error: {done.error if done else 'generation ended unexpectedly'}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -223,7 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cmd_chat(args)
             parser.print_help()
             return 0
-        return {"generate": cmd_generate, "chat": cmd_chat, "convert": cmd_convert}[args.command](args)
+        return {"generate": cmd_generate, "chat": cmd_chat, "convert": cmd_convert}[args.command](
+            args
+        )
     except EngineError as e:
         print(f"locus: error: {e}", file=sys.stderr)
         return 1

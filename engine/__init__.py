@@ -67,7 +67,7 @@ __all__ = [
     "supports_preserve_thinking",
 ]
 
-from .convert import convert  # noqa: E402
-from .tiny import write_checkpoint as write_tiny_checkpoint  # noqa: E402
+from .convert import convert
+from .tiny import write_checkpoint as write_tiny_checkpoint
 
 __all__ += ["convert", "write_tiny_checkpoint"]

@@ -67,7 +67,9 @@ def convert(
                 return {"group_size": 64, "bits": 8}
             return True
 
-        nn.quantize(model.language_model, group_size=group_size, bits=bits, class_predicate=predicate)
+        nn.quantize(
+            model.language_model, group_size=group_size, bits=bits, class_predicate=predicate
+        )
         q = {"group_size": group_size, "bits": bits, "mode": "affine", **per_layer}
         config["quantization"] = q
         config["quantization_config"] = q
@@ -92,7 +94,7 @@ def convert(
         names = ["model.safetensors"]
     weight_map: dict[str, str] = {}
     total = 0
-    for i, (name, keys) in enumerate(zip(names, shards)):
+    for i, (name, keys) in enumerate(zip(names, shards, strict=False)):
         part = {k: weights.pop(k) for k in keys}
         mx.eval(part)
         total += sum(v.nbytes for v in part.values())

@@ -157,26 +157,57 @@ class _StopFilter:
         return out
 
 
-class Engine:
-    """Owns the model and the one thread that runs MLX. Thread-safe to call from anywhere."""
+class _Worker:
+    """The one thread that runs MLX for every Engine in the process.
 
-    def __init__(self, loaded: LoadedModel | None = None):
-        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="locus-mlx", daemon=True)
-        self._loaded = loaded
-        self._stream: Any = None
-        self._thread.start()
+    It never exits: MLX's CPU backend can abort the process when a thread that ran MLX work is
+    torn down, so the thread lives (as a daemon) until the interpreter stops.
+    """
 
-    # -- worker thread ------------------------------------------------------------------------
+    _instance: _Worker | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.jobs: queue.Queue[Callable[[], None]] = queue.Queue()
+        self.stream: Any = None
+        self.thread = threading.Thread(target=self._run, name="locus-mlx", daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def get(cls) -> _Worker:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
     def _run(self) -> None:
         import mlx.core as mx
 
-        self._stream = mx.new_stream(mx.default_device())
+        self.stream = mx.new_stream(mx.default_device())
         while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            job()
+            job = self.jobs.get()
+            try:
+                job()
+            except BaseException:  # jobs report their own errors; the worker must survive
+                pass
+
+
+class Engine:
+    """Owns a model; all its MLX work runs on the process's single MLX worker thread.
+
+    Thread-safe: submit from any thread. Requests of all engines run one at a time, in order.
+    """
+
+    def __init__(self, loaded: LoadedModel | None = None):
+        self._worker = _Worker.get()
+        self._jobs = self._worker.jobs
+        self._thread = self._worker.thread
+        self._loaded = loaded
+        self._closed = False
+
+    @property
+    def _stream(self) -> Any:
+        return self._worker.stream
 
     def _call(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the worker thread and wait for its result."""
@@ -223,9 +254,21 @@ class Engine:
         return self._loaded
 
     def close(self) -> None:
-        """Stop the worker thread after the requests already queued."""
-        self._jobs.put(None)
-        self._thread.join(timeout=30)
+        """Release the model once the requests already queued have run."""
+        if self._closed:
+            return
+        self._closed = True
+
+        def release() -> None:
+            import gc
+
+            import mlx.core as mx
+
+            self._loaded = None
+            gc.collect()
+            mx.clear_cache()
+
+        self._call(release)
 
     def __enter__(self) -> Engine:
         return self
@@ -258,9 +301,15 @@ class Engine:
         tok = lm.tokenizer
         if req.prompt_ids is not None:
             vocab = int(lm.config.get("text_config", lm.config).get("vocab_size", 0)) or None
-            bad = [i for i in req.prompt_ids if not isinstance(i, int) or i < 0 or (vocab and i >= vocab)]
+            bad = [
+                i
+                for i in req.prompt_ids
+                if not isinstance(i, int) or i < 0 or (vocab and i >= vocab)
+            ]
             if bad or not req.prompt_ids:
-                raise RequestError(f"prompt ids must be integers in [0, vocab size); bad: {bad[:5]}")
+                raise RequestError(
+                    f"prompt ids must be integers in [0, vocab size); bad: {bad[:5]}"
+                )
             return list(req.prompt_ids), False
         if req.prompt is not None:
             if not req.prompt:

@@ -85,16 +85,20 @@ def generate_step(
     y = step(prompt_arr[-1:])
     mx.async_eval(y)
     n = 0
-    while True:
-        if history is not None:
-            history = mx.concatenate([history, y])
-        next_y = step(y)
-        mx.async_eval(next_y)
-        if n == 0 and progress is not None:
-            mx.eval(y)
-            progress(total, total)
-        yield int(y.item())
-        n += 1
-        if n % 256 == 0:
-            mx.clear_cache()
-        y = next_y
+    try:
+        while True:
+            if history is not None:
+                history = mx.concatenate([history, y])
+            next_y = step(y)
+            mx.async_eval(next_y)
+            if n == 0 and progress is not None:
+                mx.eval(y)
+                progress(total, total)
+            yield int(y.item())
+            n += 1
+            if n % 256 == 0:
+                mx.clear_cache()
+            y = next_y
+    finally:
+        # The look-ahead token may still be computing; never leave work in flight on the stream.
+        mx.synchronize(stream)

@@ -108,7 +108,9 @@ def resolve_model_path(path_or_repo: str | os.PathLike[str]) -> Path:
     if p.is_dir():
         return p
     if p.exists():
-        raise ModelLoadError(f"{p} is a file; give the model's directory (the one with config.json)")
+        raise ModelLoadError(
+            f"{p} is a file; give the model's directory (the one with config.json)"
+        )
     text = str(path_or_repo)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
         try:
@@ -269,7 +271,9 @@ def available_memory() -> int:
         return 0
 
 
-def check_memory(info: CheckpointInfo, context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> MemoryEstimate:
+def check_memory(
+    info: CheckpointInfo, context_tokens: int = DEFAULT_CONTEXT_TOKENS
+) -> MemoryEstimate:
     """Raise InsufficientMemoryError when the model cannot fit; return the estimate otherwise."""
     est = estimate_memory(info, context_tokens)
     avail = available_memory()
@@ -338,7 +342,7 @@ def _load_qwen(info: CheckpointInfo, lazy: bool = False) -> Any:
     import mlx.nn as nn
     from mlx.utils import tree_flatten, tree_unflatten
 
-    from .model import Model, normalize_weights
+    from .model import Model, WeightError, normalize_weights
 
     try:
         model = Model(info.config)
@@ -355,9 +359,12 @@ def _load_qwen(info: CheckpointInfo, lazy: bool = False) -> Any:
         except Exception as e:
             raise ModelLoadError(f"{f.name}: cannot read weights: {e}") from e
     try:
-        weights = normalize_weights(source.items(), model.args.num_hidden_layers, hf_norms)
-    except ValueError as e:
-        raise ModelLoadError(f"{info.path}: {e}") from e
+        weights, origin = normalize_weights(
+            source.items(), model.args.num_hidden_layers, hf_norms, model.args.num_experts or None
+        )
+    except WeightError as e:
+        t = info.tensors.get(e.key)
+        raise ModelLoadError(f"{info.path / t.file if t else info.path}: {e}") from e
     del source
     q = info.quantization
     if q is not None:
@@ -390,15 +397,16 @@ def _load_qwen(info: CheckpointInfo, lazy: bool = False) -> Any:
         )
     for k, v in text.items():
         if tuple(v.shape) != tuple(expected[k].shape):
-            src = next((t.file for n, t in info.tensors.items() if n.endswith(k.split(".", 1)[-1])), "?")
+            src_key = origin.get("language_model." + k, k)
+            t = info.tensors.get(src_key)
             raise ModelLoadError(
-                f"{src}: weight {k!r} has shape {list(v.shape)}, the config implies "
-                f"{list(expected[k].shape)}"
+                f"{info.path / t.file if t else info.path}: weight {src_key!r} has shape "
+                f"{list(v.shape)}, the config implies {list(expected[k].shape)}"
             )
     model.language_model.update(tree_unflatten(list(text.items())))
     model.vision_tower = {k.removeprefix("vision_tower."): v for k, v in weights.items()
                           if k.startswith("vision_tower.")}  # fmt: skip
-    del weights, text
+    del weights, text, origin
     if lazy:
         return model
     try:
@@ -455,4 +463,6 @@ def load_model(
         model, kind = _load_other(info), "mlx_lm"
     eos, gen = _eos_ids(info.path, info.config, tokenizer)
     tokenizer.eos_token_ids = set(eos)
-    return LoadedModel(model, tokenizer, info.config, info.path, eos, kind, _model_id(info), info, gen)
+    return LoadedModel(
+        model, tokenizer, info.config, info.path, eos, kind, _model_id(info), info, gen
+    )

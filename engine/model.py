@@ -81,16 +81,29 @@ def canonical_key(key: str) -> str | None:
     return "language_model." + key
 
 
+class WeightError(ValueError):
+    """A checkpoint tensor is wrong; `key` is its name in the checkpoint."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
 def normalize_weights(
-    items: Iterable[tuple[str, mx.array]], num_layers: int, hf_norms: bool
-) -> dict[str, mx.array]:
+    items: Iterable[tuple[str, mx.array]],
+    num_layers: int,
+    hf_norms: bool,
+    num_experts: int | None = None,
+) -> tuple[dict[str, mx.array], dict[str, str]]:
     """Rename keys and turn per-expert / fused expert weights into the stacked switch_mlp layout.
 
+    Returns the weights and, for each, the checkpoint key it came from (for error messages).
     Everything stays lazy: stacking and slicing build graph nodes, nothing is read until evaluated.
     `hf_norms` adds the +1 offset HF's Qwen3.5 RMSNorm stores implicitly and moves conv1d's axis.
     """
     out: dict[str, mx.array] = {}
-    per_expert: dict[tuple[int, str], dict[int, mx.array]] = {}
+    origin: dict[str, str] = {}
+    per_expert: dict[tuple[int, str], dict[int, tuple[str, mx.array]]] = {}
     for key, value in items:
         ck = canonical_key(key)
         if ck is None:
@@ -103,24 +116,42 @@ def normalize_weights(
                 mid = value.shape[-2] // 2
                 out[base + "gate_proj.weight"] = value[..., :mid, :]
                 out[base + "up_proj.weight"] = value[..., mid:, :]
+                origin[base + "gate_proj.weight"] = origin[base + "up_proj.weight"] = key
                 continue
             if rest == "down_proj":
                 out[base + "down_proj.weight"] = value
+                origin[base + "down_proj.weight"] = key
                 continue
             pm = re.match(r"^(\d+)\.(gate_proj|up_proj|down_proj)\.weight$", rest)
             if pm:
-                per_expert.setdefault((layer, pm.group(2)), {})[int(pm.group(1))] = value
+                per_expert.setdefault((layer, pm.group(2)), {})[int(pm.group(1))] = (key, value)
                 continue
-            raise ValueError(f"unrecognized expert weight {key!r}")
+            raise WeightError(key, f"unrecognized expert weight {key!r}")
         out[ck] = value
-    for (layer, proj), experts in per_expert.items():
-        ids = sorted(experts)
-        if ids != list(range(len(ids))):
-            missing = sorted(set(range(max(ids) + 1)) - set(ids))
-            raise ValueError(f"layer {layer} {proj}: expert weights missing for experts {missing}")
-        out[f"language_model.model.layers.{layer}.mlp.switch_mlp.{proj}.weight"] = mx.stack(
-            [experts[e] for e in ids]
-        )
+        origin[ck] = key
+    for (layer, proj), experts in sorted(per_expert.items()):
+        want = num_experts if num_experts is not None else max(experts) + 1
+        missing = sorted(set(range(want)) - set(experts))
+        first_key = experts[min(experts)][0]
+        if missing:
+            raise WeightError(
+                first_key, f"layer {layer} {proj}: weights of expert(s) {missing[:8]} are missing"
+            )
+        extra = sorted(set(experts) - set(range(want)))
+        if extra:
+            raise WeightError(
+                experts[extra[0]][0], f"expert {extra[0]} is beyond num_experts={want}"
+            )
+        shape = experts[0][1].shape
+        for e in range(want):
+            k, v = experts[e]
+            if v.shape != shape:
+                raise WeightError(
+                    k, f"weight {k!r} has shape {list(v.shape)}, expert 0 has {list(shape)}"
+                )
+        name = f"language_model.model.layers.{layer}.mlp.switch_mlp.{proj}.weight"
+        out[name] = mx.stack([experts[e][1] for e in range(want)])
+        origin[name] = first_key
     if hf_norms:
         for k, v in list(out.items()):
             if not k.startswith("language_model."):
@@ -129,9 +160,4 @@ def normalize_weights(
                 out[k] = v.moveaxis(2, 1)
             elif any(k.endswith(s) for s in _NORM_SUFFIXES) and v.ndim == 1:
                 out[k] = v + 1.0
-    return out
-
-
-def is_hf_layout(keys: Iterable[str]) -> bool:
-    """HF checkpoints store conv1d as (C, 1, K) and RMSNorm weights without the +1 offset."""
-    return any(k.startswith("model.language_model.") or k.startswith("model.layers.") for k in keys)
+    return out, origin

@@ -49,9 +49,15 @@ class SamplingParams:
 
 # The three profiles of Qwen3.6's model card.
 PRESETS: dict[str, SamplingParams] = {
-    "thinking": SamplingParams(temperature=1.0, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=1.5),
-    "coding": SamplingParams(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=0.0),
-    "instruct": SamplingParams(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0, presence_penalty=1.5),
+    "thinking": SamplingParams(
+        temperature=1.0, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=1.5
+    ),
+    "coding": SamplingParams(
+        temperature=0.6, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=0.0
+    ),
+    "instruct": SamplingParams(
+        temperature=0.7, top_p=0.8, top_k=20, min_p=0.0, presence_penalty=1.5
+    ),
 }
 
 
@@ -60,7 +66,9 @@ def preset(name: str) -> SamplingParams:
     try:
         return PRESETS[name]
     except KeyError:
-        raise RequestError(f"unknown sampling preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise RequestError(
+            f"unknown sampling preset {name!r}; choose one of {sorted(PRESETS)}"
+        ) from None
 
 
 Sampler = Callable[[mx.array], mx.array]

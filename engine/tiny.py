@@ -278,7 +278,9 @@ def fuse_experts(weights: dict[str, np.ndarray], num_layers: int) -> dict[str, n
         gate = [out.pop(f"{m}{e}.gate_proj.weight") for e in ids]
         up = [out.pop(f"{m}{e}.up_proj.weight") for e in ids]
         down = [out.pop(f"{m}{e}.down_proj.weight") for e in ids]
-        out[m + "gate_up_proj"] = np.stack([np.concatenate([g, u], 0) for g, u in zip(gate, up)])
+        out[m + "gate_up_proj"] = np.stack(
+            [np.concatenate([g, u], 0) for g, u in zip(gate, up, strict=False)]
+        )
         out[m + "down_proj"] = np.stack(down)
     return out
 
@@ -412,8 +414,14 @@ def write_checkpoint(
     # Two shards with an index, as real checkpoints have.
     keys = sorted(weights)
     half = len(keys) // 2
-    shards = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
-    index = {"metadata": {"total_size": int(sum(a.nbytes for a in weights.values()))}, "weight_map": {}}
+    shards = {
+        "model-00001-of-00002.safetensors": keys[:half],
+        "model-00002-of-00002.safetensors": keys[half:],
+    }
+    index = {
+        "metadata": {"total_size": int(sum(a.nbytes for a in weights.values()))},
+        "weight_map": {},
+    }
     for name, ks in shards.items():
         mx.save_safetensors(
             str(path / name), {k: mx.array(weights[k]) for k in ks}, metadata={"format": "pt"}

@@ -36,7 +36,14 @@ def test_generate_json_with_prompt_ids(tiny_dir):
     assert done["finish_reason"] in ("length", "stop")
     assert 1 <= len(done["token_ids"]) <= 6
     assert done["usage"]["prompt_tokens"] == 4
-    assert {x["type"] for x in lines} <= {"reasoning", "text", "tool_call", "tool_call_error", "usage", "done"}
+    assert {x["type"] for x in lines} <= {
+        "reasoning",
+        "text",
+        "tool_call",
+        "tool_call_error",
+        "usage",
+        "done",
+    }
 
 
 def test_generate_matches_engine_greedy(tiny_dir):
@@ -74,7 +81,11 @@ def test_generate_text_output_and_stdin(tiny_dir):
 def test_generate_errors_are_clear(tiny_dir, args, needle):
     if "--model" not in args and args != []:
         args = ["--model", str(tiny_dir("mlx", 4)), *args]
-    r = locus("generate", "--prompt", "x", *args) if "--prompt-ids" not in args else locus("generate", *args)
+    r = (
+        locus("generate", "--prompt", "x", *args)
+        if "--prompt-ids" not in args
+        else locus("generate", *args)
+    )
     assert r.returncode == 1
     assert "locus: error:" in r.stderr and needle in r.stderr
     assert "Traceback" not in r.stderr
@@ -93,7 +104,9 @@ def test_convert_then_generate(tiny_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["quantization"]["bits"] == 8
-    r = locus("generate", "--model", str(out), "--prompt-ids", "1,2,3", "--max-tokens", "3", "--json")
+    r = locus(
+        "generate", "--model", str(out), "--prompt-ids", "1,2,3", "--max-tokens", "3", "--json"
+    )
     assert r.returncode == 0, r.stderr
     r = locus("convert", str(tiny_dir("fused")), str(out))
     assert r.returncode == 1 and "not empty" in r.stderr

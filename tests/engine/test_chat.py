@@ -58,7 +58,9 @@ def test_preserve_thinking_makes_next_prompt_extend_the_last(tiny_model):
     turn1 = CONVERSATION[:2]
     p1 = render_prompt(tok, turn1, preserve_thinking=True)
     reply = {"role": "assistant", "content": "Done.", "reasoning_content": "Thinking hard."}
-    p2 = render_prompt(tok, [*turn1, reply, {"role": "user", "content": "more"}], preserve_thinking=True)
+    p2 = render_prompt(
+        tok, [*turn1, reply, {"role": "user", "content": "more"}], preserve_thinking=True
+    )
     assert p2.startswith(p1)
     p2_lost = render_prompt(tok, [*turn1, reply, {"role": "user", "content": "more"}])
     assert not p2_lost.startswith(p1)  # without it the template drops the old think block

@@ -185,7 +185,9 @@ def test_scripted_malformed_call_is_an_error_event(tiny_model):
 
 
 def test_scripted_stop_string_cuts_text(tiny_model):
-    events, done, _ = _scripted_run(tiny_model, "r\n</think>\n\nalpha beta STOP gamma", stop=["STOP"])
+    events, done, _ = _scripted_run(
+        tiny_model, "r\n</think>\n\nalpha beta STOP gamma", stop=["STOP"]
+    )
     text = "".join(e.text for e in events if isinstance(e, TextDelta))
     assert text == "alpha beta "
     assert done.finish_reason == "stop"
@@ -193,13 +195,13 @@ def test_scripted_stop_string_cuts_text(tiny_model):
 
 
 def test_scripted_stop_string_prefix_is_released(tiny_model):
-    events, done, _ = _scripted_run(tiny_model, "r\n</think>\n\nalpha STO beta", stop=["STOP"])
+    events, _done, _ = _scripted_run(tiny_model, "r\n</think>\n\nalpha STO beta", stop=["STOP"])
     text = "".join(e.text for e in events if isinstance(e, TextDelta))
     assert text == "alpha STO beta"
 
 
 def test_scripted_max_tokens_is_length(tiny_model):
-    events, done, model = _scripted_run(tiny_model, SCRIPT, eos=False, max_tokens=5)
+    _events, done, model = _scripted_run(tiny_model, SCRIPT, eos=False, max_tokens=5)
     assert done.finish_reason == "length"
     assert done.token_ids == model.script[:5]
 
