@@ -32,6 +32,7 @@ from .loader import (
     inspect_checkpoint,
     load_model,
 )
+from .parser import StreamParser, parse_tool_calls, tool_schemas
 from .sampling import PRESETS, SamplingParams, preset
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "RequestError",
     "RequestHandle",
     "SamplingParams",
+    "StreamParser",
     "TextDelta",
     "ToolCall",
     "ToolCallError",
@@ -62,9 +64,11 @@ __all__ = [
     "event_to_dict",
     "inspect_checkpoint",
     "load_model",
+    "parse_tool_calls",
     "preset",
     "render_prompt",
     "supports_preserve_thinking",
+    "tool_schemas",
 ]
 
 from .convert import convert

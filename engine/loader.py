@@ -287,6 +287,22 @@ def check_memory(
     return est
 
 
+def _configure_metal(est: MemoryEstimate) -> None:
+    """On Metal, wire what the model needs (never more than the recommended working set).
+
+    Several processes each wiring 75% of RAM can panic the kernel (mlx-lm #883), so wire only the
+    estimate; keep MLX's buffer cache small so freed activations go back to the system.
+    """
+    import mlx.core as mx
+
+    if not mx.metal.is_available():
+        return  # CPU and CUDA backends have no wired memory
+    rec = int(mx.device_info().get("max_recommended_working_set_size", 0))
+    if rec:
+        mx.set_wired_limit(min(est.total, rec))
+    mx.set_cache_limit(min(2 * GB, max(est.total // 10, 256 * 1024**2)))
+
+
 def _eos_ids(path: Path, config: dict[str, Any], tokenizer: Any) -> tuple[list[int], dict]:
     ids: list[int] = []
     gen: dict[str, Any] = {}
@@ -447,6 +463,7 @@ def load_model(
         raise ModelLoadError(f"{info.path / 'config.json'}: no model_type")
     if memory_check:
         check_memory(info, context_tokens)
+    _configure_metal(estimate_memory(info, context_tokens))
     tokenizer = _load_tokenizer(info.path)
     if info.is_qwen_moe:
         model, kind = _load_qwen(info), "qwen3_5_moe"
