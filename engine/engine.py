@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .cache import PromptCache
 from .chat import opens_reasoning, render_prompt, supports_preserve_thinking
 from .errors import EngineError, RequestError
 from .events import (
@@ -35,6 +36,11 @@ from .sampling import SamplingParams, make_logits_processors, make_sampler
 T = TypeVar("T")
 
 
+def _cacheable(cache: list[Any]) -> bool:
+    # Snapshots understand the caches Qwen3.5/3.6 and most mlx-lm models use.
+    return all(type(c).__name__ in ("KVCache", "ArraysCache") for c in cache)
+
+
 @dataclass
 class GenerationRequest:
     """One generation: a conversation (rendered with the model's template), raw text, or raw ids."""
@@ -44,12 +50,16 @@ class GenerationRequest:
     prompt_ids: list[int] | None = None
     tools: list[dict[str, Any]] | None = None
     enable_thinking: bool = True
-    # None: on when the template supports it and the conversation has reasoning to keep.
-    preserve_thinking: bool | None = False
+    # None: on when the template supports it, so each prompt extends the last exactly.
+    preserve_thinking: bool | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int = 4096
     stop: list[str] = field(default_factory=list)
     template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Prompt-cache session (a conversation, an agent, a sub-agent): eviction spares each one's
+    # newest snapshot. `use_cache=False` neither reads nor writes the cache.
+    session: str | None = None
+    use_cache: bool = True
 
     def validate(self) -> None:
         given = [x is not None for x in (self.messages, self.prompt, self.prompt_ids)]
@@ -198,7 +208,8 @@ class Engine:
     Thread-safe: submit from any thread. Requests of all engines run one at a time, in order.
     """
 
-    def __init__(self, loaded: LoadedModel | None = None):
+    def __init__(self, loaded: LoadedModel | None = None, prompt_cache: PromptCache | None = None):
+        self.prompt_cache = prompt_cache if prompt_cache is not None else PromptCache()
         self._worker = _Worker.get()
         self._jobs = self._worker.jobs
         self._thread = self._worker.thread
@@ -227,10 +238,15 @@ class Engine:
     # -- public API ---------------------------------------------------------------------------
     @classmethod
     def from_path(
-        cls, path: str, *, context_tokens: int = DEFAULT_CONTEXT_TOKENS, memory_check: bool = True
+        cls,
+        path: str,
+        *,
+        context_tokens: int = DEFAULT_CONTEXT_TOKENS,
+        memory_check: bool = True,
+        prompt_cache: PromptCache | None = None,
     ) -> Engine:
         """Start an engine and load the model at `path` on its worker thread."""
-        eng = cls()
+        eng = cls(prompt_cache=prompt_cache)
         eng.load(path, context_tokens=context_tokens, memory_check=memory_check)
         return eng
 
@@ -264,6 +280,8 @@ class Engine:
 
             import mlx.core as mx
 
+            if self.prompt_cache is not None:
+                self.prompt_cache.flush()  # keep this session's snapshots across a restart
             self._loaded = None
             gc.collect()
             mx.clear_cache()
@@ -324,6 +342,28 @@ class Engine:
         )  # fmt: skip
         return tok.encode(text, add_special_tokens=False), opens_reasoning(text)
 
+    def _cache_begin(self, req: GenerationRequest, prompt: list[int]):
+        """Resume from the longest cached prefix; say where to snapshot and how."""
+        lm = self.model
+        fresh = lm.model.make_cache()
+        pc = self.prompt_cache
+        if not req.use_cache or pc is None or not _cacheable(fresh):
+            return fresh, 0, [], lambda _tokens, _kind: None
+        cache, cached = pc.lookup(lm.model_id, prompt, fresh)
+        session = req.session or "default"
+        # Snapshot where the generation prompt starts: a regenerate, or a next turn that renders
+        # this reply differently, resumes from there instead of from zero.
+        im_start = lm.tokenizer.convert_tokens_to_ids("<|im_start|>")
+        if lm.tokenizer.convert_ids_to_tokens(im_start) != "<|im_start|>":
+            im_start = -1  # not a ChatML template: only whole-prompt and reply snapshots
+        starts = [i for i, t in enumerate(prompt) if t == im_start]
+        checkpoints = [starts[-1]] if starts and cached < starts[-1] < len(prompt) - 1 else []
+
+        def snap(tokens: list[int], kind: str) -> None:
+            pc.store(lm.model_id, tokens, cache, session=session, kind=kind)
+
+        return cache, cached, checkpoints, snap
+
     def _generate(self, req: GenerationRequest, handle: RequestHandle) -> None:
         import mlx.core as mx
 
@@ -333,6 +373,7 @@ class Engine:
         t0 = time.perf_counter()
         t_first = t0
         prompt: list[int] = []
+        cached = 0
         reason: FinishReason = "stop"
         error: str | None = None
         try:
@@ -352,8 +393,8 @@ class Engine:
             detok.reset()
             parser = StreamParser(req.tools, reasoning=reasoning)
             stops = _StopFilter(req.stop)
-            cache = lm.model.make_cache()
             mx.reset_peak_memory()
+            cache, cached, checkpoints, snap = self._cache_begin(req, prompt)
 
             def progress(done: int, total: int) -> None:
                 handle._put(PromptProgress(done, total))
@@ -361,7 +402,8 @@ class Engine:
             steps = generate_step(
                 lm.model, prompt, cache, sampler=make_sampler(req.sampling),
                 logits_processors=make_logits_processors(req.sampling), progress=progress,
-                cancelled=lambda: handle.cancelled, stream=self._stream,
+                cancelled=lambda: handle.cancelled, stream=self._stream, start=cached,
+                checkpoints=checkpoints, on_checkpoint=lambda pos: snap(prompt[:pos], "boundary"),
             )  # fmt: skip
             reason, hit = "length", False
             for tok in steps:
@@ -384,6 +426,8 @@ class Engine:
                 if len(tokens) >= req.max_tokens:
                     break
             steps.close()
+            if tokens:  # the cache now holds prompt + tokens: the next turn may extend it
+                snap(prompt + tokens, "reply")
             if not hit:  # text after a stop string is dropped; otherwise flush what was held
                 detok.finalize()
                 tail, hit = stops.feed(detok.last_segment)
@@ -404,7 +448,8 @@ class Engine:
             usage = Usage(
                 prompt_tokens=len(prompt),
                 completion_tokens=n,
-                prompt_tps=len(prompt) / max(t_first - t0, 1e-9) if n else 0.0,
+                cached_tokens=cached,
+                prompt_tps=(len(prompt) - cached) / max(t_first - t0, 1e-9) if n else 0.0,
                 generation_tps=(n - 1) / max(t_end - t_first, 1e-9) if n > 1 else 0.0,
                 peak_memory_gb=mx.get_peak_memory() / 1e9,
             )

@@ -57,21 +57,28 @@ def generate_step(
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
     stream: Any = None,
+    start: int = 0,
+    checkpoints: Sequence[int] = (),
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> Iterator[int]:
     """Yield generated token ids forever (the caller decides when to stop).
 
-    All but the last prompt token are prefilled into `cache` in chunks; the last one produces the
-    first logits. `cancelled` is polled between prefill chunks; decode stops when the caller stops.
+    `cache` already holds `prompt[:start]` (from the prompt cache). The rest of the prompt but its
+    last token is prefilled in chunks, stopping exactly at each position in `checkpoints` to call
+    `on_checkpoint(pos)` (the cache then holds `prompt[:pos]`); the last token produces the first
+    logits. `cancelled` is polled between prefill chunks; decode stops when the caller stops.
+    When the caller stops after token t, t has been fed to the cache (it holds prompt + tokens).
     """
     if len(prompt) == 0:
         raise ValueError("the prompt is empty")
+    if not 0 <= start < len(prompt):
+        raise ValueError(f"start {start} must be inside the prompt (length {len(prompt)})")
     stream = stream or mx.default_stream(mx.default_device())
     prompt_arr = mx.array(list(prompt), dtype=mx.uint32)
     history = prompt_arr if logits_processors else None
     total = len(prompt)
 
     def step(inp: mx.array) -> mx.array:
-        nonlocal history
         with mx.stream(stream):
             logits = model(inp[None], cache=cache)[:, -1, :]
             if logits_processors:
@@ -80,8 +87,14 @@ def generate_step(
             logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
             return sampler(logprobs)
 
-    prefill(model, prompt_arr[:-1], cache, step=prefill_step, cancelled=cancelled, stream=stream,
-            progress=(lambda d, _t: progress(d, total)) if progress else None)  # fmt: skip
+    stops = sorted({p for p in checkpoints if start < p < total})
+    pos = start
+    for end in [*stops, total - 1]:
+        prefill(model, prompt_arr[pos:end], cache, step=prefill_step, cancelled=cancelled,
+                stream=stream, progress=(lambda d, _t, p=pos: progress(p + d, total)) if progress else None)  # fmt: skip
+        pos = end
+        if end in stops and on_checkpoint is not None:
+            on_checkpoint(end)
     y = step(prompt_arr[-1:])
     mx.async_eval(y)
     n = 0

@@ -54,3 +54,43 @@ def scripted_engine(loaded: Any, text: str, eos: bool = True):
     vocab = int(loaded.config["text_config"]["vocab_size"])
     model = ScriptedModel(ids, vocab)
     return Engine(replace(loaded, model=model)), model
+
+
+class ForcedModel:
+    """The real model (real cache, real compute) with its choices forced to follow `script`.
+
+    Position in the script comes from the attention cache's offset past `prompt_len`, so it stays
+    right when a request resumes from a prompt-cache snapshot.
+    """
+
+    def __init__(self, model: Any, script: list[int]):
+        self.model = model
+        self.script = script
+        self.prompt_len = 0
+
+    def make_cache(self) -> list[Any]:
+        return self.model.make_cache()
+
+    def __call__(self, inputs: mx.array, cache: list[Any] | None = None, **kw: Any) -> mx.array:
+        out = self.model(inputs, cache=cache, **kw)
+        offset = next(c.offset for c in cache if type(c).__name__ == "KVCache")
+        k = min(max(offset - self.prompt_len, 0), len(self.script) - 1)
+        forced = mx.full(out.shape[-1:], -1e9)
+        forced[self.script[k]] = 0.0
+        return mx.concatenate([out[:, :-1], (out[:, -1:] * 0 + forced)], axis=1)
+
+
+def forced_engine(loaded: Any, prompt_cache: Any = None):
+    """An Engine over the real tiny model whose outputs a test sets with `set_script`."""
+    from engine import Engine
+
+    model = ForcedModel(loaded.model, [loaded.eos_token_ids[0]])
+    eng = Engine(replace(loaded, model=model), prompt_cache=prompt_cache)
+
+    def set_script(text: str, req: Any) -> list[int]:
+        ids = loaded.tokenizer.encode(text, add_special_tokens=False) + [loaded.eos_token_ids[0]]
+        model.script = ids
+        model.prompt_len = len(eng.encode(req)[0])
+        return ids
+
+    return eng, set_script
