@@ -71,7 +71,7 @@ def restore_state(fresh: list[Any], classes: list[str], states: list[list[mx.arr
     """Fill a freshly made cache list from a snapshot (which is never written to afterwards)."""
     if [type(c).__name__ for c in fresh] != classes:
         raise ValueError("snapshot does not match this model's cache layout")
-    for c, arrs in zip(fresh, states):
+    for c, arrs in zip(fresh, states, strict=True):
         if not arrs:
             continue
         if type(c).__name__ == "KVCache":

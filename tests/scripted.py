@@ -88,7 +88,7 @@ def forced_engine(loaded: Any, prompt_cache: Any = None):
     eng = Engine(replace(loaded, model=model), prompt_cache=prompt_cache)
 
     def set_script(text: str, req: Any) -> list[int]:
-        ids = loaded.tokenizer.encode(text, add_special_tokens=False) + [loaded.eos_token_ids[0]]
+        ids = [*loaded.tokenizer.encode(text, add_special_tokens=False), loaded.eos_token_ids[0]]
         model.script = ids
         model.prompt_len = len(eng.encode(req)[0])
         return ids
