@@ -35,6 +35,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="context budget used for the memory check (default 32768 tokens)")  # fmt: skip
     p.add_argument("--no-memory-check", action="store_true",
                    help="load even if the memory estimate says it will not fit")  # fmt: skip
+    p.add_argument("--no-prompt-cache", action="store_true",
+                   help="neither reuse nor save prompt-cache snapshots")  # fmt: skip
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -131,8 +133,21 @@ def open_engine(args: argparse.Namespace):
     print(f"Loading {info.path.name} ({info.file_bytes / 1e9:.2f} GB, {info.layout} layout)…",
           file=sys.stderr, flush=True)  # fmt: skip
     return Engine.from_path(
-        path, context_tokens=args.context, memory_check=not args.no_memory_check
+        path,
+        context_tokens=args.context,
+        memory_check=not args.no_memory_check,
+        prompt_cache=_prompt_cache(args),
     )
+
+
+def _prompt_cache(args: argparse.Namespace):
+    from engine import PromptCache
+
+    from .settings import PROMPT_CACHE_DISK_BYTES, prompt_cache_dir
+
+    if getattr(args, "no_prompt_cache", False):
+        return PromptCache(memory_bytes=0)
+    return PromptCache(disk_dir=prompt_cache_dir(), disk_bytes=PROMPT_CACHE_DISK_BYTES)
 
 
 def _read_prompt(args: argparse.Namespace) -> GenerationRequest:

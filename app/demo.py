@@ -6,9 +6,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from platformdirs import user_cache_dir
-
 from engine import write_tiny_checkpoint
+
+from .settings import cache_dir as default_cache_dir
 
 DEMO_VERSION = 1
 DEMO_NOTICE = (
@@ -19,7 +19,7 @@ DEMO_NOTICE = (
 
 def demo_model_dir(cache_dir: str | Path | None = None) -> Path:
     """Path of the demo checkpoint, creating it on first use (atomically, so a crash leaves none)."""
-    root = Path(cache_dir) if cache_dir else Path(user_cache_dir("locus"))
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / f"demo-qwen3_5_moe-tiny-v{DEMO_VERSION}"
     if (target / "config.json").exists():
         return target

@@ -3,6 +3,7 @@
 Everything not listed in `__all__` is internal.
 """
 
+from .cache import PromptCache
 from .chat import render_prompt, supports_preserve_thinking
 from .engine import Engine, GenerationRequest, GenerationResult, RequestHandle
 from .errors import (
@@ -50,6 +51,7 @@ __all__ = [
     "LoadedModel",
     "MemoryEstimate",
     "ModelLoadError",
+    "PromptCache",
     "PromptProgress",
     "ReasoningDelta",
     "RequestError",

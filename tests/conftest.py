@@ -9,6 +9,10 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Keep the user's own cache and data dirs out of the tests (subprocesses inherit these).
+_ROOT = Path(os.environ.get("TMPDIR", "/tmp")) / f"locus-tests-{os.getpid()}"
+os.environ["LOCUS_CACHE_DIR"] = str(_ROOT / "cache")
+os.environ["LOCUS_DATA_DIR"] = str(_ROOT / "data")
 
 LAYOUTS = ["per_expert", "fused", "mlx"]
 
@@ -46,3 +50,11 @@ def engine(tiny_dir):
     eng = Engine.from_path(str(tiny_dir("mlx", 4)))
     yield eng
     eng.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_test_dirs():
+    yield
+    import shutil
+
+    shutil.rmtree(_ROOT, ignore_errors=True)

@@ -113,7 +113,7 @@ def test_convert_then_generate(tiny_dir, tmp_path):
 
 
 def test_demo_builds_once_and_says_it_is_random(tmp_path):
-    env = {"XDG_CACHE_HOME": str(tmp_path), "HOME": str(tmp_path)}
+    env = {"LOCUS_CACHE_DIR": str(tmp_path)}
     r = locus("generate", "--demo", "--prompt", "hi", "--max-tokens", "3", env=env)
     assert r.returncode == 0, r.stderr
     assert "RANDOM weights" in r.stderr
@@ -131,3 +131,17 @@ def test_chat_session(tiny_dir):
     assert "thinking off" in r.stdout and "conversation cleared" in r.stdout
     assert r.stdout.count("you> ") == 7
     assert r.stdout.count(" tok/s") == 3  # three replies, each with its stats line
+
+
+def test_prompt_cache_survives_between_runs(tiny_dir, tmp_path):
+    args = ["generate", "--model", str(tiny_dir("mlx", 4)), "--prompt", "Same question again",
+            "--max-tokens", "4", "--temperature", "0", "--json"]  # fmt: skip
+    env = {"LOCUS_CACHE_DIR": str(tmp_path)}
+    first = json.loads(locus(*args, env=env).stdout.splitlines()[-1])
+    second = json.loads(locus(*args, env=env).stdout.splitlines()[-1])
+    assert first["usage"]["cached_tokens"] == 0
+    assert second["usage"]["cached_tokens"] > 0  # resumed from a snapshot written by the first run
+    assert second["token_ids"] == first["token_ids"]
+    assert list((tmp_path / "prompt-cache").glob("*.safetensors"))
+    off = json.loads(locus(*args, "--no-prompt-cache", env=env).stdout.splitlines()[-1])
+    assert off["usage"]["cached_tokens"] == 0 and off["token_ids"] == first["token_ids"]
