@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--group-size", type=int, default=64)
     v.add_argument("--no-quantize", action="store_true", help="keep the weights' precision")
+    # Commands with their own modules: each adds its parser and sets `handler`, importing heavy
+    # dependencies (FastAPI, Qt) only when run.
+    from . import cli_agent, cli_locate, cli_serve
+
+    for mod in (cli_serve, cli_agent, cli_locate):
+        mod.add_parser(sub, _add_model_args, _add_sampling_args)
     return parser
 
 
@@ -261,6 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cmd_chat(args)
             parser.print_help()
             return 0
+        handler = getattr(args, "handler", None)
+        if handler is not None:
+            return handler(args)
         return {"generate": cmd_generate, "chat": cmd_chat, "convert": cmd_convert}[args.command](
             args
         )
