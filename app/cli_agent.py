@@ -1,15 +1,344 @@
-"""`locus agent` (being built; see its issue)."""
+"""`locus agent DIR "task"`: the coding agent, headless, in a terminal or as JSON lines.
+
+Also `locus agent DIR --undo [--steps N]`, `--diff`, `--runs` and `--resume RUN` (no model
+needed for the first three). `--replay FILE` takes the model's turns from a JSONL file.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any
+
+DIM, BOLD, RESET = "\033[2m", "\033[1m", "\033[0m"
+
+# Exit codes: a script can tell an answer from a limit, a stop or a failure.
+EXIT_ANSWERED, EXIT_ERROR, EXIT_LIMIT, EXIT_STOPPED = 0, 1, 3, 130
 
 
 def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) -> None:
     """Register `locus agent` on the subparsers `sub`."""
+    p = sub.add_parser(
+        "agent",
+        help="let the model work inside a project folder (tools, approvals, undo)",
+        description=(
+            "Run the coding agent on a project directory. Reads run freely; edits and commands "
+            "ask for approval (or --yes / --allow). Every change is checkpointed outside the "
+            "project and can be undone with --undo."
+        ),
+    )
+    p.add_argument("project", metavar="DIR", help="the project directory")
+    p.add_argument("task", nargs="?", help="what to do (omit with --undo, --diff, --runs)")
+    add_model_args(p)
+    p.add_argument("--replay", metavar="FILE",
+                   help="take the model's outputs from a JSONL file (one raw output per line)")  # fmt: skip
+    p.add_argument("--yes", "-y", action="store_true", help="approve every edit and command")
+    p.add_argument("--allow", action="append", default=[], metavar="PREFIX",
+                   help="approve commands starting with PREFIX, e.g. 'pytest' (repeatable)")  # fmt: skip
+    p.add_argument("--max-steps", type=int, default=40, metavar="N",
+                   help="model turns before stopping (default 40)")  # fmt: skip
+    p.add_argument("--token-budget", type=int, metavar="N", help="stop after N generated tokens")
+    p.add_argument("--allow-network", action="store_true",
+                   help="let sandboxed commands use the network")  # fmt: skip
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="run commands without bwrap/sandbox-exec (each then needs approval)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="one JSON object per event per line")
+    p.add_argument("--resume", metavar="RUN",
+                   help="continue a stored run ('last' for this project's newest); TASK is an "
+                        "optional follow-up message")  # fmt: skip
+    p.add_argument("--undo", action="store_true", help="undo the agent's last step(s)")
+    p.add_argument("--steps", type=int, default=1, metavar="N", help="with --undo/--diff: N steps")
+    p.add_argument("--diff", action="store_true", help="show the diff of the last step(s)")
+    p.add_argument("--runs", action="store_true", help="list this project's stored runs")
+    add_sampling_args(p)
+    # None: the agent's own per-turn budget (a quarter of the context), not chat's 2048.
+    p.set_defaults(handler=run, max_tokens=None)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    """Entry point of `locus agent`."""
+    from pathlib import Path
+
+    from .agent import AgentError, CheckpointError
+
+    if not Path(args.project).is_dir():
+        _fail(f"project directory {args.project!r} does not exist or is not a directory")
+        return EXIT_ERROR
+    if args.steps < 1:
+        _fail("--steps must be at least 1")
+        return EXIT_ERROR
+    try:
+        if args.undo:
+            return _undo(args)
+        if args.diff:
+            return _diff(args)
+        if args.runs:
+            return _runs(args)
+        return _run_agent(args)
+    except (AgentError, CheckpointError) as e:
+        _fail(str(e))
+        return EXIT_ERROR
+
+
+def _fail(msg: str) -> None:
+    print(f"locus agent: error: {msg}", file=sys.stderr)
+
+
+def _checkpoints(args: argparse.Namespace):
+    from .agent import Checkpoints
+    from .settings import data_dir
+
+    return Checkpoints(args.project, data_dir())
+
+
+def _undo(args: argparse.Namespace) -> int:
+    res = _checkpoints(args).undo(args.steps)
+    if args.json:
+        print(json.dumps({"type": "undo", "restored": res.restored, "replaced": res.replaced,
+                          "files": res.files,
+                          "steps": [{"id": c.id, "summary": c.summary} for c in res.steps]}))  # fmt: skip
+        return 0
+    for c in reversed(res.steps):
+        print(f"undid step {c.id}: {c.summary}")
+    for f in res.files:
+        print(f"  {f['status']} {f['path']}")
+    return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    cps = _checkpoints(args)
+    live = cps.list()
+    if not live:
+        _fail("there are no agent changes to show in this project")
+        return EXIT_ERROR
+    chosen = live[-args.steps :]
+    if args.json:
+        for c in chosen:
+            print(json.dumps({"type": "diff", "checkpoint": c.id, "summary": c.summary,
+                              "files": c.files, "patch": cps.step_diff(c)}))  # fmt: skip
+        return 0
+    sys.stdout.write(cps.diff(chosen[0].before, chosen[-1].after))
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    import os
+
+    from .store import Store
+
+    with Store() as store:
+        runs = store.runs(os.path.realpath(args.project))
+    for r in runs:
+        if args.json:
+            print(json.dumps({"id": r.id, "status": r.status, "steps": r.steps, "task": r.task}))
+        else:
+            print(f"{r.id}  {r.status:<12} {r.steps:>3} steps  {r.task.splitlines()[0][:60]}")
+    return 0
+
+
+def _backend(args: argparse.Namespace):
+    from .agent import EngineBackend, ReplayBackend, ReplayError
+
+    if args.replay:
+        try:
+            return ReplayBackend(args.replay), None
+        except (OSError, ReplayError) as e:
+            from .agent import AgentError
+
+            raise AgentError(f"cannot read the replay file: {e}") from None
+    if not args.model and not args.demo:
+        from .agent import AgentError
+
+        raise AgentError("no model given: use --model PATH, --demo, or --replay FILE")
+    from .cli import _sampling, open_engine
+
+    if args.preset is None and not args.no_thinking:
+        args.preset = "coding"  # Qwen3.6's card: thinking mode, precise coding
+    engine = open_engine(args)
+    return EngineBackend(engine, sampling=_sampling(args),
+                         enable_thinking=not args.no_thinking), engine  # fmt: skip
+
+
+def _run_agent(args: argparse.Namespace) -> int:
+    import os
+
+    from .agent import Agent, AgentConfig, AgentError, Approvals
+
+    if not args.resume and not (args.task and args.task.strip()):
+        raise AgentError('give a task: locus agent DIR "what to do"')
+    if args.max_steps < 1:
+        raise AgentError("--max-steps must be at least 1")
+    config = AgentConfig(max_steps=args.max_steps, token_budget=args.token_budget,
+                         max_turn_tokens=args.max_tokens, context_tokens=args.context,
+                         allow_network=args.allow_network,
+                         sandbox="none" if args.no_sandbox else "auto")  # fmt: skip
+    interactive = sys.stdin.isatty() and not args.yes
+    approvals = Approvals(ask=_ask_terminal if interactive else None, yes=args.yes,
+                          prefixes=list(args.allow))  # fmt: skip
+    backend, engine = _backend(args)
+    printer = _Printer(args.json)
+    try:
+        agent = Agent(args.project, backend, approvals=approvals, config=config,
+                      on_event=printer)  # fmt: skip
+        with agent:
+            result: list[Any] = []
+            errors: list[BaseException] = []
+
+            def work() -> None:
+                try:
+                    if args.resume:
+                        rid = args.resume
+                        if rid == "last":
+                            runs = agent.store.runs(str(agent.root.path), limit=1)
+                            if not runs:
+                                raise AgentError("this project has no stored runs to resume")
+                            rid = runs[0].id
+                        result.append(agent.resume(rid, args.task))
+                    else:
+                        result.append(agent.run(args.task))
+                except BaseException as e:  # reported on the main thread
+                    errors.append(e)
+
+            # The loop runs on a worker so Ctrl-C here can stop it cleanly (model, command, ask).
+            t = threading.Thread(target=work, name="locus-agent", daemon=True)
+            t.start()
+            try:
+                while t.is_alive():
+                    t.join(0.2)
+            except KeyboardInterrupt:
+                print("\nstopping…", file=sys.stderr)
+                agent.stop()
+                t.join(10)  # a thread blocked reading an approval answer cannot be woken
+                if t.is_alive():
+                    _fail("stopped while waiting for an approval; resume with --resume last")
+                    return EXIT_STOPPED
+            if errors:
+                raise errors[0]
+            res = result[0]
+    finally:
+        if engine is not None:
+            engine.close()
+    if not args.json:
+        printer.summary(res, os.path.realpath(args.project))
+    return {"answered": EXIT_ANSWERED, "stopped": EXIT_STOPPED, "error": EXIT_ERROR}.get(
+        res.status, EXIT_LIMIT
+    )
+
+
+def _ask_terminal(req: Any, cancel: threading.Event) -> Any:
+    """Ask on the terminal: approve, reject with a reason, allow the tool or a command prefix."""
+    from .agent import Decision
+    from .agent.approvals import default_prefix
+
+    bold, reset = (BOLD, RESET) if sys.stderr.isatty() else ("", "")
+    print(f"\n{bold}approval needed:{reset} {req.summary}", file=sys.stderr)
+    if req.diff:
+        print(req.diff, file=sys.stderr)
+    if req.command is not None and not req.sandboxed:
+        print("  (no sandbox: this command runs with your full permissions)", file=sys.stderr)
+    opts = "[y]es  [n]o  [a]lways allow this tool"
+    if req.command is not None:
+        opts += f"  [p]refix '{default_prefix(req.command)}'"
+    while not cancel.is_set():
+        try:
+            ans = _input(f"{opts} > ").strip().lower()
+        except EOFError:
+            return Decision.reject("no answer (input closed)")
+        if ans in ("y", "yes"):
+            return Decision.approve()
+        if ans in ("n", "no"):
+            try:
+                reason = _input("reason for the model (optional) > ")
+            except EOFError:
+                reason = ""
+            return Decision.reject(reason)
+        if ans in ("a", "always"):
+            return Decision.allow_tool()
+        if ans in ("p", "prefix") and req.command is not None:
+            return Decision.allow_prefix("")
+    return Decision.reject("the run was stopped")
+
+
+def _input(prompt: str) -> str:
+    """input() with the prompt on stderr, so stdout stays the answer (or JSON lines)."""
+    print(prompt, end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line.rstrip("\n")
+
+
+class _Printer:
+    """Prints events: JSON lines, or a readable transcript (answer on stdout, the rest dim)."""
+
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self.color = sys.stderr.isatty()
+        self._in_reasoning = False
+
+    def _err(self, text: str, dim: bool = True) -> None:
+        if self.color and dim:
+            text = DIM + text + RESET
+        print(text, file=sys.stderr, flush=True)
+
+    def __call__(self, ev: Any) -> None:
+        if self.as_json:
+            print(json.dumps(ev.to_dict(), ensure_ascii=False, default=str), flush=True)
+            return
+        d, t = ev.data, ev.type
+        if t == "reasoning":
+            sys.stderr.write(
+                (DIM if self.color else "") + d["text"] + (RESET if self.color else "")
+            )
+            sys.stderr.flush()
+            self._in_reasoning = True
+            return
+        if self._in_reasoning and t != "reasoning":
+            sys.stderr.write("\n")
+            self._in_reasoning = False
+        if t == "text":
+            sys.stdout.write(d["text"])
+            sys.stdout.flush()
+        elif t == "run_started":
+            self._err(f"run {d['run_id']} in {d['project']} ({d['backend']})")
+        elif t == "warning":
+            self._err(f"warning: {d['message']}", dim=False)
+        elif t == "step":
+            self._err(f"── step {ev.step}")
+        elif t == "tool_call":
+            args = ", ".join(f"{k}={_short(v)}" for k, v in d["arguments"].items())
+            self._err(f"→ {d['name']}({args})", dim=False)
+        elif t == "approval" and d.get("auto") is False:
+            self._err(f"  {d['action']}" + (f": {d['reason']}" if d.get("reason") else ""))
+        elif t == "tool_result":
+            lines = str(d["content"]).splitlines()
+            head = "\n".join("  " + x for x in lines[:8])
+            more = f"\n  … {len(lines) - 8} more lines" if len(lines) > 8 else ""
+            self._err(("" if d["ok"] else "  ✗\n") + head + more)
+        elif t == "diff":
+            self._err(d["patch"].rstrip())
+        elif t == "files_changed":
+            self._err("changed outside the agent: " + ", ".join(d["paths"]))
+        elif t == "compacted":
+            self._err(f"(dropped {d['messages']} old tool outputs to fit the context)")
+        elif t == "error":
+            self._err(f"error: {d['message']}", dim=False)
+
+    def summary(self, res: Any, project: str) -> None:
+        print(file=sys.stdout)
+        tokens = f"{res.prompt_tokens} prompt + {res.completion_tokens} generated tokens"
+        self._err(f"{res.status} after {res.steps} steps, {tokens}, {res.elapsed:.1f}s")
+        if res.error:
+            self._err(f"error: {res.error}", dim=False)
+        if res.status != "answered":
+            self._err(f"resume with: locus agent {project} --resume {res.run_id}")
+        self._err(f"review with: locus agent {project} --diff   undo with: --undo [--steps N]")
+
+
+def _short(v: Any, n: int = 60) -> str:
+    s = v if isinstance(v, str) else json.dumps(v)
+    s = s.replace("\n", "⏎")
+    return repr(s[:n] + "…") if len(s) > n else repr(s)

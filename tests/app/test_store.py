@@ -1,0 +1,176 @@
+"""The SQLite store: conversations (chat and agent), messages, runs and events, durability."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from app.store import SCHEMA_VERSION, Store, StoreError, default_data_dir
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with Store(tmp_path / "locus.db") as s:
+        yield s
+
+
+def test_conversation_lifecycle(store: Store) -> None:
+    a = store.create_thread("chat", "Pasta recipes", model="qwen")
+    time.sleep(0.01)
+    b = store.create_thread("chat", "Rust lifetimes")
+    assert [t.id for t in store.threads("chat")] == [b, a]  # newest first
+    store.add_message(a, {"role": "user", "content": "How long to boil penne?"})
+    n = store.add_message(a, {"role": "assistant", "content": "About 11 minutes.",
+                              "reasoning_content": "Penne: 10-12 min."})  # fmt: skip
+    assert n == 2
+    assert [t.id for t in store.threads()] == [a, b]  # a message moves it to the top
+    assert store.messages(a)[1] == {"role": "assistant", "content": "About 11 minutes.",
+                                    "reasoning_content": "Penne: 10-12 min."}  # fmt: skip
+    store.rename_thread(a, "Penne")
+    assert store.thread(a).title == "Penne" and store.thread(a).model == "qwen"
+    store.delete_thread(a)
+    assert [t.id for t in store.threads()] == [b]
+    assert store.messages(a) == []
+    with pytest.raises(StoreError, match="no conversation"):
+        store.thread(a)
+    with pytest.raises(StoreError, match="no conversation"):
+        store.rename_thread(a, "x")
+
+
+def test_search(store: Store) -> None:
+    a = store.create_thread("chat", "Cooking")
+    store.add_message(a, {"role": "user", "content": "What is 100% durum WHEAT?"})
+    b = store.create_thread("chat", "Wheat fields")
+    c = store.create_thread("agent", "fix wheat bug")
+    store.create_thread("chat", "Unrelated")
+    assert {t.id for t in store.search("wheat")} == {a, b, c}
+    assert {t.id for t in store.search("wheat", kind="chat")} == {a, b}
+    assert [t.id for t in store.search("100%")] == [a]
+    assert store.search("1000%") == []
+    assert store.search("role") == []  # message JSON keys are not content
+    assert len(store.search("  ")) == 4
+
+
+def test_bad_input_errors(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="kind"):
+        store.create_thread("email")
+    with pytest.raises(StoreError, match="no such conversation"):
+        store.add_message("missing", {"role": "user", "content": "x"})
+    t = store.create_thread("chat", id="fixed")
+    with pytest.raises(StoreError, match="already exists"):
+        store.create_thread("chat", id=t)
+    with pytest.raises(StoreError, match="unknown run fields"):
+        store.update_run("x", color="red")
+    with pytest.raises(StoreError, match="no agent run"):
+        store.run("nope")
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.create_thread("chat")
+
+
+def test_runs_and_events(store: Store) -> None:
+    r1 = store.create_run(
+        "/p", "fix the bug\nmore detail", model="replay", settings={"max_steps": 3}
+    )
+    r2 = store.create_run("/q", "other")
+    rec = store.run(r1)
+    assert rec.status == "running" and rec.alive and rec.settings == {"max_steps": 3}
+    assert store.thread(r1).title == "fix the bug" and store.thread(r1).kind == "agent"
+    store.update_run(r1, status="answered", steps=4, answer="done", state={"k": [1]}, pid=None,
+                     finished=time.time())  # fmt: skip
+    rec = store.run(r1)
+    assert (rec.status, rec.steps, rec.answer, rec.state, rec.alive) == ("answered", 4, "done",
+                                                                         {"k": [1]}, False)  # fmt: skip
+    assert [r.id for r in store.runs("/p")] == [r1]
+    assert {r.id for r in store.runs()} == {r1, r2}
+    assert store.add_event(r1, "step", {}, 1) == 1
+    assert store.add_event(r1, "tool_result", {"ok": True, "content": "ünïcode"}, 1) == 2
+    ev = store.events(r1)
+    assert [(e["seq"], e["type"]) for e in ev] == [(1, "step"), (2, "tool_result")]
+    assert ev[1]["content"] == "ünïcode" and store.events(r1, after=1) == ev[1:]
+    store.delete_thread(r1)
+    assert store.events(r1) == [] and [r.id for r in store.runs()] == [r2]
+
+
+def test_dead_process_run_is_not_alive(store: Store) -> None:
+    pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                             capture_output=True, text=True).stdout)  # fmt: skip
+    r = store.create_run("/p", "t")
+    store.update_run(r, pid=pid)
+    assert not store.run(r).alive
+
+
+def test_wal_durability_across_connections_and_processes(tmp_path: Path) -> None:
+    db = tmp_path / "locus.db"
+    with Store(db) as s:
+        t = s.create_thread("chat", "t")
+        s.add_message(t, {"role": "user", "content": "kept"})
+        # Another process sees the committed message while this connection is still open.
+        code = (
+            "import sys; from app.store import Store; s = Store(sys.argv[1]); "
+            "print(s.messages(sys.argv[2])[0]['content'])"
+        )
+        out = subprocess.run([sys.executable, "-c", code, str(db), t], capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        assert out.stdout.strip() == "kept", out.stderr
+    raw = sqlite3.connect(db)
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_newer_schema_refused(tmp_path: Path) -> None:
+    db = tmp_path / "locus.db"
+    Store(db).close()
+    raw = sqlite3.connect(db)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.commit()
+    raw.close()
+    with pytest.raises(StoreError, match="newer Locus"):
+        Store(db)
+
+
+def test_default_location_follows_locus_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOCUS_DATA_DIR", str(tmp_path / "d"))
+    assert default_data_dir() == tmp_path / "d"
+    with Store() as s:
+        assert Path(s.path) == tmp_path / "d" / "locus.db"
+
+
+def test_threads_safe_to_share_between_threads(store: Store) -> None:
+    import threading
+
+    t = store.create_thread("chat")
+
+    def add(k: int) -> None:
+        for i in range(20):
+            store.add_message(t, {"role": "user", "content": f"{k}-{i}"})
+
+    workers = [threading.Thread(target=add, args=(k,)) for k in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    msgs = store.messages(t)
+    assert len(msgs) == 80 and len({m["content"] for m in msgs}) == 80
+
+
+def test_meta_and_pop_message(store: Store) -> None:
+    t = store.create_thread("chat", meta={"system": "be brief"})
+    assert store.thread(t).meta == {"system": "be brief"}
+    store.set_thread_meta(t, {"system": "be kind", "thinking": False})
+    assert store.thread(t).meta == {"system": "be kind", "thinking": False}
+    with pytest.raises(StoreError, match="no conversation"):
+        store.set_thread_meta("nope", {})
+    assert store.pop_message(t) is None
+    store.add_message(t, {"role": "user", "content": "q"})
+    store.add_message(t, {"role": "assistant", "content": "a"})
+    assert store.pop_message(t) == {"role": "assistant", "content": "a"}
+    assert store.messages(t) == [{"role": "user", "content": "q"}]
+    assert store.add_message(t, {"role": "assistant", "content": "b"}) == 2  # seq reused cleanly
