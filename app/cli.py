@@ -63,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `locus COMMAND --help` for a command's options.",
     )
     parser.add_argument("--demo", action="store_true",
-                        help="chat with the tiny random demo model (no download needed)")  # fmt: skip
+                        help="open the window on the tiny random demo model (no download needed)")  # fmt: skip
+    parser.add_argument("--model", dest="window_model", metavar="PATH",
+                        help="open the window with this model loaded")  # fmt: skip
+    parser.add_argument("--screenshot", metavar="DIR",
+                        help="render each view of the window to DIR/<view>.png and exit")  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     g = sub.add_parser("generate", help="generate from a prompt and stream the output")
@@ -256,17 +260,51 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return run_chat(args, open_engine(args), _sampling(args))
 
 
+def cmd_window(args: argparse.Namespace) -> int:
+    """No command: open the desktop window (or render its views to PNG with --screenshot)."""
+    import importlib
+
+    headless = sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+    if headless and args.screenshot:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    elif headless and not os.environ.get("QT_QPA_PLATFORM"):
+        # Qt would abort without a display; say what to do instead.
+        raise EngineError(
+            "no display to open the window on: use `locus chat --demo` (or --model PATH) for the "
+            "terminal chat, or `locus --demo --screenshot DIR` to render the window to PNG"
+        )
+    try:
+        # Imported by name: app/ never imports ui/ statically (ui → app → engine).
+        ui = importlib.import_module("ui")
+        importlib.import_module("ui.main_window")  # fails here, not later, without PySide6
+    except ImportError as e:
+        raise EngineError(
+            f"the desktop window needs PySide6 ({e}); try `locus chat --demo`"
+        ) from None
+    if args.demo:
+        print(_demo_notice(), file=sys.stderr)
+    if args.screenshot:
+        paths = ui.render_screenshots(args.screenshot, demo=args.demo, model=args.window_model)
+        for p in paths:
+            print(p)
+        return 0
+    return int(ui.run_app(demo=args.demo, model=args.window_model))
+
+
+def _demo_notice() -> str:
+    from .demo import DEMO_NOTICE
+
+    return DEMO_NOTICE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command is None:
-            if args.demo:
-                # Until the window lands, the demo opens the terminal chat.
-                args = parser.parse_args(["chat", "--demo"])
-                return cmd_chat(args)
-            parser.print_help()
-            return 0
+            return cmd_window(args)
         handler = getattr(args, "handler", None)
         if handler is not None:
             return handler(args)

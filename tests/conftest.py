@@ -58,3 +58,32 @@ def _clean_test_dirs():
     import shutil
 
     shutil.rmtree(_ROOT, ignore_errors=True)
+
+
+@pytest.fixture
+def memory_keyring():
+    """keyring backed by a dict for the test (the OS keychain is never touched); the dict."""
+    import keyring
+    from keyring.backend import KeyringBackend
+
+    store: dict[tuple[str, str], str] = {}
+
+    class MemoryKeyring(KeyringBackend):
+        priority = 1
+
+        def get_password(self, service, username):
+            return store.get((service, username))
+
+        def set_password(self, service, username, password):
+            store[(service, username)] = password
+
+        def delete_password(self, service, username):
+            from keyring.errors import PasswordDeleteError
+
+            if store.pop((service, username), None) is None:
+                raise PasswordDeleteError("no such password")
+
+    old = keyring.get_keyring()
+    keyring.set_keyring(MemoryKeyring())
+    yield store
+    keyring.set_keyring(old)

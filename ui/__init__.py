@@ -1,0 +1,65 @@
+"""Locus's PySide6 window. Only Qt code lives here; ui/bridge.py moves worker results to the UI."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+__all__ = ["render_screenshots", "run_app"]
+
+
+def _app(argv: list[str] | None = None):
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(argv or [sys.argv[0]])
+    app.setApplicationName("Locus")
+    app.setOrganizationName("Locus")
+    from .theme import app_icon
+
+    app.setWindowIcon(app_icon())
+    return app
+
+
+def _window(demo: bool, model: str | None):
+    from .main_window import MainWindow
+    from .theme import apply_theme
+
+    app = _app()
+    dark = apply_theme(app)
+    try:  # follow the system when it switches between light and dark (Qt 6.5+)
+        app.styleHints().colorSchemeChanged.connect(lambda *_: apply_theme(app))
+    except AttributeError:
+        pass
+    win = MainWindow(dark=dark, demo=demo)
+    if demo:
+        from app.demo import demo_model_dir
+
+        model = str(demo_model_dir())
+    if not model and not demo:
+        from app.settings import load_ui_settings
+
+        last = load_ui_settings().get("last_model")
+        model = last if last and Path(last).exists() else None
+    if model:
+        win.load_model(model)
+    else:
+        win.show_view("Models")
+        win.models.refresh()
+    return win
+
+
+def run_app(*, demo: bool = False, model: str | None = None) -> int:
+    """Open the window (on the demo model, or `model`) and run until it closes."""
+    app = _app()
+    win = _window(demo, model)
+    win.show()
+    return int(app.exec())
+
+
+def render_screenshots(
+    out_dir: str | Path, *, demo: bool = True, model: str | None = None
+) -> list[Path]:
+    """Render each view to OUT_DIR/<view>.png (offscreen works; no display needed)."""
+    from .screenshots import render_all
+
+    return render_all(Path(out_dir), demo=demo, model=model)

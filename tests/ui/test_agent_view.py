@@ -1,0 +1,113 @@
+"""Agent view with a replayed model: approval cards apply diffs, undo reverts, the tree stays live."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.agent import ReplayBackend
+from ui.agent_view import AgentView, ApprovalCard
+from ui.screenshots import edit_replay
+
+
+@pytest.fixture
+def project(tmp_path):
+    p = tmp_path / "proj"
+    p.mkdir()
+    (p / "hello.py").write_text('print("hello")\n')
+    return p
+
+
+@pytest.fixture
+def view(qtbot, project):
+    v = AgentView()
+    qtbot.addWidget(v)
+    v.resize(1000, 700)
+    v.show()
+    v.open_project(project)
+    yield v
+    v.shutdown()
+
+
+def _run(view: AgentView, qtbot, outputs: list[str], task: str = "greet better") -> ApprovalCard:
+    view.backend_factory = lambda: ReplayBackend(outputs)
+    with qtbot.waitSignal(view.approval_shown, timeout=30000) as sig:
+        view.start_run(task)
+    return sig.args[0]
+
+
+def test_approve_applies_diff_and_undo_reverts(view, qtbot, project):
+    card = _run(view, qtbot, edit_replay("hello.py", 'print("hello")', 'print("hi there")'))
+    assert card.req.tool == "edit_file"
+    assert '-print("hello")' in card.diff_view.toPlainText()
+    assert '+print("hi there")' in card.diff_view.toPlainText()
+    assert (project / "hello.py").read_text() == 'print("hello")\n'  # nothing before approval
+    with qtbot.waitSignal(view.run_finished, timeout=30000) as sig:
+        card.approve_button.click()
+    assert sig.args[0] == "answered"
+    assert (project / "hello.py").read_text() == 'print("hi there")\n'
+    assert card.outcome.text() == "Approved" and not card.approve_button.isEnabled()
+    text = view.transcript.toPlainText()
+    assert "read_file" in text and "edit_file" in text and "Done (answered)" in text
+    view.undo_button.click()
+    assert (project / "hello.py").read_text() == 'print("hello")\n'
+    assert "Undone: hello.py" in view.transcript.toPlainText()
+
+
+def test_reject_with_reason_leaves_file(view, qtbot, project):
+    outputs = edit_replay("hello.py", 'print("hello")', 'print("no")')
+    card = _run(view, qtbot, outputs)
+    card.reason.setText("keep it as is")
+    with qtbot.waitSignal(view.run_finished, timeout=30000):
+        card.reject_button.click()
+    assert (project / "hello.py").read_text() == 'print("hello")\n'
+    assert "keep it as is" in view.transcript.toPlainText()
+
+
+def test_stop_while_waiting_for_approval(view, qtbot, project):
+    card = _run(view, qtbot, edit_replay("hello.py", 'print("hello")', 'print("x")'))
+    with qtbot.waitSignal(view.run_finished, timeout=30000) as sig:
+        view.stop_button.click()
+    assert sig.args[0] == "stopped"
+    assert not card.approve_button.isEnabled()
+    assert (project / "hello.py").read_text() == 'print("hello")\n'
+    assert view.run_button.isEnabled() and not view.stop_button.isEnabled()
+
+
+def test_tree_follows_changes_on_disk(view, qtbot, project):
+    assert view.tree_paths() == ["hello.py"]
+    (project / "pkg").mkdir()
+    (project / "pkg" / "new.py").write_text("x = 1\n")
+    qtbot.waitUntil(lambda: "pkg/new.py" in view.tree_paths(), timeout=10000)
+    (project / "hello.py").unlink()
+    qtbot.waitUntil(lambda: "hello.py" not in view.tree_paths(), timeout=10000)
+
+
+def test_sandbox_notice_matches_sandbox(view):
+    assert view.sandbox_notice.isVisibleTo(view) == (not view.sandbox.active)
+
+
+def test_errors_are_messages(qtbot, tmp_path):
+    v = AgentView()
+    qtbot.addWidget(v)
+    with qtbot.waitSignal(v.message_for_user) as sig:
+        v.start_run("do something")
+    assert "project folder" in sig.args[0]
+    v.open_project(tmp_path)
+    with qtbot.waitSignal(v.message_for_user) as sig:
+        v.start_run("do something")  # no model and no backend
+    assert "No model" in sig.args[0]
+    v.shutdown()
+
+
+def test_undo_to_a_chosen_step(view, qtbot, project):
+    for new in ('print("one")', 'print("two")'):
+        old = (project / "hello.py").read_text().strip()
+        card = _run(view, qtbot, edit_replay("hello.py", old, new))
+        with qtbot.waitSignal(view.run_finished, timeout=30000):
+            card.approve_button.click()
+    assert (project / "hello.py").read_text() == 'print("two")\n'
+    assert view.steps.count() == 2 and "hello.py" in view.steps.item(0).text()
+    view.steps.setCurrentRow(0)
+    view.undo_to_button.click()  # back to before the first change
+    assert (project / "hello.py").read_text() == 'print("hello")\n'
+    assert view.steps.count() == 0

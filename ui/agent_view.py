@@ -1,0 +1,423 @@
+"""Agent: a project's live file tree, the run transcript, approval cards with diffs, undo, stop."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QFont, QTextCursor
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPlainTextEdit,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QTextBrowser,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.agent import (
+    Agent,
+    AgentConfig,
+    AgentEvent,
+    ApprovalRequest,
+    Approvals,
+    Decision,
+    EngineBackend,
+    ModelBackend,
+    detect_sandbox,
+)
+from app.agent.watch import TreeWatcher
+
+from .bridge import Task, run_in_background
+
+__all__ = ["AgentView", "ApprovalCard"]
+
+_SKIP = {".git", "__pycache__", "node_modules", ".venv", ".mypy_cache", ".pytest_cache"}
+_MAX_TREE = 3000  # entries shown; a huge folder must not freeze the window
+
+
+class ApprovalCard(QFrame):
+    """One pending action with its diff: approve, reject with a reason, or allow for the session."""
+
+    decided = Signal(object)  # Decision
+
+    def __init__(self, req: ApprovalRequest, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.req = req
+        self.setObjectName("approvalCard")
+        lay = QVBoxLayout(self)
+        title = QLabel(f"<b>Approve?</b> {req.summary}")
+        title.setWordWrap(True)
+        lay.addWidget(title)
+        if not req.sandboxed and req.command is not None:
+            warn = QLabel("This command runs WITHOUT a sandbox, with your full permissions.")
+            warn.setObjectName("notice")
+            lay.addWidget(warn)
+        body = req.diff or req.command or ""
+        if body:
+            self.diff_view = QPlainTextEdit(body, readOnly=True)
+            self.diff_view.setFont(QFont("Menlo, Consolas, monospace"))
+            lines = body.count("\n") + 1
+            self.diff_view.setFixedHeight(min(300, 20 + lines * 16))
+            lay.addWidget(self.diff_view)
+        self.reason = QLineEdit(placeholderText="Reason (sent to the model if you reject)")
+        lay.addWidget(self.reason)
+        row = QHBoxLayout()
+        self.approve_button = QPushButton("Approve")
+        self.approve_button.clicked.connect(lambda: self._decide(Decision.approve()))
+        self.reject_button = QPushButton("Reject")
+        self.reject_button.clicked.connect(
+            lambda: self._decide(Decision.reject(self.reason.text().strip()))
+        )
+        self.allow_button = QPushButton("Allow for session")
+        self.allow_button.clicked.connect(lambda: self._decide(Decision.allow_tool()))
+        for b in (self.approve_button, self.reject_button, self.allow_button):
+            row.addWidget(b)
+        row.addStretch(1)
+        lay.addLayout(row)
+        self.outcome = QLabel()
+        lay.addWidget(self.outcome)
+
+    def _decide(self, d: Decision) -> None:
+        for b in (self.approve_button, self.reject_button, self.allow_button):
+            b.setEnabled(False)
+        self.reason.setEnabled(False)
+        self.outcome.setText({"approve": "Approved", "reject": "Rejected",
+                              "allow_tool": "Allowed for this session"}.get(d.action, d.action))  # fmt: skip
+        self.decided.emit(d)
+
+
+class AgentView(QWidget):
+    """Runs the agent on a worker; asks approvals through cards; keeps the tree live."""
+
+    run_finished = Signal(str)  # done.status
+    approval_shown = Signal(object)  # ApprovalCard, for tests
+    message_for_user = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.engine: Any = None
+        self.backend_factory: Any = None  # tests: a callable returning a ModelBackend
+        self.project: Path | None = None
+        self.agent: Agent | None = None
+        self.task: Task | None = None
+        self.cards: list[ApprovalCard] = []
+        self.watcher: TreeWatcher | None = None
+        self._streaming = ""
+        self._emit: Any = None
+        self._tree_timer = QTimer(self, interval=300)
+        self._tree_timer.timeout.connect(self._poll_tree)
+        self.sandbox = detect_sandbox("auto")
+        self._build()
+
+    def _build(self) -> None:
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.project_label = QLabel("Drop a project folder anywhere on the window.")
+        lay.addWidget(self.project_label)
+        self.sandbox_notice = QLabel(
+            f"Commands run WITHOUT a sandbox ({self.sandbox.reason or 'none found'}): each one asks "
+            "for approval and runs with your permissions."
+        )
+        self.sandbox_notice.setObjectName("notice")
+        self.sandbox_notice.setWordWrap(True)
+        self.sandbox_notice.setVisible(not self.sandbox.active)
+        lay.addWidget(self.sandbox_notice)
+        row = QHBoxLayout()
+        self.task_input = QLineEdit(placeholderText="What should the agent do in this project?")
+        self.task_input.returnPressed.connect(self.start_run)
+        row.addWidget(self.task_input, 1)
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.start_run)
+        self.stop_button = QPushButton("Stop", enabled=False)
+        self.stop_button.clicked.connect(self.stop)
+        self.undo_button = QPushButton("Undo last step")
+        self.undo_button.clicked.connect(lambda: self.undo(1))
+        for b in (self.run_button, self.stop_button, self.undo_button):
+            row.addWidget(b)
+        lay.addLayout(row)
+        split = QSplitter()
+        left = QSplitter(Qt.Orientation.Vertical)
+        self.tree = QTreeWidget()
+        self.tree.setHeaderLabels(["Project"])
+        left.addWidget(self.tree)
+        steps_box = QWidget()
+        sl = QVBoxLayout(steps_box)
+        sl.setContentsMargins(0, 0, 0, 0)
+        sl.addWidget(QLabel("Steps (select one to undo back to it)"))
+        self.steps = QListWidget()
+        sl.addWidget(self.steps)
+        self.undo_to_button = QPushButton("Undo to here")
+        self.undo_to_button.clicked.connect(self.undo_to_selected)
+        sl.addWidget(self.undo_to_button)
+        left.addWidget(steps_box)
+        left.setSizes([400, 200])
+        split.addWidget(left)
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(0, 0, 0, 0)
+        self.transcript = QTextBrowser()
+        self.transcript.setOpenExternalLinks(False)
+        rl.addWidget(self.transcript, 3)
+        self.cards_area = QScrollArea(widgetResizable=True)
+        holder = QWidget()
+        self.cards_layout = QVBoxLayout(holder)
+        self.cards_layout.addStretch(1)
+        self.cards_area.setWidget(holder)
+        rl.addWidget(self.cards_area, 2)
+        split.addWidget(right)
+        split.setSizes([240, 700])
+        lay.addWidget(split, 1)
+
+    # -- project ------------------------------------------------------------------------------------
+    def set_engine(self, engine: Any) -> None:
+        self.engine = engine
+
+    def open_project(self, path: str | Path) -> None:
+        p = Path(path).expanduser().resolve()
+        if not p.is_dir():
+            self.message_for_user.emit(f"{p} is not a folder: drop a project folder.")
+            return
+        if self.task is not None and self.task.running:
+            self.message_for_user.emit("Stop the running task before opening another project.")
+            return
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.project = p
+        self.project_label.setText(f"Project: {p}")
+        self.watcher = TreeWatcher(p)
+        if not self.watcher.start():
+            self.message_for_user.emit(f"The tree will not update live: {self.watcher.error}")
+        self._tree_timer.start()
+        self.refresh_tree()
+
+    def refresh_tree(self) -> None:
+        self.tree.clear()
+        if self.project is None:
+            return
+        root = QTreeWidgetItem([self.project.name])
+        self.tree.addTopLevelItem(root)
+        nodes: dict[Path, QTreeWidgetItem] = {self.project: root}
+        count = 0
+        for dirpath, dirnames, filenames in os.walk(self.project):
+            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP)
+            parent = nodes[Path(dirpath)]
+            for d in dirnames:
+                nodes[Path(dirpath) / d] = QTreeWidgetItem(parent, [d + "/"])
+            for f in sorted(filenames):
+                QTreeWidgetItem(parent, [f])
+                count += 1
+            if count > _MAX_TREE:
+                QTreeWidgetItem(root, ["… (more files not shown)"])
+                break
+        root.setExpanded(True)
+
+    def tree_paths(self) -> list[str]:
+        """Every path shown in the tree, relative and POSIX (for tests)."""
+        out: list[str] = []
+
+        def walk(item: QTreeWidgetItem, prefix: str) -> None:
+            for i in range(item.childCount()):
+                c = item.child(i)
+                name = c.text(0)
+                out.append(prefix + name.rstrip("/"))
+                walk(c, prefix + name)
+
+        if self.tree.topLevelItemCount():
+            walk(self.tree.topLevelItem(0), "")
+        return out
+
+    def _poll_tree(self) -> None:
+        if self.watcher is not None and self.watcher.drain():
+            self.refresh_tree()
+
+    # -- runs ---------------------------------------------------------------------------------------
+    def _backend(self) -> ModelBackend | None:
+        if self.backend_factory is not None:
+            return self.backend_factory()
+        if self.engine is not None:
+            return EngineBackend(self.engine)
+        return None
+
+    def start_run(self, task: str | None = None) -> None:
+        task = (task if isinstance(task, str) else self.task_input.text()).strip()
+        if self.project is None:
+            self.message_for_user.emit("Drop a project folder on the window first.")
+            return
+        if not task:
+            self.message_for_user.emit("Describe the task first.")
+            return
+        if self.task is not None and self.task.running:
+            return
+        backend = self._backend()
+        if backend is None:
+            self.message_for_user.emit("No model is loaded: load one in Models.")
+            return
+        self.transcript.clear()
+        for card in self.cards:  # cards of the last run go with its transcript
+            self.cards_layout.removeWidget(card)
+            card.deleteLater()
+        self.cards = []
+        self._append(f"<b>Task:</b> {_esc(task)}")
+        approvals = Approvals(ask=self._ask)
+        if self.agent is not None:
+            self.agent.close()
+            self.agent = None
+        project, text = self.project, task
+
+        def work(task: Task) -> Any:  # the bridge passes its Task by this name
+            # Built here, not on the UI thread: it probes the sandbox and opens the checkpoint repo.
+            agent = Agent(project, backend, approvals=approvals, config=AgentConfig(watch=True),
+                          on_event=task.emit_event)  # fmt: skip
+            self.agent, self._emit = agent, task.emit_event
+            return agent.run(text)
+
+        self.run_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.task = run_in_background(
+            work, on_event=self._on_event, on_error=self._failed, on_done=self._done
+        )
+
+    def stop(self) -> None:
+        if self.agent is not None:
+            self.agent.stop()
+        for c in self.cards:
+            if c.approve_button.isEnabled():
+                c._decide(Decision.reject("stopped by the user"))
+
+    def undo(self, steps: int = 1) -> None:
+        """Put the project back as it was before the last `steps` changes."""
+        if self.agent is None:
+            self.message_for_user.emit("Nothing to undo: no run in this session.")
+            return
+        if self.task is not None and self.task.running:
+            self.message_for_user.emit("Stop the run before undoing a step.")
+            return
+        try:
+            res = self.agent.undo(steps)
+        except Exception as e:  # CheckpointError/AgentError: tell the user why
+            self.message_for_user.emit(f"Undo failed: {e}")
+            return
+        files = ", ".join(f["path"] for f in res.files) or "no files"
+        self._append(f"<i>Undone: {_esc(files)}</i>")
+        self.refresh_tree()
+        self.refresh_steps()
+
+    def undo_to_selected(self) -> None:
+        row = self.steps.currentRow()
+        if row < 0:
+            self.message_for_user.emit("Select the step to go back to (it is undone too).")
+            return
+        self.undo(self.steps.count() - row)
+
+    def refresh_steps(self) -> None:
+        """The project's changes that can still be undone, oldest first."""
+        self.steps.clear()
+        cps = self.agent.checkpoints if self.agent is not None else None
+        if cps is None:
+            return
+        for c in cps.list():
+            files = ", ".join(f["path"] for f in c.files)
+            self.steps.addItem(f"step {c.step}: {c.summary}" + (f" ({files})" if files else ""))
+
+    def _ask(self, req: ApprovalRequest, cancel: threading.Event) -> Decision:
+        """Runs on the agent's thread: show a card on the UI thread and wait for the click."""
+        box: dict[str, Decision] = {}
+        answered = threading.Event()
+
+        def answer(d: Decision) -> None:
+            box["d"] = d
+            answered.set()
+
+        self._emit(("approval", req, answer))
+        while not answered.wait(0.1):
+            if cancel.is_set():
+                return Decision.reject("stopped by the user")
+        return box["d"]
+
+    def _on_event(self, ev: Any) -> None:
+        if isinstance(ev, tuple) and ev and ev[0] == "approval":
+            _, req, answer = ev
+            card = ApprovalCard(req)
+            card.decided.connect(answer)
+            self.cards_layout.insertWidget(self.cards_layout.count() - 1, card)
+            self.cards.append(card)
+            self.approval_shown.emit(card)
+            return
+        if not isinstance(ev, AgentEvent):
+            return
+        d = ev.data
+        t = ev.type
+        if t in ("reasoning", "text"):
+            self._stream(d.get("text", ""), dim=t == "reasoning")
+            return
+        self._streaming = ""
+        if t == "step":
+            self._append(f"<hr><b>Step {ev.step}</b><br>")
+        elif t == "tool_call":
+            self._append(
+                f"<b>→ {_esc(d.get('name', ''))}</b> <code>{_esc(str(d.get('arguments')))[:300]}</code>"
+            )
+        elif t == "tool_result":
+            mark = "✓" if d.get("ok") else "✗"
+            self._append(f"{mark} <pre>{_esc(str(d.get('content', ''))[:2000])}</pre>")
+        elif t == "diff":
+            self._append(f"<pre>{_esc(str(d.get('patch', ''))[:4000])}</pre>")
+            self.refresh_tree()
+            self.refresh_steps()
+        elif t in ("warning", "error"):
+            self._append(f"<span style='color:#ff453a'>{_esc(d.get('message', ''))}</span>")
+        elif t == "done":
+            answer = d.get("answer") or ""
+            self._append(f"<hr><b>Done ({_esc(d.get('status', ''))})</b><br>{_esc(answer)}")
+
+    def _stream(self, text: str, dim: bool) -> None:
+        cur = self.transcript.textCursor()
+        cur.movePosition(QTextCursor.MoveOperation.End)
+        fmt = cur.charFormat()
+        fmt.setFontItalic(dim)
+        cur.insertText(text, fmt)
+        self.transcript.setTextCursor(cur)
+
+    def _append(self, html: str) -> None:
+        self.transcript.append(html)
+
+    def _done(self, result: Any) -> None:
+        self.run_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self.refresh_tree()
+        self.run_finished.emit(getattr(result, "status", "done"))
+
+    def _failed(self, message: str) -> None:
+        self.run_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self._append(f"<span style='color:#ff453a'>Error: {_esc(message)}</span>")
+        self.message_for_user.emit(f"Agent failed: {message}")
+        self.run_finished.emit("error")
+
+    def shutdown(self) -> None:
+        self.stop()
+        if self.task is not None:
+            self.task.wait(5)
+        self._tree_timer.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.agent is not None:
+            self.agent.close()
+
+
+def _esc(s: Any) -> str:
+    import html
+
+    return html.escape(str(s))

@@ -1,0 +1,460 @@
+"""Chat: conversations persisted in the store, streaming replies from the engine on a worker."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFrame,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMenu,
+    QPlainTextEdit,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.store import Store
+from engine import (
+    PRESETS,
+    Done,
+    GenerationRequest,
+    PromptProgress,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    ToolCallError,
+    Usage,
+    preset,
+)
+
+from .bridge import Task, stream_in_background
+from .markdown import MarkdownView
+
+__all__ = ["ChatView", "MessageWidget"]
+
+
+class MessageWidget(QFrame):
+    """One message: a collapsible reasoning block above the markdown answer."""
+
+    def __init__(self, role: str, dark: bool = False, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.role = role
+        self.setObjectName("userMessage" if role == "user" else "assistantMessage")
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(10, 6, 10, 6)
+        who = QLabel("You" if role == "user" else "Locus")
+        who.setObjectName("messageRole")
+        lay.addWidget(who)
+        self.reasoning_toggle = QToolButton(text="▸ Reasoning", checkable=True)
+        self.reasoning_toggle.setObjectName("reasoningToggle")
+        self.reasoning_toggle.setVisible(False)
+        self.reasoning_toggle.toggled.connect(self._toggle)
+        lay.addWidget(self.reasoning_toggle, alignment=Qt.AlignmentFlag.AlignLeft)
+        self.reasoning_label = QLabel(wordWrap=True)
+        self.reasoning_label.setObjectName("reasoning")
+        self.reasoning_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.reasoning_label.setVisible(False)
+        lay.addWidget(self.reasoning_label)
+        self.body = MarkdownView(dark)
+        lay.addWidget(self.body)
+        self.footer = QLabel()
+        self.footer.setObjectName("messageFooter")
+        self.footer.setVisible(False)
+        lay.addWidget(self.footer)
+        self.reasoning = ""
+        self.text = ""
+
+    def _toggle(self, open_: bool) -> None:
+        self.reasoning_label.setVisible(open_)
+        self.reasoning_toggle.setText(("▾" if open_ else "▸") + " Reasoning")
+
+    def set_content(self, text: str, reasoning: str = "") -> None:
+        if reasoning != self.reasoning:
+            self.reasoning = reasoning
+            self.reasoning_label.setText(reasoning)
+            self.reasoning_toggle.setVisible(bool(reasoning))
+        if text != self.text:
+            self.text = text
+            self.body.set_text(text)
+
+    def set_footer(self, text: str) -> None:
+        self.footer.setText(text)
+        self.footer.setVisible(bool(text))
+
+
+class ChatView(QWidget):
+    """Conversations list on the left; transcript, composer and controls on the right."""
+
+    reply_finished = Signal(str)  # finish_reason, for tests and the status bar
+    message_for_user = Signal(str)  # an error or hint for the window's status area
+
+    def __init__(self, store: Store, dark: bool = False, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.store = store
+        self.dark = dark
+        self.engine: Any = None
+        self.model_name = ""
+        self.thread_id: str | None = None
+        self.history: list[dict[str, Any]] = []
+        self.task: Task | None = None
+        self._handle: Any = None
+        self._current: MessageWidget | None = None
+        self._text = self._reasoning = ""
+        self._usage: Usage | None = None
+        self._started = 0.0
+        self._tokens = 0
+        self.max_tokens = 2048
+        # Streamed deltas are coalesced and painted at most every 40 ms.
+        self._paint = QTimer(self, interval=40, singleShot=True)
+        self._paint.timeout.connect(self._repaint_current)
+        self._build()
+        self.refresh_list()
+
+    # -- layout ---------------------------------------------------------------------------------
+    def _build(self) -> None:
+        split = QSplitter(self)
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        self.search = QLineEdit(placeholderText="Search conversations")
+        self.search.setClearButtonEnabled(True)
+        self.search.textChanged.connect(self.refresh_list)
+        row.addWidget(self.search)
+        self.new_button = QToolButton(text="+")
+        self.new_button.setToolTip("New conversation")
+        self.new_button.clicked.connect(self.new_conversation)
+        row.addWidget(self.new_button)
+        ll.addLayout(row)
+        self.conversations = QListWidget()
+        self.conversations.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.conversations.customContextMenuRequested.connect(self._list_menu)
+        self.conversations.itemClicked.connect(lambda it: self.open_conversation(it.data(256)))
+        ll.addWidget(self.conversations)
+        split.addWidget(left)
+
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(0, 0, 0, 0)
+        self.scroll = QScrollArea(widgetResizable=True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.transcript = QWidget()
+        self.transcript.setObjectName("transcript")
+        self._tl = QVBoxLayout(self.transcript)
+        self._tl.addStretch(1)
+        self.scroll.setWidget(self.transcript)
+        rl.addWidget(self.scroll, 1)
+
+        controls = QHBoxLayout()
+        self.profile = QComboBox()
+        self.profile.addItems(sorted(PRESETS))
+        self.profile.setCurrentText("thinking")
+        self.profile.setToolTip("Sampling profile (from the model card)")
+        self.profile.currentTextChanged.connect(self._save_meta)
+        controls.addWidget(QLabel("Profile"))
+        controls.addWidget(self.profile)
+        self.thinking = QCheckBox("Thinking", checked=True)
+        self.thinking.toggled.connect(self._save_meta)
+        controls.addWidget(self.thinking)
+        controls.addStretch(1)
+        self.stats = QLabel()
+        self.stats.setObjectName("stats")
+        controls.addWidget(self.stats)
+        rl.addLayout(controls)
+
+        composer = QHBoxLayout()
+        self.input = QPlainTextEdit(placeholderText="Message Locus (Ctrl+Enter to send)")
+        self.input.setFixedHeight(72)
+        composer.addWidget(self.input, 1)
+        buttons = QVBoxLayout()
+        self.send_button = QPushButton("Send")
+        self.send_button.setDefault(True)
+        self.send_button.setShortcut("Ctrl+Return")
+        self.send_button.clicked.connect(self.send)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        self.regen_button = QPushButton("Regenerate")
+        self.regen_button.clicked.connect(self.regenerate)
+        for b in (self.send_button, self.stop_button, self.regen_button):
+            buttons.addWidget(b)
+        composer.addLayout(buttons)
+        rl.addLayout(composer)
+        split.addWidget(right)
+        split.setSizes([220, 700])
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(split)
+
+    # -- conversations ------------------------------------------------------------------------------
+    def refresh_list(self) -> None:
+        query = self.search.text().strip()
+        self.conversations.clear()
+        threads = self.store.search(query, kind="chat", limit=500)  # titles and message text
+        for t in threads:
+            item = QListWidgetItem(t.title or "New conversation")
+            item.setData(256, t.id)
+            self.conversations.addItem(item)
+            if t.id == self.thread_id:
+                item.setSelected(True)
+
+    def new_conversation(self) -> None:
+        if self.busy:
+            return
+        self.thread_id = None
+        self.history = []
+        self._clear_transcript()
+        self.refresh_list()
+        self.input.setFocus()
+
+    def open_conversation(self, thread_id: str) -> None:
+        if self.busy:
+            self.message_for_user.emit("Stop the reply before switching conversations.")
+            return
+        t = self.store.thread(thread_id)
+        self.thread_id = thread_id
+        self.history = self.store.messages(thread_id)
+        self.profile.blockSignals(True)
+        self.thinking.blockSignals(True)
+        self.profile.setCurrentText(t.meta.get("preset", "thinking"))
+        self.thinking.setChecked(bool(t.meta.get("thinking", True)))
+        self.profile.blockSignals(False)
+        self.thinking.blockSignals(False)
+        self._clear_transcript()
+        for m in self.history:
+            if m.get("role") in ("user", "assistant"):
+                w = self._add_message(m["role"])
+                w.set_content(str(m.get("content") or ""), str(m.get("reasoning_content") or ""))
+
+    def rename_conversation(self, thread_id: str, title: str) -> None:
+        self.store.rename_thread(thread_id, title.strip() or "Untitled")
+        self.refresh_list()
+
+    def delete_conversation(self, thread_id: str) -> None:
+        self.store.delete_thread(thread_id)
+        if thread_id == self.thread_id:
+            self.new_conversation()
+        self.refresh_list()
+
+    def _list_menu(self, pos: Any) -> None:
+        item = self.conversations.itemAt(pos)
+        if item is None:
+            return
+        tid = item.data(256)
+        menu = QMenu(self)
+        rename = menu.addAction("Rename…")
+        delete = menu.addAction("Delete")
+        chosen = menu.exec(self.conversations.mapToGlobal(pos))
+        if chosen is rename:
+            title, ok = QInputDialog.getText(self, "Rename", "Title", text=item.text())
+            if ok:
+                self.rename_conversation(tid, title)
+        elif chosen is delete:
+            self.delete_conversation(tid)
+
+    def _save_meta(self, *_: Any) -> None:
+        if self.thread_id:
+            self.store.set_thread_meta(self.thread_id, self._meta())
+
+    def _meta(self) -> dict[str, Any]:
+        return {"preset": self.profile.currentText(), "thinking": self.thinking.isChecked()}
+
+    # -- generation ---------------------------------------------------------------------------------
+    def set_engine(self, engine: Any, model_name: str = "") -> None:
+        self.engine = engine
+        self.model_name = model_name
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None and self.task.running
+
+    def send(self, text: str | None = None) -> None:
+        text = (text if isinstance(text, str) else self.input.toPlainText()).strip()
+        if not text or self.busy:
+            return
+        if self.engine is None:
+            self.message_for_user.emit(
+                "No model is loaded: load one in Models (or run locus --demo)."
+            )
+            return
+        if self.thread_id is None:
+            self.thread_id = self.store.create_thread(
+                "chat", text.splitlines()[0][:60], model=self.model_name, meta=self._meta()
+            )
+        msg = {"role": "user", "content": text}
+        self.store.add_message(self.thread_id, msg)
+        self.history.append(msg)
+        self._add_message("user").set_content(text)
+        self.input.clear()
+        self.refresh_list()
+        self._generate()
+
+    def regenerate(self) -> None:
+        """Drop the last reply (from view and memory) and answer the last user message again."""
+        if self.busy or not self.history or self.engine is None:
+            return
+        if self.history[-1].get("role") == "assistant":
+            self.history.pop()
+            last = self._messages()[-1] if self._messages() else None
+            if last is not None and last.role == "assistant":
+                self._remove(last)
+            if self.thread_id:
+                self.store.pop_message(self.thread_id)  # the stored reply goes too
+        if self.history and self.history[-1].get("role") == "user":
+            self._generate()
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def _generate(self) -> None:
+        thinking = self.thinking.isChecked()
+        req = GenerationRequest(
+            messages=list(self.history), enable_thinking=thinking,
+            sampling=preset(self.profile.currentText()), max_tokens=self.max_tokens,
+            session=f"chat-{self.thread_id}",
+        )  # fmt: skip
+        self._current = self._add_message("assistant")
+        self._text = self._reasoning = ""
+        self._usage = None
+        self._tokens = 0
+        self._started = time.monotonic()
+        engine = self.engine
+
+        def make() -> Any:
+            self._handle = engine.submit(req)
+            return self._handle.events()
+
+        def cancel() -> None:
+            if self._handle is not None:
+                self._handle.cancel()
+
+        self.send_button.setEnabled(False)
+        self.regen_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.stats.setText("Thinking…" if thinking else "Generating…")
+        self.task = stream_in_background(
+            make, on_event=self._on_event, on_error=self._on_error, on_cancel=cancel
+        )
+
+    def _on_event(self, ev: Any) -> None:
+        if isinstance(ev, ReasoningDelta):
+            self._reasoning += ev.text
+            self._tokens += 1
+        elif isinstance(ev, TextDelta):
+            self._text += ev.text
+            self._tokens += 1
+        elif isinstance(ev, ToolCall):
+            self._text += f"\n\n`tool call: {ev.name}`"
+        elif isinstance(ev, ToolCallError):
+            self._text += f"\n\n(malformed tool call: {ev.message})"
+        elif isinstance(ev, PromptProgress):
+            self.stats.setText(f"Reading prompt {ev.processed}/{ev.total}")
+        elif isinstance(ev, Usage):
+            self._usage = ev
+        elif isinstance(ev, Done):
+            self._finish(ev)
+            return
+        if isinstance(ev, ReasoningDelta | TextDelta):
+            dt = max(time.monotonic() - self._started, 1e-6)
+            self.stats.setText(f"{self._tokens / dt:.1f} tok/s")
+        if not self._paint.isActive():
+            self._paint.start()
+
+    def _repaint_current(self) -> None:
+        if self._current is not None:
+            self._current.set_content(self._text, self._reasoning)
+            bar = self.scroll.verticalScrollBar()
+            bar.setValue(bar.maximum())
+
+    def _finish(self, done: Done) -> None:
+        self._paint.stop()
+        self._repaint_current()
+        reason = done.finish_reason
+        u = self._usage or done.usage
+        footer = ""
+        if u is not None:
+            limit = 0
+            try:
+                limit = int(self.engine.model.config.get("text_config", {}).get(
+                    "max_position_embeddings", 0))  # fmt: skip
+            except Exception:  # a model without that field: show tokens without a limit
+                limit = 0
+            ctx = u.prompt_tokens + u.completion_tokens
+            footer = f"{u.generation_tps:.1f} tok/s · context {ctx}" + (
+                f"/{limit}" if limit else ""
+            )
+            self.stats.setText(footer)
+        if reason == "cancelled":
+            footer = (footer + " · stopped").strip(" ·")
+        elif reason == "error":
+            footer = f"Error: {done.error}"
+            self.message_for_user.emit(f"Generation failed: {done.error}")
+        elif reason == "length":
+            footer += " · hit the token limit"
+        if self._current is not None:
+            self._current.set_footer(footer)
+        if self._text or self._reasoning:
+            msg: dict[str, Any] = {"role": "assistant", "content": self._text}
+            if self._reasoning:
+                msg["reasoning_content"] = self._reasoning
+            self.history.append(msg)
+            if self.thread_id:
+                self.store.add_message(self.thread_id, msg)
+        self._reset_buttons()
+        self.reply_finished.emit(reason)
+
+    def _on_error(self, message: str) -> None:
+        self._reset_buttons()
+        if self._current is not None:
+            self._current.set_footer(f"Error: {message}")
+        self.message_for_user.emit(f"Generation failed: {message}")
+        self.reply_finished.emit("error")
+
+    def _reset_buttons(self) -> None:
+        self.send_button.setEnabled(True)
+        self.regen_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self._handle = None
+
+    # -- transcript ---------------------------------------------------------------------------------
+    def _add_message(self, role: str) -> MessageWidget:
+        w = MessageWidget(role, self.dark)
+        self._tl.insertWidget(self._tl.count() - 1, w)
+        return w
+
+    def _messages(self) -> list[MessageWidget]:
+        out = []
+        for i in range(self._tl.count()):
+            w = self._tl.itemAt(i).widget()
+            if isinstance(w, MessageWidget):
+                out.append(w)
+        return out
+
+    def _remove(self, w: QWidget) -> None:
+        self._tl.removeWidget(w)
+        w.setParent(None)
+        w.deleteLater()
+
+    def _clear_transcript(self) -> None:
+        for w in self._messages():
+            self._remove(w)
+        self._current = None
+
+    def shutdown(self) -> None:
+        if self.task is not None and self.task.running:
+            self.task.cancel()
+            self.task.wait(5)

@@ -1,0 +1,295 @@
+"""Models: local models (size, fits in memory), recommended downloads with progress, token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app import hub
+from app.settings import cache_dir
+
+from .bridge import Task, run_in_background
+
+__all__ = ["ModelsView", "human_bytes"]
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+class ModelsView(QWidget):
+    """Lists models; downloads, deletes and loads them through app.hub on workers."""
+
+    load_requested = Signal(str)  # a model path for the window to load
+    download_finished = Signal(str)  # "done", "paused", "cancelled" or "error"
+    models_listed = Signal(int)
+    message_for_user = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.models: list[hub.LocalModel] = []
+        self.downloader: hub.Downloader | None = None
+        self.download_task: Task | None = None
+        self.list_task: Task | None = None
+        # Also list what sits in the cache dir: the demo model lives there.
+        self.extra_dirs: list[Path] = [cache_dir()]
+        self.progress_interval = 0.2  # seconds between progress updates
+        self._build()
+
+    def _build(self) -> None:
+        lay = QVBoxLayout(self)
+        local = QGroupBox("On this Mac")
+        ll = QVBoxLayout(local)
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["Model", "Size", "Memory needed", "Fits"])
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setColumnWidth(0, 360)
+        self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.doubleClicked.connect(lambda *_: self.load_selected())
+        ll.addWidget(self.table)
+        row = QHBoxLayout()
+        self.refresh_button = QPushButton("Refresh")
+        self.refresh_button.clicked.connect(self.refresh)
+        self.load_button = QPushButton("Load")
+        self.load_button.clicked.connect(self.load_selected)
+        self.delete_button = QPushButton("Delete…")
+        self.delete_button.clicked.connect(self.delete_selected)
+        for b in (self.refresh_button, self.load_button, self.delete_button):
+            row.addWidget(b)
+        row.addStretch(1)
+        ll.addLayout(row)
+        lay.addWidget(local, 2)
+
+        rec = QGroupBox("Download")
+        rl = QVBoxLayout(rec)
+        self.rec_table = QTableWidget(len(hub.RECOMMENDED), 3)
+        self.rec_table.setHorizontalHeaderLabels(["Recommended", "Size", "About"])
+        self.rec_table.horizontalHeader().setStretchLastSection(True)
+        self.rec_table.verticalHeader().setVisible(False)
+        self.rec_table.setColumnWidth(0, 300)
+        self.rec_table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.rec_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        for i, m in enumerate(hub.RECOMMENDED):
+            self.rec_table.setItem(i, 0, QTableWidgetItem(m.repo_id))
+            self.rec_table.setItem(i, 1, QTableWidgetItem(f"≈{m.approx_gb:.0f} GB"))
+            self.rec_table.setItem(i, 2, QTableWidgetItem(m.description))
+        self.rec_table.itemSelectionChanged.connect(self._pick_recommended)
+        rl.addWidget(self.rec_table)
+        drow = QHBoxLayout()
+        self.repo_input = QLineEdit(hub.RECOMMENDED[0].repo_id)
+        self.repo_input.setPlaceholderText("owner/name on Hugging Face")
+        drow.addWidget(self.repo_input, 1)
+        self.download_button = QPushButton("Download")
+        self.download_button.clicked.connect(self.download)
+        self.pause_button = QPushButton("Pause", enabled=False)
+        self.pause_button.clicked.connect(self.pause)
+        self.cancel_button = QPushButton("Cancel", enabled=False)
+        self.cancel_button.clicked.connect(self.cancel)
+        for b in (self.download_button, self.pause_button, self.cancel_button):
+            drow.addWidget(b)
+        rl.addLayout(drow)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        rl.addWidget(self.progress)
+        self.progress_label = QLabel("")
+        rl.addWidget(self.progress_label)
+        lay.addWidget(rec, 2)
+
+        tok = QGroupBox("Hugging Face token (kept in the system keychain only)")
+        tl = QHBoxLayout(tok)
+        self.token_input = QLineEdit(echoMode=QLineEdit.EchoMode.Password)
+        self.token_input.setPlaceholderText("hf_… (needed for gated or private models)")
+        tl.addWidget(self.token_input, 1)
+        self.save_token_button = QPushButton("Save")
+        self.save_token_button.clicked.connect(self.save_token)
+        self.forget_token_button = QPushButton("Forget")
+        self.forget_token_button.clicked.connect(self.forget_token)
+        tl.addWidget(self.save_token_button)
+        tl.addWidget(self.forget_token_button)
+        self.token_state = QLabel()
+        tl.addWidget(self.token_state)
+        lay.addWidget(tok)
+        self._show_token_state()
+
+    # -- local models -------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        if self.list_task is not None and self.list_task.running:
+            return
+        self.refresh_button.setEnabled(False)
+        self.list_task = run_in_background(
+            hub.list_local_models,
+            self.extra_dirs,
+            on_done=self._show_models,
+            on_error=self._list_failed,
+        )
+
+    def _list_failed(self, message: str) -> None:
+        self.refresh_button.setEnabled(True)
+        self.message_for_user.emit(f"Could not list models: {message}")
+
+    def _show_models(self, models: list[hub.LocalModel]) -> None:
+        self.refresh_button.setEnabled(True)
+        self.models = list(models)
+        self.table.setRowCount(len(self.models))
+        for i, m in enumerate(self.models):
+            self.table.setItem(i, 0, QTableWidgetItem(m.name))
+            self.table.setItem(i, 1, QTableWidgetItem(human_bytes(m.size_bytes)))
+            need = human_bytes(m.needed_bytes) if m.needed_bytes is not None else "?"
+            self.table.setItem(i, 2, QTableWidgetItem(need))
+            fits = {True: "Yes", False: f"No ({human_bytes(m.available_bytes)} available)",
+                    None: f"Unreadable: {m.error}"}[m.fits]  # fmt: skip
+            self.table.setItem(i, 3, QTableWidgetItem(fits))
+        self.models_listed.emit(len(self.models))
+
+    def _selected(self) -> hub.LocalModel | None:
+        rows = self.table.selectionModel().selectedRows()
+        if not rows:
+            self.message_for_user.emit("Select a model in the list first.")
+            return None
+        return self.models[rows[0].row()]
+
+    def load_selected(self) -> None:
+        m = self._selected()
+        if m is not None:
+            self.load_requested.emit(str(m.path))
+
+    def delete_selected(self, confirm: bool = True) -> None:
+        m = self._selected()
+        if m is None:
+            return
+        if confirm:
+            answer = QMessageBox.question(
+                self, "Delete model", f"Delete {m.name} ({human_bytes(m.size_bytes)}) from disk?"
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+        try:
+            hub.delete_model(m)
+        except hub.HubError as e:
+            self.message_for_user.emit(str(e))
+        self.refresh()
+
+    # -- downloads ----------------------------------------------------------------------------------
+    def _pick_recommended(self) -> None:
+        rows = self.rec_table.selectionModel().selectedRows()
+        if rows:
+            self.repo_input.setText(hub.RECOMMENDED[rows[0].row()].repo_id)
+
+    def download(self) -> None:
+        if self.download_task is not None and self.download_task.running:
+            return
+        repo = self.repo_input.text().strip()
+        try:
+            if self.downloader is None or self.downloader.repo_id != repo:
+                self.downloader = hub.Downloader(repo)
+        except hub.HubError as e:
+            self.message_for_user.emit(str(e))
+            return
+        d = self.downloader
+
+        def work(task: Task) -> Path:
+            return d.download(on_progress=lambda p: task.emit_event(_copy(p)),
+                              interval=self.progress_interval)  # fmt: skip
+
+        self.download_button.setEnabled(False)
+        self.pause_button.setEnabled(True)
+        self.cancel_button.setEnabled(True)
+        self.progress_label.setText(f"Connecting for {repo}…")
+        self.download_task = run_in_background(
+            work, on_event=self._show_progress, on_done=self._downloaded, on_error=self._dl_failed
+        )
+
+    def pause(self) -> None:
+        if self.downloader is not None:
+            self.downloader.pause()
+
+    def cancel(self) -> None:
+        if self.downloader is not None:
+            self.downloader.cancel()
+
+    def _show_progress(self, p: hub.DownloadProgress) -> None:
+        self.progress.setValue(int(p.fraction * 1000))
+        self.progress_label.setText(
+            f"{p.repo_id}: {human_bytes(p.done_bytes)} of {human_bytes(p.total_bytes)} · "
+            f"{human_bytes(p.speed)}/s · file {min(p.files_done + 1, p.files_total)}/"
+            f"{p.files_total} {p.file}"
+        )
+
+    def _end_download(self) -> None:
+        self.download_button.setEnabled(True)
+        self.pause_button.setEnabled(False)
+        self.cancel_button.setEnabled(False)
+
+    def _downloaded(self, path: Path) -> None:
+        self._end_download()
+        self.progress.setValue(1000)
+        self.progress_label.setText(f"Downloaded to {path}")
+        self.downloader = None
+        self.refresh()
+        self.download_finished.emit("done")
+
+    def _dl_failed(self, message: str) -> None:
+        self._end_download()
+        state = self.downloader.progress.state if self.downloader else "error"
+        if state == "paused":
+            self.download_button.setText("Resume")
+            self.progress_label.setText("Paused. Press Resume to continue.")
+        elif state == "cancelled":
+            self.download_button.setText("Download")
+            self.progress.setValue(0)
+            self.progress_label.setText("Cancelled; partial files removed.")
+            self.downloader = None
+        else:
+            state = "error"
+            self.download_button.setText("Resume")
+            self.progress_label.setText(message)
+            self.message_for_user.emit(message)
+        self.download_finished.emit(state)
+
+    # -- token --------------------------------------------------------------------------------------
+    def save_token(self) -> None:
+        try:
+            hub.set_token(self.token_input.text())
+        except hub.HubError as e:
+            self.message_for_user.emit(str(e))
+            return
+        self.token_input.clear()
+        self._show_token_state()
+
+    def forget_token(self) -> None:
+        try:
+            hub.delete_token()
+        except hub.HubError as e:
+            self.message_for_user.emit(str(e))
+        self._show_token_state()
+
+    def _show_token_state(self) -> None:
+        self.token_state.setText("Token saved" if hub.get_token() else "No token")
+
+
+def _copy(p: hub.DownloadProgress) -> Any:
+    from dataclasses import replace
+
+    return replace(p)  # the worker keeps mutating its own copy

@@ -1,0 +1,137 @@
+"""`locus --screenshot DIR`: render every view with real content to PNG (offscreen works)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["demo_boxes", "edit_replay", "render_all", "wait_until"]
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 60.0) -> bool:
+    """Process Qt events until `cond()` holds (the UI stays live while workers run)."""
+    from PySide6.QtWidgets import QApplication
+
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            return False
+        QApplication.processEvents()
+        time.sleep(0.01)
+    return True
+
+
+def _call(name: str, **params: str) -> str:
+    body = "".join(f"<parameter={k}>\n{v}\n</parameter>\n" for k, v in params.items())
+    return f"<tool_call>\n<function={name}>\n{body}</function>\n</tool_call>"
+
+
+def edit_replay(path: str, old: str, new: str) -> list[str]:
+    """Model outputs for an agent run that reads `path`, edits it, then answers."""
+    return [
+        f"I should look at {path} first.\n</think>\n\n" + _call("read_file", path=path),
+        "Now make the change.\n</think>\n\n"
+        + _call("edit_file", path=path, old_string=old, new_string=new),
+        "Done.\n</think>\n\nI changed the greeting in " + path + ".",
+    ]
+
+
+def demo_boxes(width: int, height: int) -> list[Any]:
+    """Boxes for the sample image: a grounding answer through app.localize's parser when it is
+    in this build, else the same 0–1000 coordinates scaled here."""
+    found = [("red square", (100, 180, 412, 680)), ("blue circle", (575, 320, 887, 840))]
+    text = json.dumps([{"bbox_2d": list(b), "label": label} for label, b in found])
+    from .locate_view import parse_boxes
+
+    try:
+        return parse_boxes(f"```json\n{text}\n```", width, height)
+    except RuntimeError:
+        sx, sy = width / 1000, height / 1000
+        return [_Box(label, b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for label, b in found]
+
+
+@dataclass(frozen=True)
+class _Box:
+    label: str
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    point: tuple[float, float] | None = None
+
+
+def _sample_image(path: Path) -> Path:
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (800, 500), (236, 232, 222))
+    d = ImageDraw.Draw(im)
+    d.rectangle([80, 90, 330, 340], fill=(220, 60, 50))
+    d.ellipse([460, 160, 710, 420], fill=(40, 110, 220))
+    im.save(path)
+    return path
+
+
+def render_all(out_dir: Path, *, demo: bool = True, model: str | None = None) -> list[Path]:
+    """Load the model, fill each view with real content, grab each to OUT_DIR/<view>.png."""
+    from app.agent import ReplayBackend
+
+    from . import _app
+    from .main_window import VIEWS, MainWindow
+    from .theme import apply_theme
+
+    app = _app()
+    dark = apply_theme(app)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="locus-shots-"))
+    from app.store import Store
+
+    win = MainWindow(Store(work / "locus.db"), dark=dark, demo=demo)
+    win.resize(1280, 800)
+    win.show()
+    if demo:
+        from app.demo import demo_model_dir
+
+        model = str(demo_model_dir())
+    written: list[Path] = []
+    try:
+        if model:
+            win.load_model(model)
+            if not wait_until(lambda: win.engine is not None or win.load_task is None, 300):
+                raise RuntimeError("the model did not load within 5 minutes")
+        if win.engine is not None:
+            win.chat.send("Write a Python function that reverses a string.")
+            wait_until(lambda: not win.chat.busy, 120)
+        proj = work / "project"
+        proj.mkdir()
+        (proj / "hello.py").write_text('print("hello")\n')
+        (proj / "README.md").write_text("# demo project\n")
+        win.agent.backend_factory = lambda: ReplayBackend(
+            edit_replay("hello.py", 'print("hello")', 'print("hello, Locus")')
+        )
+        win.open_paths([proj])
+        win.agent.start_run("Make the greeting friendlier")
+        wait_until(lambda: bool(win.agent.cards), 30)
+        img = _sample_image(work / "shapes.png")
+        win.open_paths([img])
+        win.locate.query.setText("red square, blue circle")
+        win.locate.set_boxes(demo_boxes(*win.locate.image_size))
+        win.models.refresh()
+        wait_until(lambda: win.models.list_task is not None and not win.models.list_task.running)
+        for name in VIEWS:
+            win.show_view(name)
+            app.processEvents()
+            if name == "Locate":  # fit once the canvas has its real size
+                win.locate.canvas.fit()
+            app.processEvents()
+            path = out_dir / f"{name.lower()}.png"
+            win.grab().save(str(path), "PNG")
+            written.append(path)
+    finally:
+        win.shutdown()  # stops the agent, which rejects the pending card
+        win.close()
+    return written

@@ -1,0 +1,177 @@
+"""Server: start and stop the local Anthropic/OpenAI-compatible API; env lines for Claude Code."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from PySide6.QtCore import Signal
+from PySide6.QtGui import QFont, QGuiApplication
+from PySide6.QtWidgets import (
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.settings import load_ui_settings
+
+from .bridge import Task, run_in_background
+
+__all__ = ["ServerView", "claude_code_env"]
+
+DEFAULT_PORT = 8723
+
+
+def claude_code_env(host: str, port: int, api_key: str, model: str = "") -> str:
+    """Shell lines that point Claude Code (and the Anthropic SDK) at the local server."""
+    lines = [
+        f"export ANTHROPIC_BASE_URL=http://{host}:{port}",
+        f"export ANTHROPIC_AUTH_TOKEN={api_key or 'locus'}",
+    ]
+    if model:
+        lines.append(f"export ANTHROPIC_MODEL={model}")
+        lines.append(f"export ANTHROPIC_SMALL_FAST_MODEL={model}")
+    return "\n".join(lines)
+
+
+class ServerView(QWidget):
+    """Runs uvicorn on a worker thread with the loaded engine."""
+
+    state_changed = Signal(bool)  # running
+    message_for_user = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.engine: Any = None
+        self.model_name = ""
+        self.server: Any = None
+        self.asgi: Any = None
+        self.task: Task | None = None
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        self.host = QLineEdit("127.0.0.1")
+        self.host.setToolTip("127.0.0.1 keeps the API on this Mac; other addresses expose it")
+        self.port = QSpinBox(minimum=1, maximum=65535, value=DEFAULT_PORT)
+        self.api_key = QLineEdit()
+        self.api_key.setPlaceholderText("optional: clients must send it")
+        key_row = QHBoxLayout()
+        key_row.addWidget(self.api_key, 1)
+        gen = QPushButton("Generate")
+        gen.clicked.connect(lambda: self.api_key.setText("sk-locus-" + secrets.token_urlsafe(18)))
+        key_row.addWidget(gen)
+        form.addRow("Address", self.host)
+        form.addRow("Port", self.port)
+        form.addRow("API key", key_row)
+        lay.addLayout(form)
+        row = QHBoxLayout()
+        self.start_button = QPushButton("Start")
+        self.start_button.clicked.connect(self.start)
+        self.stop_button = QPushButton("Stop", enabled=False)
+        self.stop_button.clicked.connect(self.stop)
+        row.addWidget(self.start_button)
+        row.addWidget(self.stop_button)
+        row.addStretch(1)
+        lay.addLayout(row)
+        self.status = QLabel("Stopped.")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        lay.addWidget(
+            QLabel("For Claude Code, paste these lines in a terminal, then run `claude`:")
+        )
+        self.env = QPlainTextEdit(readOnly=True)
+        self.env.setFont(QFont("Menlo, Consolas, monospace"))
+        self.env.setFixedHeight(100)
+        lay.addWidget(self.env)
+        self.copy_button = QPushButton("Copy")
+        self.copy_button.clicked.connect(self.copy_env)
+        lay.addWidget(self.copy_button)
+        lay.addStretch(1)
+        for w in (self.host, self.api_key):
+            w.textChanged.connect(self._update_env)
+        self.port.valueChanged.connect(self._update_env)
+        remembered = load_ui_settings()
+        self.host.setText(str(remembered.get("server_host") or "127.0.0.1"))
+        self.port.setValue(int(remembered.get("server_port") or DEFAULT_PORT))
+        self._update_env()
+
+    def set_engine(self, engine: Any, model_name: str = "") -> None:
+        self.engine = engine
+        self.model_name = model_name
+        self._update_env()
+
+    def _update_env(self, *_: Any) -> None:
+        self.env.setPlainText(claude_code_env(self.host.text().strip() or "127.0.0.1",
+                                              self.port.value(), self.api_key.text().strip(),
+                                              self.model_name))  # fmt: skip
+
+    def copy_env(self) -> None:
+        QGuiApplication.clipboard().setText(self.env.toPlainText())
+        self.copy_button.setText("Copied")
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and self.task.running
+
+    def start(self) -> None:
+        if self.running:
+            return
+        if self.engine is None:
+            self.message_for_user.emit("No model is loaded: load one in Models first.")
+            return
+        from app.server import ServerConfig, create_app, make_server
+
+        cfg = ServerConfig(host=self.host.text().strip() or "127.0.0.1", port=self.port.value(),
+                           api_key=self.api_key.text().strip() or None,
+                           model_name=self.model_name or None, log_level="warning")  # fmt: skip
+        try:
+            self.asgi = create_app(self.engine, cfg)
+        except Exception as e:  # configuration the server refuses: tell the user why
+            self.message_for_user.emit(f"Cannot start the server: {e}")
+            return
+        self.server = make_server(self.asgi, cfg)
+        self.start_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.status.setText(f"Running on http://{cfg.host}:{cfg.port}")
+        self.task = run_in_background(self.server.run, on_done=self._stopped,
+                                      on_error=self._failed)  # fmt: skip
+        self.state_changed.emit(True)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            service = getattr(self.asgi, "service", None)
+            if service is not None:  # end running generations so shutdown does not wait on them
+                service.cancel_all()
+            self.server.should_exit = True
+
+    def _stopped(self, *_: Any) -> None:
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        if self.server is not None and not self.server.started:
+            # uvicorn logs the bind error and exits; say what to do about it.
+            text = (f"Could not start on port {self.port.value()}: is it already in use? "
+                    "Choose another port.")  # fmt: skip
+            self.status.setText(text)
+            self.message_for_user.emit(text)
+        else:
+            self.status.setText("Stopped.")
+        self.server = None
+        self.asgi = None
+        self.state_changed.emit(False)
+
+    def _failed(self, message: str) -> None:
+        started = self.server is not None and self.server.started
+        self._stopped()
+        if started:
+            self.status.setText(f"Server error: {message}")
+            self.message_for_user.emit(f"Server error: {message}")
+
+    def shutdown(self) -> None:
+        self.stop()
+        if self.task is not None:
+            self.task.wait(5)
