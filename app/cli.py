@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompt-ids", metavar="IDS", help="raw token ids, comma-separated; skips the template"
     )
     g.add_argument("--system", metavar="TEXT", help="system prompt")
+    g.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="an image before the prompt text (repeatable; needs a vision checkpoint)")  # fmt: skip
     g.add_argument("--no-chat-template", action="store_true", help="feed --prompt as raw text")
     g.add_argument("--json", action="store_true", help="one JSON object per event per line")
     _add_sampling_args(g)
@@ -170,6 +172,8 @@ def _read_prompt(args: argparse.Namespace) -> GenerationRequest:
             ids = [int(x) for x in args.prompt_ids.replace(" ", "").split(",") if x]
         except ValueError:
             raise EngineError("--prompt-ids must be comma-separated integers, e.g. 1,2,3") from None
+        if args.image:
+            raise EngineError("--image needs a chat prompt (--prompt), not --prompt-ids")
         return GenerationRequest(prompt_ids=ids, **common)
     text = args.prompt
     if text is None or text == "-":
@@ -177,9 +181,18 @@ def _read_prompt(args: argparse.Namespace) -> GenerationRequest:
             raise EngineError("give --prompt TEXT, --prompt-ids, or pipe the prompt on stdin")
         text = sys.stdin.read()
     if args.no_chat_template:
+        if args.image:
+            raise EngineError("--image needs the chat template (drop --no-chat-template)")
         return GenerationRequest(prompt=(args.system or "") + text, **common)
+    content: Any = text
+    if args.image:
+        for path in args.image:
+            if not os.path.isfile(path):
+                raise EngineError(f"--image {path}: no such file")
+        content = [{"type": "image", "image": path} for path in args.image]
+        content.append({"type": "text", "text": text})
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-        {"role": "user", "content": text}
+        {"role": "user", "content": content}
     ]
     return GenerationRequest(messages=messages, **common)
 

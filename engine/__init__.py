@@ -25,6 +25,7 @@ from .events import (
     Usage,
     event_to_dict,
 )
+from .image import ImageConfig, ImageError, LoadedImage, PromptInputs, load_image
 from .loader import (
     CheckpointInfo,
     LoadedModel,
@@ -47,11 +48,15 @@ __all__ = [
     "FinishReason",
     "GenerationRequest",
     "GenerationResult",
+    "ImageConfig",
+    "ImageError",
     "InsufficientMemoryError",
+    "LoadedImage",
     "LoadedModel",
     "MemoryEstimate",
     "ModelLoadError",
     "PromptCache",
+    "PromptInputs",
     "PromptProgress",
     "ReasoningDelta",
     "RequestError",
@@ -65,6 +70,7 @@ __all__ = [
     "estimate_memory",
     "event_to_dict",
     "inspect_checkpoint",
+    "load_image",
     "load_model",
     "parse_tool_calls",
     "preset",

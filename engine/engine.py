@@ -6,11 +6,12 @@ events on a per-request queue) → `Engine.generate` (the whole result at once).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ from .events import (
     ToolCallError,
     Usage,
 )
+from .image import PromptInputs, build_prompt_inputs, image_parts
 from .loader import DEFAULT_CONTEXT_TOKENS, LoadedModel, load_model
 from .parser import StreamParser
 from .sampling import SamplingParams, make_logits_processors, make_sampler
@@ -43,7 +45,12 @@ def _cacheable(cache: list[Any]) -> bool:
 
 @dataclass
 class GenerationRequest:
-    """One generation: a conversation (rendered with the model's template), raw text, or raw ids."""
+    """One generation: a conversation (rendered with the model's template), raw text, or raw ids.
+
+    A user message's content may be a list of parts; `{"type": "image", "image": X}` (X: bytes, a
+    file path, a `data:` URL or a PIL image) or OpenAI's `{"type": "image_url", ...}` puts an image
+    in the prompt (Qwen3.5/3.6 checkpoints with their vision tower).
+    """
 
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
@@ -295,8 +302,15 @@ class Engine:
         self.close()
 
     def encode(self, req: GenerationRequest) -> tuple[list[int], bool]:
-        """The prompt's token ids and whether output starts inside a reasoning block."""
-        return self._call(lambda: self._encode(req))
+        """The prompt's token ids (images expanded to their tokens) and whether output starts
+        inside a reasoning block."""
+        inputs = self._call(lambda: self._prepare(req))
+        return inputs.ids, inputs.reasoning
+
+    def prepare(self, req: GenerationRequest) -> PromptInputs:
+        """The prompt as the model will see it: ids with images expanded, where each image sits and
+        its content hash. Raises RequestError (ImageError for images) naming the problem."""
+        return self._call(lambda: self._prepare(req))
 
     def submit(self, req: GenerationRequest) -> RequestHandle:
         """Queue a request; read its events from the returned handle."""
@@ -314,6 +328,15 @@ class Engine:
         return self.submit(req).result()
 
     # -- generation (worker thread only) ------------------------------------------------------
+    def _prepare(self, req: GenerationRequest) -> PromptInputs:
+        sources: list[Any] = []
+        if req.messages is not None:
+            messages, sources = image_parts(req.messages)
+            if sources:
+                req = dataclasses.replace(req, messages=messages)
+        ids, reasoning = self._encode(req)
+        return build_prompt_inputs(self.model, ids, reasoning, sources)
+
     def _encode(self, req: GenerationRequest) -> tuple[list[int], bool]:
         lm = self.model
         tok = lm.tokenizer
@@ -342,14 +365,21 @@ class Engine:
         )  # fmt: skip
         return tok.encode(text, add_special_tokens=False), opens_reasoning(text)
 
-    def _cache_begin(self, req: GenerationRequest, prompt: list[int]):
-        """Resume from the longest cached prefix; say where to snapshot and how."""
+    def _cache_begin(
+        self, req: GenerationRequest, prompt: list[int], images: Sequence[tuple[int, str]] = ()
+    ):
+        """Resume from the longest cached prefix; say where to snapshot and how.
+
+        `images` are (start, content hash) of the prompt's images: part of every snapshot's key, as
+        two different images of one size give the same token ids.
+        """
         lm = self.model
         fresh = lm.model.make_cache()
         pc = self.prompt_cache
         if not req.use_cache or pc is None or not _cacheable(fresh):
             return fresh, 0, [], lambda _tokens, _kind: None
-        cache, cached = pc.lookup(lm.model_id, prompt, fresh)
+        extra = list(images)
+        cache, cached = pc.lookup(lm.model_id, prompt, fresh, extra)
         session = req.session or "default"
         # Snapshot where the generation prompt starts: a regenerate, or a next turn that renders
         # this reply differently, resumes from there instead of from zero.
@@ -360,7 +390,7 @@ class Engine:
         checkpoints = [starts[-1]] if starts and cached < starts[-1] < len(prompt) - 1 else []
 
         def snap(tokens: list[int], kind: str) -> None:
-            pc.store(lm.model_id, tokens, cache, session=session, kind=kind)
+            pc.store(lm.model_id, tokens, cache, session=session, kind=kind, extra=extra)
 
         return cache, cached, checkpoints, snap
 
@@ -368,6 +398,7 @@ class Engine:
         import mlx.core as mx
 
         from .generate import Cancelled, generate_step
+        from .model import bind_images
 
         tokens: list[int] = []
         t0 = time.perf_counter()
@@ -380,7 +411,8 @@ class Engine:
             if handle.cancelled:
                 raise Cancelled
             lm = self.model
-            prompt, reasoning = self._encode(req)
+            inputs = self._prepare(req)
+            prompt, reasoning = inputs.ids, inputs.reasoning
             limit = int(lm.config.get("text_config", lm.config).get("max_position_embeddings", 0))
             if limit and len(prompt) >= limit:
                 raise RequestError(
@@ -394,13 +426,14 @@ class Engine:
             parser = StreamParser(req.tools, reasoning=reasoning)
             stops = _StopFilter(req.stop)
             mx.reset_peak_memory()
-            cache, cached, checkpoints, snap = self._cache_begin(req, prompt)
+            cache, cached, checkpoints, snap = self._cache_begin(req, prompt, inputs.image_keys)
+            model = bind_images(lm.model, inputs)  # features and M-RoPE positions of the images
 
             def progress(done: int, total: int) -> None:
                 handle._put(PromptProgress(done, total))
 
             steps = generate_step(
-                lm.model, prompt, cache, sampler=make_sampler(req.sampling),
+                model, prompt, cache, sampler=make_sampler(req.sampling),
                 logits_processors=make_logits_processors(req.sampling), progress=progress,
                 cancelled=lambda: handle.cancelled, stream=self._stream, start=cached,
                 checkpoints=checkpoints, on_checkpoint=lambda pos: snap(prompt[:pos], "boundary"),

@@ -1,20 +1,31 @@
 """Qwen3.5/3.6 mixture-of-experts model, built on mlx-lm's qwen3_5 layers.
 
 mlx-lm's text path (gated DeltaNet, gated attention, SwitchGLU experts over `gather_qmm`) already
-matches transformers; this module adds what mlx-lm lacks for Locus: the vision tower's weights kept
-beside the text model (one weight copy for text and images) and key normalization for every
-checkpoint layout found in the wild.
+matches transformers; this module adds what mlx-lm lacks for Locus: the vision tower (built on the
+checkpoint's own vision weights, so one weight copy serves text and images), multimodal rotary
+positions in the full-attention layers, and key normalization for every checkpoint layout found in
+the wild.
 """
 
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx_lm.models import qwen3_5
+from mlx_lm.models.base import scaled_dot_product_attention
+from mlx_lm.models.qwen3_next import Qwen3NextAttention
+
+from .mrope import apply_rotary, mrope_cos_sin, rope_index, section_axes
+
+if TYPE_CHECKING:
+    from .image import PreparedImage, PromptInputs
+    from .vision import VisionModel
 
 QWEN_MOE_TYPES = {"qwen3_5_moe", "qwen3_5", "qwen3_5_moe_text", "qwen3_5_text"}
 
@@ -35,8 +46,93 @@ def text_config(config: dict[str, Any]) -> dict[str, Any]:
     return tc
 
 
+class _RopeState:
+    """Positions for the call in progress, shared by the full-attention layers (not parameters)."""
+
+    def __init__(self) -> None:
+        self.positions: mx.array | None = None  # (3, B, L) when the call carries M-RoPE positions
+        self.delta = 0  # otherwise position = cache offset + delta
+
+
+class MRopeAttention(Qwen3NextAttention):
+    """mlx-lm's gated attention with Qwen3.5's interleaved multimodal rotary positions.
+
+    Without explicit positions it rotates by `cache.offset + delta` with mlx-lm's own RoPE, which is
+    exact for text: all three axes then share one position, and the interleaving drops out.
+    """
+
+    def __init__(self, args: Any, state: _RopeState):
+        super().__init__(args)
+        self._state = state
+        rope = args.rope_parameters or {}
+        self._rot = int(self.head_dim * args.partial_rotary_factor)
+        half = self._rot // 2
+        freqs = getattr(self.rope, "_freqs", None)  # YaRN keeps its own frequencies
+        if freqs is not None:
+            inv = 1.0 / np.asarray(freqs, dtype=np.float32)
+        else:
+            base = float(args.rope_theta)
+            inv = 1.0 / (base ** (np.arange(0, self._rot, 2, dtype=np.float32) / self._rot))
+        self._inv_freq = mx.array(inv.astype(np.float32))
+        self._mscale = float(getattr(self.rope, "mscale", 1.0))
+        sections = rope.get("mrope_section") or [half, 0, 0]
+        self._axes = mx.array(section_axes(half, sections))
+
+    def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
+        B, L, _ = x.shape
+        q, gate = mx.split(self.q_proj(x).reshape(B, L, self.num_attention_heads, -1), 2, axis=-1)
+        gate = gate.reshape(B, L, -1)
+        keys, values = self.k_proj(x), self.v_proj(x)
+        queries = self.q_norm(q).transpose(0, 2, 1, 3)
+        keys = self.k_norm(keys.reshape(B, L, self.num_key_value_heads, -1)).transpose(0, 2, 1, 3)
+        values = values.reshape(B, L, self.num_key_value_heads, -1).transpose(0, 2, 1, 3)
+        st = self._state
+        if st.positions is not None:
+            cos, sin = mrope_cos_sin(st.positions, self._inv_freq, self._axes)
+            queries = apply_rotary(queries, cos, sin, self._mscale)
+            keys = apply_rotary(keys, cos, sin, self._mscale)
+        else:
+            offset = (cache.offset if cache is not None else 0) + st.delta
+            queries = self.rope(queries, offset=offset)
+            keys = self.rope(keys, offset=offset)
+        if cache is not None:
+            keys, values = cache.update_and_fetch(keys, values)
+        out = scaled_dot_product_attention(
+            queries, keys, values, cache=cache, scale=self.scale, mask=mask
+        )
+        out = out.transpose(0, 2, 1, 3).reshape(B, L, -1)
+        return self.o_proj(out * mx.sigmoid(gate))
+
+
+class _VisionState:
+    """The built vision module and its features by image content hash (LRU), kept out of the
+    model's parameter tree."""
+
+    def __init__(self, capacity: int = 16):
+        self.module: VisionModel | None = None
+        self.capacity = capacity
+        self.items: OrderedDict[str, mx.array] = OrderedDict()
+        self.computed = 0  # how many times the vision tower ran (for tests and stats)
+
+    def get(self, key: str) -> mx.array | None:
+        v = self.items.get(key)
+        if v is not None:
+            self.items.move_to_end(key)
+        return v
+
+    def put(self, key: str, value: mx.array) -> None:
+        self.items[key] = value
+        self.items.move_to_end(key)
+        while len(self.items) > self.capacity:
+            self.items.popitem(last=False)
+
+
 class Model(nn.Module):
-    """The text model (`language_model`) plus the vision tower's weights (`vision_tower`)."""
+    """The text model (`language_model`) plus the vision tower's weights (`vision_tower`).
+
+    `vision_tower` stays the checkpoint's flat dict of vision arrays (what the loader fills and
+    `convert` writes); the MLX vision module is built on those same arrays on first use.
+    """
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
@@ -44,11 +140,31 @@ class Model(nn.Module):
         args = qwen3_5.TextModelArgs.from_dict(text_config(config))
         self.args = args
         self.language_model = qwen3_5.TextModel(args)
-        # Vision weights stay loaded, flat by name, until the vision tower consumes them.
+        # Hidden from the parameter tree (plain objects): per-call positions, built vision, features.
+        self._rope = _RopeState()
+        for layer in self.language_model.model.layers:
+            if not layer.is_linear:
+                layer.self_attn = MRopeAttention(args, self._rope)
+        # Vision weights stay loaded, flat by name; the vision module is built on them lazily.
         self.vision_tower: dict[str, mx.array] = {}
+        self._vision = _VisionState()
+        self.image_token_id = int(config.get("image_token_id", -1))
 
-    def __call__(self, inputs: mx.array, cache: Any = None, input_embeddings: Any = None):
-        return self.language_model(inputs, cache=cache, input_embeddings=input_embeddings)
+    def __call__(
+        self,
+        inputs: mx.array,
+        cache: Any = None,
+        input_embeddings: Any = None,
+        position_ids: mx.array | None = None,
+        rope_delta: int = 0,
+    ):
+        """Logits. `position_ids` (3, B, L) gives M-RoPE positions; else position = offset + delta."""
+        st = self._rope
+        st.positions, st.delta = position_ids, int(rope_delta)
+        try:
+            return self.language_model(inputs, cache=cache, input_embeddings=input_embeddings)
+        finally:
+            st.positions, st.delta = None, 0
 
     @property
     def layers(self) -> list[nn.Module]:
@@ -61,6 +177,126 @@ class Model(nn.Module):
         from mlx.utils import tree_flatten
 
         return {k: tuple(v.shape) for k, v in tree_flatten(self.language_model.parameters())}
+
+    # -- images -----------------------------------------------------------------------------------
+    @property
+    def has_vision(self) -> bool:
+        return bool(self.vision_tower) and bool(self.config.get("vision_config"))
+
+    @property
+    def vision(self) -> VisionModel:
+        """The vision tower as an MLX module (built on first use from `vision_tower`'s arrays)."""
+        if self._vision.module is None:
+            from .errors import RequestError
+            from .vision import VisionModel
+
+            if not self.has_vision:
+                raise RequestError(
+                    "this checkpoint has no vision tower weights (it was converted text-only), so "
+                    "it cannot take images; use a multimodal conversion such as "
+                    "mlx-community/Qwen3.6-35B-A3B-4bit or `locus convert` of the original"
+                )
+            try:
+                vm = VisionModel(self.config["vision_config"])
+                vm.load_weights_from(
+                    self.vision_tower,
+                    self.config.get("quantization") or self.config.get("quantization_config"),
+                )
+            except ValueError as e:
+                raise RequestError(f"the checkpoint's vision tower cannot be used: {e}") from e
+            self._vision.module = vm
+        return self._vision.module
+
+    def image_features(self, image: PreparedImage) -> mx.array:
+        """Image token embeddings for one prepared image, computed once per content hash."""
+        cache = self._vision
+        feats = cache.get(image.hash)
+        if feats is None:
+            vm = self.vision
+            feats = vm(mx.array(image.pixel_values), image.grid)
+            mx.eval(feats)
+            cache.computed += 1
+            cache.put(image.hash, feats)
+        return feats
+
+    def with_images(self, inputs: PromptInputs) -> Any:
+        """A callable like the model that feeds `inputs`' images and their positions (see
+        ImagePrompt); the model itself when the prompt has no images."""
+        if not inputs.images:
+            return self
+        if not self.has_vision:
+            self.vision  # noqa: B018 - raises the error that names the problem
+        return ImagePrompt(self, inputs)
+
+
+def _cache_offset(cache: Any) -> int:
+    """Tokens already in the cache (from the first layer cache that counts them)."""
+    if not cache:
+        return 0
+    for c in cache:
+        off = getattr(c, "offset", None)
+        if isinstance(off, int):
+            return off
+    return 0
+
+
+class ImagePrompt:
+    """The model bound to one prompt with images: same call signature as the model.
+
+    Where a call's tokens fall inside the prompt (known from the cache's offset, so chunked prefill
+    and prompt-cache resumes just work) it puts the images' features in place of their tokens'
+    embeddings and passes the prompt's M-RoPE positions; past the prompt (decoding) it shifts
+    positions by the prompt's delta.
+    """
+
+    def __init__(self, model: Model, inputs: PromptInputs):
+        self.model = model
+        self.inputs = inputs
+        merge = int(model.config.get("vision_config", {}).get("spatial_merge_size", 2))
+        self.positions, self.delta = rope_index(len(inputs.ids), inputs.images, merge)
+        self.first_image = min(s.start for s in inputs.images)
+
+    def make_cache(self) -> list[Any]:
+        return self.model.make_cache()
+
+    def __call__(self, inputs: mx.array, cache: Any = None, **kw: Any) -> mx.array:
+        n = len(self.inputs.ids)
+        start = _cache_offset(cache)
+        length = inputs.shape[1]
+        end = start + length
+        if end <= self.first_image:  # text before the first image: plain positions
+            return self.model(inputs, cache=cache)
+        if start >= n:  # decoding past the prompt
+            return self.model(inputs, cache=cache, rope_delta=self.delta)
+        pos = self.positions[:, start : min(end, n)]
+        if end > n:
+            tail = np.arange(n, end) + self.delta
+            pos = np.concatenate([pos, np.broadcast_to(tail, (3, end - n))], axis=1)
+        embeds = None
+        spans = [
+            (s, img)
+            for s, img in zip(self.inputs.images, self.inputs.prepared, strict=True)
+            if s.start < end and s.end > start
+        ]
+        if spans:
+            text = self.model.language_model.model.embed_tokens(inputs)
+            pieces, at = [], start
+            for s, img in spans:
+                lo, hi = max(s.start, start), min(s.end, end)
+                if lo > at:
+                    pieces.append(text[:, at - start : lo - start])
+                feats = self.model.image_features(img)
+                pieces.append(feats[lo - s.start : hi - s.start][None].astype(text.dtype))
+                at = hi
+            if at < end:
+                pieces.append(text[:, at - start :])
+            embeds = mx.concatenate(pieces, axis=1)
+        return self.model(
+            inputs,
+            cache=cache,
+            input_embeddings=embeds,
+            position_ids=mx.array(pos)[:, None, :],
+        )
 
 
 def canonical_key(key: str) -> str | None:
@@ -161,3 +397,15 @@ def normalize_weights(
             elif any(k.endswith(s) for s in _NORM_SUFFIXES) and v.ndim == 1:
                 out[k] = v + 1.0
     return out, origin
+
+
+def bind_images(model: Any, inputs: PromptInputs) -> Any:
+    """What generation should call for this prompt: the model, or the model bound to its images."""
+    if not inputs.images:
+        return model
+    bind = getattr(model, "with_images", None)
+    if bind is None:
+        from .errors import RequestError
+
+        raise RequestError("this model cannot take images")
+    return bind(inputs)

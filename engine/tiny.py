@@ -98,6 +98,19 @@ class TinyConfig:
     extra_text_config: dict[str, Any] = field(default_factory=dict)
 
 
+TINY_PROCESSOR: dict[str, Any] = {
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "processor_class": "Qwen3VLProcessor",
+    "size": {"shortest_edge": 4096, "longest_edge": 16384},
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "do_convert_rgb": True,
+}
+
+
 def _special_ids(vocab_size: int) -> dict[str, int]:
     # Special tokens sit at the top of the vocabulary, as in Qwen's tokenizer.
     base = vocab_size - len(SPECIAL_TOKENS) - 6
@@ -385,6 +398,9 @@ def write_checkpoint(
             }
         )
     )
+    # Small pixel bounds keep the tiny model's image prompts short (the real processor uses
+    # 65536 to 16777216 pixels); the rest is Qwen3.6's processor config.
+    (path / "preprocessor_config.json").write_text(json.dumps(TINY_PROCESSOR, indent=2))
     weights = make_weights(cfg, seed)
     if layout == "mlx":
         (path / "config.json").write_text(json.dumps(config, indent=2))
