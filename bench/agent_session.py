@@ -209,6 +209,11 @@ class LocusSide:
             str(self.path), prompt_cache=PromptCache(disk_dir=self.cache_dir)
         )
 
+    def vision_runs(self) -> int:
+        """How many times the vision tower has run in this process (the model's own counter)."""
+        vision = getattr(self.engine.model.model, "_vision", None)
+        return int(getattr(vision, "computed", -1))
+
     def restart(self) -> None:
         self.engine.close()  # flushes snapshots to disk, as quitting the app does
         self.start()
@@ -379,6 +384,7 @@ SCENARIOS = {
 @dataclass
 class SideResult:
     turns: list[Turn] = field(default_factory=list)
+    vision_runs: list[int] = field(default_factory=list)  # after each turn (Locus only)
 
 
 def _system(sc: Scenario) -> str:
@@ -421,6 +427,8 @@ def run_scenario(side: Any, sc: Scenario, args: argparse.Namespace) -> SideResul
         messages = [{"role": "system", "content": _system(sc)}, *history]
         t = side.turn(messages, args.reply_tokens, session)
         res.turns.append(t)
+        if hasattr(side, "vision_runs"):
+            res.vision_runs.append(side.vision_runs())
         call_id = f"call_{k}"
         history.append(
             {
@@ -518,6 +526,10 @@ def report(sc: Scenario, results: dict[str, SideResult]) -> dict[str, Any]:
         i = sc.restart_before - 1
         checks.append((f"turn {i + 1} after restart prefills only new", loc[i].prefilled <= new[i]))
     if sc.key == "E":
+        runs = results["Locus"].vision_runs
+        print(f"vision tower runs after each turn: {runs}")
+        out["vision_runs"] = runs
+        checks.append(("vision tower ran once", bool(runs) and runs[-1] == runs[0] == 1))
         later = loc[1:]
         checks.append(("later turns prefill only new", all(
             t.prefilled <= n for t, n in zip(later, new[1:], strict=True))))  # fmt: skip
