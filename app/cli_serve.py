@@ -1,15 +1,128 @@
-"""`locus serve` (being built; see its issue)."""
+"""`locus serve`: the local Anthropic- and OpenAI-compatible API over the loaded model."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from typing import Any
+
+from engine import PRESETS
 
 
 def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) -> None:
     """Register `locus serve` on the subparsers `sub`."""
+    from app.server.config import DEFAULT_HOST, DEFAULT_PORT
+
+    p = sub.add_parser(
+        "serve",
+        help="serve the model over Anthropic's Messages and OpenAI's chat completions APIs",
+        description=(
+            "Serve the model on this machine for Claude Code, the anthropic and openai SDKs and "
+            "other tools: POST /v1/messages, /v1/messages/count_tokens, /v1/chat/completions, "
+            "GET /v1/models. Any model name in a request is served by the loaded model."
+        ),
+    )
+    add_model_args(p)
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")  # fmt: skip
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    p.add_argument("--api-key-from-keyring", action="store_true",
+                   help="require the API key stored in the OS keychain (service 'locus', user "
+                   "'api-key') as x-api-key or Authorization: Bearer")  # fmt: skip
+    p.add_argument("--max-queue", type=int, default=32, metavar="N",
+                   help="requests allowed to wait for the model; more get 'overloaded' (default 32)")  # fmt: skip
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="browser origin allowed to call the API, e.g. http://localhost:3000 "
+                   "(repeatable; '*' allows any)")  # fmt: skip
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="extra Host header name to accept besides loopback names (repeatable)")  # fmt: skip
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="sampling profile for requests that set none (default: thinking when "
+                   "the request thinks, instruct otherwise)")  # fmt: skip
+    p.add_argument("--model-name", metavar="NAME", help="name listed by /v1/models")
+    p.add_argument("--max-body-mb", type=float, default=32.0, metavar="MB",
+                   help="largest request body accepted (default 32 MB)")  # fmt: skip
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(handler=run)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The ServerConfig for the command line; RuntimeError with advice for bad values."""
+    from app.server.config import ServerConfig, api_key_from_keyring
+
+    if not 0 <= args.port <= 65535:
+        raise RuntimeError(f"--port must be between 0 and 65535 (got {args.port})")
+    if args.max_queue < 0:
+        raise RuntimeError(f"--max-queue must be >= 0 (got {args.max_queue})")
+    if args.max_body_mb <= 0:
+        raise RuntimeError("--max-body-mb must be positive")
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        api_key=api_key_from_keyring() if args.api_key_from_keyring else None,
+        max_queue=args.max_queue,
+        allowed_origins=tuple(args.allow_origin),
+        allowed_hosts=tuple(args.allow_host),
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        context_tokens=args.context,
+        preset=args.preset,
+        model_name=args.model_name,
+        log_level=args.log_level,
+    )
+
+
+def exposure_warning(config: Any) -> str | None:
+    """The warning printed when the server listens beyond this machine (None when it does not)."""
+    if config.is_loopback:
+        return None
+    lines = [
+        f"WARNING: listening on {config.host}, not 127.0.0.1: other machines can reach this API.",
+        "Requests are not encrypted (plain HTTP).",
+    ]
+    if config.api_key is None:
+        lines.append(
+            "There is NO API key: anyone who can reach this port can use the model. "
+            "Add --api-key-from-keyring."
+        )
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    from app.cli import open_engine
+    from app.server import create_app, make_server
+
+    try:
+        config = config_from_args(args)
+    except RuntimeError as e:
+        print(f"locus serve: {e}", file=sys.stderr)
+        return 2
+    warning = exposure_warning(config)
+    if warning:
+        color = sys.stderr.isatty()
+        print(("\033[1;31m" if color else "") + warning + ("\033[0m" if color else ""),
+              file=sys.stderr, flush=True)  # fmt: skip
+    engine = open_engine(args)
+    try:
+        app = create_app(engine, config)
+        name = app.service.model_name
+        host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{config.port}"
+        print(f"Serving {name} at {url}\n"
+              f"  Claude Code:  ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN="
+              f"{'<your key>' if config.api_key else 'locus'} claude\n"
+              f"  OpenAI SDK:   base_url={url}/v1\n"
+              "Press Ctrl-C to stop.", file=sys.stderr, flush=True)  # fmt: skip
+        server = make_server(app, config)
+        try:
+            server.run()
+        except SystemExit:  # uvicorn exits when it cannot bind; say why below
+            pass
+        app.service.cancel_all()
+    finally:
+        engine.close()
+    if not server.started:
+        print(f"locus serve: could not listen on {config.host}:{config.port} (in use?)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0

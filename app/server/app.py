@@ -1,0 +1,141 @@
+"""The FastAPI application: routes of both APIs over one Service, errors in each API's shape."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+
+from . import anthropic_api, openai_api, schemas
+from .config import ServerConfig
+from .errors import APIError, flavor_of
+from .fields import field, parse_body
+from .security import ASGIApp, Guard
+from .service import ClientGone, EventStream, Service
+
+log = logging.getLogger("locus.server")
+_HTTP_KINDS = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+               405: "invalid_request_error", 413: "request_too_large"}  # fmt: skip
+
+
+def _error_response(request: Request, err: APIError) -> JSONResponse:
+    flavor = flavor_of(request.url.path)
+    return JSONResponse(err.body(flavor), status_code=err.status_for(flavor), headers=err.headers)
+
+
+def build_fastapi(service: Service) -> FastAPI:
+    """The routes, without the Guard in front (see create_app)."""
+    config = service.config
+    api = FastAPI(title="Locus local API", version="1", docs_url=None, redoc_url=None)
+    api.state.service = service
+
+    @api.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> Response:
+        return _error_response(request, exc)
+
+    @api.exception_handler(ClientGone)
+    async def _gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # nobody is listening; the generation was cancelled
+
+    @api.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        kind = _HTTP_KINDS.get(exc.status_code, "invalid_request_error")
+        msg = f"{request.method} {request.url.path}: {exc.detail}"
+        return _error_response(request, APIError(kind, msg, status=exc.status_code))
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        return _error_response(request, APIError("invalid_request_error", str(exc)))
+
+    @api.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error serving %s", request.url.path)
+        err = APIError("api_error", f"internal server error ({type(exc).__name__}); see the log")
+        return _error_response(request, err)
+
+    @api.get("/")
+    @api.head("/")
+    async def root() -> dict[str, Any]:
+        return {"name": "locus", "apis": ["anthropic", "openai"]}
+
+    @api.get("/health")
+    async def health() -> dict[str, Any]:
+        s = service.scheduler
+        try:
+            loaded = service.loaded() is not None
+        except APIError:
+            loaded = False
+        return {"status": "ok", "model_loaded": loaded, "active": s.active,
+                "waiting": s.waiting, "finished": dict(service.finished)}  # fmt: skip
+
+    def model_entry(model_id: str) -> dict[str, Any]:
+        # Both SDKs' shapes at once: Anthropic's type/display_name/created_at, OpenAI's object/created.
+        return {"id": model_id, "type": "model", "display_name": model_id,
+                "created_at": "2026-01-01T00:00:00Z", "object": "model",
+                "created": int(service.started), "owned_by": "locus",
+                "context_length": service.context_limit()}  # fmt: skip
+
+    @api.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        name = service.model_name
+        return {"object": "list", "data": [model_entry(name)], "has_more": False,
+                "first_id": name, "last_id": name}  # fmt: skip
+
+    @api.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        service.loaded()  # every name is served by the loaded model
+        return model_entry(model_id)
+
+    @api.post("/v1/messages", openapi_extra=schemas.body(schemas.ANTHROPIC_MESSAGES))
+    async def messages(request: Request) -> Response:
+        body = parse_body(await request.body())
+        plan = anthropic_api.to_plan(body, vocab_size=service.vocab_size, preset=config.preset)
+        stream = field(body, "stream", bool, "", default=False)
+        model_name = body["model"]
+        job = await service.start(plan, request)
+        if stream:
+            content = anthropic_api.stream(job, model_name, config.ping_interval)
+            return EventStream(content, job.cancel, {})
+        events, fin = await service.collect(job, request)
+        anthropic_api.raise_if_error(fin)
+        return JSONResponse(anthropic_api.message(events, fin, job, model_name))
+
+    @api.post("/v1/messages/count_tokens", openapi_extra=schemas.body(schemas.ANTHROPIC_COUNT))
+    async def count_tokens(request: Request) -> Response:
+        body = parse_body(await request.body())
+        plan = anthropic_api.to_plan(
+            body, vocab_size=service.vocab_size, preset=config.preset, count_only=True
+        )
+        return JSONResponse({"input_tokens": await service.count(plan)})
+
+    @api.post("/v1/chat/completions", openapi_extra=schemas.body(schemas.OPENAI_CHAT))
+    async def chat_completions(request: Request) -> Response:
+        body = parse_body(await request.body())
+        plan = openai_api.to_plan(body, vocab_size=service.vocab_size, preset=config.preset,
+                                  default_max=config.default_max_tokens)  # fmt: skip
+        stream = field(body, "stream", bool, "", default=False)
+        opts = field(body, "stream_options", dict, "", default={})
+        include_usage = field(opts, "include_usage", bool, "stream_options", default=False)
+        model_name = body["model"]
+        job = await service.start(plan, request)
+        if stream:
+            content = openai_api.stream(job, model_name, config.ping_interval, include_usage)
+            return EventStream(content, job.cancel, {})
+        events, fin = await service.collect(job, request)
+        anthropic_api.raise_if_error(fin)
+        return JSONResponse(openai_api.completion(events, fin, job, model_name))
+
+    return api
+
+
+def create_app(engine: Any, config: ServerConfig | None = None) -> ASGIApp:
+    """The ASGI app serving `engine` (an engine.Engine with a model loaded) per `config`."""
+    config = config or ServerConfig()
+    service = Service(engine, config)
+    guarded = Guard(build_fastapi(service), config)
+    guarded.service = service  # type: ignore[attr-defined]
+    return guarded

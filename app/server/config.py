@@ -1,0 +1,87 @@
+"""Server settings and the API key kept in the OS keychain."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8723
+KEYRING_SERVICE = "locus"
+KEYRING_USER = "api-key"
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+
+
+@dataclass
+class ServerConfig:
+    """How the API server listens, whom it serves and how much work it queues."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    # Required as `x-api-key: KEY` or `Authorization: Bearer KEY` when set.
+    api_key: str | None = None
+    # Requests waiting for the model beyond those running; more get an "overloaded" error.
+    max_queue: int = 32
+    # Requests handed to the engine at once; the engine runs them one after another anyway.
+    max_active: int = 1
+    # Browser origins (e.g. "http://localhost:3000") allowed to call the API; "*" allows any.
+    allowed_origins: tuple[str, ...] = ()
+    # Extra Host header values accepted besides loopback names and the configured host.
+    allowed_hosts: tuple[str, ...] = ()
+    max_body_bytes: int = 32 * 1024 * 1024
+    # Longest prompt + reply served, in tokens (None: the model's own maximum).
+    context_tokens: int | None = None
+    # Sampling preset used when a request sets no sampling values (None: "thinking" when the
+    # request thinks, "instruct" otherwise, as the model card recommends).
+    preset: str | None = None
+    # Name shown by /v1/models (None: the checkpoint's directory or Hugging Face repo name).
+    model_name: str | None = None
+    # Seconds between keep-alive pings on a quiet stream (long prefills).
+    ping_interval: float = 10.0
+    # Default answer budget when an OpenAI request sets no max_tokens (the model card's 32768).
+    default_max_tokens: int = 32768
+    log_level: str = "info"
+
+    @property
+    def is_loopback(self) -> bool:
+        """Whether the server only listens on this machine."""
+        return is_loopback_host(self.host)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for loopback names and addresses (localhost, 127.0.0.0/8, ::1)."""
+    h = host.strip().strip("[]").rstrip(".").lower()
+    if h in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def is_wildcard_host(host: str) -> bool:
+    """True for addresses that listen on every interface (0.0.0.0, ::)."""
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
+def api_key_from_keyring() -> str:
+    """The API key stored in the OS keychain (service "locus", user "api-key").
+
+    Raises RuntimeError with instructions when there is none or no keychain is available.
+    """
+    import keyring
+    from keyring.errors import KeyringError
+
+    try:
+        key = keyring.get_password(KEYRING_SERVICE, KEYRING_USER)
+    except KeyringError as e:
+        raise RuntimeError(f"could not read the API key from the OS keychain: {e}") from e
+    if not key:
+        raise RuntimeError(
+            "no API key in the OS keychain; store one first, e.g. "
+            f"`python -m keyring set {KEYRING_SERVICE} {KEYRING_USER}`"
+        )
+    return key

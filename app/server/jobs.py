@@ -1,0 +1,407 @@
+"""Fair, bounded queueing of generations, and the thread that moves engine events to the loop.
+
+All engines in a process share one MLX worker that runs jobs in order, so the server hands the
+engine at most `max_active` requests at a time and keeps the rest waiting here, first come first
+served, refusing new ones once `max_queue` are waiting. A running request's events are moved by a
+small thread onto an unbounded asyncio queue, so a client that reads slowly (or not at all) never
+holds up the engine, and its slot is freed the moment the engine finishes, not when the client has
+read everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine import (
+    Done,
+    EngineError,
+    Event,
+    GenerationRequest,
+    PromptProgress,
+    ReasoningDelta,
+    SamplingParams,
+    StreamParser,
+    TextDelta,
+    Usage,
+    render_prompt,
+)
+
+from .errors import APIError, invalid
+
+log = logging.getLogger("locus.server")
+
+# Said (as reasoning) when a thinking budget runs out, before the answer is forced to start.
+BUDGET_NOTE = "I have used my thinking budget, so I will answer now with what I have."
+
+
+@dataclass
+class Plan:
+    """One request in engine terms, whichever API it came from."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    enable_thinking: bool
+    sampling: SamplingParams
+    max_tokens: int | None
+    stop: list[str] = field(default_factory=list)
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Text the answer must start with (an assistant prefill, or the opening of a forced tool
+    # call); it is appended after the generation prompt and not returned to the client.
+    prefix: str = ""
+    # The prefix opens a tool call: parse it together with what the model writes next.
+    prefix_is_call: bool = False
+    # Reasoning tokens allowed before the answer is forced to start (None: no limit).
+    thinking_budget: int | None = None
+    session: str | None = None
+    has_images: bool = False
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last item of a job's event stream."""
+
+    finish_reason: str  # stop | length | cancelled | error
+    stop_sequence: str | None = None
+    usage: Usage | None = None
+    error: str | None = None
+    error_kind: str = "api_error"  # Anthropic error type when finish_reason is "error"
+
+
+def context_limit(engine: Any, configured: int | None) -> int | None:
+    """The longest prompt + reply the server allows: the model's maximum, or less if configured."""
+    cfg = engine.model.config
+    tc = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
+    limit = int(tc.get("max_position_embeddings") or cfg.get("max_position_embeddings") or 0)
+    if configured:
+        limit = min(limit, configured) if limit else configured
+    return limit or None
+
+
+def build_request(engine: Any, plan: Plan, max_tokens: int = 1) -> GenerationRequest:
+    """The engine request for a plan (rendering the prompt here when it needs a prefix)."""
+    common: dict[str, Any] = dict(
+        tools=plan.tools or None, sampling=plan.sampling, max_tokens=max_tokens, stop=plan.stop,
+        session=plan.session,
+    )  # fmt: skip
+    if plan.prefix:
+        if plan.has_images:
+            raise invalid(
+                "images cannot be combined with an assistant prefill or a forced tool_choice yet"
+            )
+        return GenerationRequest(prompt=render(engine, plan) + plan.prefix, **common)
+    return GenerationRequest(
+        messages=plan.messages, enable_thinking=plan.enable_thinking, preserve_thinking=True,
+        template_kwargs=plan.template_kwargs, **common,
+    )  # fmt: skip
+
+
+def render(engine: Any, plan: Plan, enable_thinking: bool | None = None) -> str:
+    """The plan's prompt text through the model's chat template (tokenizer only, no MLX)."""
+    return render_prompt(
+        engine.model.tokenizer, plan.messages, tools=plan.tools or None,
+        enable_thinking=plan.enable_thinking if enable_thinking is None else enable_thinking,
+        preserve_thinking=True, **plan.template_kwargs,
+    )  # fmt: skip
+
+
+def count_tokens(engine: Any, plan: Plan) -> int:
+    """Prompt tokens of a plan, exactly as a generation would see them."""
+    try:
+        if not plan.has_images:
+            # Text only: the tokenizer alone gives the count, without waiting for the engine's
+            # thread to finish the generation it is running.
+            tok = engine.model.tokenizer
+            try:
+                return len(tok.encode(render(engine, plan), add_special_tokens=False))
+            except RuntimeError:  # a Rust tokenizer busy in another thread ("Already borrowed")
+                pass
+        req = build_request(engine, plan)
+        return len(engine.encode(req)[0]) - len(_prefix_tokens(engine, plan))
+    except EngineError as e:
+        raise invalid(str(e)) from e
+    except UnicodeError as e:
+        raise invalid(f"the request holds text that is not valid Unicode ({e})") from e
+
+
+def _prefix_tokens(engine: Any, plan: Plan) -> list[int]:
+    if not plan.prefix:
+        return []
+    return engine.model.tokenizer.encode(plan.prefix, add_special_tokens=False)
+
+
+class Scheduler:
+    """First come, first served slots for the engine, with a bounded waiting line."""
+
+    def __init__(self, max_active: int = 1, max_queue: int = 32) -> None:
+        self.max_active = max(1, max_active)
+        self.max_queue = max(0, max_queue)
+        self.active = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.closed = False
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for f in self._waiters if not f.done())
+
+    async def acquire(self) -> None:
+        """Wait for a slot; APIError("overloaded_error") at once when the line is full."""
+        if self.closed:
+            raise APIError("overloaded_error", "the server is shutting down")
+        if self.active < self.max_active and not self.waiting:
+            self.active += 1
+            return
+        if self.waiting >= self.max_queue:
+            raise APIError(
+                "overloaded_error",
+                f"the local model is busy: {self.waiting} requests are already waiting "
+                f"(the server's --max-queue is {self.max_queue}); try again shortly",
+                headers={"retry-after": "1"},
+            )
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the slot was handed over just as the waiter left
+            else:
+                self._remove(fut)
+            raise
+        if self.closed:
+            self.release()
+            raise APIError("overloaded_error", "the server is shutting down")
+
+    def release(self) -> None:
+        """Give the slot to the next waiter, or free it."""
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.active -= 1
+
+    def close(self) -> None:
+        """Refuse new work and wake every waiter (they answer "shutting down")."""
+        self.closed = True
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.active += 1  # each woken waiter releases the slot it is handed
+                fut.set_result(None)
+
+    def _remove(self, fut: asyncio.Future[None]) -> None:
+        try:
+            self._waiters.remove(fut)
+        except ValueError:
+            pass
+
+
+class Job:
+    """One generation: prepared (tokenized, checked) in a thread, then run by the engine.
+
+    Read its events from `queue`: ReasoningDelta, TextDelta, ToolCall, ToolCallError, then one
+    Finished. `cancel()` stops the engine within a token and is safe from any thread.
+    """
+
+    def __init__(self, engine: Any, plan: Plan, context_tokens: int | None = None) -> None:
+        self.engine = engine
+        self.plan = plan
+        self.context_tokens = context_tokens
+        self.queue: asyncio.Queue[Event | Finished] = asyncio.Queue()
+        self.prompt_tokens = 0
+        self.max_tokens = 0
+        self.finished: Finished | None = None
+        self._loop = asyncio.get_running_loop()
+        self._req: GenerationRequest | None = None
+        self._opens_reasoning = False
+        self._cancel = threading.Event()
+        self._handle: Any = None
+        self._lock = threading.Lock()
+        self._on_end: Callable[[Job], None] | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """Stop the generation (a no-op once it has finished)."""
+        self._cancel.set()
+        with self._lock:
+            h = self._handle
+        if h is not None:
+            h.cancel()
+
+    # -- preparation (a worker thread of the event loop) ---------------------------------------
+    def prepare(self) -> None:
+        """Tokenize, check the context, settle max_tokens; raises APIError for bad requests."""
+        plan = self.plan
+        try:
+            req = build_request(self.engine, plan)
+            req.validate()
+            ids, opens = self.engine.encode(req)
+        except EngineError as e:
+            raise invalid(str(e)) from e
+        except UnicodeError as e:
+            raise invalid(f"the request holds text that is not valid Unicode ({e})") from e
+        self.prompt_tokens = len(ids) - len(_prefix_tokens(self.engine, plan))
+        limit = context_limit(self.engine, self.context_tokens)
+        if limit and len(ids) >= limit:
+            # Anthropic's wording, which Claude Code recognizes and answers by compacting.
+            raise invalid(f"prompt is too long: {len(ids)} tokens > {limit - 1} maximum")
+        room = (limit - len(ids)) if limit else None
+        want = plan.max_tokens or room or 32768
+        self.max_tokens = min(want, room) if room else want
+        req.max_tokens = self.max_tokens
+        self._opens_reasoning = opens
+        self._req = req
+
+    # -- running (its own thread) -------------------------------------------------------------
+    def start(self, on_end: Callable[[Job], None]) -> None:
+        """Submit to the engine; `on_end(job)` runs on the loop once the engine is done."""
+        self._on_end = on_end
+        threading.Thread(target=self._pump, name="locus-server-job", daemon=True).start()
+
+    def _post(self, item: Event | Finished) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is gone (server stopped)
+            pass
+
+    def _pump(self) -> None:
+        fin: Finished
+        try:
+            fin = self._run()
+        except BaseException as e:  # the slot must be freed whatever happens
+            log.exception("generation failed")
+            fin = Finished("error", error=f"internal error: {type(e).__name__}: {e}")
+        self.finished = fin
+        self._post(fin)
+        try:
+            self._loop.call_soon_threadsafe(self._on_end, self)  # type: ignore[arg-type]
+        except RuntimeError:
+            pass
+
+    def _submit(self, req: GenerationRequest) -> Any:
+        handle = self.engine.submit(req)
+        with self._lock:
+            self._handle = handle
+        if self._cancel.is_set():
+            handle.cancel()
+        return handle
+
+    def _run(self) -> Finished:
+        plan, req = self.plan, self._req
+        assert req is not None
+        parser = None
+        # A forced call's opening was in the prompt: parse it together with the rest.
+        if plan.prefix_is_call:
+            parser = StreamParser(plan.tools, reasoning=False)
+            parser.feed(plan.prefix)
+        budget = plan.thinking_budget
+        enforce = (
+            budget is not None and plan.enable_thinking and self._opens_reasoning
+            and not plan.prefix and not plan.has_images and budget < self.max_tokens
+        )  # fmt: skip
+        reasoning: list[str] = []
+        answered = False
+        over_budget = False
+
+        def forward(ev: Event) -> None:
+            nonlocal answered, over_budget
+            if isinstance(ev, ReasoningDelta):
+                reasoning.append(ev.text)
+                # Each decoded token gives at most one delta, so this never stops early.
+                if enforce and not answered and not over_budget and len(reasoning) >= budget:
+                    over_budget = True
+                    with self._lock:
+                        handle = self._handle
+                    handle.cancel()
+            else:
+                answered = True
+            if parser is not None and isinstance(ev, TextDelta):
+                for out in parser.feed(ev.text):
+                    self._post(out)
+            else:
+                self._post(ev)
+
+        usage, done = self._drain(self._submit(req), forward)
+        if over_budget and not answered and not self.cancelled:
+            # Budget spent inside the reasoning: close it and let the model answer.
+            note = ("\n\n" if reasoning else "") + BUDGET_NOTE
+            forward(ReasoningDelta(note))
+            thought = ("".join(reasoning)).strip()
+            prompt = render(self.engine, plan) + thought + "\n</think>\n\n"
+            used = usage.completion_tokens if usage else budget
+            req2 = GenerationRequest(
+                prompt=prompt, tools=plan.tools or None, sampling=plan.sampling,
+                max_tokens=max(1, self.max_tokens - used), stop=plan.stop, session=plan.session,
+            )  # fmt: skip
+            usage2, done = self._drain(self._submit(req2), forward)
+            if usage and usage2:
+                usage = Usage(
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens + usage2.completion_tokens,
+                    cached_tokens=usage.cached_tokens,
+                    prompt_tps=usage.prompt_tps,
+                    generation_tps=usage2.generation_tps,
+                    peak_memory_gb=max(usage.peak_memory_gb, usage2.peak_memory_gb),
+                )
+        if parser is not None:
+            for out in parser.finish():
+                self._post(out)
+        if usage is not None and plan.prefix:  # the prefix is not part of the client's prompt
+            usage = Usage(
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cached_tokens=min(usage.cached_tokens, self.prompt_tokens),
+                prompt_tps=usage.prompt_tps,
+                generation_tps=usage.generation_tps,
+                peak_memory_gb=usage.peak_memory_gb,
+            )
+        return self._finish(done, usage)
+
+    def _drain(self, handle: Any, forward: Callable[[Event], None]) -> tuple[Usage | None, Done]:
+        usage: Usage | None = None
+        for ev in handle.events():
+            if isinstance(ev, Done):
+                return ev.usage or usage, ev
+            if isinstance(ev, Usage):
+                usage = ev
+            elif not isinstance(ev, PromptProgress):
+                forward(ev)
+        raise RuntimeError("the engine's event stream ended without Done")  # pragma: no cover
+
+    def _finish(self, done: Done, usage: Usage | None) -> Finished:
+        if done.finish_reason == "error":
+            msg = done.error or "generation failed"
+            # The engine reports request problems it finds late (e.g. images it cannot take yet)
+            # as text; everything else is the server's fault.
+            kind = "invalid_request_error" if _is_request_error(msg) else "api_error"
+            return Finished("error", usage=usage, error=msg, error_kind=kind)
+        stop_seq = None
+        if done.finish_reason == "stop" and self.plan.stop:
+            stop_seq = self._which_stop(done.token_ids)
+        return Finished(done.finish_reason, stop_seq, usage)
+
+    def _which_stop(self, token_ids: list[int]) -> str | None:
+        """The stop string that ended generation (None when it ended at end-of-turn)."""
+        lm = self.engine.model
+        if not token_ids or token_ids[-1] in set(lm.eos_token_ids):
+            return None
+        longest = max(len(s) for s in self.plan.stop)
+        tail = lm.tokenizer.decode(token_ids[-(longest + 8) :])
+        found = [(tail.rfind(s), s) for s in self.plan.stop if s in tail]
+        if found:
+            return max(found, key=lambda x: (x[0] + len(x[1]), len(x[1])))[1]
+        return self.plan.stop[0]
+
+
+def _is_request_error(message: str) -> bool:
+    m = message.lower()
+    return "image" in m or "prompt has" in m

@@ -1,0 +1,76 @@
+"""Running the server: in the foreground for `locus serve`, or on a thread for tests and the window."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from .config import ServerConfig
+
+log = logging.getLogger("locus.server")
+
+
+def make_server(app: Any, config: ServerConfig) -> Any:
+    """A uvicorn.Server for the app (not started)."""
+    import uvicorn
+
+    ucfg = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=config.log_level,
+        # The Guard bounds bodies itself; these keep idle and half-open connections from piling up.
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=5,
+        access_log=config.log_level == "debug",
+    )
+    return uvicorn.Server(ucfg)
+
+
+class ServerThread:
+    """A uvicorn server on a background thread; `port` is the bound port (useful with port 0)."""
+
+    def __init__(self, app: Any, config: ServerConfig) -> None:
+        self.app = app
+        self.config = config
+        self.server = make_server(app, config)
+        self.thread = threading.Thread(target=self.server.run, name="locus-server", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        """Start serving and wait until the socket listens; RuntimeError if it could not."""
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the API server did not start on {self.config.host}:{self.config.port} "
+                    "(is the port in use?)"
+                )
+            time.sleep(0.01)
+        return self
+
+    @property
+    def port(self) -> int:
+        return int(self.server.servers[0].sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel running generations and stop the server."""
+        svc = getattr(self.app, "service", None)
+        if svc is not None:
+            svc.cancel_all()
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,180 @@
+"""The server's front door: Host and Origin checks, API key, request body size limit.
+
+A pure ASGI middleware, so it runs before FastAPI parses anything and can refuse a request
+without reading its body.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .config import ServerConfig, is_loopback_host, is_wildcard_host
+from .errors import error_body, flavor_of
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_CORS_METHODS = "GET, POST, OPTIONS"
+_CORS_HEADERS = (
+    "authorization, content-type, x-api-key, anthropic-version, anthropic-beta, "
+    "x-stainless-os, x-stainless-lang, x-stainless-package-version, x-stainless-runtime, "
+    "x-stainless-runtime-version, x-stainless-arch, x-stainless-retry-count, "
+    "x-stainless-timeout, anthropic-dangerous-direct-browser-access"
+)
+
+
+def host_name(host_header: str) -> str:
+    """The host part of a Host header, lowercased: "[::1]:8723" -> "::1"."""
+    h = host_header.strip().lower()
+    if h.startswith("["):
+        return h[1 : h.find("]")] if "]" in h else h
+    if h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h.rstrip(".")
+
+
+def _is_ip(h: str) -> bool:
+    try:
+        ipaddress.ip_address(h)
+    except ValueError:
+        return False
+    return True
+
+
+def _origin(value: str) -> str:
+    return value.strip().rstrip("/").lower()
+
+
+class Guard:
+    """Refuses requests that fail the server's checks, in each API's error shape."""
+
+    def __init__(self, app: ASGIApp, config: ServerConfig) -> None:
+        self.app = app
+        self.config = config
+        self.hosts = {host_name(h) for h in config.allowed_hosts}
+        if not is_wildcard_host(config.host):
+            self.hosts.add(host_name(config.host))
+        # Serving every interface: a client may name this machine by any of its addresses.
+        # IP literals cannot be rebound by DNS, so they stay safe to accept.
+        self.any_ip = is_wildcard_host(config.host)
+        self.origins = {_origin(o) for o in config.allowed_origins}
+        self.key = config.api_key.encode() if config.api_key else None
+
+    # -- checks -------------------------------------------------------------------------------
+    def host_ok(self, host: str | None) -> bool:
+        if not host:
+            return False
+        h = host_name(host)
+        return is_loopback_host(h) or h in self.hosts or (self.any_ip and _is_ip(h))
+
+    def origin_ok(self, origin: str) -> bool:
+        return "*" in self.origins or _origin(origin) in self.origins
+
+    def key_ok(self, headers: dict[str, str]) -> bool:
+        if self.key is None:
+            return True
+        given = headers.get("x-api-key")
+        if given is None:
+            auth = headers.get("authorization", "")
+            scheme, _, token = auth.partition(" ")
+            given = token.strip() if scheme.lower() == "bearer" else None
+        return given is not None and hmac.compare_digest(given.encode(), self.key)
+
+    # -- ASGI ---------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        path = scope.get("path", "")
+        if not self.host_ok(headers.get("host")):
+            await self._refuse(send, path, 403, "permission_error",
+                               f"Host {headers.get('host')!r} is not served here: only loopback "
+                               "names and the configured host are (DNS rebinding protection); "
+                               "add more with --allow-host")  # fmt: skip
+            return
+        origin = headers.get("origin")
+        cors: list[tuple[bytes, bytes]] = []
+        if origin is not None:
+            if not self.origin_ok(origin):
+                await self._refuse(send, path, 403, "permission_error",
+                                   f"cross-origin requests from {origin!r} are refused; allow an "
+                                   "origin with --allow-origin")  # fmt: skip
+                return
+            cors = [(b"access-control-allow-origin", origin.encode("latin-1")),
+                    (b"vary", b"Origin")]  # fmt: skip
+            if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+                await send({"type": "http.response.start", "status": 204, "headers": [
+                    *cors, (b"access-control-allow-methods", _CORS_METHODS.encode()),
+                    (b"access-control-allow-headers", _CORS_HEADERS.encode()),
+                    (b"access-control-max-age", b"600")]})  # fmt: skip
+                await send({"type": "http.response.body", "body": b""})
+                return
+        if not self.key_ok(headers):
+            await self._refuse(send, path, 401, "authentication_error",
+                               "invalid API key: send it as x-api-key or Authorization: Bearer",
+                               cors)  # fmt: skip
+            return
+        limit = self.config.max_body_bytes
+        too_large = f"request body is larger than the server's limit of {limit} bytes"
+        try:
+            declared = int(headers.get("content-length", "0") or 0)
+        except ValueError:
+            declared = 0
+        if declared > limit:
+            await self._refuse(send, path, 413, "request_too_large", too_large, cors)
+            return
+        # Read the whole body up front (bounded), then replay it; later receive() calls reach the
+        # server again, so handlers still hear about a client that disconnects.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._refuse(send, path, 413, "request_too_large", too_large, cors)
+                return
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        if cors:
+
+            async def send_cors(msg: Message) -> None:
+                if msg["type"] == "http.response.start":
+                    msg = dict(msg)
+                    msg["headers"] = [*msg.get("headers", []), *cors]
+                await send(msg)
+
+            await self.app(scope, replay, send_cors)
+        else:
+            await self.app(scope, replay, send)
+
+    async def _refuse(
+        self, send: Send, path: str, status: int, kind: str, message: str,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:  # fmt: skip
+        body = json.dumps(error_body(flavor_of(path), kind, message)).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()), *(extra or [])]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
