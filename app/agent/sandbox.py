@@ -93,9 +93,31 @@ def _bwrap_args(root: Path, allow_network: bool) -> list[str]:
         "--tmpfs", "/var/tmp", "--bind", str(root), str(root), "--chdir", str(root),
         "--setenv", "TMPDIR", "/tmp",
     ]  # fmt: skip
+    # The private /tmp would hide interpreters and tools that live under the real one (a venv in
+    # /tmp, a CI checkout): bring those back read-only, before the project's writable bind.
+    for path in _visible_under_tmp(root):
+        args[args.index("--bind") : args.index("--bind")] = ["--ro-bind", path, path]
     if not allow_network:
         args.insert(0, "--unshare-net")
     return args
+
+
+def _visible_under_tmp(root: Path) -> list[str]:
+    """Directories of the interpreter and of PATH entries that a tmpfs on /tmp or /var/tmp would
+    hide, outermost first and not inside the project (which is bound writable anyway)."""
+    tmps = ("/tmp", "/var/tmp")
+    cands = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    cands.update(p for p in os.environ.get("PATH", "").split(os.pathsep) if p)
+    out: list[str] = []
+    for c in sorted({os.path.realpath(c) for c in cands}, key=len):
+        if not any(c.startswith(t + "/") for t in tmps) or not os.path.isdir(c):
+            continue
+        if c == str(root) or c.startswith(str(root) + "/"):
+            continue
+        if any(c == o or c.startswith(o + "/") for o in out):
+            continue
+        out.append(c)
+    return out
 
 
 def _sb_str(s: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -240,6 +241,25 @@ def test_bwrap_confines_writes(proj: Path, tmp_path: Path) -> None:
     run_command(f"echo hi > {outside}; echo in > inside.txt", proj, sandbox=sb, timeout=30,
                       output_cap=10000)  # fmt: skip
     assert not outside.exists() and (proj / "inside.txt").exists()
+
+
+def test_bwrap_keeps_tools_under_tmp_visible(proj: Path, monkeypatch) -> None:
+    # A venv or checkout under /tmp must survive the sandbox's private /tmp (read-only).
+    tools = Path(tempfile.mkdtemp(prefix="locus-tools-", dir="/tmp"))
+    try:
+        (tools / "hello-tool").write_text("#!/bin/sh\necho tool-ran\n")
+        (tools / "hello-tool").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+        argv = Sandbox("bwrap", "/usr/bin/bwrap").wrap("true", proj)
+        i = argv.index(str(tools.resolve()))
+        assert argv[i - 1] == "--ro-bind" and argv.index("--tmpfs") < i < argv.index("--bind")
+        if detect_sandbox("auto").kind == "bwrap":
+            res = run_command("hello-tool; touch /tmp/x", proj, sandbox=detect_sandbox("auto"),
+                              timeout=30, output_cap=10000)  # fmt: skip
+            assert "tool-ran" in res.output
+            assert not (tools / "x").exists()
+    finally:
+        shutil.rmtree(tools, ignore_errors=True)
 
 
 def test_process_group_is_killed_even_when_shell_exits(proj: Path) -> None:
