@@ -144,6 +144,18 @@ class RequestHandle:
         self._queue.put(ev)
 
 
+def _detokenizer(tokenizer: Any) -> Any:
+    """mlx-lm's streaming detokenizer, minus its trimming of a leading space: the reply may
+    continue text already in the prompt (an assistant prefill, a raw prompt), where the space matters."""
+    detok = tokenizer.detokenizer
+    detok.reset()
+    if hasattr(detok, "_maybe_trim_space"):  # BPE (Qwen)
+        detok._maybe_trim_space = lambda text: text
+    if hasattr(detok, "trim_space"):  # SentencePiece
+        detok.trim_space = False
+    return detok
+
+
 class _StopFilter:
     """Cuts the text at the first stop string, holding back text that may start one."""
 
@@ -421,8 +433,7 @@ class Engine:
             if req.sampling.seed is not None:
                 mx.random.seed(req.sampling.seed)
             eos = set(lm.eos_token_ids)
-            detok = lm.tokenizer.detokenizer
-            detok.reset()
+            detok = _detokenizer(lm.tokenizer)
             parser = StreamParser(req.tools, reasoning=reasoning)
             stops = _StopFilter(req.stop)
             mx.reset_peak_memory()

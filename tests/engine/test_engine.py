@@ -161,6 +161,14 @@ def _scripted_run(tiny_model, text, eos=True, **kw):
         eng.close()
 
 
+def test_continuation_keeps_its_leading_space(tiny_model):
+    # A raw prompt ending mid-sentence (an assistant prefill): the reply's first space is text.
+    events, done, _ = _scripted_run(tiny_model, " world, again", prompt="Hello", messages=None)
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert done.finish_reason == "stop"
+    assert text == " world, again"
+
+
 def test_scripted_reasoning_text_and_tool_call(tiny_model):
     events, done, model = _scripted_run(tiny_model, SCRIPT, tools=TOOLS)
     reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
