@@ -35,6 +35,7 @@ from app.agent import (
     Decision,
     EngineBackend,
     ModelBackend,
+    default_prefix,
     detect_sandbox,
 )
 from app.agent.watch import TreeWatcher
@@ -82,19 +83,41 @@ class ApprovalCard(QFrame):
         )
         self.allow_button = QPushButton("Allow for session")
         self.allow_button.clicked.connect(lambda: self._decide(Decision.allow_tool()))
-        for b in (self.approve_button, self.reject_button, self.allow_button):
+        self._buttons = [self.approve_button, self.reject_button, self.allow_button]
+        for b in self._buttons:
             row.addWidget(b)
+        self.prefix: QLineEdit | None = None
+        if req.command is not None:
+            # Allow this command and later simple ones (no pipes or redirects) starting with a prefix.
+            self.prefix = QLineEdit(default_prefix(req.command), placeholderText="command prefix")
+            self.prefix.setMaximumWidth(220)
+            self.prefix_button = QPushButton("Allow commands starting with")
+            self.prefix_button.clicked.connect(self._allow_prefix)
+            row.addWidget(self.prefix_button)
+            row.addWidget(self.prefix)
+            self._buttons.append(self.prefix_button)
         row.addStretch(1)
         lay.addLayout(row)
         self.outcome = QLabel()
         lay.addWidget(self.outcome)
 
+    def _allow_prefix(self) -> None:
+        prefix = self.prefix.text().strip() if self.prefix is not None else ""
+        if not prefix:
+            self.outcome.setText("Type the start of the commands to allow, e.g. pytest")
+            return
+        self._decide(Decision.allow_prefix(prefix))
+
     def _decide(self, d: Decision) -> None:
-        for b in (self.approve_button, self.reject_button, self.allow_button):
+        for b in self._buttons:
             b.setEnabled(False)
         self.reason.setEnabled(False)
+        if self.prefix is not None:
+            self.prefix.setEnabled(False)
         self.outcome.setText({"approve": "Approved", "reject": "Rejected",
-                              "allow_tool": "Allowed for this session"}.get(d.action, d.action))  # fmt: skip
+                              "allow_tool": "Allowed for this session",
+                              "allow_prefix": f"Allowed: commands starting with {d.prefix!r}"
+                              }.get(d.action, d.action))  # fmt: skip
         self.decided.emit(d)
 
 

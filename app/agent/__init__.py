@@ -7,7 +7,7 @@ checkpoints that undo any step, and a live view of the tree. Headless; the UI pu
     agent.undo(1)
 """
 
-from .approvals import READ_ONLY_TOOLS, ApprovalRequest, Approvals, Decision
+from .approvals import READ_ONLY_TOOLS, ApprovalRequest, Approvals, Decision, default_prefix
 from .backend import EngineBackend, ModelBackend, ReplayBackend, ReplayError, load_replay
 from .checkpoints import Checkpoint, CheckpointError, Checkpoints, UndoResult
 from .events import AgentEvent
@@ -41,6 +41,7 @@ __all__ = [
     "RunResult",
     "Sandbox",
     "UndoResult",
+    "default_prefix",
     "detect_sandbox",
     "load_replay",
     "scrub_env",

@@ -8,6 +8,7 @@ each command is asked about again (a prefix the user names still applies).
 
 from __future__ import annotations
 
+import re
 import shlex
 import threading
 from collections.abc import Callable
@@ -178,6 +179,6 @@ def default_prefix(command: str) -> str:
     take = 1
     if len(words) > 1 and words[0].rsplit("/", 1)[-1].startswith("python") and words[1] == "-m":
         take = 3
-    elif len(words) > 1 and not words[1].startswith("-"):
-        take = 2
+    elif len(words) > 1 and re.fullmatch(r"[a-z][a-z0-9_-]*", words[1]):
+        take = 2  # a subcommand word; a file name or path (a.txt, src/) is not one
     return shlex.join(words[:take])

@@ -111,3 +111,23 @@ def test_undo_to_a_chosen_step(view, qtbot, project):
     view.undo_to_button.click()  # back to before the first change
     assert (project / "hello.py").read_text() == 'print("hello")\n'
     assert view.steps.count() == 0
+
+
+def test_allow_command_prefix_skips_later_questions(view, qtbot, project):
+    def call(cmd: str) -> str:
+        return (
+            "Run it.\n</think>\n\n<tool_call>\n<function=run_command>\n<parameter=command>\n"
+            f"{cmd}\n</parameter>\n</function>\n</tool_call>"
+        )
+
+    outputs = [call("touch a.txt"), call("touch b.txt"), "Done.\n</think>\n\nBoth ran."]
+    card = _run(view, qtbot, outputs)
+    assert card.req.command == "touch a.txt" and card.prefix.text() == "touch"
+    shown: list = []
+    view.approval_shown.connect(shown.append)
+    with qtbot.waitSignal(view.run_finished, timeout=30000) as sig:
+        card.prefix_button.click()
+    assert sig.args[0] == "answered"
+    assert shown == []  # the second echo was allowed by the prefix, not asked about
+    assert (project / "a.txt").exists() and (project / "b.txt").exists()
+    assert "starting with 'touch'" in card.outcome.text()
