@@ -1,4 +1,4 @@
-"""`locus` command line: generate, chat, convert (the window and other commands come with their issues)."""
+"""`locus` command line: the window, generate, chat, convert; serve/agent/locate live in cli_*.py."""
 
 from __future__ import annotations
 
@@ -39,9 +39,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="neither reuse nor save prompt-cache snapshots")  # fmt: skip
 
 
-def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+def _add_sampling_args(
+    p: argparse.ArgumentParser,
+    *,
+    preset_help: str = "default: thinking, or instruct with --no-thinking",
+    max_tokens_help: str = "default 2048",
+    thinking: bool = True,
+) -> None:
+    """Sampling options; commands with other defaults say so through the help arguments."""
     p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="model-card sampling profile (default: thinking, or instruct with --no-thinking)")  # fmt: skip
+                   help=f"model-card sampling profile ({preset_help})")  # fmt: skip
     p.add_argument("--temperature", type=float, metavar="T", help="0 = greedy")
     p.add_argument("--top-p", type=float, metavar="P")
     p.add_argument("--top-k", type=int, metavar="K", help="0 disables")
@@ -49,11 +56,16 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--presence-penalty", type=float, metavar="X")
     p.add_argument("--repetition-penalty", type=float, metavar="X")
     p.add_argument("--seed", type=int, metavar="S")
-    p.add_argument("--max-tokens", type=int, default=2048, metavar="N", help="default 2048")
+    p.add_argument("--max-tokens", type=int, default=2048, metavar="N", help=max_tokens_help)
     p.add_argument(
         "--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)"
     )
-    p.add_argument("--no-thinking", action="store_true", help="answer without a reasoning block")
+    if thinking:
+        p.add_argument(
+            "--no-thinking", action="store_true", help="answer without a reasoning block"
+        )
+    else:
+        p.set_defaults(no_thinking=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -53,7 +53,11 @@ def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) 
     p.add_argument("--steps", type=int, default=1, metavar="N", help="with --undo/--diff: N steps")
     p.add_argument("--diff", action="store_true", help="show the diff of the last step(s)")
     p.add_argument("--runs", action="store_true", help="list this project's stored runs")
-    add_sampling_args(p)
+    add_sampling_args(
+        p,
+        preset_help="default: coding, or instruct with --no-thinking",
+        max_tokens_help="per model turn (default: a quarter of --context, 1024 to 32768)",
+    )
     # None: the agent's own per-turn budget (a quarter of the context), not chat's 2048.
     p.set_defaults(handler=run, max_tokens=None)
 

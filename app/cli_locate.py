@@ -37,7 +37,8 @@ def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) 
     p.add_argument("--prompt", metavar="TEXT", help="use this prompt instead of the built one")
     p.add_argument("--response", metavar="FILE",
                    help="parse a saved model answer ('-' = stdin) instead of running the model")  # fmt: skip
-    add_sampling_args(p)
+    add_sampling_args(p, preset_help="default: instruct; locate always answers without thinking",
+                      thinking=False)  # fmt: skip
     p.set_defaults(handler=run, max_tokens=2048)
 
 

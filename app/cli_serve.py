@@ -20,7 +20,8 @@ def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) 
         description=(
             "Serve the model on this machine for Claude Code, the anthropic and openai SDKs and "
             "other tools: POST /v1/messages, /v1/messages/count_tokens, /v1/chat/completions, "
-            "GET /v1/models. Any model name in a request is served by the loaded model."
+            "GET /v1/models, /v1/models/{name}, /health. Any model name in a request is served by the "
+            "loaded model."
         ),
     )
     add_model_args(p)

@@ -219,7 +219,7 @@ def to_plan(
     thinking = field(body, "thinking", dict, "", default={})
     kind = thinking.get("type", "disabled")
     if kind not in ("enabled", "disabled", "adaptive"):
-        raise invalid(f"thinking.type: expected 'enabled' or 'disabled' (got {kind!r})")
+        raise invalid(f"thinking.type: expected 'enabled', 'disabled' or 'adaptive' (got {kind!r})")
     think = kind != "disabled"
     budget = None
     if kind == "enabled":
