@@ -27,14 +27,21 @@ def test_help_lists_commands():
 
 
 def test_generate_json_with_prompt_ids(tiny_dir):
-    r = locus("generate", "--model", str(tiny_dir("mlx", 4)), "--prompt-ids", "5,17,33,2",
+    model = tiny_dir("mlx", 4)
+    eos = json.loads((model / "generation_config.json").read_text())["eos_token_id"]
+    r = locus("generate", "--model", str(model), "--prompt-ids", "5,17,33,2",
               "--max-tokens", "6", "--temperature", "0", "--json")  # fmt: skip
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     done = lines[-1]
     assert done["type"] == "done"
     assert done["finish_reason"] in ("length", "stop")
-    assert 1 <= len(done["token_ids"]) <= 6
+    # Either all 6 tokens were generated, or fewer ending on an end-of-sequence token.
+    if done["finish_reason"] == "length":
+        assert len(done["token_ids"]) == 6
+    else:
+        assert len(done["token_ids"]) < 6 and done["token_ids"][-1] in eos
+    assert done["usage"]["completion_tokens"] == len(done["token_ids"])
     assert done["usage"]["prompt_tokens"] == 4
     assert {x["type"] for x in lines} <= {
         "reasoning",

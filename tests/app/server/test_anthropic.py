@@ -40,7 +40,11 @@ def test_plain_message_with_the_tiny_model(serve, engine):
     assert msg.model == "claude-sonnet-4-6"
     assert msg.stop_reason in ("end_turn", "max_tokens")
     assert msg.usage.input_tokens + msg.usage.cache_read_input_tokens > 5
-    assert 1 <= msg.usage.output_tokens <= 8
+    # max_tokens is reached exactly, or the reply ended earlier on its own.
+    if msg.stop_reason == "max_tokens":
+        assert msg.usage.output_tokens == 8
+    else:
+        assert 0 < msg.usage.output_tokens < 8
     assert all(b.type == "text" for b in msg.content)
 
 
