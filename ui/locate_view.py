@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app import localize
 from engine import Done, GenerationRequest, TextDelta, preset
 
 from .bridge import Task, stream_in_background
@@ -33,12 +34,11 @@ from .bridge import Task, stream_in_background
 __all__ = ["BoxItem", "LocateView", "box_dict", "label_color"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic"}
-_PALETTE = ["#ff453a", "#30d158", "#0a84ff", "#ff9f0a", "#bf5af2", "#64d2ff", "#ffd60a", "#ff375f"]
 
 
 def label_color(label: str) -> QColor:
-    """A stable color per label (same label, same color in the canvas and the export)."""
-    return QColor(_PALETTE[sum(label.encode()) % len(_PALETTE)])
+    """A stable color per label: app.localize's rule, so the canvas matches the exported PNG."""
+    return QColor(*localize.label_color(label))
 
 
 def box_dict(box: Any) -> dict[str, Any]:
@@ -48,31 +48,6 @@ def box_dict(box: Any) -> dict[str, Any]:
     if point is not None:
         d["point"] = list(point)
     return d
-
-
-def _prompt(query: str) -> str:
-    try:  # issue 3's prompt builder, when it is there
-        from app import localize
-
-        for name in ("build_prompt", "grounding_prompt", "locate_prompt"):
-            fn = getattr(localize, name, None)
-            if fn is not None:
-                return str(fn(query))
-    except ImportError:
-        pass
-    return (
-        f'Locate every instance that belongs to the following categories: "{query}". '
-        "Report bbox coordinates in JSON format."
-    )
-
-
-def parse_boxes(text: str, width: int, height: int) -> list[Any]:
-    """app.localize.parse_response; a clear error while that module is missing."""
-    try:
-        from app.localize import parse_response
-    except ImportError as e:
-        raise RuntimeError(f"box parsing is not available in this build ({e})") from None
-    return list(parse_response(text, width, height))
 
 
 class BoxItem(QGraphicsRectItem):
@@ -289,7 +264,7 @@ class LocateView(QWidget):
         return GenerationRequest(
             messages=[{"role": "user", "content": [
                 {"type": "image", "image": str(self.image_path)},
-                {"type": "text", "text": _prompt(query)},
+                {"type": "text", "text": localize.build_prompt(query)},
             ]}],
             enable_thinking=False, sampling=preset("instruct"), max_tokens=self.max_tokens,
         )  # fmt: skip
@@ -312,7 +287,7 @@ class LocateView(QWidget):
     def show_response(self, text: str) -> int:
         """Parse a model answer into boxes and draw them; the number of boxes."""
         try:
-            boxes = parse_boxes(text, *self.image_size)
+            boxes = localize.parse_response(text, *self.image_size)
         except Exception as e:  # a parser failure is a message, not a crash
             self._failed(str(e))
             return 0

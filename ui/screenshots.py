@@ -6,7 +6,6 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,27 +41,12 @@ def edit_replay(path: str, old: str, new: str) -> list[str]:
 
 
 def demo_boxes(width: int, height: int) -> list[Any]:
-    """Boxes for the sample image: a grounding answer through app.localize's parser when it is
-    in this build, else the same 0–1000 coordinates scaled here."""
+    """Boxes for the sample image: a grounding answer read by app.localize's parser."""
+    from app.localize import parse_response
+
     found = [("red square", (100, 180, 412, 680)), ("blue circle", (575, 320, 887, 840))]
     text = json.dumps([{"bbox_2d": list(b), "label": label} for label, b in found])
-    from .locate_view import parse_boxes
-
-    try:
-        return parse_boxes(f"```json\n{text}\n```", width, height)
-    except RuntimeError:
-        sx, sy = width / 1000, height / 1000
-        return [_Box(label, b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for label, b in found]
-
-
-@dataclass(frozen=True)
-class _Box:
-    label: str
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    point: tuple[float, float] | None = None
+    return parse_response(f"```json\n{text}\n```", width, height)
 
 
 def _sample_image(path: Path) -> Path:
