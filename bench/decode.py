@@ -84,7 +84,7 @@ def log(msg: str) -> None:
 
 def real_width_config(layers: int) -> Any:
     """TinyConfig at Qwen3.6-35B-A3B's real text widths, with `layers` layers and a tiny vision tower."""
-    from engine.tiny import TinyConfig
+    from engine.tiny import QWEN36_TEXT_WIDTHS, TinyConfig
 
     # Every 4th layer is full attention; with fewer than 4 layers the last one is, so that each
     # kind of layer is measured (mlx-lm's qwen3_5 also needs a full-attention layer to index).
@@ -104,23 +104,7 @@ def real_width_config(layers: int) -> Any:
             "mrope_interleaved": True,
         },
     }
-    return TinyConfig(
-        hidden_size=2048,
-        num_hidden_layers=layers,
-        num_attention_heads=16,
-        num_key_value_heads=2,
-        head_dim=256,
-        linear_num_key_heads=16,
-        linear_num_value_heads=32,
-        linear_key_head_dim=128,
-        linear_value_head_dim=128,
-        num_experts=256,
-        num_experts_per_tok=8,
-        moe_intermediate_size=512,
-        shared_expert_intermediate_size=512,
-        vocab_size=248320,
-        extra_text_config=extra,
-    )
+    return TinyConfig(**QWEN36_TEXT_WIDTHS, num_hidden_layers=layers, extra_text_config=extra)
 
 
 def write_large_tokenizer(path: Path, vocab_size: int) -> None:
@@ -134,7 +118,12 @@ def write_large_tokenizer(path: Path, vocab_size: int) -> None:
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    from engine.tiny import SPECIAL_TOKENS, _special_ids, template_text
+    from engine.tiny import (
+        SPECIAL_TOKENS,
+        _special_ids,
+        write_generation_config,
+        write_tokenizer_config,
+    )
 
     ids = _special_ids(vocab_size)
     n_regular = min(ids.values())
@@ -159,37 +148,8 @@ def write_large_tokenizer(path: Path, vocab_size: int) -> None:
             raise RuntimeError(f"tokenizer: {text} got id {tok.token_to_id(text)}, expected {want}")
     path.mkdir(parents=True, exist_ok=True)
     tok.save(str(path / "tokenizer.json"))
-    added = {
-        str(ids[t]): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                      "single_word": False, "special": s}
-        for t, s in SPECIAL_TOKENS
-    }  # fmt: skip
-    tok_config = {
-        "tokenizer_class": "Qwen2Tokenizer",
-        "added_tokens_decoder": added,
-        "bos_token": None,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "unk_token": None,
-        "model_max_length": 262144,
-        "clean_up_tokenization_spaces": False,
-        "errors": "replace",
-        "split_special_tokens": False,
-    }
-    (path / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
-    (path / "chat_template.jinja").write_text(template_text())
-    (path / "generation_config.json").write_text(
-        json.dumps(
-            {
-                "bos_token_id": ids["<|endoftext|>"],
-                "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
-                "do_sample": True,
-                "temperature": 1.0,
-                "top_p": 0.95,
-                "top_k": 20,
-            }
-        )
-    )
+    write_tokenizer_config(path, vocab_size, model_max_length=262144)
+    write_generation_config(path, vocab_size)
 
 
 def write_real_width(path: Path, layers: int, dtype: str = "float32", seed: int = 0) -> None:

@@ -98,6 +98,24 @@ class TinyConfig:
     extra_text_config: dict[str, Any] = field(default_factory=dict)
 
 
+# Qwen3.6-35B-A3B's text widths (reference config), for TinyConfig(**QWEN36_TEXT_WIDTHS, ...).
+QWEN36_TEXT_WIDTHS: dict[str, int] = {
+    "hidden_size": 2048,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 2,
+    "head_dim": 256,
+    "linear_num_key_heads": 16,
+    "linear_num_value_heads": 32,
+    "linear_key_head_dim": 128,
+    "linear_value_head_dim": 128,
+    "num_experts": 256,
+    "num_experts_per_tok": 8,
+    "moe_intermediate_size": 512,
+    "shared_expert_intermediate_size": 512,
+    "vocab_size": 248320,
+}
+
+
 TINY_PROCESSOR: dict[str, Any] = {
     "image_processor_type": "Qwen2VLImageProcessor",
     "processor_class": "Qwen3VLProcessor",
@@ -334,6 +352,12 @@ def write_tokenizer(path: Path, vocab_size: int = 512) -> None:
             raise RuntimeError(f"tiny tokenizer: {text} got id {got}, expected {want}")
     path.mkdir(parents=True, exist_ok=True)
     tok.save(str(path / "tokenizer.json"))
+    write_tokenizer_config(path, vocab_size)
+
+
+def write_tokenizer_config(path: Path, vocab_size: int, model_max_length: int = 4096) -> None:
+    """tokenizer_config.json (Qwen's special tokens) and the chat template beside tokenizer.json."""
+    ids = _special_ids(vocab_size)
     added = {
         str(ids[t]): {
             "content": t,
@@ -354,7 +378,7 @@ def write_tokenizer(path: Path, vocab_size: int = 512) -> None:
                 "eos_token": "<|im_end|>",
                 "pad_token": "<|endoftext|>",
                 "unk_token": None,
-                "model_max_length": 4096,
+                "model_max_length": model_max_length,
                 "clean_up_tokenization_spaces": False,
                 "errors": "replace",
                 "split_special_tokens": False,
@@ -363,6 +387,23 @@ def write_tokenizer(path: Path, vocab_size: int = 512) -> None:
         )
     )
     (path / "chat_template.jinja").write_text(template_text())
+
+
+def write_generation_config(path: Path, vocab_size: int) -> None:
+    """generation_config.json with Qwen's eos ids and the model card's default sampling."""
+    ids = _special_ids(vocab_size)
+    (path / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token_id": ids["<|endoftext|>"],
+                "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
+                "do_sample": True,
+                "temperature": 1.0,
+                "top_p": 0.95,
+                "top_k": 20,
+            }
+        )
+    )
 
 
 def write_checkpoint(
@@ -384,20 +425,8 @@ def write_checkpoint(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = make_config(cfg)
-    ids = _special_ids(cfg.vocab_size)
     write_tokenizer(path, cfg.vocab_size)
-    (path / "generation_config.json").write_text(
-        json.dumps(
-            {
-                "bos_token_id": ids["<|endoftext|>"],
-                "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
-                "do_sample": True,
-                "temperature": 1.0,
-                "top_p": 0.95,
-                "top_k": 20,
-            }
-        )
-    )
+    write_generation_config(path, cfg.vocab_size)
     # Small pixel bounds keep the tiny model's image prompts short (the real processor uses
     # 65536 to 16777216 pixels); the rest is Qwen3.6's processor config.
     (path / "preprocessor_config.json").write_text(json.dumps(TINY_PROCESSOR, indent=2))

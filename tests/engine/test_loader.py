@@ -21,7 +21,7 @@ from engine import (
     load_model,
 )
 from engine.loader import TensorInfo, check_memory
-from engine.tiny import TinyConfig, make_config, make_weights
+from engine.tiny import QWEN36_TEXT_WIDTHS, TinyConfig, make_config, make_weights
 
 GB = 1024**3
 IDS = [3, 77, 140, 9, 250, 31, 402, 18]
@@ -332,22 +332,7 @@ def test_memory_limit_env_is_honored_when_large_enough(tiny_dir, monkeypatch):
 
 def qwen36_info(tmp_path: Path) -> CheckpointInfo:
     """Qwen3.6-35B-A3B's real sizes, with ~20 GiB of (header-only) 16-bit tensors."""
-    cfg = TinyConfig(
-        hidden_size=2048,
-        num_hidden_layers=40,
-        num_attention_heads=16,
-        num_key_value_heads=2,
-        head_dim=256,
-        linear_num_key_heads=16,
-        linear_num_value_heads=32,
-        linear_key_head_dim=128,
-        linear_value_head_dim=128,
-        num_experts=256,
-        num_experts_per_tok=8,
-        moe_intermediate_size=512,
-        shared_expert_intermediate_size=512,
-        vocab_size=248320,
-    )
+    cfg = TinyConfig(**QWEN36_TEXT_WIDTHS, num_hidden_layers=40)
     shape = (256, 512, 2048)  # 512 MiB at bf16, one per layer: 20 GiB
     tensors = {
         f"model.language_model.layers.{i}.mlp.experts.gate_up_proj": TensorInfo(
