@@ -104,13 +104,19 @@ def run_in_background(
     **kwargs: Any,
 ) -> Task:
     """Run `fn(*args, **kwargs)` on a worker thread; callbacks run on the UI thread."""
-    task = Task(fn, *args, **kwargs)
-    if on_event is not None:
-        task.event.connect(on_event, Qt.ConnectionType.QueuedConnection)
-    if on_done is not None:
-        task.done.connect(on_done, Qt.ConnectionType.QueuedConnection)
-    if on_error is not None:
-        task.failed.connect(on_error, Qt.ConnectionType.QueuedConnection)
+    return _start(Task(fn, *args, **kwargs), on_event, on_done, on_error)
+
+
+def _start(
+    task: Task,
+    on_event: Callable[[Any], None] | None,
+    on_done: Callable[[Any], None] | None,
+    on_error: Callable[[str], None] | None,
+) -> Task:
+    """Connect the callbacks (queued: they run on the UI thread) and start the task."""
+    for signal, slot in ((task.event, on_event), (task.done, on_done), (task.failed, on_error)):
+        if slot is not None:
+            signal.connect(slot, Qt.ConnectionType.QueuedConnection)
     return task.start()
 
 
@@ -141,9 +147,4 @@ def stream_in_background(
             on_cancel()
 
         task.cancel = cancel  # type: ignore[method-assign]
-    task.event.connect(on_event, Qt.ConnectionType.QueuedConnection)
-    if on_done is not None:
-        task.done.connect(on_done, Qt.ConnectionType.QueuedConnection)
-    if on_error is not None:
-        task.failed.connect(on_error, Qt.ConnectionType.QueuedConnection)
-    return task.start()
+    return _start(task, on_event, on_done, on_error)
