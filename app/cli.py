@@ -295,11 +295,16 @@ def cmd_window(args: argparse.Namespace) -> int:
     if headless and args.screenshot:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     elif headless and not os.environ.get("QT_QPA_PLATFORM"):
-        # Qt would abort without a display; say what to do instead.
-        raise EngineError(
-            "no display to open the window on: use `locus chat --demo` (or --model PATH) for the "
-            "terminal chat, or `locus --demo --screenshot DIR` to render the window to PNG"
-        )
+        # Qt would abort without a display: the same model in the terminal chat instead.
+        if not (args.demo or args.window_model):
+            raise EngineError(
+                "no display to open the window on: use `locus --demo` or `locus chat --model PATH` "
+                "for the terminal chat, or `locus --demo --screenshot DIR` to render the window"
+            )
+        print("locus: no display to open the window on; starting the terminal chat instead "
+              "(`locus --demo --screenshot DIR` renders the window to PNG).", file=sys.stderr)  # fmt: skip
+        model = ["--demo"] if args.demo else ["--model", args.window_model]
+        return cmd_chat(build_parser().parse_args(["chat", *model]))
     try:
         # Imported by name: app/ never imports ui/ statically (ui → app → engine).
         ui = importlib.import_module("ui")

@@ -38,4 +38,15 @@ def test_no_display_gives_a_hint_instead_of_a_crash():
     r = subprocess.run([sys.executable, "-m", "app.cli"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120, env=env)  # fmt: skip
     assert r.returncode == 1
-    assert "no display" in r.stderr and "locus chat --demo" in r.stderr
+    assert "no display" in r.stderr and "locus --demo" in r.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="macOS always has a display")
+def test_demo_without_display_falls_back_to_the_terminal_chat():
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}  # fmt: skip
+    r = subprocess.run([sys.executable, "-m", "app.cli", "--demo"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env=env, input="hello\n")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "starting the terminal chat" in r.stderr and "RANDOM weights" in r.stderr
+    assert "you>" in r.stdout and "tok/s" in r.stdout
