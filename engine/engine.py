@@ -445,7 +445,7 @@ class Engine:
 
             steps = generate_step(
                 model, prompt, cache, sampler=make_sampler(req.sampling),
-                logits_processors=make_logits_processors(req.sampling), progress=progress,
+                logits_processors=make_logits_processors(req.sampling, len(prompt)), progress=progress,
                 cancelled=lambda: handle.cancelled, stream=self._stream, start=cached,
                 checkpoints=checkpoints, on_checkpoint=lambda pos: snap(prompt[:pos], "boundary"),
             )  # fmt: skip

@@ -20,8 +20,8 @@ class SamplingParams:
     top_k: int = 20
     min_p: float = 0.0
     presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
-    penalty_context: int = 256
     seed: int | None = None
 
     def validate(self) -> SamplingParams:
@@ -33,9 +33,10 @@ class SamplingParams:
             (0 <= self.min_p <= 1, f"min_p must be in [0, 1] (got {self.min_p})"),
             (-2 <= self.presence_penalty <= 2,
              f"presence_penalty must be in [-2, 2] (got {self.presence_penalty})"),
+            (-2 <= self.frequency_penalty <= 2,
+             f"frequency_penalty must be in [-2, 2] (got {self.frequency_penalty})"),
             (self.repetition_penalty > 0,
              f"repetition_penalty must be > 0 (got {self.repetition_penalty})"),
-            (self.penalty_context > 0, "penalty_context must be > 0"),
         ]  # fmt: skip
         for ok, msg in checks:
             if not ok:
@@ -89,13 +90,61 @@ def make_sampler(params: SamplingParams) -> Sampler:
     )
 
 
-def make_logits_processors(params: SamplingParams) -> list[LogitsProcessor]:
-    """Presence and repetition penalties over the last `penalty_context` tokens."""
-    from mlx_lm.sample_utils import make_presence_penalty, make_repetition_penalty
+class _Penalties:
+    """Presence/frequency penalties over generated tokens only (the whole output), as vLLM and
+    OpenAI define them, and repetition penalty over prompt and output, as transformers does.
 
-    out: list[LogitsProcessor] = []
-    if params.presence_penalty:
-        out.append(make_presence_penalty(params.presence_penalty, params.penalty_context))
-    if params.repetition_penalty != 1.0:
-        out.append(make_repetition_penalty(params.repetition_penalty, params.penalty_context))
-    return out
+    Qwen's recommended presence_penalty 1.5 assumes these semantics: a window that includes the
+    prompt would push down the words of the user's own question. Order: repetition, then
+    frequency/presence, then (in the sampler) temperature, top-k, top-p, min-p.
+    """
+
+    def __init__(self, params: SamplingParams, prompt_len: int):
+        self.presence = params.presence_penalty
+        self.frequency = params.frequency_penalty
+        self.repetition = params.repetition_penalty
+        self.prompt_len = prompt_len
+        self.counts: mx.array | None = None  # per-token counts of the generated tokens
+        self.seen: mx.array | None = None  # 1 where a token occurs in prompt or output
+        self.fed = 0  # how much of the history the counts cover
+
+    def __call__(self, history: mx.array, logits: mx.array) -> mx.array:
+        vocab = logits.shape[-1]
+        if self.counts is None:
+            self.counts = mx.zeros((vocab,), dtype=mx.float32)
+            self.seen = mx.zeros((vocab,), dtype=mx.bool_)
+        new = history[self.fed :]
+        if new.size:
+            ids = new.astype(mx.int32)
+            self.seen = _mark(self.seen, ids)
+            out = new[max(0, self.prompt_len - self.fed) :].astype(mx.int32)
+            if out.size:
+                self.counts = self.counts.at[out].add(1.0)
+            self.fed = history.size
+        if self.repetition != 1.0:
+            # transformers' RepetitionPenaltyLogitsProcessor: divide positive logits, multiply negative.
+            pen = mx.where(logits > 0, logits / self.repetition, logits * self.repetition)
+            logits = mx.where(self.seen, pen, logits)
+        if self.frequency:
+            logits = logits - self.frequency * self.counts
+        if self.presence:
+            logits = logits - self.presence * (self.counts > 0)
+        return logits
+
+
+def _mark(seen: mx.array, ids: mx.array) -> mx.array:
+    flags = mx.zeros(seen.shape, dtype=mx.int32).at[ids].add(1) > 0
+    return mx.logical_or(seen, flags)
+
+
+def make_logits_processors(params: SamplingParams, prompt_len: int = 0) -> list[LogitsProcessor]:
+    """Penalties as Qwen's sampling settings assume them (see `_Penalties`); none when all are off.
+
+    `prompt_len` is the number of prompt tokens at the start of the history the processor is given:
+    presence and frequency penalties ignore them.
+    """
+    if not (
+        params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1.0
+    ):
+        return []
+    return [_Penalties(params, prompt_len)]
