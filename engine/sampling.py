@@ -110,7 +110,8 @@ class _Penalties:
 
     def __call__(self, history: mx.array, logits: mx.array) -> mx.array:
         vocab = logits.shape[-1]
-        if self.counts is None:
+        if self.counts is None or history.size <= self.fed:  # first call, or a history rolled back
+            self.fed = 0
             self.counts = mx.zeros((vocab,), dtype=mx.float32)
             self.seen = mx.zeros((vocab,), dtype=mx.bool_)
         new = history[self.fed :]
