@@ -76,18 +76,35 @@ Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 
 
+def filter_logits(logits: mx.array, params: SamplingParams) -> mx.array:
+    """Temperature, then top-k, then top-p, then min-p (vLLM's and transformers' order); filtered
+    tokens get -inf. mlx-lm filters before the temperature, which changes the nucleus at 0.7."""
+    logits = logits.astype(mx.float32) / params.temperature
+    vocab = logits.shape[-1]
+    if 0 < params.top_k < vocab:
+        kth = mx.sort(logits, axis=-1)[..., vocab - params.top_k : vocab - params.top_k + 1]
+        logits = mx.where(logits < kth, -mx.inf, logits)
+    if params.top_p < 1:
+        # Keep the smallest set of most likely tokens whose mass reaches top_p.
+        order = mx.argsort(-logits, axis=-1)
+        probs = mx.softmax(mx.take_along_axis(logits, order, axis=-1), axis=-1)
+        before = mx.cumsum(probs, axis=-1) - probs
+        drop_sorted = before >= params.top_p
+        drop = mx.zeros_like(drop_sorted)
+        drop = mx.put_along_axis(drop, order, drop_sorted, axis=-1)
+        logits = mx.where(drop, -mx.inf, logits)
+    if params.min_p > 0:
+        probs = mx.softmax(logits, axis=-1)
+        floor = params.min_p * probs.max(axis=-1, keepdims=True)
+        logits = mx.where(probs < floor, -mx.inf, logits)
+    return logits
+
+
 def make_sampler(params: SamplingParams) -> Sampler:
     """A function from log-probabilities (1, vocab) to the chosen token (1,)."""
-    from mlx_lm.sample_utils import make_sampler as mlx_make_sampler
-
     if params.temperature == 0:
         return lambda logprobs: mx.argmax(logprobs, axis=-1)
-    return mlx_make_sampler(
-        temp=params.temperature,
-        top_p=params.top_p if params.top_p < 1 else 0.0,
-        min_p=params.min_p,
-        top_k=params.top_k,
-    )
+    return lambda logprobs: mx.random.categorical(filter_logits(logprobs, params))
 
 
 class _Penalties:

@@ -76,3 +76,60 @@ def test_greedy_with_presence_penalty_equals_output_only_reference(engine):
         if nxt in eos:
             break
     assert got == want
+
+
+def reference_filter(logits: np.ndarray, p: SamplingParams) -> np.ndarray:
+    """Temperature → top-k → top-p → min-p, written from transformers' logits warpers."""
+    x = logits.astype(np.float64) / p.temperature
+    if 0 < p.top_k < len(x):
+        kth = np.sort(x)[-p.top_k]
+        x = np.where(x < kth, -np.inf, x)
+    if p.top_p < 1:
+        probs = np.exp(x - x.max())
+        probs /= probs.sum()
+        order = np.argsort(-probs, kind="stable")
+        mass_before = np.cumsum(probs[order]) - probs[order]
+        x[order[mass_before >= p.top_p]] = -np.inf
+    if p.min_p > 0:
+        probs = np.exp(x - x.max())
+        probs /= probs.sum()
+        x = np.where(probs < p.min_p * probs.max(), -np.inf, x)
+    return x
+
+
+FILTERS = [
+    SamplingParams(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0),  # instruct preset
+    SamplingParams(temperature=1.0, top_p=0.95, top_k=20, min_p=0.0),  # thinking preset
+    SamplingParams(temperature=0.6, top_p=1.0, top_k=0, min_p=0.1),
+    SamplingParams(temperature=1.3, top_p=0.5, top_k=5, min_p=0.05),
+]
+
+
+@pytest.mark.parametrize("params", FILTERS)
+def test_filter_matches_reference_order(params):
+    from engine.sampling import filter_logits
+
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        logits = (rng.normal(size=200) * 2.5).astype(np.float32)
+        got = np.array(filter_logits(mx.array(logits)[None], params))[0]
+        want = reference_filter(logits, params)
+        assert np.array_equal(np.isinf(got), np.isinf(want))
+        kept = ~np.isinf(want)
+        np.testing.assert_allclose(got[kept], want[kept], rtol=1e-5)
+
+
+def test_samples_follow_the_filtered_distribution():
+    from engine.sampling import make_sampler
+
+    params = SamplingParams(temperature=0.7, top_p=0.8, top_k=6, min_p=0.0)
+    logits = np.array([2.0, 1.5, 1.2, 1.0, 0.4, 0.1, -0.5, -1.0], dtype=np.float32)
+    want = np.exp(reference_filter(logits, params))
+    want /= want.sum()
+    mx.random.seed(0)
+    sample = make_sampler(params)
+    n = 4000
+    batch = mx.broadcast_to(mx.array(logits)[None], (n, len(logits)))
+    counts = np.bincount(np.array(sample(batch)), minlength=len(logits)) / n
+    assert np.all(counts[want == 0] == 0)
+    np.testing.assert_allclose(counts, want, atol=0.03)
