@@ -187,10 +187,24 @@ def test_empty_reasoning_emits_no_empty_delta():
     assert whole("") == []
 
 
-def test_tool_call_inside_reasoning_stays_reasoning():
+def test_tool_call_inside_reasoning_is_a_call_and_ends_the_reasoning():
     block = call("read_file", path="a.py")
-    events = whole(f"I could use {block} here.</think>\n\nDone.", tools=TOOLS)
-    assert events == [ReasoningDelta(f"I could use {block} here."), TextDelta("Done.")]
+    text = f"I could use {block} here.</think>\n\nDone."
+    events = whole(text, tools=TOOLS)
+    assert [type(e) for e in events] == [ReasoningDelta, ToolCall, TextDelta]
+    assert events[0] == ReasoningDelta("I could use ")
+    assert events[1].arguments == {"path": "a.py"} and events[1].raw == block
+    assert events[2] == TextDelta("here.\n\nDone.")  # the late </think> is dropped
+    assert by_char(text, TOOLS) == events
+
+
+def test_tool_call_tag_in_reasoning_prose_stays_reasoning():
+    for prose in ("a <tool_call> here, or `<tool_call>` there", "<tool_call>{not yet} or <"):
+        text = f"Maybe {prose}.</think>\n\nOk."
+        assert whole(text, TOOLS) == by_char(text, TOOLS) == [
+            ReasoningDelta(f"Maybe {prose}."),
+            TextDelta("Ok."),
+        ]
 
 
 def test_reasoning_false_is_all_text():
@@ -396,16 +410,12 @@ MALFORMED = {
     "bad_nesting": (
         "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</function>\n</parameter>\n"
         "</tool_call>",
-        "'path' is not closed",
+        "</function> comes before the </parameter> of 'path'",
     ),
     "unclosed_parameter": (
         "<tool_call>\n<function=read_file>\n<parameter=path>\na\n<parameter=offset>\n1\n"
-        "</parameter>\n</function>\n</tool_call>",
-        "parameter 'path' is not closed with </parameter>",
-    ),
-    "unclosed_parameter_at_end": (
-        "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</tool_call>",
-        "parameter 'path' is not closed",
+        "</parameter>\n<parameter=path>\nb\n</parameter>\n</function>\n</tool_call>",
+        "gives parameter 'path' twice",
     ),
     "garbage_between_tags": (
         "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</parameter>\ngarbage here\n"
@@ -416,10 +426,6 @@ MALFORMED = {
         "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</parameter>\n</function>\n"
         "oops\n</tool_call>",
         "after </function>",
-    ),
-    "missing_function_close": (
-        "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</parameter>\n</tool_call>",
-        "missing </function>",
     ),
     "function_tag_not_closed": (
         "<tool_call>\n<function=read_file\n<parameter=path>\na\n</parameter>\n</function>\n"
@@ -459,6 +465,45 @@ def test_malformed_call_is_an_error_with_the_exact_raw_text(case):
         assert fragment in err.message, err.message
         assert events[0] == TextDelta("Let me try.\n")
         assert events[-1] == TextDelta("After.")
+
+
+# Missing closing tags the parser supplies when the tool is listed and every value is complete.
+REPAIRED = {
+    "unclosed_parameter": (
+        "<tool_call>\n<function=read_file>\n<parameter=path>\na\n<parameter=offset>\n1\n"
+        "</parameter>\n</function>\n</tool_call>",
+        {"path": "a", "offset": 1},
+        "parameter 'path' is not closed with </parameter>",
+    ),
+    "unclosed_parameter_at_end": (
+        "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</tool_call>",
+        {"path": "a"},
+        "parameter 'path' is not closed",
+    ),
+    "missing_function_close": (
+        "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</parameter>\n</tool_call>",
+        {"path": "a"},
+        "missing </function>",
+    ),
+    "parameter_closed_by_function": (
+        "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</function>\n</tool_call>",
+        {"path": "a"},
+        "parameter 'path' is not closed",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REPAIRED))
+def test_missing_closing_tags_are_supplied_for_a_listed_tool(case):
+    raw, args, fragment = REPAIRED[case]
+    text = "Let me try.\n" + raw + "\nAfter."
+    for events in (whole(text, TOOLS, False), by_char(text, TOOLS, False)):
+        assert only_call(events).arguments == args
+        assert only_call(events).raw == raw
+        assert events[0] == TextDelta("Let me try.\n") and events[-1] == TextDelta("After.")
+    # Without a tool list the function is not known: nothing is supplied.
+    err = only_error(whole(text, None, False))
+    assert fragment in err.message and err.raw == raw
 
 
 def test_malformed_call_names_the_tool_when_known():
