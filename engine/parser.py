@@ -458,6 +458,13 @@ def _parse_xml(
             if nxt < 0:  # no </parameter>: the value ends at the next tag or the end
                 # At the end of the output a value is complete only if its line was ended.
                 cut = end and stop == len(body) and (truncated or not value.endswith("\n"))
+                odd = re.search(r"</parameter[^>\n]*>?\s*$", value)
+                if odd:  # a misspelt close (`</parameter/>`): not guessed at
+                    raise _Malformed(
+                        f"malformed tool call to {name!r}: parameter {key!r} ends with "
+                        f"{odd.group().strip()!r} instead of </parameter>." + _FORMAT_HINT,
+                        name,
+                    )
                 if not known or cut:
                     raise not_closed(key)
                 supplied.append(f"</parameter> after {key!r}")
