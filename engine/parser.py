@@ -93,9 +93,10 @@ class StreamParser:
         self._drop: set[str] = set()  # stray closing tags to swallow once in the answer
         self._texted = False  # answer text was emitted since the last call
         self._sep = ""  # put before the next answer text
-        self._call = ""  # raw text of the open tool call
+        self._parts: list[str] = []  # raw text of the open tool call, in pieces
+        self._size = 0  # its length
+        self._tail = ""  # its text not yet searched for a closing tag (plus a tag's length)
         self._bare = False  # the open call has no <tool_call> opener
-        self._scan = 0  # where to resume looking for the call's end in self._call
         self._tentative = 0  # end of the first `</tool_call>` that fell inside a value, or 0
         self._out: list[Event] = []
 
@@ -116,7 +117,8 @@ class StreamParser:
             self._run(final=True)
             if self._mode != "call":
                 break
-            call, self._call = self._call, ""
+            call = self._joined()
+            self._parts, self._size, self._tail = [], 0, ""
             self._mode, self._trim = "answer", " \t\r\n"
             if self._tentative:
                 # A `</tool_call>` inside a value that never closed: the call ended there.
@@ -214,39 +216,50 @@ class StreamParser:
         return True
 
     def _start_call(self, text: str, *, bare: bool) -> None:
-        self._mode, self._bare = "call", bare
-        self._call, self._buf = text, ""
-        self._scan, self._tentative = 0 if bare else len(CALL_OPEN), 0
+        self._mode, self._bare, self._buf = "call", bare, ""
+        self._parts, self._size = [text], len(text)
+        self._tail, self._tentative = text[0 if bare else len(CALL_OPEN) :], 0
+
+    def _joined(self) -> str:
+        call = "".join(self._parts)
+        self._parts = [call]
+        return call
 
     def _call_step(self) -> bool:
-        """Look for the end of the open call; True once it ended and was emitted."""
-        call = self._call
-        self._call = ""  # so the += below extends the string in place (linear, not quadratic)
-        call += self._buf
-        self._call, self._buf = call, ""
+        """Look for the end of the open call; True once it ended and was emitted.
+
+        Only new text is searched (`_tail`), and the parts are joined only when a closing tag
+        is found: linear in the call's length.
+        """
+        if self._buf:
+            self._parts.append(self._buf)
+            self._size += len(self._buf)
+            self._tail += self._buf
+            self._buf = ""
         closes = (CALL_CLOSE, FUNC_CLOSE) if self._bare else (CALL_CLOSE,)
         body_at = 0 if self._bare else len(CALL_OPEN)
         while True:
-            hits = [(i, t) for t in closes if (i := call.find(t, self._scan)) >= 0]
-            at = max(self._tentative, self._scan)
-            if self._tentative and (i := call.find(CALL_OPEN, at)) >= 0:
-                hits.append((i, CALL_OPEN))
+            base, tail = self._size - len(self._tail), self._tail
+            hits = [(base + i, t) for t in closes if (i := tail.find(t)) >= 0]
+            if self._tentative and (i := tail.find(CALL_OPEN)) >= 0:
+                hits.append((base + i, CALL_OPEN))
             if not hits:
-                self._scan = max(self._scan, len(call) - len(CALL_CLOSE) + 1)
+                self._tail = tail[-(len(CALL_CLOSE) - 1) :]
                 return False
             i, tag = min(hits)
             if tag == CALL_OPEN:  # a new call began: the open one ended at its `</tool_call>`
                 end = self._tentative
                 break
-            self._scan = i + 1
+            self._tail = tail[i + 1 - base :]
             end = i + len(tag)
-            body = call[body_at : end if tag == FUNC_CLOSE else i]
-            if not _inside_value(body):
+            call = self._joined()
+            if not _inside_value(call[body_at : end if tag == FUNC_CLOSE else i]):
                 break
             if tag == CALL_CLOSE and not self._tentative:
                 self._tentative = end
+        call = self._joined()
         raw, self._buf = call[:end], call[end:]
-        self._call, self._tentative = "", 0
+        self._parts, self._size, self._tail, self._tentative = [], 0, "", 0
         self._out.append(_parse_call(raw, self._schemas, self._bare))
         self._texted = False
         if self._bare and raw.endswith(FUNC_CLOSE):
