@@ -539,7 +539,9 @@ def _value_end(
             break
         j = body.find(PARAM_CLOSE, j + 1)
     close = j
-    if close < 0:  # only a `</parameter>` followed by stray text: the value ends there
+    f = body.rfind(FUNC_CLOSE, pos)
+    func_end = f >= 0 and _skip_ws(body, f + len(FUNC_CLOSE)) == len(body)
+    if close < 0 and func_end:  # `</parameter>`, stray text, `</function>`: reported, not read
         j = body.find(PARAM_CLOSE, pos)
         if j >= 0:
             return j, j + len(PARAM_CLOSE)
@@ -551,10 +553,7 @@ def _value_end(
             return pos + m.start() + 1, -1
     if close >= 0:
         return close, close + len(PARAM_CLOSE)
-    f = body.rfind(FUNC_CLOSE, pos)
-    if f >= 0 and _skip_ws(body, f + len(FUNC_CLOSE)) == len(body):
-        return f, -1
-    return len(body), -1
+    return (f if func_end else len(body)), -1
 
 
 def _tag_arg(body: str, pos: int, tag: str, name: str | None) -> tuple[str, int]:
