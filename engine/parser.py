@@ -413,8 +413,7 @@ def _parse_json(body: str) -> tuple[str, dict[str, Any]]:
         ) from None
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
         raise _Malformed(
-            'malformed tool call: a JSON body needs one object with a "name" string.'
-            + _FORMAT_HINT
+            'malformed tool call: a JSON body needs one object with a "name" string.' + _FORMAT_HINT
         )
     name = obj["name"]
     args = obj.get("arguments", obj.get("parameters", {}))

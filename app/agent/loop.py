@@ -40,7 +40,9 @@ _NO_ANSWER = (
     "[Locus] Your last turn ended inside your reasoning, without an answer or a tool call. "
     "Continue: call a tool, or end your reasoning with </think> and give your final answer."
 )
-_NO_ANSWER_EVENT = "the model's turn had reasoning only (no answer, no tool call); asked it to go on"
+_NO_ANSWER_EVENT = (
+    "the model's turn had reasoning only (no answer, no tool call); asked it to go on"
+)
 
 
 class AgentError(Exception):

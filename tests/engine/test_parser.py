@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import random
-import time
 import re
+import time
 from dataclasses import replace
 
 import pytest
@@ -203,10 +203,14 @@ def test_tool_call_inside_reasoning_is_a_call_and_ends_the_reasoning():
 def test_tool_call_tag_in_reasoning_prose_stays_reasoning():
     for prose in ("a <tool_call> here, or `<tool_call>` there", "<tool_call>{not yet} or <"):
         text = f"Maybe {prose}.</think>\n\nOk."
-        assert whole(text, TOOLS) == by_char(text, TOOLS) == [
-            ReasoningDelta(f"Maybe {prose}."),
-            TextDelta("Ok."),
-        ]
+        assert (
+            whole(text, TOOLS)
+            == by_char(text, TOOLS)
+            == [
+                ReasoningDelta(f"Maybe {prose}."),
+                TextDelta("Ok."),
+            ]
+        )
 
 
 def test_reasoning_false_is_all_text():
@@ -722,7 +726,10 @@ def test_tag_split_by_chunk_boundaries_never_leaks():
     for size in (1, 2, 3, 5, 7, 11):
         events = merged(run([text[i : i + size] for i in range(0, len(text), size)], TOOLS, False))
         assert texts(events, TextDelta) == "Sure.\n"
-        assert [e.arguments for e in events if isinstance(e, ToolCall)] == [{"path": "a"}, {"path": "b"}]
+        assert [e.arguments for e in events if isinstance(e, ToolCall)] == [
+            {"path": "a"},
+            {"path": "b"},
+        ]
 
 
 def test_json_call_inside_reasoning():
@@ -754,7 +761,9 @@ def test_truncated_output_never_completes_an_open_value():
 
 
 def test_parameter_close_inside_a_value_and_code_newlines():
-    content = "\n\ndef f():\n    return '</parameter>'  # not the end\n</parameter> still the file\n\n"
+    content = (
+        "\n\ndef f():\n    return '</parameter>'  # not the end\n</parameter> still the file\n\n"
+    )
     text = call("write_file", path="x.py", content=content)
     for events in (whole(text, TOOLS, False), by_char(text, TOOLS, False)):
         assert only_call(events).arguments["content"] == content

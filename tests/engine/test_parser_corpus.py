@@ -61,6 +61,7 @@ def test_fixture_gives_its_events_in_every_chunking(name, size):
     assert len(got) == len(want) and all(map(_matches, got, want)), got
     # Reasoning, text and the raw text of calls hold every non-blank character of the output.
     parts = [g.get("reasoning") or g.get("text") or g["raw"] for g in got]
+
     def squash(s: str) -> str:  # dropped stray closing tags aside
         return "".join(s.replace("</think>", "").replace("</tool_call>", "").split())
 

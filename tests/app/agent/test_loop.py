@@ -139,7 +139,7 @@ def test_session_with_every_call_shape_qwen_writes(proj: Path) -> None:
 
 
 def test_reasoning_only_turns_are_nudged_once_then_end(proj: Path) -> None:
-    agent, events = _agent(proj, ["thinking and thinking", "still thinking"])
+    agent, _ = _agent(proj, ["thinking and thinking", "still thinking"])
     with agent:
         res = agent.run("hard question")
     assert res.status == "answered" and res.answer == "" and res.steps == 2
