@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import time
@@ -784,3 +785,17 @@ def test_long_value_streams_in_linear_time():
     seconds(10_000)  # warm up
     small, big = seconds(100_000), seconds(400_000)
     assert big < 8 * small + 0.05, (small, big)  # 4x the text: about 4x the time, never 16x
+
+
+def test_call_inside_reasoning_is_logged(caplog):
+    with caplog.at_level(logging.DEBUG, logger="engine.parser"):
+        whole("plan\n" + call("read_file", path="a"), TOOLS)
+    assert "inside the reasoning" in caplog.text
+
+
+def test_markup_value_with_closings_missing_at_the_end_of_generation():
+    html = "<html>\n<p>a </parameter> b</p>\n</html>\n"
+    raw = f"<tool_call>\n<function=write_file>\n<parameter=path>\np.html\n</parameter>\n" \
+        f"<parameter=content>\n{html}\n"  # fmt: skip
+    for events in (whole(raw, TOOLS, False), by_char(raw, TOOLS, False)):
+        assert only_call(events).arguments == {"path": "p.html", "content": html}
