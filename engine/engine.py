@@ -477,7 +477,7 @@ class Engine:
                 tail, hit = stops.feed(detok.last_segment)
                 for ev in parser.feed(tail if hit else tail + stops.flush()):
                     handle._put(ev)
-            for ev in parser.finish():
+            for ev in parser.finish(truncated=reason != "stop"):
                 handle._put(ev)
         except Cancelled:
             reason = "cancelled"

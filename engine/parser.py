@@ -10,14 +10,26 @@ The model writes `reasoning</think>\\n\\nanswer`, with tool calls in the answer 
     </function>
     </tool_call>
 
-A value may hold any text except the format's own tags (`<parameter=`, `</parameter>`,
-`</function>`, `</tool_call>`); those end it, as in Qwen's reference parser.
+What real models write besides, and how it is read (README, "Tool calls"):
+
+- a complete call inside the reasoning (`<tool_call>` then `<function=` or `{`) is a call, and the
+  reasoning ends there; a later `</think>` is dropped;
+- a JSON body `{"name": ..., "arguments": {...}}` (Hermes / Qwen2.5 shape; arguments may be a
+  JSON string) is a call;
+- a bare `<function=NAME>` block at the start of a line, without `<tool_call>`, is a call;
+- missing `</parameter>`, `</function>` or (at the end) `</tool_call>` are supplied when the tool is
+  in the request's tool list and every parameter is complete; a value cut by the token limit is not.
+
+A value is everything between `<parameter=KEY>` and the `</parameter>` that is followed by
+another `<parameter=`, `</function>` or the end of the call, less one leading and one trailing
+newline: so values may hold markup, including `</parameter>` followed by anything else.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import logging
 import re
 import uuid
 from typing import Any
@@ -25,6 +37,8 @@ from typing import Any
 from .events import Event, ReasoningDelta, TextDelta, ToolCall, ToolCallError
 
 __all__ = ["StreamParser", "parse_tool_calls", "tool_schemas"]
+
+log = logging.getLogger(__name__)
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -38,6 +52,10 @@ _FORMAT_HINT = (
 _JSON_TYPES = {"string", "integer", "number", "boolean", "object", "array", "null"}
 # Untyped values are decoded only when they look like JSON; "123 Main St" stays a string.
 _LOOKS_JSON = re.compile(r"(?:[\[{]|-?\d|(?:true|false|null)$)")
+# `<function=NAME>` then a parameter or the close: what makes a bare block a call, not prose.
+_BARE_CALL = re.compile(r"<function=[^<>\n]{1,200}>\s*(?:<parameter=|</function>)")
+_JSON_START = re.compile(r'\{\s*"')  # a JSON call body, not prose in braces
+_BARE_HOLD = 256  # characters held back while a bare `<function=` may still become a call
 
 
 def tool_schemas(tools: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
@@ -58,8 +76,8 @@ def tool_schemas(tools: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]
 class StreamParser:
     """Incremental parser: feed() text deltas as they are generated, then finish() once.
 
-    Text is emitted as soon as it cannot be the start of `</think>` or `<tool_call>`; a tool call
-    is emitted whole, as ToolCall or ToolCallError, when its `</tool_call>` arrives.
+    Text is emitted as soon as it cannot be the start of a tag; a tool call is emitted whole, as
+    ToolCall or ToolCallError, when it ends. Work per call is linear in its length.
     """
 
     def __init__(
@@ -71,8 +89,15 @@ class StreamParser:
         self._start = 2
         self._buf = ""  # text not yet emitted
         self._trim = ""  # characters still to drop at the start of answer text
-        self._call = ""  # raw text of the open tool call
-        self._scan = 0  # where to resume looking for </tool_call> in self._call
+        self._line_start = True  # the answer so far ends a line (a bare <function= may start)
+        self._drop: set[str] = set()  # stray closing tags to swallow once in the answer
+        self._texted = False  # answer text was emitted since the last call
+        self._sep = ""  # put before the next answer text
+        self._parts: list[str] = []  # raw text of the open tool call, in pieces
+        self._size = 0  # its length
+        self._tail = ""  # its text not yet searched for a closing tag (plus a tag's length)
+        self._bare = False  # the open call has no <tool_call> opener
+        self._tentative = 0  # end of the first `</tool_call>` that fell inside a value, or 0
         self._out: list[Event] = []
 
     def feed(self, text: str) -> list[Event]:
@@ -82,22 +107,28 @@ class StreamParser:
         out, self._out = self._out, []
         return out
 
-    def finish(self) -> list[Event]:
-        """Flush held-back text at the end of generation; an open tool call becomes an error."""
-        self._run(final=True)
-        if self._mode == "call":
-            raw, self._call = self._call, ""
-            m = re.search(r"<function=([^<>\n]*)>", raw)
-            name = m.group(1).strip() if m else None
+    def finish(self, *, truncated: bool = False) -> list[Event]:
+        """Flush held-back text at the end of generation; settle an open tool call.
+
+        `truncated`: generation stopped at the token limit (or was cancelled), so an unclosed
+        parameter value may be cut short and is reported instead of being completed.
+        """
+        while True:
+            self._run(final=True)
+            if self._mode != "call":
+                break
+            call = self._joined()
+            self._parts, self._size, self._tail = [], 0, ""
+            self._mode, self._trim = "answer", " \t\r\n"
+            if self._tentative:
+                # A `</tool_call>` inside a value that never closed: the call ended there.
+                self._buf = call[self._tentative :] + self._buf
+                self._out.append(_parse_call(call[: self._tentative], self._schemas, self._bare))
+                self._tentative = 0
+                continue
             self._out.append(
-                ToolCallError(
-                    message=f"tool call{f' to {name!r}' if name else ''} was cut off: generation "
-                    "ended before </tool_call>",
-                    raw=raw,
-                    name=name,
-                )
+                _parse_call(call, self._schemas, self._bare, end=True, truncated=truncated)
             )
-            self._mode = "answer"
         out, self._out = self._out, []
         return out
 
@@ -107,38 +138,134 @@ class StreamParser:
             return
         while True:
             if self._mode == "call":
-                self._call += self._buf
-                self._buf = ""
-                i = self._call.find(CALL_CLOSE, self._scan)
-                if i < 0:
-                    self._scan = max(0, len(self._call) - len(CALL_CLOSE) + 1)
+                if not self._call_step():
                     return
-                end = i + len(CALL_CLOSE)
-                raw, self._buf = self._call[:end], self._call[end:]
-                self._call, self._scan = "", 0
-                self._out.append(_parse_call(raw, self._schemas))
-                self._mode, self._trim = "answer", " \t\r\n"
             elif self._mode == "reasoning":
-                i = self._buf.find(THINK_CLOSE)
-                if i < 0:
-                    self._flush(ReasoningDelta, THINK_CLOSE, final)
+                if not self._reasoning_step(final):
                     return
-                self._emit(ReasoningDelta, self._buf[:i])
-                self._buf = self._buf[i + len(THINK_CLOSE) :]
-                self._mode, self._trim = "answer", "\r\n"
-            else:
-                if self._trim:
-                    self._buf = self._buf.lstrip(self._trim)
-                    if not self._buf:
-                        return
-                    self._trim = ""
-                i = self._buf.find(CALL_OPEN)
-                if i < 0:
-                    self._flush(TextDelta, CALL_OPEN, final)
-                    return
-                self._emit(TextDelta, self._buf[:i])
-                self._buf = self._buf[i:]
-                self._mode = "call"
+            elif not self._answer_step(final):
+                return
+
+    def _reasoning_step(self, final: bool) -> bool:
+        buf = self._buf
+        i, j = buf.find(THINK_CLOSE), buf.find(CALL_OPEN)
+        if i >= 0 and (j < 0 or i < j):
+            self._emit(ReasoningDelta, buf[:i])
+            self._buf = buf[i + len(THINK_CLOSE) :]
+            self._mode, self._trim = "answer", "\r\n"
+            return True
+        if j < 0:
+            self._flush(ReasoningDelta, (THINK_CLOSE, CALL_OPEN), final)
+            return False
+        # `<tool_call>` inside the reasoning is a call only when a function or JSON body follows.
+        k = _skip_ws(buf, j + len(CALL_OPEN))
+        rest = buf[k : k + len(FUNC_OPEN)]
+        if rest.startswith(FUNC_OPEN) or _JSON_START.match(buf, k):
+            self._emit(ReasoningDelta, buf[:j])
+            log.debug("tool call written inside the reasoning: the reasoning ends there")
+            self._start_call(buf[j:], bare=False)
+            self._drop.add(THINK_CLOSE)
+            return True
+        undecided = FUNC_OPEN.startswith(rest) or not buf[k:].rstrip("{ \t\r\n")
+        if not final and undecided:  # until more arrives
+            self._emit(ReasoningDelta, buf[:j])
+            self._buf = buf[j:]
+            return False
+        self._emit(ReasoningDelta, buf[: j + len(CALL_OPEN)])
+        self._buf = buf[j + len(CALL_OPEN) :]
+        return True
+
+    def _answer_step(self, final: bool) -> bool:
+        if self._trim:
+            self._buf = self._buf.lstrip(self._trim)
+            if not self._buf:
+                return False
+            self._trim = ""
+        buf = self._buf
+        tags = (CALL_OPEN, FUNC_OPEN, *sorted(self._drop))
+        hits = [(i, t) for t in tags if (i := buf.find(t)) >= 0]
+        if not hits:
+            self._flush(TextDelta, tags, final)
+            return False
+        i, tag = min(hits)
+        if tag == CALL_OPEN:
+            self._emit(TextDelta, buf[:i])
+            self._start_call(buf[i:], bare=False)
+            return True
+        if tag != FUNC_OPEN:  # the late `</think>` of a reasoning call, or a bare call's close
+            self._emit(TextDelta, buf[:i])
+            # Text on both sides of a dropped `</think>` stays two paragraphs.
+            self._sep = "\n\n" if tag == THINK_CLOSE and self._texted else ""
+            self._drop.discard(tag)
+            self._buf = buf[i + len(tag) :]
+            self._trim = " \t\r\n"
+            return True
+        line_start = buf[i - 1] == "\n" if i else self._line_start
+        m = _BARE_CALL.match(buf, i)
+        if line_start and m:
+            self._emit(TextDelta, buf[:i])
+            log.debug("tool call without <tool_call>: read as a call")
+            self._start_call(buf[i:], bare=True)
+            return True
+        if line_start and not final and len(buf) - i < _BARE_HOLD and _bare_prefix(buf[i:]):
+            self._emit(TextDelta, buf[:i])
+            self._buf = buf[i:]
+            return False
+        self._emit(TextDelta, buf[: i + len(FUNC_OPEN)])
+        self._buf = buf[i + len(FUNC_OPEN) :]
+        return True
+
+    def _start_call(self, text: str, *, bare: bool) -> None:
+        self._mode, self._bare, self._buf = "call", bare, ""
+        self._parts, self._size = [text], len(text)
+        self._tail, self._tentative = text[0 if bare else len(CALL_OPEN) :], 0
+
+    def _joined(self) -> str:
+        call = "".join(self._parts)
+        self._parts = [call]
+        return call
+
+    def _call_step(self) -> bool:
+        """Look for the end of the open call; True once it ended and was emitted.
+
+        Only new text is searched (`_tail`), and the parts are joined only when a closing tag
+        is found: linear in the call's length.
+        """
+        if self._buf:
+            self._parts.append(self._buf)
+            self._size += len(self._buf)
+            self._tail += self._buf
+            self._buf = ""
+        closes = (CALL_CLOSE, FUNC_CLOSE) if self._bare else (CALL_CLOSE,)
+        body_at = 0 if self._bare else len(CALL_OPEN)
+        while True:
+            base, tail = self._size - len(self._tail), self._tail
+            hits = [(base + i, t) for t in closes if (i := tail.find(t)) >= 0]
+            if self._tentative and (i := tail.find(CALL_OPEN)) >= 0:
+                hits.append((base + i, CALL_OPEN))
+            if not hits:
+                self._tail = tail[-(len(CALL_CLOSE) - 1) :]
+                return False
+            i, tag = min(hits)
+            if tag == CALL_OPEN:  # a new call began: the open one ended at its `</tool_call>`
+                end = self._tentative
+                break
+            self._tail = tail[i + 1 - base :]
+            end = i + len(tag)
+            call = self._joined()
+            if not _inside_value(call[body_at : end if tag == FUNC_CLOSE else i]):
+                break
+            if tag == CALL_CLOSE and not self._tentative:
+                self._tentative = end
+        call = self._joined()
+        raw, self._buf = call[:end], call[end:]
+        self._parts, self._size, self._tail, self._tentative = [], 0, "", 0
+        self._out.append(_parse_call(raw, self._schemas, self._bare))
+        self._texted = False
+        if self._bare and raw.endswith(FUNC_CLOSE):
+            self._drop.add(CALL_CLOSE)
+        self._mode, self._trim = "answer", " \t\r\n"
+        return True
 
     def _opening(self, final: bool) -> bool:
         """Swallow a leading `<think>` and the one "\\n" after it; False while undecided."""
@@ -160,13 +287,15 @@ class StreamParser:
         self._buf = buf
         return True
 
-    def _flush(self, cls: type[TextDelta] | type[ReasoningDelta], tag: str, final: bool) -> None:
-        """Emit the buffer except a suffix that may still grow into `tag`."""
+    def _flush(
+        self, cls: type[TextDelta] | type[ReasoningDelta], tags: tuple[str, ...], final: bool
+    ) -> None:
+        """Emit the buffer except a suffix that may still grow into one of `tags`."""
         keep = 0
         if not final:
             # Tags have a single "<", so only the suffix from the last "<" can be a tag prefix.
-            i = self._buf.rfind("<", max(0, len(self._buf) - len(tag) + 1))
-            if i >= 0 and tag.startswith(self._buf[i:]):
+            i = self._buf.rfind("<", max(0, len(self._buf) - max(map(len, tags)) + 1))
+            if i >= 0 and any(t.startswith(self._buf[i:]) for t in tags):
                 keep = len(self._buf) - i
         cut = len(self._buf) - keep
         self._emit(cls, self._buf[:cut])
@@ -175,6 +304,9 @@ class StreamParser:
     def _emit(self, cls: type[TextDelta] | type[ReasoningDelta], text: str) -> None:
         if not text:
             return
+        if cls is TextDelta:
+            text, self._sep = self._sep + text, ""
+            self._line_start, self._texted = text.endswith("\n"), True
         last = self._out[-1] if self._out else None
         if type(last) is cls:
             self._out[-1] = cls(last.text + text)  # type: ignore[union-attr]
@@ -191,52 +323,173 @@ def parse_tool_calls(
     return [e for e in events if isinstance(e, ToolCall | ToolCallError)]
 
 
-# -- one complete <tool_call> block -----------------------------------------------------------
+def _bare_prefix(text: str) -> bool:
+    """Whether `text` (starting at `<function=`) may still grow into a bare call's opening."""
+    gt = text.find(">")
+    if gt < 0:
+        return "\n" not in text and "<" not in text[1:]
+    rest = text[gt + 1 :].lstrip()
+    return not rest or PARAM_OPEN.startswith(rest[:11]) or FUNC_CLOSE.startswith(rest[:11])
+
+
+def _inside_value(body: str) -> bool:
+    """Whether `body` (a call's text so far) ends inside a parameter value never closed, so a
+    closing tag found there is part of the value; a JSON body counts until it parses."""
+    pos = _skip_ws(body, 0)
+    if body.startswith("{", pos):
+        tail = body.rstrip()
+        if not tail.endswith("}"):
+            return True
+        try:
+            json.loads(tail)
+        except (ValueError, RecursionError):
+            return True
+        return False
+    i = body.rfind(PARAM_OPEN)
+    if i < 0:
+        return False
+    j = body.find(PARAM_CLOSE, i)
+    while j >= 0:
+        k = _skip_ws(body, j + len(PARAM_CLOSE))
+        if k == len(body) or body.startswith(FUNC_CLOSE, k):
+            return False
+        j = body.find(PARAM_CLOSE, j + 1)
+    return True
+
+
+# -- one complete tool call --------------------------------------------------------------------
 class _Malformed(Exception):
     def __init__(self, message: str, name: str | None = None) -> None:
         super().__init__(message)
         self.name = name
 
 
-def _parse_call(raw: str, schemas: dict[str, dict[str, Any]] | None) -> ToolCall | ToolCallError:
-    """A ToolCall, or a ToolCallError whose message tells the model what to fix."""
+def _parse_call(
+    raw: str,
+    schemas: dict[str, dict[str, Any]] | None,
+    bare: bool = False,
+    *,
+    end: bool = False,
+    truncated: bool = False,
+) -> ToolCall | ToolCallError:
+    """A ToolCall, or a ToolCallError whose message tells the model what to fix.
+
+    `end`: the output ended inside this call (no `</tool_call>`); `truncated`: by the token limit.
+    """
+    body = raw if bare else raw[len(CALL_OPEN) :]
+    closed = body.endswith(CALL_CLOSE)
+    if closed:
+        body = body[: -len(CALL_CLOSE)]
     try:
-        name, values = _parse_xml(raw[len(CALL_OPEN) : -len(CALL_CLOSE)])
-        args = _check(name, values, schemas)
+        if body.lstrip().startswith("{"):
+            name, values = _parse_json(body)
+            typed = True
+        else:
+            name, values, supplied = _parse_xml(body, schemas, bare, end, truncated)
+            typed = False
+            if supplied:
+                log.debug("tool call to %r: supplied missing %s", name, ", ".join(supplied))
+        args = _check(name, values, schemas, typed)
     except _Malformed as e:
         return ToolCallError(message=str(e), raw=raw, name=e.name)
     return ToolCall(id="call_" + uuid.uuid4().hex[:24], name=name, arguments=args, raw=raw)
 
 
-def _parse_xml(body: str) -> tuple[str, dict[str, str]]:
-    """The function name and raw parameter strings of the text between the call tags."""
+def _cut_off(name: str | None) -> str:
+    return (
+        f"tool call{f' to {name!r}' if name else ''} was cut off: generation ended before "
+        "</tool_call>"
+    )
+
+
+def _parse_json(body: str) -> tuple[str, dict[str, Any]]:
+    """Name and arguments of a `{"name": ..., "arguments": {...}}` body."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError) as e:
+        raise _Malformed(
+            f"malformed tool call: the JSON body does not parse ({e}); give one object "
+            '{"name": ..., "arguments": {...}}.' + _FORMAT_HINT
+        ) from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
+        raise _Malformed(
+            'malformed tool call: a JSON body needs one object with a "name" string.' + _FORMAT_HINT
+        )
+    name = obj["name"]
+    args = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except (ValueError, RecursionError):
+            args = None
+    if not isinstance(args, dict):
+        raise _Malformed(
+            f'malformed tool call to {name!r}: "arguments" must be a JSON object.' + _FORMAT_HINT,
+            name,
+        )
+    return name, args
+
+
+def _parse_xml(
+    body: str, schemas: dict[str, dict[str, Any]] | None, bare: bool, end: bool, truncated: bool
+) -> tuple[str, dict[str, str], list[str]]:
+    """The function name, raw parameter strings and closing tags that had to be supplied."""
     pos = _skip_ws(body, 0)
     if not body.startswith(FUNC_OPEN, pos):
+        if end and not body.strip():
+            raise _Malformed(_cut_off(None))
         raise _Malformed(
             f"malformed tool call: expected <function=NAME> after <tool_call>, found "
             f"{_snippet(body, pos)}." + _FORMAT_HINT
         )
     name, pos = _tag_arg(body, pos + len(FUNC_OPEN), "function", None)
+    schema = schemas.get(name) if schemas is not None else None
+    props = schema.get("properties") if isinstance(schema, dict) else None
+    props = props if isinstance(props, dict) else {}
+    known = schema is not None  # only a listed tool gets missing closing tags supplied
     values: dict[str, str] = {}
+    supplied: list[str] = []
+
+    def not_closed(key: str) -> _Malformed:
+        if end:
+            return _Malformed(_cut_off(name), name)
+        return _Malformed(
+            f"malformed tool call to {name!r}: parameter {key!r} is not closed with "
+            "</parameter>." + _FORMAT_HINT,
+            name,
+        )
+
     while True:
         pos = _skip_ws(body, pos)
         if body.startswith(PARAM_OPEN, pos):
             key, pos = _tag_arg(body, pos + len(PARAM_OPEN), "parameter", name)
-            end = body.find(PARAM_CLOSE, pos)
-            # A structural tag before </parameter> means the value was never closed.
-            nxt = [j for j in (body.find(PARAM_OPEN, pos), body.find(FUNC_CLOSE, pos)) if j >= 0]
-            if end < 0 or (nxt and min(nxt) < end):
-                raise _Malformed(
-                    f"malformed tool call to {name!r}: parameter {key!r} is not closed with "
-                    "</parameter>." + _FORMAT_HINT,
-                    name,
-                )
             if key in values:
                 raise _Malformed(f"tool call to {name!r} gives parameter {key!r} twice", name)
-            value = body[pos:end]
+            stop, nxt = _value_end(body, pos, props, values, key)
+            value = body[pos:stop]
+            if nxt < 0:  # no </parameter>: the value ends at the next tag or the end
+                # At the end of the output a value is complete only if its line was ended.
+                cut = end and stop == len(body) and (truncated or not value.endswith("\n"))
+                odd = re.search(r"</parameter[^>\n]*>?\s*$", value)
+                if odd:  # a misspelt close (`</parameter/>`): not guessed at
+                    raise _Malformed(
+                        f"malformed tool call to {name!r}: parameter {key!r} ends with "
+                        f"{odd.group().strip()!r} instead of </parameter>." + _FORMAT_HINT,
+                        name,
+                    )
+                if not known or cut:
+                    raise not_closed(key)
+                supplied.append(f"</parameter> after {key!r}")
+                nxt = stop
+            elif value.rstrip().endswith(FUNC_CLOSE) and _skip_ws(body, nxt) == len(body):
+                raise _Malformed(
+                    f"malformed tool call to {name!r}: </function> comes before the "
+                    f"</parameter> of {key!r}." + _FORMAT_HINT,
+                    name,
+                )
             value = value[1:] if value.startswith("\n") else value
             values[key] = value[:-1] if value.endswith("\n") else value
-            pos = end + len(PARAM_CLOSE)
+            pos = nxt
         elif body.startswith(FUNC_CLOSE, pos):
             pos = _skip_ws(body, pos + len(FUNC_CLOSE))
             if pos < len(body):
@@ -245,19 +498,61 @@ def _parse_xml(body: str) -> tuple[str, dict[str, str]]:
                     "after </function>; only </tool_call> may follow." + _FORMAT_HINT,
                     name,
                 )
-            return name, values
+            break
         elif pos == len(body):
-            raise _Malformed(
-                f"malformed tool call to {name!r}: missing </function> before </tool_call>."
-                + _FORMAT_HINT,
-                name,
-            )
+            if not known:
+                if end:
+                    raise _Malformed(_cut_off(name), name)
+                raise _Malformed(
+                    f"malformed tool call to {name!r}: missing </function> before </tool_call>."
+                    + _FORMAT_HINT,
+                    name,
+                )
+            supplied.append("</function>")
+            break
         else:
             raise _Malformed(
                 f"malformed tool call to {name!r}: unexpected text {_snippet(body, pos)}; "
                 "expected <parameter=KEY> or </function>." + _FORMAT_HINT,
                 name,
             )
+    if end and not bare:
+        supplied.append("</tool_call>")
+    return name, values, supplied
+
+
+def _value_end(
+    body: str, pos: int, props: dict[str, Any], given: dict[str, str], key: str
+) -> tuple[int, int]:
+    """(end of the value, index after its `</parameter>`), or (end, -1) when it has none.
+
+    A `</parameter>` closes only when another `<parameter=`, `</function>` or the end follows.
+    Without one, the value ends at a line starting `<parameter=` of a parameter the tool has
+    (any, when its schema lists none) and the call did not give yet, at `</function>` before
+    the end, or at the end.
+    """
+    j = body.find(PARAM_CLOSE, pos)
+    while j >= 0:
+        k = _skip_ws(body, j + len(PARAM_CLOSE))
+        if k == len(body) or body.startswith(PARAM_OPEN, k) or body.startswith(FUNC_CLOSE, k):
+            break
+        j = body.find(PARAM_CLOSE, j + 1)
+    close = j
+    f = body.rfind(FUNC_CLOSE, pos)
+    func_end = f >= 0 and _skip_ws(body, f + len(FUNC_CLOSE)) == len(body)
+    if close < 0 and func_end:  # `</parameter>`, stray text, `</function>`: reported, not read
+        j = body.find(PARAM_CLOSE, pos)
+        if j >= 0:
+            return j, j + len(PARAM_CLOSE)
+    # A dropped </parameter>: the next parameter's line, before any valid close.
+    limit = close if close >= 0 else len(body)
+    for m in re.finditer(r"\n<parameter=([^<>\n]+)>", body[pos:limit]):
+        other = m.group(1).strip()
+        if other != key and other not in given and (not props or other in props):
+            return pos + m.start() + 1, -1
+    if close >= 0:
+        return close, close + len(PARAM_CLOSE)
+    return (f if func_end else len(body)), -1
 
 
 def _tag_arg(body: str, pos: int, tag: str, name: str | None) -> tuple[str, int]:
@@ -276,9 +571,13 @@ def _tag_arg(body: str, pos: int, tag: str, name: str | None) -> tuple[str, int]
 
 
 def _check(
-    name: str, values: dict[str, str], schemas: dict[str, dict[str, Any]] | None
+    name: str, values: dict[str, Any], schemas: dict[str, dict[str, Any]] | None, typed: bool
 ) -> dict[str, Any]:
-    """Typed arguments, checked against the tool's schema when tools were given."""
+    """Typed arguments, checked against the tool's schema when tools were given.
+
+    `typed`: values came decoded from JSON; strings among them are still converted when the
+    schema asks for another type.
+    """
     schema: dict[str, Any] = {}
     if schemas is not None:
         if name not in schemas:
@@ -299,14 +598,20 @@ def _check(
     for key, text in values.items():
         prop = props.get(key)
         types = _types(prop if isinstance(prop, dict) else None)
-        ok, value = _convert(text, types)
+        if typed and not isinstance(text, str):
+            ok, value = not types or _matches(text, types), text
+        elif typed and not types:
+            ok, value = True, text
+        else:
+            ok, value = _convert(text, types)
         if ok:
             args[key] = value
         else:
             want = " or ".join(sorted(types))
+            got = text if isinstance(text, str) else json.dumps(text)
             problems.append(
                 f"tool call to {name!r} has a bad value for parameter {key!r}: expected {want} "
-                f"(JSON), got {_snippet(text, 0)}"
+                f"(JSON), got {_snippet(got, 0)}"
             )
     if problems:
         raise _Malformed("; ".join(problems), name)
@@ -362,7 +667,8 @@ def _matches(value: Any, types: set[str]) -> bool:
     """Whether a decoded value is one of the JSON schema types."""
     for t in types:
         if (
-            (t == "null" and value is None)
+            (t == "string" and isinstance(value, str))
+            or (t == "null" and value is None)
             or (t == "boolean" and isinstance(value, bool))
             or (t == "object" and isinstance(value, dict))
             or (t == "array" and isinstance(value, list))

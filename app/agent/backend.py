@@ -145,11 +145,11 @@ class ReplayBackend:
         text = raw[:budget] if cut else raw
         for i in range(0, len(text), self.chunk):
             if cancel.is_set():
-                yield from parser.finish()
+                yield from parser.finish(truncated=True)
                 yield Done("cancelled")
                 return
             yield from parser.feed(text[i : i + self.chunk])
-        yield from parser.finish()
+        yield from parser.finish(truncated=cut)
         usage = Usage(prompt_tokens=prompt, completion_tokens=max(1, len(text) // 4))
         yield usage
         yield Done("length" if cut else "stop", usage=usage)

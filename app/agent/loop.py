@@ -36,6 +36,14 @@ _ELIDED = (
     "still need it.]"
 )
 
+_NO_ANSWER = (
+    "[Locus] Your last turn ended inside your reasoning, without an answer or a tool call. "
+    "Continue: call a tool, or end your reasoning with </think> and give your final answer."
+)
+_NO_ANSWER_EVENT = (
+    "the model's turn had reasoning only (no answer, no tool call); asked it to go on"
+)
+
 
 class AgentError(Exception):
     """The run cannot start or resume (bad project, unknown run, run busy elsewhere)."""
@@ -253,6 +261,7 @@ class Agent:
         t0 = time.monotonic()
         cfg = self.config
         status, answer, error = "error", None, None
+        nudged = False  # the model was told its last turn had neither answer nor call
         try:
             while True:
                 if self._cancel.is_set():
@@ -289,8 +298,15 @@ class Agent:
                             "of one turn. Continue more briefly: call a tool, or give your final "
                             "answer.")})  # fmt: skip
                         continue
+                    if not turn.text.strip() and not nudged:
+                        # Reasoning only: say so once, rather than end with an empty answer.
+                        nudged = True
+                        self._emit("warning", step=step, message=_NO_ANSWER_EVENT)
+                        self._add_message({"role": "user", "content": _NO_ANSWER})
+                        continue
                     status, answer = "answered", turn.text.strip()
                     break
+                nudged = False
                 self._run_tools(step, turn.items)
                 self._save_progress()
         except Exception as e:  # a bug must end the run cleanly, with the trace stored

@@ -353,7 +353,7 @@ class Job:
                     peak_memory_gb=max(usage.peak_memory_gb, usage2.peak_memory_gb),
                 )
         if parser is not None:
-            for out in parser.finish():
+            for out in parser.finish(truncated=done.finish_reason != "stop"):
                 self._post(out)
         if usage is not None and plan.prefix:  # the prefix is not part of the client's prompt
             usage = Usage(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import random
 import re
+import time
 from dataclasses import replace
 
 import pytest
@@ -187,10 +190,28 @@ def test_empty_reasoning_emits_no_empty_delta():
     assert whole("") == []
 
 
-def test_tool_call_inside_reasoning_stays_reasoning():
+def test_tool_call_inside_reasoning_is_a_call_and_ends_the_reasoning():
     block = call("read_file", path="a.py")
-    events = whole(f"I could use {block} here.</think>\n\nDone.", tools=TOOLS)
-    assert events == [ReasoningDelta(f"I could use {block} here."), TextDelta("Done.")]
+    text = f"I could use {block} here.</think>\n\nDone."
+    events = whole(text, tools=TOOLS)
+    assert [type(e) for e in events] == [ReasoningDelta, ToolCall, TextDelta]
+    assert events[0] == ReasoningDelta("I could use ")
+    assert events[1].arguments == {"path": "a.py"} and events[1].raw == block
+    assert events[2] == TextDelta("here.\n\nDone.")  # the late </think> is dropped
+    assert by_char(text, TOOLS) == events
+
+
+def test_tool_call_tag_in_reasoning_prose_stays_reasoning():
+    for prose in ("a <tool_call> here, or `<tool_call>` there", "<tool_call>{not yet} or <"):
+        text = f"Maybe {prose}.</think>\n\nOk."
+        assert (
+            whole(text, TOOLS)
+            == by_char(text, TOOLS)
+            == [
+                ReasoningDelta(f"Maybe {prose}."),
+                TextDelta("Ok."),
+            ]
+        )
 
 
 def test_reasoning_false_is_all_text():
@@ -396,16 +417,12 @@ MALFORMED = {
     "bad_nesting": (
         "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</function>\n</parameter>\n"
         "</tool_call>",
-        "'path' is not closed",
+        "</function> comes before the </parameter> of 'path'",
     ),
     "unclosed_parameter": (
         "<tool_call>\n<function=read_file>\n<parameter=path>\na\n<parameter=offset>\n1\n"
-        "</parameter>\n</function>\n</tool_call>",
-        "parameter 'path' is not closed with </parameter>",
-    ),
-    "unclosed_parameter_at_end": (
-        "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</tool_call>",
-        "parameter 'path' is not closed",
+        "</parameter>\n<parameter=path>\nb\n</parameter>\n</function>\n</tool_call>",
+        "gives parameter 'path' twice",
     ),
     "garbage_between_tags": (
         "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</parameter>\ngarbage here\n"
@@ -416,10 +433,6 @@ MALFORMED = {
         "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</parameter>\n</function>\n"
         "oops\n</tool_call>",
         "after </function>",
-    ),
-    "missing_function_close": (
-        "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</parameter>\n</tool_call>",
-        "missing </function>",
     ),
     "function_tag_not_closed": (
         "<tool_call>\n<function=read_file\n<parameter=path>\na\n</parameter>\n</function>\n"
@@ -459,6 +472,45 @@ def test_malformed_call_is_an_error_with_the_exact_raw_text(case):
         assert fragment in err.message, err.message
         assert events[0] == TextDelta("Let me try.\n")
         assert events[-1] == TextDelta("After.")
+
+
+# Missing closing tags the parser supplies when the tool is listed and every value is complete.
+REPAIRED = {
+    "unclosed_parameter": (
+        "<tool_call>\n<function=read_file>\n<parameter=path>\na\n<parameter=offset>\n1\n"
+        "</parameter>\n</function>\n</tool_call>",
+        {"path": "a", "offset": 1},
+        "parameter 'path' is not closed with </parameter>",
+    ),
+    "unclosed_parameter_at_end": (
+        "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</tool_call>",
+        {"path": "a"},
+        "parameter 'path' is not closed",
+    ),
+    "missing_function_close": (
+        "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</parameter>\n</tool_call>",
+        {"path": "a"},
+        "missing </function>",
+    ),
+    "parameter_closed_by_function": (
+        "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</function>\n</tool_call>",
+        {"path": "a"},
+        "parameter 'path' is not closed",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REPAIRED))
+def test_missing_closing_tags_are_supplied_for_a_listed_tool(case):
+    raw, args, fragment = REPAIRED[case]
+    text = "Let me try.\n" + raw + "\nAfter."
+    for events in (whole(text, TOOLS, False), by_char(text, TOOLS, False)):
+        assert only_call(events).arguments == args
+        assert only_call(events).raw == raw
+        assert events[0] == TextDelta("Let me try.\n") and events[-1] == TextDelta("After.")
+    # Without a tool list the function is not known: nothing is supplied.
+    err = only_error(whole(text, None, False))
+    assert fragment in err.message and err.raw == raw
 
 
 def test_malformed_call_names_the_tool_when_known():
@@ -619,3 +671,131 @@ def test_tool_schemas_accepts_three_shapes():
     assert "missing required parameter 'q'" in err.message
     tc = only_call(whole(call("bare", q="42"), tools, reasoning=False))
     assert tc.arguments == {"q": "42"}
+
+
+# -- other shapes real models write (issue 19) -------------------------------------------------
+
+
+def test_json_body_is_a_call_typed_by_the_schema():
+    text = '<tool_call>\n{"name": "configure", "arguments": {"count": "3", "enabled": true}}\n</tool_call>'
+    tc = only_call(whole(text, TOOLS, reasoning=False))
+    assert tc.name == "configure" and tc.arguments == {"count": 3, "enabled": True}
+    text = '<tool_call>{"name": "read_file", "arguments": "{\\"path\\": \\"a.py\\"}"}</tool_call>'
+    assert only_call(by_char(text, TOOLS, reasoning=False)).arguments == {"path": "a.py"}
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ('{"name": "read_file", "arguments": {"path": "a"}', "does not parse"),
+        ('{"arguments": {"path": "a"}}', '"name" string'),
+        ('{"name": "read_file", "arguments": [1]}', '"arguments" must be a JSON object'),
+        ('{"name": "read_file", "arguments": {"path": 5}}', "expected string"),
+        ('{"name": "nope", "arguments": {}}', "unknown tool 'nope'"),
+    ],
+)
+def test_bad_json_bodies_are_errors(body, fragment):
+    raw = f"<tool_call>\n{body}\n</tool_call>"
+    for events in (whole(raw + "\nnext", TOOLS, False), by_char(raw + "\nnext", TOOLS, False)):
+        err = only_error(events)
+        assert fragment in err.message and err.raw == raw
+        assert events[-1] == TextDelta("next")
+
+
+def test_json_body_may_hold_the_closing_tag_in_a_string():
+    content = "a </tool_call> b"
+    raw = "<tool_call>" + json.dumps({"name": "write_file",
+                                       "arguments": {"path": "x", "content": content}}) + "</tool_call>"  # fmt: skip
+    assert only_call(by_char(raw, TOOLS, False)).arguments["content"] == content
+
+
+def test_bare_function_block_is_a_call_only_at_a_line_start():
+    block = "<function=read_file>\n<parameter=path>\na.py\n</parameter>\n</function>"
+    text = f"Reading.\n{block}\n</tool_call>\nThen more."
+    events = whole(text, TOOLS, reasoning=False)
+    assert by_char(text, TOOLS, reasoning=False) == events
+    assert [type(e) for e in events] == [TextDelta, ToolCall, TextDelta]
+    assert events[0].text == "Reading.\n" and events[2].text == "Then more."
+    assert events[1].raw == block
+    for prose in ("Use `<function=NAME>` to call.", "<function=x> is a tag", "<function=\n"):
+        assert whole(prose, TOOLS, False) == by_char(prose, TOOLS, False) == [TextDelta(prose)]
+
+
+def test_tag_split_by_chunk_boundaries_never_leaks():
+    text = "Sure.\n" + call("read_file", path="a") + "\n<function=read_file>\n<parameter=path>\nb\n" \
+        "</parameter>\n</function>"  # fmt: skip
+    for size in (1, 2, 3, 5, 7, 11):
+        events = merged(run([text[i : i + size] for i in range(0, len(text), size)], TOOLS, False))
+        assert texts(events, TextDelta) == "Sure.\n"
+        assert [e.arguments for e in events if isinstance(e, ToolCall)] == [
+            {"path": "a"},
+            {"path": "b"},
+        ]
+
+
+def test_json_call_inside_reasoning():
+    text = 'Need the file.\n<tool_call>\n{"name": "read_file", "arguments": {"path": "a"}}\n</tool_call>'
+    events = whole(text, TOOLS)
+    assert events[0] == ReasoningDelta("Need the file.\n") and len(events) == 2
+    assert only_call(events).arguments == {"path": "a"}
+    assert by_char(text, TOOLS) == events
+
+
+def test_truncated_output_never_completes_an_open_value():
+    raw = "<tool_call>\n<function=write_file>\n<parameter=path>\na\n</parameter>\n" \
+        "<parameter=content>\nline one\n"  # fmt: skip
+    p = StreamParser(TOOLS, reasoning=False)
+    assert p.feed(raw) == []
+    err = p.finish(truncated=True)
+    assert len(err) == 1 and isinstance(err[0], ToolCallError) and "cut off" in err[0].message
+    p = StreamParser(TOOLS, reasoning=False)
+    p.feed(raw)
+    assert only_call(p.finish()).arguments == {"path": "a", "content": "line one"}
+    # A value whose line did not end is cut off even when the model stopped.
+    p = StreamParser(TOOLS, reasoning=False)
+    p.feed(raw.rstrip("\n"))
+    assert "cut off" in only_error(p.finish()).message
+    # A complete function with only </tool_call> missing is a call even at the token limit.
+    p = StreamParser(TOOLS, reasoning=False)
+    p.feed(call("read_file", path="a")[: -len("</tool_call>")])
+    assert only_call(p.finish(truncated=True)).arguments == {"path": "a"}
+
+
+def test_parameter_close_inside_a_value_and_code_newlines():
+    content = (
+        "\n\ndef f():\n    return '</parameter>'  # not the end\n</parameter> still the file\n\n"
+    )
+    text = call("write_file", path="x.py", content=content)
+    for events in (whole(text, TOOLS, False), by_char(text, TOOLS, False)):
+        assert only_call(events).arguments["content"] == content
+
+
+def test_long_value_streams_in_linear_time():
+    """A 400 KB write_file value fed token-sized: the cost per character stays flat."""
+
+    def seconds(size: int) -> float:
+        body = ("<p>row &lt; </parameter> x</p>\n" * (size // 32 + 1))[:size]
+        text = call("write_file", path="big.html", content=body)
+        t = time.perf_counter()
+        events = run([text[i : i + 4] for i in range(0, len(text), 4)], TOOLS, False)
+        elapsed = time.perf_counter() - t
+        assert only_call(events).arguments["content"] == body
+        return elapsed
+
+    seconds(10_000)  # warm up
+    small, big = seconds(100_000), seconds(400_000)
+    assert big < 8 * small + 0.05, (small, big)  # 4x the text: about 4x the time, never 16x
+
+
+def test_call_inside_reasoning_is_logged(caplog):
+    with caplog.at_level(logging.DEBUG, logger="engine.parser"):
+        whole("plan\n" + call("read_file", path="a"), TOOLS)
+    assert "inside the reasoning" in caplog.text
+
+
+def test_markup_value_with_closings_missing_at_the_end_of_generation():
+    html = "<html>\n<p>a </parameter> b</p>\n</html>\n"
+    raw = f"<tool_call>\n<function=write_file>\n<parameter=path>\np.html\n</parameter>\n" \
+        f"<parameter=content>\n{html}\n"  # fmt: skip
+    for events in (whole(raw, TOOLS, False), by_char(raw, TOOLS, False)):
+        assert only_call(events).arguments == {"path": "p.html", "content": html}

@@ -65,7 +65,8 @@ def _results(events: list[AgentEvent]) -> list[dict[str, Any]]:
 
 def test_malformed_and_unknown_calls_get_recoverable_errors(proj: Path) -> None:
     outs = [
-        "</think>\n<tool_call>\n<function=read_file>\n<parameter=path>\nREADME.md\n</tool_call>",
+        "</think>\n<tool_call>\n<function=read_file>\n<parameter=path>\nREADME.md\n</parameter>\n"
+        "oops\n</function>\n</tool_call>",
         call("delete_everything", path="."),
         call("read_file", path="README.md", start_line="first"),
         call("read_file"),
@@ -87,6 +88,62 @@ def test_malformed_and_unknown_calls_get_recoverable_errors(proj: Path) -> None:
     tool_msgs = [m for m in agent.messages if m["role"] == "tool"]
     assert len(tool_msgs) == 5 and all(m["tool_call_id"] for m in tool_msgs)
     assert "<function=read_file>" in agent.messages[2]["content"]
+
+
+def test_session_with_every_call_shape_qwen_writes(proj: Path) -> None:
+    """Calls inside the reasoning, JSON bodies, bare <function= blocks, missing closing tags and
+    markup in values all run; a reasoning-only turn gets one reminder."""
+    html = "<html>\n<p>a </parameter> b</p>\n</html>\n"
+    outs = [
+        # 1. a complete call inside the reasoning, no </think> at all
+        "I need the README.\n<tool_call>\n<function=read_file>\n<parameter=path>\nREADME.md\n"
+        "</parameter>\n</function>\n</tool_call>",
+        # 2. a JSON body whose arguments are a JSON string
+        'Listing.\n</think>\n\n<tool_call>\n{"name": "list_dir", "arguments": "{\\"depth\\": 1}"}'
+        "\n</tool_call>",
+        # 3. a bare <function= block with an orphan </tool_call>
+        "Search.\n</think>\n\nLet me search.\n\n<function=search>\n<parameter=pattern>\ndef add"
+        "\n</parameter>\n</function>\n</tool_call>",
+        # 4. reasoning only: no answer, no call
+        "Hmm, what next? I should write the page",
+        # 5. write_file whose value holds markup and </parameter>, </function> and
+        #    </tool_call> missing at the end of generation
+        "Writing.\n</think>\n\n<tool_call>\n<function=write_file>\n<parameter=path>\n"
+        f"page.html\n</parameter>\n<parameter=content>\n{html}\n",
+        # 6. a dropped </parameter> before the next parameter, typed value
+        "Check.\n</think>\n\n<tool_call>\n<function=read_file>\n<parameter=path>\npage.html\n"
+        "<parameter=start_line>\n2\n</parameter>\n</function>\n</tool_call>",
+        answer("Done: page.html written."),
+    ]
+    agent, events = _agent(proj, outs)
+    with agent:
+        res = agent.run("write a page")
+    assert res.status == "answered" and res.answer == "Done: page.html written.", res
+    assert res.steps == 7
+    r = _results(events)
+    assert [x["name"] for x in r] == ["read_file", "list_dir", "search", "write_file",
+                                      "read_file"]  # fmt: skip
+    assert all(x["ok"] for x in r), r
+    assert "# calc" in r[0]["content"] and "calc" in r[1]["content"]
+    assert "def add" in r[2]["content"]
+    assert (proj / "page.html").read_text() == html
+    assert "a </parameter> b" in r[4]["content"] and "<html>" not in r[4]["content"]
+    # The reasoning-only turn was answered once with a reminder, and no markup reached text.
+    reminders = [m for m in agent.messages if m["role"] == "user" and "[Locus]" in m["content"]]
+    assert len(reminders) == 1 and "without an answer or a tool call" in reminders[0]["content"]
+    assert any(e.type == "warning" and "reasoning only" in e.data["message"] for e in events)
+    said = "".join(e.data["text"] for e in events if e.type == "text")
+    assert "<function=" not in said and "</tool_call>" not in said and "<parameter" not in said
+    first = next(m for m in agent.messages if m["role"] == "assistant")
+    assert first["reasoning_content"] == "I need the README.\n" and first["content"] == ""
+
+
+def test_reasoning_only_turns_are_nudged_once_then_end(proj: Path) -> None:
+    agent, _ = _agent(proj, ["thinking and thinking", "still thinking"])
+    with agent:
+        res = agent.run("hard question")
+    assert res.status == "answered" and res.answer == "" and res.steps == 2
+    assert sum(m["role"] == "user" and "[Locus]" in m["content"] for m in agent.messages) == 1
 
 
 def test_events_and_messages_are_persisted(proj: Path) -> None:
