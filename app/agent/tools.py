@@ -208,8 +208,11 @@ class Toolbox:
 
     def __init__(self, root: ProjectRoot, tracker: FileTracker, sandbox: Sandbox, *,
                  limits: Limits | None = None, allow_network: bool = False,
-                 use_ripgrep: bool = True) -> None:  # fmt: skip
+                 use_ripgrep: bool = True, env_allow: tuple[str, ...] = (),
+                 hidden: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.root = root
+        self.env_allow = env_allow  # extra environment names commands get
+        self.hidden = hidden  # extra paths the sandbox hides (the agent's data dir)
         self.tracker = tracker
         self.sandbox = sandbox
         self.limits = limits or Limits()
@@ -560,7 +563,8 @@ class Toolbox:
             assert plan.command is not None
             res = run_command(plan.command, self.root.path, sandbox=self.sandbox,
                               timeout=plan.timeout, output_cap=self.limits.output_chars,
-                              allow_network=self.allow_network, cancel=cancel)  # fmt: skip
+                              allow_network=self.allow_network, cancel=cancel,
+                              env_allow=self.env_allow, hidden=self.hidden)  # fmt: skip
             return _command_text(res, plan.timeout), {
                 "exit_code": res.exit_code, "timed_out": res.timed_out,
                 "cancelled": res.cancelled, "elapsed": round(res.elapsed, 3),
