@@ -428,11 +428,15 @@ class Agent:
                 return True, getattr(self.toolbox, name)(args), {}
             plan = self.toolbox.prepare(name, args)
             if plan.command is not None and not self.sandbox.active and self.config.require_sandbox:
-                return False, (
-                    "Error: commands are refused: no working sandbox ("
-                    f"{self.sandbox.reason or 'none'}) and the user requires one "
-                    "(--require-sandbox). Do the task without running commands."
-                ), {"rejected": True}
+                return (
+                    False,
+                    (
+                        "Error: commands are refused: no working sandbox ("
+                        f"{self.sandbox.reason or 'none'}) and the user requires one "
+                        "(--require-sandbox). Do the task without running commands."
+                    ),
+                    {"rejected": True},
+                )
             req = ApprovalRequest(
                 call.id, name, args, plan.summary, step, plan.diff, plan.command,
                 sandboxed=self.sandbox.active or plan.command is None,

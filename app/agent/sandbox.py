@@ -48,9 +48,7 @@ __all__ = [
 ]
 
 
-def scrub_env(
-    env: Mapping[str, str] | None = None, allow: Iterable[str] = ()
-) -> dict[str, str]:
+def scrub_env(env: Mapping[str, str] | None = None, allow: Iterable[str] = ()) -> dict[str, str]:
     """The environment commands get: an allowlist (PATH, HOME, LANG, LC_*, ... plus `allow`),
     pagers and prompts off. Everything else, secrets of any name included, stays out."""
     return command_env((*ENV_ALLOWLIST, *allow), env)
@@ -110,7 +108,8 @@ def _seatbelt_profile(root: Path, allow_network: bool) -> str:
 def _tree_guard() -> tuple[str, ...]:
     """A prefix that keeps an unsandboxed command's whole process tree killable: on Linux a PID
     namespace (`unshare`), so when the shell ends every process it left behind (setsid, double
-    fork) ends too, and a parent-death signal so it all ends when Locus dies. () elsewhere."""
+    fork) ends too, and a parent-death signal so it all ends when Locus dies. () elsewhere, and
+    then the process group and the environment tag (run_command) are what is left."""
     if not sys.platform.startswith("linux"):
         return ()
     prefix: list[str] = []
@@ -119,8 +118,10 @@ def _tree_guard() -> tuple[str, ...]:
         prefix = [setpriv, "--pdeathsig", "KILL", "--"]
     unshare = shutil.which("unshare")
     if unshare:
-        for flags in (["--pid"], ["--user", "--map-current-user", "--pid"]):
-            argv = [unshare, *flags, "--fork", "--kill-child", "--"]
+        # A fresh /proc too, so the command cannot read Locus's environment from it.
+        ns = ["--mount", "--pid", "--fork", "--kill-child", "--mount-proc"]
+        for flags in ([], ["--user", "--map-current-user"]):
+            argv = [unshare, *flags, *ns, "--"]
             if _probe([*argv, "/bin/true"])[0]:
                 return (*prefix, *argv)
     return tuple(prefix)

@@ -13,7 +13,6 @@ import os
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 __all__ = [
     "ALWAYS_HIDDEN_HOME",
