@@ -145,9 +145,11 @@ def _runs(args: argparse.Namespace) -> int:
         runs = store.runs(os.path.realpath(args.project))
     for r in runs:
         if args.json:
-            print(json.dumps({"id": r.id, "status": r.status, "steps": r.steps, "task": r.task}))
+            print(json.dumps({"id": r.id, "status": r.shown_status, "steps": r.steps,
+                              "task": r.task}))  # fmt: skip
         else:
-            print(f"{r.id}  {r.status:<12} {r.steps:>3} steps  {r.task.splitlines()[0][:60]}")
+            first = (r.task.splitlines() or [""])[0][:60]
+            print(f"{r.id}  {r.shown_status:<12} {r.steps:>3} steps  {first}")
     return 0
 
 

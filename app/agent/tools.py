@@ -270,11 +270,11 @@ class Toolbox:
                     target = os.readlink(self.root.path / e.rel)
                 except OSError:
                     target = "?"
-                lines.append(f"{e.rel} -> {target}")
+                lines.append(f"{show_name(e.rel)} -> {show_name(target)}")
             elif e.is_dir:
-                lines.append(e.rel + "/")
+                lines.append(show_name(e.rel) + "/")
             else:
-                lines.append(f"{e.rel}  ({_size(e.size)})")
+                lines.append(f"{show_name(e.rel)}  ({_size(e.size)})")
         head = f"{r.rel}/ (depth {depth})" if r.rel != "." else f"project root (depth {depth})"
         notes = []
         if more:
@@ -367,7 +367,7 @@ class Toolbox:
             text = text.rstrip("\r\n")
             if len(text) > lim.search_line_chars:
                 text = text[: lim.search_line_chars] + " [...]"
-            rows.append(f"{path}:{ln}: {text}")
+            rows.append(f"{show_name(path)}:{ln}: {text}")
         if total > len(rows):
             rows.append(f"[{total - len(rows)} more matches not shown; narrow the search]")
         return "\n".join(rows)
@@ -594,6 +594,15 @@ class Toolbox:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def show_name(name: str) -> str:
+    """A path as one line of tool output: a name with a newline or another control character is
+    shown quoted and escaped ("a\\nb"), so it cannot fake lines of the listing."""
+    return json.dumps(name, ensure_ascii=False) if _CONTROL.search(name) else name
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":

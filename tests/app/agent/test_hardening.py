@@ -369,3 +369,44 @@ def test_readme_lists_the_sandbox_rules() -> None:
         assert f"~/{rel}" in text, f"README does not list ~/{rel} as hidden"
     for name in ("--require-sandbox", "--env NAME", "--no-sandbox", "locus doctor"):
         assert name in text
+
+
+# -- small leaks of truth -------------------------------------------------------------------------
+def test_file_name_with_newline_cannot_fake_listing_lines(tmp_path: Path) -> None:
+    from app.agent import Limits, ProjectRoot
+    from app.agent.tools import Toolbox
+    from app.agent.watch import FileTracker
+
+    proj = tmp_path / "p"
+    proj.mkdir()
+    (proj / "real.txt").write_text("x")
+    (proj / "a\nfake.py  (9 B)\nrm -rf.txt").write_text("y")
+    out = Toolbox(ProjectRoot(proj), FileTracker(), Sandbox("none"), limits=Limits()).list_dir({})
+    lines = out.splitlines()
+    assert not any(line.startswith(("fake.py", "rm -rf")) for line in lines), out
+    assert '"a\\nfake.py  (9 B)\\nrm -rf.txt"  (1 B)' in lines and "real.txt  (1 B)" in lines
+
+
+def test_crashed_run_is_listed_as_interrupted(tmp_path: Path, monkeypatch) -> None:
+    import contextlib
+    import io
+
+    from app.cli import main
+    from app.store import Store
+
+    monkeypatch.setenv("LOCUS_DATA_DIR", str(tmp_path / "data"))
+    proj = tmp_path / "p"
+    proj.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with Store(tmp_path / "data" / "locus.db") as store:
+        rid = store.create_run(str(proj.resolve()), "fix it")
+        store.update_run(rid, pid=dead.pid)  # the process that ran it is gone (a crash)
+        live = store.create_run(str(proj.resolve()), "still going")  # this process: alive
+    for flags, want in (([], "interrupted"), (["--json"], '"status": "interrupted"')):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["agent", str(proj), "--runs", *flags]) == 0
+        row = next(line for line in out.getvalue().splitlines() if rid in line)
+        assert want in row
+        assert "running" in next(line for line in out.getvalue().splitlines() if live in line)
