@@ -275,7 +275,9 @@ def run_command(
     if sandbox.active:
         rules = build_rules(root, network=allow_network, extra_env=env_allow, extra_hidden=hidden)
     argv = sandbox.wrap(command, root, allow_network=allow_network, rules=rules)
-    tag = secrets.token_hex(8)
+    tag = f"{_SESSION}-{secrets.token_hex(6)}"
+    if not sandbox.active:
+        _start_watchdog()
     cmd_env = scrub_env(env, env_allow)
     cmd_env[_TAG] = tag
     t0 = time.monotonic()
@@ -345,7 +347,30 @@ def _supervise(
 
 
 _TAG = "LOCUS_COMMAND_TAG"
+_SESSION = secrets.token_hex(6)  # this Locus process's prefix of every command tag
 _LIVE: dict[int, str] = {}  # pid of a running command's leader -> its tag
+_watchdog: subprocess.Popen[bytes] | None = None
+# Waits for EOF on stdin (this Locus process is gone, even by SIGKILL), then kills every process
+# whose environment carries one of its command tags. For Linux without a usable PID namespace.
+_WATCHDOG = (
+    "read _; for _ in 1 2 3; do for f in /proc/[0-9]*/environ; do "
+    'if grep -qz "^$1=$2-" "$f" 2>/dev/null; then p=${f#/proc/}; kill -9 "${p%/environ}"; fi; '
+    "done; done 2>/dev/null"
+)
+
+
+def _start_watchdog() -> None:
+    global _watchdog
+    if _watchdog is not None or not sys.platform.startswith("linux") or not shutil.which("grep"):
+        return
+    try:
+        _watchdog = subprocess.Popen(
+            ["/bin/sh", "-c", _WATCHDOG, "locus-watchdog", _TAG, _SESSION],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        )  # fmt: skip
+    except OSError:
+        _watchdog = None
 
 
 def _kill_tree(pgid: int, tag: str) -> None:

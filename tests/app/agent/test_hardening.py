@@ -298,8 +298,13 @@ FORKERS = (
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["none", "bwrap"])
-def test_forked_survivors_die_with_the_command(kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["none", "none-without-namespace", "bwrap"])
+def test_forked_survivors_die_with_the_command(kind: str, tmp_path: Path, monkeypatch) -> None:
+    import app.agent.sandbox as sandbox_mod
+
+    if kind == "none-without-namespace":  # no unshare: the process group and the tag sweep
+        monkeypatch.setattr(sandbox_mod, "_tree_guard", lambda: ())
+        kind = "none"
     sb = _sandbox(kind)
     proj = tmp_path / "p"
     proj.mkdir()
@@ -313,7 +318,7 @@ def test_forked_survivors_die_with_the_command(kind: str, tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["none", "bwrap"])
+@pytest.mark.parametrize("kind", ["none", "none-without-namespace", "bwrap"])
 def test_command_tree_dies_with_locus(kind: str, tmp_path: Path) -> None:
     if kind == "bwrap":
         _bwrap()
@@ -321,11 +326,18 @@ def test_command_tree_dies_with_locus(kind: str, tmp_path: Path) -> None:
         pytest.skip("the parent-death signal is Linux's")
     proj = tmp_path / "p"
     proj.mkdir()
+    env = {**os.environ, "LOCUS_DATA_DIR": str(tmp_path / "data")}
+    if kind == "none-without-namespace":  # an `unshare` that fails: the watchdog must do it
+        fake = tmp_path / "fakebin"
+        fake.mkdir()
+        (fake / "unshare").write_text("#!/bin/sh\nexit 1\n")
+        (fake / "unshare").chmod(0o755)
+        env["PATH"] = f"{fake}{os.pathsep}{env['PATH']}"
+        kind = "none"
     cmd = "setsid sh -c 'sleep 3; touch late-after-exit' >/dev/null 2>&1 & echo go; sleep 60"
     replay = tmp_path / "replay.jsonl"
     replay.write_text(json.dumps(call("run_command", command=cmd, timeout=120)) + "\n")
     flags = ["--yes"] + (["--no-sandbox"] if kind == "none" else [])
-    env = {**os.environ, "LOCUS_DATA_DIR": str(tmp_path / "data")}
     p = subprocess.Popen([sys.executable, "-m", "app.cli", "agent", str(proj), "task", "--replay",
                           str(replay), "--json", *flags], cwd=REPO, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
