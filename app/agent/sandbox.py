@@ -100,10 +100,6 @@ class Sandbox:
         return [self.executable or "sandbox-exec", "-p", profile, *shell]
 
 
-def _seatbelt_profile(root: Path, allow_network: bool) -> str:
-    return render_seatbelt(build_rules(root, network=allow_network), (tempfile.gettempdir(),))
-
-
 @functools.lru_cache(maxsize=1)
 def _tree_guard() -> tuple[str, ...]:
     """A prefix that keeps an unsandboxed command's whole process tree killable: on Linux a PID

@@ -228,30 +228,33 @@ def _sb(s: str) -> str:
 
 
 def render_seatbelt(rules: SandboxRules, temp_dirs: Iterable[str] = ()) -> str:
-    """A Seatbelt (sandbox-exec) profile enforcing `rules`; in SBPL the last matching rule wins."""
+    """A Seatbelt (sandbox-exec) profile enforcing `rules`; in SBPL the last matching rule wins.
+    Home is not private here (Seatbelt cannot remount): its contents are unreadable instead."""
+
+    def paths(items: Iterable[str]) -> str:
+        return " ".join(f"(subpath {_sb(p)})" for p in items)
+
     temps = sorted({_real(t) for t in ("/tmp", "/private/var/folders", *temp_dirs)})
     lines = [
         "(version 1)",
         "(allow default)",
         "(deny file-write*)",
-        f"(allow file-write* {' '.join(f'(subpath {_sb(p)})' for p in (*rules.writable, *temps))}"
+        f"(allow file-write* {paths((*rules.writable, *temps))}"
         ' (literal "/dev/null") (literal "/dev/zero") (literal "/dev/dtracehelper")'
         ' (regex #"^/dev/tty") (regex #"^/dev/fd/"))',
-        f"(deny file-read-data file-write* (subpath {_sb(rules.home)}))",
     ]
-    # Home stays listable on the way to the project and the toolchains, nothing more.
-    lines.append(f"(allow file-read-metadata (subpath {_sb(rules.home)}))")
-    ro = [d for d in rules.read_only if _under(d, rules.home)]
-    if ro:
-        lines.append(f"(allow file-read-data {' '.join(f'(subpath {_sb(d)})' for d in ro)})")
-    lines.append(
-        f"(allow file-read-data file-write* {' '.join(f'(subpath {_sb(w)})' for w in rules.writable)})"
-    )
+    if rules.home != "/" and not any(_under(rules.home, s) for s in SYSTEM_DIRS):
+        # Names along the way to the project stay visible (metadata); contents do not.
+        lines.append(f"(deny file-read-data file-write* {paths([rules.home])})")
+        ro = [d for d in rules.read_only if _under(d, rules.home)]
+        if ro:
+            lines.append(f"(allow file-read-data {paths(ro)})")
+        lines.append(f"(allow file-read-data file-write* {paths(rules.writable)})")
     git = [d for d in rules.read_only if _under(d, rules.project)]
     if git:
-        lines.append(f"(deny file-write* {' '.join(f'(subpath {_sb(d)})' for d in git)})")
+        lines.append(f"(deny file-write* {paths(git)})")
     if rules.hidden:
-        lines.append(f"(deny file-read* file-write* {' '.join(f'(subpath {_sb(h)})' for h in rules.hidden)})")  # fmt: skip
+        lines.append(f"(deny file-read* file-write* {paths(rules.hidden)})")
     if not rules.network:
         lines.append("(deny network*)")
     return "\n".join(lines) + "\n"
