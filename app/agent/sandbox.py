@@ -355,7 +355,15 @@ _WATCHDOG = (
 )
 
 
+_watchdog_lock = threading.Lock()
+
+
 def _start_watchdog() -> None:
+    with _watchdog_lock:
+        _start_watchdog_locked()
+
+
+def _start_watchdog_locked() -> None:
     global _watchdog
     if _watchdog is not None or not sys.platform.startswith("linux") or not shutil.which("grep"):
         return

@@ -127,6 +127,23 @@ def _tool_dirs(home: str, env: Mapping[str, str], project: str) -> list[str]:
     return out
 
 
+def _git_dirs(root: str) -> list[str]:
+    """The project's `.git` and its submodules' (`.gitmodules` paths): git runs their hooks and
+    follows their config, so commands must not write them."""
+    out = [os.path.join(root, ".git")]
+    try:
+        with open(os.path.join(root, ".gitmodules"), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition("=")
+                if key.strip() == "path" and value.strip():
+                    sub = os.path.normpath(os.path.join(root, value.strip(), ".git"))
+                    if _under(sub, root) and ".." not in os.path.relpath(sub, root).split(os.sep):
+                        out.append(sub)
+    except OSError:
+        pass
+    return [g for g in dict.fromkeys(out) if os.path.lexists(g)]
+
+
 def build_rules(
     project: str | os.PathLike[str],
     *,
@@ -142,9 +159,7 @@ def build_rules(
     home = _home(env)
     tools = _tool_dirs(home, env, root)
     read_only = [d for d in SYSTEM_DIRS if os.path.lexists(d)] + tools
-    git = os.path.join(root, ".git")
-    if os.path.lexists(git):
-        read_only.append(git)
+    read_only += _git_dirs(root)
     hidden_cands = [os.path.join(home, h) for h in ALWAYS_HIDDEN_HOME]
     hidden_cands += [g for pat in SYSTEM_HIDDEN for g in glob.glob(pat)]
     hidden_cands += _locus_dirs(env) + [_real(h) for h in extra_hidden]

@@ -422,3 +422,14 @@ def test_crashed_run_is_listed_as_interrupted(tmp_path: Path, monkeypatch) -> No
         row = next(line for line in out.getvalue().splitlines() if rid in line)
         assert want in row
         assert "running" in next(line for line in out.getvalue().splitlines() if live in line)
+
+
+def test_submodule_git_link_is_read_only(tmp_path: Path) -> None:
+    sb = _bwrap()
+    proj = make_project(tmp_path / "proj")
+    (proj / "vendor" / "lib").mkdir(parents=True)
+    (proj / "vendor" / "lib" / ".git").write_text("gitdir: ../../.git/modules/lib\n")
+    (proj / ".gitmodules").write_text('[submodule "lib"]\n\tpath = vendor/lib\n\turl = x\n')
+    res = _run("echo 'gitdir: /tmp/evil' > vendor/lib/.git; echo done", proj, sb)
+    assert "done" in res.output
+    assert (proj / "vendor" / "lib" / ".git").read_text() == "gitdir: ../../.git/modules/lib\n"
