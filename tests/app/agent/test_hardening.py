@@ -433,3 +433,18 @@ def test_submodule_git_link_is_read_only(tmp_path: Path) -> None:
     res = _run("echo 'gitdir: /tmp/evil' > vendor/lib/.git; echo done", proj, sb)
     assert "done" in res.output
     assert (proj / "vendor" / "lib" / ".git").read_text() == "gitdir: ../../.git/modules/lib\n"
+
+
+def test_settings_require_sandbox_and_add_env_names(broken_bwrap: Path, tmp_path: Path) -> None:
+    cfg = AgentConfig.from_settings({"require_sandbox": True, "agent_env": ["MY_TOOL_HOME"]},
+                                    env_allow=("OTHER",), watch=False)  # fmt: skip
+    assert cfg.require_sandbox and cfg.env_allow == ("MY_TOOL_HOME", "OTHER")
+    assert AgentConfig.from_settings({"agent_env": "ONE"}).env_allow == ("ONE",)
+    proj = make_project(tmp_path / "proj")
+    outs = [call("run_command", command="touch ran.txt"), answer("done")]
+    asked: list = []
+    approvals = Approvals(ask=lambda req, cancel: asked.append(req) or Decision.approve())
+    with Agent(proj, ReplayBackend(outs), approvals=approvals, config=cfg,
+               data_dir=tmp_path / "data") as agent:  # fmt: skip
+        agent.run("task")
+    assert not asked and not (proj / "ran.txt").exists()  # refused before anyone is asked
