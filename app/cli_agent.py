@@ -44,7 +44,15 @@ def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) 
     p.add_argument("--allow-network", action="store_true",
                    help="let sandboxed commands use the network")  # fmt: skip
     p.add_argument("--no-sandbox", action="store_true",
-                   help="run commands without bwrap/sandbox-exec (each then needs approval)")  # fmt: skip
+                   help="run commands without bwrap/sandbox-exec, with your full permissions "
+                        "(--yes and --allow then cover them)")  # fmt: skip
+    p.add_argument("--require-sandbox", action="store_true",
+                   help="refuse every command when no working sandbox is found (also the "
+                        "require_sandbox setting)")  # fmt: skip
+    p.add_argument("--env", action="append", default=[], metavar="NAME",
+                   help="pass environment variable NAME to commands (repeatable; the rest of the "
+                        "environment stays out except PATH, HOME, LANG, LC_*, TERM, TMPDIR, USER, "
+                        "LOGNAME, SHELL and toolchain locations)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per event per line")
     p.add_argument("--resume", metavar="RUN",
                    help="continue a stored run ('last' for this project's newest); TASK is an "
@@ -137,9 +145,11 @@ def _runs(args: argparse.Namespace) -> int:
         runs = store.runs(os.path.realpath(args.project))
     for r in runs:
         if args.json:
-            print(json.dumps({"id": r.id, "status": r.status, "steps": r.steps, "task": r.task}))
+            print(json.dumps({"id": r.id, "status": r.shown_status, "steps": r.steps,
+                              "task": r.task}))  # fmt: skip
         else:
-            print(f"{r.id}  {r.status:<12} {r.steps:>3} steps  {r.task.splitlines()[0][:60]}")
+            first = (r.task.splitlines() or [""])[0][:60]
+            print(f"{r.id}  {r.shown_status:<12} {r.steps:>3} steps  {first}")
     return 0
 
 
@@ -175,12 +185,15 @@ def _run_agent(args: argparse.Namespace) -> int:
         raise AgentError('give a task: locus agent DIR "what to do"')
     if args.max_steps < 1:
         raise AgentError("--max-steps must be at least 1")
-    config = AgentConfig(max_steps=args.max_steps, token_budget=args.token_budget,
-                         max_turn_tokens=args.max_tokens, context_tokens=args.context,
-                         allow_network=args.allow_network,
-                         sandbox="none" if args.no_sandbox else "auto")  # fmt: skip
-    interactive = sys.stdin.isatty() and not args.yes
-    approvals = Approvals(ask=_ask_terminal if interactive else None, yes=args.yes,
+    config = AgentConfig.from_settings(
+        max_steps=args.max_steps, token_budget=args.token_budget, max_turn_tokens=args.max_tokens,
+        context_tokens=args.context, allow_network=args.allow_network,
+        sandbox="none" if args.no_sandbox else "auto", env_allow=tuple(args.env),
+    )  # fmt: skip
+    if args.require_sandbox:
+        config.require_sandbox = True
+    # A terminal is asked even with --yes: commands without a working sandbox need a person.
+    approvals = Approvals(ask=_ask_terminal if sys.stdin.isatty() else None, yes=args.yes,
                           prefixes=list(args.allow))  # fmt: skip
     backend, engine = _backend(args)
     printer = _Printer(args.json)
@@ -244,7 +257,10 @@ def _ask_terminal(req: Any, cancel: threading.Event) -> Any:
     if req.command is not None and not req.sandboxed:
         print("  (no sandbox: this command runs with your full permissions)", file=sys.stderr)
     opts = "[y]es  [n]o  [a]lways allow this tool"
-    if req.command is not None:
+    if req.needs_own_approval:
+        print(f"  command: {req.command}", file=sys.stderr)
+        opts = "[y]es, run it unconfined this once  [n]o"  # fail closed: nothing sticks
+    elif req.command is not None:
         opts += f"  [p]refix '{default_prefix(req.command)}'"
     while not cancel.is_set():
         try:
@@ -259,9 +275,9 @@ def _ask_terminal(req: Any, cancel: threading.Event) -> Any:
             except EOFError:
                 reason = ""
             return Decision.reject(reason)
-        if ans in ("a", "always"):
+        if ans in ("a", "always") and not req.needs_own_approval:
             return Decision.allow_tool()
-        if ans in ("p", "prefix") and req.command is not None:
+        if ans in ("p", "prefix") and req.command is not None and not req.needs_own_approval:
             return Decision.allow_prefix("")
     return Decision.reject("the run was stopped")
 

@@ -133,6 +133,14 @@ class RunRecord:
     finished: float | None
 
     @property
+    def shown_status(self) -> str:
+        """The status to show: a run left "running" by a process that is gone was interrupted
+        (Locus crashed or was killed); it can be resumed."""
+        if self.status == "running" and not self.alive:
+            return "interrupted"
+        return self.status
+
+    @property
     def alive(self) -> bool:
         """Whether the process running it still exists (False for finished runs)."""
         if self.status != "running" or not self.pid:

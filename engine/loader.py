@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -319,6 +320,60 @@ def _eos_ids(path: Path, config: dict[str, Any], tokenizer: Any) -> tuple[list[i
     return ids, gen
 
 
+# Config fields that must be positive whole numbers, with upper bounds where a typo would otherwise
+# surface as an overflow deep inside MLX (vocab_size 1e12) or a division by zero (zero heads).
+_POSITIVE_INTS = {
+    "vocab_size": 1 << 24, "hidden_size": 1 << 20, "num_hidden_layers": 1 << 12,
+    "num_attention_heads": 1 << 12, "num_key_value_heads": 1 << 12, "head_dim": 1 << 14,
+    "intermediate_size": 1 << 22, "moe_intermediate_size": 1 << 22,
+    "shared_expert_intermediate_size": 1 << 22, "num_experts": 1 << 16,
+    "num_experts_per_tok": 1 << 16, "linear_key_head_dim": 1 << 14,
+    "linear_value_head_dim": 1 << 14, "linear_num_key_heads": 1 << 12,
+    "linear_num_value_heads": 1 << 12, "linear_conv_kernel_dim": 1 << 10,
+    "max_position_embeddings": 1 << 31, "depth": 1 << 12, "num_heads": 1 << 12,
+    "patch_size": 1 << 12, "out_hidden_size": 1 << 20,
+}  # fmt: skip
+
+
+def _json_kind(v: Any) -> str:
+    kinds = {list: "a list", str: "a string", bool: "true/false", float: "a fraction",
+             type(None): "null", dict: "an object", int: "a number"}  # fmt: skip
+    return kinds.get(type(v), type(v).__name__)
+
+
+def check_config(config: dict[str, Any], where: Path | str = "config.json") -> None:
+    """Refuse a config whose shape or numbers cannot describe a model, in one line naming the
+    field (instead of a traceback from deep inside the model's constructor)."""
+    if not isinstance(config.get("model_type", ""), str):
+        raise ModelLoadError(
+            f"{where}: model_type must be a string, not {_json_kind(config['model_type'])}"
+        )
+    subs = {}
+    for key in ("text_config", "vision_config"):
+        v = config.get(key)
+        if v is not None and not isinstance(v, dict):
+            raise ModelLoadError(f"{where}: {key} must be a JSON object, not {_json_kind(v)}")
+        subs[key] = v or {}
+    text = subs["text_config"] or config
+    for scope, section in (("", text), ("vision_config.", subs["vision_config"])):
+        for k, hi in _POSITIVE_INTS.items():
+            if k not in section:
+                continue
+            v = section[k]
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ModelLoadError(
+                    f"{where}: {scope}{k} must be a whole number, not {_json_kind(v)} "
+                    f"({json.dumps(v)[:40]})"
+                )
+            if not 1 <= v <= hi:
+                raise ModelLoadError(f"{where}: {scope}{k} = {v} is out of range (1 to {hi:,})")
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _load_tokenizer(path: Path) -> Any:
     if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         raise ModelLoadError(
@@ -329,7 +384,10 @@ def _load_tokenizer(path: Path) -> Any:
     try:
         tok = load_tokenizer(path)
     except Exception as e:
-        raise ModelLoadError(f"{path}: tokenizer cannot be loaded: {e}") from e
+        msg = _one_line(e)
+        if "validat" in msg.lower() or "Field '" in msg:  # transformers checking config.json
+            raise ModelLoadError(f"{path / 'config.json'}: invalid config: {msg}") from e
+        raise ModelLoadError(f"{path}: tokenizer cannot be loaded: {msg}") from e
     if tok.chat_template is None and (path / "chat_template.jinja").exists():
         tok._tokenizer.chat_template = (path / "chat_template.jinja").read_text(encoding="utf-8")
     return tok
@@ -362,8 +420,11 @@ def _load_qwen(info: CheckpointInfo, lazy: bool = False) -> Any:
 
     try:
         model = Model(info.config)
-    except (TypeError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"{info.path / 'config.json'}: invalid model config: {e}") from e
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError,
+            ZeroDivisionError) as e:  # fmt: skip
+        raise ModelLoadError(
+            f"{info.path / 'config.json'}: invalid model config: {type(e).__name__}: {_one_line(e)}"
+        ) from e
     hf_norms = any(
         k.endswith("conv1d.weight") and len(t.shape) == 3 and t.shape[-1] != 1
         for k, t in info.tensors.items()
@@ -439,12 +500,34 @@ def _load_other(info: CheckpointInfo) -> Any:
     try:
         model, _ = mlx_load_model(info.path, lazy=False)
     except ValueError as e:
-        raise ModelLoadError(
-            f"{info.path}: model_type {info.model_type!r} is not supported by Locus or mlx-lm ({e})"
-        ) from e
+        raise ModelLoadError(_mismatch(info, e)) from e
     except Exception as e:
-        raise ModelLoadError(f"{info.path}: mlx-lm could not load this model: {e}") from e
+        raise ModelLoadError(
+            f"{info.path}: mlx-lm could not load this model: {_one_line(e)}"
+        ) from e
     return model
+
+
+def _mismatch(info: CheckpointInfo, e: BaseException) -> str:
+    """One line for weights that do not fit the config's architecture (mlx-lm lists every
+    parameter name)."""
+    text = str(e)
+    counts = re.findall(r"(Received|Missing) (\d+) parameters", text)
+    if not counts:
+        return f"{info.path}: mlx-lm could not load this {info.model_type!r} model: {_one_line(e)}"
+    what = ", ".join(
+        f"{n} weight(s) {'the model does not have' if k == 'Received' else 'missing'}"
+        for k, n in counts
+    )
+    names = re.findall(r"^\s*([\w.]+),?\s*$", text, re.M)
+    eg = f", e.g. {names[0]}" if names else ""
+    hint = ""
+    if any(".linear_attn." in k or ".experts." in k or ".switch_mlp." in k for k in info.tensors):
+        hint = "; the weights look like a Qwen3.5/3.6 MoE checkpoint (model_type qwen3_5_moe)"
+    return (
+        f"{info.path}: config.json says model_type {info.model_type!r} but the weights do not "
+        f"match it ({what}{eg}){hint}"
+    )
 
 
 def load_model(
@@ -459,6 +542,7 @@ def load_model(
     through mlx-lm as text-only models. Raises ModelLoadError with a message naming the problem.
     """
     info = inspect_checkpoint(path_or_repo)
+    check_config(info.config, info.path / "config.json")
     if not info.model_type:
         raise ModelLoadError(f"{info.path / 'config.json'}: no model_type")
     if memory_check:

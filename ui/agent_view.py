@@ -301,7 +301,7 @@ class AgentView(QWidget):
 
         def work(task: Task) -> Any:  # the bridge passes its Task by this name
             # Built here, not on the UI thread: it probes the sandbox and opens the checkpoint repo.
-            agent = Agent(project, backend, approvals=approvals, config=AgentConfig(watch=True),
+            agent = Agent(project, backend, approvals=approvals, config=AgentConfig.from_settings(watch=True),
                           on_event=task.emit_event)  # fmt: skip
             self.agent, self._emit = agent, task.emit_event
             return agent.run(text)

@@ -14,7 +14,14 @@ from .events import AgentEvent
 from .loop import Agent, AgentConfig, AgentError, RunResult
 from .paths import PathError, ProjectRoot
 from .prompt import SYSTEM_PROMPT
-from .sandbox import Sandbox, detect_sandbox, scrub_env
+from .sandbox import (
+    Sandbox,
+    detect_sandbox,
+    sandbox_rules_report,
+    sandbox_self_check,
+    scrub_env,
+)
+from .sandbox_rules import SandboxRules, build_rules
 from .tools import TOOLS, Limits
 
 __all__ = [
@@ -40,9 +47,13 @@ __all__ = [
     "ReplayError",
     "RunResult",
     "Sandbox",
+    "SandboxRules",
     "UndoResult",
+    "build_rules",
     "default_prefix",
     "detect_sandbox",
     "load_replay",
+    "sandbox_rules_report",
+    "sandbox_self_check",
     "scrub_env",
 ]

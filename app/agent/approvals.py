@@ -2,8 +2,10 @@
 
 The user can approve once, reject with a reason the model sees, allow a tool for the rest of the
 session, or allow commands starting with a prefix. Headless runs use `--yes` (approve everything)
-and `--allow PREFIX`. Without a command sandbox, allowing `run_command` as a whole does not stick:
-each command is asked about again (a prefix the user names still applies).
+and `--allow PREFIX`. Fail closed: when the sandbox is missing or broken (not turned off by the
+user), every command is asked about, one at a time; `--yes`, prefixes and "always" do not cover
+it, and a run with nobody to ask refuses it. With the sandbox turned off on purpose
+(`--no-sandbox`), `--yes` and prefixes apply but "always allow run_command" still does not.
 """
 
 from __future__ import annotations
@@ -41,13 +43,21 @@ class ApprovalRequest:
     diff: str | None = None  # for edits: the unified diff the edit would make
     command: str | None = None
     sandboxed: bool = True  # False: a command would run with the user's full permissions
+    unsandboxed_by_choice: bool = False  # the user turned the sandbox off (--no-sandbox)
+    sandbox_note: str = ""  # why there is no sandbox, for the prompt and the refusal
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "call_id": self.call_id, "tool": self.tool, "arguments": self.arguments,
             "summary": self.summary, "step": self.step, "diff": self.diff,
             "command": self.command, "sandboxed": self.sandboxed,
+            "unsandboxed_by_choice": self.unsandboxed_by_choice, "sandbox_note": self.sandbox_note,
         }  # fmt: skip
+
+    @property
+    def needs_own_approval(self) -> bool:
+        """A command that would run unconfined because the sandbox is missing or broken."""
+        return self.command is not None and not self.sandboxed and not self.unsandboxed_by_choice
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,8 @@ class Approvals:
         """The decision a session rule or flag makes, or None when the user must be asked."""
         if req.tool in READ_ONLY_TOOLS:
             return Decision("approve", auto=True)
+        if req.needs_own_approval:
+            return None  # fail closed: no flag or rule approves an unconfined command
         if self.yes:
             return Decision("approve", reason="--yes", auto=True)
         if req.command is not None:
@@ -143,6 +155,14 @@ class Approvals:
         auto = self.rule(req)
         if auto is not None:
             return auto
+        if self.ask is None and req.needs_own_approval:
+            return Decision.reject(
+                "commands cannot run: there is no working sandbox"
+                + (f" ({req.sandbox_note})" if req.sandbox_note else "")
+                + ", so each command needs the user's own approval, and this run has nobody to "
+                "ask. Do the task without running commands, or tell the user to fix the sandbox "
+                "(locus doctor) or rerun with --no-sandbox"
+            )
         if self.ask is None:
             return Decision.reject(
                 "this action needs the user's approval and the run is headless; rerun with "
@@ -151,6 +171,8 @@ class Approvals:
         d = self.ask(req, cancel)
         if cancel.is_set() and not d.approved:
             return d
+        if req.needs_own_approval and d.approved:
+            return Decision("approve", d.reason)  # once: nothing is remembered for the next one
         if d.action == "allow_tool":
             self.tools.add(req.tool)
         elif d.action == "allow_prefix":

@@ -59,11 +59,30 @@ class AgentConfig:
     context_tokens: int = 32768  # prompt + output must fit; old tool outputs are dropped to fit
     allow_network: bool = False
     sandbox: str = "auto"  # "auto", "none", "bwrap", "sandbox-exec"
+    require_sandbox: bool = False  # refuse every command when no working sandbox is found
+    env_allow: tuple[str, ...] = ()  # environment names commands get besides the allowlist
     checkpoints: bool = True
     watch: bool = True
     use_ripgrep: bool = True
     limits: Limits = field(default_factory=Limits)
     system_prompt: str = SYSTEM_PROMPT
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any] | None = None, **kw: Any) -> AgentConfig:
+        """A config with the user's saved preferences (`require_sandbox`, `agent_env`: names
+        commands may inherit) under the explicit `kw`."""
+        from ..settings import load_ui_settings
+
+        s = load_ui_settings() if settings is None else settings
+        env = s.get("agent_env") or []
+        env = [env] if isinstance(env, str) else env if isinstance(env, list) else []
+        base: dict[str, Any] = {
+            "require_sandbox": bool(s.get("require_sandbox", False)),
+            "env_allow": tuple(str(n) for n in env if isinstance(n, str) and n.strip()),
+        }
+        if "env_allow" in kw:
+            kw["env_allow"] = tuple(dict.fromkeys([*base["env_allow"], *kw["env_allow"]]))
+        return cls(**{**base, **kw})
 
     @property
     def turn_tokens(self) -> int:
@@ -133,7 +152,9 @@ class Agent:
         self.tracker = FileTracker()
         self.toolbox = Toolbox(self.root, self.tracker, self.sandbox, limits=self.config.limits,
                                allow_network=self.config.allow_network,
-                               use_ripgrep=self.config.use_ripgrep)  # fmt: skip
+                               use_ripgrep=self.config.use_ripgrep,
+                               env_allow=tuple(self.config.env_allow),
+                               hidden=(str(self.data_dir),))  # fmt: skip
         self.watcher: TreeWatcher | None = None
         self._cancel = threading.Event()
         self.run_id: str | None = None
@@ -423,9 +444,20 @@ class Agent:
             if name in READ_ONLY_TOOLS:
                 return True, getattr(self.toolbox, name)(args), {}
             plan = self.toolbox.prepare(name, args)
+            if plan.command is not None and not self.sandbox.active and self.config.require_sandbox:
+                return (
+                    False,
+                    (
+                        "Error: commands are refused: no working sandbox ("
+                        f"{self.sandbox.reason or 'none'}) and the user requires one "
+                        "(--require-sandbox). Do the task without running commands."
+                    ),
+                    {"rejected": True},
+                )
             req = ApprovalRequest(
                 call.id, name, args, plan.summary, step, plan.diff, plan.command,
                 sandboxed=self.sandbox.active or plan.command is None,
+                unsandboxed_by_choice=not self.sandbox.broken, sandbox_note=self.sandbox.reason,
             )  # fmt: skip
             decision = self.approvals.rule(req)
             if decision is None:

@@ -1,18 +1,21 @@
-"""Running the model's shell commands: in a sandbox where the OS has one, with a scrubbed
-environment, a timeout that kills the whole process group, and a cap on the output kept.
+"""Running the model's shell commands: in a sandbox where the OS has one, with an allowlisted
+environment, a timeout, the whole process tree killed when the command ends, and a cap on the
+output kept.
 
-Linux: `bwrap` (bubblewrap) with the filesystem read-only except the project and a private /tmp,
-no network unless allowed, its own PID namespace (so a timeout kills every descendant).
-macOS: `sandbox-exec` with a profile that denies writes outside the project and temp directories,
-and the network unless allowed. Elsewhere, or when the tool is missing or does not work here,
-commands run unsandboxed and every one of them needs the user's approval.
+The rules (sandbox_rules.py) say what a command can reach: the project writable except its .git,
+system and toolchain dirs read-only, home, secrets and Locus's own data hidden. Linux enforces them
+with `bwrap` (own PID namespace, no network unless allowed), macOS with `sandbox-exec`. When the
+sandbox is missing or fails its self-check, `Sandbox.broken` is set and every command needs the
+user's own approval (see approvals.py).
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
-import re
+import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -20,45 +23,46 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CommandResult", "Sandbox", "detect_sandbox", "run_command", "scrub_env"]
-
-# Variables that carry credentials: dropped before any command runs.
-_SECRET_NAME = re.compile(
-    r"TOKEN|SECRET|PASSW|PASSPHRASE|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL|AUTH|COOKIE"
-    r"|SESSION_?ID|(^|_)KEY($|_)|^AWS_|^AZURE_|^GCP_|^GOOGLE_APPLICATION|^OPENAI_|^ANTHROPIC_"
-    r"|^HF_HUB_TOKEN|^NETRC$|^SSH_|^GPG_|^KUBECONFIG$|^DOCKER_(HOST|CONFIG|CERT)",
-    re.IGNORECASE,
-)
-# Git variables that would point the project's own git commands somewhere else.
-_GIT_REDIRECT = re.compile(
-    r"^GIT_(DIR|WORK_TREE|INDEX_FILE|OBJECT_DIRECTORY|ALTERNATE_OBJECT_DIRECTORIES|COMMON_DIR"
-    r"|NAMESPACE|CEILING_DIRECTORIES|CONFIG.*|ASKPASS|SSH.*|EXEC_PATH)$"
+from .sandbox_rules import (
+    ENV_ALLOWLIST,
+    SandboxRules,
+    build_rules,
+    command_env,
+    describe_rules,
+    render_bwrap,
+    render_seatbelt,
 )
 
+__all__ = [
+    "CommandResult",
+    "Sandbox",
+    "detect_sandbox",
+    "run_command",
+    "sandbox_rules_report",
+    "sandbox_self_check",
+    "scrub_env",
+]
 
-def scrub_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment commands get: credentials removed, pagers and prompts off."""
-    src = dict(os.environ if env is None else env)
-    out = {
-        k: v for k, v in src.items() if not _SECRET_NAME.search(k) and not _GIT_REDIRECT.match(k)
-    }
-    out.update(
-        PAGER="cat", GIT_PAGER="cat", GIT_TERMINAL_PROMPT="0", TERM="dumb", NO_COLOR="1",
-        PYTHONUNBUFFERED="1", LOCUS_AGENT="1",
-    )  # fmt: skip
-    return out
+
+def scrub_env(env: Mapping[str, str] | None = None, allow: Iterable[str] = ()) -> dict[str, str]:
+    """The environment commands get: an allowlist (PATH, HOME, LANG, LC_*, ... plus `allow`),
+    pagers and prompts off. Everything else, secrets of any name included, stays out."""
+    return command_env((*ENV_ALLOWLIST, *allow), env)
 
 
 @dataclass(frozen=True)
 class Sandbox:
-    """How commands are confined: kind is "bwrap", "sandbox-exec" or "none"."""
+    """How commands are confined: kind is "bwrap", "sandbox-exec" or "none". `broken` says a
+    sandbox was wanted but is missing or failed its self-check (not turned off by the user)."""
 
     kind: str
     executable: str | None = None
     reason: str = ""
+    broken: bool = False
 
     @property
     def active(self) -> bool:
@@ -66,113 +70,130 @@ class Sandbox:
 
     def describe(self) -> str:
         if self.kind == "bwrap":
-            return "commands run in bubblewrap: writes only inside the project and a private /tmp"
+            return (
+                "commands run in bubblewrap: writes only inside the project (not its .git), "
+                "home folder and secrets hidden, own process namespace"
+            )
         if self.kind == "sandbox-exec":
-            return "commands run in sandbox-exec: writes only inside the project and temp dirs"
+            return (
+                "commands run in sandbox-exec: writes only inside the project (not its .git) and "
+                "temp dirs, home folder and secrets hidden"
+            )
         return (
             "no command sandbox is available"
             + (f" ({self.reason})" if self.reason else "")
             + ": every command runs with your full permissions and needs your approval"
         )
 
-    def wrap(self, command: str, root: Path, *, allow_network: bool = False) -> list[str]:
+    def wrap(
+        self, command: str, root: Path, *, allow_network: bool = False,
+        rules: SandboxRules | None = None,
+    ) -> list[str]:  # fmt: skip
         """The argv that runs `command` with /bin/sh in `root` under this sandbox."""
         shell = ["/bin/sh", "-c", command]
+        if self.kind == "none":
+            return [*_tree_guard(), *shell]
+        rules = rules or build_rules(root, network=allow_network)
         if self.kind == "bwrap":
-            return [self.executable or "bwrap", *_bwrap_args(root, allow_network), "--", *shell]
-        if self.kind == "sandbox-exec":
-            profile = _seatbelt_profile(root, allow_network)
-            return [self.executable or "sandbox-exec", "-p", profile, *shell]
-        return shell
+            return [self.executable or "bwrap", *render_bwrap(rules), "--", *shell]
+        profile = render_seatbelt(rules, (tempfile.gettempdir(),))
+        return [self.executable or "sandbox-exec", "-p", profile, *shell]
 
 
-def _bwrap_args(root: Path, allow_network: bool) -> list[str]:
-    args = [
-        "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-        "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-        "--tmpfs", "/var/tmp", "--bind", str(root), str(root), "--chdir", str(root),
-        "--setenv", "TMPDIR", "/tmp",
-    ]  # fmt: skip
-    # The private /tmp would hide interpreters and tools that live under the real one (a venv in
-    # /tmp, a CI checkout): bring those back read-only, before the project's writable bind.
-    for path in _visible_under_tmp(root):
-        args[args.index("--bind") : args.index("--bind")] = ["--ro-bind", path, path]
-    if not allow_network:
-        args.insert(0, "--unshare-net")
-    return args
+@functools.lru_cache(maxsize=1)
+def _tree_guard() -> tuple[str, ...]:
+    """A prefix that keeps an unsandboxed command's whole process tree killable: on Linux a PID
+    namespace (`unshare`), so when the shell ends every process it left behind (setsid, double
+    fork) ends too, and a parent-death signal so it all ends when Locus dies. () elsewhere, and
+    then the process group and the environment tag (run_command) are what is left."""
+    if not sys.platform.startswith("linux"):
+        return ()
+    prefix: list[str] = []
+    setpriv = shutil.which("setpriv")
+    if setpriv and _probe([setpriv, "--pdeathsig", "KILL", "--", "/bin/true"])[0]:
+        prefix = [setpriv, "--pdeathsig", "KILL", "--"]
+    unshare = shutil.which("unshare")
+    if unshare:
+        # A fresh /proc too, so the command cannot read Locus's environment from it.
+        ns = ["--mount", "--pid", "--fork", "--kill-child", "--mount-proc"]
+        for flags in ([], ["--user", "--map-current-user"]):
+            argv = [unshare, *flags, *ns, "--"]
+            if _probe([*argv, "/bin/true"])[0]:
+                return (*prefix, *argv)
+    return tuple(prefix)
 
 
-def _visible_under_tmp(root: Path) -> list[str]:
-    """Directories of the interpreter and of PATH entries that a tmpfs on /tmp or /var/tmp would
-    hide, outermost first and not inside the project (which is bound writable anyway)."""
-    tmps = ("/tmp", "/var/tmp")
-    cands = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-    cands.update(p for p in os.environ.get("PATH", "").split(os.pathsep) if p)
-    out: list[str] = []
-    for c in sorted({os.path.realpath(c) for c in cands}, key=len):
-        if not any(c.startswith(t + "/") for t in tmps) or not os.path.isdir(c):
-            continue
-        if c == str(root) or c.startswith(str(root) + "/"):
-            continue
-        if any(c == o or c.startswith(o + "/") for o in out):
-            continue
-        out.append(c)
-    return out
-
-
-def _sb_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _seatbelt_profile(root: Path, allow_network: bool) -> str:
-    temps = {os.path.realpath(p) for p in ("/tmp", "/private/var/folders", tempfile.gettempdir())}
-    writable = " ".join(f"(subpath {_sb_str(p)})" for p in sorted({str(root), *temps}))
-    lines = [
-        "(version 1)",
-        "(allow default)",
-        "(deny file-write*)",
-        f"(allow file-write* {writable}"
-        ' (literal "/dev/null") (literal "/dev/zero") (literal "/dev/dtracehelper")'
-        ' (regex #"^/dev/tty") (regex #"^/dev/fd/"))',
-    ]
-    if not allow_network:
-        lines.append("(deny network*)")
-    return "\n".join(lines) + "\n"
-
-
-@functools.lru_cache(maxsize=8)
 def detect_sandbox(prefer: str = "auto") -> Sandbox:
-    """The sandbox commands will run in; "none" if no working one is found.
+    """The sandbox commands will run in; "none" if no working one is found (then `broken` unless
+    `prefer` was "none").
 
-    `prefer`: "auto", "none" (force unsandboxed), "bwrap" or "sandbox-exec".
+    `prefer`: "auto", "none" (force unsandboxed), "bwrap" or "sandbox-exec". The tool found on
+    PATH now is probed once and the answer cached.
     """
     if prefer == "none":
         return Sandbox("none", reason="turned off")
     if prefer in ("auto", "bwrap") and sys.platform.startswith("linux"):
-        exe = shutil.which("bwrap")
-        if exe is None:
-            return Sandbox("none", reason="bwrap is not installed")
-        with tempfile.TemporaryDirectory() as d:
-            probe = Sandbox("bwrap", exe).wrap("true", Path(os.path.realpath(d)))
-            ok, why = _probe(probe)
-        return (
-            Sandbox("bwrap", exe)
-            if ok
-            else Sandbox("none", reason=f"bwrap does not work here: {why}")
-        )
+        return _detect("bwrap", shutil.which("bwrap"))
     if prefer in ("auto", "sandbox-exec") and sys.platform == "darwin":
         exe = shutil.which("sandbox-exec") or "/usr/bin/sandbox-exec"
-        if not os.path.exists(exe):
-            return Sandbox("none", reason="sandbox-exec is missing")
-        with tempfile.TemporaryDirectory() as d:
-            probe = Sandbox("sandbox-exec", exe).wrap("true", Path(os.path.realpath(d)))
-            ok, why = _probe(probe)
-        return (
-            Sandbox("sandbox-exec", exe)
-            if ok
-            else Sandbox("none", reason=f"sandbox-exec does not work here: {why}")
+        return _detect("sandbox-exec", exe if os.path.exists(exe) else None)
+    return Sandbox("none", reason=f"no sandbox for {sys.platform}", broken=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _detect(kind: str, exe: str | None) -> Sandbox:
+    if exe is None:
+        what = "bwrap is not installed" if kind == "bwrap" else f"{kind} is missing"
+        return Sandbox("none", reason=what, broken=True)
+    ok, why = _self_check(Sandbox(kind, exe))
+    if ok:
+        return Sandbox(kind, exe)
+    return Sandbox("none", reason=f"{kind} does not work here: {why}", broken=True)
+
+
+def _self_check(sb: Sandbox) -> tuple[bool, str]:
+    """Run a probe in `sb` on a scratch project: it must write there, not into its .git, and
+    (bwrap) not outside it."""
+    with tempfile.TemporaryDirectory(prefix="locus-sandbox-check-") as d:
+        base = Path(os.path.realpath(d))
+        proj, outside = base / "project", base / "outside.txt"
+        (proj / ".git").mkdir(parents=True)
+        outside.write_text("untouched")
+        script = (
+            f"echo ok > inside.txt; echo x > .git/planted; echo x > {shlex.quote(str(outside))};"
+            " exit 0"
         )
-    return Sandbox("none", reason=f"no sandbox for {sys.platform}")
+        ok, why = _probe(sb.wrap(script, proj))
+        if not ok:
+            return False, why
+        if not (proj / "inside.txt").exists():
+            return False, "the project is not writable inside the sandbox"
+        if (proj / ".git" / "planted").exists():
+            return False, "the project's .git is writable inside the sandbox"
+        if sb.kind == "bwrap" and outside.read_text() != "untouched":
+            return False, "a file outside the project is writable inside the sandbox"
+    return True, "ok"
+
+
+def sandbox_rules_report(
+    project: str | os.PathLike[str] | None = None, *, network: bool = False,
+    extra_env: Iterable[str] = (),
+) -> tuple[SandboxRules, str]:  # fmt: skip
+    """The sandbox rules for `project` (default: the current directory) and a readable
+    rendering of them, headed by which sandbox enforces them here."""
+    rules = build_rules(project or os.getcwd(), network=network, extra_env=extra_env)
+    sb = detect_sandbox("auto")
+    return rules, f"sandbox: {sb.kind} — {sb.describe()}\n" + describe_rules(rules)
+
+
+def sandbox_self_check() -> tuple[bool, str]:
+    """For `locus doctor`: (True, what confines commands) or (False, why commands would run
+    unconfined). Probes afresh, so a sandbox fixed (or broken) since is seen."""
+    _detect.cache_clear()
+    sb = detect_sandbox("auto")
+    if sb.active:
+        return True, sb.describe()
+    return False, sb.describe()
 
 
 def _probe(argv: list[str]) -> tuple[bool, str]:
@@ -239,15 +260,39 @@ def run_command(
     output_cap: int,
     allow_network: bool = False,
     cancel: threading.Event | None = None,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+    env_allow: Iterable[str] = (),
+    hidden: Iterable[str | os.PathLike[str]] = (),
 ) -> CommandResult:
-    """Run `command` in `root`; on timeout or cancel the whole process group is killed."""
-    argv = sandbox.wrap(command, root, allow_network=allow_network)
+    """Run `command` in `root`; at the timeout or a cancel, and when the shell ends, every
+    process it started is killed (process group, PID namespace, and a tag in the environment
+    that setsid and double forks keep). `hidden` adds paths the sandbox must hide."""
+    rules = None
+    if sandbox.active:
+        rules = build_rules(root, network=allow_network, extra_env=env_allow, extra_hidden=hidden)
+    argv = sandbox.wrap(command, root, allow_network=allow_network, rules=rules)
+    tag = f"{_SESSION}-{secrets.token_hex(6)}"
+    if not sandbox.active:
+        _start_watchdog()
+    cmd_env = scrub_env(env, env_allow)
+    cmd_env[_TAG] = tag
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        argv, cwd=root, env=scrub_env(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        argv, cwd=root, env=cmd_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
     )  # fmt: skip
+    _LIVE[proc.pid] = tag
+    try:
+        return _supervise(proc, tag, t0, timeout, output_cap, cancel)
+    finally:
+        _LIVE.pop(proc.pid, None)
+        _kill_tree(proc.pid, tag)
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes], tag: str, t0: float, timeout: float, output_cap: int,
+    cancel: threading.Event | None,
+) -> CommandResult:  # fmt: skip
     cap = _Capture(output_cap)
     assert proc.stdout is not None
     stdout = proc.stdout
@@ -288,12 +333,86 @@ def run_command(
         # The shell is done but something it started lingers in its group: end it too.
         reader.join(timeout=0.5)
         _signal_group(pgid, signal.SIGKILL)
+    _kill_tagged(tag)  # setsid/double-fork survivors that still hold the output pipe
     reader.join(timeout=2)
     text, total = cap.text()
     code = None if (timed_out or cancelled) else proc.returncode
     if not reader.is_alive():  # else a process that left the group still holds the pipe
         stdout.close()
     return CommandResult(code, text, total, time.monotonic() - t0, timed_out, cancelled)
+
+
+_TAG = "LOCUS_COMMAND_TAG"
+_SESSION = secrets.token_hex(6)  # this Locus process's prefix of every command tag
+_LIVE: dict[int, str] = {}  # pid of a running command's leader -> its tag
+_watchdog: subprocess.Popen[bytes] | None = None
+# Waits for EOF on stdin (this Locus process is gone, even by SIGKILL), then kills every process
+# whose environment carries one of its command tags. For Linux without a usable PID namespace.
+_WATCHDOG = (
+    "read _; for _ in 1 2 3; do for f in /proc/[0-9]*/environ; do "
+    'if grep -qz "^$1=$2-" "$f" 2>/dev/null; then p=${f#/proc/}; kill -9 "${p%/environ}"; fi; '
+    "done; done 2>/dev/null"
+)
+
+
+_watchdog_lock = threading.Lock()
+
+
+def _start_watchdog() -> None:
+    with _watchdog_lock:
+        _start_watchdog_locked()
+
+
+def _start_watchdog_locked() -> None:
+    global _watchdog
+    if _watchdog is not None or not sys.platform.startswith("linux") or not shutil.which("grep"):
+        return
+    try:
+        _watchdog = subprocess.Popen(
+            ["/bin/sh", "-c", _WATCHDOG, "locus-watchdog", _TAG, _SESSION],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        )  # fmt: skip
+    except OSError:
+        _watchdog = None
+
+
+def _kill_tree(pgid: int, tag: str) -> None:
+    _signal_group(pgid, signal.SIGKILL)
+    _kill_tagged(tag)
+
+
+def _kill_tagged(tag: str) -> int:
+    """SIGKILL every process whose environment carries this command's tag (Linux /proc); a
+    process that left the session and process group still has it. Returns how many."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    needle = f"{_TAG}={tag}".encode()
+    killed = 0
+    for _ in range(3):  # a fork during the sweep is caught by the next pass
+        found = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    if needle not in f.read().split(b"\0"):
+                        continue
+                os.kill(int(pid), signal.SIGKILL)
+                found += 1
+            except OSError:
+                continue
+        killed += found
+        if not found:
+            break
+    return killed
+
+
+@atexit.register
+def _kill_live_commands() -> None:
+    """When Locus exits, commands still running (and all they started) end with it."""
+    for pid, tag in list(_LIVE.items()):
+        _kill_tree(pid, tag)
 
 
 def _signal_group(pgid: int, sig: int) -> bool:

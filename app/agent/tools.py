@@ -208,8 +208,11 @@ class Toolbox:
 
     def __init__(self, root: ProjectRoot, tracker: FileTracker, sandbox: Sandbox, *,
                  limits: Limits | None = None, allow_network: bool = False,
-                 use_ripgrep: bool = True) -> None:  # fmt: skip
+                 use_ripgrep: bool = True, env_allow: tuple[str, ...] = (),
+                 hidden: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.root = root
+        self.env_allow = env_allow  # extra environment names commands get
+        self.hidden = hidden  # extra paths the sandbox hides (the agent's data dir)
         self.tracker = tracker
         self.sandbox = sandbox
         self.limits = limits or Limits()
@@ -267,11 +270,11 @@ class Toolbox:
                     target = os.readlink(self.root.path / e.rel)
                 except OSError:
                     target = "?"
-                lines.append(f"{e.rel} -> {target}")
+                lines.append(f"{show_name(e.rel)} -> {show_name(target)}")
             elif e.is_dir:
-                lines.append(e.rel + "/")
+                lines.append(show_name(e.rel) + "/")
             else:
-                lines.append(f"{e.rel}  ({_size(e.size)})")
+                lines.append(f"{show_name(e.rel)}  ({_size(e.size)})")
         head = f"{r.rel}/ (depth {depth})" if r.rel != "." else f"project root (depth {depth})"
         notes = []
         if more:
@@ -364,7 +367,7 @@ class Toolbox:
             text = text.rstrip("\r\n")
             if len(text) > lim.search_line_chars:
                 text = text[: lim.search_line_chars] + " [...]"
-            rows.append(f"{path}:{ln}: {text}")
+            rows.append(f"{show_name(path)}:{ln}: {text}")
         if total > len(rows):
             rows.append(f"[{total - len(rows)} more matches not shown; narrow the search]")
         return "\n".join(rows)
@@ -560,7 +563,8 @@ class Toolbox:
             assert plan.command is not None
             res = run_command(plan.command, self.root.path, sandbox=self.sandbox,
                               timeout=plan.timeout, output_cap=self.limits.output_chars,
-                              allow_network=self.allow_network, cancel=cancel)  # fmt: skip
+                              allow_network=self.allow_network, cancel=cancel,
+                              env_allow=self.env_allow, hidden=self.hidden)  # fmt: skip
             return _command_text(res, plan.timeout), {
                 "exit_code": res.exit_code, "timed_out": res.timed_out,
                 "cancelled": res.cancelled, "elapsed": round(res.elapsed, 3),
@@ -590,6 +594,15 @@ class Toolbox:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def show_name(name: str) -> str:
+    """A path as one line of tool output: a name with a newline or another control character is
+    shown quoted and escaped ("a\\nb"), so it cannot fake lines of the listing."""
+    return json.dumps(name, ensure_ascii=False) if _CONTROL.search(name) else name
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":

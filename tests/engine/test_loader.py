@@ -478,3 +478,58 @@ def test_other_architecture_loads_through_mlx_lm(tiny_dir, tmp_path):
     assert got.shape == (len(IDS), 512)
     want = np.array(ref(mx.array([IDS], dtype=mx.uint32))[0])
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+
+
+def _edit_text_config(path: Path, **changes) -> None:
+    config = json.loads((path / "config.json").read_text())
+    config["text_config"].update(changes)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    "change, want",
+    [
+        ({"text_config": [1, 2]}, "text_config must be a JSON object, not a list"),
+        ({"text_config": "qwen"}, "text_config must be a JSON object, not a string"),
+        ({"vision_config": 3}, "vision_config must be a JSON object, not a number"),
+        ({"model_type": ["qwen3_5_moe"]}, "model_type must be a string"),
+    ],
+)
+def test_config_of_the_wrong_shape_is_one_clear_line(ckpt, change, want):
+    edit_config(ckpt, **change)
+    msg = load_error(ckpt)
+    assert want in msg and str(ckpt / "config.json") in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "field, value, want",
+    [
+        ("vocab_size", 10**12, "vocab_size = 1000000000000 is out of range"),
+        ("num_attention_heads", 0, "num_attention_heads = 0 is out of range"),
+        ("num_key_value_heads", 0, "num_key_value_heads = 0 is out of range"),
+        ("hidden_size", "64", "hidden_size must be a whole number, not a string"),
+        ("num_hidden_layers", 2.5, "num_hidden_layers must be a whole number, not a fraction"),
+        ("num_experts", True, "num_experts must be a whole number, not true/false"),
+    ],
+)
+def test_config_values_that_cannot_be_a_model_are_one_clear_line(ckpt, field, value, want):
+    _edit_text_config(ckpt, **{field: value})
+    msg = load_error(ckpt)
+    assert want in msg and "\n" not in msg and "tokenizer" not in msg
+
+
+def test_config_rejected_by_transformers_is_not_blamed_on_the_tokenizer(ckpt):
+    _edit_text_config(ckpt, num_hidden_layers=3)  # layer_types lists 4
+    msg = load_error(ckpt)
+    assert "config.json" in msg and "\n" not in msg and "tokenizer cannot be loaded" not in msg
+
+
+def test_llama_config_over_qwen_weights_is_one_line(ckpt):
+    (ckpt / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+        "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5, "vocab_size": 512, "max_position_embeddings": 4096,
+    }))  # fmt: skip
+    msg = load_error(ckpt)
+    assert "\n" not in msg and len(msg) < 400, msg
+    assert "'llama'" in msg and "do not match" in msg and "qwen3_5_moe" in msg

@@ -166,7 +166,8 @@ def test_terminal_approval_prompt(monkeypatch) -> None:  # type: ignore[no-untyp
     from app.cli_agent import _ask_terminal
 
     req = ApprovalRequest("c1", "run_command", {"command": "python -m pytest -q"}, "run: pytest",
-                          command="python -m pytest -q", sandboxed=False)  # fmt: skip
+                          command="python -m pytest -q", sandboxed=False,
+                          unsandboxed_by_choice=True)  # fmt: skip
     cases = {"y\n": ("approve", ""), "what\nn\ntoo slow\n": ("reject", "too slow"),
              "a\n": ("allow_tool", ""), "p\n": ("allow_prefix", ""), "": ("reject", None)}  # fmt: skip
     for typed, (action, reason) in cases.items():
@@ -178,3 +179,11 @@ def test_terminal_approval_prompt(monkeypatch) -> None:  # type: ignore[no-untyp
         if reason is not None:
             assert d.reason == reason
         assert "full permissions" in err.getvalue() and "python -m pytest" in err.getvalue()
+    # A broken sandbox: only yes-once or no; "always" is not offered and is not taken.
+    broken = ApprovalRequest("c2", "run_command", {"command": "make"}, "run: make",
+                             command="make", sandboxed=False)  # fmt: skip
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a\np\ny\n"))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        d = _ask_terminal(broken, threading.Event())
+    assert d.action == "approve" and "always" not in err.getvalue()

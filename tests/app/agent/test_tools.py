@@ -216,8 +216,11 @@ def test_environment_scrubbed(proj: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("HARMLESS_SETTING", "fine")
     env = scrub_env()
     assert not any(v.startswith("leak-") for v in env.values())
-    assert env["HARMLESS_SETTING"] == "fine" and env["GIT_TERMINAL_PROMPT"] == "0"
-    res = run_command("env", proj, sandbox=Sandbox("none"), timeout=30, output_cap=100000)
+    assert "HARMLESS_SETTING" not in env and env["GIT_TERMINAL_PROMPT"] == "0"
+    assert env["PATH"] == os.environ["PATH"]
+    assert scrub_env(allow=["HARMLESS_SETTING"])["HARMLESS_SETTING"] == "fine"
+    res = run_command("env", proj, sandbox=Sandbox("none"), timeout=30, output_cap=100000,
+                      env_allow=["HARMLESS_SETTING"])  # fmt: skip
     assert "leak-" not in res.output and "HARMLESS_SETTING=fine" in res.output
 
 
