@@ -247,7 +247,10 @@ def test_retry_with_edited_last_user_message_resumes_at_its_start(tiny_model):
         req = GenerationRequest(messages=chat(*first), sampling=G)
         script("r\n</think>\n\nRead it.", req)
         r1 = eng.generate(req)
-        turn2 = [*first, {"role": "assistant", "content": r1.text, "reasoning_content": r1.reasoning}]
+        turn2 = [
+            *first,
+            {"role": "assistant", "content": r1.text, "reasoning_content": r1.reasoning},
+        ]
         req2 = GenerationRequest(
             messages=chat(*turn2, {"role": "user", "content": "Now fix it."}), sampling=G
         )
