@@ -33,7 +33,7 @@ from .events import (
 from .image import PromptInputs, build_prompt_inputs, image_parts
 from .loader import DEFAULT_CONTEXT_TOKENS, LoadedModel, load_model
 from .parser import StreamParser
-from .reuse import ChatTokens, boundaries, marked_positions
+from .reuse import MIN_GAP, ChatTokens, boundaries, marked_positions
 from .sampling import SamplingParams, make_logits_processors, make_sampler
 
 T = TypeVar("T")
@@ -425,7 +425,10 @@ class Engine:
 
             for p in marked_positions(render, req.messages, req.cache_breakpoints, prompt):
                 kinds[p] = "breakpoint"
-        kinds = {p: k for p, k in kinds.items() if cached < p < len(prompt) - 1}
+        # A boundary just past the resume point (a tool turn right after the cached reply) is
+        # cheaper to prefill again than to keep; a marked one is kept as the client asked.
+        kinds = {p: k for p, k in kinds.items() if cached < p < len(prompt) - 1
+                 and (k == "breakpoint" or not cached or p - cached >= MIN_GAP)}  # fmt: skip
         return _CacheTicket(pc, lm, req, prompt, cache, cached, kinds, extra)
 
     def _generate(self, req: GenerationRequest, handle: RequestHandle) -> None:

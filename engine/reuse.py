@@ -28,6 +28,9 @@ from typing import Any
 
 log = logging.getLogger("locus.engine.cache")
 
+# Boundaries closer than this to where a request resumed are not snapshotted (tokens).
+MIN_GAP = 32
+
 _WS = re.compile(r"\s+")
 _FUNCTION = re.compile(r"<function=([^>]*)>(.*?)</function>", re.S)
 _PARAM = re.compile(r"<parameter=[^>]*>.*?</parameter>", re.S)

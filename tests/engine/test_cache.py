@@ -251,6 +251,9 @@ def test_retry_with_edited_last_user_message_resumes_at_its_start(tiny_model):
             *first,
             {"role": "assistant", "content": r1.text, "reasoning_content": r1.reasoning},
         ]
+        # A long tool result, then the user's next message.
+        result = {"role": "tool", "tool_call_id": "c", "content": "line of output\n" * 20}
+        turn2.append(result)
         req2 = GenerationRequest(
             messages=chat(*turn2, {"role": "user", "content": "Now fix it."}), sampling=G
         )
