@@ -416,6 +416,7 @@ class Scenario:
     restart_before: int | None = None  # D
     image: bool = False  # E
     kind: str = "loop"  # loop (A-E), sessions (F), retry (G), replies (H)
+    tool_lines: int | None = None  # functions per read_file result (None: --tool-lines)
 
 
 SCENARIOS = {
@@ -426,8 +427,13 @@ SCENARIOS = {
     "E": Scenario("E", "image in the first user turn", image=True),
     "F": Scenario("F", "new sessions, same system prompt and tools", turns=4, kind="sessions"),
     "G": Scenario("G", "retry whose last user message was edited", turns=4, kind="retry"),
+    # Short tool results (a small file, a test summary), where replies weigh most in the prompt.
     "H": Scenario(
-        "H", "realistic replies: reasoning, text, two tool calls", turns=6, kind="replies"
+        "H",
+        "realistic replies: reasoning, text, two tool calls",
+        turns=6,
+        kind="replies",
+        tool_lines=4,
     ),
 }
 
@@ -556,7 +562,7 @@ def run_replies(side: Any, sc: Scenario, args: argparse.Namespace, count: Counte
             history.append({"role": "assistant", "content": content,
                             "reasoning_content": t.reasoning, "tool_calls": calls})  # fmt: skip
             history.append({"role": "tool", "tool_call_id": calls[0]["id"],
-                            "content": tool_output(k, args.tool_lines)})  # fmt: skip
+                            "content": tool_output(k, sc.tool_lines or args.tool_lines)})  # fmt: skip
             history.append({"role": "tool", "tool_call_id": calls[1]["id"],
                             "content": f"{k + 2} passed in 0.{k}1s"})  # fmt: skip
     finally:
@@ -669,6 +675,7 @@ def report(sc: Scenario, results: dict[str, SideResult]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "scenario": sc.key,
         "title": sc.title,
+        "tool_lines": sc.tool_lines,
         "new_tokens": new,
         "locus": [asdict(t) | {"reasoning": None, "content": None} for t in loc],
     }
