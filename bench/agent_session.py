@@ -734,9 +734,17 @@ def report(sc: Scenario, results: dict[str, SideResult]) -> dict[str, Any]:
         checks.append((f"turn {i + 1} (retry) prefilled <= 1.1 x edited message",
                        loc[i].prefilled <= 1.1 * new[i]))  # fmt: skip
     if sc.key == "H":
-        checks.append(("Locus prefilled <= 1.1 x new", tot_loc <= 1.1 * tot_new))
+        # Turns 2.. each follow a reply the client sent back; turn 1 is the same cold prompt.
+        later_new, later_loc = sum(new[1:]), sum(t.prefilled for t in loc[1:])
+        out.update(later_new=later_new, later_locus_prefilled=later_loc)
+        checks.append(("turns 2.. Locus prefilled <= 1.1 x new", later_loc <= 1.1 * later_new))
         if mlx:
-            checks.append(("prefilled <= 0.6 x mlx_lm.server", out["ratio_prefilled"] <= 0.6))
+            later_mlx = sum(t.prefilled for t in mlx.turns[1:])
+            out["later_mlx_prefilled"] = later_mlx
+            print(f"turns 2..: new {later_new}, Locus prefilled {later_loc}, "
+                  f"mlx_lm.server prefilled {later_mlx}")  # fmt: skip
+            checks.append(("turns 2.. prefilled <= 0.6 x mlx_lm.server",
+                           later_loc <= 0.6 * later_mlx))  # fmt: skip
     for name, ok in checks:
         print(f"target {name}: {'met' if ok else 'NOT met'}")
     out["targets"] = {name: ok for name, ok in checks}
