@@ -371,9 +371,9 @@ class Engine:
         if req.prompt is not None:
             if not req.prompt:
                 raise RequestError("the prompt is empty")
-            return self._splice(tok.encode(req.prompt, add_special_tokens=False)), False
+            return self._splice(req, tok.encode(req.prompt, add_special_tokens=False)), False
         text = self._render(req, req.messages or [])
-        return self._splice(tok.encode(text, add_special_tokens=False)), opens_reasoning(text)
+        return self._splice(req, tok.encode(text, add_special_tokens=False)), opens_reasoning(text)
 
     def _render(
         self, req: GenerationRequest, messages: list[dict[str, Any]], gen: bool = True
@@ -387,11 +387,11 @@ class Engine:
             preserve_thinking=preserve, add_generation_prompt=gen, **req.template_kwargs,
         )  # fmt: skip
 
-    def _splice(self, ids: list[int]) -> list[int]:
+    def _splice(self, req: GenerationRequest, ids: list[int]) -> list[int]:
         """Replies the template re-rendered, put back as the very ids generated for them."""
         lm, pc = self.model, self.prompt_cache
         ct = ChatTokens.of(lm.tokenizer)
-        if pc is None or ct is None:
+        if pc is None or ct is None or not req.use_cache:
             return ids
         return pc.replies.splice(lm.model_id, lm.tokenizer, ct, ids)
 
@@ -421,7 +421,7 @@ class Engine:
 
             def render(msgs: list[dict[str, Any]]) -> list[int]:
                 ids = tok.encode(self._render(req, msgs, gen=False), add_special_tokens=False)
-                return self._splice(ids)
+                return self._splice(req, ids)
 
             for p in marked_positions(render, req.messages, req.cache_breakpoints, prompt):
                 kinds[p] = "breakpoint"
