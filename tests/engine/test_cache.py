@@ -349,6 +349,7 @@ def test_reply_rendered_back_differently_is_reused_whole(tiny_model, kind):
         p2, _ = eng.encode(req2)
         # ... but the prompt carries the generated ids, so only the new turn is prefilled.
         assert p2[: len(p1) + len(reply)] == p1 + reply
+        assert eng.encode(dataclasses.replace(req2, use_cache=False))[0] == plain  # cache off
         assert r2.usage.cached_tokens == len(p1) + len(reply)
         assert r2.usage.prompt_tokens - r2.usage.cached_tokens == len(p2) - len(p1) - len(reply)
     finally:
