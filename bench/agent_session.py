@@ -29,7 +29,16 @@ time to first token. Totals and ratios follow, with the issue's targets.
 Scenarios: A agent tool loop (10 turns); B a new user message in the middle of the tool loop (no
 template kwargs from the client); C Claude Code-style system prompt with a fresh nonce each
 request; D the process restarted between turns 5 and 6; E an image in the first user turn (Locus
-only: mlx_lm.server is text-only).
+only: mlx_lm.server is text-only); F new sessions with the same (long) system prompt and tools;
+G a retry whose last user message was edited; H realistic replies (reasoning, a sentence, two tool
+calls) forced on both sides, the calls sent back with their arguments in another key order and
+each reply rendered back by each side's template.
+
+In F, G and H "new" counts what the conversation added (F: the new user turn after the system +
+tools prefix; G: the edited user message; H: the tool results after each reply) with the model's
+template, so it is the same for both sides. H forces the replies through the sampler on both
+sides (Locus: `engine.engine.make_sampler` swapped in this process; mlx-lm:
+bench/forced_mlx_server.py, which wraps `mlx_lm.server`); the model still runs every token.
 """
 
 from __future__ import annotations
@@ -77,7 +86,7 @@ TOOLS = [
             "description": "Run a shell command in the project root.",
             "parameters": {
                 "type": "object",
-                "properties": {"command": {"type": "string"}},
+                "properties": {"command": {"type": "string"}, "timeout": {"type": "integer"}},
                 "required": ["command"],
             },
         },
@@ -200,7 +209,33 @@ class LocusSide:
     def __init__(self, path: Path, cache_dir: Path) -> None:
         self.path, self.cache_dir = path, cache_dir
         self.engine: Any = None
+        self.forced: list[int] | None = None
         self.start()
+
+    def force(self, ids: list[int] | None) -> None:
+        """Make the next replies follow `ids` (None: sample as usual)."""
+        import mlx.core as mx
+
+        import engine.engine as ee
+
+        original = getattr(ee, "_bench_original_sampler", ee.make_sampler)
+        ee._bench_original_sampler = original
+        if ids is None:
+            ee.make_sampler = original
+            return
+
+        def make(params: Any) -> Any:
+            step = [0]
+
+            def sampler(logprobs: Any) -> Any:
+                t = ids[min(step[0], len(ids) - 1)]
+                step[0] += 1
+                # Tied to the logits, so each step's model compute is evaluated as it goes.
+                return mx.argmax(logprobs, axis=-1) * 0 + t
+
+            return sampler
+
+        ee.make_sampler = make
 
     def start(self) -> None:
         from engine import Engine, PromptCache
@@ -219,6 +254,7 @@ class LocusSide:
         self.start()
 
     def close(self) -> None:
+        self.force(None)
         self.engine.close()
 
     def turn(self, messages: list[dict[str, Any]], max_tokens: int, session: str) -> Turn:
@@ -276,7 +312,15 @@ class MlxServerSide:
     def __init__(self, path: Path, max_tokens: int) -> None:
         self.path, self.max_tokens = path, max_tokens
         self.proc: subprocess.Popen[bytes] | None = None
+        self.script = Path(tempfile.mkdtemp(prefix="mlx-forced-")) / "script.json"
         self.start()
+
+    def force(self, ids: list[int] | None) -> None:
+        """Make the next replies follow `ids` (None: sample as usual)."""
+        if ids is None:
+            self.script.unlink(missing_ok=True)
+        else:
+            self.script.write_text(json.dumps(ids))
 
     def start(self) -> None:
         import httpx
@@ -284,10 +328,12 @@ class MlxServerSide:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "mlx_lm.server", "--model", str(self.path)]
+        wrapper = str(Path(__file__).resolve().parent / "forced_mlx_server.py")
+        cmd = [sys.executable, wrapper, "--model", str(self.path)]
         cmd += ["--port", str(self.port), "--temp", "0", "--max-tokens", str(self.max_tokens)]
         self.log = tempfile.NamedTemporaryFile(prefix="mlx-lm-server-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        env = {**os.environ, "LOCUS_BENCH_SCRIPT": str(self.script)}
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 300
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -370,6 +416,8 @@ class Scenario:
     nonce: bool = False  # C
     restart_before: int | None = None  # D
     image: bool = False  # E
+    kind: str = "loop"  # loop (A-E), sessions (F), retry (G), replies (H)
+    tool_lines: int | None = None  # functions per read_file result (None: --tool-lines)
 
 
 SCENARIOS = {
@@ -378,13 +426,149 @@ SCENARIOS = {
     "C": Scenario("C", "Claude Code-style system prompt with a fresh nonce", nonce=True),
     "D": Scenario("D", "process restarted between turns 5 and 6", restart_before=6),
     "E": Scenario("E", "image in the first user turn", image=True),
+    "F": Scenario("F", "new sessions, same system prompt and tools", turns=4, kind="sessions"),
+    "G": Scenario("G", "retry whose last user message was edited", turns=4, kind="retry"),
+    # Short tool results (a small file, a test summary), where replies weigh most in the prompt.
+    "H": Scenario(
+        "H",
+        "realistic replies: reasoning, text, two tool calls",
+        turns=6,
+        kind="replies",
+        tool_lines=4,
+    ),
 }
+
+SESSION_TASKS = [
+    "The test suite fails in src/. Find the bug and fix it.",
+    "Add type hints to every function in src/module_1.py and run the linter on it.",
+    "Explain what src/module_2.py does, then suggest two refactorings.",
+    "Write a test for handler_3_4 in src/module_3.py covering negative values.",
+]
 
 
 @dataclass
 class SideResult:
     turns: list[Turn] = field(default_factory=list)
     vision_runs: list[int] = field(default_factory=list)  # after each turn (Locus only)
+    new: list[int] = field(default_factory=list)  # F, G, H: tokens new to the conversation
+
+
+class Counter:
+    """Token counts of a conversation as the model's template renders it (no cache, no splicing)."""
+
+    def __init__(self, path: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(str(path))
+        self.im_start = self.tok.convert_tokens_to_ids("<|im_start|>")
+        self.user = self.tok.encode("user", add_special_tokens=False)[0]
+
+    def ids(self, messages: list[dict[str, Any]], gen: bool = True) -> list[int]:
+        from engine import render_prompt
+
+        text = render_prompt(self.tok, messages, tools=TOOLS, enable_thinking=True,
+                             preserve_thinking=True, add_generation_prompt=gen)  # fmt: skip
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def user_starts(self, ids: list[int]) -> list[int]:
+        return [
+            i for i in range(len(ids) - 1) if ids[i] == self.im_start and ids[i + 1] == self.user
+        ]
+
+
+def run_sessions(side: Any, sc: Scenario, args: argparse.Namespace, count: Counter) -> SideResult:
+    """F: one turn in each of several new sessions that share the system prompt and tools."""
+    res = SideResult()
+    for k in range(sc.turns):
+        messages = [{"role": "system", "content": CLAUDE_CODE_SYSTEM},
+                    {"role": "user", "content": SESSION_TASKS[k % len(SESSION_TASKS)]}]  # fmt: skip
+        res.turns.append(side.turn(messages, args.reply_tokens, f"bench-F-{secrets.token_hex(4)}"))
+        ids = count.ids(messages)
+        res.new.append(len(ids) - (count.user_starts(ids)[0] if k else 0))
+    return res
+
+
+def run_retry(side: Any, sc: Scenario, args: argparse.Namespace, count: Counter) -> SideResult:
+    """G: a tool loop, a user message, then the same request with that message edited."""
+    res = SideResult()
+    session = f"bench-G-{secrets.token_hex(4)}"
+    history: list[dict[str, Any]] = [{"role": "user", "content": SESSION_TASKS[0]}]
+    ask = "Also check that the tests in tests/ still pass, and tell me which ones you ran."
+    for k in range(1, sc.turns + 1):
+        if k == sc.turns:  # the client retries, appending to the last user message
+            history[-1] = {"role": "user", "content": ask + " Please also run the linter."}
+        messages = [{"role": "system", "content": SYSTEM}, *history]
+        prev = _upto_last_reply(count, messages)
+        t = side.turn(messages, args.reply_tokens, session)
+        res.turns.append(t)
+        ids = count.ids(messages)
+        res.new.append(len(ids) - (count.user_starts(ids)[-1] if k == sc.turns else prev))
+        if k >= sc.turns - 1:
+            continue
+        call = {"id": f"call_{k}", "type": "function", "function": {
+            "name": "read_file", "arguments": json.dumps({"path": f"src/module_{k}.py"})}}  # fmt: skip
+        history += [
+            {"role": "assistant", "content": t.content, "reasoning_content": t.reasoning,
+             "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": tool_output(k, args.tool_lines)},
+        ]  # fmt: skip
+        if k == sc.turns - 2:
+            history.append({"role": "user", "content": ask})
+    return res
+
+
+def forced_reply(k: int) -> str:
+    """Turn k's reply in H: reasoning, a sentence, then two tool calls (the model's own spacing)."""
+    return (
+        f"The failure is probably in module {k}. I should read it before changing anything, "
+        f"then run its tests to see the traceback.\n</think>\n\nLet me read src/module_{k}.py "
+        "and run its tests.\n<tool_call>\n<function=read_file>\n<parameter=path>\n"
+        f"src/module_{k}.py\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n"
+        "<function=run_command>\n<parameter=command>\n"
+        f"pytest -q tests/test_module_{k}.py\n</parameter>\n<parameter=timeout>\n60\n"
+        "</parameter>\n</function>\n</tool_call>"
+    )
+
+
+NAMES = ["read_file", "run_command"]
+
+
+def _upto_last_reply(count: Counter, messages: list[dict[str, Any]]) -> int:
+    """Tokens of the conversation through its last assistant message (0 if none)."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+    return len(count.ids(messages[: last + 1], gen=False)) if last >= 0 else 0
+
+
+def run_replies(side: Any, sc: Scenario, args: argparse.Namespace, count: Counter) -> SideResult:
+    """H: forced realistic replies, sent back as a client does (arguments re-serialised)."""
+    res = SideResult()
+    session = f"bench-H-{secrets.token_hex(4)}"
+    end = count.tok.convert_tokens_to_ids("<|im_end|>")
+    history: list[dict[str, Any]] = [{"role": "user", "content": SESSION_TASKS[0]}]
+    try:
+        for k in range(1, sc.turns + 1):
+            messages = [{"role": "system", "content": SYSTEM}, *history]
+            ids = [*count.tok.encode(forced_reply(k), add_special_tokens=False), end]
+            side.force(ids)
+            t = side.turn(messages, len(ids) + 8, session)
+            res.turns.append(t)
+            prompt = count.ids(messages)
+            res.new.append(len(prompt) - _upto_last_reply(count, messages))
+            args_ = [{"path": f"src/module_{k}.py"},
+                     {"timeout": 60, "command": f"pytest -q tests/test_module_{k}.py"}]  # fmt: skip
+            calls = [{"id": f"call_{k}_{i}", "type": "function",
+                      "function": {"name": name, "arguments": json.dumps(a)}}
+                     for i, (name, a) in enumerate(zip(NAMES, args_, strict=True))]  # fmt: skip
+            content = t.content.split("<tool_call>")[0].strip()
+            history.append({"role": "assistant", "content": content,
+                            "reasoning_content": t.reasoning, "tool_calls": calls})  # fmt: skip
+            history.append({"role": "tool", "tool_call_id": calls[0]["id"],
+                            "content": tool_output(k, sc.tool_lines or args.tool_lines)})  # fmt: skip
+            history.append({"role": "tool", "tool_call_id": calls[1]["id"],
+                            "content": f"{k + 2} passed in 0.{k}1s"})  # fmt: skip
+    finally:
+        side.force(None)
+    return res
 
 
 def _system(sc: Scenario) -> str:
@@ -409,7 +593,13 @@ def _image_bytes() -> bytes:
     return buf.getvalue()
 
 
-def run_scenario(side: Any, sc: Scenario, args: argparse.Namespace) -> SideResult:
+def run_scenario(
+    side: Any, sc: Scenario, args: argparse.Namespace, count: Counter | None = None
+) -> SideResult:
+    if sc.kind != "loop":
+        assert count is not None
+        runner = {"sessions": run_sessions, "retry": run_retry, "replies": run_replies}[sc.kind]
+        return runner(side, sc, args, count)
     res = SideResult()
     session = f"bench-{sc.key}-{secrets.token_hex(4)}"
     task = "The test suite fails in src/. Find the bug and fix it."
@@ -471,7 +661,7 @@ def _new_tokens(turns: list[Turn]) -> list[int]:
 def report(sc: Scenario, results: dict[str, SideResult]) -> dict[str, Any]:
     loc = results["Locus"].turns
     mlx = results.get("mlx_lm.server")
-    new = _new_tokens(loc)
+    new = results["Locus"].new or _new_tokens(loc)
     print(f"\nScenario {sc.key}: {sc.title}")
     head = f"{'turn':>4} {'prompt':>7} {'new':>6} {'Locus pre':>10} {'Locus TTFT':>11}"
     if mlx:
@@ -486,6 +676,7 @@ def report(sc: Scenario, results: dict[str, SideResult]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "scenario": sc.key,
         "title": sc.title,
+        "tool_lines": sc.tool_lines,
         "new_tokens": new,
         "locus": [asdict(t) | {"reasoning": None, "content": None} for t in loc],
     }
@@ -533,6 +724,28 @@ def report(sc: Scenario, results: dict[str, SideResult]) -> dict[str, Any]:
         later = loc[1:]
         checks.append(("later turns prefill only new", all(
             t.prefilled <= n for t, n in zip(later, new[1:], strict=True))))  # fmt: skip
+    if sc.key == "F":
+        for i in range(1, len(loc)):
+            checks.append((f"turn {i + 1} (new session) prefilled <= 1.1 x new user turn",
+                           loc[i].prefilled <= 1.1 * new[i]))  # fmt: skip
+        if mlx:
+            out["mlx_new_sessions_prefilled"] = [t.prefilled for t in mlx.turns[1:]]
+    if sc.key == "G":
+        i = len(loc) - 1
+        checks.append((f"turn {i + 1} (retry) prefilled <= 1.1 x edited message",
+                       loc[i].prefilled <= 1.1 * new[i]))  # fmt: skip
+    if sc.key == "H":
+        # Turns 2.. each follow a reply the client sent back; turn 1 is the same cold prompt.
+        later_new, later_loc = sum(new[1:]), sum(t.prefilled for t in loc[1:])
+        out.update(later_new=later_new, later_locus_prefilled=later_loc)
+        checks.append(("turns 2.. Locus prefilled <= 1.1 x new", later_loc <= 1.1 * later_new))
+        if mlx:
+            later_mlx = sum(t.prefilled for t in mlx.turns[1:])
+            out["later_mlx_prefilled"] = later_mlx
+            print(f"turns 2..: new {later_new}, Locus prefilled {later_loc}, "
+                  f"mlx_lm.server prefilled {later_mlx}")  # fmt: skip
+            checks.append(("turns 2.. prefilled <= 0.6 x mlx_lm.server",
+                           later_loc <= 0.6 * later_mlx))  # fmt: skip
     for name, ok in checks:
         print(f"target {name}: {'met' if ok else 'NOT met'}")
     out["targets"] = {name: ok for name, ok in checks}
@@ -546,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "bench-models"))
-    ap.add_argument("--scenarios", default="ABCDE", help="letters of the scenarios to run")
+    ap.add_argument("--scenarios", default="ABCDEFGH", help="letters of the scenarios to run")
     ap.add_argument("--reply-tokens", type=int, default=32, help="tokens per reply (default 32)")
     ap.add_argument("--tool-lines", type=int, default=12, help="functions per tool result")
     ap.add_argument("--no-mlx", action="store_true", help="measure Locus only")
@@ -559,6 +772,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"model {label}: {path}" + (f" (output restricted to {kept} tokens)" if kept > 0 else ""))
 
     all_out = []
+    count = Counter(path)
     work = Path(tempfile.mkdtemp(prefix="locus-bench-cache-"))
     try:
         for key in args.scenarios.upper():
@@ -566,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
             results: dict[str, SideResult] = {}
             loc = LocusSide(path, work / key)
             try:
-                results["Locus"] = run_scenario(loc, sc, args)
+                results["Locus"] = run_scenario(loc, sc, args, count)
             except Exception as e:  # E needs the vision tower; report instead of dying
                 log(f"scenario {key}: Locus failed: {e}")
                 continue
@@ -575,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_mlx and not sc.image:
                 srv = MlxServerSide(path, args.reply_tokens)
                 try:
-                    results["mlx_lm.server"] = run_scenario(srv, sc, args)
+                    results["mlx_lm.server"] = run_scenario(srv, sc, args, count)
                 finally:
                     srv.close()
             all_out.append(report(sc, results))

@@ -2,8 +2,10 @@
 
 Qwen3.5/3.6's gated-DeltaNet layers keep a recurrent state that cannot be trimmed back to a shorter
 prefix, so a cache can only be reused from a snapshot taken exactly at a prefix of the new prompt.
-Snapshots are taken at the start of the generation prompt, at the end of the prompt and at the end
-of the reply; a request resumes from the longest snapshot whose tokens prefix its prompt.
+Snapshots are taken at message boundaries while a prompt is prefilled (the end of the system +
+tools prefix, points a client marks, the start of the last user message and of the generation
+prompt) and at the end of the reply; a request resumes from the longest snapshot whose tokens (and
+images) prefix its prompt, whichever session or API key stored it.
 """
 
 from __future__ import annotations
@@ -21,10 +23,16 @@ from typing import Any
 
 import mlx.core as mx
 
+from .reuse import ReplyMemo
+
 log = logging.getLogger("locus.engine.cache")
 
 FORMAT_VERSION = 1
 _SUFFIX = ".locus-cache.safetensors"
+# Snapshots of prefixes many sessions share (system prompt + tools, client-marked breakpoints)
+# belong to no one session, so one session's turns never push them out of its own quota.
+SHARED = "*shared*"
+SHARED_KINDS = ("system", "breakpoint")
 
 
 def prefix_key(model_id: str, tokens: Sequence[int], extra: Sequence[tuple[int, str]] = ()) -> str:
@@ -112,8 +120,11 @@ class CacheStats:
 class PromptCache:
     """Snapshots in a bounded in-memory LRU (by bytes), optionally spilled to `disk_dir`.
 
-    Eviction spares the newest snapshot of each session while others can go, so concurrent
-    sessions (an agent and its sub-agents) do not push each other out.
+    A snapshot's bytes are the whole linear-attention state plus its KV prefix. Eviction spares
+    the newest turn snapshot (prompt or reply) of each session while others can go, so concurrent
+    sessions (an agent and its sub-agents) do not push each other out, and a boundary snapshot
+    never costs another session its newest one. Prefixes shared across sessions (system prompt +
+    tools, marked breakpoints) are kept apart, `shared` of them at most.
     """
 
     def __init__(
@@ -121,13 +132,16 @@ class PromptCache:
         memory_bytes: int = 2 * 1024**3,
         disk_dir: str | os.PathLike[str] | None = None,
         disk_bytes: int = 8 * 1024**3,
-        per_session: int = 4,
+        per_session: int = 6,
+        shared: int = 8,
     ):
         self.memory_bytes = memory_bytes
         self.disk_dir = Path(disk_dir) if disk_dir else None
         self.disk_bytes = disk_bytes
         self.per_session = per_session
+        self.shared = shared
         self.stats = CacheStats()
+        self.replies = ReplyMemo(disk_dir=self.disk_dir)
         self._mem: dict[str, Snapshot] = {}
         self._disk: dict[str, Snapshot] = {}
         self._lock = threading.Lock()
@@ -189,6 +203,8 @@ class PromptCache:
         tokens = tuple(tokens)
         ex = tuple(e for e in extra if e[0] < len(tokens))
         key = prefix_key(model_id, tokens, ex)
+        if kind in SHARED_KINDS:
+            session = SHARED
         with self._lock:
             if key in self._mem:
                 self._mem[key].last_used = time.monotonic()
@@ -201,21 +217,38 @@ class PromptCache:
         self._evict()
         return snap
 
+    def holds(
+        self, model_id: str, tokens: Sequence[int], extra: Sequence[tuple[int, str]] = ()
+    ) -> bool:
+        """Whether a snapshot of exactly `tokens` is in memory or on disk."""
+        tokens = tuple(tokens)
+        key = prefix_key(model_id, tokens, tuple(e for e in extra if e[0] < len(tokens)))
+        with self._lock:
+            return key in self._mem or key in self._disk
+
     # -- eviction ------------------------------------------------------------------------------
     def _evict(self) -> None:
         while True:
             with self._lock:
-                total = sum(s.nbytes for s in self._mem.values())
+                snaps = list(self._mem.values())
+                total = sum(s.nbytes for s in snaps)
                 by_session: dict[str, list[Snapshot]] = {}
-                for s in self._mem.values():
+                for s in snaps:
                     by_session.setdefault(s.session, []).append(s)
-                over_quota = [s for ss in by_session.values() if len(ss) > self.per_session
-                              for s in sorted(ss, key=lambda x: x.last_used)[: len(ss) - self.per_session]]  # fmt: skip
+                over_quota = []
+                for name, ss in by_session.items():
+                    quota = self.shared if name == SHARED else self.per_session
+                    ss.sort(key=lambda x: x.last_used)
+                    over_quota += ss[: max(0, len(ss) - quota)]
                 if not over_quota and total <= self.memory_bytes:
                     return
-                newest = {max(ss, key=lambda x: x.last_used).key for ss in by_session.values()}
-                pool = over_quota or [s for s in self._mem.values() if s.key not in newest]
-                pool = pool or list(self._mem.values())
+                # Each session's newest turn snapshot is what its next request resumes from.
+                protected = set()
+                for name, ss in by_session.items():
+                    turns = [s for s in ss if s.kind in ("prompt", "reply")]
+                    if name != SHARED and turns:
+                        protected.add(turns[-1].key)
+                pool = over_quota or [s for s in snaps if s.key not in protected] or snaps
                 victim = min(pool, key=lambda s: s.last_used)
                 del self._mem[victim.key]
                 self.stats.evictions += 1
@@ -224,6 +257,7 @@ class PromptCache:
     # -- disk ----------------------------------------------------------------------------------
     def flush(self) -> None:
         """Write every in-memory snapshot not yet on disk (call before the process exits)."""
+        self.replies.save()
         for s in list(self._mem.values()):
             if s.key not in self._disk:
                 self._spill(s)
@@ -335,6 +369,24 @@ class PromptCache:
     @property
     def memory_used(self) -> int:
         return sum(s.nbytes for s in self._mem.values())
+
+    def budget(self) -> dict[str, Any]:
+        """Bytes allowed and used in memory and on disk, and how many snapshots (for /health)."""
+        with self._lock:
+            mem, disk = list(self._mem.values()), list(self._disk.values())
+        return {
+            "memory_bytes": self.memory_bytes,
+            "memory_used_bytes": sum(s.nbytes for s in mem),
+            "snapshots": len(mem),
+            "shared_snapshots": sum(s.session == SHARED for s in mem),
+            "disk_bytes": self.disk_bytes if self.disk_dir else 0,
+            "disk_used_bytes": sum(s.nbytes for s in disk),
+            "disk_snapshots": len(disk),
+            "hits": self.stats.hits,
+            "misses": self.stats.misses,
+            "tokens_reused": self.stats.tokens_reused,
+            "evictions": self.stats.evictions,
+        }
 
     def snapshots(self) -> list[Snapshot]:
         with self._lock:

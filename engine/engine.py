@@ -33,6 +33,7 @@ from .events import (
 from .image import PromptInputs, build_prompt_inputs, image_parts
 from .loader import DEFAULT_CONTEXT_TOKENS, LoadedModel, load_model
 from .parser import StreamParser
+from .reuse import MIN_GAP, ChatTokens, boundaries, marked_positions
 from .sampling import SamplingParams, make_logits_processors, make_sampler
 
 T = TypeVar("T")
@@ -67,6 +68,9 @@ class GenerationRequest:
     # newest snapshot. `use_cache=False` neither reads nor writes the cache.
     session: str | None = None
     use_cache: bool = True
+    # Indices into `messages` whose end is worth a snapshot shared by later requests (Anthropic's
+    # `cache_control` breakpoints); at most 4 are used.
+    cache_breakpoints: list[int] = field(default_factory=list)
 
     def validate(self) -> None:
         given = [x is not None for x in (self.messages, self.prompt, self.prompt_ids)]
@@ -367,19 +371,33 @@ class Engine:
         if req.prompt is not None:
             if not req.prompt:
                 raise RequestError("the prompt is empty")
-            return tok.encode(req.prompt, add_special_tokens=False), False
+            return self._splice(req, tok.encode(req.prompt, add_special_tokens=False)), False
+        text = self._render(req, req.messages or [])
+        return self._splice(req, tok.encode(text, add_special_tokens=False)), opens_reasoning(text)
+
+    def _render(
+        self, req: GenerationRequest, messages: list[dict[str, Any]], gen: bool = True
+    ) -> str:
+        tok = self.model.tokenizer
         preserve = req.preserve_thinking
         if preserve is None:
             preserve = supports_preserve_thinking(tok)
-        text = render_prompt(
-            tok, req.messages or [], tools=req.tools, enable_thinking=req.enable_thinking,
-            preserve_thinking=preserve, **req.template_kwargs,
+        return render_prompt(
+            tok, messages, tools=req.tools, enable_thinking=req.enable_thinking,
+            preserve_thinking=preserve, add_generation_prompt=gen, **req.template_kwargs,
         )  # fmt: skip
-        return tok.encode(text, add_special_tokens=False), opens_reasoning(text)
+
+    def _splice(self, req: GenerationRequest, ids: list[int]) -> list[int]:
+        """Replies the template re-rendered, put back as the very ids generated for them."""
+        lm, pc = self.model, self.prompt_cache
+        ct = ChatTokens.of(lm.tokenizer)
+        if pc is None or ct is None or not req.use_cache:
+            return ids
+        return pc.replies.splice(lm.model_id, lm.tokenizer, ct, ids)
 
     def _cache_begin(
         self, req: GenerationRequest, prompt: list[int], images: Sequence[tuple[int, str]] = ()
-    ):
+    ) -> _CacheTicket:
         """Resume from the longest cached prefix; say where to snapshot and how.
 
         `images` are (start, content hash) of the prompt's images: part of every snapshot's key, as
@@ -389,22 +407,29 @@ class Engine:
         fresh = lm.model.make_cache()
         pc = self.prompt_cache
         if not req.use_cache or pc is None or not _cacheable(fresh):
-            return fresh, 0, [], lambda _tokens, _kind: None
+            return _CacheTicket(None, lm, req, prompt, fresh, 0, {}, [])
         extra = list(images)
         cache, cached = pc.lookup(lm.model_id, prompt, fresh, extra)
-        session = req.session or "default"
-        # Snapshot where the generation prompt starts: a regenerate, or a next turn that renders
-        # this reply differently, resumes from there instead of from zero.
-        im_start = lm.tokenizer.convert_tokens_to_ids("<|im_start|>")
-        if lm.tokenizer.convert_ids_to_tokens(im_start) != "<|im_start|>":
-            im_start = -1  # not a ChatML template: only whole-prompt and reply snapshots
-        starts = [i for i, t in enumerate(prompt) if t == im_start]
-        checkpoints = [starts[-1]] if starts and cached < starts[-1] < len(prompt) - 1 else []
+        # Message boundaries: the system + tools prefix (shared by new sessions), marked
+        # breakpoints, the last user message (a retry that edits it) and the generation prompt.
+        kinds: dict[int, str] = {}
+        ct = ChatTokens.of(lm.tokenizer)
+        if ct is not None:
+            kinds = boundaries(ct, prompt)
+        if req.cache_breakpoints and req.messages and not images:
+            tok = lm.tokenizer
 
-        def snap(tokens: list[int], kind: str) -> None:
-            pc.store(lm.model_id, tokens, cache, session=session, kind=kind, extra=extra)
+            def render(msgs: list[dict[str, Any]]) -> list[int]:
+                ids = tok.encode(self._render(req, msgs, gen=False), add_special_tokens=False)
+                return self._splice(req, ids)
 
-        return cache, cached, checkpoints, snap
+            for p in marked_positions(render, req.messages, req.cache_breakpoints, prompt):
+                kinds[p] = "breakpoint"
+        # A boundary just past the resume point (a tool turn right after the cached reply) is
+        # cheaper to prefill again than to keep; a marked one is kept as the client asked.
+        kinds = {p: k for p, k in kinds.items() if cached < p < len(prompt) - 1
+                 and (k == "breakpoint" or not cached or p - cached >= MIN_GAP)}  # fmt: skip
+        return _CacheTicket(pc, lm, req, prompt, cache, cached, kinds, extra)
 
     def _generate(self, req: GenerationRequest, handle: RequestHandle) -> None:
         import mlx.core as mx
@@ -417,6 +442,7 @@ class Engine:
         t_first = t0
         prompt: list[int] = []
         cached = 0
+        ticket: _CacheTicket | None = None
         reason: FinishReason = "stop"
         error: str | None = None
         try:
@@ -437,7 +463,8 @@ class Engine:
             parser = StreamParser(req.tools, reasoning=reasoning)
             stops = _StopFilter(req.stop)
             mx.reset_peak_memory()
-            cache, cached, checkpoints, snap = self._cache_begin(req, prompt, inputs.image_keys)
+            ticket = self._cache_begin(req, prompt, inputs.image_keys)
+            cache, cached = ticket.cache, ticket.cached
             model = bind_images(lm.model, inputs)  # features and M-RoPE positions of the images
 
             def progress(done: int, total: int) -> None:
@@ -447,7 +474,7 @@ class Engine:
                 model, prompt, cache, sampler=make_sampler(req.sampling),
                 logits_processors=make_logits_processors(req.sampling, len(prompt)), progress=progress,
                 cancelled=lambda: handle.cancelled, stream=self._stream, start=cached,
-                checkpoints=checkpoints, on_checkpoint=lambda pos: snap(prompt[:pos], "boundary"),
+                checkpoints=sorted(ticket.kinds), on_checkpoint=ticket.checkpoint,
             )  # fmt: skip
             reason, hit = "length", False
             for tok in steps:
@@ -471,7 +498,7 @@ class Engine:
                     break
             steps.close()
             if tokens:  # the cache now holds prompt + tokens: the next turn may extend it
-                snap(prompt + tokens, "reply")
+                ticket.reply(tokens)
             if not hit:  # text after a stop string is dropped; otherwise flush what was held
                 detok.finalize()
                 tail, hit = stops.feed(detok.last_segment)
@@ -487,15 +514,58 @@ class Engine:
             reason, error = "error", f"{type(e).__name__}: {e}"
         t_end = time.perf_counter()
         usage = None
+        written = ticket.written if ticket is not None else 0
         if prompt:
             n = len(tokens)
             usage = Usage(
                 prompt_tokens=len(prompt),
                 completion_tokens=n,
                 cached_tokens=cached,
+                cache_write_tokens=written,
                 prompt_tps=(len(prompt) - cached) / max(t_first - t0, 1e-9) if n else 0.0,
                 generation_tps=(n - 1) / max(t_end - t_first, 1e-9) if n > 1 else 0.0,
                 peak_memory_gb=mx.get_peak_memory() / 1e9,
             )
             handle._put(usage)
         handle._put(Done(reason, tokens, usage, error))
+
+
+class _CacheTicket:
+    """One request's use of the prompt cache: where it resumed, where it snapshots, and how many
+    prompt tokens it wrote to new snapshots (Anthropic's cache_creation_input_tokens)."""
+
+    def __init__(self, pc: PromptCache | None, lm: LoadedModel, req: GenerationRequest,
+                 prompt: list[int], cache: list[Any], cached: int, kinds: dict[int, str],
+                 extra: list[tuple[int, str]]):  # fmt: skip
+        self.pc, self.lm, self.prompt, self.cache, self.cached = pc, lm, prompt, cache, cached
+        self.kinds, self.extra = kinds, extra
+        self.session = req.session or "default"
+        self.written_to = cached
+
+    @property
+    def written(self) -> int:
+        return max(0, self.written_to - self.cached)
+
+    def _store(self, tokens: list[int], kind: str) -> None:
+        pc = self.pc
+        if pc is None:
+            return
+        mid = self.lm.model_id
+        was = pc.holds(mid, tokens, self.extra)
+        pc.store(mid, tokens, self.cache, session=self.session, kind=kind, extra=self.extra)
+        if not was and pc.holds(mid, tokens, self.extra):
+            self.written_to = max(self.written_to, min(len(tokens), len(self.prompt)))
+
+    def checkpoint(self, pos: int) -> None:
+        self._store(self.prompt[:pos], self.kinds.get(pos, "boundary"))
+
+    def reply(self, tokens: list[int]) -> None:
+        """Snapshot prompt + reply, and remember a finished assistant turn by its content."""
+        self._store(self.prompt + tokens, "reply")
+        tok = self.lm.tokenizer
+        ct = ChatTokens.of(tok)
+        if self.pc is None or ct is None or tokens[-1] != ct.im_end:
+            return
+        start = max((i for i, t in enumerate(self.prompt) if t == ct.im_start), default=-1)
+        if start >= 0 and ct.role_at(self.prompt, start) == "assistant":
+            self.pc.replies.remember(self.lm.model_id, tok, self.prompt[start:] + tokens)

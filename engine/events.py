@@ -61,6 +61,8 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    # Prompt tokens this request wrote to new prompt-cache snapshots (beyond `cached_tokens`).
+    cache_write_tokens: int = 0
     prompt_tps: float = 0.0
     generation_tps: float = 0.0
     peak_memory_gb: float = 0.0

@@ -198,9 +198,12 @@ def to_plan(
     if not raw:
         raise invalid("messages: at least one message is required", param="messages")
     messages: list[dict[str, Any]] = []
+    marks: list[int] = []  # cache_control breakpoints: the message index they end
     system = system_text(body.get("system"))
     if system:
         messages.append({"role": "system", "content": system})
+        if _marked(body.get("system")):
+            marks.append(0)
     for i, m in enumerate(raw):
         w = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -214,6 +217,8 @@ def to_plan(
             messages.append(_assistant(m, w))
         else:
             raise invalid(f"{w}.role: expected 'user' or 'assistant' (got {role!r})")
+        if _marked(m.get("content")) and messages:
+            marks.append(len(messages) - 1)
     tools = convert_tools(body.get("tools"))
 
     thinking = field(body, "thinking", dict, "", default={})
@@ -288,6 +293,14 @@ def to_plan(
         thinking_budget=budget,
         session=f"anthropic:{user}" if isinstance(user, str) and user else None,
         has_images=any(isinstance(m.get("content"), list) for m in messages),
+        cache_breakpoints=marks[-4:],
+    )
+
+
+def _marked(content: Any) -> bool:
+    # A block's cache_control marks the end of its message (coarser than Anthropic's per block).
+    return isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("cache_control") for b in content
     )
 
 
@@ -313,10 +326,12 @@ def usage_dict(usage: Usage | None, prompt_tokens: int) -> dict[str, int]:
         return {"input_tokens": prompt_tokens, "output_tokens": 0,
                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}  # fmt: skip
     cached = min(usage.cached_tokens, usage.prompt_tokens)
+    # Anthropic's three input counts add up to the prompt: read, written to the cache, the rest.
+    written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
     return {
-        "input_tokens": usage.prompt_tokens - cached,
+        "input_tokens": usage.prompt_tokens - cached - written,
         "output_tokens": usage.completion_tokens,
-        "cache_creation_input_tokens": 0,
+        "cache_creation_input_tokens": written,
         "cache_read_input_tokens": cached,
     }
 

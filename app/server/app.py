@@ -69,8 +69,10 @@ def build_fastapi(service: Service) -> FastAPI:
             loaded = service.loaded() is not None
         except APIError:
             loaded = False
+        pc = getattr(service.engine, "prompt_cache", None)
         return {"status": "ok", "model_loaded": loaded, "active": s.active,
-                "waiting": s.waiting, "finished": dict(service.finished)}  # fmt: skip
+                "waiting": s.waiting, "finished": dict(service.finished),
+                "prompt_cache": pc.budget() if pc is not None else None}  # fmt: skip
 
     def model_entry(model_id: str) -> dict[str, Any]:
         # Both SDKs' shapes at once: Anthropic's type/display_name/created_at, OpenAI's object/created.

@@ -60,6 +60,8 @@ class Plan:
     thinking_budget: int | None = None
     session: str | None = None
     has_images: bool = False
+    # Indices into `messages` a client marked for caching (Anthropic's cache_control).
+    cache_breakpoints: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def build_request(engine: Any, plan: Plan, max_tokens: int = 1) -> GenerationReq
         return GenerationRequest(prompt=render(engine, plan) + plan.prefix, **common)
     return GenerationRequest(
         messages=plan.messages, enable_thinking=plan.enable_thinking, preserve_thinking=True,
-        template_kwargs=plan.template_kwargs, **common,
+        template_kwargs=plan.template_kwargs, cache_breakpoints=plan.cache_breakpoints, **common,
     )  # fmt: skip
 
 
@@ -348,6 +350,7 @@ class Job:
                     prompt_tokens=usage.prompt_tokens,
                     completion_tokens=usage.completion_tokens + usage2.completion_tokens,
                     cached_tokens=usage.cached_tokens,
+                    cache_write_tokens=usage.cache_write_tokens,
                     prompt_tps=usage.prompt_tps,
                     generation_tps=usage2.generation_tps,
                     peak_memory_gb=max(usage.peak_memory_gb, usage2.peak_memory_gb),
@@ -360,6 +363,9 @@ class Job:
                 prompt_tokens=self.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 cached_tokens=min(usage.cached_tokens, self.prompt_tokens),
+                cache_write_tokens=min(
+                    usage.cache_write_tokens, max(0, self.prompt_tokens - usage.cached_tokens)
+                ),
                 prompt_tps=usage.prompt_tps,
                 generation_tps=usage.generation_tps,
                 peak_memory_gb=usage.peak_memory_gb,

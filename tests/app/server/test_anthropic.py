@@ -39,7 +39,7 @@ def test_plain_message_with_the_tiny_model(serve, engine):
     assert msg.type == "message" and msg.role == "assistant"
     assert msg.model == "claude-sonnet-4-6"
     assert msg.stop_reason in ("end_turn", "max_tokens")
-    assert msg.usage.input_tokens + msg.usage.cache_read_input_tokens > 5
+    assert msg.usage.input_tokens + msg.usage.cache_creation_input_tokens > 5
     # max_tokens is reached exactly, or the reply ended earlier on its own.
     if msg.stop_reason == "max_tokens":
         assert msg.usage.output_tokens == 8
@@ -154,7 +154,8 @@ def test_count_tokens_matches_the_prompt(serve, engine):
     longer = c.messages.count_tokens(model="m", messages=msgs, system="Be brief.").input_tokens
     assert n > 5 and longer > n
     msg = c.messages.create(model="m", max_tokens=1, messages=msgs)
-    assert msg.usage.input_tokens + msg.usage.cache_read_input_tokens == n
+    u = msg.usage
+    assert u.input_tokens + u.cache_creation_input_tokens + u.cache_read_input_tokens == n
 
 
 def test_models_lists_the_loaded_model(serve, engine):
@@ -235,7 +236,8 @@ def test_base64_images_reach_the_vision_model(serve, engine):
     counted = c.messages.count_tokens(
         model="m", messages=[{"role": "user", "content": [image, text]}]
     )
-    used = seen.usage.input_tokens + seen.usage.cache_read_input_tokens
+    u = seen.usage
+    used = u.input_tokens + u.cache_creation_input_tokens + u.cache_read_input_tokens
     assert used == counted.input_tokens >= plain.input_tokens + 3
     bad = {
         "type": "image",
@@ -246,3 +248,37 @@ def test_base64_images_reach_the_vision_model(serve, engine):
     tiff = {**image, "source": {**image["source"], "media_type": "image/tiff"}}
     with pytest.raises(anthropic.BadRequestError, match="unsupported image media type"):
         c.messages.create(model="m", max_tokens=2, messages=[{"role": "user", "content": [tiff]}])
+
+
+def test_cache_control_breakpoints_and_cache_usage(serve, engine):
+    import httpx
+
+    from engine import render_prompt
+
+    srv = serve(engine)
+    c = client(srv)
+    mark = {"type": "ephemeral"}
+    system = [{"type": "text", "text": "You are terse.", "cache_control": mark}]
+    history = [
+        {"role": "user", "content": "First question?"},
+        {"role": "assistant", "content": "First answer."},
+        {"role": "user", "content": [{"type": "text", "text": "Second?", "cache_control": mark}]},
+        {"role": "assistant", "content": "Second answer."},
+    ]
+    ask = {"role": "user", "content": "Third?"}
+    n = c.messages.count_tokens(model="m", system=system, messages=[*history, ask]).input_tokens
+    one = c.messages.create(model="m", max_tokens=1, system=system, messages=[*history, ask])
+    u = one.usage
+    assert u.cache_read_input_tokens == 0 and u.cache_creation_input_tokens == n
+    assert u.input_tokens == 0
+    # A fork after the marked message (another client, another question) reads up to its end.
+    fork = [*history[:3], {"role": "assistant", "content": "Other."}, ask]
+    two = c.messages.create(model="m", max_tokens=1, system=system, messages=fork)
+    tok = engine.model.tokenizer
+    upto = [{"role": "system", "content": "You are terse."}, *history[:2],
+            {"role": "user", "content": "Second?"}]  # fmt: skip
+    text = render_prompt(tok, upto, enable_thinking=False, preserve_thinking=True,
+                         add_generation_prompt=False)  # fmt: skip
+    assert two.usage.cache_read_input_tokens == len(tok.encode(text, add_special_tokens=False))
+    health = httpx.get(srv.url + "/health").json()["prompt_cache"]
+    assert health["memory_bytes"] > 0 and 0 < health["memory_used_bytes"] <= health["memory_bytes"]

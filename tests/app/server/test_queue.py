@@ -119,6 +119,8 @@ def test_fifty_concurrent_streaming_clients(serve, engine):
 def test_health_reports_the_queue(serve, engine):
     srv = serve(engine)
     h = httpx.get(srv.url + "/health").json()
+    pc = h.pop("prompt_cache")
+    assert pc["memory_bytes"] == engine.prompt_cache.memory_bytes > 0
     assert h == {"status": "ok", "model_loaded": True, "active": 0, "waiting": 0, "finished": {}}
     json.dumps(h)
 
