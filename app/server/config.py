@@ -29,6 +29,13 @@ class ServerConfig:
     # Extra Host header values accepted besides loopback names and the configured host.
     allowed_hosts: tuple[str, ...] = ()
     max_body_bytes: int = 32 * 1024 * 1024
+    # Connections open at once (fewer if the open-file limit is lower); at the cap, the one that
+    # has waited longest for a request is closed to make room.
+    max_connections: int = 1000
+    # Seconds a connection has to send a request's headers, and the longest pause allowed
+    # between pieces of a request body.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
     # Longest prompt + reply served, in tokens (None: the model's own maximum).
     context_tokens: int | None = None
     # Sampling preset used when a request sets no sampling values (None: "thinking" when the
