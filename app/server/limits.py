@@ -70,9 +70,10 @@ def open_fds() -> int:
 
 def connection_cap(wanted: int, backlog: int) -> int:
     """At most `wanted` connections, fewer when the descriptor limit would not hold them plus the
-    descriptors already open, one accept burst (`backlog`) and a reserve."""
+    descriptors already open, a few accept bursts (`backlog` each: asyncio accepts a burst before
+    the previous one is counted) and a reserve."""
     soft, _ = raise_fd_limit()
-    room = soft - open_fds() - backlog - FD_RESERVE
+    room = soft - open_fds() - 3 * backlog - FD_RESERVE
     return max(8, min(wanted, room))
 
 

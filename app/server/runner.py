@@ -22,7 +22,7 @@ def make_server(app: Any, config: ServerConfig) -> Any:
 
     rate_limit_logs()
     # The accept loop takes up to `backlog` sockets at once before any is counted: keep it small.
-    backlog = 128
+    backlog = 64
     cap = connection_cap(config.max_connections, backlog)
     limits = Limits(cap, config.header_timeout)
     ucfg = uvicorn.Config(
