@@ -148,6 +148,8 @@ class Guard:
             if not msg.get("more_body", False):
                 break
         body = b"".join(chunks)
+        del chunks
+        scope["locus.body_size"] = size  # see service.BODY_SIZE
         replayed = False
 
         async def replay() -> Message:
