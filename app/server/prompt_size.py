@@ -36,7 +36,7 @@ class PromptMeter:
         self.tokenizer = tokenizer
         hf = getattr(tokenizer, "_tokenizer", tokenizer)  # mlx-lm's TokenizerWrapper
         self.backend = getattr(hf, "backend_tokenizer", None)
-        self._chars_per_token: float | None | bool = False  # False: not computed yet
+        self._chars_per_token: float | bool | None = False  # False: not computed yet
 
     # -- the cheap bound ------------------------------------------------------------------------
     def chars_per_token(self) -> float | None:

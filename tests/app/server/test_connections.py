@@ -71,7 +71,9 @@ def _sockets(pid: int) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts the server's sockets in /proc")
+@pytest.mark.skipif(
+    not os.path.isdir("/proc/self/fd"), reason="counts the server's sockets in /proc"
+)
 def test_half_open_connections_neither_starve_nor_stay(tmp_path):
     _raise_own_limit(HALF_OPEN + 1024)
     log_path = tmp_path / "server.log"
@@ -88,7 +90,7 @@ def test_half_open_connections_neither_starve_nor_stay(tmp_path):
         idle = _sockets(proc.pid)
 
         # 2,500 sockets that connect and then send nothing, or half a request's headers.
-        for i in range(HALF_OPEN):
+        for _ in range(HALF_OPEN):
             s = socket.socket()
             s.setblocking(False)
             err = s.connect_ex(("127.0.0.1", port))

@@ -12,9 +12,13 @@ from app.server.errors import flavor_of
 
 NESTED = b"[" * 100_000 + b"]" * 100_000
 NESTED_OBJECTS = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
-LONE_SURROGATE = b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "\\ud800"}]}'
+LONE_SURROGATE = (
+    b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "\\ud800"}]}'
+)
 LOW_SURROGATE_KEY = b'{"model": "m", "max_tokens": 5, "messages": [], "\\udc00": 1}'
-INVALID_UTF8 = b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "\xff\xfe"}]}'
+INVALID_UTF8 = (
+    b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "\xff\xfe"}]}'
+)
 HUGE_INT = b'{"model": "m", "max_tokens": 1' + b"0" * 5000 + b"}"
 BAD = {
     "nested arrays": NESTED,
@@ -145,6 +149,8 @@ def test_openapi_documents_the_errors(server):
         assert {"400", "401", "403", "405", "413"} <= set(responses), (path, sorted(responses))
         assert "422" not in responses
         schema = responses["400"]["content"]["application/json"]["schema"]
-        assert schema["required"] == (["error"] if flavor_of(path) == "openai" else ["type", "error"])
+        assert schema["required"] == (
+            ["error"] if flavor_of(path) == "openai" else ["type", "error"]
+        )
         assert "Allow" in responses["405"]["headers"]
     assert "404" in paths["/v1/models/{model_id}"]["get"]["responses"]
