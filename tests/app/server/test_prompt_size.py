@@ -82,18 +82,19 @@ def test_ten_megabyte_prompt_beside_a_small_one(serve, scripted):
     assert len(eng.requests) == 2
 
 
+@pytest.mark.slow
 def test_counting_stops_past_the_limit_and_agrees_with_the_tokenizer(tiny_model):
     tok = tiny_model.tokenizer
     meter = PromptMeter(tok)
     per = meter.chars_per_token()
     assert per is not None and per >= MAX_DECOMPOSITION  # ByteLevel BPE under NFC: a bound
-    text = "The weather is sunny, thank you! def main(): return 0\n" * 20_000  # > 4 slices
-    assert len(text) > 4 * SLICE
+    text = "The weather is sunny, thank you! def main(): return 0\n" * 11_000  # 3 slices
+    assert len(text) > 2 * SLICE
     exact = len(tok.encode(text, add_special_tokens=False))
     total, at_least = meter.count(text)
     assert total == exact  # slices cut before a space add up exactly
-    assert exact - 8 <= at_least <= exact
+    assert exact - 2 <= at_least <= exact
     assert meter.lower_bound(text) <= exact
     # Stopping early: past 1000 tokens it reads only the first slice.
     partial, at_least = meter.count(text, stop_above=1000)
-    assert 1000 < at_least <= partial < exact / 3
+    assert 1000 < at_least <= partial < exact / 2
