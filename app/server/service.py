@@ -92,9 +92,9 @@ class Service:
     async def _start(self, job: Job, body_size: int | None = None) -> Job:
         # Too long is decided here, off the engine's thread and before taking a slot, so a huge
         # prompt holds up neither the model nor the requests queued behind it. A body too small
-        # to hold that many tokens (at least a byte each, a few KB of template) skips it.
+        # to hold that many tokens (each at least a byte of text, plus the template's) skips it.
         limit = self.context_limit()
-        if limit and (body_size is None or body_size + TEMPLATE_ALLOWANCE >= limit // 4):
+        if limit and (body_size is None or body_size + TEMPLATE_ALLOWANCE >= limit):
             if self._check_slots is None:
                 self._check_slots = asyncio.Semaphore(2)
             async with self._check_slots:
@@ -133,7 +133,7 @@ class Service:
             raise
 
     async def count(self, plan: Plan) -> int:
-        """Prompt tokens of a plan (two at a time: each one waits for the engine's thread)."""
+        """Prompt tokens of a plan (two at a time, off the engine's thread when text only)."""
         self.loaded()
         async with self._counting():
             return await asyncio.to_thread(count_tokens, self.engine, plan, self.meter())
