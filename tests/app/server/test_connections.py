@@ -168,3 +168,43 @@ def test_repeated_log_lines_are_rate_limited():
         logger.removeHandler(handler)
     assert seen[:2] == ["accept failed: Too many open files", "something else"]
     assert len(seen) == 3 and "999 similar messages suppressed" in seen[2]
+
+
+def _read_response(s: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, "closed before answering"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    size = int(next(v for k, _, v in (h.partition(b":") for h in head.split(b"\r\n"))
+                    if k.strip().lower() == b"content-length"))  # fmt: skip
+    while len(rest) < size:
+        rest += s.recv(65536)
+    return head
+
+
+def test_header_deadline_on_keep_alive_and_body_pause(serve, scripted):
+    srv = serve(scripted("ok"), header_timeout=0.5, body_timeout=0.5)
+    get = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        # Headers sent in pieces, each within the deadline's reach, are fine.
+        s.sendall(get[:10])
+        time.sleep(0.2)
+        s.sendall(get[10:])
+        assert b" 200 " in _read_response(s)
+        # Idle after an answer: keep-alive (not the header deadline) applies...
+        time.sleep(0.8)
+        s.sendall(get)
+        assert b" 200 " in _read_response(s)
+        # ...but a next request's headers that stop halfway are cut off.
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.")
+        t0 = time.monotonic()
+        assert s.recv(100) == b""
+        assert 0.3 < time.monotonic() - t0 < 3
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        # A body that stops arriving gets a 408.
+        s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
+        head = _read_response(s)
+        assert b" 408 " in head
+    assert srv.server.limits.timed_out >= 1
