@@ -28,9 +28,14 @@ def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) 
     p.add_argument("--host", default=DEFAULT_HOST,
                    help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")  # fmt: skip
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
-    p.add_argument("--api-key-from-keyring", action="store_true",
-                   help="require the API key stored in the OS keychain (service 'locus', user "
-                   "'api-key') as x-api-key or Authorization: Bearer")  # fmt: skip
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument("--api-key-from-keyring", action="store_true",
+                      help="require the API key stored in the OS keychain (service 'locus', user "
+                      "'api-key') as x-api-key or Authorization: Bearer")  # fmt: skip
+    keys.add_argument("--api-key-file", metavar="PATH",
+                      help="require the API key held in PATH, a file only you can read (chmod "
+                      "600); without either option the key in LOCUS_API_KEY is required if set "
+                      "(for machines without a keychain, e.g. headless Linux)")  # fmt: skip
     p.add_argument("--max-queue", type=int, default=32, metavar="N",
                    help="requests allowed to wait for the model; more get 'overloaded' (default 32)")  # fmt: skip
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
@@ -44,13 +49,23 @@ def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) 
     p.add_argument("--model-name", metavar="NAME", help="name listed by /v1/models")
     p.add_argument("--max-body-mb", type=float, default=32.0, metavar="MB",
                    help="largest request body accepted (default 32 MB)")  # fmt: skip
+    p.add_argument("--max-connections", type=int, default=1000, metavar="N",
+                   help="connections open at once; at the limit the one idle longest is closed "
+                   "(default 1000, fewer if the open-file limit is lower)")  # fmt: skip
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds a connection has to send a request's headers (default 10)")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=run)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The ServerConfig for the command line; RuntimeError with advice for bad values."""
-    from app.server.config import ServerConfig, api_key_from_keyring
+    from app.server.config import (
+        ServerConfig,
+        api_key_from_env,
+        api_key_from_file,
+        api_key_from_keyring,
+    )
 
     if not 0 <= args.port <= 65535:
         raise RuntimeError(f"--port must be between 0 and 65535 (got {args.port})")
@@ -58,10 +73,20 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise RuntimeError(f"--max-queue must be >= 0 (got {args.max_queue})")
     if args.max_body_mb <= 0:
         raise RuntimeError("--max-body-mb must be positive")
+    if args.max_connections < 1 or args.header_timeout <= 0:
+        raise RuntimeError("--max-connections and --header-timeout must be positive")
+    if args.api_key_file:
+        key = api_key_from_file(args.api_key_file)
+    elif args.api_key_from_keyring:
+        key = api_key_from_keyring()
+    else:
+        key = api_key_from_env()
     return ServerConfig(
         host=args.host,
         port=args.port,
-        api_key=api_key_from_keyring() if args.api_key_from_keyring else None,
+        api_key=key,
+        max_connections=args.max_connections,
+        header_timeout=args.header_timeout,
         max_queue=args.max_queue,
         allowed_origins=tuple(args.allow_origin),
         allowed_hosts=tuple(args.allow_host),
@@ -84,7 +109,7 @@ def exposure_warning(config: Any) -> str | None:
     if config.api_key is None:
         lines.append(
             "There is NO API key: anyone who can reach this port can use the model. "
-            "Add --api-key-from-keyring."
+            "Set LOCUS_API_KEY, or add --api-key-file PATH or --api-key-from-keyring."
         )
     return "\n".join(lines)
 

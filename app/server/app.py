@@ -32,6 +32,7 @@ def build_fastapi(service: Service) -> FastAPI:
     config = service.config
     api = FastAPI(title="Locus local API", version="1", docs_url=None, redoc_url=None)
     api.state.service = service
+    schemas.document_errors(api)
 
     @api.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
@@ -45,7 +46,9 @@ def build_fastapi(service: Service) -> FastAPI:
     async def _http(request: Request, exc: HTTPException) -> Response:
         kind = _HTTP_KINDS.get(exc.status_code, "invalid_request_error")
         msg = f"{request.method} {request.url.path}: {exc.detail}"
-        return _error_response(request, APIError(kind, msg, status=exc.status_code))
+        # 405 carries Allow (the methods the path takes), as HTTP requires.
+        err = APIError(kind, msg, status=exc.status_code, headers=dict(exc.headers or {}))
+        return _error_response(request, err)
 
     @api.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

@@ -1,14 +1,23 @@
-"""Server settings and the API key kept in the OS keychain."""
+"""Server settings and the API key: from the OS keychain, a private file or LOCUS_API_KEY."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8723
 KEYRING_SERVICE = "locus"
 KEYRING_USER = "api-key"
+API_KEY_ENV = "LOCUS_API_KEY"
+_NO_KEYCHAIN = (
+    f"give the key another way: the environment variable {API_KEY_ENV}=KEY, or a file holding "
+    "only the key with `--api-key-file PATH` (chmod 600 PATH)"
+)
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
 
@@ -29,6 +38,13 @@ class ServerConfig:
     # Extra Host header values accepted besides loopback names and the configured host.
     allowed_hosts: tuple[str, ...] = ()
     max_body_bytes: int = 32 * 1024 * 1024
+    # Connections open at once (fewer if the open-file limit is lower); at the cap, the one that
+    # has waited longest for a request is closed to make room.
+    max_connections: int = 1000
+    # Seconds a connection has to send a request's headers, and the longest pause allowed
+    # between pieces of a request body.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
     # Longest prompt + reply served, in tokens (None: the model's own maximum).
     context_tokens: int | None = None
     # Sampling preset used when a request sets no sampling values (None: "thinking" when the
@@ -73,15 +89,50 @@ def api_key_from_keyring() -> str:
     Raises RuntimeError with instructions when there is none or no keychain is available.
     """
     import keyring
-    from keyring.errors import KeyringError
+    from keyring.errors import KeyringError, NoKeyringError
 
     try:
         key = keyring.get_password(KEYRING_SERVICE, KEYRING_USER)
+    except NoKeyringError as e:
+        raise RuntimeError(
+            "there is no OS keychain here (no keyring backend: usual on a headless Linux "
+            f"machine); {_NO_KEYCHAIN}"
+        ) from e
     except KeyringError as e:
-        raise RuntimeError(f"could not read the API key from the OS keychain: {e}") from e
+        raise RuntimeError(
+            f"could not read the API key from the OS keychain: {e}; or {_NO_KEYCHAIN}"
+        ) from e
     if not key:
         raise RuntimeError(
             "no API key in the OS keychain; store one first, e.g. "
             f"`python -m keyring set {KEYRING_SERVICE} {KEYRING_USER}`"
         )
     return key
+
+
+def api_key_from_file(path: str | os.PathLike[str]) -> str:
+    """The API key in a file that only its owner can read (mode 600); RuntimeError otherwise."""
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+        if os.name == "posix" and st.st_mode & 0o077:
+            raise RuntimeError(
+                f"{p} can be read or written by other users (mode {stat.filemode(st.st_mode)}): "
+                f"an API key file must be private; run `chmod 600 {p}`"
+            )
+        key = p.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RuntimeError(f"cannot read the API key file {p}: {e}") from e
+    if not key or any(c.isspace() for c in key):
+        raise RuntimeError(f"{p} must hold the API key alone, on one line")
+    return key
+
+
+def api_key_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """The API key in LOCUS_API_KEY (None when unset); RuntimeError when it is set but blank."""
+    value = (os.environ if environ is None else environ).get(API_KEY_ENV)
+    if value is None:
+        return None
+    if not value.strip():
+        raise RuntimeError(f"{API_KEY_ENV} is set but empty; unset it or give it the key")
+    return value.strip()

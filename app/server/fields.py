@@ -6,11 +6,13 @@ shape with a message a user can act on, and unknown fields (new SDK options) are
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 from .errors import invalid
+from .jsonbody import parse_body
+
+__all__ = ["field", "number", "parse_body", "strings"]
 
 _TYPE_NAMES = {
     str: "a string",
@@ -21,21 +23,6 @@ _TYPE_NAMES = {
     dict: "an object",
 }
 _MISSING = object()
-
-
-def parse_body(raw: bytes) -> dict[str, Any]:
-    """The request's JSON object; 400 for bodies that are not JSON or not an object."""
-    if not raw.strip():
-        raise invalid("the request body is empty: send a JSON object")
-    try:
-        body = json.loads(raw)
-    except UnicodeDecodeError as e:
-        raise invalid(f"the request body is not UTF-8 text ({e})") from e
-    except json.JSONDecodeError as e:
-        raise invalid(f"the request body is not valid JSON: {e}") from e
-    if not isinstance(body, dict):
-        raise invalid(f"the request body must be a JSON object, not {_kind(body)}")
-    return body
 
 
 def _kind(value: Any) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from engine import (
 )
 
 from .errors import APIError, invalid
+from .prompt_size import PromptMeter, too_long
 
 log = logging.getLogger("locus.server")
 
@@ -112,15 +114,16 @@ def render(engine: Any, plan: Plan, enable_thinking: bool | None = None) -> str:
     )  # fmt: skip
 
 
-def count_tokens(engine: Any, plan: Plan) -> int:
-    """Prompt tokens of a plan, exactly as a generation would see them."""
+def count_tokens(engine: Any, plan: Plan, meter: PromptMeter | None = None) -> int:
+    """Prompt tokens of a plan, exactly as a generation would see them (a text of more than
+    prompt_size.SLICE characters is counted in slices cut at spaces, off the engine's thread)."""
     try:
         if not plan.has_images:
             # Text only: the tokenizer alone gives the count, without waiting for the engine's
             # thread to finish the generation it is running.
-            tok = engine.model.tokenizer
+            meter = meter or PromptMeter(engine.model.tokenizer)
             try:
-                return len(tok.encode(render(engine, plan), add_special_tokens=False))
+                return meter.count(render(engine, plan))[0]
             except RuntimeError:  # a Rust tokenizer busy in another thread ("Already borrowed")
                 pass
         req = build_request(engine, plan)
@@ -129,6 +132,41 @@ def count_tokens(engine: Any, plan: Plan) -> int:
         raise invalid(str(e)) from e
     except UnicodeError as e:
         raise invalid(f"the request holds text that is not valid Unicode ({e})") from e
+
+
+def check_length(engine: Any, plan: Plan, limit: int | None, meter: PromptMeter) -> None:
+    """Refuse a prompt longer than `limit` tokens without the engine's thread; cheap for huge ones:
+    a bound from the character count first, then counting that stops past the limit. Prompts this
+    lets through are counted exactly again when prepared."""
+    if not limit:
+        return
+    try:
+        text = render(engine, _without_images(plan)) + plan.prefix
+    except EngineError as e:
+        raise invalid(str(e)) from e
+    except UnicodeError as e:
+        raise invalid(f"the request holds text that is not valid Unicode ({e})") from e
+    if 4 * len(text) < limit:  # a token is at least one byte, a character at most four
+        return
+    at_least = meter.lower_bound(text)
+    if at_least < limit:
+        _, at_least = meter.count(text, stop_above=limit - 1)
+    if at_least >= limit:
+        raise invalid(too_long(at_least, limit, at_least=True))
+
+
+def _without_images(plan: Plan) -> Plan:
+    """The plan with its images left out: its text alone needs no more tokens than the prompt."""
+    if not plan.has_images:
+        return plan
+    messages = []
+    for m in plan.messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            kept = [p for p in content if p.get("type") != "image"]
+            m = {**m, "content": kept or [{"type": "text", "text": ""}]}
+        messages.append(m)
+    return dataclasses.replace(plan, messages=messages, has_images=False)
 
 
 def _prefix_tokens(engine: Any, plan: Plan) -> list[int]:
@@ -254,8 +292,7 @@ class Job:
         self.prompt_tokens = len(ids) - len(_prefix_tokens(self.engine, plan))
         limit = context_limit(self.engine, self.context_tokens)
         if limit and len(ids) >= limit:
-            # Anthropic's wording, which Claude Code recognizes and answers by compacting.
-            raise invalid(f"prompt is too long: {len(ids)} tokens > {limit - 1} maximum")
+            raise invalid(too_long(len(ids), limit))
         room = (limit - len(ids)) if limit else None
         want = plan.max_tokens or room or 32768
         self.max_tokens = min(want, room) if room else want

@@ -8,25 +8,54 @@ import time
 from typing import Any
 
 from .config import ServerConfig
+from .limits import Limits, connection_cap, rate_limit_logs
 
 log = logging.getLogger("locus.server")
 
 
 def make_server(app: Any, config: ServerConfig) -> Any:
-    """A uvicorn.Server for the app (not started)."""
+    """A uvicorn.Server for the app (not started); raises the process's open-file limit.
+
+    Its `limits` attribute (a limits.Limits) counts connections evicted, timed out and refused.
+    """
     import uvicorn
 
+    rate_limit_logs()
+    # The accept loop takes up to `backlog` sockets at once before any is counted: keep it small.
+    backlog = 64
+    cap = connection_cap(config.max_connections, backlog)
+    limits = Limits(cap, config.header_timeout)
     ucfg = uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
         log_level=config.log_level,
-        # The Guard bounds bodies itself; these keep idle and half-open connections from piling up.
+        http=limits.protocol(_http_protocol()),
+        backlog=backlog,
+        # The Guard bounds bodies itself; Limits bounds connections and the wait for headers.
+        # No limit_concurrency: it answers 503 to a real request once idle sockets fill the table.
         timeout_keep_alive=30,
         timeout_graceful_shutdown=5,
         access_log=config.log_level == "debug",
     )
-    return uvicorn.Server(ucfg)
+    server = uvicorn.Server(ucfg)
+    server.limits = limits
+    if cap < config.max_connections:
+        log.warning("serving at most %d connections (open-file limit)", cap)
+    return server
+
+
+def _http_protocol() -> type:
+    """uvicorn's own choice ("auto"): httptools when installed, else h11."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        return H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    return HttpToolsProtocol
 
 
 class ServerThread:

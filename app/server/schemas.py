@@ -125,3 +125,74 @@ def body(schema: dict[str, Any]) -> dict[str, Any]:
     """openapi_extra for a route taking `schema` as its JSON body."""
     return {"requestBody": {"required": True,
                             "content": {"application/json": {"schema": schema}}}}  # fmt: skip
+
+
+# -- error responses --------------------------------------------------------------------------
+
+_ANTHROPIC_ERROR = {
+    "type": "object", "required": ["type", "error"],
+    "properties": {"type": {"const": "error"}, "error": {
+        "type": "object", "required": ["type", "message"],
+        "properties": {"type": {"type": "string"}, "message": {"type": "string"}}}},
+}  # fmt: skip
+_OPENAI_ERROR = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {
+        "type": "object", "required": ["message", "type"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "param": {"type": ["string", "null"]},
+                       "code": {"type": ["string", "null"]}}}},
+}  # fmt: skip
+_STATUSES = {
+    "400": "Invalid request: malformed JSON, a wrong field, or a prompt longer than the context",
+    "401": "Missing or wrong API key",
+    "403": "Host or Origin not allowed",
+    "404": "No such path or model",
+    "405": "Method not allowed here (see the Allow header)",
+    "413": "Request body larger than the server's limit",
+    "429": "Too many requests",
+    "503": "No model loaded, or (OpenAI) the queue is full",
+    "529": "The queue is full (Anthropic's overloaded_error)",
+}
+_POST_ONLY = {"400", "413"}
+
+
+def error_responses(flavor: str, method: str = "post") -> dict[str, Any]:
+    """OpenAPI `responses` for the errors an endpoint of `flavor` ("anthropic" or "openai") gives."""
+    schema = _OPENAI_ERROR if flavor == "openai" else _ANTHROPIC_ERROR
+    out = {}
+    for code, text in _STATUSES.items():
+        if code in _POST_ONLY and method != "post":
+            continue
+        if code == "529" and flavor == "openai":
+            continue
+        entry: dict[str, Any] = {"description": text,
+                                 "content": {"application/json": {"schema": schema}}}  # fmt: skip
+        if code == "405":
+            entry["headers"] = {"Allow": {"schema": {"type": "string"},
+                                          "description": "the methods this path takes"}}  # fmt: skip
+        out[code] = entry
+    return out
+
+
+def document_errors(api: Any) -> None:
+    """Add every route's 4xx (and 503/529) responses to the app's OpenAPI schema, in the shape
+    of the API the path belongs to (routes added later, e.g. /v1/responses, included)."""
+    from .errors import flavor_of
+
+    base = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is not None:
+            return api.openapi_schema
+        schema = base()
+        for path, ops in schema.get("paths", {}).items():
+            for method, op in ops.items():
+                if isinstance(op, dict) and "responses" in op:
+                    for code, entry in error_responses(flavor_of(path), method).items():
+                        op["responses"].setdefault(code, entry)
+                    op["responses"].pop("422", None)  # validation errors are 400s here
+        api.openapi_schema = schema
+        return schema
+
+    api.openapi = openapi

@@ -6,6 +6,7 @@ without reading its body.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -136,7 +137,13 @@ class Guard:
         chunks: list[bytes] = []
         size = 0
         while True:
-            msg = await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), self.config.body_timeout)
+            except TimeoutError:
+                await self._refuse(send, path, 408, "invalid_request_error",
+                                   f"no part of the request body arrived for "
+                                   f"{self.config.body_timeout:g} s", cors)  # fmt: skip
+                return
             if msg["type"] == "http.disconnect":
                 return
             chunk = msg.get("body", b"")
@@ -148,6 +155,8 @@ class Guard:
             if not msg.get("more_body", False):
                 break
         body = b"".join(chunks)
+        del chunks
+        scope["locus.body_size"] = size  # see service.BODY_SIZE
         replayed = False
 
         async def replay() -> Message:
@@ -157,17 +166,24 @@ class Guard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        if cors:
+        answered = False
 
-            async def send_cors(msg: Message) -> None:
-                if msg["type"] == "http.response.start":
-                    msg = dict(msg)
-                    msg["headers"] = [*msg.get("headers", []), *cors]
-                await send(msg)
+        async def send_checked(msg: Message) -> None:
+            nonlocal answered
+            if cors and msg["type"] == "http.response.start":
+                msg = dict(msg)
+                msg["headers"] = [*msg.get("headers", []), *cors]
+            await send(msg)
+            if msg["type"] == "http.response.body" and not msg.get("more_body", False):
+                answered = True
 
-            await self.app(scope, replay, send_cors)
-        else:
-            await self.app(scope, replay, send)
+        try:
+            await self.app(scope, replay, send_checked)
+        except Exception:
+            # Starlette re-raises a crash after sending its 500 (already logged by the app's
+            # handler); swallowed here, uvicorn keeps the keep-alive connection open.
+            if not answered:
+                raise
 
     async def _refuse(
         self, send: Send, path: str, status: int, kind: str, message: str,

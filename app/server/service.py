@@ -19,9 +19,14 @@ from engine import EngineError, Event
 from .common import model_display_name
 from .config import ServerConfig
 from .errors import APIError
-from .jobs import Finished, Job, Plan, Scheduler, context_limit, count_tokens
+from .jobs import Finished, Job, Plan, Scheduler, check_length, context_limit, count_tokens
+from .prompt_size import PromptMeter
 
 log = logging.getLogger("locus.server")
+# The request's body size in bytes, set in the ASGI scope by the Guard.
+BODY_SIZE = "locus.body_size"
+# Characters a chat template adds around the messages (tool instructions and the like), generously.
+TEMPLATE_ALLOWANCE = 16384
 
 
 class ClientGone(Exception):
@@ -39,6 +44,8 @@ class Service:
         # How generations ended (stop, length, cancelled, error): for /health and tests.
         self.finished: collections.Counter[str] = collections.Counter()
         self._count_slots: asyncio.Semaphore | None = None
+        self._meter: PromptMeter | None = None
+        self._check_slots: asyncio.Semaphore | None = None
         self.started = time.time()
 
     # -- the model ----------------------------------------------------------------------------
@@ -73,9 +80,25 @@ class Service:
         """Queue, prepare and submit a plan; raises APIError, or ClientGone if the client left."""
         self.loaded()
         job = Job(self.engine, plan, self.config.context_tokens)
-        return await until_disconnect(request, self._start(job))
+        return await until_disconnect(request, self._start(job, request.scope.get(BODY_SIZE)))
 
-    async def _start(self, job: Job) -> Job:
+    def meter(self) -> PromptMeter:
+        """The prompt meter for the loaded model's tokenizer."""
+        tok = self.loaded().tokenizer
+        if self._meter is None or self._meter.tokenizer is not tok:
+            self._meter = PromptMeter(tok)
+        return self._meter
+
+    async def _start(self, job: Job, body_size: int | None = None) -> Job:
+        # Too long is decided here, off the engine's thread and before taking a slot, so a huge
+        # prompt holds up neither the model nor the requests queued behind it. A body too small
+        # to hold that many tokens (each at least a byte of text, plus the template's) skips it.
+        limit = self.context_limit()
+        if limit and (body_size is None or body_size + TEMPLATE_ALLOWANCE >= limit):
+            if self._check_slots is None:
+                self._check_slots = asyncio.Semaphore(2)
+            async with self._check_slots:
+                await asyncio.to_thread(check_length, self.engine, job.plan, limit, self.meter())
         await self.scheduler.acquire()
         try:
             await asyncio.to_thread(job.prepare)
@@ -110,12 +133,16 @@ class Service:
             raise
 
     async def count(self, plan: Plan) -> int:
-        """Prompt tokens of a plan (two at a time: each one waits for the engine's thread)."""
+        """Prompt tokens of a plan (two at a time, off the engine's thread when text only)."""
         self.loaded()
+        async with self._counting():
+            return await asyncio.to_thread(count_tokens, self.engine, plan, self.meter())
+
+    def _counting(self) -> asyncio.Semaphore:
+        # Two tokenizations at a time: each takes a core (the Rust tokenizer lets go of the GIL).
         if self._count_slots is None:
             self._count_slots = asyncio.Semaphore(2)
-        async with self._count_slots:
-            return await asyncio.to_thread(count_tokens, self.engine, plan)
+        return self._count_slots
 
     def shutdown(self) -> None:
         """Stop everything: waiting requests are refused, running ones cancelled (thread-safe
