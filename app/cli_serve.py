@@ -92,6 +92,7 @@ def exposure_warning(config: Any) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from app.cli import open_engine
     from app.server import create_app, make_server
+    from app.server.jobs import context_note
 
     try:
         config = config_from_args(args)
@@ -109,11 +110,15 @@ def run(args: argparse.Namespace) -> int:
         name = app.service.model_name
         host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
         url = f"http://{'[' + host + ']' if ':' in host else host}:{config.port}"
+        window = app.service.context_limit()
+        compact = f"CLAUDE_CODE_AUTO_COMPACT_WINDOW={window} " if window else ""
         print(f"Serving {name} at {url}\n"
               f"  Claude Code:  ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN="
-              f"{'<your key>' if config.api_key else 'locus'} claude\n"
+              f"{'<your key>' if config.api_key else 'locus'} ANTHROPIC_MODEL=qwen3.6 "
+              f"{compact}claude\n"
               f"  OpenAI SDK:   base_url={url}/v1\n"
               "Press Ctrl-C to stop.", file=sys.stderr, flush=True)  # fmt: skip
+        print(context_note(engine, config.context_tokens), file=sys.stderr, flush=True)
         server = make_server(app, config)
         try:
             server.run()

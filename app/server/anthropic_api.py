@@ -158,6 +158,21 @@ def system_text(system: Any) -> str:
     return join_text([t.strip("\n") for t in texts])
 
 
+def reminder(text: str) -> str:
+    """A system message folded into a user turn, as Claude Code writes its own reminders."""
+    return f"<system-reminder>\n{text}\n</system-reminder>"
+
+
+def with_reminders(msg: dict[str, Any], reminders: list[str], where: str) -> dict[str, Any]:
+    """`msg` with `reminders` as text blocks after its tool results (they must stay first)."""
+    if not reminders:
+        return msg
+    blocks = _blocks(msg.get("content"), where)
+    at = max((i + 1 for i, b in enumerate(blocks) if b.get("type") == "tool_result"), default=0)
+    extra = [{"type": "text", "text": r} for r in reminders]
+    return {**msg, "content": [*blocks[:at], *extra, *blocks[at:]]}
+
+
 def convert_tools(tools: Any) -> list[dict[str, Any]]:
     """Anthropic tool definitions as the chat template's function specs."""
     if tools is None:
@@ -172,7 +187,7 @@ def convert_tools(tools: Any) -> list[dict[str, Any]]:
         kind = t.get("type")
         if kind not in (None, "custom") and "input_schema" not in t:
             # Anthropic's server tools (web search, code execution) run on Anthropic's side.
-            raise invalid(f"{w}: server tool {kind!r} is not available on a local model")
+            raise invalid(f"{w}: server tool {kind!r} is not supported: it runs on Anthropic's side")
         name = field(t, "name", str, w, required=True)
         schema = field(t, "input_schema", dict, w, required=True)
         desc = field(t, "description", str, w, default="")
@@ -201,6 +216,7 @@ def to_plan(
     system = system_text(body.get("system"))
     if system:
         messages.append({"role": "system", "content": system})
+    reminders: list[str] = []  # mid-conversation system messages waiting for a user turn
     for i, m in enumerate(raw):
         w = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -208,12 +224,24 @@ def to_plan(
         role = m.get("role")
         if "content" not in m:
             raise invalid(f"{w}.content: field required")
-        if role == "user":
-            _user(m, w, messages)
+        if role == "system":
+            # anthropic-beta mid-conversation-system: Qwen's template takes a system turn only
+            # first, so fold it into the next user turn the way Claude Code itself does.
+            text = system_text(m.get("content"))
+            if text:
+                reminders.append(reminder(text))
+        elif role == "user":
+            _user(with_reminders(m, reminders, w), w, messages)
+            reminders = []
         elif role == "assistant":
+            if reminders:
+                messages.append({"role": "user", "content": join_text(reminders)})
+                reminders = []
             messages.append(_assistant(m, w))
         else:
-            raise invalid(f"{w}.role: expected 'user' or 'assistant' (got {role!r})")
+            raise invalid(f"{w}.role: expected 'user', 'assistant' or 'system' (got {role!r})")
+    if reminders:
+        messages.append({"role": "user", "content": join_text(reminders)})
     tools = convert_tools(body.get("tools"))
 
     thinking = field(body, "thinking", dict, "", default={})

@@ -73,14 +73,34 @@ class Finished:
     error_kind: str = "api_error"  # Anthropic error type when finish_reason is "error"
 
 
-def context_limit(engine: Any, configured: int | None) -> int | None:
-    """The longest prompt + reply the server allows: the model's maximum, or less if configured."""
+def model_context(engine: Any) -> int:
+    """The model's own maximum context (max_position_embeddings; 0 when the config has none)."""
     cfg = engine.model.config
     tc = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
-    limit = int(tc.get("max_position_embeddings") or cfg.get("max_position_embeddings") or 0)
+    return int(tc.get("max_position_embeddings") or cfg.get("max_position_embeddings") or 0)
+
+
+def context_limit(engine: Any, configured: int | None) -> int | None:
+    """The longest prompt + reply the server allows: the model's maximum, or less if configured."""
+    limit = model_context(engine)
     if configured:
         limit = min(limit, configured) if limit else configured
     return limit or None
+
+
+def context_note(engine: Any, configured: int | None) -> str:
+    """One line saying which context is served and what set it (printed at start-up)."""
+    model = model_context(engine)
+    served = context_limit(engine, configured)
+    if served is None:
+        return "Context: no limit known (the model's config has no max_position_embeddings)"
+    if configured and model and configured > model:
+        return (f"Context: {served:,} tokens: --context {configured:,} is more than this model's "
+                f"max_position_embeddings ({model:,}), so the model's maximum is served")  # fmt: skip
+    if configured and configured < model:
+        return (f"Context: {served:,} tokens (--context; the model takes up to {model:,}: raise "
+                "--context for longer conversations, at the cost of memory)")  # fmt: skip
+    return f"Context: {served:,} tokens (the model's max_position_embeddings)"
 
 
 def build_request(engine: Any, plan: Plan, max_tokens: int = 1) -> GenerationRequest:
