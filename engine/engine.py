@@ -473,15 +473,14 @@ class Engine:
                 if tok in eos:
                     reason = "stop"
                     break
-                if tok in special:
-                    continue
-                detok.add_token(tok)
-                seg, hit = stops.feed(detok.last_segment)
-                for ev in parser.feed(seg):
-                    handle._put(ev)
-                if hit:
-                    reason = "stop"
-                    break
+                if tok not in special:
+                    detok.add_token(tok)
+                    seg, hit = stops.feed(detok.last_segment)
+                    for ev in parser.feed(seg):
+                        handle._put(ev)
+                    if hit:
+                        reason = "stop"
+                        break
                 if len(tokens) >= req.max_tokens:
                     break
             steps.close()

@@ -13,7 +13,7 @@ from engine import ReasoningDelta, TextDelta, ToolCall, ToolCallError, Usage
 from .common import image_part, join_text, sampling_for, strip_billing_header
 from .errors import APIError, invalid
 from .fields import field, number, strings
-from .jobs import Finished, Job, Plan
+from .jobs import Finished, Job, Plan, Started
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "cancelled": "end_turn"}
 
@@ -187,7 +187,9 @@ def convert_tools(tools: Any) -> list[dict[str, Any]]:
         kind = t.get("type")
         if kind not in (None, "custom") and "input_schema" not in t:
             # Anthropic's server tools (web search, code execution) run on Anthropic's side.
-            raise invalid(f"{w}: server tool {kind!r} is not supported: it runs on Anthropic's side")
+            raise invalid(
+                f"{w}: server tool {kind!r} is not supported: it runs on Anthropic's side"
+            )
         name = field(t, "name", str, w, required=True)
         schema = field(t, "input_schema", dict, w, required=True)
         desc = field(t, "description", str, w, default="")
@@ -305,6 +307,7 @@ def to_plan(
     meta = field(body, "metadata", dict, "", default={})
     user = meta.get("user_id")
     return Plan(
+        model=body["model"],
         messages=messages,
         tools=tools or None,
         enable_thinking=think,
@@ -347,6 +350,13 @@ def usage_dict(usage: Usage | None, prompt_tokens: int) -> dict[str, int]:
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": cached,
     }
+
+
+def start_usage(job: Job) -> dict[str, int]:
+    """message_start's usage: the prompt split into new and cache-read tokens, as message_delta."""
+    cached = min(job.cached_tokens, job.prompt_tokens)
+    return {"input_tokens": job.prompt_tokens - cached, "output_tokens": 0,
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}  # fmt: skip
 
 
 def stop_reason(fin: Finished, used_tools: bool) -> str:
@@ -408,10 +418,13 @@ async def stream(job: Job, model: str, ping_interval: float) -> AsyncIterator[st
     """Anthropic's SSE sequence for one job: message_start, ping, blocks, message_delta, stop."""
     from .service import next_event
 
+    # The engine says at once how much of the prompt it found cached: report the real split.
+    first = await next_event(job, ping_interval)
+    pending = None if isinstance(first, Started) else first
     start = {
         "id": message_id(), "type": "message", "role": "assistant", "model": model,
         "content": [], "stop_reason": None, "stop_sequence": None,
-        "usage": {**usage_dict(None, job.prompt_tokens), "output_tokens": 1},
+        "usage": {**start_usage(job), "output_tokens": 1},
     }  # fmt: skip
     yield _event("message_start", {"message": start})
     yield _event("ping", {})
@@ -441,7 +454,10 @@ async def stream(job: Job, model: str, ping_interval: float) -> AsyncIterator[st
         return out
 
     while True:
-        ev = await next_event(job, ping_interval)
+        ev, pending = (pending, None) if pending is not None else (
+            await next_event(job, ping_interval), None)  # fmt: skip
+        if isinstance(ev, Started):
+            continue
         if ev is None:  # a long prefill or a quiet spell: keep proxies from closing the stream
             yield _event("ping", {})
             continue

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ from engine import (
 )
 
 from .errors import APIError, invalid
+from .requestlog import RequestRecord
 
 log = logging.getLogger("locus.server")
 
@@ -60,6 +62,7 @@ class Plan:
     thinking_budget: int | None = None
     session: str | None = None
     has_images: bool = False
+    model: str = ""  # the name the client asked for (for the request log)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,14 @@ class Finished:
     usage: Usage | None = None
     error: str | None = None
     error_kind: str = "api_error"  # Anthropic error type when finish_reason is "error"
+
+
+@dataclass(frozen=True)
+class Started:
+    """The engine took the job: how much of the prompt it found in the prompt cache."""
+
+    prompt_tokens: int
+    cached_tokens: int
 
 
 def model_context(engine: Any) -> int:
@@ -244,6 +255,16 @@ class Job:
         self._handle: Any = None
         self._lock = threading.Lock()
         self._on_end: Callable[[Job], None] | None = None
+        self.cached_tokens = 0
+        self.started: Started | None = None
+        # For the request log: who asked for what, and when the first token came.
+        self.arrived = time.monotonic()
+        self.arrived_wall = time.time()
+        self.first_token_at: float | None = None
+        self.client = ""
+        self.endpoint = ""
+        self.method = "POST"
+        self.model_name = ""
 
     @property
     def cancelled(self) -> bool:
@@ -334,6 +355,8 @@ class Job:
 
         def forward(ev: Event) -> None:
             nonlocal answered, over_budget
+            if self.first_token_at is None:
+                self.first_token_at = time.monotonic()
             if isinstance(ev, ReasoningDelta):
                 reasoning.append(ev.text)
                 # Each decoded token gives at most one delta, so this never stops early.
@@ -393,7 +416,12 @@ class Job:
                 return ev.usage or usage, ev
             if isinstance(ev, Usage):
                 usage = ev
-            elif not isinstance(ev, PromptProgress):
+            elif isinstance(ev, PromptProgress):
+                if self.started is None:  # the first one says what the prompt cache held
+                    self.cached_tokens = min(ev.processed, self.prompt_tokens)
+                    self.started = Started(self.prompt_tokens, self.cached_tokens)
+                    self._post(self.started)
+            else:
                 forward(ev)
         raise RuntimeError("the engine's event stream ended without Done")  # pragma: no cover
 
@@ -420,6 +448,28 @@ class Job:
         if found:
             return max(found, key=lambda x: (x[0] + len(x[1]), len(x[1])))[1]
         return self.plan.stop[0]
+
+    def record(self, status: int = 200) -> RequestRecord:
+        """This job as a request-log record (call once it has finished)."""
+        fin = self.finished
+        usage = fin.usage if fin else None
+        ttft = self.first_token_at - self.arrived if self.first_token_at is not None else None
+        return RequestRecord(
+            time=self.arrived_wall, client=self.client, method=self.method,
+            endpoint=self.endpoint, model=self.model_name, status=status,
+            prompt_tokens=usage.prompt_tokens if usage else self.prompt_tokens,
+            cached_tokens=usage.cached_tokens if usage else self.cached_tokens,
+            ttft_s=ttft, output_tokens=usage.completion_tokens if usage else 0,
+            finish_reason=fin.finish_reason if fin else "", error=(fin.error or "") if fin else "",
+            duration_s=time.monotonic() - self.arrived,
+        )  # fmt: skip
+
+    def describe(self, request: Any, model: str = "") -> None:
+        """Note who sent this job and where (for the request log)."""
+        self.client = request.headers.get("user-agent", "")
+        self.endpoint = request.url.path
+        self.method = request.method
+        self.model_name = model
 
 
 def _is_request_error(message: str) -> bool:

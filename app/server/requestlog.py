@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger("locus.server.requests")
 
@@ -74,5 +75,12 @@ class RequestLog:
             return list(self._records)
 
 
-def now() -> float:
-    return time.time()
+def error_record(request: Any, status: int, message: str) -> RequestRecord:
+    """The record of a request answered with an error before any generation ran."""
+    started = getattr(request.state, "locus_arrived", None)
+    return RequestRecord(
+        time=time.time(), client=request.headers.get("user-agent", ""), method=request.method,
+        endpoint=request.url.path, model=getattr(request.state, "locus_model", "") or "",
+        status=status, error=message,
+        duration_s=time.monotonic() - started if started is not None else 0.0,
+    )  # fmt: skip

@@ -19,7 +19,8 @@ from engine import EngineError, Event
 from .common import model_display_name
 from .config import ServerConfig
 from .errors import APIError
-from .jobs import Finished, Job, Plan, Scheduler, context_limit, count_tokens
+from .jobs import Finished, Job, Plan, Scheduler, Started, context_limit, count_tokens
+from .requestlog import RequestLog
 
 log = logging.getLogger("locus.server")
 
@@ -40,6 +41,8 @@ class Service:
         self.finished: collections.Counter[str] = collections.Counter()
         self._count_slots: asyncio.Semaphore | None = None
         self.started = time.time()
+        # The last requests, one record each: `locus serve --log-level debug` and the Server view.
+        self.requests = RequestLog()
 
     # -- the model ----------------------------------------------------------------------------
     def loaded(self) -> Any:
@@ -73,6 +76,7 @@ class Service:
         """Queue, prepare and submit a plan; raises APIError, or ClientGone if the client left."""
         self.loaded()
         job = Job(self.engine, plan, self.config.context_tokens)
+        job.describe(request, plan.model)
         return await until_disconnect(request, self._start(job))
 
     async def _start(self, job: Job) -> Job:
@@ -88,6 +92,7 @@ class Service:
 
     def _ended(self, job: Job) -> None:
         self.jobs.discard(job)
+        self.requests.add(job.record())
         if job.finished is not None:
             self.finished[job.finished.finish_reason] += 1
         self.scheduler.release()
@@ -101,7 +106,8 @@ class Service:
                 item = await job.queue.get()
                 if isinstance(item, Finished):
                     return events, item
-                events.append(item)
+                if not isinstance(item, Started):
+                    events.append(item)
 
         try:
             return await until_disconnect(request, gather())

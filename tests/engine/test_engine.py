@@ -177,6 +177,9 @@ def test_special_tokens_never_reach_the_text(tiny_model):
     reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
     assert done.finish_reason == "stop"
     assert (reasoning.strip(), text) == ("mm", "See the cat.")
+    # Skipped tokens still count against max_tokens.
+    _, done, _ = _scripted_run(tiny_model, "<|box_start|>" * 10, max_tokens=3)
+    assert (done.finish_reason, len(done.token_ids)) == ("length", 3)
     # Localization keeps them: Qwen2.5-VL style boxes are written with <|box_start|> tags.
     events, _, _ = _scripted_run(tiny_model, "a<|box_start|>b", skip_special_tokens=False)
     said = "".join(e.text for e in events if isinstance(e, TextDelta | ReasoningDelta))
