@@ -176,7 +176,7 @@ def _run_agent(args: argparse.Namespace) -> int:
     if args.max_steps < 1:
         raise AgentError("--max-steps must be at least 1")
     config = AgentConfig(max_steps=args.max_steps, token_budget=args.token_budget,
-                         max_turn_tokens=args.max_tokens, context_tokens=args.context,
+                         max_turn_tokens=args.max_tokens, context_tokens=args.context or 32768,
                          allow_network=args.allow_network,
                          sandbox="none" if args.no_sandbox else "auto")  # fmt: skip
     interactive = sys.stdin.isatty() and not args.yes

@@ -50,6 +50,7 @@ def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) 
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The ServerConfig for the command line; RuntimeError with advice for bad values."""
+    from app.cli import context_of
     from app.server.config import ServerConfig, api_key_from_keyring
 
     if not 0 <= args.port <= 65535:
@@ -66,7 +67,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         allowed_origins=tuple(args.allow_origin),
         allowed_hosts=tuple(args.allow_host),
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-        context_tokens=args.context,
+        context_tokens=context_of(args),
         preset=args.preset,
         model_name=args.model_name,
         log_level=args.log_level,
@@ -89,6 +90,18 @@ def exposure_warning(config: Any) -> str | None:
     return "\n".join(lines)
 
 
+def _log_to_stderr(level: str) -> None:
+    """Locus's own log lines (one per request at debug, 4xx reasons at info) beside uvicorn's."""
+    import logging
+
+    logger = logging.getLogger("locus")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)-9s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())
+
+
 def run(args: argparse.Namespace) -> int:
     from app.cli import open_engine
     from app.server import create_app, make_server
@@ -104,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         color = sys.stderr.isatty()
         print(("\033[1;31m" if color else "") + warning + ("\033[0m" if color else ""),
               file=sys.stderr, flush=True)  # fmt: skip
+    _log_to_stderr(config.log_level)
     engine = open_engine(args)
     try:
         app = create_app(engine, config)
