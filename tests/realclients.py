@@ -69,9 +69,7 @@ def _reply(req: Any) -> str:
     msgs = req.messages or []
     # Claude Code asks for (adaptive) thinking: the prompt then opens <think>, so close it first.
     think = "The user wants a file written.\n</think>\n\n" if req.enable_thinking else ""
-    if msgs and msgs[-1].get("role") == "tool" or any(
-        m.get("role") == "tool" for m in msgs[-3:]
-    ):
+    if any(m.get("role") == "tool" for m in msgs[-3:]):  # reminders may follow the result
         return think + FINAL
     if any(t["function"]["name"] == "Bash" for t in req.tools or []):
         return think + BASH_CALL
@@ -121,7 +119,7 @@ def _free_port() -> int:
 def _demo(work: Path) -> dict[str, Any]:
     port = _free_port()
     env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache"), "HOME": str(work / "serverhome")}
-    log = open(work / "serve.log", "w")  # noqa: SIM115 (closed below)
+    log = open(work / "serve.log", "w")  # closed below
     server = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--demo", "--port", str(port),
          "--log-level", "debug"],
