@@ -52,6 +52,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     """The ServerConfig for the command line; RuntimeError with advice for bad values."""
     from app.cli import context_of
     from app.server.config import ServerConfig, api_key_from_keyring
+    from app.settings import data_dir
 
     if not 0 <= args.port <= 65535:
         raise RuntimeError(f"--port must be between 0 and 65535 (got {args.port})")
@@ -71,6 +72,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         preset=args.preset,
         model_name=args.model_name,
         log_level=args.log_level,
+        responses_db=str(data_dir() / "responses.sqlite3"),
     )
 
 

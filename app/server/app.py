@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from . import anthropic_api, openai_api, schemas
+from . import anthropic_api, openai_api, responses_api, schemas
 from .config import ServerConfig
 from .errors import APIError, flavor_of
 from .fields import field, parse_body
@@ -140,6 +140,7 @@ def build_fastapi(service: Service) -> FastAPI:
         anthropic_api.raise_if_error(fin)
         return JSONResponse(openai_api.completion(events, fin, job, model_name))
 
+    responses_api.add_routes(api, service, responses_api.ResponseStore(config.responses_db))
     return api
 
 
