@@ -16,12 +16,14 @@ def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) 
 
     p = sub.add_parser(
         "serve",
-        help="serve the model over Anthropic's Messages and OpenAI's chat completions APIs",
+        help="serve the model over Anthropic's Messages and OpenAI's chat completions and "
+        "Responses APIs",
         description=(
-            "Serve the model on this machine for Claude Code, the anthropic and openai SDKs and "
-            "other tools: POST /v1/messages, /v1/messages/count_tokens, /v1/chat/completions, "
-            "GET /v1/models, /v1/models/{name}, /health. Any model name in a request is served by the "
-            "loaded model."
+            "Serve the model on this machine for Claude Code, Codex-style clients, the anthropic "
+            "and openai SDKs and other tools: POST /v1/messages, /v1/messages/count_tokens, "
+            "/v1/chat/completions, /v1/responses, GET /v1/models, /v1/models/{name}, /health. Any "
+            "model name in a request is served by the loaded model. --log-level debug logs one "
+            "line per request."
         ),
     )
     add_model_args(p)

@@ -87,7 +87,7 @@ def build_fastapi(service: Service) -> FastAPI:
         # Both SDKs' shapes at once: Anthropic's type/display_name/created_at, OpenAI's object/created.
         return {"id": model_id, "type": "model", "display_name": model_id,
                 "created_at": "2026-01-01T00:00:00Z", "object": "model",
-                "created": int(service.started), "owned_by": "locus",
+                "created": service.model_created, "owned_by": "locus",
                 "context_length": service.context_limit()}  # fmt: skip
 
     @api.get("/v1/models")

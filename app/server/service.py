@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -60,6 +61,15 @@ class Service:
     @property
     def model_name(self) -> str:
         return self.config.model_name or model_display_name(self.loaded())
+
+    @property
+    def model_created(self) -> int:
+        """A stable `created` time for /v1/models: when the checkpoint's config was written."""
+        path = getattr(self.loaded(), "path", None)
+        try:
+            return int(os.path.getmtime(os.path.join(str(path), "config.json")))
+        except (OSError, TypeError):
+            return 1767225600  # 2026-01-01, when the model cannot say
 
     @property
     def vocab_size(self) -> int:

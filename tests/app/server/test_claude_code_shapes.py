@@ -4,6 +4,7 @@ cache hits, and one request-log record per request."""
 from __future__ import annotations
 
 import json
+import time
 
 import anthropic
 import httpx
@@ -104,3 +105,11 @@ def test_each_request_leaves_one_record(serve, scripted, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "locus.server.requests"]
     assert len(lines) == 2 and "prompt=" in lines[0] and "reason=" in lines[1]
     assert json.dumps(lines)  # plain strings
+
+
+def test_models_created_is_stable_and_context_is_the_served_one(serve, engine):
+    a = httpx.get(serve(engine, context_tokens=65536).url + "/v1/models").json()["data"][0]
+    time.sleep(1.1)  # a later start must not change it
+    b = httpx.get(serve(engine).url + "/v1/models").json()["data"][0]
+    assert a["created"] == b["created"]  # not the server's start time
+    assert (a["context_length"], b["context_length"]) == (65536, 262144)
