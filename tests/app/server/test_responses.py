@@ -117,3 +117,15 @@ def test_image_input_and_unsupported_features(serve, engine):
     with pytest.raises(openai.BadRequestError, match="nothing leaves this machine"):
         c.responses.create(model="m", input=[{"role": "user", "content": [
             {"type": "input_image", "image_url": "https://example.com/a.png"}]}])  # fmt: skip
+
+
+def test_streamed_function_call_is_accumulated_by_the_sdk(serve, scripted):
+    srv = serve(scripted("I will check.\n\n" + CALL))
+    with client(srv).responses.stream(model="m", input="Weather?", tools=TOOLS,
+                                      reasoning={"effort": "none"}) as s:  # fmt: skip
+        kinds = [ev.type for ev in s]
+        final = s.get_final_response()
+    assert "response.function_call_arguments.done" in kinds
+    assert [o.type for o in final.output] == ["message", "function_call"]
+    assert final.output[1].name == "get_weather"
+    assert final.output[1].arguments == '{"city": "Paris"}'
