@@ -97,6 +97,9 @@ def test_store_false_and_other_keys_cannot_chain(serve, scripted):
     kept = client(srv).responses.create(model="m", input="Hi", reasoning={"effort": "none"})
     with pytest.raises(openai.NotFoundError):
         client(srv, key="someone-else").responses.retrieve(kept.id)
+    client(srv).responses.delete(kept.id)
+    with pytest.raises(openai.NotFoundError):
+        client(srv).responses.retrieve(kept.id)
 
 
 def test_image_input_and_unsupported_features(serve, engine):
