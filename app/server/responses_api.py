@@ -75,7 +75,7 @@ class ResponseStore:
             )
             self._db.execute(
                 "DELETE FROM responses WHERE owner = ? AND id NOT IN (SELECT id FROM responses "
-                "WHERE owner = ? ORDER BY created DESC LIMIT ?)",
+                "WHERE owner = ? ORDER BY created DESC, rowid DESC LIMIT ?)",
                 (owner, owner, self.keep),
             )
 

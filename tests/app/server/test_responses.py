@@ -132,3 +132,20 @@ def test_streamed_function_call_is_accumulated_by_the_sdk(serve, scripted):
     assert [o.type for o in final.output] == ["message", "function_call"]
     assert final.output[1].name == "get_weather"
     assert final.output[1].arguments == '{"city": "Paris"}'
+
+
+def test_the_store_is_bounded_per_key_and_survives_a_restart(tmp_path):
+    from app.server.responses_api import ResponseStore
+
+    path = tmp_path / "responses.sqlite3"
+    store = ResponseStore(path, keep=3)
+    for i in range(5):
+        store.put("a", {"id": f"resp_{i}"}, [{"role": "user", "content": [
+            {"type": "image", "image": b"\x89PNG"}]}])  # fmt: skip
+    store.put("b", {"id": "resp_b"}, [])
+    again = ResponseStore(path, keep=3)
+    assert [again.get("a", f"resp_{i}") is not None for i in range(5)] == [False, False] + [
+        True
+    ] * 3
+    assert again.get("a", "resp_4")[1][0]["content"][0]["image"] == b"\x89PNG"
+    assert again.get("b", "resp_b") is not None and again.get("a", "resp_b") is None
