@@ -31,8 +31,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--model", metavar="PATH", help="model directory or cached Hugging Face repo id")
     g.add_argument("--demo", action="store_true", help="use the tiny random demo model")
-    p.add_argument("--context", type=int, default=32768, metavar="N",
-                   help="context budget used for the memory check (default 32768 tokens)")  # fmt: skip
+    p.add_argument("--context", type=int, default=None, metavar="N",
+                   help="longest conversation in tokens, reserved by the memory check (default "
+                   "32768; with --demo the model's whole 262144)")  # fmt: skip
     p.add_argument("--no-memory-check", action="store_true",
                    help="load even if the memory estimate says it will not fit")  # fmt: skip
     p.add_argument("--no-prompt-cache", action="store_true",
@@ -148,6 +149,18 @@ def _model_path(args: argparse.Namespace) -> str:
     return args.model
 
 
+def context_of(args: argparse.Namespace) -> int:
+    """--context, or its default: 32768 tokens, or the demo model's whole context (its cache is
+    tiny, and every client's prompt fits)."""
+    if getattr(args, "context", None):
+        return int(args.context)
+    if getattr(args, "demo", False):
+        from engine.tiny import QWEN36_CONTEXT
+
+        return QWEN36_CONTEXT
+    return 32768
+
+
 def open_engine(args: argparse.Namespace):
     """Start the engine and load the model named by --model/--demo, reporting to stderr."""
     from engine import Engine, inspect_checkpoint
@@ -158,7 +171,7 @@ def open_engine(args: argparse.Namespace):
           file=sys.stderr, flush=True)  # fmt: skip
     return Engine.from_path(
         path,
-        context_tokens=args.context,
+        context_tokens=context_of(args),
         memory_check=not args.no_memory_check,
         prompt_cache=_prompt_cache(args),
     )

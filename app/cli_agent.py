@@ -187,7 +187,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         raise AgentError("--max-steps must be at least 1")
     config = AgentConfig.from_settings(
         max_steps=args.max_steps, token_budget=args.token_budget, max_turn_tokens=args.max_tokens,
-        context_tokens=args.context, allow_network=args.allow_network,
+        context_tokens=args.context or 32768, allow_network=args.allow_network,
         sandbox="none" if args.no_sandbox else "auto", env_allow=tuple(args.env),
     )  # fmt: skip
     if args.require_sandbox:

@@ -16,12 +16,14 @@ def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) 
 
     p = sub.add_parser(
         "serve",
-        help="serve the model over Anthropic's Messages and OpenAI's chat completions APIs",
+        help="serve the model over Anthropic's Messages and OpenAI's chat completions and "
+        "Responses APIs",
         description=(
-            "Serve the model on this machine for Claude Code, the anthropic and openai SDKs and "
-            "other tools: POST /v1/messages, /v1/messages/count_tokens, /v1/chat/completions, "
-            "GET /v1/models, /v1/models/{name}, /health. Any model name in a request is served by the "
-            "loaded model."
+            "Serve the model on this machine for Claude Code, Codex-style clients, the anthropic "
+            "and openai SDKs and other tools: POST /v1/messages, /v1/messages/count_tokens, "
+            "/v1/chat/completions, /v1/responses, GET /v1/models, /v1/models/{name}, /health. Any "
+            "model name in a request is served by the loaded model. --log-level debug logs one "
+            "line per request."
         ),
     )
     add_model_args(p)
@@ -60,12 +62,14 @@ def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) 
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The ServerConfig for the command line; RuntimeError with advice for bad values."""
+    from app.cli import context_of
     from app.server.config import (
         ServerConfig,
         api_key_from_env,
         api_key_from_file,
         api_key_from_keyring,
     )
+    from app.settings import data_dir
 
     if not 0 <= args.port <= 65535:
         raise RuntimeError(f"--port must be between 0 and 65535 (got {args.port})")
@@ -91,10 +95,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
         allowed_origins=tuple(args.allow_origin),
         allowed_hosts=tuple(args.allow_host),
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-        context_tokens=args.context,
+        context_tokens=context_of(args),
         preset=args.preset,
         model_name=args.model_name,
         log_level=args.log_level,
+        responses_db=str(data_dir() / "responses.sqlite3"),
     )
 
 
@@ -114,9 +119,22 @@ def exposure_warning(config: Any) -> str | None:
     return "\n".join(lines)
 
 
+def _log_to_stderr(level: str) -> None:
+    """Locus's own log lines (one per request at debug, 4xx reasons at info) beside uvicorn's."""
+    import logging
+
+    logger = logging.getLogger("locus")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)-9s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())
+
+
 def run(args: argparse.Namespace) -> int:
     from app.cli import open_engine
     from app.server import create_app, make_server
+    from app.server.jobs import context_note
 
     try:
         config = config_from_args(args)
@@ -128,17 +146,22 @@ def run(args: argparse.Namespace) -> int:
         color = sys.stderr.isatty()
         print(("\033[1;31m" if color else "") + warning + ("\033[0m" if color else ""),
               file=sys.stderr, flush=True)  # fmt: skip
+    _log_to_stderr(config.log_level)
     engine = open_engine(args)
     try:
         app = create_app(engine, config)
         name = app.service.model_name
         host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
         url = f"http://{'[' + host + ']' if ':' in host else host}:{config.port}"
+        window = app.service.context_limit()
+        compact = f"CLAUDE_CODE_AUTO_COMPACT_WINDOW={window} " if window else ""
         print(f"Serving {name} at {url}\n"
               f"  Claude Code:  ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN="
-              f"{'<your key>' if config.api_key else 'locus'} claude\n"
+              f"{'<your key>' if config.api_key else 'locus'} ANTHROPIC_MODEL=qwen3.6 "
+              f"{compact}claude\n"
               f"  OpenAI SDK:   base_url={url}/v1\n"
               "Press Ctrl-C to stop.", file=sys.stderr, flush=True)  # fmt: skip
+        print(context_note(engine, config.context_tokens), file=sys.stderr, flush=True)
         server = make_server(app, config)
         try:
             server.run()

@@ -467,6 +467,7 @@ def locate(
             }
         ],
         enable_thinking=False,
+        skip_special_tokens=False,  # Qwen2.5-VL style answers box with <|box_start|> tags
         sampling=sampling if sampling is not None else preset("instruct"),
         max_tokens=max_tokens,
     )

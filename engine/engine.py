@@ -71,6 +71,9 @@ class GenerationRequest:
     # Indices into `messages` whose end is worth a snapshot shared by later requests (Anthropic's
     # `cache_control` breakpoints); at most 4 are used.
     cache_breakpoints: list[int] = field(default_factory=list)
+    # Special tokens (<|box_start|>, <|vision_end|>, ...) are left out of the text; the parser's
+    # own tags (<think>, <tool_call>) are not special in Qwen's tokenizer and always stay.
+    skip_special_tokens: bool = True
 
     def validate(self) -> None:
         given = [x is not None for x in (self.messages, self.prompt, self.prompt_ids)]
@@ -158,6 +161,12 @@ def _detokenizer(tokenizer: Any) -> Any:
     if hasattr(detok, "trim_space"):  # SentencePiece
         detok.trim_space = False
     return detok
+
+
+def special_token_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of the tokenizer's added tokens marked special (never text for a reader)."""
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return frozenset(int(i) for i, t in added.items() if getattr(t, "special", False))
 
 
 class _StopFilter:
@@ -460,11 +469,15 @@ class Engine:
                 mx.random.seed(req.sampling.seed)
             eos = set(lm.eos_token_ids)
             detok = _detokenizer(lm.tokenizer)
+            special = special_token_ids(lm.tokenizer) - eos if req.skip_special_tokens else ()
             parser = StreamParser(req.tools, reasoning=reasoning)
             stops = _StopFilter(req.stop)
             mx.reset_peak_memory()
             ticket = self._cache_begin(req, prompt, inputs.image_keys)
             cache, cached = ticket.cache, ticket.cached
+            # First progress: how much of the prompt the cache already holds (servers report it
+            # before the first token, e.g. in Anthropic's message_start).
+            handle._put(PromptProgress(cached, len(prompt)))
             model = bind_images(lm.model, inputs)  # features and M-RoPE positions of the images
 
             def progress(done: int, total: int) -> None:
@@ -487,13 +500,14 @@ class Engine:
                 if tok in eos:
                     reason = "stop"
                     break
-                detok.add_token(tok)
-                seg, hit = stops.feed(detok.last_segment)
-                for ev in parser.feed(seg):
-                    handle._put(ev)
-                if hit:
-                    reason = "stop"
-                    break
+                if tok not in special:
+                    detok.add_token(tok)
+                    seg, hit = stops.feed(detok.last_segment)
+                    for ev in parser.feed(seg):
+                        handle._put(ev)
+                    if hit:
+                        reason = "stop"
+                        break
                 if len(tokens) >= req.max_tokens:
                     break
             steps.close()

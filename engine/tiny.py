@@ -18,6 +18,8 @@ import numpy as np
 Layout = Literal["per_expert", "fused", "mlx"]
 
 # Qwen's special and added tokens, in the order the real tokenizer lists them.
+QWEN36_CONTEXT = 262144  # Qwen3.6's max_position_embeddings and model_max_length
+
 SPECIAL_TOKENS: list[tuple[str, bool]] = [
     ("<|endoftext|>", True),
     ("<|im_start|>", True),
@@ -150,7 +152,8 @@ def make_config(cfg: TinyConfig) -> dict[str, Any]:
         "num_key_value_heads": cfg.num_key_value_heads,
         "head_dim": cfg.head_dim,
         "hidden_act": "silu",
-        "max_position_embeddings": 4096,
+        # Qwen3.6's own context, so every client's long prompts fit the demo model too.
+        "max_position_embeddings": QWEN36_CONTEXT,
         "rms_norm_eps": 1e-6,
         "tie_word_embeddings": False,
         "attention_bias": False,
@@ -355,7 +358,9 @@ def write_tokenizer(path: Path, vocab_size: int = 512) -> None:
     write_tokenizer_config(path, vocab_size)
 
 
-def write_tokenizer_config(path: Path, vocab_size: int, model_max_length: int = 4096) -> None:
+def write_tokenizer_config(
+    path: Path, vocab_size: int, model_max_length: int = QWEN36_CONTEXT
+) -> None:
     """tokenizer_config.json (Qwen's special tokens) and the chat template beside tokenizer.json."""
     ids = _special_ids(vocab_size)
     added = {

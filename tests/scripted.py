@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -94,3 +96,61 @@ def forced_engine(loaded: Any, prompt_cache: Any = None):
         return ids
 
     return eng, set_script
+
+
+class _Scripted(ScriptedModel):
+    """ScriptedModel that can take its time per step (a slow prefill or decode)."""
+
+    delay = 0.0
+
+    def __call__(self, inputs: mx.array, cache: list[Any] | None = None, **kw: Any) -> mx.array:
+        if self.delay:
+            time.sleep(self.delay)
+        return super().__call__(inputs, cache, **kw)
+
+
+class ReplyEngine:
+    """Builds an Engine whose model replays scripted replies, one per request (the last repeats).
+
+    Each reply is the raw text after the prompt (e.g. "thought</think>\\n\\nanswer"); `replies` may
+    also be a function of the GenerationRequest. `eos=False` makes the model repeat the reply's
+    last token until max_tokens or cancel.
+    """
+
+    def __new__(
+        cls,
+        loaded: Any,
+        replies: list[str] | Callable[[Any], str],
+        eos: bool = True,
+        delay: float = 0.0,
+    ) -> Any:
+        from engine import Engine
+
+        tok = loaded.tokenizer
+        vocab = int(loaded.config["text_config"]["vocab_size"])
+        scripted = _Scripted([loaded.eos_token_ids[0]], vocab)
+        scripted.delay = delay
+
+        class _Engine(Engine):
+            def submit(self, req: Any) -> Any:
+                if callable(self.replies):
+                    text = self.replies(req)
+                else:
+                    text = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+                ids = tok.encode(text, add_special_tokens=False)
+                if self.eos:
+                    ids.append(loaded.eos_token_ids[0])
+                scripted.script = ids or [loaded.eos_token_ids[0]]
+                # Position in the script counts from the end of this request's prompt.
+                scripted.prompt_len = len(self._encode(req)[0])
+                self.requests.append(req)
+                handle = super().submit(req)
+                self.handles.append(handle)
+                return handle
+
+        eng = _Engine(replace(loaded, model=scripted))
+        eng.replies = replies if callable(replies) else list(replies)
+        eng.eos = eos
+        eng.requests = []
+        eng.handles = []
+        return eng

@@ -13,7 +13,7 @@ from engine import ReasoningDelta, TextDelta, ToolCall, ToolCallError, Usage
 from .common import image_part, join_text, sampling_for, strip_billing_header
 from .errors import APIError, invalid
 from .fields import field, number, strings
-from .jobs import Finished, Job, Plan
+from .jobs import Finished, Job, Plan, Started
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "cancelled": "end_turn"}
 
@@ -158,6 +158,21 @@ def system_text(system: Any) -> str:
     return join_text([t.strip("\n") for t in texts])
 
 
+def reminder(text: str) -> str:
+    """A system message folded into a user turn, as Claude Code writes its own reminders."""
+    return f"<system-reminder>\n{text}\n</system-reminder>"
+
+
+def with_reminders(msg: dict[str, Any], reminders: list[str], where: str) -> dict[str, Any]:
+    """`msg` with `reminders` as text blocks after its tool results (they must stay first)."""
+    if not reminders:
+        return msg
+    blocks = _blocks(msg.get("content"), where)
+    at = max((i + 1 for i, b in enumerate(blocks) if b.get("type") == "tool_result"), default=0)
+    extra = [{"type": "text", "text": r} for r in reminders]
+    return {**msg, "content": [*blocks[:at], *extra, *blocks[at:]]}
+
+
 def convert_tools(tools: Any) -> list[dict[str, Any]]:
     """Anthropic tool definitions as the chat template's function specs."""
     if tools is None:
@@ -172,7 +187,9 @@ def convert_tools(tools: Any) -> list[dict[str, Any]]:
         kind = t.get("type")
         if kind not in (None, "custom") and "input_schema" not in t:
             # Anthropic's server tools (web search, code execution) run on Anthropic's side.
-            raise invalid(f"{w}: server tool {kind!r} is not available on a local model")
+            raise invalid(
+                f"{w}: server tool {kind!r} is not supported: it runs on Anthropic's side"
+            )
         name = field(t, "name", str, w, required=True)
         schema = field(t, "input_schema", dict, w, required=True)
         desc = field(t, "description", str, w, default="")
@@ -204,6 +221,7 @@ def to_plan(
         messages.append({"role": "system", "content": system})
         if _marked(body.get("system")):
             marks.append(0)
+    reminders: list[str] = []  # mid-conversation system messages waiting for a user turn
     for i, m in enumerate(raw):
         w = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -211,14 +229,26 @@ def to_plan(
         role = m.get("role")
         if "content" not in m:
             raise invalid(f"{w}.content: field required")
-        if role == "user":
-            _user(m, w, messages)
+        if role == "system":
+            # anthropic-beta mid-conversation-system: Qwen's template takes a system turn only
+            # first, so fold it into the next user turn the way Claude Code itself does.
+            text = system_text(m.get("content"))
+            if text:
+                reminders.append(reminder(text))
+        elif role == "user":
+            _user(with_reminders(m, reminders, w), w, messages)
+            reminders = []
         elif role == "assistant":
+            if reminders:
+                messages.append({"role": "user", "content": join_text(reminders)})
+                reminders = []
             messages.append(_assistant(m, w))
         else:
-            raise invalid(f"{w}.role: expected 'user' or 'assistant' (got {role!r})")
+            raise invalid(f"{w}.role: expected 'user', 'assistant' or 'system' (got {role!r})")
         if _marked(m.get("content")) and messages:
             marks.append(len(messages) - 1)
+    if reminders:
+        messages.append({"role": "user", "content": join_text(reminders)})
     tools = convert_tools(body.get("tools"))
 
     thinking = field(body, "thinking", dict, "", default={})
@@ -282,6 +312,7 @@ def to_plan(
     meta = field(body, "metadata", dict, "", default={})
     user = meta.get("user_id")
     return Plan(
+        model=body["model"],
         messages=messages,
         tools=tools or None,
         enable_thinking=think,
@@ -334,6 +365,13 @@ def usage_dict(usage: Usage | None, prompt_tokens: int) -> dict[str, int]:
         "cache_creation_input_tokens": written,
         "cache_read_input_tokens": cached,
     }
+
+
+def start_usage(job: Job) -> dict[str, int]:
+    """message_start's usage: the prompt split into new and cache-read tokens, as message_delta."""
+    cached = min(job.cached_tokens, job.prompt_tokens)
+    return {"input_tokens": job.prompt_tokens - cached, "output_tokens": 0,
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}  # fmt: skip
 
 
 def stop_reason(fin: Finished, used_tools: bool) -> str:
@@ -395,10 +433,13 @@ async def stream(job: Job, model: str, ping_interval: float) -> AsyncIterator[st
     """Anthropic's SSE sequence for one job: message_start, ping, blocks, message_delta, stop."""
     from .service import next_event
 
+    # The engine says at once how much of the prompt it found cached: report the real split.
+    first = await next_event(job, ping_interval)
+    pending = None if isinstance(first, Started) else first
     start = {
         "id": message_id(), "type": "message", "role": "assistant", "model": model,
         "content": [], "stop_reason": None, "stop_sequence": None,
-        "usage": {**usage_dict(None, job.prompt_tokens), "output_tokens": 1},
+        "usage": {**start_usage(job), "output_tokens": 1},
     }  # fmt: skip
     yield _event("message_start", {"message": start})
     yield _event("ping", {})
@@ -428,7 +469,10 @@ async def stream(job: Job, model: str, ping_interval: float) -> AsyncIterator[st
         return out
 
     while True:
-        ev = await next_event(job, ping_interval)
+        ev, pending = (pending, None) if pending is not None else (
+            await next_event(job, ping_interval), None)  # fmt: skip
+        if isinstance(ev, Started):
+            continue
         if ev is None:  # a long prefill or a quiet spell: keep proxies from closing the stream
             yield _event("ping", {})
             continue

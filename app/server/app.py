@@ -10,10 +10,11 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from . import anthropic_api, openai_api, schemas
+from . import anthropic_api, openai_api, responses_api, schemas
 from .config import ServerConfig
 from .errors import APIError, flavor_of
 from .fields import field, parse_body
+from .requestlog import error_record
 from .security import ASGIApp, Guard
 from .service import ClientGone, EventStream, Service
 
@@ -24,7 +25,17 @@ _HTTP_KINDS = {401: "authentication_error", 403: "permission_error", 404: "not_f
 
 def _error_response(request: Request, err: APIError) -> JSONResponse:
     flavor = flavor_of(request.url.path)
+    service = getattr(request.app.state, "service", None)
+    if service is not None:
+        service.requests.add(error_record(request, err.status_for(flavor), err.message))
     return JSONResponse(err.body(flavor), status_code=err.status_for(flavor), headers=err.headers)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, its model name noted for the request log."""
+    body = parse_body(await request.body())
+    request.state.locus_model = body.get("model") if isinstance(body.get("model"), str) else ""
+    return body
 
 
 def build_fastapi(service: Service) -> FastAPI:
@@ -81,7 +92,7 @@ def build_fastapi(service: Service) -> FastAPI:
         # Both SDKs' shapes at once: Anthropic's type/display_name/created_at, OpenAI's object/created.
         return {"id": model_id, "type": "model", "display_name": model_id,
                 "created_at": "2026-01-01T00:00:00Z", "object": "model",
-                "created": int(service.started), "owned_by": "locus",
+                "created": service.model_created, "owned_by": "locus",
                 "context_length": service.context_limit()}  # fmt: skip
 
     @api.get("/v1/models")
@@ -97,7 +108,7 @@ def build_fastapi(service: Service) -> FastAPI:
 
     @api.post("/v1/messages", openapi_extra=schemas.body(schemas.ANTHROPIC_MESSAGES))
     async def messages(request: Request) -> Response:
-        body = parse_body(await request.body())
+        body = await _body(request)
         plan = anthropic_api.to_plan(body, vocab_size=service.vocab_size, preset=config.preset)
         stream = field(body, "stream", bool, "", default=False)
         model_name = body["model"]
@@ -111,7 +122,7 @@ def build_fastapi(service: Service) -> FastAPI:
 
     @api.post("/v1/messages/count_tokens", openapi_extra=schemas.body(schemas.ANTHROPIC_COUNT))
     async def count_tokens(request: Request) -> Response:
-        body = parse_body(await request.body())
+        body = await _body(request)
         plan = anthropic_api.to_plan(
             body, vocab_size=service.vocab_size, preset=config.preset, count_only=True
         )
@@ -119,7 +130,7 @@ def build_fastapi(service: Service) -> FastAPI:
 
     @api.post("/v1/chat/completions", openapi_extra=schemas.body(schemas.OPENAI_CHAT))
     async def chat_completions(request: Request) -> Response:
-        body = parse_body(await request.body())
+        body = await _body(request)
         plan = openai_api.to_plan(body, vocab_size=service.vocab_size, preset=config.preset,
                                   default_max=config.default_max_tokens)  # fmt: skip
         stream = field(body, "stream", bool, "", default=False)
@@ -134,6 +145,7 @@ def build_fastapi(service: Service) -> FastAPI:
         anthropic_api.raise_if_error(fin)
         return JSONResponse(openai_api.completion(events, fin, job, model_name))
 
+    responses_api.add_routes(api, service, responses_api.ResponseStore(config.responses_db))
     return api
 
 

@@ -57,6 +57,8 @@ class ServerConfig:
     # Default answer budget when an OpenAI request sets no max_tokens (the model card's 32768).
     default_max_tokens: int = 32768
     log_level: str = "info"
+    # SQLite file keeping Responses API answers for previous_response_id (None: in memory).
+    responses_db: str | None = None
 
     @property
     def is_loopback(self) -> bool:

@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ from engine import (
 
 from .errors import APIError, invalid
 from .prompt_size import PromptMeter, too_long
+from .requestlog import RequestRecord
 
 log = logging.getLogger("locus.server")
 
@@ -64,6 +66,7 @@ class Plan:
     has_images: bool = False
     # Indices into `messages` a client marked for caching (Anthropic's cache_control).
     cache_breakpoints: list[int] = field(default_factory=list)
+    model: str = ""  # the name the client asked for (for the request log)
 
 
 @dataclass(frozen=True)
@@ -77,14 +80,42 @@ class Finished:
     error_kind: str = "api_error"  # Anthropic error type when finish_reason is "error"
 
 
-def context_limit(engine: Any, configured: int | None) -> int | None:
-    """The longest prompt + reply the server allows: the model's maximum, or less if configured."""
+@dataclass(frozen=True)
+class Started:
+    """The engine took the job: how much of the prompt it found in the prompt cache."""
+
+    prompt_tokens: int
+    cached_tokens: int
+
+
+def model_context(engine: Any) -> int:
+    """The model's own maximum context (max_position_embeddings; 0 when the config has none)."""
     cfg = engine.model.config
     tc = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
-    limit = int(tc.get("max_position_embeddings") or cfg.get("max_position_embeddings") or 0)
+    return int(tc.get("max_position_embeddings") or cfg.get("max_position_embeddings") or 0)
+
+
+def context_limit(engine: Any, configured: int | None) -> int | None:
+    """The longest prompt + reply the server allows: the model's maximum, or less if configured."""
+    limit = model_context(engine)
     if configured:
         limit = min(limit, configured) if limit else configured
     return limit or None
+
+
+def context_note(engine: Any, configured: int | None) -> str:
+    """One line saying which context is served and what set it (printed at start-up)."""
+    model = model_context(engine)
+    served = context_limit(engine, configured)
+    if served is None:
+        return "Context: no limit known (the model's config has no max_position_embeddings)"
+    if configured and model and configured > model:
+        return (f"Context: {served:,} tokens: --context {configured:,} is more than this model's "
+                f"max_position_embeddings ({model:,}), so the model's maximum is served")  # fmt: skip
+    if configured and configured < model:
+        return (f"Context: {served:,} tokens (--context; the model takes up to {model:,}: raise "
+                "--context for longer conversations, at the cost of memory)")  # fmt: skip
+    return f"Context: {served:,} tokens (the model's max_position_embeddings)"
 
 
 def build_request(engine: Any, plan: Plan, max_tokens: int = 1) -> GenerationRequest:
@@ -264,6 +295,16 @@ class Job:
         self._handle: Any = None
         self._lock = threading.Lock()
         self._on_end: Callable[[Job], None] | None = None
+        self.cached_tokens = 0
+        self.started: Started | None = None
+        # For the request log: who asked for what, and when the first token came.
+        self.arrived = time.monotonic()
+        self.arrived_wall = time.time()
+        self.first_token_at: float | None = None
+        self.client = ""
+        self.endpoint = ""
+        self.method = "POST"
+        self.model_name = ""
 
     @property
     def cancelled(self) -> bool:
@@ -353,6 +394,8 @@ class Job:
 
         def forward(ev: Event) -> None:
             nonlocal answered, over_budget
+            if self.first_token_at is None:
+                self.first_token_at = time.monotonic()
             if isinstance(ev, ReasoningDelta):
                 reasoning.append(ev.text)
                 # Each decoded token gives at most one delta, so this never stops early.
@@ -416,7 +459,12 @@ class Job:
                 return ev.usage or usage, ev
             if isinstance(ev, Usage):
                 usage = ev
-            elif not isinstance(ev, PromptProgress):
+            elif isinstance(ev, PromptProgress):
+                if self.started is None:  # the first one says what the prompt cache held
+                    self.cached_tokens = min(ev.processed, self.prompt_tokens)
+                    self.started = Started(self.prompt_tokens, self.cached_tokens)
+                    self._post(self.started)
+            else:
                 forward(ev)
         raise RuntimeError("the engine's event stream ended without Done")  # pragma: no cover
 
@@ -443,6 +491,28 @@ class Job:
         if found:
             return max(found, key=lambda x: (x[0] + len(x[1]), len(x[1])))[1]
         return self.plan.stop[0]
+
+    def record(self, status: int = 200) -> RequestRecord:
+        """This job as a request-log record (call once it has finished)."""
+        fin = self.finished
+        usage = fin.usage if fin else None
+        ttft = self.first_token_at - self.arrived if self.first_token_at is not None else None
+        return RequestRecord(
+            time=self.arrived_wall, client=self.client, method=self.method,
+            endpoint=self.endpoint, model=self.model_name, status=status,
+            prompt_tokens=usage.prompt_tokens if usage else self.prompt_tokens,
+            cached_tokens=usage.cached_tokens if usage else self.cached_tokens,
+            ttft_s=ttft, output_tokens=usage.completion_tokens if usage else 0,
+            finish_reason=fin.finish_reason if fin else "", error=(fin.error or "") if fin else "",
+            duration_s=time.monotonic() - self.arrived,
+        )  # fmt: skip
+
+    def describe(self, request: Any, model: str = "") -> None:
+        """Note who sent this job and where (for the request log)."""
+        self.client = request.headers.get("user-agent", "")
+        self.endpoint = request.url.path
+        self.method = request.method
+        self.model_name = model
 
 
 def _is_request_error(message: str) -> bool:

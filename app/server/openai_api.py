@@ -225,6 +225,7 @@ def to_plan(body: dict[str, Any], *, vocab_size: int, preset: str | None, defaul
         raise invalid("repetition_penalty: must be greater than 0", param="repetition_penalty")
     user = field(body, "user", str, "", default=None)
     return Plan(
+        model=body["model"],
         messages=messages,
         tools=tools or None,
         enable_thinking=think,

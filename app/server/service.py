@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -19,8 +20,9 @@ from engine import EngineError, Event
 from .common import model_display_name
 from .config import ServerConfig
 from .errors import APIError
-from .jobs import Finished, Job, Plan, Scheduler, check_length, context_limit, count_tokens
+from .jobs import Finished, Job, Plan, Scheduler, Started, check_length, context_limit, count_tokens
 from .prompt_size import PromptMeter
+from .requestlog import RequestLog
 
 log = logging.getLogger("locus.server")
 # The request's body size in bytes, set in the ASGI scope by the Guard.
@@ -47,6 +49,8 @@ class Service:
         self._meter: PromptMeter | None = None
         self._check_slots: asyncio.Semaphore | None = None
         self.started = time.time()
+        # The last requests, one record each: `locus serve --log-level debug` and the Server view.
+        self.requests = RequestLog()
 
     # -- the model ----------------------------------------------------------------------------
     def loaded(self) -> Any:
@@ -66,6 +70,15 @@ class Service:
         return self.config.model_name or model_display_name(self.loaded())
 
     @property
+    def model_created(self) -> int:
+        """A stable `created` time for /v1/models: when the checkpoint's config was written."""
+        path = getattr(self.loaded(), "path", None)
+        try:
+            return int(os.path.getmtime(os.path.join(str(path), "config.json")))
+        except (OSError, TypeError):
+            return 1767225600  # 2026-01-01, when the model cannot say
+
+    @property
     def vocab_size(self) -> int:
         cfg = self.loaded().config
         tc = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
@@ -80,6 +93,7 @@ class Service:
         """Queue, prepare and submit a plan; raises APIError, or ClientGone if the client left."""
         self.loaded()
         job = Job(self.engine, plan, self.config.context_tokens)
+        job.describe(request, plan.model)
         return await until_disconnect(request, self._start(job, request.scope.get(BODY_SIZE)))
 
     def meter(self) -> PromptMeter:
@@ -111,6 +125,7 @@ class Service:
 
     def _ended(self, job: Job) -> None:
         self.jobs.discard(job)
+        self.requests.add(job.record())
         if job.finished is not None:
             self.finished[job.finished.finish_reason] += 1
         self.scheduler.release()
@@ -124,7 +139,8 @@ class Service:
                 item = await job.queue.get()
                 if isinstance(item, Finished):
                     return events, item
-                events.append(item)
+                if not isinstance(item, Started):
+                    events.append(item)
 
         try:
             return await until_disconnect(request, gather())

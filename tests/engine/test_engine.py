@@ -169,6 +169,23 @@ def test_continuation_keeps_its_leading_space(tiny_model):
     assert text == " world, again"
 
 
+def test_special_tokens_never_reach_the_text(tiny_model):
+    # Qwen's <|vision_end|>, <|box_start|>... are special; <think>/<tool_call> are parsed, not text.
+    script = "mm</think>\n\nSee<|vision_end|> the<|box_start|> cat<|im_start|>."
+    events, done, _ = _scripted_run(tiny_model, script, tools=TOOLS)
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
+    assert done.finish_reason == "stop"
+    assert (reasoning.strip(), text) == ("mm", "See the cat.")
+    # Skipped tokens still count against max_tokens.
+    _, done, _ = _scripted_run(tiny_model, "<|box_start|>" * 10, max_tokens=3)
+    assert (done.finish_reason, len(done.token_ids)) == ("length", 3)
+    # Localization keeps them: Qwen2.5-VL style boxes are written with <|box_start|> tags.
+    events, _, _ = _scripted_run(tiny_model, "a<|box_start|>b", skip_special_tokens=False)
+    said = "".join(e.text for e in events if isinstance(e, TextDelta | ReasoningDelta))
+    assert said.endswith("a<|box_start|>b")
+
+
 def test_scripted_reasoning_text_and_tool_call(tiny_model):
     events, done, model = _scripted_run(tiny_model, SCRIPT, tools=TOOLS)
     reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))

@@ -181,7 +181,7 @@ def test_images_on_a_text_only_model_are_a_clear_error(serve, scripted):
 
 
 def test_errors_are_sdk_exceptions(serve, engine):
-    srv = serve(engine)
+    srv = serve(engine, context_tokens=4096)
     c = client(srv)
     user = [{"role": "user", "content": "x"}]
     with pytest.raises(openai.BadRequestError) as e:
