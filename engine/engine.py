@@ -477,7 +477,8 @@ class Engine:
             cache, cached = ticket.cache, ticket.cached
             # First progress: how much of the prompt the cache already holds (servers report it
             # before the first token, e.g. in Anthropic's message_start).
-            handle._put(PromptProgress(cached, len(prompt)))
+            planned = len(prompt) - cached if ticket.pc is not None else 0
+            handle._put(PromptProgress(cached, len(prompt), cache_write=planned))
             model = bind_images(lm.model, inputs)  # features and M-RoPE positions of the images
 
             def progress(done: int, total: int) -> None:

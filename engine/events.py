@@ -15,6 +15,8 @@ class PromptProgress:
     processed: int
     total: int
     type: Literal["prompt_progress"] = "prompt_progress"
+    # In the first event only: prompt tokens this request plans to write to new cache snapshots.
+    cache_write: int = 0
 
 
 @dataclass(frozen=True)

@@ -370,8 +370,9 @@ def usage_dict(usage: Usage | None, prompt_tokens: int) -> dict[str, int]:
 def start_usage(job: Job) -> dict[str, int]:
     """message_start's usage: the prompt split into new and cache-read tokens, as message_delta."""
     cached = min(job.cached_tokens, job.prompt_tokens)
-    return {"input_tokens": job.prompt_tokens - cached, "output_tokens": 0,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}  # fmt: skip
+    written = min(job.cache_write_tokens, job.prompt_tokens - cached)  # planned; final in the delta
+    return {"input_tokens": job.prompt_tokens - cached - written, "output_tokens": 0,
+            "cache_creation_input_tokens": written, "cache_read_input_tokens": cached}  # fmt: skip
 
 
 def stop_reason(fin: Finished, used_tools: bool) -> str:

@@ -86,6 +86,7 @@ class Started:
 
     prompt_tokens: int
     cached_tokens: int
+    cache_write_tokens: int = 0
 
 
 def model_context(engine: Any) -> int:
@@ -296,6 +297,7 @@ class Job:
         self._lock = threading.Lock()
         self._on_end: Callable[[Job], None] | None = None
         self.cached_tokens = 0
+        self.cache_write_tokens = 0
         self.started: Started | None = None
         # For the request log: who asked for what, and when the first token came.
         self.arrived = time.monotonic()
@@ -462,7 +464,8 @@ class Job:
             elif isinstance(ev, PromptProgress):
                 if self.started is None:  # the first one says what the prompt cache held
                     self.cached_tokens = min(ev.processed, self.prompt_tokens)
-                    self.started = Started(self.prompt_tokens, self.cached_tokens)
+                    self.cache_write_tokens = ev.cache_write
+                    self.started = Started(self.prompt_tokens, self.cached_tokens, ev.cache_write)
                     self._post(self.started)
             else:
                 forward(ev)
