@@ -62,7 +62,8 @@ def apply_theme(app: QApplication, dark: bool | None = None) -> bool:
     dark = is_dark() if dark is None else dark
     if sys.platform != "darwin":
         # macOS's native style already follows the system's appearance; elsewhere Fusion + palette.
-        app.setStyle("Fusion")
+        if not app.property("locus_user_style"):
+            app.setStyle("Fusion")
         app.setPalette(palette(dark))
     app.setStyleSheet(stylesheet(dark))
     return dark
