@@ -57,6 +57,7 @@ class Composer(QPlainTextEdit):
     `enter_sends` is off)."""
 
     submitted = Signal()
+    stop_requested = Signal()  # Escape
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -79,6 +80,9 @@ class Composer(QPlainTextEdit):
                 self.submitted.emit()
                 return
             self.insertPlainText("\n")  # a plain newline, not Qt's U+2028 soft break
+            return
+        if e.key() == Qt.Key.Key_Escape:
+            self.stop_requested.emit()
             return
         super().keyPressEvent(e)
 
@@ -228,6 +232,7 @@ class ChatView(QWidget):
         composer = QHBoxLayout()
         self.input = Composer()
         self.input.submitted.connect(self.send)
+        self.input.stop_requested.connect(self.stop)
         self.input.setFixedHeight(72)
         composer.addWidget(self.input, 1)
         buttons = QVBoxLayout()

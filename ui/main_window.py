@@ -193,7 +193,10 @@ class MainWindow(QMainWindow):
                 role: QAction.MenuRole | None = None) -> QAction:  # fmt: skip
         act = QAction(text, self)
         act.triggered.connect(lambda *_: slot())
-        if shortcut is not None:
+        if isinstance(shortcut, tuple):  # (standard key, fallback where the platform has none)
+            std = QKeySequence(shortcut[0])
+            act.setShortcut(std if not std.isEmpty() else QKeySequence(shortcut[1]))
+        elif shortcut is not None:
             act.setShortcut(QKeySequence(shortcut))
         if role is not None:
             act.setMenuRole(role)  # macOS moves About/Preferences/Quit to the app menu
@@ -205,16 +208,20 @@ class MainWindow(QMainWindow):
         K = QKeySequence.StandardKey
         bar = self.menuBar()
         f = bar.addMenu("&File")
-        self.new_action = self._action(f, "New Conversation", self._new_conversation, K.New)
-        self.open_folder_action = self._action(f, "Open Folder…", self._open_folder, K.Open)
+        self.new_action = self._action(f, "New Conversation", self._new_conversation,
+                                       (K.New, "Ctrl+N"))  # fmt: skip
+        self.open_folder_action = self._action(
+            f, "Open Folder…", self._open_folder, (K.Open, "Ctrl+O")
+        )
         self.recent_menu = f.addMenu("Open Recent Project")
         self.recent_menu.aboutToShow.connect(lambda: self.agent.fill_recent_menu(self.recent_menu))
         self._action(f, "Open Image…", self._open_image, "Ctrl+Shift+O")
         f.addSeparator()
         self.preferences_action = self._action(f, "Preferences…", self.show_preferences,
-                                               K.Preferences, R.PreferencesRole)  # fmt: skip
+                                               (K.Preferences, "Ctrl+,"), R.PreferencesRole)  # fmt: skip
         f.addSeparator()
-        self.quit_action = self._action(f, "Quit Locus", self.close, K.Quit, R.QuitRole)
+        self.quit_action = self._action(f, "Quit Locus", self.close, (K.Quit, "Ctrl+Q"),
+                                        R.QuitRole)  # fmt: skip
         e = bar.addMenu("&Edit")
         self._action(e, "Delete Conversation…", self._delete_conversation)
         self._action(e, "Undo Conversation Deletion", self.chat.undo_delete)
@@ -490,6 +497,7 @@ class MainWindow(QMainWindow):
         self.show_message(f"Could not load the model: {message}")
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self.hide()  # the window goes at once; workers stop and the prompt cache is saved behind it
         self.shutdown()
         super().closeEvent(event)
 
@@ -498,6 +506,9 @@ class MainWindow(QMainWindow):
         save_ui_settings({"server_host": self.server.host.text().strip(),
                           "server_port": self.server.port.value(),
                           "window_geometry": bytes(self.saveGeometry().toHex()).decode()})  # fmt: skip
+        views = (self.chat, self.agent, self.locate, self.server)
+        for v in views:  # ask every worker to stop first, so their waits overlap
+            v.stop()
         for v in (self.chat, self.agent, self.server):
             v.shutdown()
         if self.engine is not None:
