@@ -437,7 +437,7 @@ class MainWindow(QMainWindow):
         self.agent.set_engine(engine)
         self.locate.set_engine(engine)
         self.server.set_engine(engine, name)
-        self.model_label.setText(f"Model: {name}" if engine is not None else "No model loaded")
+        self.model_label.setText("Model:" if engine is not None else "No model loaded")
         if engine is None:
             self.model_path = ""
         self.model_info.setText(self._describe_model(engine, self.model_path) if engine else "")
@@ -474,7 +474,7 @@ class MainWindow(QMainWindow):
             self._stale_loads.append(self.load_task)
             self.load_task = None
         self._loading(False)
-        self.model_label.setText(f"Model: {self.model_name}" if self.engine else "No model loaded")
+        self.model_label.setText("Model:" if self.engine else "No model loaded")
 
     def _loaded(self, task: Task, engine: Any, name: str, path: str) -> None:
         if task is not self.load_task:  # cancelled: free what was loaded
@@ -493,7 +493,7 @@ class MainWindow(QMainWindow):
             return
         self.load_task = None
         self._loading(False)
-        self.model_label.setText(f"Model: {self.model_name}" if self.engine else "No model loaded")
+        self.model_label.setText("Model:" if self.engine else "No model loaded")
         self.show_message(f"Could not load the model: {message}")
 
     def closeEvent(self, event: QCloseEvent) -> None:
