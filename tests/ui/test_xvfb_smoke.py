@@ -113,4 +113,5 @@ def test_window_under_xvfb(tmp_path):
     stderr = err.read_text()
     assert rc == 0, stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-4000:]
+    print(f"quit took {quit_s:.2f} s")
     assert quit_s < 10
