@@ -384,3 +384,20 @@ def test_preferences_are_saved_and_applied(window, qtbot):
         from app.settings import save_ui_settings
 
         save_ui_settings({"enter_sends": True, "sampling_profile": "thinking", "server_port": 8723})
+
+
+def test_request_log_shows_records(qtbot):
+    from ui.server_view import RequestLog
+
+    log = RequestLog(limit=2)
+    qtbot.addWidget(log)
+    log.set_records([
+        {"time": 0, "method": "POST", "path": "/v1/messages", "status": 200, "duration_ms": 812.4,
+         "output_tokens": 31},
+        {"time": 1, "method": "GET", "path": "/v1/models", "status": 200, "duration": 0.003},
+        {"time": 2, "method": "POST", "path": "/v1/chat/completions", "status": 401,
+         "error": "bad key"},
+    ])  # fmt: skip
+    rows = [[log.item(r, c).text() for c in range(5)] for r in range(log.rowCount())]
+    assert [r[1] for r in rows] == ["GET /v1/models", "POST /v1/chat/completions"]  # newest 2
+    assert rows[0][3] == "3 ms" and rows[1][2] == "401 bad key"
