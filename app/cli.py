@@ -353,7 +353,7 @@ def cmd_window(args: argparse.Namespace) -> int:
             print(p)
         return 0
     return int(ui.run_app(demo=args.demo, model=args.window_model,
-                          project=getattr(args, "project", None),
+                          project=getattr(args, "window_project", None),
                           qt_args=getattr(args, "qt_args", None)))  # fmt: skip
 
 
@@ -395,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw, qt_args = split_qt_args(raw)
     raw, project = _split_project(parser, raw)
     args = parser.parse_args(raw)
-    args.project = project
+    args.window_project = project
     args.qt_args = qt_args
     if (project or qt_args) and args.command is not None:
         parser.error("a project folder and Qt options go with the window, not a command")
