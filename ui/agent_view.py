@@ -133,6 +133,9 @@ class ApprovalCard(QFrame):
         self._decide(Decision.allow_prefix(prefix))
 
     def _decide(self, d: Decision) -> None:
+        self.setProperty("decided", True)  # the stylesheet greys a decided card's border
+        self.style().unpolish(self)
+        self.style().polish(self)
         for b in self._buttons:
             b.setEnabled(False)
         self.reason.setEnabled(False)
