@@ -69,10 +69,40 @@ def _add_sampling_args(
         p.set_defaults(no_thinking=True)
 
 
+# Qt's standard options (QApplication/QGuiApplication): passed through to the window.
+_QT_VALUE_OPTIONS = {"-platform", "-platformpluginpath", "-platformtheme", "-plugin", "-style",
+                     "-stylesheet", "-session", "-qwindowgeometry", "-qwindowicon",
+                     "-qwindowtitle", "-display", "-geometry", "-title", "-name", "-widgetcount"}  # fmt: skip
+_QT_FLAG_OPTIONS = {"-reverse", "-nograb", "-dograb", "-sync", "-testability"}
+
+
+def split_qt_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(Locus's arguments, Qt's standard ones such as `-platform xcb` or `-style=fusion`)."""
+    ours: list[str] = []
+    qt: list[str] = []
+    it = iter(argv)
+    for a in it:
+        name = a.split("=", 1)[0]
+        if name in _QT_VALUE_OPTIONS or name in {"-" + o for o in _QT_VALUE_OPTIONS}:
+            qt.append(a)
+            if "=" not in a:
+                nxt = next(it, None)
+                if nxt is not None:
+                    qt.append(nxt)
+        elif a in _QT_FLAG_OPTIONS:
+            qt.append(a)
+        else:
+            ours.append(a)
+    return ours, qt
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="locus",
-        description="Run Qwen3.6-35B-A3B (and other MLX models) locally.",
+        usage="locus [-h] [--demo] [--model PATH] [--screenshot DIR] [DIR | COMMAND ...]",
+        description="Run Qwen3.6-35B-A3B (and other MLX models) locally. With no command, open "
+        "the window; `locus DIR` opens it on that project folder in the Agent view. Qt's own "
+        "options (-platform NAME, -style NAME, …) are passed to the window.",
         epilog="Run `locus COMMAND --help` for a command's options.",
     )
     parser.add_argument("--demo", action="store_true",
@@ -302,8 +332,10 @@ def cmd_window(args: argparse.Namespace) -> int:
     """No command: open the desktop window (or render its views to PNG with --screenshot)."""
     import importlib
 
+    platform_given = any(a.split("=", 1)[0] in ("-platform", "--platform")
+                         for a in getattr(args, "qt_args", None) or [])  # fmt: skip
     headless = sys.platform.startswith("linux") and not (
-        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or platform_given
     )
     if headless and args.screenshot:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -333,7 +365,9 @@ def cmd_window(args: argparse.Namespace) -> int:
         for p in paths:
             print(p)
         return 0
-    return int(ui.run_app(demo=args.demo, model=args.window_model))
+    return int(ui.run_app(demo=args.demo, model=args.window_model,
+                          project=getattr(args, "window_project", None),
+                          qt_args=getattr(args, "qt_args", None)))  # fmt: skip
 
 
 def _demo_notice() -> str:
@@ -342,9 +376,42 @@ def _demo_notice() -> str:
     return DEMO_NOTICE
 
 
+def _split_project(
+    parser: argparse.ArgumentParser, argv: list[str]
+) -> tuple[list[str], str | None]:
+    """`locus [options] DIR`: take a folder argument out before argparse sees it as a command."""
+    choices: set[str] = set()
+    for act in parser._actions:  # the subcommands' names
+        if isinstance(act, argparse._SubParsersAction):
+            choices = set(act.choices)
+    with_value = {"--model", "--screenshot"}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            break
+        if a.startswith("-"):
+            i += 2 if a in with_value else 1
+            continue
+        if a in choices:
+            return argv, None
+        if os.path.isdir(a):
+            return argv[:i] + argv[i + 1 :], a
+        parser.error(f"{a!r} is neither a project folder nor a command "
+                     f"(choose from {', '.join(sorted(choices))})")  # fmt: skip
+    return argv, None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    raw, qt_args = split_qt_args(raw)
+    raw, project = _split_project(parser, raw)
+    args = parser.parse_args(raw)
+    args.window_project = project
+    args.qt_args = qt_args
+    if (project or qt_args) and args.command is not None:
+        parser.error("a project folder and Qt options go with the window, not a command")
     try:
         if args.command is None:
             return cmd_window(args)

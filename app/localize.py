@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,7 +22,9 @@ __all__ = [
     "build_prompt",
     "categories_prompt",
     "draw_boxes",
+    "ink_for",
     "label_color",
+    "label_colors",
     "locate",
     "open_image",
     "parse_response",
@@ -36,8 +39,10 @@ GRID = 1000.0  # Qwen3-VL's relative coordinate range
 _BOX_KEYS = ("bbox_2d", "bbox", "box_2d", "box", "bounding_box", "coordinates")
 _POINT_KEYS = ("point_2d", "point", "keypoint")
 _LABEL_KEYS = ("label", "name", "category", "class", "object", "text", "description")
-# Same palette and rule as the UI's overlay, so exports and the canvas agree.
-PALETTE = ["#ff453a", "#30d158", "#0a84ff", "#ff9f0a", "#bf5af2", "#64d2ff", "#ffd60a", "#ff375f"]
+# Same palette and rule as the UI's overlay, so exports and the canvas agree. Assigned in order of
+# first appearance, so the first ten labels of an answer never share a color.
+PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd",
+           "#17becf", "#e377c2", "#8c564b", "#bcbd22", "#7f7f7f"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -351,10 +356,26 @@ def open_image(source: Any) -> Any:
     return load_image(source).image
 
 
-def label_color(label: str) -> tuple[int, int, int]:
-    """A stable RGB color per label (the UI's overlay uses the same rule)."""
-    h = PALETTE[sum(label.encode()) % len(PALETTE)]
-    return int(h[1:3], 16), int(h[3:5], 16), int(h[5:7], 16)
+def label_colors(labels: Iterable[str]) -> dict[str, tuple[int, int, int]]:
+    """One RGB color per distinct label, PALETTE in order of first appearance (then it repeats)."""
+    out: dict[str, tuple[int, int, int]] = {}
+    for label in labels:
+        if label not in out:
+            h = PALETTE[len(out) % len(PALETTE)]
+            out[label] = int(h[1:3], 16), int(h[3:5], 16), int(h[5:7], 16)
+    return out
+
+
+def label_color(label: str, labels: Iterable[str] | None = None) -> tuple[int, int, int]:
+    """The color `label` gets among `labels` (all the labels drawn together; default just it)."""
+    order = list(labels) if labels is not None else []
+    return label_colors([*order, label])[label]
+
+
+def ink_for(color: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever reads better on `color` (tags and list swatches)."""
+    lum = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+    return (0, 0, 0) if lum > 150 else (255, 255, 255)
 
 
 def draw_boxes(image: Any, boxes: list[Box], *, line_width: int | None = None) -> Any:
@@ -371,8 +392,9 @@ def draw_boxes(image: Any, boxes: list[Box], *, line_width: int | None = None) -
     except TypeError:  # Pillow < 10.1 has one bitmap size only
         font = ImageFont.load_default()
     draw = ImageDraw.Draw(img)
+    colors = label_colors(b.label for b in boxes)
     for b in boxes:
-        color = label_color(b.label)
+        color = colors[b.label]
         if b.area > 0:
             draw.rectangle([b.x1, b.y1, b.x2, b.y2], outline=color, width=lw)
         if b.point is not None:
@@ -385,8 +407,7 @@ def draw_boxes(image: Any, boxes: list[Box], *, line_width: int | None = None) -
         ty = ty - th if ty - th >= 0 else ty  # above the box, or inside when at the top edge
         tx = min(max(0, tx), max(0, w - tw))
         draw.rectangle([tx, ty, tx + tw, ty + th], fill=color)
-        lum = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-        ink = (0, 0, 0) if lum > 150 else (255, 255, 255)
+        ink = ink_for(color)
         draw.text((tx + lw + 2 - left, ty + lw - top), b.label, fill=ink, font=font)
     return img
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from platformdirs import user_cache_dir, user_data_dir
 
@@ -15,9 +17,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LOCUS_CACHE_DIR") or user_cache_dir("locus"))
 
 
-def data_dir() -> Path:
-    """Files that must not be lost (conversations, agent checkpoints). LOCUS_DATA_DIR overrides."""
+def _base_dir() -> Path:
     return Path(os.environ.get("LOCUS_DATA_DIR") or user_data_dir("locus"))
+
+
+def data_dir() -> Path:
+    """Files that must not be lost (conversations, agent checkpoints). LOCUS_DATA_DIR overrides,
+    then the "data_folder" preference."""
+    if os.environ.get("LOCUS_DATA_DIR"):
+        return Path(os.environ["LOCUS_DATA_DIR"])
+    chosen = load_ui_settings().get("data_folder")
+    return Path(chosen).expanduser() if isinstance(chosen, str) and chosen.strip() else _base_dir()
 
 
 def prompt_cache_dir() -> Path:
@@ -25,7 +35,8 @@ def prompt_cache_dir() -> Path:
 
 
 def ui_settings_path() -> Path:
-    return data_dir() / "settings.json"
+    # Always in the default place: it is where a moved data folder is recorded.
+    return _base_dir() / "settings.json"
 
 
 def load_ui_settings() -> dict:
@@ -51,3 +62,57 @@ def save_ui_settings(values: dict) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
     os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Preference:
+    """One user default shown in the window's Preferences and stored in settings.json.
+
+    kind: "choice" (one of `choices`), "int" (between `minimum` and `maximum`), "bool", "text" or
+    "folder". Other modules append their own with `PREFERENCES.append(...)`.
+    """
+
+    key: str
+    label: str
+    kind: str
+    default: Any
+    help: str = ""
+    choices: tuple[str, ...] = ()
+    minimum: int = 0
+    maximum: int = 1 << 30
+
+
+PREFERENCES: list[Preference] = [
+    Preference("sampling_profile", "Sampling profile", "choice", "thinking",
+               "The model card's profile a new conversation starts with.",
+               choices=("thinking", "coding", "instruct")),
+    Preference("context_tokens", "Context (tokens)", "int", 32768,
+               "The context budget used to check that a model fits in memory.",
+               minimum=1024, maximum=262144),
+    Preference("enter_sends", "Enter sends the message", "bool", True,
+               "Off: Enter breaks the line and Ctrl+Enter sends."),
+    Preference("server_port", "Server port", "int", 8723,
+               "Port of the local Anthropic/OpenAI-compatible API.", minimum=1, maximum=65535),
+    Preference("data_folder", "Data folder", "folder", "",
+               "Where conversations and agent checkpoints are kept (from the next start; empty: "
+               "the default). LOCUS_DATA_DIR overrides it."),
+]  # fmt: skip
+
+
+def preference(key: str) -> Any:
+    """The saved value of a preference, or its default (also when the saved one is unusable)."""
+    spec = next((p for p in PREFERENCES if p.key == key), None)
+    if spec is None:
+        raise KeyError(f"no preference {key!r}")
+    value = load_ui_settings().get(key, spec.default)
+    if spec.kind == "choice" and value not in spec.choices:
+        return spec.default
+    if spec.kind == "int":
+        try:
+            value = int(value)
+        except (TypeError, ValueError):
+            return spec.default
+        return min(max(value, spec.minimum), spec.maximum)
+    if spec.kind == "bool":
+        return bool(value)
+    return value if isinstance(value, str) else spec.default

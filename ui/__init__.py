@@ -12,6 +12,8 @@ def _app(argv: list[str] | None = None):
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication(argv or [sys.argv[0]])
+    if argv and any(a in ("-style", "--style") or a.startswith("-style=") for a in argv):
+        app.setProperty("locus_user_style", True)  # apply_theme keeps the style asked for
     app.setApplicationName("Locus")
     app.setOrganizationName("Locus")
     from .theme import app_icon
@@ -20,7 +22,7 @@ def _app(argv: list[str] | None = None):
     return app
 
 
-def _window(demo: bool, model: str | None):
+def _window(demo: bool, model: str | None, project: str | None = None):
     from .main_window import MainWindow
     from .theme import apply_theme
 
@@ -35,23 +37,32 @@ def _window(demo: bool, model: str | None):
         from app.demo import demo_model_dir
 
         model = str(demo_model_dir())
-    if not model and not demo:
-        from app.settings import load_ui_settings
+    from app.settings import load_ui_settings
 
+    if not model and not demo:
         last = load_ui_settings().get("last_model")
         model = last if last and Path(last).exists() else None
     if model:
         win.load_model(model)
-    else:
+    elif not project:
         win.show_view("Models")
-        win.models.refresh()
+    # `locus DIR` opens that project; otherwise the last one comes back (without switching view).
+    if project:
+        win.agent.open_project(project)
+        win.show_view("Agent")
+    else:
+        last = load_ui_settings().get("last_project")
+        if isinstance(last, str) and Path(last).is_dir():
+            win.agent.open_project(last)
     return win
 
 
-def run_app(*, demo: bool = False, model: str | None = None) -> int:
-    """Open the window (on the demo model, or `model`) and run until it closes."""
-    app = _app()
-    win = _window(demo, model)
+def run_app(*, demo: bool = False, model: str | None = None, project: str | None = None,
+            qt_args: list[str] | None = None) -> int:  # fmt: skip
+    """Open the window (on the demo model, or `model`; on `project` in Agent) and run until it
+    closes. `qt_args` are Qt's own options (-platform, -style, …) for QApplication."""
+    app = _app([sys.argv[0], *(qt_args or [])])
+    win = _window(demo, model, project)
     win.show()
     return int(app.exec())
 

@@ -10,16 +10,21 @@ from typing import Any
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFont, QTextCursor
 from PySide6.QtWidgets import (
+    QFileDialog,
     QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QListWidget,
+    QListWidgetItem,
+    QMenu,
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSplitter,
     QTextBrowser,
+    QToolButton,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -38,7 +43,10 @@ from app.agent import (
     default_prefix,
     detect_sandbox,
 )
+from app.agent.checkpoints import CheckpointError, Checkpoints
 from app.agent.watch import TreeWatcher
+from app.settings import data_dir, load_ui_settings, save_ui_settings
+from app.store import Store
 
 from .bridge import Task, run_in_background
 
@@ -46,6 +54,18 @@ __all__ = ["AgentView", "ApprovalCard"]
 
 _SKIP = {".git", "__pycache__", "node_modules", ".venv", ".mypy_cache", ".pytest_cache"}
 _MAX_TREE = 3000  # entries shown; a huge folder must not freeze the window
+_MAX_RECENT = 8
+
+
+def recent_projects() -> list[Path]:
+    """Projects opened before, most recent first (those that still exist)."""
+    items = load_ui_settings().get("recent_projects") or []
+    return [Path(p) for p in items if isinstance(p, str) and Path(p).is_dir()]
+
+
+def _remember_project(p: Path) -> None:
+    items = [str(p)] + [str(x) for x in recent_projects() if x != p]
+    save_ui_settings({"last_project": str(p), "recent_projects": items[:_MAX_RECENT]})
 
 
 class ApprovalCard(QFrame):
@@ -58,23 +78,18 @@ class ApprovalCard(QFrame):
         self.req = req
         self.setObjectName("approvalCard")
         lay = QVBoxLayout(self)
-        title = QLabel(f"<b>Approve?</b> {req.summary}")
+        title = QLabel(f"<b>Approve?</b> {_esc(req.summary)}")
         title.setWordWrap(True)
+        title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         lay.addWidget(title)
         if not req.sandboxed and req.command is not None:
             warn = QLabel("This command runs WITHOUT a sandbox, with your full permissions.")
             warn.setObjectName("notice")
             lay.addWidget(warn)
-        body = req.diff or req.command or ""
-        if body:
-            self.diff_view = QPlainTextEdit(body, readOnly=True)
-            self.diff_view.setFont(QFont("Menlo, Consolas, monospace"))
-            lines = body.count("\n") + 1
-            self.diff_view.setFixedHeight(min(300, 20 + lines * 16))
-            lay.addWidget(self.diff_view)
-        self.reason = QLineEdit(placeholderText="Reason (sent to the model if you reject)")
-        lay.addWidget(self.reason)
-        row = QHBoxLayout()
+        # Buttons above the diff: at small window sizes they stay in view.
+        self.buttons_row = QWidget()
+        row = QHBoxLayout(self.buttons_row)
+        row.setContentsMargins(0, 0, 0, 0)
         self.approve_button = QPushButton("Approve")
         self.approve_button.clicked.connect(lambda: self._decide(Decision.approve()))
         self.reject_button = QPushButton("Reject")
@@ -97,7 +112,16 @@ class ApprovalCard(QFrame):
             row.addWidget(self.prefix)
             self._buttons.append(self.prefix_button)
         row.addStretch(1)
-        lay.addLayout(row)
+        lay.addWidget(self.buttons_row)
+        self.reason = QLineEdit(placeholderText="Reason (sent to the model if you reject)")
+        lay.addWidget(self.reason)
+        body = req.diff or req.command or ""
+        if body:
+            self.diff_view = QPlainTextEdit(body, readOnly=True)
+            self.diff_view.setFont(QFont("Menlo, Consolas, monospace"))
+            lines = body.count("\n") + 1
+            self.diff_view.setFixedHeight(min(240, 20 + lines * 16))
+            lay.addWidget(self.diff_view)
         self.outcome = QLabel()
         lay.addWidget(self.outcome)
 
@@ -109,6 +133,9 @@ class ApprovalCard(QFrame):
         self._decide(Decision.allow_prefix(prefix))
 
     def _decide(self, d: Decision) -> None:
+        self.setProperty("decided", True)  # the stylesheet greys a decided card's border
+        self.style().unpolish(self)
+        self.style().polish(self)
         for b in self._buttons:
             b.setEnabled(False)
         self.reason.setEnabled(False)
@@ -126,10 +153,15 @@ class AgentView(QWidget):
 
     run_finished = Signal(str)  # done.status
     approval_shown = Signal(object)  # ApprovalCard, for tests
-    message_for_user = Signal(str)
+    message_for_user = Signal(str)  # an error the user should act on
+    hint_for_user = Signal(str)  # information, not an error (status bar only)
+    project_opened = Signal(str)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, store: Store | None = None) -> None:
         super().__init__(parent)
+        self.store = store
+        self.data_dir = data_dir()
+        self.checkpoints: Checkpoints | None = None  # the project's steps, from any session
         self.engine: Any = None
         self.backend_factory: Any = None  # tests: a callable returning a ModelBackend
         self.project: Path | None = None
@@ -147,8 +179,20 @@ class AgentView(QWidget):
     def _build(self) -> None:
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        self.project_label = QLabel("Drop a project folder anywhere on the window.")
-        lay.addWidget(self.project_label)
+        top = QHBoxLayout()
+        self.project_label = QLabel("Open a project folder, or drop one anywhere on the window.")
+        self.project_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        top.addWidget(self.project_label, 1)
+        self.open_button = QPushButton("Open Folder…")
+        self.open_button.clicked.connect(lambda *_: self.choose_project())
+        top.addWidget(self.open_button)
+        self.recent_button = QToolButton(text="Recent")
+        self.recent_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.recent_menu = QMenu(self.recent_button)
+        self.recent_menu.aboutToShow.connect(lambda: self.fill_recent_menu(self.recent_menu))
+        self.recent_button.setMenu(self.recent_menu)
+        top.addWidget(self.recent_button)
+        lay.addLayout(top)
         self.sandbox_notice = QLabel(
             f"Commands run WITHOUT a sandbox ({self.sandbox.reason or 'none found'}): each one asks "
             "for approval and runs with your permissions."
@@ -166,7 +210,7 @@ class AgentView(QWidget):
         self.stop_button = QPushButton("Stop", enabled=False)
         self.stop_button.clicked.connect(self.stop)
         self.undo_button = QPushButton("Undo last step")
-        self.undo_button.clicked.connect(lambda: self.undo(1))
+        self.undo_button.clicked.connect(lambda *_: self.undo(1))
         for b in (self.run_button, self.stop_button, self.undo_button):
             row.addWidget(b)
         lay.addLayout(row)
@@ -182,10 +226,18 @@ class AgentView(QWidget):
         self.steps = QListWidget()
         sl.addWidget(self.steps)
         self.undo_to_button = QPushButton("Undo to here")
-        self.undo_to_button.clicked.connect(self.undo_to_selected)
+        self.undo_to_button.clicked.connect(lambda *_: self.undo_to_selected())
         sl.addWidget(self.undo_to_button)
         left.addWidget(steps_box)
-        left.setSizes([400, 200])
+        runs_box = QWidget()
+        rbl = QVBoxLayout(runs_box)
+        rbl.setContentsMargins(0, 0, 0, 0)
+        rbl.addWidget(QLabel("Past runs (select one to read it)"))
+        self.runs = QListWidget()
+        self.runs.itemClicked.connect(lambda it: self.show_run(it.data(256)))
+        rbl.addWidget(self.runs)
+        left.addWidget(runs_box)
+        left.setSizes([300, 150, 150])
         split.addWidget(left)
         right = QWidget()
         rl = QVBoxLayout(right)
@@ -219,11 +271,64 @@ class AgentView(QWidget):
             self.watcher.stop()
         self.project = p
         self.project_label.setText(f"Project: {p}")
+        self.project_label.setToolTip(str(p))
         self.watcher = TreeWatcher(p)
         if not self.watcher.start():
             self.message_for_user.emit(f"The tree will not update live: {self.watcher.error}")
         self._tree_timer.start()
+        try:  # steps of earlier sessions can be undone too
+            self.checkpoints = Checkpoints(p, self.data_dir)
+        except (CheckpointError, OSError):
+            self.checkpoints = None
+        _remember_project(p)
         self.refresh_tree()
+        self.refresh_steps()
+        self.refresh_runs()
+        self.project_opened.emit(str(p))
+
+    def choose_project(self) -> None:
+        """File → Open Folder…: pick a project folder."""
+        start = str(self.project.parent if self.project else Path.home())
+        path = QFileDialog.getExistingDirectory(self, "Open Project Folder", start)
+        if path:
+            self.open_project(path)
+
+    def fill_recent_menu(self, menu: QMenu) -> None:
+        menu.clear()
+        recent = recent_projects()
+        for p in recent:
+            menu.addAction(str(p), lambda p=p: self.open_project(p))
+        if not recent:
+            menu.addAction("No recent projects").setEnabled(False)
+
+    def refresh_runs(self) -> None:
+        """This project's past runs from the store, newest first."""
+        self.runs.clear()
+        if self.store is None or self.project is None:
+            return
+        import datetime
+
+        for r in self.store.runs(project=str(self.project), limit=50):
+            when = datetime.datetime.fromtimestamp(r.created).strftime("%Y-%m-%d %H:%M")
+            title = r.task.strip().splitlines()[0][:80] if r.task.strip() else "agent run"
+            item = QListWidgetItem(f"{when} · {r.status} · {title}")
+            item.setToolTip(r.task)
+            item.setData(256, r.id)
+            self.runs.addItem(item)
+
+    def show_run(self, run_id: str) -> None:
+        """Show a stored run's transcript: its task, steps, tool calls, diffs and answer."""
+        if self.store is None:
+            return
+        if self.task is not None and self.task.running:
+            self.hint_for_user.emit("The transcript shows the running task until it ends.")
+            return
+        rec = self.store.run(run_id)
+        self.transcript.clear()
+        self._append(f"<b>Task:</b> {_esc(rec.task)} <i>({_esc(rec.status)})</i>")
+        for e in self.store.events(run_id):
+            data = {k: v for k, v in e.items() if k not in ("seq", "type", "step", "time")}
+            self._show_event(AgentEvent(e["type"], e["step"], data, run_id, e["seq"]), live=False)
 
     def refresh_tree(self) -> None:
         self.tree.clear()
@@ -302,7 +407,8 @@ class AgentView(QWidget):
         def work(task: Task) -> Any:  # the bridge passes its Task by this name
             # Built here, not on the UI thread: it probes the sandbox and opens the checkpoint repo.
             agent = Agent(project, backend, approvals=approvals, config=AgentConfig.from_settings(watch=True),
-                          on_event=task.emit_event)  # fmt: skip
+                          on_event=task.emit_event, store=self.store,
+                          data_dir=self.data_dir)  # fmt: skip
             self.agent, self._emit = agent, task.emit_event
             return agent.run(text)
 
@@ -319,17 +425,24 @@ class AgentView(QWidget):
             if c.approve_button.isEnabled():
                 c._decide(Decision.reject("stopped by the user"))
 
+    def _steps_source(self) -> Checkpoints | None:
+        if self.agent is not None and self.agent.checkpoints is not None:
+            return self.agent.checkpoints
+        return self.checkpoints
+
     def undo(self, steps: int = 1) -> None:
-        """Put the project back as it was before the last `steps` changes."""
-        if self.agent is None:
-            self.message_for_user.emit("Nothing to undo: no run in this session.")
+        """Put the project back as it was before the last `steps` changes (of any session)."""
+        cps = self._steps_source()
+        if cps is None or not cps.list():
+            # Nothing to undo is information, not an error.
+            self.hint_for_user.emit("Nothing to undo in this project.")
             return
         if self.task is not None and self.task.running:
             self.message_for_user.emit("Stop the run before undoing a step.")
             return
         try:
-            res = self.agent.undo(steps)
-        except Exception as e:  # CheckpointError/AgentError: tell the user why
+            res = cps.undo(steps)
+        except Exception as e:  # CheckpointError: tell the user why
             self.message_for_user.emit(f"Undo failed: {e}")
             return
         files = ", ".join(f["path"] for f in res.files) or "no files"
@@ -340,14 +453,14 @@ class AgentView(QWidget):
     def undo_to_selected(self) -> None:
         row = self.steps.currentRow()
         if row < 0:
-            self.message_for_user.emit("Select the step to go back to (it is undone too).")
+            self.hint_for_user.emit("Select the step to go back to (it is undone too).")
             return
         self.undo(self.steps.count() - row)
 
     def refresh_steps(self) -> None:
         """The project's changes that can still be undone, oldest first."""
         self.steps.clear()
-        cps = self.agent.checkpoints if self.agent is not None else None
+        cps = self._steps_source()
         if cps is None:
             return
         for c in cps.list():
@@ -376,10 +489,19 @@ class AgentView(QWidget):
             card.decided.connect(answer)
             self.cards_layout.insertWidget(self.cards_layout.count() - 1, card)
             self.cards.append(card)
+            # Scroll once the layout has placed it, so its buttons are in view.
+            QTimer.singleShot(0, lambda c=card: self._reveal(c))
             self.approval_shown.emit(card)
             return
-        if not isinstance(ev, AgentEvent):
-            return
+        if isinstance(ev, AgentEvent):
+            self._show_event(ev, live=True)
+
+    def _reveal(self, card: ApprovalCard) -> None:
+        if card in self.cards:
+            self.cards_area.widget().adjustSize()
+            self.cards_area.ensureWidgetVisible(card.buttons_row, 0, 0)
+
+    def _show_event(self, ev: AgentEvent, live: bool) -> None:
         d = ev.data
         t = ev.type
         if t in ("reasoning", "text"):
@@ -397,8 +519,9 @@ class AgentView(QWidget):
             self._append(f"{mark} <pre>{_esc(str(d.get('content', ''))[:2000])}</pre>")
         elif t == "diff":
             self._append(f"<pre>{_esc(str(d.get('patch', ''))[:4000])}</pre>")
-            self.refresh_tree()
-            self.refresh_steps()
+            if live:
+                self.refresh_tree()
+                self.refresh_steps()
         elif t in ("warning", "error"):
             self._append(f"<span style='color:#ff453a'>{_esc(d.get('message', ''))}</span>")
         elif t == "done":
@@ -420,11 +543,13 @@ class AgentView(QWidget):
         self.run_button.setEnabled(True)
         self.stop_button.setEnabled(False)
         self.refresh_tree()
+        self.refresh_runs()
         self.run_finished.emit(getattr(result, "status", "done"))
 
     def _failed(self, message: str) -> None:
         self.run_button.setEnabled(True)
         self.stop_button.setEnabled(False)
+        self.refresh_runs()
         self._append(f"<span style='color:#ff453a'>Error: {_esc(message)}</span>")
         self.message_for_user.emit(f"Agent failed: {message}")
         self.run_finished.emit("error")

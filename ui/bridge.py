@@ -17,7 +17,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 
-__all__ = ["Task", "run_in_background", "stream_in_background", "user_message"]
+__all__ = ["Task", "expected", "run_in_background", "stream_in_background", "user_message"]
 
 # Tasks alive until they finish: a QObject without a parent would otherwise be collected.
 _LIVE: set[Task] = set()
@@ -70,7 +70,8 @@ class Task(QObject):
                 kwargs["task"] = self
             self.result = self._fn(*self._args, **kwargs)
         except BaseException as e:
-            traceback.print_exc()
+            if not expected(e):  # a bug: keep the trace for the log and bug reports
+                traceback.print_exc()
             self.error = user_message(e)
             self._ended.set()
             self.failed.emit(self.error)
@@ -82,6 +83,15 @@ class Task(QObject):
     @Slot()
     def _release(self) -> None:
         _LIVE.discard(self)
+
+
+def expected(e: BaseException) -> bool:
+    """Errors Locus raises on purpose with a message for the user (a model that does not fit, a
+    file not found…): they are shown, not printed with a traceback."""
+    if isinstance(e, OSError | MemoryError):
+        return True
+    root = type(e).__module__.split(".")[0]
+    return root in ("app", "engine") and type(e).__name__.endswith("Error")
 
 
 def user_message(e: BaseException) -> str:

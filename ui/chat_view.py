@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QKeyEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -20,6 +21,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSplitter,
     QToolButton,
     QVBoxLayout,
@@ -41,9 +43,48 @@ from engine import (
 )
 
 from .bridge import Task, stream_in_background
+from .dialogs import confirm
 from .markdown import MarkdownView
 
-__all__ = ["ChatView", "MessageWidget"]
+__all__ = ["ChatView", "Composer", "MessageWidget"]
+
+# Keys a message's dict may carry for the window only; never sent to the model.
+_UI_KEYS = ("meta",)
+
+
+class Composer(QPlainTextEdit):
+    """The message box: Enter sends and Shift+Enter breaks the line (or Ctrl+Enter sends when
+    `enter_sends` is off)."""
+
+    submitted = Signal()
+    stop_requested = Signal()  # Escape
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.enter_sends = True
+        self.set_enter_sends(True)
+
+    def set_enter_sends(self, on: bool) -> None:
+        self.enter_sends = on
+        hint = "Enter to send, Shift+Enter for a new line" if on else "Ctrl+Enter to send"
+        self.setPlaceholderText(f"Message Locus ({hint})")
+
+    def keyPressEvent(self, e: QKeyEvent) -> None:
+        if e.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+            mods = e.modifiers()
+            ctrl = bool(
+                mods & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.MetaModifier)
+            )
+            shift = bool(mods & Qt.KeyboardModifier.ShiftModifier)
+            if ctrl or (self.enter_sends and not shift):
+                self.submitted.emit()
+                return
+            self.insertPlainText("\n")  # a plain newline, not Qt's U+2028 soft break
+            return
+        if e.key() == Qt.Key.Key_Escape:
+            self.stop_requested.emit()
+            return
+        super().keyPressEvent(e)
 
 
 class MessageWidget(QFrame):
@@ -144,6 +185,19 @@ class ChatView(QWidget):
         self.conversations.customContextMenuRequested.connect(self._list_menu)
         self.conversations.itemClicked.connect(lambda it: self.open_conversation(it.data(256)))
         ll.addWidget(self.conversations)
+        self.undo_bar = QWidget()
+        ub = QHBoxLayout(self.undo_bar)
+        ub.setContentsMargins(4, 2, 4, 2)
+        self.undo_label = QLabel()
+        self.undo_label.setObjectName("stats")
+        self.undo_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        ub.addWidget(self.undo_label, 1)
+        self.undo_delete_button = QPushButton("Undo")
+        self.undo_delete_button.clicked.connect(lambda *_: self.undo_delete())
+        ub.addWidget(self.undo_delete_button)
+        self.undo_bar.setVisible(False)
+        ll.addWidget(self.undo_bar)
+        self._deleted: tuple[Any, list[dict[str, Any]]] | None = None
         split.addWidget(left)
 
         right = QWidget()
@@ -176,14 +230,14 @@ class ChatView(QWidget):
         rl.addLayout(controls)
 
         composer = QHBoxLayout()
-        self.input = QPlainTextEdit(placeholderText="Message Locus (Ctrl+Enter to send)")
+        self.input = Composer()
+        self.input.submitted.connect(self.send)
+        self.input.stop_requested.connect(self.stop)
         self.input.setFixedHeight(72)
         composer.addWidget(self.input, 1)
         buttons = QVBoxLayout()
         self.send_button = QPushButton("Send")
-        self.send_button.setDefault(True)
-        self.send_button.setShortcut("Ctrl+Return")
-        self.send_button.clicked.connect(self.send)
+        self.send_button.clicked.connect(lambda *_: self.send())
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
         self.stop_button.clicked.connect(self.stop)
@@ -195,6 +249,12 @@ class ChatView(QWidget):
         rl.addLayout(composer)
         split.addWidget(right)
         split.setSizes([220, 700])
+        # Escape stops a reply from anywhere in the view.
+        stop = QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.stop)
+        stop.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        delete = QShortcut(QKeySequence.StandardKey.Delete, self.conversations,
+                           lambda: self.delete_selected_conversation())  # fmt: skip
+        delete.setContext(Qt.ShortcutContext.WidgetShortcut)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(split)
@@ -216,7 +276,9 @@ class ChatView(QWidget):
             return
         self.thread_id = None
         self.history = []
+        self.profile.setCurrentText(getattr(self, "default_profile", "thinking"))
         self._clear_transcript()
+        self.stats.setText("")  # the last conversation's speed is not this one's
         self.refresh_list()
         self.input.setFocus()
 
@@ -234,20 +296,62 @@ class ChatView(QWidget):
         self.profile.blockSignals(False)
         self.thinking.blockSignals(False)
         self._clear_transcript()
+        footer = ""
         for m in self.history:
             if m.get("role") in ("user", "assistant"):
                 w = self._add_message(m["role"])
                 w.set_content(str(m.get("content") or ""), str(m.get("reasoning_content") or ""))
+                meta = m.get("meta") if isinstance(m.get("meta"), dict) else {}
+                if m["role"] == "assistant":
+                    footer = str(meta.get("footer") or "")
+                    w.set_footer(footer)
+        self.stats.setText(footer if not footer.startswith("Error") else "")
 
     def rename_conversation(self, thread_id: str, title: str) -> None:
         self.store.rename_thread(thread_id, title.strip() or "Untitled")
         self.refresh_list()
 
-    def delete_conversation(self, thread_id: str) -> None:
+    def delete_conversation(self, thread_id: str, ask: bool = True) -> bool:
+        """Delete a conversation after a confirmation; Undo (beside the list) brings it back."""
+        if self.busy and thread_id == self.thread_id:
+            self.message_for_user.emit("Stop the reply before deleting this conversation.")
+            return False
+        t = self.store.thread(thread_id)
+        msgs = self.store.messages(thread_id)
+        title = t.title or "New conversation"
+        if ask and not confirm(self, "Delete conversation",
+                               f"Delete “{title}” and its {len(msgs)} messages?", "Delete"):  # fmt: skip
+            return False
         self.store.delete_thread(thread_id)
+        self._deleted = (t, msgs)
+        self.undo_label.setText(f"Deleted “{title}”")
+        self.undo_label.setToolTip(title)
+        self.undo_bar.setVisible(True)
         if thread_id == self.thread_id:
             self.new_conversation()
         self.refresh_list()
+        return True
+
+    def delete_selected_conversation(self) -> bool:
+        item = self.conversations.currentItem()
+        if item is None and self.thread_id is None:
+            self.message_for_user.emit("Select a conversation to delete.")
+            return False
+        return self.delete_conversation(item.data(256) if item is not None else self.thread_id)
+
+    def undo_delete(self) -> None:
+        """Put the last deleted conversation back, with its id, title, settings and messages."""
+        if self._deleted is None:
+            return
+        t, msgs = self._deleted
+        self._deleted = None
+        self.undo_bar.setVisible(False)
+        self.store.create_thread(t.kind, t.title, model=t.model, meta=t.meta, id=t.id)
+        for m in msgs:
+            self.store.add_message(t.id, m)
+        self.refresh_list()
+        if not self.busy:
+            self.open_conversation(t.id)
 
     def _list_menu(self, pos: Any) -> None:
         item = self.conversations.itemAt(pos)
@@ -256,7 +360,7 @@ class ChatView(QWidget):
         tid = item.data(256)
         menu = QMenu(self)
         rename = menu.addAction("Rename…")
-        delete = menu.addAction("Delete")
+        delete = menu.addAction("Delete…")
         chosen = menu.exec(self.conversations.mapToGlobal(pos))
         if chosen is rename:
             title, ok = QInputDialog.getText(self, "Rename", "Title", text=item.text())
@@ -271,6 +375,12 @@ class ChatView(QWidget):
 
     def _meta(self) -> dict[str, Any]:
         return {"preset": self.profile.currentText(), "thinking": self.thinking.isChecked()}
+
+    def set_default_profile(self, name: str) -> None:
+        """The sampling profile a new conversation starts with (Preferences)."""
+        self.default_profile = name if name in PRESETS else "thinking"
+        if self.thread_id is None:
+            self.profile.setCurrentText(self.default_profile)
 
     # -- generation ---------------------------------------------------------------------------------
     def set_engine(self, engine: Any, model_name: str = "") -> None:
@@ -322,8 +432,9 @@ class ChatView(QWidget):
 
     def _generate(self) -> None:
         thinking = self.thinking.isChecked()
+        messages = [{k: v for k, v in m.items() if k not in _UI_KEYS} for m in self.history]
         req = GenerationRequest(
-            messages=list(self.history), enable_thinking=thinking,
+            messages=messages, enable_thinking=thinking,
             sampling=preset(self.profile.currentText()), max_tokens=self.max_tokens,
             session=f"chat-{self.thread_id}",
         )  # fmt: skip
@@ -411,6 +522,8 @@ class ChatView(QWidget):
             msg: dict[str, Any] = {"role": "assistant", "content": self._text}
             if self._reasoning:
                 msg["reasoning_content"] = self._reasoning
+            # The footer (speed, context, "stopped") comes back with the conversation.
+            msg["meta"] = {"footer": footer, "finish_reason": reason}
             self.history.append(msg)
             if self.thread_id:
                 self.store.add_message(self.thread_id, msg)

@@ -7,7 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QRectF, Qt, Signal
-from PySide6.QtGui import QBrush, QColor, QFont, QImage, QPainter, QPen, QPixmap, QWheelEvent
+from PySide6.QtGui import (
+    QBrush,
+    QColor,
+    QFont,
+    QIcon,
+    QImage,
+    QPainter,
+    QPen,
+    QPixmap,
+    QWheelEvent,
+)
 from PySide6.QtWidgets import (
     QFileDialog,
     QGraphicsPixmapItem,
@@ -21,6 +31,7 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QSizePolicy,
     QSplitter,
     QVBoxLayout,
     QWidget,
@@ -30,37 +41,47 @@ from app import localize
 from engine import Done, GenerationRequest, TextDelta, preset
 
 from .bridge import Task, stream_in_background
+from .dialogs import save_file
 
-__all__ = ["BoxItem", "LocateView", "box_dict", "label_color"]
+__all__ = ["BoxItem", "LocateView", "box_dict", "label_color", "unsupported_image"]
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic"}
+# What Pillow (the engine's reader) opens here; HEIC needs a plugin Locus does not ship.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-def label_color(label: str) -> QColor:
-    """A stable color per label: app.localize's rule, so the canvas matches the exported PNG."""
-    return QColor(*localize.label_color(label))
+def label_color(label: str, labels: list[str] | None = None) -> QColor:
+    """The label's color among `labels`: app.localize's rule, so canvas and exported PNG agree."""
+    return QColor(*localize.label_color(label, labels))
+
+
+def _num(v: float) -> float | int:
+    # 2 decimals is sub-pixel; it drops float noise such as 79.80000000000001.
+    r = round(float(v), 2)
+    return int(r) if r == int(r) else r
 
 
 def box_dict(box: Any) -> dict[str, Any]:
     """A Box (app.localize) as JSON: label, bbox in original-image pixels, optional point."""
-    d: dict[str, Any] = {"label": box.label, "bbox": [box.x1, box.y1, box.x2, box.y2]}
+    d: dict[str, Any] = {"label": box.label, "bbox": [_num(v) for v in (box.x1, box.y1, box.x2,
+                                                                         box.y2)]}  # fmt: skip
     point = getattr(box, "point", None)
     if point is not None:
-        d["point"] = list(point)
+        d["point"] = [_num(v) for v in point]
     return d
 
 
 class BoxItem(QGraphicsRectItem):
     """One box on the canvas with its label; highlighted while hovered here or in the list."""
 
-    def __init__(self, box: Any, index: int) -> None:
+    def __init__(self, box: Any, index: int, color: QColor | None = None) -> None:
         super().__init__(QRectF(box.x1, box.y1, box.x2 - box.x1, box.y2 - box.y1))
         self.box = box
         self.index = index
-        self.color = label_color(box.label)
+        self.color = color or label_color(box.label)
         self.setAcceptHoverEvents(True)
         self.label_item = QGraphicsSimpleTextItem(box.label, self)
-        self.label_item.setBrush(QBrush(QColor("white")))
+        ink = localize.ink_for((self.color.red(), self.color.green(), self.color.blue()))
+        self.label_item.setBrush(QBrush(QColor(*ink)))
         f = QFont()
         f.setBold(True)
         self.label_item.setFont(f)
@@ -171,6 +192,8 @@ class LocateView(QWidget):
         sl.addLayout(row)
         self.status = QLabel("Drop an image here, or open one.")
         self.status.setWordWrap(True)
+        # Ignored: a long error (a path has no break points) must not widen the window.
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         sl.addWidget(self.status)
         split.addWidget(side)
         split.setSizes([700, 240])
@@ -184,6 +207,9 @@ class LocateView(QWidget):
         """Show an image (EXIF orientation applied, as the model sees it); False with a message
         when it cannot be read."""
         path = Path(path)
+        if path.suffix.lower() not in IMAGE_SUFFIXES and path.suffix:
+            self.message_for_user.emit(unsupported_image(path))
+            return False
         img = _read_image(path)
         if img.isNull():
             self.message_for_user.emit(f"Cannot open {path.name}: not an image Locus can read.")
@@ -208,14 +234,19 @@ class LocateView(QWidget):
         self.boxes = list(boxes)
         self.box_list.blockSignals(True)
         self.box_list.clear()
+        colors = localize.label_colors(b.label for b in self.boxes)
         for i, b in enumerate(self.boxes):
-            item = BoxItem(b, i)
+            color = QColor(*colors[b.label])
+            item = BoxItem(b, i, color)
             self.scene.addItem(item)
             self.box_items.append(item)
             li = QListWidgetItem(f"{b.label}  ({b.x1:.0f}, {b.y1:.0f}) – ({b.x2:.0f}, {b.y2:.0f})")
             li.setFlags(li.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             li.setCheckState(Qt.CheckState.Checked)
-            li.setForeground(label_color(b.label))
+            # A swatch, not colored text: light colors are unreadable as text on white.
+            swatch = QPixmap(12, 12)
+            swatch.fill(color)
+            li.setIcon(QIcon(swatch))
             self.box_list.addItem(li)
         self.box_list.blockSignals(False)
 
@@ -319,10 +350,16 @@ class LocateView(QWidget):
         w, h = self.image_size
         img = QImage(w, h, QImage.Format.Format_ARGB32)
         img.fill(QColor("white"))
+        # The file shows the boxes as they are, not as the mouse happens to highlight one.
+        lit = [it for it in self.box_items if it.brush().color().alpha() > 0]
+        for it in lit:
+            it.set_highlight(False)
         p = QPainter(img)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         self.scene.render(p, QRectF(0, 0, w, h), QRectF(0, 0, w, h))
         p.end()
+        for it in lit:
+            it.set_highlight(True)
         return img
 
     def export_png(self, path: str | Path) -> None:
@@ -334,20 +371,33 @@ class LocateView(QWidget):
             self.message_for_user.emit("Nothing to export yet: open an image and locate something.")
             return
         stem = self.image_path.stem + "-boxes"
-        path, _ = QFileDialog.getSaveFileName(self, "Export", f"{stem}.{kind}", f"*.{kind}")
-        if not path:
+        path = save_file(self, "Export", f"{stem}.{kind}", f"*.{kind}")
+        if path is None:
             return
         try:
             self.export_json(path) if kind == "json" else self.export_png(path)
         except OSError as e:
             self.message_for_user.emit(f"Export failed: {e}")
 
+    def choose_image(self) -> None:
+        """File → Open Image…"""
+        self._choose_image()
+
     def _choose_image(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Open Image", "", "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ")"
-        )
+        start = str(self.image_path.parent) if self.image_path else str(Path.home())
+        pattern = "Images (" + " ".join(f"*{s}" for s in sorted(IMAGE_SUFFIXES)) + ")"
+        path, _ = QFileDialog.getOpenFileName(self, "Open Image", start, pattern)
         if path:
             self.open_image(path)
+
+
+def unsupported_image(path: Path) -> str:
+    """What to do with an image type Locus does not read."""
+    kinds = "PNG, JPEG, GIF, BMP, WebP or TIFF"
+    if path.suffix.lower() in (".heic", ".heif"):
+        return (f"Locus cannot read HEIC images such as {path.name}: export it as JPEG or PNG "
+                "first (Preview → File → Export).")  # fmt: skip
+    return f"Locus cannot open {path.name}: drop a project folder, or an image ({kinds})."
 
 
 def _read_image(path: Path) -> QImage:

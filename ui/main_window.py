@@ -5,34 +5,62 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QByteArray, QMimeData, QTimer, Signal
-from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
+from PySide6.QtCore import QByteArray, QMimeData, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QDesktopServices,
+    QDragEnterEvent,
+    QDragMoveEvent,
+    QDropEvent,
+    QKeySequence,
+    QResizeEvent,
+)
 from PySide6.QtWidgets import (
+    QComboBox,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QMainWindow,
+    QMessageBox,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QStackedWidget,
     QToolBar,
     QVBoxLayout,
     QWidget,
 )
 
-from app.settings import load_ui_settings, save_ui_settings
+from app.settings import data_dir, load_ui_settings, save_ui_settings
 from app.store import Store
 
 from .agent_view import AgentView
 from .bridge import Task, run_in_background
 from .chat_view import ChatView
-from .locate_view import IMAGE_SUFFIXES, LocateView
-from .models_view import ModelsView
+from .locate_view import IMAGE_SUFFIXES, LocateView, unsupported_image
+from .models_view import ModelsView, human_bytes
 from .server_view import ServerView
 
-__all__ = ["VIEWS", "MainWindow", "route_drop"]
+__all__ = ["VIEWS", "WINDOW_DEMO_NOTICE", "MainWindow", "log_path", "route_drop"]
 
 VIEWS = ["Chat", "Agent", "Locate", "Models", "Server"]
+
+# The window's own words: a window user picks a model in the window, not with --model PATH.
+WINDOW_DEMO_NOTICE = (
+    "Demo mode: a tiny model with RANDOM weights, so replies are gibberish, but every part of "
+    "Locus runs for real. For real answers, download or load a model in Models (or pick one in "
+    "the model menu above)."
+)
+_MAX_BANNER_CHARS = 400
+
+
+def log_path() -> Path:
+    """Where Locus writes its log: app.settings.log_path() when it exists, else data_dir()/logs."""
+    import app.settings as settings
+
+    fn = getattr(settings, "log_path", None)
+    return Path(fn()) if callable(fn) else data_dir() / "logs" / "locus.log"
 
 
 def route_drop(paths: list[Path]) -> tuple[str, Path] | None:
@@ -47,6 +75,19 @@ def route_drop(paths: list[Path]) -> tuple[str, Path] | None:
 
 def _paths(mime: QMimeData) -> list[Path]:
     return [Path(u.toLocalFile()) for u in mime.urls() if u.isLocalFile()]
+
+
+def _copy_or_link(event: QDragEnterEvent | QDragMoveEvent | QDropEvent) -> bool:
+    """Accept a drop as Copy (or Link), never Move: a file manager that honours Move would take the
+    user's folder away. False when the source offers neither."""
+    possible = event.possibleActions()
+    for action in (Qt.DropAction.CopyAction, Qt.DropAction.LinkAction):
+        if possible & action:
+            event.setDropAction(action)
+            event.accept()
+            return True
+    event.ignore()
+    return False
 
 
 class MainWindow(QMainWindow):
@@ -72,6 +113,18 @@ class MainWindow(QMainWindow):
         tb.setMovable(False)
         self.model_label = QLabel("No model loaded")
         tb.addWidget(self.model_label)
+        # The model picker: the loaded model and the others on disk; choosing one loads it.
+        self.model_picker = QComboBox()
+        self.model_picker.setMinimumContentsLength(24)
+        self.model_picker.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.model_picker.setToolTip("The loaded model; choose another to load it")
+        self.model_picker.activated.connect(self._picked)
+        tb.addWidget(self.model_picker)
+        self.model_info = QLabel("")
+        self.model_info.setObjectName("stats")
+        tb.addWidget(self.model_info)
         self.load_progress = QProgressBar(maximumWidth=160)
         self.load_progress.setRange(0, 0)  # busy: loading reports no fraction
         self._progress_action = tb.addWidget(self.load_progress)
@@ -85,19 +138,19 @@ class MainWindow(QMainWindow):
         outer = QVBoxLayout(central)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.setSpacing(0)
-        from app.demo import DEMO_NOTICE
-
-        self.demo_banner = QLabel(DEMO_NOTICE)
+        self.demo_banner = QLabel(WINDOW_DEMO_NOTICE)
         self.demo_banner.setObjectName("demoBanner")
         self.demo_banner.setWordWrap(True)
+        self.demo_banner.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.demo_banner.setVisible(demo)
         outer.addWidget(self.demo_banner)
-        self.error_banner = QLabel()
+        # An overlay over the views' top edge: showing it never moves the layout under the mouse.
+        self.error_banner = QLabel(central)
         self.error_banner.setObjectName("errorBanner")
         self.error_banner.setWordWrap(True)
         self.error_banner.setVisible(False)
+        self.error_banner.setCursor(Qt.CursorShape.PointingHandCursor)
         self.error_banner.mousePressEvent = lambda *_: self.error_banner.setVisible(False)
-        outer.addWidget(self.error_banner)
         body = QHBoxLayout()
         body.setContentsMargins(0, 0, 0, 0)
         self.sidebar = QListWidget()
@@ -107,25 +160,200 @@ class MainWindow(QMainWindow):
         body.addWidget(self.sidebar)
         self.stack = QStackedWidget()
         self.chat = ChatView(self.store, dark)
-        self.agent = AgentView()
+        self.agent = AgentView(store=self.store)
         self.locate = LocateView()
         self.models = ModelsView()
         self.server = ServerView()
         for v in (self.chat, self.agent, self.locate, self.models, self.server):
             self.stack.addWidget(v)
             v.message_for_user.connect(self.show_message)
+        self.agent.hint_for_user.connect(self.show_hint)
         body.addWidget(self.stack, 1)
         outer.addLayout(body, 1)
         self.setCentralWidget(central)
         self.sidebar.currentRowChanged.connect(self.stack.setCurrentIndex)
         self.sidebar.setCurrentRow(0)
         self.models.load_requested.connect(self.load_model)
+        self.models.models_listed.connect(lambda *_: self._fill_picker())
+        self.model_path = ""
         self._hide_error = QTimer(self, singleShot=True, interval=12000)
         self._hide_error.timeout.connect(lambda: self.error_banner.setVisible(False))
         self.statusBar().showMessage("Drop a folder to start the agent, or an image to locate.")
+        self._build_menus()
+        self.apply_preferences()
+        self._fill_picker()
         geometry = load_ui_settings().get("window_geometry")
         if isinstance(geometry, str):
             self.restoreGeometry(QByteArray.fromHex(geometry.encode()))
+        self._fit_screen()
+        QTimer.singleShot(0, self.models.refresh)  # the Models list is filled from the start
+
+    # -- menus --------------------------------------------------------------------------------------
+    def _action(self, menu: Any, text: str, slot: Any, shortcut: Any = None,
+                role: QAction.MenuRole | None = None) -> QAction:  # fmt: skip
+        act = QAction(text, self)
+        act.triggered.connect(lambda *_: slot())
+        if isinstance(shortcut, tuple):  # (standard key, fallback where the platform has none)
+            std = QKeySequence(shortcut[0])
+            act.setShortcut(std if not std.isEmpty() else QKeySequence(shortcut[1]))
+        elif shortcut is not None:
+            act.setShortcut(QKeySequence(shortcut))
+        if role is not None:
+            act.setMenuRole(role)  # macOS moves About/Preferences/Quit to the app menu
+        menu.addAction(act)
+        return act
+
+    def _build_menus(self) -> None:
+        R = QAction.MenuRole
+        K = QKeySequence.StandardKey
+        bar = self.menuBar()
+        f = bar.addMenu("&File")
+        self.new_action = self._action(f, "New Conversation", self._new_conversation,
+                                       (K.New, "Ctrl+N"))  # fmt: skip
+        self.open_folder_action = self._action(
+            f, "Open Folder…", self._open_folder, (K.Open, "Ctrl+O")
+        )
+        self.recent_menu = f.addMenu("Open Recent Project")
+        self.recent_menu.aboutToShow.connect(lambda: self.agent.fill_recent_menu(self.recent_menu))
+        self._action(f, "Open Image…", self._open_image, "Ctrl+Shift+O")
+        f.addSeparator()
+        self.preferences_action = self._action(f, "Preferences…", self.show_preferences,
+                                               (K.Preferences, "Ctrl+,"), R.PreferencesRole)  # fmt: skip
+        f.addSeparator()
+        self.quit_action = self._action(f, "Quit Locus", self.close, (K.Quit, "Ctrl+Q"),
+                                        R.QuitRole)  # fmt: skip
+        e = bar.addMenu("&Edit")
+        self._action(e, "Delete Conversation…", self._delete_conversation)
+        self._action(e, "Undo Conversation Deletion", self.chat.undo_delete)
+        e.addSeparator()
+        self._action(e, "Undo Last Agent Step", lambda: self.agent.undo(1))
+        self._action(e, "Stop", self.stop_current)
+        v = bar.addMenu("&View")
+        self.view_actions = []
+        for i, name in enumerate(VIEWS):
+            self.view_actions.append(
+                self._action(v, name, lambda n=name: self.show_view(n), f"Ctrl+{i + 1}")
+            )
+        w = bar.addMenu("&Window")
+        self._action(w, "Minimize", self.showMinimized, "Ctrl+M")
+        self._action(w, "Zoom", lambda: self.showNormal() if self.isMaximized()
+                     else self.showMaximized())  # fmt: skip
+        h = bar.addMenu("&Help")
+        self._action(h, "Show Log", self.show_log)
+        self.about_action = self._action(h, "About Locus", self.show_about, None, R.AboutRole)
+
+    def _new_conversation(self) -> None:
+        self.show_view("Chat")
+        self.chat.new_conversation()
+
+    def _delete_conversation(self) -> None:
+        self.show_view("Chat")
+        self.chat.delete_selected_conversation()
+
+    def _open_folder(self) -> None:
+        self.show_view("Agent")
+        self.agent.choose_project()
+
+    def _open_image(self) -> None:
+        self.show_view("Locate")
+        self.locate.choose_image()
+
+    def stop_current(self) -> None:
+        """Stop what the current view is doing (a reply, an agent run, a locate)."""
+        view = self.stack.currentWidget()
+        if hasattr(view, "stop"):
+            view.stop()
+
+    def show_log(self) -> bool:
+        """Help → Show Log: open the log file in the system's viewer (a hint when none yet)."""
+        path = log_path()
+        if not path.exists():
+            self.show_hint(f"No log yet (it will be written to {path}).")
+            return False
+        return QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+
+    def show_about(self) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("locus")
+        except PackageNotFoundError:
+            v = "development"
+        QMessageBox.about(self, "About Locus",
+                          f"<b>Locus</b> {v}<br>Qwen3.6 and other MLX models on this machine: chat, "
+                          "an agent in your project folder, image localization and a local "
+                          "Anthropic/OpenAI-compatible API.")  # fmt: skip
+
+    def show_preferences(self) -> bool:
+        from .preferences import PreferencesDialog
+
+        dlg = PreferencesDialog(self)
+        if dlg.exec():
+            self.apply_preferences()
+            return True
+        return False
+
+    def apply_preferences(self) -> None:
+        """Use the saved defaults (Preferences…) in the views."""
+        from app.settings import preference
+
+        self.chat.input.set_enter_sends(bool(preference("enter_sends")))
+        self.chat.set_default_profile(str(preference("sampling_profile")))
+        if not self.server.running:
+            self.server.port.setValue(int(preference("server_port")))
+
+    def _fit_screen(self) -> None:
+        """Never larger than the screen (a saved geometry from a bigger display, say)."""
+        screen = self.screen().availableGeometry() if self.screen() else None
+        if screen is not None and (self.width() > screen.width() or
+                                   self.height() > screen.height()):  # fmt: skip
+            self.resize(min(self.width(), screen.width()), min(self.height(), screen.height()))
+
+    # -- the model picker ---------------------------------------------------------------------------
+    def _fill_picker(self) -> None:
+        self.model_picker.blockSignals(True)
+        self.model_picker.clear()
+        if not self.model_path:
+            self.model_picker.addItem("Choose a model…", "")
+        seen = set()
+        if self.model_path:
+            self.model_picker.addItem(f"{self.model_name}", self.model_path)
+            seen.add(str(Path(self.model_path).resolve()))
+        for m in self.models.models:
+            key = str(Path(m.path).resolve())
+            if key not in seen and m.error is None:
+                seen.add(key)
+                self.model_picker.addItem(m.name, str(m.path))
+        self.model_picker.addItem("Manage models…", "manage")
+        self.model_picker.setCurrentIndex(0)
+        self.model_picker.blockSignals(False)
+
+    def _picked(self, index: int) -> None:
+        path = self.model_picker.itemData(index)
+        if path == "manage":
+            self.show_view("Models")
+        elif path and path != self.model_path:
+            self.load_model(path)
+        self._fill_picker()
+
+    def _describe_model(self, engine: Any, path: str) -> str:
+        """Memory (the weights on disk) and context length of the loaded model."""
+        size = 0
+        try:
+            for f in Path(path).rglob("*.safetensors"):
+                size += f.stat().st_size
+        except OSError:
+            pass
+        ctx = 0
+        try:
+            cfg = engine.model.config
+            ctx = int(cfg.get("text_config", cfg).get("max_position_embeddings", 0) or 0)
+        except Exception:  # a model without that field: show memory only
+            ctx = 0
+        parts = [f"{human_bytes(size)} in memory"] if size else []
+        if ctx:
+            parts.append(f"context {ctx // 1024}K" if ctx >= 4096 else f"context {ctx}")
+        return " · ".join(parts)
 
     # -- views --------------------------------------------------------------------------------------
     def show_view(self, name: str) -> None:
@@ -137,28 +365,61 @@ class MainWindow(QMainWindow):
 
     def show_message(self, text: str) -> None:
         """An actionable message in a banner (clicking hides it) and the status bar."""
-        self.error_banner.setText(text)
+        short = text if len(text) <= _MAX_BANNER_CHARS else text[: _MAX_BANNER_CHARS - 1] + "…"
+        self.error_banner.setText(short)
+        self.error_banner.setToolTip(text)
         self.error_banner.setVisible(True)
-        self.statusBar().showMessage(text, 12000)
+        self._place_banner()
+        self.error_banner.raise_()
+        self.statusBar().showMessage(short.splitlines()[0] if short else "", 12000)
         self._hide_error.start()
 
+    def show_hint(self, text: str) -> None:
+        """Information, not an error: the status bar only."""
+        self.statusBar().showMessage(text, 8000)
+
+    def _place_banner(self) -> None:
+        top = self.stack.geometry().top()
+        left = self.stack.geometry().left()
+        width = max(100, self.centralWidget().width() - left)
+        h = self.error_banner.heightForWidth(width)
+        self.error_banner.setGeometry(left, top, width, max(h, 24))
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        if self.error_banner.isVisible():
+            self._place_banner()
+
     # -- drops --------------------------------------------------------------------------------------
+    # Any local file is accepted while dragging, so an unsupported one gets a hint on drop.
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if route_drop(_paths(event.mimeData())) is not None:
-            event.acceptProposedAction()
+        if _paths(event.mimeData()):
+            _copy_or_link(event)
+        else:
+            event.ignore()
+
+    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
+        if _paths(event.mimeData()):
+            _copy_or_link(event)
         else:
             event.ignore()
 
     def dropEvent(self, event: QDropEvent) -> None:
-        if self.open_paths(_paths(event.mimeData())):
-            event.acceptProposedAction()
-        else:
+        paths = _paths(event.mimeData())
+        if not paths or not _copy_or_link(event):
+            return
+        if not self.open_paths(paths):
             event.ignore()
 
     def open_paths(self, paths: list[Path]) -> bool:
         route = route_drop(paths)
         if route is None:
-            self.show_message("Drop a project folder (for the agent) or an image (to locate).")
+            first = next((p for p in paths if p.is_file()), None)
+            self.show_message(
+                unsupported_image(first)
+                if first is not None
+                else "Drop a project folder (for the agent) or an image (to locate)."
+            )
             return False
         view, path = route
         if view == "Agent":
@@ -176,7 +437,12 @@ class MainWindow(QMainWindow):
         self.agent.set_engine(engine)
         self.locate.set_engine(engine)
         self.server.set_engine(engine, name)
-        self.model_label.setText(f"Model: {name}" if engine is not None else "No model loaded")
+        self.model_label.setText("Model:" if engine is not None else "No model loaded")
+        if engine is None:
+            self.model_path = ""
+        self.model_info.setText(self._describe_model(engine, self.model_path) if engine else "")
+        self.models.set_loaded(self.model_path or None)
+        self._fill_picker()
         if old is not None and old is not engine:
             old.close()
 
@@ -190,7 +456,10 @@ class MainWindow(QMainWindow):
         name = Path(path).name
         self.model_label.setText(f"Loading {name}…")
         self._loading(True)
-        task = run_in_background(Engine.from_path, path)
+        from app.settings import preference
+
+        task = run_in_background(Engine.from_path, path,
+                                 context_tokens=int(preference("context_tokens")))  # fmt: skip
         task.done.connect(lambda eng: self._loaded(task, eng, name, path))
         task.failed.connect(lambda msg: self._load_failed(task, msg))
         self.load_task = task
@@ -205,7 +474,7 @@ class MainWindow(QMainWindow):
             self._stale_loads.append(self.load_task)
             self.load_task = None
         self._loading(False)
-        self.model_label.setText(f"Model: {self.model_name}" if self.engine else "No model loaded")
+        self.model_label.setText("Model:" if self.engine else "No model loaded")
 
     def _loaded(self, task: Task, engine: Any, name: str, path: str) -> None:
         if task is not self.load_task:  # cancelled: free what was loaded
@@ -215,6 +484,7 @@ class MainWindow(QMainWindow):
         if not self.demo:  # the next plain `locus` opens with this model again
             save_ui_settings({"last_model": path})
         self._loading(False)
+        self.model_path = path
         self.set_engine(engine, name)
         self.model_loaded.emit(name)
 
@@ -223,10 +493,11 @@ class MainWindow(QMainWindow):
             return
         self.load_task = None
         self._loading(False)
-        self.model_label.setText(f"Model: {self.model_name}" if self.engine else "No model loaded")
+        self.model_label.setText("Model:" if self.engine else "No model loaded")
         self.show_message(f"Could not load the model: {message}")
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self.hide()  # the window goes at once; workers stop and the prompt cache is saved behind it
         self.shutdown()
         super().closeEvent(event)
 
@@ -235,6 +506,9 @@ class MainWindow(QMainWindow):
         save_ui_settings({"server_host": self.server.host.text().strip(),
                           "server_port": self.server.port.value(),
                           "window_geometry": bytes(self.saveGeometry().toHex()).decode()})  # fmt: skip
+        views = (self.chat, self.agent, self.locate, self.server)
+        for v in views:  # ask every worker to stop first, so their waits overlap
+            v.stop()
         for v in (self.chat, self.agent, self.server):
             v.shutdown()
         if self.engine is not None:

@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Signal
+from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QMessageBox,
     QProgressBar,
     QPushButton,
     QTableWidget,
@@ -24,6 +24,7 @@ from app import hub
 from app.settings import cache_dir
 
 from .bridge import Task, run_in_background
+from .dialogs import confirm, machine_name
 
 __all__ = ["ModelsView", "human_bytes"]
 
@@ -53,11 +54,12 @@ class ModelsView(QWidget):
         # Also list what sits in the cache dir: the demo model lives there.
         self.extra_dirs: list[Path] = [cache_dir()]
         self.progress_interval = 0.2  # seconds between progress updates
+        self.loaded_path: Path | None = None  # the window's model: marked, and never deleted
         self._build()
 
     def _build(self) -> None:
         lay = QVBoxLayout(self)
-        local = QGroupBox("On this Mac")
+        local = QGroupBox(f"On {machine_name()}")
         ll = QVBoxLayout(local)
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["Model", "Size", "Memory needed", "Fits"])
@@ -74,7 +76,8 @@ class ModelsView(QWidget):
         self.load_button = QPushButton("Load")
         self.load_button.clicked.connect(self.load_selected)
         self.delete_button = QPushButton("Delete…")
-        self.delete_button.clicked.connect(self.delete_selected)
+        # clicked(bool) would land in delete_selected's first argument: always go through the dialog
+        self.delete_button.clicked.connect(lambda *_: self.delete_selected())
         for b in (self.refresh_button, self.load_button, self.delete_button):
             row.addWidget(b)
         row.addStretch(1)
@@ -154,7 +157,12 @@ class ModelsView(QWidget):
         self.models = list(models)
         self.table.setRowCount(len(self.models))
         for i, m in enumerate(self.models):
-            self.table.setItem(i, 0, QTableWidgetItem(m.name))
+            name = QTableWidgetItem(m.name + ("  ● loaded" if self.is_loaded(m) else ""))
+            if self.is_loaded(m):
+                f = QFont()
+                f.setBold(True)
+                name.setFont(f)
+            self.table.setItem(i, 0, name)
             self.table.setItem(i, 1, QTableWidgetItem(human_bytes(m.size_bytes)))
             need = human_bytes(m.needed_bytes) if m.needed_bytes is not None else "?"
             self.table.setItem(i, 2, QTableWidgetItem(need))
@@ -175,16 +183,30 @@ class ModelsView(QWidget):
         if m is not None:
             self.load_requested.emit(str(m.path))
 
-    def delete_selected(self, confirm: bool = True) -> None:
+    def set_loaded(self, path: str | Path | None) -> None:
+        """Mark the window's loaded model in the list (and protect it from Delete)."""
+        self.loaded_path = Path(path).resolve() if path else None
+        if self.models:
+            self._show_models(self.models)
+
+    def is_loaded(self, m: hub.LocalModel) -> bool:
+        return self.loaded_path is not None and Path(m.path).resolve() == self.loaded_path
+
+    def delete_selected(self) -> None:
+        """Delete the selected model's files after a confirmation that shows their size."""
         m = self._selected()
         if m is None:
             return
-        if confirm:
-            answer = QMessageBox.question(
-                self, "Delete model", f"Delete {m.name} ({human_bytes(m.size_bytes)}) from disk?"
+        if self.is_loaded(m):
+            self.message_for_user.emit(
+                f"{m.name} is loaded: load another model before deleting this one."
             )
-            if answer != QMessageBox.StandardButton.Yes:
-                return
+            return
+        if not confirm(self, "Delete model",
+                       f"Delete {m.name} from disk?\n\n{human_bytes(m.size_bytes)} in {m.path} "
+                       "will be removed; downloading it again takes as long as the first time.",
+                       f"Delete {human_bytes(m.size_bytes)}"):  # fmt: skip
+            return
         try:
             hub.delete_model(m)
         except hub.HubError as e:

@@ -14,7 +14,10 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPlainTextEdit,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -22,8 +25,9 @@ from PySide6.QtWidgets import (
 from app.settings import load_ui_settings
 
 from .bridge import Task, run_in_background
+from .dialogs import machine_name
 
-__all__ = ["ServerView", "claude_code_env"]
+__all__ = ["RequestLog", "ServerView", "claude_code_env"]
 
 DEFAULT_PORT = 8723
 
@@ -36,8 +40,62 @@ def claude_code_env(host: str, port: int, api_key: str, model: str = "") -> str:
     ]
     if model:
         lines.append(f"export ANTHROPIC_MODEL={model}")
-        lines.append(f"export ANTHROPIC_SMALL_FAST_MODEL={model}")
+        # Claude Code 2.x's name for the background model (ANTHROPIC_SMALL_FAST_MODEL before).
+        lines.append(f"export ANTHROPIC_DEFAULT_HAIKU_MODEL={model}")
     return "\n".join(lines)
+
+
+class RequestLog(QTableWidget):
+    """The server's recent requests, newest last, from plain records (dicts or objects) with
+    any of: time, method, path, status, duration_ms (or seconds), tokens / output_tokens, error."""
+
+    COLUMNS = ("Time", "Request", "Status", "Duration", "Tokens")
+
+    def __init__(self, parent: QWidget | None = None, limit: int = 500) -> None:
+        super().__init__(0, len(self.COLUMNS), parent)
+        self.limit = limit
+        self.setHorizontalHeaderLabels(list(self.COLUMNS))
+        self.horizontalHeader().setStretchLastSection(True)
+        self.verticalHeader().setVisible(False)
+        self.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.setColumnWidth(1, 260)
+
+    def set_records(self, records: list[Any]) -> None:
+        """Show exactly `records` (e.g. a ring buffer's contents)."""
+        self.setRowCount(0)
+        for r in records[-self.limit :]:
+            self.append(r)
+
+    def append(self, record: Any) -> None:
+        import time as _time
+
+        def get(*names: str) -> Any:
+            for n in names:
+                v = record.get(n) if isinstance(record, dict) else getattr(record, n, None)
+                if v is not None:
+                    return v
+            return None
+
+        t = get("time", "timestamp", "start")
+        when = _time.strftime("%H:%M:%S", _time.localtime(t)) if isinstance(t, int | float) else ""
+        ms = get("duration_ms")
+        if ms is None and isinstance(get("duration", "seconds"), int | float):
+            ms = get("duration", "seconds") * 1000
+        tokens = get("tokens", "output_tokens", "completion_tokens")
+        status = get("status", "status_code")
+        err = get("error")
+        cells = [when, f"{get('method') or ''} {get('path') or ''}".strip(),
+                 f"{status or ''}" + (f" {err}" if err else ""),
+                 f"{ms:.0f} ms" if isinstance(ms, int | float) else "",
+                 "" if tokens is None else str(tokens)]  # fmt: skip
+        if self.rowCount() >= self.limit:
+            self.removeRow(0)
+        row = self.rowCount()
+        self.insertRow(row)
+        for i, c in enumerate(cells):
+            self.setItem(row, i, QTableWidgetItem(c))
+        self.scrollToBottom()
 
 
 class ServerView(QWidget):
@@ -56,7 +114,9 @@ class ServerView(QWidget):
         lay = QVBoxLayout(self)
         form = QFormLayout()
         self.host = QLineEdit("127.0.0.1")
-        self.host.setToolTip("127.0.0.1 keeps the API on this Mac; other addresses expose it")
+        self.host.setToolTip(
+            f"127.0.0.1 keeps the API on {machine_name()}; other addresses expose it"
+        )
         self.port = QSpinBox(minimum=1, maximum=65535, value=DEFAULT_PORT)
         self.api_key = QLineEdit()
         self.api_key.setPlaceholderText("optional: clients must send it")
@@ -80,6 +140,7 @@ class ServerView(QWidget):
         lay.addLayout(row)
         self.status = QLabel("Stopped.")
         self.status.setWordWrap(True)
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         lay.addWidget(self.status)
         lay.addWidget(
             QLabel("For Claude Code, paste these lines in a terminal, then run `claude`:")
@@ -91,7 +152,9 @@ class ServerView(QWidget):
         self.copy_button = QPushButton("Copy")
         self.copy_button.clicked.connect(self.copy_env)
         lay.addWidget(self.copy_button)
-        lay.addStretch(1)
+        lay.addWidget(QLabel("Requests"))
+        self.request_log = RequestLog()
+        lay.addWidget(self.request_log, 1)
         for w in (self.host, self.api_key):
             w.textChanged.connect(self._update_env)
         self.port.valueChanged.connect(self._update_env)

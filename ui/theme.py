@@ -13,9 +13,11 @@ __all__ = ["app_icon", "apply_theme", "is_dark", "palette"]
 
 _COLORS = {
     False: {"window": "#f5f5f7", "base": "#ffffff", "text": "#1d1d1f", "button": "#e9e9ee",
-            "highlight": "#0a84ff", "mid": "#d2d2d7", "dim": "#6e6e73"},
+            "highlight": "#0a84ff", "mid": "#d2d2d7", "dim": "#6e6e73", "disabled": "#b4b4ba",
+            "disabledButton": "#f0f0f3"},
     True: {"window": "#1e1e20", "base": "#2a2a2d", "text": "#f2f2f7", "button": "#3a3a3d",
-           "highlight": "#0a84ff", "mid": "#48484a", "dim": "#a1a1a6"},
+           "highlight": "#0a84ff", "mid": "#48484a", "dim": "#a1a1a6", "disabled": "#5c5c61",
+           "disabledButton": "#2c2c2f"},
 }  # fmt: skip
 
 
@@ -47,12 +49,19 @@ def palette(dark: bool) -> QPalette:
     p.setColor(R.PlaceholderText, c["dim"])
     p.setColor(R.ToolTipBase, c["base"])
     p.setColor(R.ToolTipText, c["text"])
+    # Disabled widgets must look disabled (one color for all groups made them identical).
+    D = QPalette.ColorGroup.Disabled
+    for role in (R.WindowText, R.Text, R.ButtonText, R.PlaceholderText):
+        p.setColor(D, role, c["disabled"])
+    p.setColor(D, R.Button, c["disabledButton"])
+    p.setColor(D, R.Highlight, c["mid"])
     return p
 
 
 def stylesheet(dark: bool) -> str:
     text = resources.files("resources").joinpath("styles/locus.qss").read_text(encoding="utf-8")
-    for k, v in _COLORS[dark].items():
+    # Longest names first: "@disabledButton" must not be read as "@disabled" + "Button".
+    for k, v in sorted(_COLORS[dark].items(), key=lambda kv: -len(kv[0])):
         text = text.replace("@" + k, v)
     return text
 
@@ -62,7 +71,8 @@ def apply_theme(app: QApplication, dark: bool | None = None) -> bool:
     dark = is_dark() if dark is None else dark
     if sys.platform != "darwin":
         # macOS's native style already follows the system's appearance; elsewhere Fusion + palette.
-        app.setStyle("Fusion")
+        if not app.property("locus_user_style"):
+            app.setStyle("Fusion")
         app.setPalette(palette(dark))
     app.setStyleSheet(stylesheet(dark))
     return dark

@@ -18,6 +18,7 @@ from app.localize import (
     build_prompt,
     draw_boxes,
     label_color,
+    label_colors,
     locate,
     parse_response,
     split_query,
@@ -140,6 +141,15 @@ def test_prompts():
         build_prompt(" , ")
 
 
+def test_label_colors_are_distinct_and_in_order():
+    # Issue 16: byte-sum mod 8 gave "red circle" and "blue rectangle" the same color.
+    labels = ["red circle", "blue rectangle", "cat", "dog", "cup", "car", "tree", "sun", "a", "b"]
+    colors = label_colors(labels)
+    assert len(set(colors.values())) == len(labels)
+    assert label_color("red circle", labels) != label_color("blue rectangle", labels)
+    assert label_color("cat") == label_colors(["cat"])["cat"]  # alone: the palette's first
+
+
 def test_draw_and_export():
     img = Image.new("RGB", (400, 300), "white")
     boxes = [
@@ -150,8 +160,9 @@ def test_draw_and_export():
     out = draw_boxes(img, boxes)
     assert out.size == img.size and np.asarray(img).min() == 255  # the input is untouched
     a = np.asarray(out)
-    assert tuple(a[150, 40]) == label_color("cat")  # left edge of the cat's box
-    assert tuple(a[100, 300]) == label_color("eye")  # the point
+    colors = label_colors(["cat", "cup", "eye"])
+    assert tuple(a[150, 40]) == colors["cat"]  # left edge of the cat's box
+    assert tuple(a[100, 300]) == colors["eye"]  # the point
     # a tag in the label's color sits just above the cat's box, with white text inside it
     assert (a[44:50, 40:44] == label_color("cat")).all()
     tag = a[30:50, 40:80].reshape(-1, 3)

@@ -100,7 +100,7 @@ def test_stop_cancels_while_streaming(qtbot, store, loaded):
         eng.close()
 
 
-def test_conversations_list_rename_search_delete(qtbot, store, loaded):
+def test_conversations_list_rename_search_delete(qtbot, store, loaded, dialogs):
     eng = _scripted(loaded, "ok\n</think>\n\nPineapple answer", "first question")
     try:
         v = _view(qtbot, store, eng)
@@ -124,6 +124,7 @@ def test_conversations_list_rename_search_delete(qtbot, store, loaded):
             "Fruit"
         ]
         v2.search.setText("")
+        dialogs.answer("Delete")
         v2.delete_conversation(tid)
         assert [t.id for t in store.threads("chat")] == [other]
         assert v2._messages() == []

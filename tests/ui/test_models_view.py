@@ -19,7 +19,9 @@ def _view(qtbot) -> ModelsView:
     return v
 
 
-def test_download_shows_progress_and_completes(qtbot, tiny_dir, monkeypatch, memory_keyring):
+def test_download_shows_progress_and_completes(
+    qtbot, tiny_dir, monkeypatch, memory_keyring, dialogs
+):
     src = tiny_dir("mlx", 4)
     files = {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()}
     with FakeHub({REPO: files}, delay=0.03) as fake:
@@ -46,7 +48,8 @@ def test_download_shows_progress_and_completes(qtbot, tiny_dir, monkeypatch, mem
     with qtbot.waitSignal(v.load_requested) as sig:
         v.load_button.click()
     assert sig.args[0] == str(dest)
-    v.delete_selected(confirm=False)
+    dialogs.answer("Delete")
+    v.delete_selected()
     assert not dest.exists()
 
 

@@ -59,14 +59,19 @@ def test_drop_image_opens_locate(window, tmp_path):
 
 
 def test_drop_of_other_files_is_refused_with_a_hint(window, tmp_path):
+    # Issue 16 (7): the drag is accepted so that the drop arrives, and says what would work.
     f = tmp_path / "notes.txt"
     f.write_text("hi")
-    ev = _drop(window, [f])
-    assert not ev.enter_accepted
     window.show_view("Chat")
-    assert not window.open_paths([f])
+    ev = _drop(window, [f])
+    assert ev.enter_accepted and not ev.isAccepted()
     assert window.current_view == "Chat"
-    assert "folder" in window.error_banner.text() and window.error_banner.isVisible()
+    assert window.error_banner.isVisible()
+    assert "notes.txt" in window.error_banner.text() and "folder" in window.error_banner.text()
+    heic = tmp_path / "IMG_1.HEIC"
+    heic.write_bytes(b"\0\0\0\x18ftypheic")
+    assert not window.open_paths([heic])
+    assert "HEIC" in window.error_banner.text() and "JPEG" in window.error_banner.text()
 
 
 def test_route_drop_prefers_first_usable_path(tmp_path):
