@@ -406,7 +406,8 @@ class AgentView(QWidget):
 
         def work(task: Task) -> Any:  # the bridge passes its Task by this name
             # Built here, not on the UI thread: it probes the sandbox and opens the checkpoint repo.
-            agent = Agent(project, backend, approvals=approvals, config=AgentConfig.from_settings(watch=True),
+            config = AgentConfig.from_settings(watch=True)
+            agent = Agent(project, backend, approvals=approvals, config=config,
                           on_event=task.emit_event, store=self.store,
                           data_dir=self.data_dir)  # fmt: skip
             self.agent, self._emit = agent, task.emit_event
