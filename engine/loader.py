@@ -422,6 +422,7 @@ def _load_qwen(info: CheckpointInfo, lazy: bool = False) -> Any:
     model.language_model.update(tree_unflatten(list(text.items())))
     model.vision_tower = {k.removeprefix("vision_tower."): v for k, v in weights.items()
                           if k.startswith("vision_tower.")}  # fmt: skip
+    _attach_mtp(model, weights, info)
     del weights, text, origin
     if lazy:
         return model
@@ -431,6 +432,27 @@ def _load_qwen(info: CheckpointInfo, lazy: bool = False) -> Any:
         raise ModelLoadError(f"{info.path}: reading weights failed: {e}") from e
     model.eval()
     return model
+
+
+def _attach_mtp(model: Any, weights: dict[str, Any], info: CheckpointInfo) -> None:
+    """Load the checkpoint's MTP head for speculative decoding; without a complete one the model
+    simply decodes without drafting (most conversions drop `mtp.*`)."""
+    from .mtp import attach_head
+
+    mtp = {k.removeprefix("mtp."): v for k, v in weights.items() if k.startswith("mtp.")}
+    if not mtp:
+        return
+    q = info.quantization
+    pred = None
+    if q is not None:
+        pred = _quant_predicate({k.removeprefix("mtp."): v for k, v in q.items()}, set(mtp))
+    problems = attach_head(model, mtp, q, pred)
+    if problems:
+        import logging
+
+        logging.getLogger("locus.engine").warning(
+            "%s: MTP head not usable (%s); decoding without drafting", info.path, "; ".join(problems)
+        )
 
 
 def _load_other(info: CheckpointInfo) -> Any:
