@@ -288,6 +288,7 @@ def to_plan(
         thinking_budget=budget,
         session=f"anthropic:{user}" if isinstance(user, str) and user else None,
         has_images=any(isinstance(m.get("content"), list) for m in messages),
+        mtp=number(body, "mtp", "", 0, 8, integer=True),
     )
 
 

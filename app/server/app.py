@@ -70,7 +70,9 @@ def build_fastapi(service: Service) -> FastAPI:
         except APIError:
             loaded = False
         return {"status": "ok", "model_loaded": loaded, "active": s.active,
-                "waiting": s.waiting, "finished": dict(service.finished)}  # fmt: skip
+                "waiting": s.waiting, "finished": dict(service.finished),
+                "draft_tokens": service.drafts["draft_tokens"],
+                "draft_accepted": service.drafts["draft_accepted"]}  # fmt: skip
 
     def model_entry(model_id: str) -> dict[str, Any]:
         # Both SDKs' shapes at once: Anthropic's type/display_name/created_at, OpenAI's object/created.
