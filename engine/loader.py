@@ -451,7 +451,9 @@ def _attach_mtp(model: Any, weights: dict[str, Any], info: CheckpointInfo) -> No
         import logging
 
         logging.getLogger("locus.engine").warning(
-            "%s: MTP head not usable (%s); decoding without drafting", info.path, "; ".join(problems)
+            "%s: MTP head not usable (%s); decoding without drafting",
+            info.path,
+            "; ".join(problems),
         )
 
 

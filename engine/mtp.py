@@ -119,9 +119,7 @@ def make_probs(params: SamplingParams) -> Callable[[mx.array], mx.array]:
     return probs
 
 
-def speculative_accept(
-    p: mx.array, q: mx.array | None, drafts: Sequence[int]
-) -> tuple[int, int]:
+def speculative_accept(p: mx.array, q: mx.array | None, drafts: Sequence[int]) -> tuple[int, int]:
     """Standard speculative sampling over K drafts: (how many are accepted, the next token).
 
     `p` (K+1, V): the target distributions at each draft and after the last; `q` (K, V): the
@@ -288,7 +286,7 @@ def speculative_step(
                 # Draft K tokens (recursively through the head), then verify them in one forward.
                 q_rows: list[mx.array] = []
                 if head is None:
-                    drafts = list(drafter(tokens + [y], K))[:K]  # type: ignore[misc]
+                    drafts = list(drafter([*tokens, y], K))[:K]  # type: ignore[misc]
                 else:
                     drafts = []
                     m0 = mcache.offset
