@@ -10,7 +10,7 @@ from engine import write_tiny_checkpoint
 
 from .settings import cache_dir as default_cache_dir
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # 2: the tiny model carries a complete MTP head
 DEMO_NOTICE = (
     "Demo mode: this is a tiny model with RANDOM weights, built on this machine. It runs every part "
     "of Locus for real, but its replies are gibberish. Load a real model with --model PATH."
