@@ -236,11 +236,11 @@ def speculative_step(
         L = ids.shape[-1]
         return head(embed(ids.reshape(1, L)), h, mcache, model.text_positions(pos, L))
 
-    def process(logits: mx.array, seen: list[int]) -> mx.array:
+    def process(logits: mx.array, seen: list[int] | mx.array) -> mx.array:
         # Penalties see the tokens before each position, as plain decoding's do.
         if not logits_processors:
             return logits
-        hist = mx.array(seen, dtype=mx.uint32)
+        hist = seen if isinstance(seen, mx.array) else mx.array(seen, dtype=mx.uint32)
         for proc in logits_processors:
             logits = proc(hist, logits)
         return logits
@@ -286,9 +286,11 @@ def speculative_step(
                 # Draft K tokens (recursively through the head), then verify them in one forward.
                 q_rows: list[mx.array] = []
                 if head is None:
-                    drafts = list(drafter([*tokens, y], K))[:K]  # type: ignore[misc]
+                    drafted = list(drafter([*tokens, y], K))[:K]  # type: ignore[misc]
+                    block_arr = mx.array([y, *drafted], dtype=mx.uint32)
                 else:
-                    drafts = []
+                    # Drafts stay lazy: drafting and verification are evaluated together.
+                    parts = [mx.array([y], dtype=mx.uint32)]
                     m0 = mcache.offset
                     for r in range(K):
                         lq = logprobs(base.logits(g[:, -1, :]))
@@ -298,25 +300,29 @@ def speculative_step(
                             qr = probs(lq)
                             q_rows.append(qr[0])
                             d = mx.random.categorical(mx.log(qr))
-                        d = int(d.item())
-                        drafts.append(d)
+                        parts.append(d.astype(mx.uint32))
                         if r < K - 1:
-                            g = run_head(g[:, -1:, :], [d], P + r)
+                            g = run_head(g[:, -1:, :], parts[-1], P + r)
                     mcache.trim(mcache.offset - m0)
+                    block_arr = mx.concatenate(parts)
                 saved = _save(main)
-                block = [y, *drafts]
-                H = model(mx.array(block, dtype=mx.uint32)[None], cache=main, hidden=True)
+                H = model(block_arr[None], cache=main, hidden=True)
                 logits = base.logits(H)[0]  # (K+1, V)
                 if logits_processors:
-                    seen = tokens + block
+                    seen = mx.concatenate([mx.array(tokens, dtype=mx.uint32), block_arr])
                     rows = [process(logits[j : j + 1], seen[: P + 1 + j])[0] for j in range(K + 1)]
                     logits = mx.stack(rows)
                 lp = logprobs(logits)
                 if greedy:
-                    best = mx.argmax(lp, axis=-1).tolist()
+                    best_arr = mx.argmax(lp, axis=-1)
+                    mx.eval(block_arr, best_arr)
+                    block, best = block_arr.tolist(), best_arr.tolist()
+                    drafts = block[1:]
                     a = next((j for j in range(K) if drafts[j] != best[j]), K)
                     nxt = int(best[a])
                 else:
+                    block = block_arr.tolist()
+                    drafts = block[1:]
                     q = mx.stack(q_rows) if q_rows else None
                     a, nxt = speculative_accept(probs(lp), q, drafts)
                 stats.drafted += K

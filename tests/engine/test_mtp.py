@@ -373,3 +373,21 @@ def test_sampled_generation_runs_and_counts_drafts(tiny_model):
     steps.close()
     assert len(out) == 12 and all(0 <= t < 512 for t in out)
     assert stats.drafted == 2 * stats.rounds and stats.rounds >= 1
+
+
+def test_penalties_see_the_same_history_with_drafts(tiny_model):
+    """Presence/repetition penalties apply per verified position as plain decoding applies them."""
+    from engine.sampling import make_logits_processors
+
+    model = tiny_model.model
+    params = SamplingParams(temperature=0, presence_penalty=1.5, repetition_penalty=1.3)
+    procs = make_logits_processors(params)
+    steps = generate_step(model, PROMPT, model.make_cache(), logits_processors=procs,
+                          sampler=lambda lp: mx.argmax(lp, axis=-1))  # fmt: skip
+    ref = [next(steps) for _ in range(30)]
+    steps.close()
+    assert ref != plain(model, PROMPT, 30)  # the penalties change the output
+    spec = speculative_step(model, PROMPT, model.make_cache(), params=params, draft_tokens=3,
+                            logits_processors=procs, drafter=noisy_oracle(PROMPT + ref))  # fmt: skip
+    assert [next(spec) for _ in range(30)] == ref
+    spec.close()
