@@ -248,7 +248,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 u = ev
                 print(f"\n[{u.prompt_tokens} prompt tokens at {u.prompt_tps:.1f} tok/s, "
                       f"{u.completion_tokens} generated at {u.generation_tps:.1f} tok/s, "
-                      f"peak {u.peak_memory_gb:.2f} GB]", file=sys.stderr)  # fmt: skip
+                      f"peak {u.peak_memory_gb:.2f} GB"
+                      + (f", MTP drafts {u.draft_accepted}/{u.draft_tokens} accepted"
+                         if u.draft_tokens else "") + "]", file=sys.stderr)  # fmt: skip
             elif isinstance(ev, Done):
                 done = ev
             sys.stdout.flush()
