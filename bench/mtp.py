@@ -132,7 +132,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     plan = [(f"oracle {k}", k, oracle(1.0, 0)) for k in args.k]
     plan += [(f"noisy {k}", k, oracle(args.noisy, k)) for k in args.noisy_k]
-    plan += [(f"head {k}", k, None) for k in args.head_k]
+    head_k = args.head_k
+    if head_k is None:  # a real head: every K, to recommend one; a random one: its cost at K=1
+        head_k = [1, 2, 3, 4] if head_note == "checkpoint's head" else [1]
+    plan += [(f"head {k}", k, None) for k in head_k]
     for name, k, drafter in plan:
         log(f"{label}: {name}")
         stats = DraftStats()
@@ -148,7 +151,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = rows[0]["tps"] or 1e-9
     for r in rows:
         r["speedup"] = r["tps"] / base
+    # Recommend the head's best K when it beats plain decoding by 5% (else keep --mtp 0).
+    heads = [r for r in rows if r["row"].startswith("head") and r["same"]]
+    best = max(heads, key=lambda r: r["speedup"], default=None)
+    recommended = best["k"] if best is not None and best["speedup"] > 1.05 else 0
     return {
+        "recommended_mtp": recommended,
         "model": label,
         "head": head_note,
         "prompt_tokens": len(prompt),
@@ -169,6 +177,7 @@ def print_table(rep: dict[str, Any]) -> None:
         tpf = f"{r.get('tokens_per_forward', 1.0):.2f}"
         print(f"{r['row']:<10} {r['tps']:8.2f} {r['speedup']:8.2f} {acc:>7} {tpf:>8} "
               f"{'yes' if r['same'] else 'NO':>5}")  # fmt: skip
+    print(f"recommended for this model on this machine: --mtp {rep['recommended_mtp']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, nargs="*", default=[1, 2, 3, 4], help="oracle rows")
     ap.add_argument("--noisy-k", type=int, nargs="*", default=[2, 4], help="noisy-oracle rows")
     ap.add_argument("--noisy", type=float, default=0.6, help="noisy oracle: P(draft right)")
-    ap.add_argument("--head-k", type=int, nargs="*", default=[1], help="MTP-head rows")
+    ap.add_argument("--head-k", type=int, nargs="*", default=None,
+                    help="MTP-head rows (default 1-4 with a real head, 1 with a random one)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
