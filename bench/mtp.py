@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     log(f"{label}: plain decode, {n} tokens")
     ref, tps = _timed(plain_steps(), n + 8, lambda: counter["n"])
+    log(f"  {tps:.2f} tok/s")
     rows.append({"row": "plain", "k": 0, "tps": tps, "acceptance": None, "same": True})
     truth = prompt + ref
 
@@ -142,6 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         steps = speculative_step(model, prompt, model.make_cache(), params=greedy, draft_tokens=k,
                                  stats=stats, drafter=drafter)  # fmt: skip
         out, tps = _timed(steps, n, lambda s=stats: s.rounds)
+        log(f"  {tps:.2f} tok/s, {stats.accepted}/{stats.drafted} drafts accepted")
         rows.append({
             "row": name, "k": k, "tps": tps,
             "acceptance": stats.accepted / max(stats.drafted, 1),
