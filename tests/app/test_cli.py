@@ -54,6 +54,7 @@ def test_generate_json_with_prompt_ids(tiny_dir):
     }
 
 
+@pytest.mark.slow
 def test_generate_mtp_gives_the_same_tokens_and_counts_drafts(tiny_dir):
     model = tiny_dir("mlx", 4)
     runs = []

@@ -157,6 +157,7 @@ def test_head_loads_quantized_and_convert_keeps_it(tiny_dir):
     assert head.fc.bits == 4 and head.layers[0].mlp.gate.bits == 8
 
 
+@pytest.mark.slow
 def test_checkpoint_without_a_head_decodes_without_drafting(tiny_dir, tmp_path, caplog):
     import shutil
 
@@ -229,6 +230,7 @@ def test_rollback_keeps_greedy_output_and_cache_exact(tiny_model, k):
     more.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout,bits", [("per_expert", None), ("fused", None), ("mlx", 4)])
 def test_engine_greedy_is_identical_with_mtp_in_every_layout(tiny_dir, layout, bits):
     eng = Engine.from_path(str(tiny_dir(layout, bits)), prompt_cache=PromptCache(memory_bytes=0))
@@ -248,6 +250,7 @@ def test_engine_greedy_is_identical_with_mtp_in_every_layout(tiny_dir, layout, b
         eng.close()
 
 
+@pytest.mark.slow
 def test_image_prompt_is_identical_with_mtp(tiny_dir):
     eng = Engine.from_path(str(tiny_dir("per_expert")), prompt_cache=PromptCache(memory_bytes=0))
     rng = np.random.default_rng(0)
@@ -272,6 +275,7 @@ def test_image_prompt_is_identical_with_mtp(tiny_dir):
         eng.close()
 
 
+@pytest.mark.slow
 def test_prompt_cache_resume_is_identical_with_mtp(tiny_dir):
     path = str(tiny_dir("per_expert"))
     cold = Engine.from_path(path, prompt_cache=PromptCache(memory_bytes=0))
@@ -294,6 +298,7 @@ def test_prompt_cache_resume_is_identical_with_mtp(tiny_dir):
         warm.close()
 
 
+@pytest.mark.slow
 def test_cancel_stop_and_max_tokens_behave_as_without_mtp(tiny_dir):
     eng = Engine.from_path(str(tiny_dir("per_expert")), prompt_cache=PromptCache(memory_bytes=0))
     try:
