@@ -55,8 +55,9 @@ class CheckpointInfo:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of the tensors that get loaded (MTP heads are skipped)."""
-        return sum(t.nbytes for k, t in self.tensors.items() if not _is_mtp(k))
+        """Bytes of the tensors that get loaded (an MTP head only when it has its layer)."""
+        head = any(_is_mtp(k) and ".layers." in k for k in self.tensors)
+        return sum(t.nbytes for k, t in self.tensors.items() if head or not _is_mtp(k))
 
     @property
     def file_bytes(self) -> int:
