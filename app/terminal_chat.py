@@ -118,6 +118,8 @@ def _stream_reply(engine: Engine, req: GenerationRequest, out: Any, dim: str, re
                         out.write(f"[malformed tool call: {ev.message}]")
                 elif isinstance(ev, Usage):
                     stats = f"{ev.completion_tokens} tokens, {ev.generation_tps:.1f} tok/s"
+                    if ev.draft_tokens:
+                        stats += f", MTP drafts {ev.draft_accepted}/{ev.draft_tokens} accepted"
                 elif isinstance(ev, Done):
                     done = ev
                 out.flush()

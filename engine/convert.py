@@ -70,10 +70,25 @@ def convert(
         nn.quantize(
             model.language_model, group_size=group_size, bits=bits, class_predicate=predicate
         )
+        if model.mtp_head is not None:  # the MTP head, quantized like the layers it mirrors
+            mtp_layer: dict[str, Any] = {}
+
+            def mtp_predicate(path: str, module: Any) -> bool | dict[str, int]:
+                spec = predicate(path, module)
+                if isinstance(spec, dict):
+                    mtp_layer["mtp." + path] = per_layer.pop("language_model." + path)
+                return spec
+
+            nn.quantize(
+                model.mtp_head, group_size=group_size, bits=bits, class_predicate=mtp_predicate
+            )
+            per_layer.update(mtp_layer)
         q = {"group_size": group_size, "bits": bits, "mode": "affine", **per_layer}
         config["quantization"] = q
         config["quantization_config"] = q
     weights = {"language_model." + k: v for k, v in tree_flatten(model.language_model.parameters())}
+    if model.mtp_head is not None:
+        weights.update({"mtp." + k: v for k, v in tree_flatten(model.mtp_head.parameters())})
     for k, v in model.vision_tower.items():
         if k == "patch_embed.proj.weight" and v.ndim == 5:
             v = v.transpose(0, 2, 3, 4, 1)  # MLX convolutions are channels-last

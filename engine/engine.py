@@ -74,6 +74,9 @@ class GenerationRequest:
     # Special tokens (<|box_start|>, <|vision_end|>, ...) are left out of the text; the parser's
     # own tags (<think>, <tool_call>) are not special in Qwen's tokenizer and always stay.
     skip_special_tokens: bool = True
+    # Speculative decoding: tokens the model's MTP head drafts per step (0 off; None: the
+    # engine's default). Output is the same as without; a model without the head ignores it.
+    mtp: int | None = None
 
     def validate(self) -> None:
         given = [x is not None for x in (self.messages, self.prompt, self.prompt_ids)]
@@ -83,7 +86,15 @@ class GenerationRequest:
             raise RequestError(f"max_tokens must be >= 1 (got {self.max_tokens})")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise RequestError("stop strings must be non-empty strings")
+        _check_mtp(self.mtp)
         self.sampling.validate()
+
+
+def _check_mtp(k: int | None) -> None:
+    from .mtp import MAX_DRAFT
+
+    if k is not None and (not isinstance(k, int) or not 0 <= k <= MAX_DRAFT):
+        raise RequestError(f"mtp (draft tokens) must be an integer in 0..{MAX_DRAFT} (got {k!r})")
 
 
 @dataclass
@@ -240,8 +251,15 @@ class Engine:
     Thread-safe: submit from any thread. Requests of all engines run one at a time, in order.
     """
 
-    def __init__(self, loaded: LoadedModel | None = None, prompt_cache: PromptCache | None = None):
+    def __init__(
+        self,
+        loaded: LoadedModel | None = None,
+        prompt_cache: PromptCache | None = None,
+        mtp: int = 0,
+    ):
+        _check_mtp(mtp)
         self.prompt_cache = prompt_cache if prompt_cache is not None else PromptCache()
+        self.mtp = mtp  # draft tokens for requests that do not say (0: no speculative decoding)
         self._worker = _Worker.get()
         self._jobs = self._worker.jobs
         self._thread = self._worker.thread
@@ -276,9 +294,10 @@ class Engine:
         context_tokens: int = DEFAULT_CONTEXT_TOKENS,
         memory_check: bool = True,
         prompt_cache: PromptCache | None = None,
+        mtp: int = 0,
     ) -> Engine:
         """Start an engine and load the model at `path` on its worker thread."""
-        eng = cls(prompt_cache=prompt_cache)
+        eng = cls(prompt_cache=prompt_cache, mtp=mtp)
         eng.load(path, context_tokens=context_tokens, memory_check=memory_check)
         return eng
 
@@ -454,6 +473,9 @@ class Engine:
         ticket: _CacheTicket | None = None
         reason: FinishReason = "stop"
         error: str | None = None
+        from .mtp import DraftStats
+
+        drafts = DraftStats()
         try:
             if handle.cancelled:
                 raise Cancelled
@@ -484,12 +506,20 @@ class Engine:
             def progress(done: int, total: int) -> None:
                 handle._put(PromptProgress(done, total))
 
-            steps = generate_step(
-                model, prompt, cache, sampler=make_sampler(req.sampling),
+            common: dict[str, Any] = dict(
                 logits_processors=make_logits_processors(req.sampling, len(prompt)), progress=progress,
                 cancelled=lambda: handle.cancelled, stream=self._stream, start=cached,
                 checkpoints=sorted(ticket.kinds), on_checkpoint=ticket.checkpoint,
             )  # fmt: skip
+            k = self.mtp if req.mtp is None else req.mtp
+            if k and getattr(lm.model, "mtp_head", None) is not None:
+                from .mtp import speculative_step
+
+                steps = speculative_step(model, prompt, cache, params=req.sampling,
+                                         draft_tokens=k, stats=drafts, **common)  # fmt: skip
+            else:
+                steps = generate_step(model, prompt, cache, sampler=make_sampler(req.sampling),
+                                      **common)  # fmt: skip
             reason, hit = "length", False
             for tok in steps:
                 if not tokens:
@@ -540,6 +570,8 @@ class Engine:
                 prompt_tps=(len(prompt) - cached) / max(t_first - t0, 1e-9) if n else 0.0,
                 generation_tps=(n - 1) / max(t_end - t_first, 1e-9) if n > 1 else 0.0,
                 peak_memory_gb=mx.get_peak_memory() / 1e9,
+                draft_tokens=drafts.drafted,
+                draft_accepted=drafts.accepted,
             )
             handle._put(usage)
         handle._put(Done(reason, tokens, usage, error))

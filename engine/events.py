@@ -68,6 +68,9 @@ class Usage:
     prompt_tps: float = 0.0
     generation_tps: float = 0.0
     peak_memory_gb: float = 0.0
+    # Speculative decoding (MTP): tokens drafted and how many of them the model accepted.
+    draft_tokens: int = 0
+    draft_accepted: int = 0
     type: Literal["usage"] = "usage"
 
 

@@ -56,8 +56,9 @@ class CheckpointInfo:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of the tensors that get loaded (MTP heads are skipped)."""
-        return sum(t.nbytes for k, t in self.tensors.items() if not _is_mtp(k))
+        """Bytes of the tensors that get loaded (an MTP head only when it has its layer)."""
+        head = any(_is_mtp(k) and ".layers." in k for k in self.tensors)
+        return sum(t.nbytes for k, t in self.tensors.items() if head or not _is_mtp(k))
 
     @property
     def file_bytes(self) -> int:
@@ -483,6 +484,7 @@ def _load_qwen(info: CheckpointInfo, lazy: bool = False) -> Any:
     model.language_model.update(tree_unflatten(list(text.items())))
     model.vision_tower = {k.removeprefix("vision_tower."): v for k, v in weights.items()
                           if k.startswith("vision_tower.")}  # fmt: skip
+    _attach_mtp(model, weights, info)
     del weights, text, origin
     if lazy:
         return model
@@ -492,6 +494,29 @@ def _load_qwen(info: CheckpointInfo, lazy: bool = False) -> Any:
         raise ModelLoadError(f"{info.path}: reading weights failed: {e}") from e
     model.eval()
     return model
+
+
+def _attach_mtp(model: Any, weights: dict[str, Any], info: CheckpointInfo) -> None:
+    """Load the checkpoint's MTP head for speculative decoding; without a complete one the model
+    simply decodes without drafting (most conversions drop `mtp.*`)."""
+    from .mtp import attach_head
+
+    mtp = {k.removeprefix("mtp."): v for k, v in weights.items() if k.startswith("mtp.")}
+    if not mtp:
+        return
+    q = info.quantization
+    pred = None
+    if q is not None:
+        pred = _quant_predicate({k.removeprefix("mtp."): v for k, v in q.items()}, set(mtp))
+    problems = attach_head(model, mtp, q, pred)
+    if problems:
+        import logging
+
+        logging.getLogger("locus.engine").warning(
+            "%s: MTP head not usable (%s); decoding without drafting",
+            info.path,
+            "; ".join(problems),
+        )
 
 
 def _load_other(info: CheckpointInfo) -> Any:

@@ -29,8 +29,11 @@ if TYPE_CHECKING:
 
 QWEN_MOE_TYPES = {"qwen3_5_moe", "qwen3_5", "qwen3_5_moe_text", "qwen3_5_text"}
 
-_LAYER_MLP = re.compile(r"^language_model\.model\.layers\.(\d+)\.mlp\.experts\.(.+)$")
+_LAYER_MLP = re.compile(r"^(language_model\.model|mtp)\.layers\.(\d+)\.mlp\.experts\.(.+)$")
 _NORM_SUFFIXES = (
+    "mtp.norm.weight",
+    ".pre_fc_norm_embedding.weight",
+    ".pre_fc_norm_hidden.weight",
     ".input_layernorm.weight",
     ".post_attention_layernorm.weight",
     "model.norm.weight",
@@ -157,21 +160,51 @@ class Model(nn.Module):
         input_embeddings: Any = None,
         position_ids: mx.array | None = None,
         rope_delta: int = 0,
+        hidden: bool = False,
     ):
-        """Logits. `position_ids` (3, B, L) gives M-RoPE positions; else position = offset + delta."""
+        """Logits. `position_ids` (3, B, L) gives M-RoPE positions; else position = offset + delta.
+
+        `hidden=True` returns the last hidden state (after the final norm) instead: what the MTP
+        head takes, and `logits(h)` gives the logits without computing them for every position.
+        """
         st = self._rope
         st.positions, st.delta = position_ids, int(rope_delta)
         try:
+            if hidden:
+                return self.language_model.model(inputs, cache, input_embeddings=input_embeddings)
             return self.language_model(inputs, cache=cache, input_embeddings=input_embeddings)
         finally:
             st.positions, st.delta = None, 0
+
+    def logits(self, h: mx.array) -> mx.array:
+        """The shared output head applied to hidden states."""
+        lm = self.language_model
+        if self.args.tie_word_embeddings:
+            return lm.model.embed_tokens.as_linear(h)
+        return lm.lm_head(h)
+
+    def text_positions(self, start: int, length: int) -> mx.array:
+        """M-RoPE positions (3, 1, length) of text tokens at `start`.. (no images)."""
+        return mx.broadcast_to(mx.arange(start, start + length)[None, None], (3, 1, length))
+
+    @property
+    def mtp_head(self) -> Any:
+        """The multi-token-prediction head when the checkpoint has one (engine/mtp.py), else None."""
+        return self.get("mtp")
 
     @property
     def layers(self) -> list[nn.Module]:
         return self.language_model.layers
 
     def make_cache(self) -> list[Any]:
-        return self.language_model.make_cache()
+        """One cache per layer, plus the MTP head's own KV cache last when it has one (so prompt
+        cache snapshots carry it)."""
+        cache = self.language_model.make_cache()
+        if self.mtp_head is not None:
+            from mlx_lm.models.cache import KVCache
+
+            cache.append(KVCache())
+        return cache
 
     def text_parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         from mlx.utils import tree_flatten
@@ -259,15 +292,31 @@ class ImagePrompt:
     def make_cache(self) -> list[Any]:
         return self.model.make_cache()
 
-    def __call__(self, inputs: mx.array, cache: Any = None, **kw: Any) -> mx.array:
+    def logits(self, h: mx.array) -> mx.array:
+        return self.model.logits(h)
+
+    def text_positions(self, start: int, length: int) -> mx.array:
+        """M-RoPE positions (3, 1, length) of the tokens at `start`.. of this prompt and reply."""
+        n = len(self.inputs.ids)
+        idx = np.arange(start, start + length)
+        pos = np.where(idx < n, 0, idx + self.delta)
+        pos = np.broadcast_to(pos, (3, length)).copy()
+        inside = idx < n
+        if inside.any():
+            pos[:, inside] = self.positions[:, idx[inside]]
+        return mx.array(pos)[:, None, :]
+
+    def __call__(
+        self, inputs: mx.array, cache: Any = None, hidden: bool = False, **kw: Any
+    ) -> mx.array:
         n = len(self.inputs.ids)
         start = _cache_offset(cache)
         length = inputs.shape[1]
         end = start + length
         if end <= self.first_image:  # text before the first image: plain positions
-            return self.model(inputs, cache=cache)
+            return self.model(inputs, cache=cache, hidden=hidden)
         if start >= n:  # decoding past the prompt
-            return self.model(inputs, cache=cache, rope_delta=self.delta)
+            return self.model(inputs, cache=cache, rope_delta=self.delta, hidden=hidden)
         pos = self.positions[:, start : min(end, n)]
         if end > n:
             tail = np.arange(n, end) + self.delta
@@ -296,13 +345,14 @@ class ImagePrompt:
             cache=cache,
             input_embeddings=embeds,
             position_ids=mx.array(pos)[:, None, :],
+            hidden=hidden,
         )
 
 
 def canonical_key(key: str) -> str | None:
     """Map a checkpoint key to Locus's module tree, or None for weights generation never uses."""
     if key.startswith("mtp.") or ".mtp." in key or key.startswith("model.mtp"):
-        return None
+        return "mtp." + key.split("mtp.", 1)[1]  # the MTP head (engine/mtp.py), any prefix
     for prefix in ("model.visual.", "visual.", "vision_tower.", "model.vision_tower."):
         if key.startswith(prefix):
             return "vision_tower." + key[len(prefix) :]
@@ -339,15 +389,15 @@ def normalize_weights(
     """
     out: dict[str, mx.array] = {}
     origin: dict[str, str] = {}
-    per_expert: dict[tuple[int, str], dict[int, tuple[str, mx.array]]] = {}
+    per_expert: dict[tuple[str, int, str], dict[int, tuple[str, mx.array]]] = {}
     for key, value in items:
         ck = canonical_key(key)
         if ck is None:
             continue
         m = _LAYER_MLP.match(ck)
         if m:
-            layer, rest = int(m.group(1)), m.group(2)
-            base = f"language_model.model.layers.{layer}.mlp.switch_mlp."
+            tree, layer, rest = m.group(1), int(m.group(2)), m.group(3)
+            base = f"{tree}.layers.{layer}.mlp.switch_mlp."
             if rest == "gate_up_proj":
                 mid = value.shape[-2] // 2
                 out[base + "gate_proj.weight"] = value[..., :mid, :]
@@ -360,12 +410,15 @@ def normalize_weights(
                 continue
             pm = re.match(r"^(\d+)\.(gate_proj|up_proj|down_proj)\.weight$", rest)
             if pm:
-                per_expert.setdefault((layer, pm.group(2)), {})[int(pm.group(1))] = (key, value)
+                per_expert.setdefault((tree, layer, pm.group(2)), {})[int(pm.group(1))] = (
+                    key,
+                    value,
+                )
                 continue
             raise WeightError(key, f"unrecognized expert weight {key!r}")
         out[ck] = value
         origin[ck] = key
-    for (layer, proj), experts in sorted(per_expert.items()):
+    for (tree, layer, proj), experts in sorted(per_expert.items()):
         want = num_experts if num_experts is not None else max(experts) + 1
         missing = sorted(set(range(want)) - set(experts))
         first_key = experts[min(experts)][0]
@@ -385,12 +438,12 @@ def normalize_weights(
                 raise WeightError(
                     k, f"weight {k!r} has shape {list(v.shape)}, expert 0 has {list(shape)}"
                 )
-        name = f"language_model.model.layers.{layer}.mlp.switch_mlp.{proj}.weight"
+        name = f"{tree}.layers.{layer}.mlp.switch_mlp.{proj}.weight"
         out[name] = mx.stack([experts[e][1] for e in range(want)])
         origin[name] = first_key
     if hf_norms:
         for k, v in list(out.items()):
-            if not k.startswith("language_model."):
+            if not k.startswith(("language_model.", "mtp.")):
                 continue
             if k.endswith("conv1d.weight") and v.ndim == 3 and v.shape[-1] != 1:
                 out[k] = v.moveaxis(2, 1)

@@ -269,8 +269,9 @@ def make_weights(cfg: TinyConfig, seed: int = 0) -> dict[str, np.ndarray]:
         out[m + "shared_expert.up_proj.weight"] = w(si, H)
         out[m + "shared_expert.down_proj.weight"] = w(H, si)
         out[m + "shared_expert_gate.weight"] = w(1, H)
-    # Multi-token-prediction head: present in the original checkpoint, unused for generation.
+    # Multi-token-prediction head (engine/mtp.py): drafts tokens for speculative decoding.
     out["mtp.fc.weight"] = w(H, 2 * H)
+    out.update(_mtp_weights(cfg, np.random.default_rng(seed + 1)))
     # Vision tower, kept so that one weight copy serves text and images.
     v = "model.visual."
     V, VI = cfg.vision_hidden_size, cfg.vision_intermediate_size
@@ -301,11 +302,48 @@ def make_weights(cfg: TinyConfig, seed: int = 0) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(a, dtype=np.float32) for k, a in out.items()}
 
 
+def _mtp_weights(cfg: TinyConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The rest of `mtp.*` as Qwen ships it: norms, one full-attention MoE layer (own generator,
+    so the other weights stay what they were)."""
+
+    def w(*shape: int, scale: float = 0.08) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    H = cfg.hidden_size
+    out = {f"mtp.{n}.weight": w(H, scale=0.1)
+           for n in ("pre_fc_norm_embedding", "pre_fc_norm_hidden", "norm")}  # fmt: skip
+    lp = "mtp.layers.0."
+    out[lp + "input_layernorm.weight"] = w(H, scale=0.1)
+    out[lp + "post_attention_layernorm.weight"] = w(H, scale=0.1)
+    a = lp + "self_attn."
+    qd = cfg.num_attention_heads * cfg.head_dim
+    kvd = cfg.num_key_value_heads * cfg.head_dim
+    out[a + "q_proj.weight"] = w(2 * qd, H)
+    out[a + "k_proj.weight"] = w(kvd, H)
+    out[a + "v_proj.weight"] = w(kvd, H)
+    out[a + "o_proj.weight"] = w(H, qd)
+    out[a + "q_norm.weight"] = w(cfg.head_dim, scale=0.1)
+    out[a + "k_norm.weight"] = w(cfg.head_dim, scale=0.1)
+    m = lp + "mlp."
+    out[m + "gate.weight"] = w(cfg.num_experts, H, scale=0.5)
+    for e in range(cfg.num_experts):
+        out[f"{m}experts.{e}.gate_proj.weight"] = w(cfg.moe_intermediate_size, H)
+        out[f"{m}experts.{e}.up_proj.weight"] = w(cfg.moe_intermediate_size, H)
+        out[f"{m}experts.{e}.down_proj.weight"] = w(H, cfg.moe_intermediate_size)
+    si = cfg.shared_expert_intermediate_size
+    out[m + "shared_expert.gate_proj.weight"] = w(si, H)
+    out[m + "shared_expert.up_proj.weight"] = w(si, H)
+    out[m + "shared_expert.down_proj.weight"] = w(H, si)
+    out[m + "shared_expert_gate.weight"] = w(1, H)
+    return out
+
+
 def fuse_experts(weights: dict[str, np.ndarray], num_layers: int) -> dict[str, np.ndarray]:
     """Per-expert keys → the fused `experts.gate_up_proj` / `experts.down_proj` layout."""
     out = dict(weights)
-    for i in range(num_layers):
-        m = f"model.language_model.layers.{i}.mlp.experts."
+    prefixes = [f"model.language_model.layers.{i}." for i in range(num_layers)] + ["mtp.layers.0."]
+    for lp in prefixes:
+        m = lp + "mlp.experts."
         ids = sorted({int(k[len(m) :].split(".")[0]) for k in weights if k.startswith(m)})
         if not ids:
             continue

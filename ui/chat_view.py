@@ -508,6 +508,8 @@ class ChatView(QWidget):
             footer = f"{u.generation_tps:.1f} tok/s · context {ctx}" + (
                 f"/{limit}" if limit else ""
             )
+            if u.draft_tokens:  # speculative decoding: how many drafts the model kept
+                footer += f" · drafts {u.draft_accepted}/{u.draft_tokens}"
             self.stats.setText(footer)
         if reason == "cancelled":
             footer = (footer + " · stopped").strip(" ·")

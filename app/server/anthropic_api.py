@@ -325,6 +325,7 @@ def to_plan(
         session=f"anthropic:{user}" if isinstance(user, str) and user else None,
         has_images=any(isinstance(m.get("content"), list) for m in messages),
         cache_breakpoints=marks[-4:],
+        mtp=number(body, "mtp", "", 0, 8, integer=True),
     )
 
 

@@ -86,7 +86,9 @@ def build_fastapi(service: Service) -> FastAPI:
         pc = getattr(service.engine, "prompt_cache", None)
         return {"status": "ok", "model_loaded": loaded, "active": s.active,
                 "waiting": s.waiting, "finished": dict(service.finished),
-                "prompt_cache": pc.budget() if pc is not None else None}  # fmt: skip
+                "prompt_cache": pc.budget() if pc is not None else None,
+                "draft_tokens": service.drafts["draft_tokens"],
+                "draft_accepted": service.drafts["draft_accepted"]}  # fmt: skip
 
     def model_entry(model_id: str) -> dict[str, Any]:
         # Both SDKs' shapes at once: Anthropic's type/display_name/created_at, OpenAI's object/created.

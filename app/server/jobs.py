@@ -67,6 +67,8 @@ class Plan:
     # Indices into `messages` a client marked for caching (Anthropic's cache_control).
     cache_breakpoints: list[int] = field(default_factory=list)
     model: str = ""  # the name the client asked for (for the request log)
+    # Draft tokens for speculative decoding (the request's `mtp` extension; None: server default).
+    mtp: int | None = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ def build_request(engine: Any, plan: Plan, max_tokens: int = 1) -> GenerationReq
     """The engine request for a plan (rendering the prompt here when it needs a prefix)."""
     common: dict[str, Any] = dict(
         tools=plan.tools or None, sampling=plan.sampling, max_tokens=max_tokens, stop=plan.stop,
-        session=plan.session,
+        session=plan.session, mtp=plan.mtp,
     )  # fmt: skip
     if plan.prefix:
         if plan.has_images:
@@ -425,6 +427,7 @@ class Job:
             req2 = GenerationRequest(
                 prompt=prompt, tools=plan.tools or None, sampling=plan.sampling,
                 max_tokens=max(1, self.max_tokens - used), stop=plan.stop, session=plan.session,
+                mtp=plan.mtp,
             )  # fmt: skip
             usage2, done = self._drain(self._submit(req2), forward)
             if usage and usage2:
@@ -436,6 +439,8 @@ class Job:
                     prompt_tps=usage.prompt_tps,
                     generation_tps=usage2.generation_tps,
                     peak_memory_gb=max(usage.peak_memory_gb, usage2.peak_memory_gb),
+                    draft_tokens=usage.draft_tokens + usage2.draft_tokens,
+                    draft_accepted=usage.draft_accepted + usage2.draft_accepted,
                 )
         if parser is not None:
             for out in parser.finish(truncated=done.finish_reason != "stop"):
@@ -451,6 +456,8 @@ class Job:
                 prompt_tps=usage.prompt_tps,
                 generation_tps=usage.generation_tps,
                 peak_memory_gb=usage.peak_memory_gb,
+                draft_tokens=usage.draft_tokens,
+                draft_accepted=usage.draft_accepted,
             )
         return self._finish(done, usage)
 

@@ -237,6 +237,7 @@ def to_plan(body: dict[str, Any], *, vocab_size: int, preset: str | None, defaul
         prefix_is_call=prefix_is_call,
         session=f"openai:{user}" if user else None,
         has_images=any(isinstance(m.get("content"), list) for m in messages),
+        mtp=number(body, "mtp", "", 0, 8, integer=True),
     )
 
 

@@ -62,6 +62,7 @@ ANTHROPIC_MESSAGES: dict[str, Any] = {
         "temperature": {"type": "number", "minimum": 0, "maximum": 1},
         "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
         "top_k": {"type": "integer", "minimum": 0},
+        "mtp": {"type": "integer", "minimum": 0, "maximum": 8},  # Locus: draft tokens
         "metadata": {"type": "object", "properties": {"user_id": {"type": "string"}}},
     },
 }
@@ -113,6 +114,7 @@ OPENAI_CHAT: dict[str, Any] = {
         "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
         "repetition_penalty": {"type": "number", "exclusiveMinimum": 0},
         "seed": {"type": "integer"},
+        "mtp": {"type": "integer", "minimum": 0, "maximum": 8},  # Locus: draft tokens
         "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
         "chat_template_kwargs": {"type": "object"},
         "reasoning_effort": {"type": "string"},

@@ -45,6 +45,8 @@ class Service:
         self.jobs: set[Job] = set()
         # How generations ended (stop, length, cancelled, error): for /health and tests.
         self.finished: collections.Counter[str] = collections.Counter()
+        # Speculative decoding totals (tokens drafted, drafts accepted): for /health.
+        self.drafts: collections.Counter[str] = collections.Counter()
         self._count_slots: asyncio.Semaphore | None = None
         self._meter: PromptMeter | None = None
         self._check_slots: asyncio.Semaphore | None = None
@@ -128,6 +130,10 @@ class Service:
         self.requests.add(job.record())
         if job.finished is not None:
             self.finished[job.finished.finish_reason] += 1
+            u = job.finished.usage
+            if u is not None:
+                self.drafts["draft_tokens"] += u.draft_tokens
+                self.drafts["draft_accepted"] += u.draft_accepted
         self.scheduler.release()
 
     async def collect(self, job: Job, request: Request) -> tuple[list[Event], Finished]:

@@ -43,6 +43,7 @@ def test_generate_json_with_prompt_ids(tiny_dir):
         assert len(done["token_ids"]) < 6 and done["token_ids"][-1] in eos
     assert done["usage"]["completion_tokens"] == len(done["token_ids"])
     assert done["usage"]["prompt_tokens"] == 4
+    assert done["usage"]["draft_tokens"] == 0
     assert {x["type"] for x in lines} <= {
         "reasoning",
         "text",
@@ -51,6 +52,21 @@ def test_generate_json_with_prompt_ids(tiny_dir):
         "usage",
         "done",
     }
+
+
+@pytest.mark.slow
+def test_generate_mtp_gives_the_same_tokens_and_counts_drafts(tiny_dir):
+    model = tiny_dir("mlx", 4)
+    runs = []
+    for k in ("0", "3"):
+        r = locus("generate", "--model", str(model), "--prompt-ids", "5,17,33,2",
+                  "--max-tokens", "8", "--temperature", "0", "--json", "--mtp", k)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        runs.append(json.loads(r.stdout.splitlines()[-1]))
+    assert runs[0]["token_ids"] == runs[1]["token_ids"]
+    assert runs[0]["usage"]["draft_tokens"] == 0
+    assert runs[1]["usage"]["draft_tokens"] > 0 and runs[1]["usage"]["draft_tokens"] % 3 == 0
+    assert "draft_accepted" in runs[1]["usage"]
 
 
 def test_generate_matches_engine_greedy(tiny_dir):

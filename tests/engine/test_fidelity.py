@@ -213,7 +213,7 @@ def dequantized_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
         w.update(mx.load(str(f)))
     dense: dict[str, mx.array] = {}
     for key, value in w.items():
-        if key.startswith("vision_tower.") or key.endswith((".scales", ".biases")):
+        if key.startswith(("vision_tower.", "mtp.")) or key.endswith((".scales", ".biases")):
             continue
         mod = key.removesuffix(".weight")
         if key.endswith(".weight") and f"{mod}.scales" in w:

@@ -75,19 +75,21 @@ def test_quantized_mlx_checkpoint_inspects_and_loads(tiny_dir, bits):
     assert np.isfinite(forward(lm)).all()
 
 
-def test_mtp_weights_are_skipped(tiny_dir):
+def test_mtp_head_is_loaded_in_every_layout(tiny_dir):
     info = inspect_checkpoint(tiny_dir("per_expert"))
     mtp = [k for k in info.tensors if k.startswith("mtp.")]
-    assert mtp == ["mtp.fc.weight"]
+    assert "mtp.fc.weight" in mtp and "mtp.layers.0.mlp.experts.0.up_proj.weight" in mtp
     total = sum(t.nbytes for t in info.tensors.values())
-    assert info.weight_bytes == total - info.tensors["mtp.fc.weight"].nbytes
-    lm = load_model(tiny_dir("per_expert"))
+    assert info.weight_bytes == total  # the head is loaded, so its bytes count
     from mlx.utils import tree_flatten
 
-    names = [k for k, _ in tree_flatten(lm.model.parameters())] + list(lm.model.vision_tower)
-    assert not any("mtp" in k for k in names)
-    # convert drops them too
-    assert not any("mtp" in k for k in inspect_checkpoint(tiny_dir("mlx")).tensors)
+    for layout in ("per_expert", "fused", "mlx"):
+        lm = load_model(tiny_dir(layout))
+        names = [k for k, _ in tree_flatten(lm.model.parameters())]
+        assert "mtp.layers.0.mlp.switch_mlp.up_proj.weight" in names
+        assert len(lm.model.make_cache()) == lm.model.args.num_hidden_layers + 1
+    # convert keeps the head
+    assert any(k.startswith("mtp.layers.0.") for k in inspect_checkpoint(tiny_dir("mlx")).tensors)
 
 
 # -- the Hugging Face cache ---------------------------------------------------------------------
@@ -351,7 +353,7 @@ def test_estimate_memory_for_qwen36_sizes(tmp_path, monkeypatch):
     assert info.is_qwen_moe
     ctx = 32_768
     est = estimate_memory(info, ctx)
-    assert est.weights == 20 * GB  # the MTP head is not counted
+    assert est.weights == 20 * GB  # a lone mtp.fc (no head layer) is not loaded, not counted
     # 10 full-attention layers x (K, V) x 2 KV heads x 256 dims x 2 bytes per token
     kv = 10 * 2 * 2 * 256 * 2 * ctx
     assert kv == 640 * 1024**2

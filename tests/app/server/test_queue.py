@@ -121,8 +121,21 @@ def test_health_reports_the_queue(serve, engine):
     h = httpx.get(srv.url + "/health").json()
     pc = h.pop("prompt_cache")
     assert pc["memory_bytes"] == engine.prompt_cache.memory_bytes > 0
-    assert h == {"status": "ok", "model_loaded": True, "active": 0, "waiting": 0, "finished": {}}
+    assert h == {"status": "ok", "model_loaded": True, "active": 0, "waiting": 0, "finished": {},
+                 "draft_tokens": 0, "draft_accepted": 0}  # fmt: skip
     json.dumps(h)
+
+
+def test_mtp_request_field_drafts_and_health_counts_them(serve, engine):
+    srv = serve(engine)
+    body = {"model": "m", "max_tokens": 4, "temperature": 0, "messages": USER}
+    r = httpx.post(srv.url + "/v1/chat/completions", json={**body, "mtp": 2}, timeout=60)
+    assert r.status_code == 200
+    h = httpx.get(srv.url + "/health").json()
+    assert h["draft_tokens"] > 0 and h["draft_tokens"] % 2 == 0
+    assert 0 <= h["draft_accepted"] <= h["draft_tokens"]
+    r = httpx.post(srv.url + "/v1/messages", json={**body, "mtp": 99}, timeout=60)
+    assert r.status_code == 400 and "mtp" in r.json()["error"]["message"]
 
 
 def test_count_tokens_does_not_wait_for_a_running_generation(serve, scripted):

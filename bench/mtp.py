@@ -1,0 +1,212 @@
+"""Speculative decoding (MTP) against plain decoding: tokens/s, acceptance, cost of verification.
+
+Run from the repository root with the project's Python:
+
+    python bench/mtp.py                                   # Qwen3.6 widths, 4 layers, random 4-bit
+    python bench/mtp.py --model tiny                      # the tiny test model (seconds)
+    python bench/mtp.py --model ~/models/Qwen3.6-35B-A3B-mtp-4bit --gen-tokens 256
+    python bench/mtp.py --json
+
+One model, one prompt of seeded random ids, greedy. Rows:
+
+- `plain`: `engine.generate.generate_step` (what `--mtp 0` runs).
+- `oracle K`: `engine.mtp.speculative_step` with drafts taken from the plain run's own greedy
+  continuation, so every draft is right: what verifying K tokens in one forward costs against K
+  plain steps, with no drafter cost. This is the machinery's ceiling.
+- `noisy K`: the same oracle, each draft wrong with probability 1 - `--noisy` (default 0.6 right):
+  adds the rollback (restore the recurrent state, re-advance the accepted tokens).
+- `head K`: drafts from the checkpoint's MTP head (a random head where the checkpoint has none,
+  so `--model real-width` measures the head's cost; its drafts are rejected). Only real weights
+  show real acceptance.
+
+Speeds are measured between round boundaries (the first round, which includes prefill, is left
+out): tokens handed out / wall time. Every row's tokens are compared with the plain row's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.decode import ensure_model, log  # noqa: E402
+
+
+def _attach_random_head(model: Any, bits: int | None) -> None:
+    """A random MTP head at the model's widths (quantized like `locus convert` would)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from engine.mtp import MTPHead
+
+    head = MTPHead(model.args)
+    if bits:
+
+        def pred(path: str, module: Any) -> bool | dict[str, int]:
+            if not hasattr(module, "to_quantized") or module.weight.shape[-1] % 64:
+                return False
+            if path.endswith("mlp.gate") or path.endswith("shared_expert_gate"):
+                return {"group_size": 64, "bits": 8}
+            return True
+
+        nn.quantize(head, group_size=64, bits=bits, class_predicate=pred)
+    mx.eval(head.parameters())
+    model["mtp"] = head
+
+
+def _timed(steps: Any, n: int, rounds: Any) -> tuple[list[int], float]:
+    """Consume n tokens; tokens/s between the start of round 2 and the last round start seen."""
+    out: list[int] = []
+    marks: list[tuple[float, int]] = []
+    last = None
+    for tok in steps:
+        r = rounds()
+        if r != last:  # a new round began with this token
+            marks.append((time.perf_counter(), len(out)))
+            last = r
+        out.append(tok)
+        if len(out) >= n:
+            break
+    steps.close()
+    if len(marks) < 3:
+        return out, 0.0
+    (t0, n0), (t1, n1) = marks[1], marks[-1]
+    return out, (n1 - n0) / max(t1 - t0, 1e-9)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import mlx.core as mx
+
+    from engine.generate import generate_step
+    from engine.loader import load_model
+    from engine.mtp import DraftStats, speculative_step
+    from engine.sampling import SamplingParams
+
+    path, label = ensure_model(args)
+    lm = load_model(path, memory_check=False)
+    model = lm.model
+    head_note = "checkpoint's head"
+    if model.mtp_head is None:
+        q = lm.info.quantization
+        _attach_random_head(model, int(q["bits"]) if q else None)
+        head_note = "random head (the checkpoint has none)"
+    vocab = model.args.vocab_size
+    rng = random.Random(args.seed)
+    prompt = [rng.randrange(0, min(vocab, 150_000)) for _ in range(args.prompt_tokens)]
+    n = args.gen_tokens
+    greedy = SamplingParams(temperature=0)
+
+    counter = {"n": 0}
+
+    def plain_steps() -> Any:
+        counter["n"] = 0
+        g = generate_step(model, prompt, model.make_cache(), sampler=lambda lp: mx.argmax(lp, -1))
+        for t in g:
+            counter["n"] += 1
+            yield t
+
+    rows: list[dict[str, Any]] = []
+    log(f"{label}: plain decode, {n} tokens")
+    ref, tps = _timed(plain_steps(), n + 8, lambda: counter["n"])
+    log(f"  {tps:.2f} tok/s")
+    rows.append({"row": "plain", "k": 0, "tps": tps, "acceptance": None, "same": True})
+    truth = prompt + ref
+
+    def oracle(right: float, seed: int):
+        r = random.Random(seed)
+
+        def draft(tokens: list[int], k: int) -> list[int]:
+            m = len(tokens)
+            return [truth[m + i] if m + i < len(truth) and r.random() < right else 0
+                    for i in range(k)]  # fmt: skip
+
+        return draft
+
+    plan = [(f"oracle {k}", k, oracle(1.0, 0)) for k in args.k]
+    plan += [(f"noisy {k}", k, oracle(args.noisy, k)) for k in args.noisy_k]
+    head_k = args.head_k
+    if head_k is None:  # a real head: every K, to recommend one; a random one: its cost at K=1
+        head_k = [1, 2, 3, 4] if head_note == "checkpoint's head" else [1]
+    plan += [(f"head {k}", k, None) for k in head_k]
+    for name, k, drafter in plan:
+        log(f"{label}: {name}")
+        stats = DraftStats()
+        steps = speculative_step(model, prompt, model.make_cache(), params=greedy, draft_tokens=k,
+                                 stats=stats, drafter=drafter)  # fmt: skip
+        out, tps = _timed(steps, n, lambda s=stats: s.rounds)
+        log(f"  {tps:.2f} tok/s, {stats.accepted}/{stats.drafted} drafts accepted")
+        rows.append({
+            "row": name, "k": k, "tps": tps,
+            "acceptance": stats.accepted / max(stats.drafted, 1),
+            "tokens_per_forward": len(out) / max(stats.rounds, 1),
+            "same": out == ref[: len(out)],
+        })  # fmt: skip
+    base = rows[0]["tps"] or 1e-9
+    for r in rows:
+        r["speedup"] = r["tps"] / base
+    # Recommend the head's best K when it beats plain decoding by 5% (else keep --mtp 0).
+    heads = [r for r in rows if r["row"].startswith("head") and r["same"]]
+    best = max(heads, key=lambda r: r["speedup"], default=None)
+    recommended = best["k"] if best is not None and best["speedup"] > 1.05 else 0
+    return {
+        "recommended_mtp": recommended,
+        "model": label,
+        "head": head_note,
+        "prompt_tokens": len(prompt),
+        "gen_tokens": n,
+        "machine": f"{platform.machine()} {platform.system()}, MLX {mx.__version__}, "
+        f"{mx.default_device()}",
+        "rows": rows,
+    }
+
+
+def print_table(rep: dict[str, Any]) -> None:
+    print(f"# {rep['model']} — {rep['machine']}")
+    print(f"# prompt {rep['prompt_tokens']} tokens, {rep['gen_tokens']} generated, "
+          f"greedy; head row: {rep['head']}")  # fmt: skip
+    print(f"{'row':<10} {'tok/s':>8} {'x plain':>8} {'accept':>7} {'tok/fwd':>8} {'same':>5}")
+    for r in rep["rows"]:
+        acc = "" if r["acceptance"] is None else f"{r['acceptance']:.2f}"
+        tpf = f"{r.get('tokens_per_forward', 1.0):.2f}"
+        print(f"{r['row']:<10} {r['tps']:8.2f} {r['speedup']:8.2f} {acc:>7} {tpf:>8} "
+              f"{'yes' if r['same'] else 'NO':>5}")  # fmt: skip
+    print(f"recommended for this model on this machine: --mtp {rep['recommended_mtp']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tempfile
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="real-width", help="tiny, real-width or a checkpoint dir")
+    ap.add_argument("--layers", type=int, default=4, help="real-width layers (default 4)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "bench-models"))
+    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--gen-tokens", type=int, default=48)
+    ap.add_argument("--k", type=int, nargs="*", default=[1, 2, 3, 4], help="oracle rows")
+    ap.add_argument("--noisy-k", type=int, nargs="*", default=[2, 4], help="noisy-oracle rows")
+    ap.add_argument("--noisy", type=float, default=0.6, help="noisy oracle: P(draft right)")
+    ap.add_argument("--head-k", type=int, nargs="*", default=None,
+                    help="MTP-head rows (default 1-4 with a real head, 1 with a random one)")  # fmt: skip
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    rep = run(args)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+    else:
+        print_table(rep)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
