@@ -330,6 +330,11 @@ def cmd_window(args: argparse.Namespace) -> int:
         ) from None
     if args.demo:
         print(_demo_notice(), file=sys.stderr)
+    if not args.screenshot:
+        from .logs import apply_login_shell_path, setup_logging
+
+        setup_logging()  # a file when double-clicked (no terminal); stderr otherwise
+        apply_login_shell_path()  # macOS: agent commands find Homebrew's tools
     if args.screenshot:
         paths = ui.render_screenshots(args.screenshot, demo=args.demo, model=args.window_model)
         for p in paths:

@@ -12,6 +12,12 @@ def _app(argv: list[str] | None = None):
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication(argv or [sys.argv[0]])
+    if not hasattr(app, "file_open_filter"):
+        # Before the window exists: macOS may deliver the Dock drop that launched the app first.
+        from .file_open import FileOpenFilter
+
+        app.file_open_filter = FileOpenFilter(app)
+        app.installEventFilter(app.file_open_filter)
     app.setApplicationName("Locus")
     app.setOrganizationName("Locus")
     from .theme import app_icon
@@ -31,6 +37,7 @@ def _window(demo: bool, model: str | None):
     except AttributeError:
         pass
     win = MainWindow(dark=dark, demo=demo)
+    app.file_open_filter.set_window(win)
     if demo:
         from app.demo import demo_model_dir
 
@@ -50,9 +57,12 @@ def _window(demo: bool, model: str | None):
 
 def run_app(*, demo: bool = False, model: str | None = None) -> int:
     """Open the window (on the demo model, or `model`) and run until it closes."""
+    from .doctor_dialog import maybe_run_doctor
+
     app = _app()
     win = _window(demo, model)
     win.show()
+    maybe_run_doctor(win)  # first launch and after an upgrade; failures open a dialog
     return int(app.exec())
 
 
