@@ -291,6 +291,7 @@ class Downloader:
         self.max_workers = max_workers
         self._pause = threading.Event()
         self._cancel = threading.Event()
+        self._sha: str | None = None
         self.progress = DownloadProgress(repo_id)
 
     def pause(self) -> None:
@@ -356,6 +357,7 @@ class Downloader:
         try:
             api = HfApi(endpoint=self.endpoint, token=token or None)
             sha, files = self._listing(api)
+            self._sha = sha
             p.files_total = len(files)
             p.total_bytes = sum(_size(f) for f in files.values())
             have = [n for n in files if isinstance(try_to_load_from_cache(
@@ -372,6 +374,10 @@ class Downloader:
             p.state, p.file = "verifying", ""
             report(True)
             self._verify(snapshot, files)
+            if self.revision != sha:  # as huggingface_hub does for a branch: refs/main → commit
+                ref = self.repo_cache / "refs" / self.revision
+                ref.parent.mkdir(parents=True, exist_ok=True)
+                ref.write_text(sha)
         except DownloadPaused:
             p.state = "paused"
             report(True)
@@ -412,14 +418,14 @@ class Downloader:
                            "again, and check your network or proxy if it repeats")  # fmt: skip
 
     def _remove_partial(self) -> None:
-        # The repo folder holds only this download unless another revision finished earlier.
+        # The repo folder holds only this download unless another revision was downloaded before.
         root = self.repo_cache
         snaps = root / "snapshots"
-        others = (
-            [d for d in snaps.iterdir() if (d / "config.json").exists()] if snaps.is_dir() else []
-        )
+        others = [d for d in snaps.iterdir() if d.name != self._sha] if snaps.is_dir() else []
         if not others:
             shutil.rmtree(root, ignore_errors=True)
+        elif self._sha:
+            shutil.rmtree(snaps / self._sha, ignore_errors=True)
 
 
 def _size(f: Any) -> int:

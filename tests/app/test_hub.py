@@ -30,6 +30,8 @@ def test_download_shows_progress_and_completes(tiny_dir, tmp_path, monkeypatch, 
     total = sum(len(b) for b in files.values())
     # The standard Hugging Face cache layout: models--owner--name/snapshots/<commit>.
     assert out.parent.parent == tmp_path / "hf" / "models--tester--tiny-model"
+    # refs/main names the commit, so `--model tester/tiny-model` resolves to this snapshot.
+    assert (out.parent.parent / "refs" / "main").read_text() == out.name
     for name, data in files.items():
         if name.endswith((".json", ".safetensors", ".jinja", ".txt")):
             assert (out / name).read_bytes() == data
@@ -91,12 +93,13 @@ def test_checksum_failure_is_reported_and_not_kept(tmp_path, monkeypatch, memory
 
 
 def test_cancel_removes_partial_files(tmp_path, monkeypatch, memory_keyring):
-    with FakeHub({REPO: {"model.safetensors": os.urandom(600_000)}}, delay=0.002) as fake:
+    repo = {"config.json": b"{}", "model.safetensors": os.urandom(600_000)}
+    with FakeHub({REPO: repo}, delay=0.002) as fake:
         monkeypatch.setenv("HF_ENDPOINT", fake.url)
-        d = hub.Downloader(REPO, cache_dir=tmp_path / "hf")
+        d = hub.Downloader(REPO, cache_dir=tmp_path / "hf", max_workers=1)
 
         def progress(p: hub.DownloadProgress) -> None:
-            if p.done_bytes > 0:
+            if p.done_bytes > 100_000:  # config.json is already in the snapshot by now
                 d.cancel()
 
         with pytest.raises(hub.DownloadCancelled):
