@@ -109,7 +109,12 @@ def test_bundle_check_fails_on_a_newer_dylib(tmp_path, capsys):
 def test_icns_is_rendered_from_the_svg(tmp_path):
     from PIL import Image
 
-    out = _load("make_icns").make_icns(tmp_path / "Locus.icns")
+    # A subprocess, as build_macos.sh runs it: its QGuiApplication must not outlive it here
+    # (the UI tests need a QApplication).
+    out = tmp_path / "Locus.icns"
+    r = subprocess.run([sys.executable, str(PKG / "make_icns.py"), str(out)], capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
     im = Image.open(out)
     assert im.format == "ICNS" and im.size == (1024, 1024)
     assert im.convert("RGBA").getextrema()[3][1] == 255  # not an empty, transparent picture
