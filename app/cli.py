@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--group-size", type=int, default=64)
     v.add_argument("--no-quantize", action="store_true", help="keep the weights' precision")
+
+    d = sub.add_parser("doctor", help="check this machine (Metal, memory, git, sandbox, disk)")
+    d.add_argument("--json", action="store_true", help="print the checks as JSON")
+    d.add_argument("--quick", action="store_true", help="skip running the demo model")
     # Commands with their own modules: each adds its parser and sets `handler`, importing heavy
     # dependencies (FastAPI, Qt) only when run.
     from . import cli_agent, cli_locate, cli_serve
@@ -334,6 +338,17 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return run_chat(args, open_engine(args), _sampling(args))
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import format_report, run_checks, worst
+
+    checks = run_checks(skip=("demo model",) if args.quick else ())
+    if args.json:
+        print(json.dumps([c.to_dict() for c in checks], indent=2, ensure_ascii=False))
+    else:
+        print(format_report(checks))
+    return 1 if worst(checks) == "fail" else 0
+
+
 def cmd_window(args: argparse.Namespace) -> int:
     """No command: open the desktop window (or render its views to PNG with --screenshot)."""
     import importlib
@@ -366,6 +381,11 @@ def cmd_window(args: argparse.Namespace) -> int:
         ) from None
     if args.demo:
         print(_demo_notice(), file=sys.stderr)
+    if not args.screenshot:
+        from .logs import apply_login_shell_path, setup_logging
+
+        setup_logging()  # a file when double-clicked (no terminal); stderr otherwise
+        apply_login_shell_path()  # macOS: agent commands find Homebrew's tools
     if args.screenshot:
         paths = ui.render_screenshots(args.screenshot, demo=args.demo, model=args.window_model)
         for p in paths:
@@ -424,9 +444,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = getattr(args, "handler", None)
         if handler is not None:
             return handler(args)
-        return {"generate": cmd_generate, "chat": cmd_chat, "convert": cmd_convert}[args.command](
-            args
-        )
+        commands = {"generate": cmd_generate, "chat": cmd_chat, "convert": cmd_convert,
+                    "doctor": cmd_doctor}  # fmt: skip
+        return commands[args.command](args)
     except EngineError as e:
         print(f"locus: error: {e}", file=sys.stderr)
         return 1

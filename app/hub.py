@@ -1,13 +1,15 @@
 """Model manager without a window: local models and whether they fit, the recommended list,
 downloads from the Hugging Face Hub with progress, pause/resume and cancel, delete, and the token.
 
-The Hugging Face token lives only in the OS keychain (keyring); it is sent as a header and never
-logged or written to disk by Locus. Downloads go to `models_dir()/OWNER--NAME`, one `.part` file per
-file while it downloads, so a paused or interrupted download resumes with HTTP Range requests.
+The Hugging Face token lives only in the OS keychain (keyring); it is passed to huggingface_hub and
+never logged or written to disk by Locus. Downloads use `huggingface_hub.snapshot_download` (retries,
+Xet, the standard cache that `hf` and mlx-lm share); Locus adds pause/cancel through the progress
+class, a progress report with speed, and a SHA-256 check of every file against the Hub's listing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import threading
@@ -31,6 +33,7 @@ __all__ = [
     "delete_model",
     "delete_token",
     "get_token",
+    "hf_cache_dir",
     "list_local_models",
     "model_dir_for",
     "models_dir",
@@ -39,7 +42,6 @@ __all__ = [
 
 KEYRING_SERVICE = "locus"
 KEYRING_TOKEN_USER = "huggingface-token"
-_CHUNK = 256 * 1024  # bytes between pause/cancel checks and progress reports
 
 
 class HubError(Exception):
@@ -78,7 +80,20 @@ def models_dir() -> Path:
 
 
 def model_dir_for(repo_id: str) -> Path:
+    """Where Locus's own (pre-huggingface_hub) downloads of `repo_id` were kept."""
     return models_dir() / repo_id.replace("/", "--")
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face cache downloads go to (HF_HUB_CACHE / HF_HOME, read at each call)."""
+    env = os.environ.get("HF_HUB_CACHE")
+    if env:
+        return Path(env)
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
 
 
 # -- local models -------------------------------------------------------------------------------------
@@ -147,7 +162,7 @@ def list_local_models(extra_dirs: list[Path] | None = None, *, include_hf_cache:
         try:
             from huggingface_hub import scan_cache_dir
 
-            cache = scan_cache_dir()
+            cache = scan_cache_dir(hf_cache_dir())
         except Exception:  # no cache yet, or unreadable: nothing to add
             cache = None
         for repo in sorted(cache.repos if cache else [], key=lambda r: r.repo_id):
@@ -230,7 +245,7 @@ class DownloadProgress:
     file: str = ""
     files_done: int = 0
     files_total: int = 0
-    state: str = "starting"  # starting, downloading, paused, cancelled, done
+    state: str = "starting"  # starting, downloading, verifying, paused, cancelled, done
 
     @property
     def fraction(self) -> float:
@@ -249,29 +264,34 @@ class _Speed:
         return (n - n0) / (t - t0) if t > t0 else 0.0
 
 
-class Downloader:
-    """Downloads one repo; `pause()` and `cancel()` may be called from any thread.
+ALLOW_PATTERNS = ("*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.py")
 
-    The endpoint is read from HF_ENDPOINT when the download starts (default huggingface.co), so a
-    local server can stand in for the Hub.
+
+class Downloader:
+    """Downloads one repo into the Hugging Face cache; `pause()` and `cancel()` may be called from
+    any thread. The endpoint is HF_ENDPOINT when set (a local server can stand in for the Hub).
+
+    Resume: finished files stay in the cache and are skipped next time; huggingface_hub restarts
+    a file that was interrupted half-way (Xet downloads reuse their chunk cache).
     """
 
-    def __init__(self, repo_id: str, *, revision: str = "main", dest: Path | None = None,
+    def __init__(self, repo_id: str, *, revision: str = "main", cache_dir: Path | None = None,
                  token: str | None = None, endpoint: str | None = None,
-                 allow_patterns: tuple[str, ...] = ("*.json", "*.safetensors", "*.jinja",
-                                                    "*.txt", "*.model", "*.tiktoken", "*.py"),
+                 allow_patterns: tuple[str, ...] = ALLOW_PATTERNS, max_workers: int = 8,
                  ) -> None:  # fmt: skip
         if repo_id.count("/") != 1 or any(not p for p in repo_id.split("/")):
             raise HubError(f"{repo_id!r} is not a Hugging Face repo id (owner/name)")
         self.repo_id = repo_id
         self.revision = revision
-        self.dest = Path(dest) if dest else model_dir_for(repo_id)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
         self._token = token
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT")
                          or "https://huggingface.co").rstrip("/")  # fmt: skip
         self.allow_patterns = allow_patterns
+        self.max_workers = max_workers
         self._pause = threading.Event()
         self._cancel = threading.Event()
+        self._sha: str | None = None
         self.progress = DownloadProgress(repo_id)
 
     def pause(self) -> None:
@@ -280,129 +300,200 @@ class Downloader:
     def cancel(self) -> None:
         self._cancel.set()
 
-    def _headers(self) -> dict[str, str]:
-        token = self._token if self._token is not None else get_token()
-        h = {"user-agent": "locus"}
-        if token:
-            h["authorization"] = f"Bearer {token}"
-        return h
+    @property
+    def repo_cache(self) -> Path:
+        """This repo's folder in the Hugging Face cache (models--owner--name)."""
+        return (self.cache_dir or hf_cache_dir()) / ("models--" + self.repo_id.replace("/", "--"))
 
-    def files(self, client: Any) -> list[tuple[str, int]]:
-        """(filename, size) of the files to fetch, from the Hub's model API."""
-        import fnmatch
+    def _interrupt(self) -> None:
+        # Called from huggingface_hub's worker threads on every chunk: raising stops the download.
+        if self._cancel.is_set():
+            raise DownloadCancelled(f"download of {self.repo_id} cancelled")
+        if self._pause.is_set():
+            raise DownloadPaused(f"download of {self.repo_id} paused")
 
-        url = f"{self.endpoint}/api/models/{self.repo_id}/revision/{self.revision}"
-        r = client.get(url, params={"blobs": True}, headers=self._headers())
-        if r.status_code in (401, 403):
-            raise HubError(f"{self.repo_id} needs a Hugging Face token with access: add one in "
-                           "Models → Token, and accept the model's terms on its page")  # fmt: skip
-        if r.status_code == 404:
-            raise HubError(f"{self.repo_id} was not found on {self.endpoint} (check the name)")
-        if r.status_code >= 400:
-            raise HubError(f"the Hub answered {r.status_code} for {self.repo_id}; try again later")
-        siblings = r.json().get("siblings") or []
-        out = []
-        for s in siblings:
-            name = s.get("rfilename", "")
-            if any(fnmatch.fnmatch(name, p) for p in self.allow_patterns):
-                out.append((name, int(s.get("size") or 0)))
-        if not out:
+    def _listing(self, api: Any) -> tuple[str, dict[str, Any]]:
+        """(commit sha, {path: RepoFile}) of the files to fetch."""
+        from huggingface_hub.hf_api import RepoFile
+        from huggingface_hub.utils import filter_repo_objects
+
+        sha = api.repo_info(self.repo_id, revision=self.revision).sha
+        tree = {f.path: f for f in api.list_repo_tree(self.repo_id, recursive=True, revision=sha)
+                if isinstance(f, RepoFile)}  # fmt: skip
+        wanted = set(filter_repo_objects(list(tree), allow_patterns=list(self.allow_patterns)))
+        files = {k: v for k, v in tree.items() if k in wanted}
+        if not files:
             raise HubError(f"{self.repo_id} has no model files Locus can use")
-        return out
+        return sha, files
 
     def download(self, on_progress: Callable[[DownloadProgress], None] | None = None,
                  interval: float = 0.2) -> Path:  # fmt: skip
-        """Fetch every file (resuming partial ones); the model directory.
+        """Fetch every file not already in the cache, verify checksums; the snapshot directory.
 
-        Raises DownloadPaused after `pause()` (partial files kept), DownloadCancelled after
-        `cancel()` (partial files removed), HubError on network or access errors.
+        Raises DownloadPaused after `pause()` (finished files kept), DownloadCancelled after
+        `cancel()` (this download's files removed), HubError on network, access or checksum errors.
         """
-        import httpx
+        from huggingface_hub import HfApi, snapshot_download, try_to_load_from_cache
 
         self._pause.clear()
         p = self.progress
         speed = _Speed()
-        last = 0.0
+        lock = threading.Lock()
+        last = [0.0]
 
         def report(force: bool = False) -> None:
-            nonlocal last
             now = time.monotonic()
-            p.speed = speed.add(now, p.done_bytes)
-            if on_progress is not None and (force or now - last >= interval):
-                last = now
+            with lock:
+                p.speed = speed.add(now, p.done_bytes)
+                due = force or now - last[0] >= interval
+                if due:
+                    last[0] = now
+            if on_progress is not None and due:
                 on_progress(p)
 
+        token = self._token if self._token is not None else get_token()
+        cache = str(self.cache_dir) if self.cache_dir else str(hf_cache_dir())
+        bar = _progress_class(self, p, report)
         try:
-            with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0, read=60.0)) as c:
-                files = self.files(c)
-                p.files_total = len(files)
-                p.total_bytes = sum(s for _, s in files)
-                self.dest.mkdir(parents=True, exist_ok=True)
-                p.done_bytes = sum(self._have(name, size) for name, size in files)
-                p.state = "downloading"
-                report(True)
-                for name, size in files:
-                    p.file = name
-                    self._fetch(c, name, size, p, report)
-                    p.files_done += 1
-        except (DownloadPaused, DownloadCancelled):
-            raise
-        except httpx.HTTPError as e:
-            raise HubError(f"download of {self.repo_id} failed ({e}); check your connection "
-                           "and press Resume to continue where it stopped") from None  # fmt: skip
-        except OSError as e:
-            raise HubError(f"cannot write {self.dest}: {e} (is the disk full?)") from None
-        p.state = "done"
-        report(True)
-        return self.dest
-
-    def _have(self, name: str, size: int) -> int:
-        final = self.dest / name
-        if final.exists() and (not size or final.stat().st_size == size):
-            return final.stat().st_size
-        part = self.dest / (name + ".part")
-        return part.stat().st_size if part.exists() else 0
-
-    def _check(self, p: DownloadProgress, report: Callable[[bool], None]) -> None:
-        if self._cancel.is_set():
-            p.state = "cancelled"
-            shutil.rmtree(self.dest, ignore_errors=True)
+            api = HfApi(endpoint=self.endpoint, token=token or None)
+            sha, files = self._listing(api)
+            self._sha = sha
+            p.files_total = len(files)
+            p.total_bytes = sum(_size(f) for f in files.values())
+            have = [n for n in files if isinstance(try_to_load_from_cache(
+                self.repo_id, n, cache_dir=cache, revision=sha), str)]  # fmt: skip
+            p.done_bytes = sum(_size(files[n]) for n in have)
+            p.files_done = len(have)
+            p.state = "downloading"
             report(True)
-            raise DownloadCancelled(f"download of {self.repo_id} cancelled")
-        if self._pause.is_set():
+            self._interrupt()
+            snapshot = Path(snapshot_download(
+                self.repo_id, revision=sha, cache_dir=cache, token=token or None,
+                allow_patterns=list(self.allow_patterns), max_workers=self.max_workers,
+                tqdm_class=bar, endpoint=self.endpoint))  # fmt: skip
+            p.state, p.file = "verifying", ""
+            report(True)
+            self._verify(snapshot, files)
+            if self.revision != sha:  # as huggingface_hub does for a branch: refs/main → commit
+                ref = self.repo_cache / "refs" / self.revision
+                ref.parent.mkdir(parents=True, exist_ok=True)
+                ref.write_text(sha)
+        except DownloadPaused:
             p.state = "paused"
             report(True)
-            raise DownloadPaused(f"download of {self.repo_id} paused")
+            raise
+        except DownloadCancelled:
+            p.state = "cancelled"
+            self._remove_partial()
+            report(True)
+            raise
+        except HubError:
+            raise
+        except Exception as e:
+            raise _hub_error(self.repo_id, self.endpoint, e) from None
+        p.state, p.done_bytes, p.files_done = "done", p.total_bytes, p.files_total
+        report(True)
+        return snapshot
 
-    def _fetch(self, c: Any, name: str, size: int, p: DownloadProgress,
-               report: Callable[..., None]) -> None:  # fmt: skip
-        final = self.dest / name
-        if final.exists() and (not size or final.stat().st_size == size):
-            return
-        part = self.dest / (name + ".part")
-        part.parent.mkdir(parents=True, exist_ok=True)
-        have = part.stat().st_size if part.exists() else 0
-        headers = self._headers()
-        if have:
-            headers["range"] = f"bytes={have}-"
-        url = f"{self.endpoint}/{self.repo_id}/resolve/{self.revision}/{name}"
-        self._check(p, report)
-        with c.stream("GET", url, headers=headers) as r:
-            if r.status_code == 416:  # already complete
-                pass
-            elif r.status_code >= 400:
-                raise HubError(f"the Hub answered {r.status_code} for {name}")
-            else:
-                if have and r.status_code != 206:  # server ignored Range: start the file over
-                    p.done_bytes -= have
-                    have = 0
-                with open(part, "ab" if have else "wb") as f:
-                    for chunk in r.iter_bytes(_CHUNK):
-                        f.write(chunk)
-                        p.done_bytes += len(chunk)
-                        report()
-                        self._check(p, report)
-        if size and part.stat().st_size != size:
-            raise HubError(f"{name} arrived with {part.stat().st_size} of {size} bytes; "
-                           "press Resume to try again")  # fmt: skip
-        part.replace(final)
+    def _verify(self, snapshot: Path, files: dict[str, Any]) -> None:
+        """Hash each file against the Hub's listing; a mismatch is deleted, never kept."""
+        bad = []
+        for name, f in files.items():
+            self._interrupt()
+            self.progress.file = name
+            path = snapshot / name
+            if f.lfs is not None:
+                ok = _sha256(path) == f.lfs.sha256
+            else:  # a git blob id: sha1 over "blob <size>\0" + content
+                ok = _git_blob_id(path) == f.blob_id
+            if not ok:
+                bad.append(name)
+                blob = path.resolve()
+                path.unlink(missing_ok=True)
+                if blob != path:
+                    blob.unlink(missing_ok=True)
+        if bad:
+            raise HubError(f"{', '.join(bad)} arrived damaged (checksum mismatch) and "
+                           f"{'was' if len(bad) == 1 else 'were'} deleted; press Resume to fetch "
+                           "again, and check your network or proxy if it repeats")  # fmt: skip
+
+    def _remove_partial(self) -> None:
+        # The repo folder holds only this download unless another revision was downloaded before.
+        root = self.repo_cache
+        snaps = root / "snapshots"
+        others = [d for d in snaps.iterdir() if d.name != self._sha] if snaps.is_dir() else []
+        if not others:
+            shutil.rmtree(root, ignore_errors=True)
+        elif self._sha:
+            shutil.rmtree(snaps / self._sha, ignore_errors=True)
+
+
+def _size(f: Any) -> int:
+    return int(f.lfs.size if f.lfs is not None else f.size or 0)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _git_blob_id(path: Path) -> str:
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _progress_class(d: Downloader, p: DownloadProgress, report: Callable[..., None]) -> type:
+    """A tqdm class for snapshot_download that feeds `p` and raises on pause/cancel."""
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    class Bar(hf_tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._bytes = kwargs.get("name") == "huggingface_hub.snapshot_download"
+            self._files = kwargs.get("unit", "it") == "it"
+            kwargs["disable"] = True  # Locus shows its own progress
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            d._interrupt()
+            if self._bytes and n:
+                p.done_bytes += int(n)
+                report()
+            elif self._files and n:  # one step per file, cached ones included
+                self.files_seen = getattr(self, "files_seen", 0) + int(n)
+                p.files_done = max(p.files_done, self.files_seen)
+                report()
+            return super().update(n)
+
+    return Bar
+
+
+def _hub_error(repo_id: str, endpoint: str, e: Exception) -> HubError:
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(e, GatedRepoError):
+        return HubError(f"{repo_id} needs a Hugging Face token with access: add one in Models → "
+                        "Token, and accept the model's terms on its page")  # fmt: skip
+    if isinstance(e, RepositoryNotFoundError | RevisionNotFoundError):
+        return HubError(f"{repo_id} was not found on {endpoint} (check the name; a private repo "
+                        "needs a token in Models → Token)")  # fmt: skip
+    if isinstance(e, HfHubHTTPError):
+        code = e.response.status_code if e.response is not None else "an error"
+        if code in (401, 403):
+            return HubError(f"{repo_id} needs a Hugging Face token with access: add one in "
+                            "Models → Token")  # fmt: skip
+        return HubError(f"the Hub answered {code} for {repo_id}; try again later")
+    if isinstance(e, OSError) and "Consistency check" not in str(e):
+        return HubError(f"cannot write the model to {hf_cache_dir()}: {e} (is the disk full?)")
+    return HubError(f"download of {repo_id} failed ({e}); check your connection and press "
+                    "Resume to continue where it stopped")  # fmt: skip

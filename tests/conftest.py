@@ -13,6 +13,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _ROOT = Path(os.environ.get("TMPDIR", "/tmp")) / f"locus-tests-{os.getpid()}"
 os.environ["LOCUS_CACHE_DIR"] = str(_ROOT / "cache")
 os.environ["LOCUS_DATA_DIR"] = str(_ROOT / "data")
+os.environ["HF_HUB_CACHE"] = str(_ROOT / "hf-cache")  # downloads in tests never reach ~/.cache
+os.environ["LOCUS_LOG_DIR"] = str(_ROOT / "logs")
 
 LAYOUTS = ["per_expert", "fused", "mlx"]
 

@@ -14,6 +14,12 @@ def _app(argv: list[str] | None = None):
     app = QApplication.instance() or QApplication(argv or [sys.argv[0]])
     if argv and any(a in ("-style", "--style") or a.startswith("-style=") for a in argv):
         app.setProperty("locus_user_style", True)  # apply_theme keeps the style asked for
+    if not hasattr(app, "file_open_filter"):
+        # Before the window exists: macOS may deliver the Dock drop that launched the app first.
+        from .file_open import FileOpenFilter
+
+        app.file_open_filter = FileOpenFilter(app)
+        app.installEventFilter(app.file_open_filter)
     app.setApplicationName("Locus")
     app.setOrganizationName("Locus")
     from .theme import app_icon
@@ -33,6 +39,7 @@ def _window(demo: bool, model: str | None, project: str | None = None):
     except AttributeError:
         pass
     win = MainWindow(dark=dark, demo=demo)
+    app.file_open_filter.set_window(win)
     if demo:
         from app.demo import demo_model_dir
 
@@ -61,9 +68,12 @@ def run_app(*, demo: bool = False, model: str | None = None, project: str | None
             qt_args: list[str] | None = None) -> int:  # fmt: skip
     """Open the window (on the demo model, or `model`; on `project` in Agent) and run until it
     closes. `qt_args` are Qt's own options (-platform, -style, …) for QApplication."""
+    from .doctor_dialog import maybe_run_doctor
+
     app = _app([sys.argv[0], *(qt_args or [])])
     win = _window(demo, model, project)
     win.show()
+    maybe_run_doctor(win)  # first launch and after an upgrade; failures open a dialog
     return int(app.exec())
 
 

@@ -18,6 +18,20 @@ _NO_KEYCHAIN = (
     f"give the key another way: the environment variable {API_KEY_ENV}=KEY, or a file holding "
     "only the key with `--api-key-file PATH` (chmod 600 PATH)"
 )
+
+
+def keychain_hint(system: str | None = None) -> str:
+    """A command that stores the API key without Python (the .app has no `python -m keyring`)."""
+    import sys
+
+    system = system or sys.platform
+    if system == "darwin":
+        return f"`security add-generic-password -s {KEYRING_SERVICE} -a {KEYRING_USER} -w`"
+    # keyring's Secret Service backend looks items up by these two attributes.
+    return (f"`secret-tool store --label='Locus API key' service {KEYRING_SERVICE} "
+            f"username {KEYRING_USER}`")  # fmt: skip
+
+
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
 
@@ -105,10 +119,7 @@ def api_key_from_keyring() -> str:
             f"could not read the API key from the OS keychain: {e}; or {_NO_KEYCHAIN}"
         ) from e
     if not key:
-        raise RuntimeError(
-            "no API key in the OS keychain; store one first, e.g. "
-            f"`python -m keyring set {KEYRING_SERVICE} {KEYRING_USER}`"
-        )
+        raise RuntimeError(f"no API key in the OS keychain; store one first: {keychain_hint()}")
     return key
 
 

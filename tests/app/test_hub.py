@@ -21,64 +21,91 @@ def _repo_files(tiny_dir) -> dict[str, bytes]:
 
 def test_download_shows_progress_and_completes(tiny_dir, tmp_path, monkeypatch, memory_keyring):
     files = _repo_files(tiny_dir)
-    with FakeHub({REPO: files}) as fake:
+    with FakeHub({REPO: files}, delay=0.002) as fake:
         monkeypatch.setenv("HF_ENDPOINT", fake.url)
         seen: list[hub.DownloadProgress] = []
-        d = hub.Downloader(REPO, dest=tmp_path / "m")
+        d = hub.Downloader(REPO, cache_dir=tmp_path / "hf")
         out = d.download(on_progress=lambda p: seen.append(hub.DownloadProgress(**vars(p))),
                          interval=0)  # fmt: skip
     total = sum(len(b) for b in files.values())
-    assert out == tmp_path / "m"
+    # The standard Hugging Face cache layout: models--owner--name/snapshots/<commit>.
+    assert out.parent.parent == tmp_path / "hf" / "models--tester--tiny-model"
+    # refs/main names the commit, so `--model tester/tiny-model` resolves to this snapshot.
+    assert (out.parent.parent / "refs" / "main").read_text() == out.name
     for name, data in files.items():
         if name.endswith((".json", ".safetensors", ".jinja", ".txt")):
             assert (out / name).read_bytes() == data
-    assert not list(out.rglob("*.part"))
+    assert not list((tmp_path / "hf").rglob("*.incomplete"))
     assert seen[0].total_bytes == total and seen[-1].state == "done"
     done = [p.done_bytes for p in seen]
     assert done == sorted(done) and done[-1] == total  # progress only moves forward, to the end
     assert len({p.done_bytes for p in seen}) > 2
-    # The downloaded directory is a model Locus lists and can estimate.
-    models = hub.list_local_models([tmp_path], include_hf_cache=False)
-    m = next(m for m in models if m.path == out)
-    assert m.error is None and m.needed_bytes and m.size_bytes >= total * 0.9
+    assert any(p.speed > 0 for p in seen) and seen[-1].files_done == seen[-1].files_total
+    # The downloaded snapshot is a model Locus lists (from the HF cache) and can estimate.
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    m = next(m for m in hub.list_local_models() if m.path == out)
+    assert m.repo_id == REPO and m.error is None and m.needed_bytes
     assert m.fits is (m.needed_bytes <= m.available_bytes)
 
 
-def test_pause_then_resume_uses_range(tmp_path, monkeypatch, memory_keyring):
-    data = os.urandom(2_000_000)
-    with FakeHub({REPO: {"config.json": b"{}", "model.safetensors": data}}) as fake:
+def test_pause_keeps_finished_files_and_resume_skips_them(tmp_path, monkeypatch, memory_keyring):
+    first, second = os.urandom(700_000), os.urandom(2_000_000)
+    repo = {"config.json": b"{}", "a.safetensors": first, "b.safetensors": second}
+    with FakeHub({REPO: repo}, delay=0.002) as fake:
         monkeypatch.setenv("HF_ENDPOINT", fake.url)
-        d = hub.Downloader(REPO, dest=tmp_path / "m")
+        d = hub.Downloader(REPO, cache_dir=tmp_path / "hf", max_workers=1)
         hit = threading.Event()
 
         def progress(p: hub.DownloadProgress) -> None:
-            if p.file == "model.safetensors" and p.done_bytes > 200_000 and not hit.is_set():
+            if p.done_bytes > len(first) + 200_000 and not hit.is_set():
                 hit.set()
                 d.pause()
 
         with pytest.raises(hub.DownloadPaused):
             d.download(on_progress=progress, interval=0)
-        part = tmp_path / "m" / "model.safetensors.part"
-        assert 0 < part.stat().st_size < len(data)
         assert d.progress.state == "paused"
-        d.download()
-        ranges = [h.get("range") for path, h in fake.requests if "resolve" in path]
-    assert (tmp_path / "m" / "model.safetensors").read_bytes() == data
-    assert any(r and r.startswith("bytes=") and r != "bytes=0-" for r in ranges)
+        assert 0 < d.progress.fraction < 1
+        assert fake.gets("a.safetensors") == 1
+        seen: list[int] = []
+        out = d.download(on_progress=lambda p: seen.append(p.done_bytes), interval=0)
+        # Resumed: the finished file is not fetched again and progress starts where it was.
+        assert fake.gets("a.safetensors") == 1 and fake.gets("b.safetensors") == 2
+        assert seen[0] >= len(first)
+    assert (out / "a.safetensors").read_bytes() == first
+    assert (out / "b.safetensors").read_bytes() == second
+
+
+def test_checksum_failure_is_reported_and_not_kept(tmp_path, monkeypatch, memory_keyring):
+    data = os.urandom(300_000)
+    bad = bytes([data[0] ^ 1]) + data[1:]  # same size: only a checksum can tell
+    repo = {"config.json": b"{}", "model.safetensors": data}
+    with FakeHub({REPO: repo}, corrupt={"model.safetensors": bad}) as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        d = hub.Downloader(REPO, cache_dir=tmp_path / "hf")
+        with pytest.raises(hub.HubError, match=r"model\.safetensors arrived damaged"):
+            d.download()
+        snap = next((tmp_path / "hf").rglob("snapshots/*"))
+        assert not (snap / "model.safetensors").exists()
+        assert not any(p.read_bytes() == bad for p in (tmp_path / "hf").rglob("*") if p.is_file())
+        fake.corrupt.clear()  # the network recovers: Resume fetches the file again, intact
+        out = d.download()
+    assert (out / "model.safetensors").read_bytes() == data
 
 
 def test_cancel_removes_partial_files(tmp_path, monkeypatch, memory_keyring):
-    with FakeHub({REPO: {"model.safetensors": os.urandom(600_000)}}) as fake:
+    repo = {"config.json": b"{}", "model.safetensors": os.urandom(600_000)}
+    with FakeHub({REPO: repo}, delay=0.002) as fake:
         monkeypatch.setenv("HF_ENDPOINT", fake.url)
-        d = hub.Downloader(REPO, dest=tmp_path / "m")
+        d = hub.Downloader(REPO, cache_dir=tmp_path / "hf", max_workers=1)
 
         def progress(p: hub.DownloadProgress) -> None:
-            if p.done_bytes > 0:
+            if p.done_bytes > 100_000:  # config.json is already in the snapshot by now
                 d.cancel()
 
         with pytest.raises(hub.DownloadCancelled):
             d.download(on_progress=progress, interval=0)
-    assert not (tmp_path / "m").exists()
+    assert d.progress.state == "cancelled"
+    assert not d.repo_cache.exists()
 
 
 def test_token_lives_in_keyring_and_is_sent(tmp_path, monkeypatch, memory_keyring):
@@ -86,15 +113,17 @@ def test_token_lives_in_keyring_and_is_sent(tmp_path, monkeypatch, memory_keyrin
     hub.set_token("  hf_secret  ")
     assert memory_keyring[(hub.KEYRING_SERVICE, hub.KEYRING_TOKEN_USER)] == "hf_secret"
     assert hub.get_token() == "hf_secret"
+    monkeypatch.delenv("HF_TOKEN", raising=False)
     with FakeHub({REPO: {"config.json": b"{}"}}, token="hf_secret") as fake:
         monkeypatch.setenv("HF_ENDPOINT", fake.url)
-        hub.Downloader(REPO, dest=tmp_path / "m").download()
+        out = hub.Downloader(REPO, cache_dir=tmp_path / "m").download()
         hub.delete_token()
         assert hub.get_token() is None
         with pytest.raises(hub.HubError, match="needs a Hugging Face token"):
-            hub.Downloader(REPO, dest=tmp_path / "n").download()
-    assert (tmp_path / "m" / "config.json").read_bytes() == b"{}"
-    assert not any("hf_secret" in str(p) for p in tmp_path.rglob("*"))
+            hub.Downloader(REPO, cache_dir=tmp_path / "n").download()
+    assert (out / "config.json").read_bytes() == b"{}"
+    assert not any("hf_secret" in p.read_text(errors="ignore")
+                   for p in tmp_path.rglob("*") if p.is_file())  # fmt: skip
     with pytest.raises(hub.HubError):
         hub.set_token("   ")
 
@@ -105,7 +134,7 @@ def test_bad_names_and_missing_repos_are_actionable(tmp_path, monkeypatch, memor
     with FakeHub({}) as fake:
         monkeypatch.setenv("HF_ENDPOINT", fake.url)
         with pytest.raises(hub.HubError, match="not found"):
-            hub.Downloader("a/b", dest=tmp_path / "x").download()
+            hub.Downloader("a/b", cache_dir=tmp_path / "x").download()
 
 
 def test_recommended_list_is_led_by_qwen36():

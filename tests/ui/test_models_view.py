@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from app import hub
-from tests.fakehub import FakeHub
+from tests.fakehub import FakeHub, commit_of
 from ui.models_view import ModelsView
 
 REPO = "tester/tiny"
@@ -37,7 +37,7 @@ def test_download_shows_progress_and_completes(
         assert sig.args[0] == "done"
     assert v.progress.value() == 1000 and 0 < min(values) and len(set(values)) > 2
     assert "Downloaded to" in v.progress_label.text()
-    dest = hub.model_dir_for(REPO)
+    dest = hub.Downloader(REPO).repo_cache / "snapshots" / commit_of(files)  # the HF cache
     assert (dest / "config.json").read_bytes() == files["config.json"]
     # The finished download shows up in the local list, with whether it fits.
     qtbot.waitUntil(lambda: any(m.path == dest for m in v.models), timeout=30000)
@@ -69,8 +69,10 @@ def test_pause_and_resume_from_the_view(qtbot, monkeypatch, memory_keyring):
         with qtbot.waitSignal(v.download_finished, timeout=60000) as sig:
             v.download_button.click()
         assert sig.args[0] == "done"
-    assert (hub.model_dir_for(REPO) / "model.safetensors").read_bytes() == data
-    hub.delete_model(hub.model_dir_for(REPO))
+    snapshot = hub.Downloader(REPO).repo_cache / "snapshots" / commit_of(fake.repos[REPO])
+    assert (snapshot / "model.safetensors").read_bytes() == data
+    hub.delete_model(snapshot)
+    assert not hub.Downloader(REPO).repo_cache.exists()
 
 
 def test_errors_are_messages(qtbot, monkeypatch, memory_keyring):

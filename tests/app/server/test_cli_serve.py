@@ -39,7 +39,7 @@ def test_warning_only_beyond_loopback():
 
 def test_missing_keychain_key_is_a_clear_error(memory_keyring, capsys):
     assert main(["serve", "--demo", "--api-key-from-keyring"]) == 2
-    assert "keyring set locus api-key" in capsys.readouterr().err
+    assert "username api-key" in capsys.readouterr().err  # secret-tool on Linux
     assert main(["serve", "--demo", "--port", "70000"]) == 2
 
 
