@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -155,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="check this machine (Metal, memory, git, sandbox, disk)")
     d.add_argument("--json", action="store_true", help="print the checks as JSON")
     d.add_argument("--quick", action="store_true", help="skip running the demo model")
+    d.add_argument("--sandbox-rules", action="store_true",
+                   help="also print what the agent's commands may read and write (for this folder)")  # fmt: skip
     # Commands with their own modules: each adds its parser and sets `handler`, importing heavy
     # dependencies (FastAPI, Qt) only when run.
     from . import cli_agent, cli_locate, cli_serve
@@ -342,10 +345,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import format_report, run_checks, worst
 
     checks = run_checks(skip=("demo model",) if args.quick else ())
+    rules = None
+    if args.sandbox_rules:
+        from .agent import sandbox_rules_report
+
+        rules = sandbox_rules_report()
     if args.json:
-        print(json.dumps([c.to_dict() for c in checks], indent=2, ensure_ascii=False))
+        out: Any = [c.to_dict() for c in checks]
+        if rules is not None:
+            out = {"checks": out, "sandbox_rules": dataclasses.asdict(rules[0])}
+        print(json.dumps(out, indent=2, ensure_ascii=False))
     else:
         print(format_report(checks))
+        if rules is not None:
+            print("\nCommand sandbox, for a project in this folder:\n" + rules[1])
     return 1 if worst(checks) == "fail" else 0
 
 

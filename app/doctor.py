@@ -243,8 +243,10 @@ def check_git(*, system: str = sys.platform, which: Callable[[str], str | None] 
 
 def check_sandbox(*, detect: Callable[[], Any] | None = None) -> Check:
     """The agent's command sandbox (bwrap on Linux, sandbox-exec on macOS) works here."""
-    from .agent.sandbox import detect_sandbox
+    from .agent.sandbox import detect_sandbox, sandbox_self_check
 
+    if detect is None:
+        sandbox_self_check()  # probe afresh: a sandbox fixed or broken since is seen
     sb = (detect or detect_sandbox)()
     if sb.active:
         return Check("sandbox", "pass", f"{sb.kind} ({sb.executable}) works: {sb.describe()}")

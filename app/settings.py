@@ -96,6 +96,12 @@ PREFERENCES: list[Preference] = [
     Preference("data_folder", "Data folder", "folder", "",
                "Where conversations and agent checkpoints are kept (from the next start; empty: "
                "the default). LOCUS_DATA_DIR overrides it."),
+    Preference("require_sandbox", "Agent: refuse commands without a sandbox", "bool", False,
+               "On: the agent runs no command at all when bwrap / sandbox-exec is missing or broken "
+               "(off: each such command needs your approval)."),
+    Preference("agent_env", "Agent: extra environment variables", "text", "",
+               "Names (comma or space separated) the agent's commands inherit beyond PATH, HOME, "
+               "LANG and the like, e.g. CARGO_HOME GOPATH. Everything else is withheld."),
 ]  # fmt: skip
 
 

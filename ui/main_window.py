@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.settings import data_dir, load_ui_settings, save_ui_settings
+from app.settings import load_ui_settings, save_ui_settings
 from app.store import Store
 
 from .agent_view import AgentView
@@ -56,11 +56,10 @@ _MAX_BANNER_CHARS = 400
 
 
 def log_path() -> Path:
-    """Where Locus writes its log: app.settings.log_path() when it exists, else data_dir()/logs."""
-    import app.settings as settings
+    """Where Locus writes its log (Help → Show Log opens it)."""
+    from app.logs import log_path as app_log_path
 
-    fn = getattr(settings, "log_path", None)
-    return Path(fn()) if callable(fn) else data_dir() / "logs" / "locus.log"
+    return app_log_path()
 
 
 def route_drop(paths: list[Path]) -> tuple[str, Path] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import QTimer, Signal
 from PySide6.QtGui import QFont, QGuiApplication
 from PySide6.QtWidgets import (
     QFormLayout,
@@ -80,12 +80,15 @@ class RequestLog(QTableWidget):
         t = get("time", "timestamp", "start")
         when = _time.strftime("%H:%M:%S", _time.localtime(t)) if isinstance(t, int | float) else ""
         ms = get("duration_ms")
-        if ms is None and isinstance(get("duration", "seconds"), int | float):
-            ms = get("duration", "seconds") * 1000
+        if ms is None and isinstance(get("duration_s", "duration", "seconds"), int | float):
+            ms = get("duration_s", "duration", "seconds") * 1000
         tokens = get("tokens", "output_tokens", "completion_tokens")
+        prompt, cached = get("prompt_tokens"), get("cached_tokens")
+        if prompt:  # the request log's records: what was read from the cache, what was new
+            tokens = f"{prompt} in ({cached or 0} cached) → {tokens or 0} out"
         status = get("status", "status_code")
         err = get("error")
-        cells = [when, f"{get('method') or ''} {get('path') or ''}".strip(),
+        cells = [when, f"{get('method') or ''} {get('path', 'endpoint') or ''}".strip(),
                  f"{status or ''}" + (f" {err}" if err else ""),
                  f"{ms:.0f} ms" if isinstance(ms, int | float) else "",
                  "" if tokens is None else str(tokens)]  # fmt: skip
@@ -155,6 +158,9 @@ class ServerView(QWidget):
         lay.addWidget(QLabel("Requests"))
         self.request_log = RequestLog()
         lay.addWidget(self.request_log, 1)
+        self._shown: Any = -1
+        self._poll = QTimer(self, interval=1000)
+        self._poll.timeout.connect(self.refresh_requests)
         for w in (self.host, self.api_key):
             w.textChanged.connect(self._update_env)
         self.port.valueChanged.connect(self._update_env)
@@ -203,7 +209,20 @@ class ServerView(QWidget):
         self.status.setText(f"Running on http://{cfg.host}:{cfg.port}")
         self.task = run_in_background(self.server.run, on_done=self._stopped,
                                       on_error=self._failed)  # fmt: skip
+        self._shown = -1
+        self._poll.start()
         self.state_changed.emit(True)
+
+    def refresh_requests(self) -> None:
+        """Show the server's request log (a thread-safe ring buffer) when it has changed."""
+        service = getattr(self.asgi, "service", None)
+        if service is None:
+            return
+        records = service.requests.records()
+        mark = (len(records), records[-1].time if records else 0)
+        if mark != self._shown:
+            self._shown = mark
+            self.request_log.set_records(records)
 
     def stop(self) -> None:
         if self.server is not None:
@@ -213,6 +232,8 @@ class ServerView(QWidget):
             self.server.should_exit = True
 
     def _stopped(self, *_: Any) -> None:
+        self.refresh_requests()
+        self._poll.stop()
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
         if self.server is not None and not self.server.started:

@@ -75,7 +75,8 @@ class AgentConfig:
 
         s = load_ui_settings() if settings is None else settings
         env = s.get("agent_env") or []
-        env = [env] if isinstance(env, str) else env if isinstance(env, list) else []
+        env = env.replace(",", " ").split() if isinstance(env, str) else env
+        env = env if isinstance(env, list) else []
         base: dict[str, Any] = {
             "require_sandbox": bool(s.get("require_sandbox", False)),
             "env_allow": tuple(str(n) for n in env if isinstance(n, str) and n.strip()),

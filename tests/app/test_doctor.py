@@ -137,3 +137,21 @@ def test_disk_space_levels(tmp_path):
     assert tight.status == "warn" and "HF_HUB_CACHE" in tight.fix
     real = doctor.check_disk(dirs=dirs)  # missing dirs: their nearest existing parent is measured
     assert real.status in ("pass", "warn") and str(tmp_path / "hf") in real.detail
+
+
+def test_doctor_shows_the_sandbox_rules_as_data(tmp_path):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    env = {**__import__("os").environ, "HOME": str(home)}
+    r = subprocess.run([sys.executable, "-m", "app.cli", "doctor", "--quick", "--json",
+                        "--sandbox-rules"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    out = json.loads(r.stdout)
+    assert {c["name"] for c in out["checks"]} >= {"sandbox", "git"}
+    rules = out["sandbox_rules"]
+    assert str(home / ".ssh") in rules["hidden"]
+    assert "PATH" in rules["env_allowlist"]
+    text = subprocess.run([sys.executable, "-m", "app.cli", "doctor", "--quick",
+                           "--sandbox-rules"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300).stdout  # fmt: skip
+    assert "Command sandbox, for a project in this folder:" in text and "~/.ssh" in text

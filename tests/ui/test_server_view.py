@@ -71,3 +71,24 @@ def test_port_in_use_is_a_message(qtbot, engine):
     assert sig.args[0] is True  # it tried; then it reports why it stopped
     qtbot.waitUntil(lambda: v.start_button.isEnabled(), timeout=20000)
     assert "port" in v.status.text()
+
+
+def test_request_log_shows_the_servers_requests(qtbot, engine):
+    v = ServerView()
+    qtbot.addWidget(v)
+    v.set_engine(engine, "tiny")
+    v.port.setValue(_free_port())
+    with qtbot.waitSignal(v.state_changed):
+        v.start_button.click()
+    qtbot.waitUntil(lambda: v.server is not None and v.server.started, timeout=20000)
+    base = f"http://127.0.0.1:{v.port.value()}"
+    body = {"model": "tiny", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(base + "/v1/messages", json=body, timeout=60).status_code == 200
+    assert httpx.post(base + "/v1/messages", json={"model": "tiny"}, timeout=60).status_code == 400
+    qtbot.waitUntil(lambda: v.request_log.rowCount() == 2, timeout=5000)
+    rows = [[v.request_log.item(r, c).text() for c in range(5)] for r in range(2)]
+    assert rows[0][1] == "POST /v1/messages" and rows[0][2] == "200"
+    assert rows[0][4].endswith("out") and " in (" in rows[0][4]
+    assert rows[1][2].startswith("400 ")  # the reason is shown beside the status
+    with qtbot.waitSignal(v.state_changed, timeout=20000):
+        v.stop_button.click()

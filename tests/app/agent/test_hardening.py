@@ -440,6 +440,12 @@ def test_settings_require_sandbox_and_add_env_names(broken_bwrap: Path, tmp_path
                                     env_allow=("OTHER",), watch=False)  # fmt: skip
     assert cfg.require_sandbox and cfg.env_allow == ("MY_TOOL_HOME", "OTHER")
     assert AgentConfig.from_settings({"agent_env": "ONE"}).env_allow == ("ONE",)
+    # the Preferences dialog saves the names as one line of text
+    two = AgentConfig.from_settings({"agent_env": "CARGO_HOME, GOPATH"}).env_allow
+    assert two == ("CARGO_HOME", "GOPATH")
+    from app.settings import PREFERENCES
+
+    assert {"require_sandbox", "agent_env"} <= {p.key for p in PREFERENCES}
     proj = make_project(tmp_path / "proj")
     outs = [call("run_command", command="touch ran.txt"), answer("done")]
     asked: list = []
