@@ -59,6 +59,7 @@ def _add_sampling_args(
     p.add_argument("--top-k", type=int, metavar="K", help="0 disables")
     p.add_argument("--min-p", type=float, metavar="P")
     p.add_argument("--presence-penalty", type=float, metavar="X")
+    p.add_argument("--frequency-penalty", type=float, metavar="X")
     p.add_argument("--repetition-penalty", type=float, metavar="X")
     p.add_argument("--seed", type=int, metavar="S")
     p.add_argument("--max-tokens", type=int, default=2048, metavar="N", help=max_tokens_help)
@@ -171,7 +172,8 @@ def _sampling(args: argparse.Namespace) -> SamplingParams:
     name = args.preset or ("instruct" if args.no_thinking else "thinking")
     return PRESETS[name].with_(
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
-        presence_penalty=args.presence_penalty, repetition_penalty=args.repetition_penalty,
+        presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+        repetition_penalty=args.repetition_penalty,
         seed=args.seed,
     )  # fmt: skip
 

@@ -164,11 +164,6 @@ def to_plan(body: dict[str, Any], *, vocab_size: int, preset: str | None, defaul
             "in the prompt instead",
             param="response_format",
         )
-    if number(body, "frequency_penalty", "", -2, 2) not in (None, 0):
-        raise invalid(
-            "frequency_penalty is not supported; use presence_penalty or repetition_penalty",
-            param="frequency_penalty",
-        )
 
     kwargs = dict(field(body, "chat_template_kwargs", dict, "", default={}))
     for k in kwargs:
@@ -216,6 +211,7 @@ def to_plan(body: dict[str, Any], *, vocab_size: int, preset: str | None, defaul
         "top_k": number(body, "top_k", "", -1, integer=True),
         "min_p": number(body, "min_p", "", 0, 1),
         "presence_penalty": number(body, "presence_penalty", "", -2, 2),
+        "frequency_penalty": number(body, "frequency_penalty", "", -2, 2),
         "repetition_penalty": number(body, "repetition_penalty", "", 0),
         "seed": number(body, "seed", "", integer=True),
     }

@@ -112,6 +112,7 @@ OPENAI_CHAT: dict[str, Any] = {
         "top_k": {"type": "integer", "minimum": -1},
         "min_p": {"type": "number", "minimum": 0, "maximum": 1},
         "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+        "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
         "repetition_penalty": {"type": "number", "exclusiveMinimum": 0},
         "seed": {"type": "integer"},
         "mtp": {"type": "integer", "minimum": 0, "maximum": 8},  # Locus: draft tokens

@@ -197,3 +197,17 @@ def test_errors_are_sdk_exceptions(serve, engine):
         c.chat.completions.create(model="m", messages=[{"role": "user", "content": "word " * 5000}])
     models = c.models.list()
     assert len(models.data) == 1 and models.data[0].owned_by == "locus"
+
+
+def test_frequency_penalty_is_taken_and_counts_generated_tokens(serve, engine):
+    srv = serve(engine)
+    c = client(srv)
+    user = [{"role": "user", "content": "count the cats"}]
+    kw = {"model": "m", "messages": user, "max_tokens": 24, "temperature": 0, "presence_penalty": 0,
+          "extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}  # fmt: skip
+    plain = c.chat.completions.create(**kw).choices[0].message.content
+    # A negative penalty favours tokens already generated: the answer starts repeating itself.
+    pen = c.chat.completions.create(frequency_penalty=-2.0, **kw).choices[0].message.content
+    assert pen != plain
+    with pytest.raises(openai.BadRequestError, match="frequency_penalty"):
+        c.chat.completions.create(frequency_penalty=3, **kw)
