@@ -46,16 +46,11 @@ def make_server(app: Any, config: ServerConfig) -> Any:
 
 
 def _http_protocol() -> type:
-    """uvicorn's own choice ("auto"): httptools when installed, else h11."""
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        from uvicorn.protocols.http.h11_impl import H11Protocol
+    """h11, always: the limits are tested on it, and a local model server gains nothing from a
+    faster parser (uvicorn would pick httptools whenever something else installed it)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
-        return H11Protocol
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    return HttpToolsProtocol
+    return H11Protocol
 
 
 class ServerThread:
