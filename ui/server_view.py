@@ -27,7 +27,7 @@ from app.settings import load_ui_settings
 from .bridge import Task, run_in_background
 from .dialogs import machine_name
 
-__all__ = ["RequestLog", "ServerView", "claude_code_env"]
+__all__ = ["RequestLog", "ServerView", "cache_summary", "claude_code_env"]
 
 DEFAULT_PORT = 8723
 
@@ -43,6 +43,18 @@ def claude_code_env(host: str, port: int, api_key: str, model: str = "") -> str:
         # Claude Code 2.x's name for the background model (ANTHROPIC_SMALL_FAST_MODEL before).
         lines.append(f"export ANTHROPIC_DEFAULT_HAIKU_MODEL={model}")
     return "\n".join(lines)
+
+
+def cache_summary(pc: Any) -> str:
+    """One line on the prompt cache's budget (as /health reports it)."""
+    if pc is None:
+        return "Prompt cache: off."
+    b = pc.budget()
+    mb = 1024 * 1024
+    return (f"Prompt cache: {b['memory_used_bytes'] / mb:,.0f} of {b['memory_bytes'] / mb:,.0f} MB "
+            f"in memory ({b['snapshots']} snapshots, {b['shared_snapshots']} shared), "
+            f"{b['disk_used_bytes'] / mb:,.0f} MB on disk; {b['hits']} hits, "
+            f"{b['tokens_reused']:,} tokens reused, {b['evictions']} evictions.")  # fmt: skip
 
 
 class RequestLog(QTableWidget):
@@ -155,6 +167,9 @@ class ServerView(QWidget):
         self.copy_button = QPushButton("Copy")
         self.copy_button.clicked.connect(self.copy_env)
         lay.addWidget(self.copy_button)
+        self.cache_status = QLabel("")
+        self.cache_status.setWordWrap(True)
+        lay.addWidget(self.cache_status)
         lay.addWidget(QLabel("Requests"))
         self.request_log = RequestLog()
         lay.addWidget(self.request_log, 1)
@@ -218,6 +233,7 @@ class ServerView(QWidget):
         service = getattr(self.asgi, "service", None)
         if service is None:
             return
+        self.cache_status.setText(cache_summary(getattr(self.engine, "prompt_cache", None)))
         records = service.requests.records()
         mark = (len(records), records[-1].time if records else 0)
         if mark != self._shown:

@@ -90,5 +90,8 @@ def test_request_log_shows_the_servers_requests(qtbot, engine):
     assert rows[0][1] == "POST /v1/messages" and rows[0][2] == "200"
     assert rows[0][4].endswith("out") and " in (" in rows[0][4]
     assert rows[1][2].startswith("400 ")  # the reason is shown beside the status
+    b = engine.prompt_cache.budget()
+    assert v.cache_status.text().startswith("Prompt cache: ")
+    assert f"of {b['memory_bytes'] / 1024 / 1024:,.0f} MB" in v.cache_status.text()
     with qtbot.waitSignal(v.state_changed, timeout=20000):
         v.stop_button.click()
