@@ -8,13 +8,12 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import (
     PRESETS,
     Done,
     EngineError,
-    GenerationRequest,
     PromptProgress,
     ReasoningDelta,
     SamplingParams,
@@ -24,6 +23,9 @@ from engine import (
     Usage,
     event_to_dict,
 )
+
+if TYPE_CHECKING:
+    from engine import GenerationRequest
 
 DIM, RESET = "\033[2m", "\033[0m"
 
@@ -231,6 +233,8 @@ def _prompt_cache(args: argparse.Namespace):
 
 
 def _read_prompt(args: argparse.Namespace) -> GenerationRequest:
+    from engine import GenerationRequest
+
     common: dict[str, Any] = dict(
         sampling=_sampling(args), max_tokens=args.max_tokens, stop=args.stop,
         enable_thinking=not args.no_thinking,

@@ -1,41 +1,94 @@
 """Locus's inference engine: load Qwen3.5/3.6-MoE checkpoints on MLX and stream typed events.
 
-Everything not listed in `__all__` is internal.
+Everything not listed in `__all__` is internal. Names are imported on first use (PEP 562), so a
+front end that needs only `PRESETS` or the event types (`locus --help`) does not pay for mlx-lm.
 """
 
-from .cache import PromptCache
-from .chat import render_prompt, supports_preserve_thinking
-from .engine import Engine, GenerationRequest, GenerationResult, RequestHandle
-from .errors import (
-    ChatTemplateError,
-    EngineError,
-    InsufficientMemoryError,
-    ModelLoadError,
-    RequestError,
-)
-from .events import (
-    Done,
-    Event,
-    FinishReason,
-    PromptProgress,
-    ReasoningDelta,
-    TextDelta,
-    ToolCall,
-    ToolCallError,
-    Usage,
-    event_to_dict,
-)
-from .image import ImageConfig, ImageError, LoadedImage, PromptInputs, load_image
-from .loader import (
-    CheckpointInfo,
-    LoadedModel,
-    MemoryEstimate,
-    estimate_memory,
-    inspect_checkpoint,
-    load_model,
-)
-from .parser import StreamParser, parse_tool_calls, tool_schemas
-from .sampling import PRESETS, SamplingParams, preset
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .cache import PromptCache
+    from .chat import render_prompt, supports_preserve_thinking
+    from .convert import convert
+    from .engine import Engine, GenerationRequest, GenerationResult, RequestHandle
+    from .errors import (
+        ChatTemplateError,
+        EngineError,
+        InsufficientMemoryError,
+        ModelLoadError,
+        RequestError,
+    )
+    from .events import (
+        Done,
+        Event,
+        FinishReason,
+        PromptProgress,
+        ReasoningDelta,
+        TextDelta,
+        ToolCall,
+        ToolCallError,
+        Usage,
+        event_to_dict,
+    )
+    from .image import ImageConfig, ImageError, LoadedImage, PromptInputs, load_image
+    from .loader import (
+        CheckpointInfo,
+        LoadedModel,
+        MemoryEstimate,
+        estimate_memory,
+        inspect_checkpoint,
+        load_model,
+    )
+    from .parser import StreamParser, parse_tool_calls, tool_schemas
+    from .sampling import PRESETS, SamplingParams, preset
+    from .tiny import write_checkpoint as write_tiny_checkpoint
+
+_WHERE = {
+    "PromptCache": "cache",
+    "render_prompt": "chat",
+    "supports_preserve_thinking": "chat",
+    "Engine": "engine",
+    "GenerationRequest": "engine",
+    "GenerationResult": "engine",
+    "RequestHandle": "engine",
+    "ChatTemplateError": "errors",
+    "EngineError": "errors",
+    "InsufficientMemoryError": "errors",
+    "ModelLoadError": "errors",
+    "RequestError": "errors",
+    "Done": "events",
+    "Event": "events",
+    "FinishReason": "events",
+    "PromptProgress": "events",
+    "ReasoningDelta": "events",
+    "TextDelta": "events",
+    "ToolCall": "events",
+    "ToolCallError": "events",
+    "Usage": "events",
+    "event_to_dict": "events",
+    "ImageConfig": "image",
+    "ImageError": "image",
+    "LoadedImage": "image",
+    "PromptInputs": "image",
+    "load_image": "image",
+    "CheckpointInfo": "loader",
+    "LoadedModel": "loader",
+    "MemoryEstimate": "loader",
+    "estimate_memory": "loader",
+    "inspect_checkpoint": "loader",
+    "load_model": "loader",
+    "StreamParser": "parser",
+    "parse_tool_calls": "parser",
+    "tool_schemas": "parser",
+    "PRESETS": "sampling",
+    "SamplingParams": "sampling",
+    "preset": "sampling",
+    "convert": "convert",
+    "write_tiny_checkpoint": "tiny:write_checkpoint",
+}
 
 __all__ = [
     "PRESETS",
@@ -78,8 +131,18 @@ __all__ = [
     "supports_preserve_thinking",
     "tool_schemas",
 ]
-
-from .convert import convert
-from .tiny import write_checkpoint as write_tiny_checkpoint
-
 __all__ += ["convert", "write_tiny_checkpoint"]
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    module, _, attr = where.partition(":")
+    value = getattr(importlib.import_module(f".{module}", __name__), attr or name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -4,10 +4,24 @@
 background; `locus serve` runs it in the foreground.
 """
 
-from .app import create_app
-from .config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, api_key_from_keyring
-from .errors import APIError
-from .runner import ServerThread, make_server
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .app import create_app
+    from .config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, api_key_from_keyring
+    from .errors import APIError
+    from .runner import ServerThread, make_server
+
+# Imported on first use, so `locus --help` (which reads the defaults in .config) skips FastAPI
+# and the engine.
+_WHERE = {
+    "create_app": "app", "DEFAULT_HOST": "config", "DEFAULT_PORT": "config",
+    "ServerConfig": "config", "api_key_from_keyring": "config", "APIError": "errors",
+    "ServerThread": "runner", "make_server": "runner",
+}  # fmt: skip
 
 __all__ = [
     "DEFAULT_HOST",
@@ -19,3 +33,11 @@ __all__ = [
     "create_app",
     "make_server",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value

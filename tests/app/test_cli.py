@@ -168,3 +168,16 @@ def test_prompt_cache_survives_between_runs(tiny_dir, tmp_path):
     assert list((tmp_path / "prompt-cache").glob("*.safetensors"))
     off = json.loads(locus(*args, "--no-prompt-cache", env=env).stdout.splitlines()[-1])
     assert off["usage"]["cached_tokens"] == 0 and off["token_ids"] == first["token_ids"]
+
+
+def test_help_imports_neither_the_engine_nor_the_server():
+    # `locus --help` answers at once: mlx-lm (and transformers, torch) and FastAPI load lazily.
+    code = ("import sys, contextlib, io\nsys.argv = ['locus', '--help']\nimport app.cli\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "    app.cli.main(['--help'])\n"
+            "print(sorted(m for m in ('mlx_lm', 'fastapi', 'transformers', 'engine.engine') "
+            "if m in sys.modules))")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
