@@ -24,13 +24,14 @@ _TOOL_RESULT = {"type": "object", "required": ["type", "tool_use_id"],
                 "properties": {"type": {"const": "tool_result"}, "tool_use_id": {"type": "string"},
                                "is_error": {"type": "boolean"},
                                "content": {"anyOf": [{"type": "string"},
-                                                     {"type": "array", "items": _TEXT}]}}}  # fmt: skip
+                                                     {"type": "array", "items": {
+                                                         "anyOf": [_TEXT, _IMAGE]}}]}}}  # fmt: skip
 _THINKING = {"type": "object", "required": ["type", "thinking"],
              "properties": {"type": {"const": "thinking"}, "thinking": {"type": "string"},
                             "signature": {"type": "string"}}}  # fmt: skip
 _BLOCKS = {"type": "array", "items": {"anyOf": [_TEXT, _IMAGE, _TOOL_USE, _TOOL_RESULT, _THINKING]}}
 _MESSAGE = {"type": "object", "required": ["role", "content"],
-            "properties": {"role": {"enum": ["user", "assistant"]},
+            "properties": {"role": {"enum": ["user", "assistant", "system"]},
                            "content": {"anyOf": [{"type": "string"}, _BLOCKS]}}}  # fmt: skip
 _TOOL = {"type": "object", "required": ["name", "input_schema"],
          "properties": {"name": {"type": "string"}, "description": {"type": "string"},
@@ -59,7 +60,7 @@ ANTHROPIC_MESSAGES: dict[str, Any] = {
         "max_tokens": {"type": "integer", "minimum": 1},
         "stream": {"type": "boolean"},
         "stop_sequences": {"type": "array", "items": {"type": "string", "minLength": 1}},
-        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},  # Anthropic's is 0-1
         "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
         "top_k": {"type": "integer", "minimum": 0},
         "mtp": {"type": "integer", "minimum": 0, "maximum": 8},  # Locus: draft tokens
