@@ -7,7 +7,7 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from engine import (
@@ -369,9 +369,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_window(args: argparse.Namespace) -> int:
-    """No command: open the desktop window (or render its views to PNG with --screenshot)."""
-    import importlib
-
+    """No command: open the desktop window (or render its views to PNG with --screenshot)
+    through `args.open_window`, which the `locus` entry point (ui/main.py) supplies: app/ never
+    imports ui/ (ui → app → engine)."""
     platform_given = any(a.split("=", 1)[0] in ("-platform", "--platform")
                          for a in getattr(args, "qt_args", None) or [])  # fmt: skip
     headless = sys.platform.startswith("linux") and not (
@@ -390,14 +390,10 @@ def cmd_window(args: argparse.Namespace) -> int:
               "(`locus --demo --screenshot DIR` renders the window to PNG).", file=sys.stderr)  # fmt: skip
         model = ["--demo"] if args.demo else ["--model", args.window_model]
         return cmd_chat(build_parser().parse_args(["chat", *model]))
-    try:
-        # Imported by name: app/ never imports ui/ statically (ui → app → engine).
-        ui = importlib.import_module("ui")
-        importlib.import_module("ui.main_window")  # fails here, not later, without PySide6
-    except ImportError as e:
-        raise EngineError(
-            f"the desktop window needs PySide6 ({e}); try `locus chat --demo`"
-        ) from None
+    open_window = getattr(args, "open_window", None)
+    if open_window is None:
+        raise EngineError("the window is opened by the `locus` command (python -m ui.main); "
+                          "`python -m app.cli` runs the other commands")  # fmt: skip
     if args.demo:
         print(_demo_notice(), file=sys.stderr)
     if not args.screenshot:
@@ -405,14 +401,7 @@ def cmd_window(args: argparse.Namespace) -> int:
 
         setup_logging()  # a file when double-clicked (no terminal); stderr otherwise
         apply_login_shell_path()  # macOS: agent commands find Homebrew's tools
-    if args.screenshot:
-        paths = ui.render_screenshots(args.screenshot, demo=args.demo, model=args.window_model)
-        for p in paths:
-            print(p)
-        return 0
-    return int(ui.run_app(demo=args.demo, model=args.window_model,
-                          project=getattr(args, "window_project", None),
-                          qt_args=getattr(args, "qt_args", None)))  # fmt: skip
+    return int(open_window(args))
 
 
 def _demo_notice() -> str:
@@ -447,7 +436,11 @@ def _split_project(
     return argv, None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, *, open_window: Callable[[Any], int] | None = None
+) -> int:
+    """The command line. `open_window(args)` opens the window when no command is given (the
+    `locus` entry point in ui/main.py passes it; without it only the commands run)."""
     parser = build_parser()
     raw = list(sys.argv[1:] if argv is None else argv)
     raw, qt_args = split_qt_args(raw)
@@ -455,6 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(raw)
     args.window_project = project
     args.qt_args = qt_args
+    args.open_window = open_window
     if (project or qt_args) and args.command is not None:
         parser.error("a project folder and Qt options go with the window, not a command")
     try:

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_demo_screenshots(tmp_path):
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    r = subprocess.run([sys.executable, "-m", "app.cli", "--demo", "--screenshot", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "ui.main", "--demo", "--screenshot", str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "RANDOM weights" in r.stderr  # the demo says what it is
@@ -35,7 +35,7 @@ def test_demo_screenshots(tmp_path):
 def test_no_display_gives_a_hint_instead_of_a_crash():
     env = {k: v for k, v in os.environ.items()
            if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}  # fmt: skip
-    r = subprocess.run([sys.executable, "-m", "app.cli"], cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "ui.main"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120, env=env)  # fmt: skip
     assert r.returncode == 1
     assert "no display" in r.stderr and "locus --demo" in r.stderr
@@ -45,7 +45,7 @@ def test_no_display_gives_a_hint_instead_of_a_crash():
 def test_demo_without_display_falls_back_to_the_terminal_chat():
     env = {k: v for k, v in os.environ.items()
            if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}  # fmt: skip
-    r = subprocess.run([sys.executable, "-m", "app.cli", "--demo"], cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "ui.main", "--demo"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120, env=env, input="hello\n")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "starting the terminal chat" in r.stderr and "RANDOM weights" in r.stderr

@@ -67,7 +67,7 @@ def test_window_under_xvfb(tmp_path):
            "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}  # fmt: skip
     err = tmp_path / "stderr.txt"
     with open(err, "w") as errf:
-        app = subprocess.Popen([sys.executable, "-m", "app.cli", "--demo"], cwd=ROOT, env=env,
+        app = subprocess.Popen([sys.executable, "-m", "ui.main", "--demo"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=errf)  # fmt: skip
     try:
         wid = ""
