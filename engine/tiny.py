@@ -258,17 +258,7 @@ def make_weights(cfg: TinyConfig, seed: int = 0) -> dict[str, np.ndarray]:
                 np.float32
             )
             out[a + "out_proj.weight"] = w(H, vd)
-        m = lp + "mlp."
-        out[m + "gate.weight"] = w(cfg.num_experts, H, scale=0.5)
-        for e in range(cfg.num_experts):
-            out[f"{m}experts.{e}.gate_proj.weight"] = w(cfg.moe_intermediate_size, H)
-            out[f"{m}experts.{e}.up_proj.weight"] = w(cfg.moe_intermediate_size, H)
-            out[f"{m}experts.{e}.down_proj.weight"] = w(H, cfg.moe_intermediate_size)
-        si = cfg.shared_expert_intermediate_size
-        out[m + "shared_expert.gate_proj.weight"] = w(si, H)
-        out[m + "shared_expert.up_proj.weight"] = w(si, H)
-        out[m + "shared_expert.down_proj.weight"] = w(H, si)
-        out[m + "shared_expert_gate.weight"] = w(1, H)
+        out.update(_moe_weights(lp + "mlp.", cfg, w))
     # Multi-token-prediction head (engine/mtp.py): drafts tokens for speculative decoding.
     out["mtp.fc.weight"] = w(H, 2 * H)
     out.update(_mtp_weights(cfg, np.random.default_rng(seed + 1)))
@@ -302,6 +292,22 @@ def make_weights(cfg: TinyConfig, seed: int = 0) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(a, dtype=np.float32) for k, a in out.items()}
 
 
+def _moe_weights(m: str, cfg: TinyConfig, w: Any) -> dict[str, np.ndarray]:
+    """One MoE block in the per-expert layout (router, experts, sigmoid-gated shared expert),
+    drawn in a fixed order from `w` so the checkpoint stays the same for a seed."""
+    H, mi, si = cfg.hidden_size, cfg.moe_intermediate_size, cfg.shared_expert_intermediate_size
+    out = {m + "gate.weight": w(cfg.num_experts, H, scale=0.5)}
+    for e in range(cfg.num_experts):
+        out[f"{m}experts.{e}.gate_proj.weight"] = w(mi, H)
+        out[f"{m}experts.{e}.up_proj.weight"] = w(mi, H)
+        out[f"{m}experts.{e}.down_proj.weight"] = w(H, mi)
+    out[m + "shared_expert.gate_proj.weight"] = w(si, H)
+    out[m + "shared_expert.up_proj.weight"] = w(si, H)
+    out[m + "shared_expert.down_proj.weight"] = w(H, si)
+    out[m + "shared_expert_gate.weight"] = w(1, H)
+    return out
+
+
 def _mtp_weights(cfg: TinyConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """The rest of `mtp.*` as Qwen ships it: norms, one full-attention MoE layer (own generator,
     so the other weights stay what they were)."""
@@ -324,17 +330,7 @@ def _mtp_weights(cfg: TinyConfig, rng: np.random.Generator) -> dict[str, np.ndar
     out[a + "o_proj.weight"] = w(H, qd)
     out[a + "q_norm.weight"] = w(cfg.head_dim, scale=0.1)
     out[a + "k_norm.weight"] = w(cfg.head_dim, scale=0.1)
-    m = lp + "mlp."
-    out[m + "gate.weight"] = w(cfg.num_experts, H, scale=0.5)
-    for e in range(cfg.num_experts):
-        out[f"{m}experts.{e}.gate_proj.weight"] = w(cfg.moe_intermediate_size, H)
-        out[f"{m}experts.{e}.up_proj.weight"] = w(cfg.moe_intermediate_size, H)
-        out[f"{m}experts.{e}.down_proj.weight"] = w(H, cfg.moe_intermediate_size)
-    si = cfg.shared_expert_intermediate_size
-    out[m + "shared_expert.gate_proj.weight"] = w(si, H)
-    out[m + "shared_expert.up_proj.weight"] = w(si, H)
-    out[m + "shared_expert.down_proj.weight"] = w(H, si)
-    out[m + "shared_expert_gate.weight"] = w(1, H)
+    out.update(_moe_weights(lp + "mlp.", cfg, w))
     return out
 
 
