@@ -10,12 +10,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .backend import Backend, BackendInfo, Handle, PreparedRequest
     from .cache import PromptCache
     from .chat import render_prompt, supports_preserve_thinking
     from .convert import convert
     from .engine import Engine, GenerationRequest, GenerationResult, RequestHandle
     from .errors import (
+        BackendUnavailableError,
         ChatTemplateError,
+        ContextLengthError,
         EngineError,
         InsufficientMemoryError,
         ModelLoadError,
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
     )
     from .events import (
         Done,
+        ErrorKind,
         Event,
         FinishReason,
         PromptProgress,
@@ -47,6 +51,13 @@ if TYPE_CHECKING:
     from .tiny import write_checkpoint as write_tiny_checkpoint
 
 _WHERE = {
+    "Backend": "backend",
+    "BackendInfo": "backend",
+    "Handle": "backend",
+    "PreparedRequest": "backend",
+    "BackendUnavailableError": "errors",
+    "ContextLengthError": "errors",
+    "ErrorKind": "events",
     "PromptCache": "cache",
     "render_prompt": "chat",
     "supports_preserve_thinking": "chat",
@@ -132,6 +143,8 @@ __all__ = [
     "tool_schemas",
 ]
 __all__ += ["convert", "write_tiny_checkpoint"]
+__all__ += ["Backend", "BackendInfo", "Handle", "PreparedRequest"]
+__all__ += ["BackendUnavailableError", "ContextLengthError", "ErrorKind"]
 
 
 def __getattr__(name: str) -> Any:

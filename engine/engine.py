@@ -16,11 +16,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .backend import BackendInfo, PreparedRequest
 from .cache import PromptCache
 from .chat import opens_reasoning, render_prompt, supports_preserve_thinking
-from .errors import EngineError, RequestError
+from .errors import ContextLengthError, EngineError, RequestError
 from .events import (
     Done,
+    ErrorKind,
     Event,
     FinishReason,
     PromptProgress,
@@ -186,13 +188,15 @@ class _StopFilter:
     def __init__(self, stops: list[str]):
         self.stops = stops
         self.buf = ""
+        self.matched: str | None = None  # the stop string that ended the text
 
     def feed(self, text: str) -> tuple[str, bool]:
         if not self.stops:
             return text, False
         self.buf += text
-        cut = min((i for i in (self.buf.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, s) for s in self.stops if (i := self.buf.find(s)) >= 0]
+        if found:
+            cut, self.matched = min(found, key=lambda f: (f[0], -len(f[1])))
             out, self.buf = self.buf[:cut], ""
             return out, True
         hold = 0
@@ -320,6 +324,23 @@ class Engine:
             raise EngineError("no model is loaded")
         return self._loaded
 
+    @property
+    def info(self) -> BackendInfo:
+        """The loaded model as a front end sees it (engine.Backend)."""
+        lm = self.model
+        tc = lm.config.get("text_config")
+        tc = tc if isinstance(tc, dict) else lm.config
+        template = getattr(lm.tokenizer, "chat_template", None) or ""
+        return BackendInfo(
+            name=lm.path.name,
+            context_tokens=int(tc.get("max_position_embeddings") or 0),
+            vocab_size=int(tc.get("vocab_size") or 0),
+            images=lm.has_vision_weights,
+            tools="tools" in template,
+            thinking="<think>" in template or "enable_thinking" in template,
+            model_id=lm.model_id,
+        )
+
     def close(self) -> None:
         """Release the model once the requests already queued have run."""
         if self._closed:
@@ -351,20 +372,37 @@ class Engine:
         inputs = self._call(lambda: self._prepare(req))
         return inputs.ids, inputs.reasoning
 
-    def prepare(self, req: GenerationRequest) -> PromptInputs:
-        """The prompt as the model will see it: ids with images expanded, where each image sits and
-        its content hash. Raises RequestError (ImageError for images) naming the problem."""
-        return self._call(lambda: self._prepare(req))
+    def prepare(self, req: GenerationRequest) -> PreparedRequest:
+        """The request rendered and tokenized (images expanded to their tokens) on the worker
+        thread; `submit` it to run without doing that again. Raises RequestError (ImageError for
+        images, ContextLengthError past the context) naming the problem."""
+        req.validate()
 
-    def submit(self, req: GenerationRequest) -> RequestHandle:
-        """Queue a request; read its events from the returned handle."""
+        def job() -> PreparedRequest:
+            inputs = self._prepare(req)
+            self._check_context(len(inputs.ids))
+            return PreparedRequest(req, len(inputs.ids), inputs.reasoning,
+                                   self.model.model_id, inputs)  # fmt: skip
+
+        return self._call(job)
+
+    def count_tokens(self, req: GenerationRequest) -> int:
+        """The prompt tokens `req` takes (images and an assistant prefix included)."""
+        req.validate()
+        return len(self._call(lambda: self._prepare(req)).ids)
+
+    def submit(self, req: GenerationRequest | PreparedRequest) -> RequestHandle:
+        """Queue a request (or one `prepare` returned); read its events from the returned handle."""
         handle = RequestHandle()
+        prepared = req if isinstance(req, PreparedRequest) else None
+        request = prepared.request if prepared is not None else req
+        assert isinstance(request, GenerationRequest)
         try:
-            req.validate()
+            request.validate()
         except RequestError as e:
-            handle._put(Done("error", error=str(e)))
+            handle._put(Done("error", error=str(e), error_kind=e.kind))  # type: ignore[arg-type]
             return handle
-        self._jobs.put(lambda: self._generate(req, handle))
+        self._jobs.put(lambda: self._generate(request, handle, prepared))
         return handle
 
     def generate(self, req: GenerationRequest) -> GenerationResult:
@@ -459,7 +497,14 @@ class Engine:
                  and (k == "breakpoint" or not cached or p - cached >= MIN_GAP)}  # fmt: skip
         return _CacheTicket(pc, lm, req, prompt, cache, cached, kinds, extra)
 
-    def _generate(self, req: GenerationRequest, handle: RequestHandle) -> None:
+    def _check_context(self, n: int) -> None:
+        limit = self.info.context_tokens
+        if limit and n >= limit:
+            raise ContextLengthError(f"the prompt has {n} tokens; this model's context is {limit}")
+
+    def _generate(
+        self, req: GenerationRequest, handle: RequestHandle, prepared: PreparedRequest | None = None
+    ) -> None:
         import mlx.core as mx
 
         from .generate import Cancelled, generate_step
@@ -473,6 +518,8 @@ class Engine:
         ticket: _CacheTicket | None = None
         reason: FinishReason = "stop"
         error: str | None = None
+        error_kind: ErrorKind | None = None
+        stops = _StopFilter(req.stop)
         from .mtp import DraftStats
 
         drafts = DraftStats()
@@ -480,20 +527,18 @@ class Engine:
             if handle.cancelled:
                 raise Cancelled
             lm = self.model
-            inputs = self._prepare(req)
+            if prepared is not None and prepared.model_id == lm.model_id and prepared.inputs:
+                inputs = prepared.inputs
+            else:
+                inputs = self._prepare(req)
             prompt, reasoning = inputs.ids, inputs.reasoning
-            limit = int(lm.config.get("text_config", lm.config).get("max_position_embeddings", 0))
-            if limit and len(prompt) >= limit:
-                raise RequestError(
-                    f"the prompt has {len(prompt)} tokens; this model's context is {limit}"
-                )
+            self._check_context(len(prompt))
             if req.sampling.seed is not None:
                 mx.random.seed(req.sampling.seed)
             eos = set(lm.eos_token_ids)
             detok = _detokenizer(lm.tokenizer)
             special = special_token_ids(lm.tokenizer) - eos if req.skip_special_tokens else ()
             parser = StreamParser(req.tools, reasoning=reasoning)
-            stops = _StopFilter(req.stop)
             mx.reset_peak_memory()
             ticket = self._cache_begin(req, prompt, inputs.image_keys)
             cache, cached = ticket.cache, ticket.cached
@@ -554,9 +599,9 @@ class Engine:
         except Cancelled:
             reason = "cancelled"
         except EngineError as e:
-            reason, error = "error", str(e)
+            reason, error, error_kind = "error", str(e), e.kind  # type: ignore[assignment]
         except Exception as e:  # never let a request kill the worker thread
-            reason, error = "error", f"{type(e).__name__}: {e}"
+            reason, error, error_kind = "error", f"{type(e).__name__}: {e}", "internal"
         t_end = time.perf_counter()
         usage = None
         written = ticket.written if ticket is not None else 0
@@ -574,7 +619,8 @@ class Engine:
                 draft_accepted=drafts.accepted,
             )
             handle._put(usage)
-        handle._put(Done(reason, tokens, usage, error))
+        matched = stops.matched if reason == "stop" else None
+        handle._put(Done(reason, tokens, usage, error, matched, error_kind))
 
 
 class _CacheTicket:

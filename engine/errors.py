@@ -2,7 +2,11 @@
 
 
 class EngineError(Exception):
-    """Base class of every error the engine raises on purpose."""
+    """Base class of every error the engine raises on purpose.
+
+    `kind` is the typed error kind a request's Done carries (events.ErrorKind)."""
+
+    kind = "internal"
 
 
 class ModelLoadError(EngineError):
@@ -32,3 +36,17 @@ class ChatTemplateError(EngineError):
 
 class RequestError(EngineError):
     """A generation request is invalid (bad sampling values, empty prompt, too long)."""
+
+    kind = "invalid_request"
+
+
+class ContextLengthError(RequestError):
+    """The prompt (plus the room asked for the reply) does not fit the model's context."""
+
+    kind = "context_length"
+
+
+class BackendUnavailableError(EngineError):
+    """The model cannot be reached: a remote server that is down, a pipeline rank that died."""
+
+    kind = "unavailable"

@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
+# Why a request ended with finish_reason "error": the client's request, a prompt past the context,
+# a model that cannot be reached (remote server, pipeline rank), or a fault of Locus's own.
+ErrorKind = Literal["invalid_request", "context_length", "unavailable", "internal"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,9 @@ class Done:
     token_ids: list[int] = field(default_factory=list)
     usage: Usage | None = None
     error: str | None = None
+    # The stop string that ended the reply (None when it ended otherwise, e.g. at end of turn).
+    stop_sequence: str | None = None
+    error_kind: ErrorKind | None = None  # set when finish_reason is "error"
     type: Literal["done"] = "done"
 
 

@@ -264,7 +264,7 @@ def test_image_prompt_is_identical_with_mtp(tiny_dir):
         assert outs[0] == outs[1] and len(outs[0]) > 0
         # The rollback path after an image (M-RoPE positions shifted by the prompt's delta).
         lm = eng.model
-        inputs = eng.prepare(GenerationRequest(messages=msgs, enable_thinking=False))
+        inputs = eng.prepare(GenerationRequest(messages=msgs, enable_thinking=False)).inputs
         bound = lm.model.with_images(inputs)
         ref = plain(bound, inputs.ids, 20)
         steps = speculative_step(bound, inputs.ids, bound.make_cache(), params=GREEDY,

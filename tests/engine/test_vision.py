@@ -78,7 +78,7 @@ def max_diff(a: np.ndarray, b: np.ndarray) -> float:
 def test_rope_index_matches_transformers(tiny_engine, tiny_model):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    inputs = tiny_engine.prepare(GenerationRequest(messages=TWO_IMAGES))
+    inputs = tiny_engine.prepare(GenerationRequest(messages=TWO_IMAGES)).inputs
     pos, delta = rope_index(len(inputs.ids), inputs.images, 2)
     cfg = transformers.AutoConfig.from_pretrained(str(tiny_model.path))
     hf = transformers.Qwen3_5MoeModel(cfg)
@@ -122,14 +122,14 @@ def test_image_prompt_generates_and_reuses_features(tiny_engine, tiny_model, tmp
     assert state.computed == before + 1
     again = tiny_engine.generate(req)
     assert again.token_ids == first.token_ids
-    assert again.usage.cached_tokens > tiny_engine.prepare(req).images[0].end
+    assert again.usage.cached_tokens > tiny_engine.prepare(req).inputs.images[0].end
 
 
 def test_same_size_images_never_share_a_snapshot(tiny_engine, tiny_model):
     a, b = noise_image(100, 70, 21), noise_image(100, 70, 22)
     req_a = GenerationRequest(messages=[user(a, "hi")], sampling=GREEDY, max_tokens=5)
     req_b = GenerationRequest(messages=[user(b, "hi")], sampling=GREEDY, max_tokens=5)
-    ia, ib = tiny_engine.prepare(req_a), tiny_engine.prepare(req_b)
+    ia, ib = tiny_engine.prepare(req_a).inputs, tiny_engine.prepare(req_b).inputs
     assert ia.ids == ib.ids and ia.image_keys != ib.image_keys
     tiny_engine.generate(req_a)
     got_b = tiny_engine.generate(req_b)
@@ -144,7 +144,7 @@ def test_same_size_images_never_share_a_snapshot(tiny_engine, tiny_model):
 
 
 def test_chunked_prefill_through_images_equals_one_pass(tiny_engine, tiny_model):
-    inputs = tiny_engine.prepare(GenerationRequest(messages=TWO_IMAGES))
+    inputs = tiny_engine.prepare(GenerationRequest(messages=TWO_IMAGES)).inputs
     model = tiny_model.model
     whole = mlx_logits(model, inputs, cache=model.make_cache())[-1]
     bound = bind_images(model, inputs)
@@ -240,7 +240,7 @@ def test_vision_tower_matches_transformers(tiny_engine, tiny_model, hf_model):
     import torch
 
     for msgs in (ONE_IMAGE, TWO_IMAGES):
-        inputs = tiny_engine.prepare(GenerationRequest(messages=msgs))
+        inputs = tiny_engine.prepare(GenerationRequest(messages=msgs)).inputs
         for p in inputs.prepared:
             with torch.no_grad():
                 ref = hf_model.model.visual(
@@ -258,7 +258,7 @@ def test_vision_tower_matches_transformers(tiny_engine, tiny_model, hf_model):
     [("one image", ONE_IMAGE), ("two images", TWO_IMAGES), ("conversation", CONVERSATION)],
 )
 def test_image_logits_and_decode_match_transformers(tiny_engine, tiny_model, hf_model, name, msgs):
-    inputs = tiny_engine.prepare(GenerationRequest(messages=msgs))
+    inputs = tiny_engine.prepare(GenerationRequest(messages=msgs)).inputs
     assert len(inputs.images) == (1 if msgs is ONE_IMAGE else 2)
     ref_prompt, ref_steps, ref_ids = hf_run(hf_model, inputs, 6)
     model = tiny_model.model
@@ -275,7 +275,7 @@ def test_image_logits_and_decode_match_transformers(tiny_engine, tiny_model, hf_
 
 @pytest.mark.slow
 def test_greedy_ids_match_transformers_in_every_layout(tiny_dir, tiny_engine, hf_model):
-    inputs = tiny_engine.prepare(GenerationRequest(messages=TWO_IMAGES))
+    inputs = tiny_engine.prepare(GenerationRequest(messages=TWO_IMAGES)).inputs
     _, _, ref_ids = hf_run(hf_model, inputs, 8)
     assert len(set(ref_ids)) > 1
     for layout in ("per_expert", "fused", "mlx"):

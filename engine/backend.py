@@ -1,0 +1,82 @@
+"""The one way into a model: the `Backend` protocol every front end (server, agent, CLI, window)
+depends on. The local `Engine` implements it; a remote OpenAI-compatible server and a pipeline
+across processes are other implementations, and tests drive the front ends with a fake one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .engine import GenerationRequest, GenerationResult
+    from .events import Done, Event
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What a front end needs to know about the model behind a backend."""
+
+    name: str  # what to show a user (a checkpoint's folder name, a remote model's id)
+    context_tokens: int = 0  # longest prompt + reply the model takes (0: not known)
+    vocab_size: int = 0  # token ids run from 0 to vocab_size - 1 (0: not known)
+    images: bool = False  # user messages may hold images
+    tools: bool = True  # the template renders tools and the model writes tool calls
+    thinking: bool = True  # the model reasons in <think> blocks (enable_thinking applies)
+    remote: str | None = None  # the server's base URL when the model runs elsewhere
+    ranks: int = 1  # processes the model runs on (a pipeline across machines: more than 1)
+    model_id: str = ""  # changes when the weights change (prompt-cache keys, prepared requests)
+
+
+@dataclass
+class PreparedRequest:
+    """A request already rendered and tokenized by `Backend.prepare`: submitting it does not do
+    that work again. `prompt_tokens` counts the whole prompt (an assistant prefix included)."""
+
+    request: GenerationRequest
+    prompt_tokens: int
+    opens_reasoning: bool = False  # the output starts inside a <think> block
+    model_id: str = ""  # the model it was prepared for; another model prepares it again
+    inputs: Any = None  # backend-private (the engine's PromptInputs)
+
+
+@runtime_checkable
+class Handle(Protocol):
+    """A submitted request: iterate its events (ending with one Done), or cancel it."""
+
+    done: Done | None
+
+    def cancel(self) -> None: ...
+
+    @property
+    def cancelled(self) -> bool: ...
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]: ...
+
+    def result(self) -> GenerationResult: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A model that takes generation requests. Thread-safe: call from any thread."""
+
+    @property
+    def info(self) -> BackendInfo: ...
+
+    def submit(self, request: GenerationRequest | PreparedRequest) -> Handle:
+        """Queue a request; its events (ending with Done) come from the handle. Never raises for
+        a bad request: the handle's Done says what was wrong (finish_reason "error")."""
+        ...
+
+    def prepare(self, request: GenerationRequest) -> PreparedRequest:
+        """Render and tokenize `request`, raising RequestError (with an `kind`) when it cannot run."""
+        ...
+
+    def count_tokens(self, request: GenerationRequest) -> int:
+        """The prompt tokens `request` would take, without generating."""
+        ...
+
+    def close(self) -> None:
+        """Release the model; requests already queued finish first."""
+        ...
