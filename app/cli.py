@@ -25,7 +25,7 @@ from engine import (
 )
 
 if TYPE_CHECKING:
-    from engine import GenerationRequest
+    from engine import Backend, GenerationRequest
 
 DIM, RESET = "\033[2m", "\033[0m"
 
@@ -205,16 +205,18 @@ def context_of(args: argparse.Namespace) -> int:
     return 32768
 
 
-def open_engine(args: argparse.Namespace):
-    """Start the engine and load the model named by --model/--demo, reporting to stderr."""
-    from engine import Engine, inspect_checkpoint
+def open_backend(args: argparse.Namespace) -> Backend:
+    """The model named by --model/--demo, loaded here, reporting to stderr."""
+    from engine import inspect_checkpoint
+
+    from .backends import open_local
 
     path = _model_path(args)
     info = inspect_checkpoint(path)
     print(f"Loading {info.path.name} ({info.file_bytes / 1e9:.2f} GB, {info.layout} layout)…",
           file=sys.stderr, flush=True)  # fmt: skip
-    return Engine.from_path(
-        path,
+    return open_local(
+        str(path),
         context_tokens=context_of(args),
         memory_check=not args.no_memory_check,
         prompt_cache=_prompt_cache(args),
@@ -271,7 +273,7 @@ def _read_prompt(args: argparse.Namespace) -> GenerationRequest:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     req = _read_prompt(args)
-    eng = open_engine(args)
+    eng = open_backend(args)
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     handle = eng.submit(req)
     in_reasoning = False
@@ -344,7 +346,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from .terminal_chat import run_chat
 
-    return run_chat(args, open_engine(args), _sampling(args))
+    return run_chat(args, open_backend(args), _sampling(args))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -167,11 +167,11 @@ def _backend(args: argparse.Namespace):
         from .agent import AgentError
 
         raise AgentError("no model given: use --model PATH, --demo, or --replay FILE")
-    from .cli import _sampling, open_engine
+    from .cli import _sampling, open_backend
 
     if args.preset is None and not args.no_thinking:
         args.preset = "coding"  # Qwen3.6's card: thinking mode, precise coding
-    engine = open_engine(args)
+    engine = open_backend(args)
     return EngineBackend(engine, sampling=_sampling(args),
                          enable_thinking=not args.no_thinking), engine  # fmt: skip
 

@@ -57,12 +57,12 @@ def _result(args: argparse.Namespace) -> Any:
                 raise ValueError(f"cannot read --response {args.response}: {e.strerror}") from None
         width, height = load_image(args.image).original_size
         return LocateResult(parse_response(text, width, height), text, width, height)
-    from .cli import _sampling, open_engine
+    from .cli import _sampling, open_backend
 
     # Grounding answers are short and exact: no thinking, the non-thinking preset by default.
     if args.preset is None:
         args.preset = "instruct"
-    eng = open_engine(args)
+    eng = open_backend(args)
     try:
         return locate(
             eng, args.image, args.query, max_tokens=args.max_tokens, sampling=_sampling(args),

@@ -132,7 +132,7 @@ def _log_to_stderr(level: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.cli import open_engine
+    from app.cli import open_backend
     from app.server import create_app, make_server
     from app.server.jobs import context_note
 
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         print(("\033[1;31m" if color else "") + warning + ("\033[0m" if color else ""),
               file=sys.stderr, flush=True)  # fmt: skip
     _log_to_stderr(config.log_level)
-    engine = open_engine(args)
+    engine = open_backend(args)
     try:
         app = create_app(engine, config)
         name = app.service.model_name
