@@ -95,67 +95,13 @@ class Guard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope.get("path", "")
-        if not self.host_ok(headers.get("host")):
-            await self._refuse(send, path, 403, "permission_error",
-                               f"Host {headers.get('host')!r} is not served here: only loopback "
-                               "names and the configured host are (DNS rebinding protection); "
-                               "add more with --allow-host")  # fmt: skip
+        cors = await self._gate(scope, send, headers, path)
+        if cors is None:
             return
-        origin = headers.get("origin")
-        cors: list[tuple[bytes, bytes]] = []
-        if origin is not None:
-            if not self.origin_ok(origin):
-                await self._refuse(send, path, 403, "permission_error",
-                                   f"cross-origin requests from {origin!r} are refused; allow an "
-                                   "origin with --allow-origin")  # fmt: skip
-                return
-            cors = [(b"access-control-allow-origin", origin.encode("latin-1")),
-                    (b"vary", b"Origin")]  # fmt: skip
-            if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
-                await send({"type": "http.response.start", "status": 204, "headers": [
-                    *cors, (b"access-control-allow-methods", _CORS_METHODS.encode()),
-                    (b"access-control-allow-headers", _CORS_HEADERS.encode()),
-                    (b"access-control-max-age", b"600")]})  # fmt: skip
-                await send({"type": "http.response.body", "body": b""})
-                return
-        if not self.key_ok(headers):
-            await self._refuse(send, path, 401, "authentication_error",
-                               "invalid API key: send it as x-api-key or Authorization: Bearer",
-                               cors)  # fmt: skip
+        got = await self._read_body(receive, send, headers, path, cors)
+        if got is None:
             return
-        limit = self.config.max_body_bytes
-        too_large = f"request body is larger than the server's limit of {limit} bytes"
-        try:
-            declared = int(headers.get("content-length", "0") or 0)
-        except ValueError:
-            declared = 0
-        if declared > limit:
-            await self._refuse(send, path, 413, "request_too_large", too_large, cors)
-            return
-        # Read the whole body up front (bounded), then replay it; later receive() calls reach the
-        # server again, so handlers still hear about a client that disconnects.
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            try:
-                msg = await asyncio.wait_for(receive(), self.config.body_timeout)
-            except TimeoutError:
-                await self._refuse(send, path, 408, "invalid_request_error",
-                                   f"no part of the request body arrived for "
-                                   f"{self.config.body_timeout:g} s", cors)  # fmt: skip
-                return
-            if msg["type"] == "http.disconnect":
-                return
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await self._refuse(send, path, 413, "request_too_large", too_large, cors)
-                return
-            chunks.append(chunk)
-            if not msg.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        del chunks
+        body, size = got
         scope["locus.body_size"] = size  # see service.BODY_SIZE
         replayed = False
 
@@ -184,6 +130,77 @@ class Guard:
             # handler); swallowed here, uvicorn keeps the keep-alive connection open.
             if not answered:
                 raise
+
+    async def _gate(
+        self, scope: Scope, send: Send, headers: dict[str, str], path: str
+    ) -> list[tuple[bytes, bytes]] | None:
+        """Check Host, Origin and the API key; the CORS headers to add, or None once answered."""
+        if not self.host_ok(headers.get("host")):
+            await self._refuse(send, path, 403, "permission_error",
+                               f"Host {headers.get('host')!r} is not served here: only loopback "
+                               "names and the configured host are (DNS rebinding protection); "
+                               "add more with --allow-host")  # fmt: skip
+            return None
+        origin = headers.get("origin")
+        cors: list[tuple[bytes, bytes]] = []
+        if origin is not None:
+            if not self.origin_ok(origin):
+                await self._refuse(send, path, 403, "permission_error",
+                                   f"cross-origin requests from {origin!r} are refused; allow an "
+                                   "origin with --allow-origin")  # fmt: skip
+                return None
+            cors = [(b"access-control-allow-origin", origin.encode("latin-1")),
+                    (b"vary", b"Origin")]  # fmt: skip
+            if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+                await send({"type": "http.response.start", "status": 204, "headers": [
+                    *cors, (b"access-control-allow-methods", _CORS_METHODS.encode()),
+                    (b"access-control-allow-headers", _CORS_HEADERS.encode()),
+                    (b"access-control-max-age", b"600")]})  # fmt: skip
+                await send({"type": "http.response.body", "body": b""})
+                return None
+        if not self.key_ok(headers):
+            await self._refuse(send, path, 401, "authentication_error",
+                               "invalid API key: send it as x-api-key or Authorization: Bearer",
+                               cors)  # fmt: skip
+            return None
+        return cors
+
+    async def _read_body(
+        self, receive: Receive, send: Send, headers: dict[str, str], path: str,
+        cors: list[tuple[bytes, bytes]],
+    ) -> tuple[bytes, int] | None:  # fmt: skip
+        """The whole body, read up front within the size and time limits (None once answered).
+        It is replayed to the app; later receive() calls still reach the server, so handlers
+        hear about a client that disconnects."""
+        limit = self.config.max_body_bytes
+        too_large = f"request body is larger than the server's limit of {limit} bytes"
+        try:
+            declared = int(headers.get("content-length", "0") or 0)
+        except ValueError:
+            declared = 0
+        if declared > limit:
+            await self._refuse(send, path, 413, "request_too_large", too_large, cors)
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                msg = await asyncio.wait_for(receive(), self.config.body_timeout)
+            except TimeoutError:
+                await self._refuse(send, path, 408, "invalid_request_error",
+                                   f"no part of the request body arrived for "
+                                   f"{self.config.body_timeout:g} s", cors)  # fmt: skip
+                return None
+            if msg["type"] == "http.disconnect":
+                return None
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._refuse(send, path, 413, "request_too_large", too_large, cors)
+                return None
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                return b"".join(chunks), size
 
     async def _refuse(
         self, send: Send, path: str, status: int, kind: str, message: str,
