@@ -449,47 +449,17 @@ def _parse_xml(
     known = schema is not None  # only a listed tool gets missing closing tags supplied
     values: dict[str, str] = {}
     supplied: list[str] = []
-
-    def not_closed(key: str) -> _Malformed:
-        if end:
-            return _Malformed(_cut_off(name), name)
-        return _Malformed(
-            f"malformed tool call to {name!r}: parameter {key!r} is not closed with "
-            "</parameter>." + _FORMAT_HINT,
-            name,
-        )
-
     while True:
         pos = _skip_ws(body, pos)
         if body.startswith(PARAM_OPEN, pos):
             key, pos = _tag_arg(body, pos + len(PARAM_OPEN), "parameter", name)
             if key in values:
                 raise _Malformed(f"tool call to {name!r} gives parameter {key!r} twice", name)
-            stop, nxt = _value_end(body, pos, props, values, key)
-            value = body[pos:stop]
-            if nxt < 0:  # no </parameter>: the value ends at the next tag or the end
-                # At the end of the output a value is complete only if its line was ended.
-                cut = end and stop == len(body) and (truncated or not value.endswith("\n"))
-                odd = re.search(r"</parameter[^>\n]*>?\s*$", value)
-                if odd:  # a misspelt close (`</parameter/>`): not guessed at
-                    raise _Malformed(
-                        f"malformed tool call to {name!r}: parameter {key!r} ends with "
-                        f"{odd.group().strip()!r} instead of </parameter>." + _FORMAT_HINT,
-                        name,
-                    )
-                if not known or cut:
-                    raise not_closed(key)
+            value, pos, closed = _param_value(body, pos, props, values, key, name, known, end,
+                                              truncated)  # fmt: skip
+            values[key] = value
+            if not closed:
                 supplied.append(f"</parameter> after {key!r}")
-                nxt = stop
-            elif value.rstrip().endswith(FUNC_CLOSE) and _skip_ws(body, nxt) == len(body):
-                raise _Malformed(
-                    f"malformed tool call to {name!r}: </function> comes before the "
-                    f"</parameter> of {key!r}." + _FORMAT_HINT,
-                    name,
-                )
-            value = value[1:] if value.startswith("\n") else value
-            values[key] = value[:-1] if value.endswith("\n") else value
-            pos = nxt
         elif body.startswith(FUNC_CLOSE, pos):
             pos = _skip_ws(body, pos + len(FUNC_CLOSE))
             if pos < len(body):
@@ -519,6 +489,44 @@ def _parse_xml(
     if end and not bare:
         supplied.append("</tool_call>")
     return name, values, supplied
+
+
+def _param_value(
+    body: str, pos: int, props: dict[str, Any], values: dict[str, str], key: str, name: str,
+    known: bool, end: bool, truncated: bool,
+) -> tuple[str, int, bool]:  # fmt: skip
+    """A parameter's value starting at `pos`, where parsing goes on, and whether the model
+    closed it with </parameter> (a listed tool's value may end at the next tag instead)."""
+    stop, nxt = _value_end(body, pos, props, values, key)
+    value = body[pos:stop]
+    closed = nxt >= 0
+    if not closed:  # no </parameter>: the value ends at the next tag or the end
+        # At the end of the output a value is complete only if its line was ended.
+        cut = end and stop == len(body) and (truncated or not value.endswith("\n"))
+        odd = re.search(r"</parameter[^>\n]*>?\s*$", value)
+        if odd:  # a misspelt close (`</parameter/>`): not guessed at
+            raise _Malformed(
+                f"malformed tool call to {name!r}: parameter {key!r} ends with "
+                f"{odd.group().strip()!r} instead of </parameter>." + _FORMAT_HINT,
+                name,
+            )
+        if not known or cut:
+            if end:
+                raise _Malformed(_cut_off(name), name)
+            raise _Malformed(
+                f"malformed tool call to {name!r}: parameter {key!r} is not closed with "
+                "</parameter>." + _FORMAT_HINT,
+                name,
+            )
+        nxt = stop
+    elif value.rstrip().endswith(FUNC_CLOSE) and _skip_ws(body, nxt) == len(body):
+        raise _Malformed(
+            f"malformed tool call to {name!r}: </function> comes before the "
+            f"</parameter> of {key!r}." + _FORMAT_HINT,
+            name,
+        )
+    value = value[1:] if value.startswith("\n") else value
+    return (value[:-1] if value.endswith("\n") else value), nxt, closed
 
 
 def _value_end(
