@@ -294,33 +294,13 @@ def load_image(
     images give their first frame. `target_pixels` lets a large JPEG be decoded at a reduced scale
     (never below twice that many pixels) so that huge photos do not need full-size memory.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     data, img, name = _read_source(source)
     fmt: str | None = None
     if img is None:
         assert data is not None
-        if not data:
-            raise ImageError(f"{name}: the file is empty (0 bytes)")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError:
-            raise ImageError(f"{name}: {_too_large(data, max_decode_pixels)}") from None
-        except UnidentifiedImageError:
-            kind = _describe(data)
-            if kind:
-                raise ImageError(
-                    f"{name}: the file is {kind}, which Locus cannot read as an image; convert it "
-                    "to JPEG or PNG"
-                ) from None
-            raise ImageError(
-                f"{name}: not an image, or a format Locus cannot read ({len(data)} bytes; first "
-                f"bytes {data[:8]!r}); use JPEG, PNG, WebP, GIF, BMP or TIFF"
-            ) from None
-        except (OSError, ValueError, SyntaxError) as e:
-            raise ImageError(f"{name}: corrupt image header ({e})") from None
+        img = _open(data, name, max_decode_pixels)
         fmt = img.format
     label = f"{name} ({fmt})" if fmt else name
     width, height = img.size
@@ -363,6 +343,33 @@ def load_image(
         raise ImageError(f"{label}: the image cannot be converted to RGB ({e})") from None
     upright = stored if orientation < 5 else (stored[1], stored[0])
     return LoadedImage(rgb, fmt, orientation, stored, upright, frames, name, notes)
+
+
+def _open(data: bytes, name: str, max_decode_pixels: int) -> Any:
+    """Pillow's image for `data` (header only, not decoded yet), or ImageError naming the problem."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise ImageError(f"{name}: the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: {_too_large(data, max_decode_pixels)}") from None
+    except UnidentifiedImageError:
+        kind = _describe(data)
+        if kind:
+            raise ImageError(
+                f"{name}: the file is {kind}, which Locus cannot read as an image; convert it "
+                "to JPEG or PNG"
+            ) from None
+        raise ImageError(
+            f"{name}: not an image, or a format Locus cannot read ({len(data)} bytes; first "
+            f"bytes {data[:8]!r}); use JPEG, PNG, WebP, GIF, BMP or TIFF"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{name}: corrupt image header ({e})") from None
 
 
 def preprocess(image: LoadedImage | Any, config: ImageConfig) -> PreparedImage:
