@@ -87,7 +87,7 @@ def test_mtp_head_is_loaded_in_every_layout(tiny_dir):
         lm = load_model(tiny_dir(layout))
         names = [k for k, _ in tree_flatten(lm.model.parameters())]
         assert "mtp.layers.0.mlp.switch_mlp.up_proj.weight" in names
-        assert len(lm.model.make_cache()) == lm.model.args.num_hidden_layers + 1
+        assert len(lm.model.make_cache()) == lm.model.language_model.args.num_hidden_layers + 1
     # convert keeps the head
     assert any(k.startswith("mtp.layers.0.") for k in inspect_checkpoint(tiny_dir("mlx")).tensors)
 
