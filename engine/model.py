@@ -171,6 +171,9 @@ class Model(qwen3_5_moe.Model):
         `hidden=True` returns the last hidden state (after the final norm) instead: what the MTP
         head takes, and `logits(h)` gives the logits without computing them for every position.
         """
+        if cache is not None and len(cache) > len(self.layers):
+            # Without the MTP head's cache (last): a pipelined mlx-lm model uses cache[-1].
+            cache = cache[: len(self.layers)]
         st = self._rope
         st.positions, st.delta = position_ids, int(rope_delta)
         try:
