@@ -75,6 +75,16 @@ def test_pipeline_of_one_process_is_the_same_model(tiny_dir, tiny_model):
     np.testing.assert_array_equal(_logits(lm.model), ref)
 
 
+def test_tensor_parallel_shard_of_one_process_is_the_same_model(tiny_dir, tiny_model):
+    """mlx-lm's `shard` reaches Locus's M-RoPE attention layers too (they keep its attributes)."""
+    ref = _logits(tiny_model.model)
+    lm = load_model(tiny_dir("per_expert"))
+    lm.model.shard(mx.distributed.init())
+    layer = next(layer for layer in lm.model.layers if not layer.is_linear)
+    assert type(layer.self_attn.o_proj).__name__ == "ShardedToAllLinear"
+    np.testing.assert_allclose(_logits(lm.model), ref, atol=1e-5)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
