@@ -166,6 +166,7 @@ def write_real_width(path: Path, layers: int, dtype: str = "float32", seed: int 
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
+    from engine.convert import _quantize_predicate
     from engine.model import Model
     from engine.tiny import TinyConfig, make_config, make_weights
 
@@ -182,15 +183,10 @@ def write_real_width(path: Path, layers: int, dtype: str = "float32", seed: int 
         config["torch_dtype"] = "bfloat16"
     quant: dict[str, Any] = {"group_size": 64, "bits": 4, "mode": "affine"}
 
-    def predicate(p: str, module: Any) -> bool | dict[str, int]:
-        if not hasattr(module, "to_quantized") or module.weight.shape[-1] % 64:
-            return False
-        if p.endswith("mlp.gate") or p.endswith("shared_expert_gate"):
-            quant["language_model." + p] = {"group_size": 64, "bits": 8}
-            return {"group_size": 64, "bits": 8}
-        return True
-
+    per_layer: dict[str, Any] = {}
+    predicate = _quantize_predicate(model.quant_predicate, 64, per_layer)
     nn.quantize(lm, group_size=64, bits=4, class_predicate=predicate)
+    quant.update({"language_model." + p: spec for p, spec in per_layer.items()})
     shards: dict[str, dict[str, Any]] = {}
     for k, v in tree_flatten(lm.parameters()):
         m = re.match(r"model\.layers\.(\d+)\.", k)

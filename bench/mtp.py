@@ -46,18 +46,12 @@ def _attach_random_head(model: Any, bits: int | None) -> None:
     import mlx.core as mx
     import mlx.nn as nn
 
+    from engine.convert import _quantize_predicate
     from engine.mtp import MTPHead
 
-    head = MTPHead(model.args)
+    head = MTPHead(model.language_model.args)
     if bits:
-
-        def pred(path: str, module: Any) -> bool | dict[str, int]:
-            if not hasattr(module, "to_quantized") or module.weight.shape[-1] % 64:
-                return False
-            if path.endswith("mlp.gate") or path.endswith("shared_expert_gate"):
-                return {"group_size": 64, "bits": 8}
-            return True
-
+        pred = _quantize_predicate(model.quant_predicate, 64, {})
         nn.quantize(head, group_size=64, bits=bits, class_predicate=pred)
     mx.eval(head.parameters())
     model["mtp"] = head
@@ -99,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         q = lm.info.quantization
         _attach_random_head(model, int(q["bits"]) if q else None)
         head_note = "random head (the checkpoint has none)"
-    vocab = model.args.vocab_size
+    vocab = model.language_model.args.vocab_size
     rng = random.Random(args.seed)
     prompt = [rng.randrange(0, min(vocab, 150_000)) for _ in range(args.prompt_tokens)]
     n = args.gen_tokens

@@ -23,6 +23,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from .mlxlm_compat import ARRAYS_CACHE, KV_CACHE, cache_class_name
 from .reuse import ReplyMemo
 
 log = logging.getLogger("locus.engine.cache")
@@ -56,19 +57,19 @@ def snapshot_state(cache: list[Any]) -> tuple[list[str], list[list[mx.array]]]:
     """Class names and copied arrays of each layer's cache (KV trimmed to its length)."""
     classes, states = [], []
     for c in cache:
-        name = type(c).__name__
-        if name == "KVCache":
+        name = cache_class_name(c)
+        if name == KV_CACHE:
             if c.keys is None:
                 arrs = []
             else:
                 arrs = [_copy(c.keys[..., : c.offset, :]), _copy(c.values[..., : c.offset, :])]
-        elif name == "ArraysCache":
+        elif name == ARRAYS_CACHE:
             if any(x is None for x in c.cache):
                 arrs = []
             else:
                 arrs = [_copy(x) for x in c.cache]
         else:
-            raise TypeError(f"prompt cache cannot snapshot {name}")
+            raise TypeError(f"prompt cache cannot snapshot {type(c).__name__}")
         classes.append(name)
         states.append(arrs)
     mx.eval(states)
@@ -77,12 +78,12 @@ def snapshot_state(cache: list[Any]) -> tuple[list[str], list[list[mx.array]]]:
 
 def restore_state(fresh: list[Any], classes: list[str], states: list[list[mx.array]]) -> list[Any]:
     """Fill a freshly made cache list from a snapshot (which is never written to afterwards)."""
-    if [type(c).__name__ for c in fresh] != classes:
+    if [cache_class_name(c) for c in fresh] != classes:
         raise ValueError("snapshot does not match this model's cache layout")
     for c, arrs in zip(fresh, states, strict=True):
         if not arrs:
             continue
-        if type(c).__name__ == "KVCache":
+        if cache_class_name(c) == KV_CACHE:
             # Sliced to their length, so the next update concatenates into a new buffer.
             c.keys, c.values = arrs
             c.offset = arrs[0].shape[2]

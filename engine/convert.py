@@ -21,9 +21,24 @@ _COPY = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "voca
 _SHARD_BYTES = 4 * 1024**3
 
 
-def _high_precision(path: str) -> bool:
-    # The router and the shared-expert gate steer every token: keep them at 8 bits.
-    return path.endswith("mlp.gate") or path.endswith("shared_expert_gate")
+def _quantize_predicate(
+    quant_predicate: Callable[[str, Any], bool | dict[str, Any]] | None,
+    group_size: int,
+    per_layer: dict[str, Any],
+) -> Callable[[str, Any], bool | dict[str, Any]]:
+    """mlx-lm's quant predicate for the model (router and shared-expert gate at 8 bits), on the
+    layers that can be quantized; layers given their own settings are recorded in `per_layer`
+    under their full path (what the loader and mlx-lm read back from the config)."""
+
+    def predicate(path: str, module: Any) -> bool | dict[str, Any]:
+        if not hasattr(module, "to_quantized") or module.weight.shape[-1] % group_size:
+            return False
+        spec = True if quant_predicate is None else quant_predicate(path, module)
+        if isinstance(spec, dict):
+            per_layer[path] = spec
+        return spec
+
+    return predicate
 
 
 def convert(
@@ -55,35 +70,13 @@ def convert(
     model = _load_qwen(info, lazy=True)
     config: dict[str, Any] = json.loads(json.dumps(info.config))
     if bits is not None:
-        per_layer: dict[str, Any] = {}
-
-        def predicate(path: str, module: Any) -> bool | dict[str, int]:
-            if not hasattr(module, "to_quantized"):
-                return False
-            if module.weight.shape[-1] % group_size:
-                return False
-            if _high_precision(path):
-                per_layer["language_model." + path] = {"group_size": 64, "bits": 8}
-                return {"group_size": 64, "bits": 8}
-            return True
-
+        q = {"group_size": group_size, "bits": bits, "mode": "affine"}
         nn.quantize(
-            model.language_model, group_size=group_size, bits=bits, class_predicate=predicate
+            model,
+            group_size=group_size,
+            bits=bits,
+            class_predicate=_quantize_predicate(model.quant_predicate, group_size, q),
         )
-        if model.mtp_head is not None:  # the MTP head, quantized like the layers it mirrors
-            mtp_layer: dict[str, Any] = {}
-
-            def mtp_predicate(path: str, module: Any) -> bool | dict[str, int]:
-                spec = predicate(path, module)
-                if isinstance(spec, dict):
-                    mtp_layer["mtp." + path] = per_layer.pop("language_model." + path)
-                return spec
-
-            nn.quantize(
-                model.mtp_head, group_size=group_size, bits=bits, class_predicate=mtp_predicate
-            )
-            per_layer.update(mtp_layer)
-        q = {"group_size": group_size, "bits": bits, "mode": "affine", **per_layer}
         config["quantization"] = q
         config["quantization_config"] = q
     weights = {"language_model." + k: v for k, v in tree_flatten(model.language_model.parameters())}

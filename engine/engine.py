@@ -34,6 +34,7 @@ from .events import (
 )
 from .image import PromptInputs, build_prompt_inputs, image_parts
 from .loader import DEFAULT_CONTEXT_TOKENS, LoadedModel, load_model
+from .mlxlm_compat import cache_class_name, keep_leading_space
 from .parser import StreamParser
 from .reuse import MIN_GAP, ChatTokens, boundaries, marked_positions
 from .sampling import SamplingParams, make_logits_processors, make_sampler
@@ -43,7 +44,7 @@ T = TypeVar("T")
 
 def _cacheable(cache: list[Any]) -> bool:
     # Snapshots understand the caches Qwen3.5/3.6 and most mlx-lm models use.
-    return all(type(c).__name__ in ("KVCache", "ArraysCache") for c in cache)
+    return all(cache_class_name(c) is not None for c in cache)
 
 
 @dataclass
@@ -169,11 +170,7 @@ def _detokenizer(tokenizer: Any) -> Any:
     continue text already in the prompt (an assistant prefill, a raw prompt), where the space matters."""
     detok = tokenizer.detokenizer
     detok.reset()
-    if hasattr(detok, "_maybe_trim_space"):  # BPE (Qwen)
-        detok._maybe_trim_space = lambda text: text
-    if hasattr(detok, "trim_space"):  # SentencePiece
-        detok.trim_space = False
-    return detok
+    return keep_leading_space(detok)
 
 
 def special_token_ids(tokenizer: Any) -> frozenset[int]:

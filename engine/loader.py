@@ -382,6 +382,8 @@ def _load_tokenizer(path: Path) -> Any:
         )
     from mlx_lm.tokenizer_utils import load as load_tokenizer
 
+    from .mlxlm_compat import set_chat_template
+
     try:
         tok = load_tokenizer(path)
     except Exception as e:
@@ -390,7 +392,7 @@ def _load_tokenizer(path: Path) -> Any:
             raise ModelLoadError(f"{path / 'config.json'}: invalid config: {msg}") from e
         raise ModelLoadError(f"{path}: tokenizer cannot be loaded: {msg}") from e
     if tok.chat_template is None and (path / "chat_template.jinja").exists():
-        tok._tokenizer.chat_template = (path / "chat_template.jinja").read_text(encoding="utf-8")
+        set_chat_template(tok, (path / "chat_template.jinja").read_text(encoding="utf-8"))
     return tok
 
 
@@ -417,7 +419,7 @@ def _load_qwen(info: CheckpointInfo, lazy: bool = False) -> Any:
     import mlx.nn as nn
     from mlx.utils import tree_flatten, tree_unflatten
 
-    from .model import Model, WeightError, normalize_weights
+    from .model import Model, WeightError
 
     try:
         model = Model(info.config)
@@ -426,20 +428,15 @@ def _load_qwen(info: CheckpointInfo, lazy: bool = False) -> Any:
         raise ModelLoadError(
             f"{info.path / 'config.json'}: invalid model config: {type(e).__name__}: {_one_line(e)}"
         ) from e
-    hf_norms = any(
-        k.endswith("conv1d.weight") and len(t.shape) == 3 and t.shape[-1] != 1
-        for k, t in info.tensors.items()
-    )
     source = {}
     for f in info.files:
         try:
             source.update(mx.load(str(f)))
         except Exception as e:
             raise ModelLoadError(f"{f.name}: cannot read weights: {e}") from e
+    origin: dict[str, str] = {}
     try:
-        weights, origin = normalize_weights(
-            source.items(), model.args.num_hidden_layers, hf_norms, model.args.num_experts or None
-        )
+        weights = model.sanitize(source, origin)
     except WeightError as e:
         t = info.tensors.get(e.key)
         raise ModelLoadError(f"{info.path / t.file if t else info.path}: {e}") from e
@@ -459,8 +456,6 @@ def _load_qwen(info: CheckpointInfo, lazy: bool = False) -> Any:
     expected = dict(tree_flatten(model.language_model.parameters()))
     text = {k.removeprefix("language_model."): v for k, v in weights.items()
             if k.startswith("language_model.")}  # fmt: skip
-    if model.args.tie_word_embeddings:
-        text.pop("lm_head.weight", None)
     missing = sorted(set(expected) - set(text))
     if missing:
         raise ModelLoadError(
@@ -577,10 +572,10 @@ def load_model(
     if info.is_qwen_moe:
         model, kind = _load_qwen(info), "qwen3_5_moe"
     else:
-        from mlx_lm.utils import _get_classes
+        from .mlxlm_compat import model_classes
 
         try:
-            _get_classes(info.config)
+            model_classes(info.config)
         except ValueError as e:
             raise ModelLoadError(
                 f"{info.path / 'config.json'}: unknown model_type {info.model_type!r}: "

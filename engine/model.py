@@ -1,26 +1,26 @@
-"""Qwen3.5/3.6 mixture-of-experts model, built on mlx-lm's qwen3_5 layers.
+"""Qwen3.5/3.6 mixture-of-experts model: mlx-lm's `qwen3_5_moe.Model`, subclassed.
 
 mlx-lm's text path (gated DeltaNet, gated attention, SwitchGLU experts over `gather_qmm`) already
-matches transformers; this module adds what mlx-lm lacks for Locus: the vision tower (built on the
-checkpoint's own vision weights, so one weight copy serves text and images), multimodal rotary
-positions in the full-attention layers, and key normalization for every checkpoint layout found in
-the wild.
+matches transformers, and its sanitize, quant predicate, `shard` and `pipeline` come with it; this
+module adds what mlx-lm lacks for Locus: the vision tower (built on the checkpoint's own vision
+weights, so one weight copy serves text and images), multimodal rotary positions in the
+full-attention layers, the MTP head's weights, and the per-expert and vision/MTP key layouts found
+in the wild.
 """
 
 from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
-from mlx_lm.models import qwen3_5
+from mlx_lm.models import qwen3_5_moe
 from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.qwen3_next import Qwen3NextAttention
 
+from .mlxlm_compat import rope_frequencies, rope_mscale
 from .mrope import apply_rotary, mrope_cos_sin, rope_index, section_axes
 
 if TYPE_CHECKING:
@@ -30,13 +30,14 @@ if TYPE_CHECKING:
 QWEN_MOE_TYPES = {"qwen3_5_moe", "qwen3_5", "qwen3_5_moe_text", "qwen3_5_text"}
 
 _LAYER_MLP = re.compile(r"^(language_model\.model|mtp)\.layers\.(\d+)\.mlp\.experts\.(.+)$")
-_NORM_SUFFIXES = (
+# The MTP head's RMSNorms, stored minus one in HF checkpoints as the layers' are (mlx-lm offsets
+# those of the layers, and drops the head).
+_MTP_NORM_SUFFIXES = (
     "mtp.norm.weight",
     ".pre_fc_norm_embedding.weight",
     ".pre_fc_norm_hidden.weight",
     ".input_layernorm.weight",
     ".post_attention_layernorm.weight",
-    "model.norm.weight",
     ".q_norm.weight",
     ".k_norm.weight",
 )
@@ -70,14 +71,14 @@ class MRopeAttention(Qwen3NextAttention):
         rope = args.rope_parameters or {}
         self._rot = int(self.head_dim * args.partial_rotary_factor)
         half = self._rot // 2
-        freqs = getattr(self.rope, "_freqs", None)  # YaRN keeps its own frequencies
+        freqs = rope_frequencies(self.rope)  # YaRN computes its own
         if freqs is not None:
-            inv = 1.0 / np.asarray(freqs, dtype=np.float32)
+            inv = 1.0 / freqs
         else:
             base = float(args.rope_theta)
             inv = 1.0 / (base ** (np.arange(0, self._rot, 2, dtype=np.float32) / self._rot))
         self._inv_freq = mx.array(inv.astype(np.float32))
-        self._mscale = float(getattr(self.rope, "mscale", 1.0))
+        self._mscale = rope_mscale(self.rope)
         sections = rope.get("mrope_section") or [half, 0, 0]
         self._axes = mx.array(section_axes(half, sections))
 
@@ -130,24 +131,27 @@ class _VisionState:
             self.items.popitem(last=False)
 
 
-class Model(nn.Module):
-    """The text model (`language_model`) plus the vision tower's weights (`vision_tower`).
+class Model(qwen3_5_moe.Model):
+    """mlx-lm's Qwen3.5/3.6 MoE model, plus the vision tower's weights and M-RoPE.
 
-    `vision_tower` stays the checkpoint's flat dict of vision arrays (what the loader fills and
-    `convert` writes); the MLX vision module is built on those same arrays on first use.
+    Everything mlx-lm's model has (`language_model.model.layers`, `sanitize`, `shard`, and
+    `model.pipeline(group)` for multi-machine pipelining) works unchanged. `vision_tower` stays the
+    checkpoint's flat dict of vision arrays (what the loader fills and `convert` writes); the MLX
+    vision module is built on those same arrays on first use.
     """
 
     def __init__(self, config: dict[str, Any]):
-        super().__init__()
+        super().__init__(
+            qwen3_5_moe.ModelArgs(
+                model_type=str(config.get("model_type", "")), text_config=text_config(config)
+            )
+        )
         self.config = config
-        args = qwen3_5.TextModelArgs.from_dict(text_config(config))
-        self.args = args
-        self.language_model = qwen3_5.TextModel(args)
         # Hidden from the parameter tree (plain objects): per-call positions, built vision, features.
         self._rope = _RopeState()
         for layer in self.language_model.model.layers:
             if not layer.is_linear:
-                layer.self_attn = MRopeAttention(args, self._rope)
+                layer.self_attn = MRopeAttention(self.language_model.args, self._rope)
         # Vision weights stay loaded, flat by name; the vision module is built on them lazily.
         self.vision_tower: dict[str, mx.array] = {}
         self._vision = _VisionState()
@@ -167,19 +171,22 @@ class Model(nn.Module):
         `hidden=True` returns the last hidden state (after the final norm) instead: what the MTP
         head takes, and `logits(h)` gives the logits without computing them for every position.
         """
+        if cache is not None and len(cache) > len(self.layers):
+            # Without the MTP head's cache (last): a pipelined mlx-lm model uses cache[-1].
+            cache = cache[: len(self.layers)]
         st = self._rope
         st.positions, st.delta = position_ids, int(rope_delta)
         try:
             if hidden:
                 return self.language_model.model(inputs, cache, input_embeddings=input_embeddings)
-            return self.language_model(inputs, cache=cache, input_embeddings=input_embeddings)
+            return super().__call__(inputs, cache=cache, input_embeddings=input_embeddings)
         finally:
             st.positions, st.delta = None, 0
 
     def logits(self, h: mx.array) -> mx.array:
         """The shared output head applied to hidden states."""
         lm = self.language_model
-        if self.args.tie_word_embeddings:
+        if lm.args.tie_word_embeddings:
             return lm.model.embed_tokens.as_linear(h)
         return lm.lm_head(h)
 
@@ -192,24 +199,50 @@ class Model(nn.Module):
         """The multi-token-prediction head when the checkpoint has one (engine/mtp.py), else None."""
         return self.get("mtp")
 
-    @property
-    def layers(self) -> list[nn.Module]:
-        return self.language_model.layers
-
     def make_cache(self) -> list[Any]:
         """One cache per layer, plus the MTP head's own KV cache last when it has one (so prompt
         cache snapshots carry it)."""
-        cache = self.language_model.make_cache()
+        cache = super().make_cache()
         if self.mtp_head is not None:
             from mlx_lm.models.cache import KVCache
 
             cache.append(KVCache())
         return cache
 
-    def text_parameter_shapes(self) -> dict[str, tuple[int, ...]]:
-        from mlx.utils import tree_flatten
+    def sanitize(
+        self, weights: dict[str, mx.array], origin: dict[str, str] | None = None
+    ) -> dict[str, mx.array]:
+        """Any checkpoint layout's weights under this model's names.
 
-        return {k: tuple(v.shape) for k, v in tree_flatten(self.language_model.parameters())}
+        Per-expert experts are stacked into the `switch_mlp` layout, then mlx-lm's own `sanitize`
+        does the rest of the text model (fused experts, HF norm offsets, conv1d axis). Vision
+        weights come back flat as `vision_tower.*`; the MTP head's (which mlx-lm drops) as `mtp.*`,
+        stacked and offset like the layers. `origin`, when given, receives each returned weight's
+        checkpoint key (for error messages). Everything stays lazy.
+        """
+        origin = {} if origin is None else origin
+        renamed: dict[str, mx.array] = {}
+        for key, value in weights.items():
+            ck = canonical_key(key)
+            if ck is not None:
+                renamed[ck] = value
+                origin[ck] = key
+        args = self.language_model.args
+        stacked = stack_experts(renamed, args.num_experts or None, origin)
+        text = {k: v for k, v in stacked.items() if k.startswith("language_model.")}
+        # mlx-lm's test for HF's stored norms, applied to the MTP head's norms too.
+        hf_norms = any(k.endswith("conv1d.weight") and v.shape[-1] != 1 for k, v in text.items())
+        out = super().sanitize(text)
+        if args.tie_word_embeddings:  # mlx-lm looks for it without the language_model. prefix
+            out.pop("language_model.lm_head.weight", None)
+        for k, v in stacked.items():
+            if k.startswith("vision_tower."):
+                out[k] = v
+            elif k.startswith("mtp."):
+                if hf_norms and v.ndim == 1 and k.endswith(_MTP_NORM_SUFFIXES):
+                    v = v + 1.0
+                out[k] = v
+        return out
 
     # -- images -----------------------------------------------------------------------------------
     @property
@@ -375,49 +408,51 @@ class WeightError(ValueError):
         self.key = key
 
 
-def normalize_weights(
-    items: Iterable[tuple[str, mx.array]],
-    num_layers: int,
-    hf_norms: bool,
-    num_experts: int | None = None,
-) -> tuple[dict[str, mx.array], dict[str, str]]:
-    """Rename keys and turn per-expert / fused expert weights into the stacked switch_mlp layout.
+def stack_experts(
+    weights: dict[str, mx.array], num_experts: int | None, origin: dict[str, str]
+) -> dict[str, mx.array]:
+    """Per-expert expert weights (`experts.{e}.{proj}.weight`) stacked into `switch_mlp.{proj}`.
 
-    Returns the weights and, for each, the checkpoint key it came from (for error messages).
-    Everything stays lazy: stacking and slicing build graph nodes, nothing is read until evaluated.
-    `hf_norms` adds the +1 offset HF's Qwen3.5 RMSNorm stores implicitly and moves conv1d's axis.
+    Fused text-layer experts (`experts.gate_up_proj` / `experts.down_proj`) are left for mlx-lm's
+    sanitize; the MTP head's, which mlx-lm never sees, are split here the same way. `origin` maps
+    each key to its checkpoint key and gains entries for the keys made here (and by mlx-lm).
     """
     out: dict[str, mx.array] = {}
-    origin: dict[str, str] = {}
     per_expert: dict[tuple[str, int, str], dict[int, tuple[str, mx.array]]] = {}
-    for key, value in items:
-        ck = canonical_key(key)
-        if ck is None:
-            continue
+    fused: dict[tuple[str, int], set[str]] = {}
+    for ck, value in weights.items():
         m = _LAYER_MLP.match(ck)
-        if m:
-            tree, layer, rest = m.group(1), int(m.group(2)), m.group(3)
-            base = f"{tree}.layers.{layer}.mlp.switch_mlp."
-            if rest == "gate_up_proj":
+        if not m:
+            out[ck] = value
+            continue
+        key = origin.get(ck, ck)
+        tree, layer, rest = m.group(1), int(m.group(2)), m.group(3)
+        base = f"{tree}.layers.{layer}.mlp.switch_mlp."
+        if rest in ("gate_up_proj", "down_proj"):
+            fused.setdefault((tree, layer), set()).add(rest)
+            names = ["down_proj"] if rest == "down_proj" else ["gate_proj", "up_proj"]
+            for name in names:
+                origin[base + name + ".weight"] = key
+            if tree == "mtp" and rest == "gate_up_proj":
                 mid = value.shape[-2] // 2
                 out[base + "gate_proj.weight"] = value[..., :mid, :]
                 out[base + "up_proj.weight"] = value[..., mid:, :]
-                origin[base + "gate_proj.weight"] = origin[base + "up_proj.weight"] = key
-                continue
-            if rest == "down_proj":
+            elif tree == "mtp":
                 out[base + "down_proj.weight"] = value
-                origin[base + "down_proj.weight"] = key
-                continue
-            pm = re.match(r"^(\d+)\.(gate_proj|up_proj|down_proj)\.weight$", rest)
-            if pm:
-                per_expert.setdefault((tree, layer, pm.group(2)), {})[int(pm.group(1))] = (
-                    key,
-                    value,
-                )
-                continue
-            raise WeightError(key, f"unrecognized expert weight {key!r}")
-        out[ck] = value
-        origin[ck] = key
+            else:
+                out[ck] = value
+            continue
+        pm = re.match(r"^(\d+)\.(gate_proj|up_proj|down_proj)\.weight$", rest)
+        if pm:
+            per_expert.setdefault((tree, layer, pm.group(2)), {})[int(pm.group(1))] = (key, value)
+            continue
+        raise WeightError(key, f"unrecognized expert weight {key!r}")
+    for (tree, layer), have in fused.items():
+        if len(have) == 1:
+            (present,) = have
+            other = "down_proj" if present == "gate_up_proj" else "gate_up_proj"
+            key = origin.get(f"{tree}.layers.{layer}.mlp.experts.{present}", present)
+            raise WeightError(key, f"layer {layer}: experts.{present} without experts.{other}")
     for (tree, layer, proj), experts in sorted(per_expert.items()):
         want = num_experts if num_experts is not None else max(experts) + 1
         missing = sorted(set(range(want)) - set(experts))
@@ -441,15 +476,7 @@ def normalize_weights(
         name = f"{tree}.layers.{layer}.mlp.switch_mlp.{proj}.weight"
         out[name] = mx.stack([experts[e][1] for e in range(want)])
         origin[name] = first_key
-    if hf_norms:
-        for k, v in list(out.items()):
-            if not k.startswith(("language_model.", "mtp.")):
-                continue
-            if k.endswith("conv1d.weight") and v.ndim == 3 and v.shape[-1] != 1:
-                out[k] = v.moveaxis(2, 1)
-            elif any(k.endswith(s) for s in _NORM_SUFFIXES) and v.ndim == 1:
-                out[k] = v + 1.0
-    return out, origin
+    return out
 
 
 def bind_images(model: Any, inputs: PromptInputs) -> Any:

@@ -29,7 +29,7 @@ from mlx_lm.models import qwen3_5
 from mlx_lm.models.base import create_attention_mask
 
 from .generate import PREFILL_STEP, Cancelled
-from .model import MRopeAttention, _RopeState
+from .model import ImagePrompt, MRopeAttention, _RopeState
 from .sampling import LogitsProcessor, SamplingParams
 
 MAX_DRAFT = 8
@@ -73,7 +73,7 @@ def attach_head(model: Any, weights: dict[str, mx.array], quantization: Any, pre
     the list of problems (missing / unexpected / misshapen keys), empty when it loaded."""
     from mlx.utils import tree_flatten, tree_unflatten
 
-    head = MTPHead(model.args)
+    head = MTPHead(model.language_model.args)
     if quantization is not None:
         nn.quantize(
             head,
@@ -208,7 +208,7 @@ def speculative_step(
     K = int(draft_tokens)
     if not 1 <= K <= MAX_DRAFT:
         raise ValueError(f"draft_tokens must be in 1..{MAX_DRAFT} (got {K})")
-    base = getattr(model, "model", model)  # the Model behind an ImagePrompt
+    base = model.model if isinstance(model, ImagePrompt) else model  # (mlx-lm's has .model too)
     head = None if drafter is not None else base.mtp_head
     if drafter is None and head is None:
         raise ValueError("this model has no MTP head to draft with")

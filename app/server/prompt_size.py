@@ -34,8 +34,8 @@ class PromptMeter:
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        hf = getattr(tokenizer, "_tokenizer", tokenizer)  # mlx-lm's TokenizerWrapper
-        self.backend = getattr(hf, "backend_tokenizer", None)
+        # mlx-lm's TokenizerWrapper forwards it from the Hugging Face tokenizer it wraps
+        self.backend = getattr(tokenizer, "backend_tokenizer", None)
         self._chars_per_token: float | bool | None = False  # False: not computed yet
 
     # -- the cheap bound ------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def test_mtp_head_is_loaded_in_every_layout(tiny_dir):
         lm = load_model(tiny_dir(layout))
         names = [k for k, _ in tree_flatten(lm.model.parameters())]
         assert "mtp.layers.0.mlp.switch_mlp.up_proj.weight" in names
-        assert len(lm.model.make_cache()) == lm.model.args.num_hidden_layers + 1
+        assert len(lm.model.make_cache()) == lm.model.language_model.args.num_hidden_layers + 1
     # convert keeps the head
     assert any(k.startswith("mtp.layers.0.") for k in inspect_checkpoint(tiny_dir("mlx")).tensors)
 
@@ -306,6 +306,28 @@ def test_missing_expert(ckpt, expert):
     msg = load_error(ckpt)
     assert str(ckpt) in msg, msg
     assert "layer 1" in msg and "expert" in msg and f"[{expert}]" in msg, msg
+
+
+@pytest.fixture
+def fused_ckpt(tiny_dir, tmp_path) -> Path:
+    """A private copy of the fused tiny checkpoint, free to break."""
+    return Path(shutil.copytree(tiny_dir("fused"), tmp_path / "model"))
+
+
+def test_fused_experts_without_their_down_projection(fused_ckpt):
+    key = "model.language_model.layers.1.mlp.experts.gate_up_proj"
+    rewrite_tensor(fused_ckpt, "model.language_model.layers.1.mlp.experts.down_proj", None)
+    msg = load_error(fused_ckpt)
+    assert shard_of(fused_ckpt, key) in msg, msg
+    assert "layer 1" in msg and "experts.gate_up_proj without experts.down_proj" in msg, msg
+
+
+def test_fused_experts_of_the_wrong_shape_name_the_checkpoint_key(fused_ckpt):
+    """mlx-lm splits gate_up_proj into two weights; an error names the tensor in the file."""
+    key = "model.language_model.layers.2.mlp.experts.gate_up_proj"
+    shard = rewrite_tensor(fused_ckpt, key, _grown(fused_ckpt, key)[:, :-2])
+    msg = load_error(fused_ckpt)
+    assert shard in msg and repr(key) in msg and "shape" in msg, msg
 
 
 # -- memory -------------------------------------------------------------------------------------

@@ -1,0 +1,75 @@
+"""Every use of an mlx-lm name that is not its public API, one small function each.
+
+mlx-lm does not promise these names (leading underscores, classes recognised by name); each has a
+test in tests/engine/test_mlxlm_compat.py that fails when mlx-lm changes it, so upgrading mlx-lm
+means fixing this one file. Nothing else in engine/ may touch mlx-lm's private names (a test greps).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# The cache classes prompt-cache snapshots know how to copy (engine/cache.py), by the names they are
+# stored under: KV caches (keys, values, offset) and recurrent-state caches (a list in `.cache`).
+KV_CACHE = "KVCache"
+ARRAYS_CACHE = "ArraysCache"
+
+
+def cache_class_name(cache: Any) -> str | None:
+    """`KV_CACHE` or `ARRAYS_CACHE` when `cache` is exactly that mlx-lm class, else None.
+
+    Exact classes, not subclasses: mlx-lm's ChunkedKVCache derives from KVCache but keeps a start
+    offset a snapshot would lose.
+    """
+    from mlx_lm.models.cache import ArraysCache, KVCache
+
+    t = type(cache)
+    if t is KVCache:
+        return KV_CACHE
+    if t is ArraysCache:
+        return ARRAYS_CACHE
+    return None
+
+
+def keep_leading_space(detokenizer: Any) -> Any:
+    """Stop mlx-lm's streaming detokenizer from dropping the reply's leading space.
+
+    mlx-lm trims it (BPE: the private `_maybe_trim_space`; SentencePiece: `trim_space`), but a
+    reply may continue text already in the prompt (an assistant prefill, a raw prompt).
+    """
+    if hasattr(detokenizer, "_maybe_trim_space"):  # BPEStreamingDetokenizer (Qwen)
+        detokenizer._maybe_trim_space = lambda text: text
+    if hasattr(detokenizer, "trim_space"):  # SPMStreamingDetokenizer
+        detokenizer.trim_space = False
+    return detokenizer
+
+
+def set_chat_template(tokenizer: Any, template: str) -> None:
+    """Give a loaded mlx-lm tokenizer a chat template (a checkpoint's separate chat_template.jinja).
+
+    mlx-lm's TokenizerWrapper forwards attribute writes it does not define itself to the wrapped
+    Hugging Face tokenizer, whose `apply_chat_template` then uses the template.
+    """
+    tokenizer.chat_template = template
+
+
+def model_classes(config: dict[str, Any]) -> tuple[type, type]:
+    """mlx-lm's (Model, ModelArgs) classes for a config; ValueError when mlx-lm has none."""
+    from mlx_lm.utils import _get_classes
+
+    return _get_classes(config)
+
+
+def rope_frequencies(rope: Any) -> np.ndarray | None:
+    """The rotation frequencies (dims/2,) of an mlx-lm RoPE module that computes its own (YaRN,
+    Llama 3, ...: mlx-lm keeps them in the private `_freqs`), or None for plain `nn.RoPE`, which
+    derives them from its base. mx.fast.rope rotates pair i by position / freqs[i]."""
+    freqs = getattr(rope, "_freqs", None)
+    return None if freqs is None else np.asarray(freqs, dtype=np.float32)
+
+
+def rope_mscale(rope: Any) -> float:
+    """The input scale an mlx-lm RoPE applies before rotating (YaRN's mscale), else 1."""
+    return float(getattr(rope, "mscale", 1.0))
