@@ -200,9 +200,10 @@ class RequestHandle:
         """Yield events as they arrive, through the final Done."""
         while True:
             ev = self._queue.get(timeout=timeout)
+            if isinstance(ev, Done):  # set first: a reader may stop at Done without resuming
+                self.done = ev
             yield ev
             if isinstance(ev, Done):
-                self.done = ev
                 return
 
     def result(self) -> GenerationResult:

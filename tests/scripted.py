@@ -178,6 +178,10 @@ class ReplyEngine:
                 self.handles.append(handle)
                 return handle
 
+            def prompt_text(self, i: int = -1) -> str:
+                """The prompt of the i-th request as the model was given it (prefix included)."""
+                return tok.decode(self._encode(self.requests[i])[0])
+
         eng = _Engine(replace(loaded, model=scripted))
         eng.replies = replies if callable(replies) else list(replies)
         eng.eos = eos
