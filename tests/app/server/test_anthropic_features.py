@@ -91,3 +91,29 @@ def test_streaming_error_after_start_is_an_error_event(serve, tiny_model):
         with client(srv).messages.stream(model="m", max_tokens=5, messages=USER) as s:
             list(s)
     assert "engine exploded" in str(e.value)
+
+
+def test_prefill_and_thinking_budget_with_an_image(serve, engine):
+    # Both used to be refused or skipped with images; the engine now does them for any prompt.
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "blue").save(buf, "PNG")
+    data = base64.b64encode(buf.getvalue()).decode()
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}}
+    ask = {"role": "user", "content": [image, {"type": "text", "text": "What is this?"}]}
+    c = client(serve(engine))
+    counted = c.messages.count_tokens(model="m", messages=[ask]).input_tokens
+    msg = c.messages.create(model="m", max_tokens=3, extra_body={"temperature": 0},
+                            messages=[ask, {"role": "assistant", "content": "It is"}])  # fmt: skip
+    u = msg.usage
+    # The prefill is the reply's start, not the client's prompt.
+    assert u.input_tokens + u.cache_creation_input_tokens + u.cache_read_input_tokens == counted
+    assert not msg.content or not msg.content[0].text.startswith("It is")
+    msg = c.messages.create(model="m", max_tokens=12, messages=[ask], extra_body={"temperature": 0},
+                            thinking={"type": "enabled", "budget_tokens": 2})  # fmt: skip
+    assert msg.content[0].type == "thinking" and msg.content[0].thinking.endswith(BUDGET_NOTE)
+    assert msg.usage.output_tokens <= 12
