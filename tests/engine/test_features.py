@@ -242,3 +242,16 @@ def _png() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_thinking_budget_output_is_identical_with_mtp(engine):
+    # The continuation after the note restarts decoding on the same cache, drafting included.
+    runs = {}
+    for k in (0, 2):
+        req = GenerationRequest(messages=MESSAGES, sampling=GREEDY, max_tokens=14,
+                                thinking_budget=3, mtp=k)  # fmt: skip
+        res = engine.generate(req)
+        assert res.error is None and res.reasoning.endswith(BUDGET_NOTE)
+        assert (res.usage.draft_tokens > 0) == (k > 0)
+        runs[k] = res.token_ids
+    assert runs[0] == runs[2]
