@@ -732,13 +732,15 @@ class Engine:
                         # The budget is spent inside the reasoning: close it and let the model
                         # answer, continuing on the same cache (it holds prompt + tokens).
                         budget = None
-                        steps.close()
-                        detok.finalize()
+                        detok.finalize()  # text held back may end the reasoning by itself
                         seg, hit = stops.feed(detok.last_segment)
                         put(parser.feed(seg if hit else seg + stops.flush()))
                         if hit:
                             reason = "stop"
                             break
+                        if not parser.in_reasoning:
+                            continue
+                        steps.close()
                         note = ("\n\n" if reasoned else "") + BUDGET_NOTE
                         close = lm.tokenizer.encode(note + "\n" + THINK_CLOSE + "\n\n",
                                                     add_special_tokens=False)  # fmt: skip
