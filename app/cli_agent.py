@@ -11,7 +11,12 @@ import json
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine import Backend
+
+    from .agent import ModelBackend
 
 DIM, BOLD, RESET = "\033[2m", "\033[1m", "\033[0m"
 
@@ -153,7 +158,8 @@ def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backend(args: argparse.Namespace):
+def _backend(args: argparse.Namespace) -> tuple[ModelBackend, Backend | None]:
+    """The agent's turns (a model or a replay) and the model to close afterwards (if any)."""
     from .agent import EngineBackend, ReplayBackend, ReplayError
 
     if args.replay:

@@ -147,9 +147,9 @@ def run(args: argparse.Namespace) -> int:
         print(("\033[1;31m" if color else "") + warning + ("\033[0m" if color else ""),
               file=sys.stderr, flush=True)  # fmt: skip
     _log_to_stderr(config.log_level)
-    engine = open_backend(args)
+    backend = open_backend(args)
     try:
-        app = create_app(engine, config)
+        app = create_app(backend, config)
         name = app.service.model_name
         host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
         url = f"http://{'[' + host + ']' if ':' in host else host}:{config.port}"
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
               f"{compact}claude\n"
               f"  OpenAI SDK:   base_url={url}/v1\n"
               "Press Ctrl-C to stop.", file=sys.stderr, flush=True)  # fmt: skip
-        print(context_note(engine, config.context_tokens), file=sys.stderr, flush=True)
+        print(context_note(backend, config.context_tokens), file=sys.stderr, flush=True)
         server = make_server(app, config)
         try:
             server.run()
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
             pass
         app.service.cancel_all()
     finally:
-        engine.close()
+        backend.close()
     if not server.started:
         print(f"locus serve: could not listen on {config.host}:{config.port} (in use?)",
               file=sys.stderr)  # fmt: skip

@@ -139,14 +139,15 @@ def check_matmul() -> Check:
 
 def check_demo_tokens(n: int = 4) -> Check:
     """Load the tiny demo model and generate `n` tokens: the whole engine path, no download."""
-    from engine import Engine, GenerationRequest, PromptCache, SamplingParams
+    from engine import GenerationRequest, PromptCache, SamplingParams
 
+    from .backends import open_local
     from .demo import demo_model_dir
 
     t0 = time.monotonic()
     try:
         path = demo_model_dir()
-        eng = Engine.from_path(str(path), prompt_cache=PromptCache(memory_bytes=0))
+        eng = open_local(str(path), context_tokens=32_768, prompt_cache=PromptCache(memory_bytes=0))
         try:
             res = eng.submit(GenerationRequest(prompt_ids=[1, 2, 3], max_tokens=n,
                                                sampling=SamplingParams(temperature=0.0),

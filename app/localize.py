@@ -14,7 +14,10 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from engine import Backend
 
 __all__ = [
     "Box",
@@ -458,7 +461,7 @@ class LocateResult:
 
 
 def locate(
-    engine: Any,
+    engine: Backend,
     image: Any,
     query: str,
     *,
@@ -492,7 +495,7 @@ def locate(
         sampling=sampling if sampling is not None else preset("instruct"),
         max_tokens=max_tokens,
     )
-    res = engine.generate(req)
+    res = engine.submit(req).result()
     if res.finish_reason == "error":
         raise EngineError(res.error or "generation failed")
     boxes = parse_response(res.text, width, height)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .cache import PromptCache
     from .chat import render_prompt, supports_preserve_thinking
     from .convert import convert
-    from .engine import Engine, GenerationRequest, GenerationResult, RequestHandle
+    from .engine import BUDGET_NOTE, Engine, GenerationRequest, GenerationResult, RequestHandle
     from .errors import (
         BackendUnavailableError,
         ChatTemplateError,
@@ -61,6 +61,7 @@ _WHERE = {
     "PromptCache": "cache",
     "render_prompt": "chat",
     "supports_preserve_thinking": "chat",
+    "BUDGET_NOTE": "engine",
     "Engine": "engine",
     "GenerationRequest": "engine",
     "GenerationResult": "engine",
@@ -145,6 +146,7 @@ __all__ = [
 __all__ += ["convert", "write_tiny_checkpoint"]
 __all__ += ["Backend", "BackendInfo", "Handle", "PreparedRequest"]
 __all__ += ["BackendUnavailableError", "ContextLengthError", "ErrorKind"]
+__all__ += ["BUDGET_NOTE"]
 
 
 def __getattr__(name: str) -> Any:

@@ -27,6 +27,7 @@ class BackendInfo:
     remote: str | None = None  # the server's base URL when the model runs elsewhere
     ranks: int = 1  # processes the model runs on (a pipeline across machines: more than 1)
     model_id: str = ""  # changes when the weights change (prompt-cache keys, prepared requests)
+    created: int = 0  # when the weights were written (Unix time; 0: not known)
 
 
 @dataclass
@@ -36,9 +37,12 @@ class PreparedRequest:
 
     request: GenerationRequest
     prompt_tokens: int
-    opens_reasoning: bool = False  # the output starts inside a <think> block
+    opens_reasoning: bool = False  # the output starts inside a <think> block (prefix included)
     model_id: str = ""  # the model it was prepared for; another model prepares it again
     inputs: Any = None  # backend-private (the engine's PromptInputs)
+    # Of `prompt_tokens`, those of the reply's prefix (`request.prefix` and a forced call's
+    # opening): a front end that reports the client's own prompt leaves them out.
+    prefix_tokens: int = 0
 
 
 @runtime_checkable
@@ -73,8 +77,12 @@ class Backend(Protocol):
         """Render and tokenize `request`, raising RequestError (with an `kind`) when it cannot run."""
         ...
 
-    def count_tokens(self, request: GenerationRequest) -> int:
-        """The prompt tokens `request` would take, without generating."""
+    def count_tokens(self, request: GenerationRequest, *, stop_above: int | None = None) -> int:
+        """The prompt tokens `request` would take (its prefix included), without generating.
+
+        With `stop_above`, counting may stop once the prompt is known to take more than that
+        many tokens; the number returned is then a lower bound above `stop_above`. A front end
+        refuses huge prompts this way at little cost, without waiting for running requests."""
         ...
 
     def close(self) -> None:

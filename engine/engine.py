@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import queue
 import threading
 import time
@@ -35,11 +36,18 @@ from .events import (
 from .image import PromptInputs, build_prompt_inputs, image_parts
 from .loader import DEFAULT_CONTEXT_TOKENS, LoadedModel, load_model
 from .mlxlm_compat import cache_class_name, keep_leading_space
-from .parser import StreamParser
+from .parser import THINK_CLOSE, StreamParser, tool_schemas
 from .reuse import MIN_GAP, ChatTokens, boundaries, marked_positions
 from .sampling import SamplingParams, make_logits_processors, make_sampler
 
 T = TypeVar("T")
+
+# A forced tool_choice starts the reply with the opening of a call (then the tool's name).
+CALL_PREFIX = "<tool_call>\n<function="
+# Said (as reasoning) when a thinking budget runs out, before the engine closes the reasoning.
+BUDGET_NOTE = "I have used my thinking budget, so I will answer now with what I have."
+# tool_choice values that do not name a tool.
+_CHOICES = ("auto", "none", "required")
 
 
 def _cacheable(cache: list[Any]) -> bool:
@@ -80,6 +88,16 @@ class GenerationRequest:
     # Speculative decoding: tokens the model's MTP head drafts per step (0 off; None: the
     # engine's default). Output is the same as without; a model without the head ignores it.
     mtp: int | None = None
+    # Text the reply must start with (an assistant prefill), put after the generation prompt. It
+    # is not emitted but parsed with the reply, so it may open a tool call or close the reasoning.
+    prefix: str = ""
+    # "auto"; "none" (the tools are not rendered); "required" (the reply is a tool call) or a
+    # tool's name (a call of that tool). A forced call starts the reply, so thinking is off.
+    tool_choice: str = "auto"
+    # Reasoning tokens allowed before the engine ends the reasoning (BUDGET_NOTE, `</think>`) and
+    # the model answers, on the same cache (None: no limit). The engine's tokens are not counted
+    # as completion tokens.
+    thinking_budget: int | None = None
 
     def validate(self) -> None:
         given = [x is not None for x in (self.messages, self.prompt, self.prompt_ids)]
@@ -89,8 +107,54 @@ class GenerationRequest:
             raise RequestError(f"max_tokens must be >= 1 (got {self.max_tokens})")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise RequestError("stop strings must be non-empty strings")
+        if not isinstance(self.prefix, str):
+            raise RequestError(f"prefix must be a string, the text the reply starts with "
+                               f"(got {type(self.prefix).__name__})")  # fmt: skip
+        _check_tool_choice(self.tool_choice, self.tools)
+        b = self.thinking_budget
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+            raise RequestError(
+                f"thinking_budget must be a positive number of reasoning tokens, or None for no "
+                f"limit (got {b!r})"
+            )
         _check_mtp(self.mtp)
         self.sampling.validate()
+
+    @property
+    def forces_call(self) -> bool:
+        """tool_choice makes the reply a tool call."""
+        return self.tool_choice not in ("auto", "none")
+
+    @property
+    def reply_prefix(self) -> str:
+        """What the reply starts with: `prefix`, then a forced call's opening."""
+        if not self.forces_call:
+            return self.prefix
+        name = "" if self.tool_choice == "required" else f"{self.tool_choice}>\n"
+        return self.prefix + CALL_PREFIX + name
+
+    @property
+    def rendered_tools(self) -> list[dict[str, Any]] | None:
+        """The tools the template shows the model (none for tool_choice "none")."""
+        return None if self.tool_choice == "none" else self.tools
+
+
+def _check_tool_choice(choice: Any, tools: list[dict[str, Any]] | None) -> None:
+    if choice in ("auto", "none"):
+        return
+    if not isinstance(choice, str) or not choice:
+        raise RequestError(
+            f"tool_choice must be 'auto', 'none', 'required' or a tool's name (got {choice!r})"
+        )
+    names = tool_schemas(tools)
+    if not names:
+        raise RequestError(
+            f"tool_choice {choice!r} forces a tool call, but the request has no tools"
+        )
+    if choice not in _CHOICES and choice not in names:
+        raise RequestError(
+            f"tool_choice {choice!r}: no tool of that name (the tools are {', '.join(names)})"
+        )
 
 
 def _check_mtp(k: int | None) -> None:
@@ -137,9 +201,10 @@ class RequestHandle:
         """Yield events as they arrive, through the final Done."""
         while True:
             ev = self._queue.get(timeout=timeout)
+            if isinstance(ev, Done):  # set first: a reader may stop at Done without resuming
+                self.done = ev
             yield ev
             if isinstance(ev, Done):
-                self.done = ev
                 return
 
     def result(self) -> GenerationResult:
@@ -163,6 +228,25 @@ class RequestHandle:
 
     def _put(self, ev: Event) -> None:
         self._queue.put(ev)
+
+
+def display_name(path: Any) -> str:
+    """A readable name for a checkpoint folder: its Hugging Face repo id when it sits in the hub
+    cache (…/models--org--name/snapshots/HASH), otherwise the folder's name."""
+    parts = os.path.normpath(str(path or "")).split(os.sep)
+    for part in parts:
+        if part.startswith("models--"):
+            return part[len("models--") :].replace("--", "/")
+    return parts[-1] if parts and parts[-1] not in ("", ".") else ""
+
+
+def _primed_parser(req: GenerationRequest, reasoning: bool) -> StreamParser:
+    """The reply's parser, having read the reply's prefix (`reasoning`: the prompt before the
+    prefix leaves output inside the reasoning)."""
+    parser = StreamParser(req.rendered_tools, reasoning=reasoning)
+    if req.reply_prefix:
+        parser.prime(req.reply_prefix)
+    return parser
 
 
 def _detokenizer(tokenizer: Any) -> Any:
@@ -266,6 +350,7 @@ class Engine:
         self._thread = self._worker.thread
         self._loaded = loaded
         self._closed = False
+        self._meter: Any = None  # counting.PromptMeter of the loaded tokenizer
 
     @property
     def _stream(self) -> Any:
@@ -328,14 +413,19 @@ class Engine:
         tc = lm.config.get("text_config")
         tc = tc if isinstance(tc, dict) else lm.config
         template = getattr(lm.tokenizer, "chat_template", None) or ""
+        try:
+            created = int(os.path.getmtime(os.path.join(str(lm.path), "config.json")))
+        except (OSError, TypeError):
+            created = 0
         return BackendInfo(
-            name=lm.path.name,
+            name=display_name(lm.path) or lm.model_id,
             context_tokens=int(tc.get("max_position_embeddings") or 0),
             vocab_size=int(tc.get("vocab_size") or 0),
             images=lm.has_vision_weights,
             tools="tools" in template,
             thinking="<think>" in template or "enable_thinking" in template,
             model_id=lm.model_id,
+            created=created,
         )
 
     def close(self) -> None:
@@ -364,10 +454,10 @@ class Engine:
         self.close()
 
     def encode(self, req: GenerationRequest) -> tuple[list[int], bool]:
-        """The prompt's token ids (images expanded to their tokens) and whether output starts
-        inside a reasoning block."""
+        """The prompt's token ids (images expanded to their tokens, the reply's prefix included)
+        and whether output starts inside a reasoning block."""
         inputs = self._call(lambda: self._prepare(req))
-        return inputs.ids, inputs.reasoning
+        return inputs.ids, _primed_parser(req, inputs.reasoning).in_reasoning
 
     def prepare(self, req: GenerationRequest) -> PreparedRequest:
         """The request rendered and tokenized (images expanded to their tokens) on the worker
@@ -378,14 +468,36 @@ class Engine:
         def job() -> PreparedRequest:
             inputs = self._prepare(req)
             self._check_context(len(inputs.ids))
-            return PreparedRequest(req, len(inputs.ids), inputs.reasoning,
-                                   self.model.model_id, inputs)  # fmt: skip
+            prefix = req.reply_prefix
+            n = len(self.model.tokenizer.encode(prefix, add_special_tokens=False)) if prefix else 0
+            opens = _primed_parser(req, inputs.reasoning).in_reasoning
+            return PreparedRequest(req, len(inputs.ids), opens, self.model.model_id, inputs,
+                                   prefix_tokens=n)  # fmt: skip
 
         return self._call(job)
 
-    def count_tokens(self, req: GenerationRequest) -> int:
-        """The prompt tokens `req` takes (images and an assistant prefix included)."""
+    def count_tokens(self, req: GenerationRequest, *, stop_above: int | None = None) -> int:
+        """The prompt tokens `req` takes (images and the reply's prefix included).
+
+        Text-only requests are counted on the calling thread with the tokenizer alone, so a count
+        never waits for the generation running; with `stop_above`, counting stops (returning a
+        lower bound) once the prompt is known to take more than that."""
         req.validate()
+        if req.prompt_ids is None and not (req.messages and image_parts(req.messages)[1]):
+            lm = self.model
+            meter = self._meter
+            if meter is None or meter.tokenizer is not lm.tokenizer:
+                from .counting import PromptMeter
+
+                meter = self._meter = PromptMeter(lm.tokenizer)
+            try:
+                text = self._text(req)
+                if stop_above is not None and (bound := meter.lower_bound(text)) > stop_above:
+                    return bound
+                n, at_least = meter.count(text, stop_above=stop_above)
+                return at_least if stop_above is not None and at_least > stop_above else n
+            except RuntimeError:  # a Rust tokenizer busy in another thread ("Already borrowed")
+                pass
         return len(self._call(lambda: self._prepare(req)).ids)
 
     def submit(self, req: GenerationRequest | PreparedRequest) -> RequestHandle:
@@ -419,6 +531,7 @@ class Engine:
     def _encode(self, req: GenerationRequest) -> tuple[list[int], bool]:
         lm = self.model
         tok = lm.tokenizer
+        prefix = req.reply_prefix
         if req.prompt_ids is not None:
             vocab = int(lm.config.get("text_config", lm.config).get("vocab_size", 0)) or None
             bad = [
@@ -430,13 +543,19 @@ class Engine:
                 raise RequestError(
                     f"prompt ids must be integers in [0, vocab size); bad: {bad[:5]}"
                 )
-            return list(req.prompt_ids), False
+            tail = tok.encode(prefix, add_special_tokens=False) if prefix else []
+            return list(req.prompt_ids) + tail, False
         if req.prompt is not None:
             if not req.prompt:
                 raise RequestError("the prompt is empty")
-            return self._splice(req, tok.encode(req.prompt, add_special_tokens=False)), False
-        text = self._render(req, req.messages or [])
-        return self._splice(req, tok.encode(text, add_special_tokens=False)), opens_reasoning(text)
+        text = self._text(req, with_prefix=False)
+        ids = self._splice(req, tok.encode(text + prefix, add_special_tokens=False))
+        return ids, req.prompt is None and opens_reasoning(text)
+
+    def _text(self, req: GenerationRequest, with_prefix: bool = True) -> str:
+        """The prompt as text (a raw prompt, or the messages through the template)."""
+        text = req.prompt if req.prompt is not None else self._render(req, req.messages or [])
+        return text + req.reply_prefix if with_prefix else text
 
     def _render(
         self, req: GenerationRequest, messages: list[dict[str, Any]], gen: bool = True
@@ -445,8 +564,10 @@ class Engine:
         preserve = req.preserve_thinking
         if preserve is None:
             preserve = supports_preserve_thinking(tok)
+        # A forced call is the reply's start: no reasoning before it.
+        think = req.enable_thinking and not req.forces_call
         return render_prompt(
-            tok, messages, tools=req.tools, enable_thinking=req.enable_thinking,
+            tok, messages, tools=req.rendered_tools, enable_thinking=think,
             preserve_thinking=preserve, add_generation_prompt=gen, **req.template_kwargs,
         )  # fmt: skip
 
@@ -497,7 +618,9 @@ class Engine:
     def _check_context(self, n: int) -> None:
         limit = self.info.context_tokens
         if limit and n >= limit:
-            raise ContextLengthError(f"the prompt has {n} tokens; this model's context is {limit}")
+            raise ContextLengthError(
+                f"the prompt has {n} tokens; this model's context is {limit}", tokens=n, limit=limit
+            )
 
     def _generate(
         self, req: GenerationRequest, handle: RequestHandle, prepared: PreparedRequest | None = None
@@ -508,6 +631,7 @@ class Engine:
         from .model import bind_images
 
         tokens: list[int] = []
+        forced = 0  # of `tokens`, those the engine wrote (closing the reasoning at a budget)
         t0 = time.perf_counter()
         t_first = t0
         prompt: list[int] = []
@@ -528,14 +652,24 @@ class Engine:
                 inputs = prepared.inputs
             else:
                 inputs = self._prepare(req)
-            prompt, reasoning = inputs.ids, inputs.reasoning
+            prompt = inputs.ids
             self._check_context(len(prompt))
             if req.sampling.seed is not None:
                 mx.random.seed(req.sampling.seed)
             eos = set(lm.eos_token_ids)
             detok = _detokenizer(lm.tokenizer)
             special = special_token_ids(lm.tokenizer) - eos if req.skip_special_tokens else ()
-            parser = StreamParser(req.tools, reasoning=reasoning)
+            parser = _primed_parser(req, inputs.reasoning)
+            budget = req.thinking_budget if parser.in_reasoning else None
+            thought = 0  # tokens generated inside the reasoning
+            reasoned = False  # some reasoning text was emitted
+
+            def put(events: list[Event]) -> None:
+                nonlocal reasoned
+                for ev in events:
+                    reasoned = reasoned or isinstance(ev, ReasoningDelta)
+                    handle._put(ev)
+
             mx.reset_peak_memory()
             ticket = self._cache_begin(req, prompt, inputs.image_keys)
             cache, cached = ticket.cache, ticket.cached
@@ -548,22 +682,29 @@ class Engine:
             def progress(done: int, total: int) -> None:
                 handle._put(PromptProgress(done, total))
 
-            common: dict[str, Any] = dict(
-                logits_processors=make_logits_processors(req.sampling, len(prompt)), progress=progress,
-                cancelled=lambda: handle.cancelled, stream=self._stream, start=cached,
-                checkpoints=sorted(ticket.kinds), on_checkpoint=ticket.checkpoint,
-            )  # fmt: skip
             k = self.mtp if req.mtp is None else req.mtp
-            if k and getattr(lm.model, "mtp_head", None) is not None:
-                from .mtp import speculative_step
+            speculative = bool(k) and getattr(lm.model, "mtp_head", None) is not None
 
-                steps = speculative_step(model, prompt, cache, params=req.sampling,
-                                         draft_tokens=k, stats=drafts, **common)  # fmt: skip
-            else:
-                steps = generate_step(model, prompt, cache, sampler=make_sampler(req.sampling),
-                                      **common)  # fmt: skip
+            def decode(ids: list[int], start: int, first: bool) -> Iterator[int]:
+                # `first`: the prompt (progress, snapshots); otherwise a continuation of the reply.
+                common: dict[str, Any] = dict(
+                    logits_processors=make_logits_processors(req.sampling, len(prompt)),
+                    progress=progress if first else None, cancelled=lambda: handle.cancelled,
+                    stream=self._stream, start=start,
+                    checkpoints=sorted(ticket.kinds) if first else (), on_checkpoint=ticket.checkpoint,
+                )  # fmt: skip
+                if speculative:
+                    from .mtp import speculative_step
+
+                    return speculative_step(model, ids, cache, params=req.sampling,
+                                            draft_tokens=k, stats=drafts, **common)  # fmt: skip
+                return generate_step(model, ids, cache, sampler=make_sampler(req.sampling),
+                                     **common)  # fmt: skip
+
+            steps = decode(prompt, cached, True)
             reason, hit = "length", False
-            for tok in steps:
+            while True:
+                tok = next(steps)
                 if not tokens:
                     t_first = time.perf_counter()
                 tokens.append(tok)
@@ -576,23 +717,44 @@ class Engine:
                 if tok not in special:
                     detok.add_token(tok)
                     seg, hit = stops.feed(detok.last_segment)
-                    for ev in parser.feed(seg):
-                        handle._put(ev)
+                    put(parser.feed(seg))
                     if hit:
                         reason = "stop"
                         break
-                if len(tokens) >= req.max_tokens:
+                if len(tokens) - forced >= req.max_tokens:
                     break
+                if budget is not None and parser.in_reasoning:
+                    thought += 1
+                    if thought >= budget:
+                        # The budget is spent inside the reasoning: close it and let the model
+                        # answer, continuing on the same cache (it holds prompt + tokens).
+                        budget = None
+                        detok.finalize()  # text held back may end the reasoning by itself
+                        seg, hit = stops.feed(detok.last_segment)
+                        put(parser.feed(seg if hit else seg + stops.flush()))
+                        if hit:
+                            reason = "stop"
+                            break
+                        if not parser.in_reasoning:
+                            continue
+                        steps.close()
+                        note = ("\n\n" if reasoned else "") + BUDGET_NOTE
+                        close = lm.tokenizer.encode(note + "\n" + THINK_CLOSE + "\n\n",
+                                                    add_special_tokens=False)  # fmt: skip
+                        # The "\n" before `</think>` is the template's framing, not reasoning.
+                        put(parser.feed(note + THINK_CLOSE + "\n\n"))
+                        start = len(prompt) + len(tokens)
+                        tokens.extend(close)
+                        forced += len(close)
+                        steps = decode(prompt + tokens, start, False)
             steps.close()
             if tokens:  # the cache now holds prompt + tokens: the next turn may extend it
                 ticket.reply(tokens)
             if not hit:  # text after a stop string is dropped; otherwise flush what was held
                 detok.finalize()
                 tail, hit = stops.feed(detok.last_segment)
-                for ev in parser.feed(tail if hit else tail + stops.flush()):
-                    handle._put(ev)
-            for ev in parser.finish(truncated=reason != "stop"):
-                handle._put(ev)
+                put(parser.feed(tail if hit else tail + stops.flush()))
+            put(parser.finish(truncated=reason != "stop"))
         except Cancelled:
             reason = "cancelled"
         except EngineError as e:
@@ -603,7 +765,7 @@ class Engine:
         usage = None
         written = ticket.written if ticket is not None else 0
         if prompt:
-            n = len(tokens)
+            n = len(tokens) - forced
             usage = Usage(
                 prompt_tokens=len(prompt),
                 completion_tokens=n,

@@ -41,9 +41,16 @@ class RequestError(EngineError):
 
 
 class ContextLengthError(RequestError):
-    """The prompt (plus the room asked for the reply) does not fit the model's context."""
+    """The prompt (plus the room asked for the reply) does not fit the model's context.
+
+    `tokens` and `limit` (0 when not known) let a front end word it its own way."""
 
     kind = "context_length"
+
+    def __init__(self, message: str, tokens: int = 0, limit: int = 0):
+        super().__init__(message)
+        self.tokens = tokens
+        self.limit = limit
 
 
 class BackendUnavailableError(EngineError):

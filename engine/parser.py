@@ -107,6 +107,23 @@ class StreamParser:
         out, self._out = self._out, []
         return out
 
+    def prime(self, text: str) -> None:
+        """Parse text the prompt already holds (an assistant prefix) without emitting it.
+
+        What follows is parsed together with it: a prefix may open a tool call or close the
+        reasoning. Text it leaves undecided (not inside a call) counts as written, so none of
+        the prefix is ever emitted later.
+        """
+        self.feed(text)
+        if self._mode != "call" and self._buf:
+            self._run(final=True)
+        self._out = []
+
+    @property
+    def in_reasoning(self) -> bool:
+        """The text so far ends inside the reasoning (before `</think>`)."""
+        return self._mode == "reasoning"
+
     def finish(self, *, truncated: bool = False) -> list[Event]:
         """Flush held-back text at the end of generation; settle an open tool call.
 

@@ -13,6 +13,7 @@ import mlx.core as mx
 class _Cache:
     def __init__(self) -> None:
         self.offset = 0
+        self.fed: list[int] = []  # every token the model was given, in order
 
     @property
     def state(self) -> list[mx.array]:
@@ -23,14 +24,19 @@ class ScriptedModel:
     """Predicts `script[k]` for the k-th generated token (then the last id forever).
 
     `prompt_len` must be set to the request's prompt length before it runs; the position in the
-    script is the cache offset past the prompt.
+    script is the cache offset past the prompt. With `then` = (trigger, ids): once the tokens it
+    was given past the prompt end with `trigger` (e.g. `</think>` written by the engine at a
+    thinking budget), it predicts `ids` from there instead.
     """
 
-    def __init__(self, script: list[int], vocab_size: int):
+    def __init__(
+        self, script: list[int], vocab_size: int, then: tuple[list[int], list[int]] | None = None
+    ):
         self.script = script
         self.vocab_size = vocab_size
         self.prompt_len = 0
         self.calls = 0
+        self.then = then
 
     def make_cache(self) -> list[Any]:
         return [_Cache()]
@@ -39,14 +45,33 @@ class ScriptedModel:
         self.calls += 1
         c = cache[0]
         c.offset += inputs.shape[1]
-        k = min(max(c.offset - self.prompt_len, 0), len(self.script) - 1)
+        script, k = self.script, c.offset - self.prompt_len
+        if self.then is not None:
+            c.fed.extend(inputs[0].tolist())
+            trigger, after = self.then
+            n = len(trigger)
+            ends = [e for e in range(max(self.prompt_len, n), len(c.fed) + 1)
+                    if c.fed[e - n : e] == trigger]  # fmt: skip
+            if ends:
+                script, k = after, len(c.fed) - ends[-1]
+        k = min(max(k, 0), len(script) - 1)
         logits = mx.full((1, inputs.shape[1], self.vocab_size), -1e9)
-        logits[:, -1, self.script[k]] = 0.0
+        logits[:, -1, script[k]] = 0.0
         return logits
 
 
-def scripted_engine(loaded: Any, text: str, eos: bool = True):
-    """An Engine whose model replays `text` (tokenized by the real tokenizer), then eos."""
+def _then(loaded: Any, then: str | None) -> tuple[list[int], list[int]] | None:
+    """ScriptedModel's `then` for an answer written once `</think>\n\n` is in the input."""
+    if then is None:
+        return None
+    tok = loaded.tokenizer
+    trigger = tok.encode("</think>\n\n", add_special_tokens=False)
+    return trigger, [*tok.encode(then, add_special_tokens=False), loaded.eos_token_ids[0]]
+
+
+def scripted_engine(loaded: Any, text: str, eos: bool = True, then: str | None = None):
+    """An Engine whose model replays `text` (tokenized by the real tokenizer), then eos; `then`:
+    what it writes once the engine closes its reasoning (see ScriptedModel)."""
     from engine import Engine
 
     tok = loaded.tokenizer
@@ -54,7 +79,7 @@ def scripted_engine(loaded: Any, text: str, eos: bool = True):
     if eos:
         ids.append(loaded.eos_token_ids[0])
     vocab = int(loaded.config["text_config"]["vocab_size"])
-    model = ScriptedModel(ids, vocab)
+    model = ScriptedModel(ids, vocab, then=_then(loaded, then))
     return Engine(replace(loaded, model=model)), model
 
 
@@ -114,7 +139,8 @@ class ReplyEngine:
 
     Each reply is the raw text after the prompt (e.g. "thought</think>\\n\\nanswer"); `replies` may
     also be a function of the GenerationRequest. `eos=False` makes the model repeat the reply's
-    last token until max_tokens or cancel.
+    last token until max_tokens or cancel. `then`: what the model writes once the engine itself
+    closes the reasoning (a thinking budget).
     """
 
     def __new__(
@@ -123,18 +149,21 @@ class ReplyEngine:
         replies: list[str] | Callable[[Any], str],
         eos: bool = True,
         delay: float = 0.0,
+        then: str | None = None,
     ) -> Any:
         from engine import Engine
 
         tok = loaded.tokenizer
         vocab = int(loaded.config["text_config"]["vocab_size"])
-        scripted = _Scripted([loaded.eos_token_ids[0]], vocab)
+        scripted = _Scripted([loaded.eos_token_ids[0]], vocab, then=_then(loaded, then))
         scripted.delay = delay
 
         class _Engine(Engine):
             def submit(self, req: Any) -> Any:
+                # A PreparedRequest (what the server submits): its request, its prompt's length.
+                request = getattr(req, "request", req)
                 if callable(self.replies):
-                    text = self.replies(req)
+                    text = self.replies(request)
                 else:
                     text = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
                 ids = tok.encode(text, add_special_tokens=False)
@@ -142,11 +171,16 @@ class ReplyEngine:
                     ids.append(loaded.eos_token_ids[0])
                 scripted.script = ids or [loaded.eos_token_ids[0]]
                 # Position in the script counts from the end of this request's prompt.
-                scripted.prompt_len = len(self._encode(req)[0])
-                self.requests.append(req)
+                n = getattr(req, "prompt_tokens", None)
+                scripted.prompt_len = n if n is not None else len(self._encode(request)[0])
+                self.requests.append(request)
                 handle = super().submit(req)
                 self.handles.append(handle)
                 return handle
+
+            def prompt_text(self, i: int = -1) -> str:
+                """The prompt of the i-th request as the model was given it (prefix included)."""
+                return tok.decode(self._encode(self.requests[i])[0])
 
         eng = _Engine(replace(loaded, model=scripted))
         eng.replies = replies if callable(replies) else list(replies)

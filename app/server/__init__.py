@@ -1,7 +1,7 @@
 """Locus's local API: Anthropic Messages and OpenAI chat completions over the loaded model.
 
-`create_app(engine, ServerConfig(...))` gives the ASGI app; `ServerThread` runs it in the
-background; `locus serve` runs it in the foreground.
+`create_app(backend, ServerConfig(...))` (backend: an engine.Backend) gives the ASGI app;
+`ServerThread` runs it in the background; `locus serve` runs it in the foreground.
 """
 
 from __future__ import annotations

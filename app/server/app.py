@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
+from engine import Backend
+
 from . import anthropic_api, openai_api, responses_api, schemas
 from .config import ServerConfig
 from .errors import APIError, flavor_of
@@ -83,7 +85,7 @@ def build_fastapi(service: Service) -> FastAPI:
             loaded = service.loaded() is not None
         except APIError:
             loaded = False
-        pc = getattr(service.engine, "prompt_cache", None)
+        pc = getattr(service.backend, "prompt_cache", None)  # a local engine's
         return {"status": "ok", "model_loaded": loaded, "active": s.active,
                 "waiting": s.waiting, "finished": dict(service.finished),
                 "prompt_cache": pc.budget() if pc is not None else None,
@@ -151,10 +153,10 @@ def build_fastapi(service: Service) -> FastAPI:
     return api
 
 
-def create_app(engine: Any, config: ServerConfig | None = None) -> ASGIApp:
-    """The ASGI app serving `engine` (an engine.Engine with a model loaded) per `config`."""
+def create_app(backend: Backend | None, config: ServerConfig | None = None) -> ASGIApp:
+    """The ASGI app serving `backend` (a model behind engine.Backend) per `config`."""
     config = config or ServerConfig()
-    service = Service(engine, config)
+    service = Service(backend, config)
     guarded = Guard(build_fastapi(service), config)
     guarded.service = service  # type: ignore[attr-defined]
     return guarded

@@ -6,7 +6,6 @@ import base64
 import binascii
 import io
 import re
-from pathlib import Path
 from typing import Any
 
 from engine import PRESETS, SamplingParams
@@ -74,15 +73,6 @@ def sampling_for(
     if seed is not None:
         seed %= 2**32
     return base.with_(top_k=top_k, seed=seed, **given)
-
-
-def model_display_name(loaded: Any) -> str:
-    """A readable name for a loaded checkpoint: its Hugging Face repo id or directory name."""
-    path = Path(getattr(loaded, "path", "") or "")
-    for part in path.parts:
-        if part.startswith("models--"):
-            return part[len("models--") :].replace("--", "/")
-    return path.name or str(getattr(loaded, "model_id", "model"))
 
 
 def join_text(parts: list[str]) -> str:

@@ -1,7 +1,7 @@
-"""Fair, bounded queueing of generations, and the thread that moves engine events to the loop.
+"""Fair, bounded queueing of generations, and the thread that moves backend events to the loop.
 
 All engines in a process share one MLX worker that runs jobs in order, so the server hands the
-engine at most `max_active` requests at a time and keeps the rest waiting here, first come first
+backend at most `max_active` requests at a time and keeps the rest waiting here, first come first
 served, refusing new ones once `max_queue` are waiting. A running request's events are moved by a
 small thread onto an unbounded asyncio queue, so a client that reads slowly (or not at all) never
 holds up the engine, and its slot is freed the moment the engine finishes, not when the client has
@@ -21,27 +21,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import (
+    BUDGET_NOTE,
+    Backend,
+    ContextLengthError,
     Done,
     EngineError,
     Event,
     GenerationRequest,
+    PreparedRequest,
     PromptProgress,
-    ReasoningDelta,
     SamplingParams,
-    StreamParser,
-    TextDelta,
     Usage,
-    render_prompt,
 )
 
 from .errors import APIError, invalid
-from .prompt_size import PromptMeter, too_long
+from .prompt_size import too_long
 from .requestlog import RequestRecord
 
 log = logging.getLogger("locus.server")
 
-# Said (as reasoning) when a thinking budget runs out, before the answer is forced to start.
-BUDGET_NOTE = "I have used my thinking budget, so I will answer now with what I have."
+__all__ = ["BUDGET_NOTE", "Finished", "Job", "Plan", "Scheduler", "Started"]
+
+# How the API modules spell a forced call's opening in `Plan.prefix` (prefix_is_call).
+_CALL_OPENING = "<tool_call>\n<function="
+# The engine's error kinds as Anthropic error types (the default: api_error).
+_ERROR_TYPES = {"invalid_request": "invalid_request_error", "context_length": "invalid_request_error",
+                "unavailable": "overloaded_error"}  # fmt: skip
 
 
 @dataclass
@@ -58,8 +63,12 @@ class Plan:
     # Text the answer must start with (an assistant prefill, or the opening of a forced tool
     # call); it is appended after the generation prompt and not returned to the client.
     prefix: str = ""
-    # The prefix opens a tool call: parse it together with what the model writes next.
+    # The prefix opens a tool call (`<tool_call>\n<function=` [NAME `>\n`]): the engine's forced
+    # tool_choice, which parses it together with what the model writes next.
     prefix_is_call: bool = False
+    # The engine's tool_choice ("auto", "none", "required" or a tool's name), for API modules
+    # that say it directly rather than as a call-opening prefix.
+    tool_choice: str = "auto"
     # Reasoning tokens allowed before the answer is forced to start (None: no limit).
     thinking_budget: int | None = None
     session: str | None = None
@@ -91,25 +100,23 @@ class Started:
     cache_write_tokens: int = 0
 
 
-def model_context(engine: Any) -> int:
-    """The model's own maximum context (max_position_embeddings; 0 when the config has none)."""
-    cfg = engine.model.config
-    tc = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
-    return int(tc.get("max_position_embeddings") or cfg.get("max_position_embeddings") or 0)
+def model_context(backend: Backend) -> int:
+    """The model's own maximum context (0 when it does not say)."""
+    return backend.info.context_tokens
 
 
-def context_limit(engine: Any, configured: int | None) -> int | None:
+def context_limit(backend: Backend, configured: int | None) -> int | None:
     """The longest prompt + reply the server allows: the model's maximum, or less if configured."""
-    limit = model_context(engine)
+    limit = model_context(backend)
     if configured:
         limit = min(limit, configured) if limit else configured
     return limit or None
 
 
-def context_note(engine: Any, configured: int | None) -> str:
+def context_note(backend: Backend, configured: int | None) -> str:
     """One line saying which context is served and what set it (printed at start-up)."""
-    model = model_context(engine)
-    served = context_limit(engine, configured)
+    model = model_context(backend)
+    served = context_limit(backend, configured)
     if served is None:
         return "Context: no limit known (the model's config has no max_position_embeddings)"
     if configured and model and configured > model:
@@ -121,72 +128,50 @@ def context_note(engine: Any, configured: int | None) -> str:
     return f"Context: {served:,} tokens (the model's max_position_embeddings)"
 
 
-def build_request(engine: Any, plan: Plan, max_tokens: int = 1) -> GenerationRequest:
-    """The engine request for a plan (rendering the prompt here when it needs a prefix)."""
-    common: dict[str, Any] = dict(
-        tools=plan.tools or None, sampling=plan.sampling, max_tokens=max_tokens, stop=plan.stop,
-        session=plan.session, mtp=plan.mtp,
-    )  # fmt: skip
-    if plan.prefix:
-        if plan.has_images:
-            raise invalid(
-                "images cannot be combined with an assistant prefill or a forced tool_choice yet"
-            )
-        return GenerationRequest(prompt=render(engine, plan) + plan.prefix, **common)
+def build_request(plan: Plan, max_tokens: int = 1) -> GenerationRequest:
+    """The engine request for a plan (the reply's prefix, tool_choice and budget included)."""
+    prefix, choice = plan.prefix, plan.tool_choice
+    if plan.prefix_is_call:  # the engine opens a forced call itself
+        name = prefix.removeprefix(_CALL_OPENING).removesuffix(">\n")
+        prefix, choice = "", name or "required"
     return GenerationRequest(
-        messages=plan.messages, enable_thinking=plan.enable_thinking, preserve_thinking=True,
-        template_kwargs=plan.template_kwargs, cache_breakpoints=plan.cache_breakpoints, **common,
+        messages=plan.messages, tools=plan.tools or None, enable_thinking=plan.enable_thinking,
+        preserve_thinking=True, sampling=plan.sampling, max_tokens=max_tokens, stop=plan.stop,
+        template_kwargs=plan.template_kwargs, session=plan.session,
+        cache_breakpoints=plan.cache_breakpoints, mtp=plan.mtp, prefix=prefix, tool_choice=choice,
+        thinking_budget=plan.thinking_budget if plan.enable_thinking else None,
     )  # fmt: skip
 
 
-def render(engine: Any, plan: Plan, enable_thinking: bool | None = None) -> str:
-    """The plan's prompt text through the model's chat template (tokenizer only, no MLX)."""
-    return render_prompt(
-        engine.model.tokenizer, plan.messages, tools=plan.tools or None,
-        enable_thinking=plan.enable_thinking if enable_thinking is None else enable_thinking,
-        preserve_thinking=True, **plan.template_kwargs,
-    )  # fmt: skip
-
-
-def count_tokens(engine: Any, plan: Plan, meter: PromptMeter | None = None) -> int:
-    """Prompt tokens of a plan, exactly as a generation would see them (a text of more than
-    prompt_size.SLICE characters is counted in slices cut at spaces, off the engine's thread)."""
+def count_tokens(backend: Backend, plan: Plan) -> int:
+    """Prompt tokens of a plan as the client sees them: without the reply's prefix (an assistant
+    prefill, a forced call's opening). Text-only prompts are counted without the engine's thread."""
+    req = build_request(plan)
+    req.prefix = ""
+    if req.forces_call:
+        req.tool_choice = "auto"
     try:
-        if not plan.has_images:
-            # Text only: the tokenizer alone gives the count, without waiting for the engine's
-            # thread to finish the generation it is running.
-            meter = meter or PromptMeter(engine.model.tokenizer)
-            try:
-                return meter.count(render(engine, plan))[0]
-            except RuntimeError:  # a Rust tokenizer busy in another thread ("Already borrowed")
-                pass
-        req = build_request(engine, plan)
-        return len(engine.encode(req)[0]) - len(_prefix_tokens(engine, plan))
+        return backend.count_tokens(req)
     except EngineError as e:
         raise invalid(str(e)) from e
     except UnicodeError as e:
         raise invalid(f"the request holds text that is not valid Unicode ({e})") from e
 
 
-def check_length(engine: Any, plan: Plan, limit: int | None, meter: PromptMeter) -> None:
+def check_length(backend: Backend, plan: Plan, limit: int | None) -> None:
     """Refuse a prompt longer than `limit` tokens without the engine's thread; cheap for huge ones:
-    a bound from the character count first, then counting that stops past the limit. Prompts this
-    lets through are counted exactly again when prepared."""
+    the backend stops counting once the limit is passed. Its text alone is counted (images left
+    out); prompts this lets through are counted exactly again when prepared."""
     if not limit:
         return
     try:
-        text = render(engine, _without_images(plan)) + plan.prefix
+        n = backend.count_tokens(build_request(_without_images(plan)), stop_above=limit - 1)
     except EngineError as e:
         raise invalid(str(e)) from e
     except UnicodeError as e:
         raise invalid(f"the request holds text that is not valid Unicode ({e})") from e
-    if 4 * len(text) < limit:  # a token is at least one byte, a character at most four
-        return
-    at_least = meter.lower_bound(text)
-    if at_least < limit:
-        _, at_least = meter.count(text, stop_above=limit - 1)
-    if at_least >= limit:
-        raise invalid(too_long(at_least, limit, at_least=True))
+    if n >= limit:
+        raise invalid(too_long(n, limit, at_least=True))
 
 
 def _without_images(plan: Plan) -> Plan:
@@ -201,12 +186,6 @@ def _without_images(plan: Plan) -> Plan:
             m = {**m, "content": kept or [{"type": "text", "text": ""}]}
         messages.append(m)
     return dataclasses.replace(plan, messages=messages, has_images=False)
-
-
-def _prefix_tokens(engine: Any, plan: Plan) -> list[int]:
-    if not plan.prefix:
-        return []
-    return engine.model.tokenizer.encode(plan.prefix, add_special_tokens=False)
 
 
 class Scheduler:
@@ -277,14 +256,14 @@ class Scheduler:
 
 
 class Job:
-    """One generation: prepared (tokenized, checked) in a thread, then run by the engine.
+    """One generation: prepared (tokenized, checked) in a thread, then run by the backend.
 
     Read its events from `queue`: ReasoningDelta, TextDelta, ToolCall, ToolCallError, then one
-    Finished. `cancel()` stops the engine within a token and is safe from any thread.
+    Finished. `cancel()` stops the generation within a token and is safe from any thread.
     """
 
-    def __init__(self, engine: Any, plan: Plan, context_tokens: int | None = None) -> None:
-        self.engine = engine
+    def __init__(self, backend: Backend, plan: Plan, context_tokens: int | None = None) -> None:
+        self.backend = backend
         self.plan = plan
         self.context_tokens = context_tokens
         self.queue: asyncio.Queue[Event | Finished] = asyncio.Queue()
@@ -292,8 +271,7 @@ class Job:
         self.max_tokens = 0
         self.finished: Finished | None = None
         self._loop = asyncio.get_running_loop()
-        self._req: GenerationRequest | None = None
-        self._opens_reasoning = False
+        self._prepared: PreparedRequest | None = None
         self._cancel = threading.Event()
         self._handle: Any = None
         self._lock = threading.Lock()
@@ -325,29 +303,30 @@ class Job:
     # -- preparation (a worker thread of the event loop) ---------------------------------------
     def prepare(self) -> None:
         """Tokenize, check the context, settle max_tokens; raises APIError for bad requests."""
-        plan = self.plan
+        limit = context_limit(self.backend, self.context_tokens)
         try:
-            req = build_request(self.engine, plan)
-            req.validate()
-            ids, opens = self.engine.encode(req)
+            prepared = self.backend.prepare(build_request(self.plan))
+        except ContextLengthError as e:
+            if not e.tokens:
+                raise invalid(str(e)) from e
+            raise invalid(too_long(e.tokens, limit or e.limit)) from e
         except EngineError as e:
             raise invalid(str(e)) from e
         except UnicodeError as e:
             raise invalid(f"the request holds text that is not valid Unicode ({e})") from e
-        self.prompt_tokens = len(ids) - len(_prefix_tokens(self.engine, plan))
-        limit = context_limit(self.engine, self.context_tokens)
-        if limit and len(ids) >= limit:
-            raise invalid(too_long(len(ids), limit))
-        room = (limit - len(ids)) if limit else None
-        want = plan.max_tokens or room or 32768
+        n = prepared.prompt_tokens  # the reply's prefix included: it takes room in the context
+        self.prompt_tokens = n - prepared.prefix_tokens
+        if limit and n >= limit:
+            raise invalid(too_long(n, limit))
+        room = (limit - n) if limit else None
+        want = self.plan.max_tokens or room or 32768
         self.max_tokens = min(want, room) if room else want
-        req.max_tokens = self.max_tokens
-        self._opens_reasoning = opens
-        self._req = req
+        prepared.request.max_tokens = self.max_tokens
+        self._prepared = prepared
 
     # -- running (its own thread) -------------------------------------------------------------
     def start(self, on_end: Callable[[Job], None]) -> None:
-        """Submit to the engine; `on_end(job)` runs on the loop once the engine is done."""
+        """Submit to the backend; `on_end(job)` runs on the loop once the generation is done."""
         self._on_end = on_end
         threading.Thread(target=self._pump, name="locus-server-job", daemon=True).start()
 
@@ -371,97 +350,25 @@ class Job:
         except RuntimeError:
             pass
 
-    def _submit(self, req: GenerationRequest) -> Any:
-        handle = self.engine.submit(req)
+    def _run(self) -> Finished:
+        prepared = self._prepared
+        assert prepared is not None
+        handle = self.backend.submit(prepared)
         with self._lock:
             self._handle = handle
         if self._cancel.is_set():
             handle.cancel()
-        return handle
-
-    def _run(self) -> Finished:
-        plan, req = self.plan, self._req
-        assert req is not None
-        parser = None
-        # A forced call's opening was in the prompt: parse it together with the rest.
-        if plan.prefix_is_call:
-            parser = StreamParser(plan.tools, reasoning=False)
-            parser.feed(plan.prefix)
-        budget = plan.thinking_budget
-        enforce = (
-            budget is not None and plan.enable_thinking and self._opens_reasoning
-            and not plan.prefix and not plan.has_images and budget < self.max_tokens
-        )  # fmt: skip
-        reasoning: list[str] = []
-        answered = False
-        over_budget = False
-
-        def forward(ev: Event) -> None:
-            nonlocal answered, over_budget
-            if self.first_token_at is None:
-                self.first_token_at = time.monotonic()
-            if isinstance(ev, ReasoningDelta):
-                reasoning.append(ev.text)
-                # Each decoded token gives at most one delta, so this never stops early.
-                if enforce and not answered and not over_budget and len(reasoning) >= budget:
-                    over_budget = True
-                    with self._lock:
-                        handle = self._handle
-                    handle.cancel()
-            else:
-                answered = True
-            if parser is not None and isinstance(ev, TextDelta):
-                for out in parser.feed(ev.text):
-                    self._post(out)
-            else:
-                self._post(ev)
-
-        usage, done = self._drain(self._submit(req), forward)
-        if over_budget and not answered and not self.cancelled:
-            # Budget spent inside the reasoning: close it and let the model answer.
-            note = ("\n\n" if reasoning else "") + BUDGET_NOTE
-            forward(ReasoningDelta(note))
-            thought = ("".join(reasoning)).strip()
-            prompt = render(self.engine, plan) + thought + "\n</think>\n\n"
-            used = usage.completion_tokens if usage else budget
-            req2 = GenerationRequest(
-                prompt=prompt, tools=plan.tools or None, sampling=plan.sampling,
-                max_tokens=max(1, self.max_tokens - used), stop=plan.stop, session=plan.session,
-                mtp=plan.mtp,
+        usage, done = self._drain(handle)
+        if usage is not None and prepared.prefix_tokens:
+            # The prefix is not part of the client's prompt.
+            n = self.prompt_tokens
+            usage = dataclasses.replace(
+                usage, prompt_tokens=n, cached_tokens=min(usage.cached_tokens, n),
+                cache_write_tokens=min(usage.cache_write_tokens, max(0, n - usage.cached_tokens)),
             )  # fmt: skip
-            usage2, done = self._drain(self._submit(req2), forward)
-            if usage and usage2:
-                usage = Usage(
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens + usage2.completion_tokens,
-                    cached_tokens=usage.cached_tokens,
-                    cache_write_tokens=usage.cache_write_tokens,
-                    prompt_tps=usage.prompt_tps,
-                    generation_tps=usage2.generation_tps,
-                    peak_memory_gb=max(usage.peak_memory_gb, usage2.peak_memory_gb),
-                    draft_tokens=usage.draft_tokens + usage2.draft_tokens,
-                    draft_accepted=usage.draft_accepted + usage2.draft_accepted,
-                )
-        if parser is not None:
-            for out in parser.finish(truncated=done.finish_reason != "stop"):
-                self._post(out)
-        if usage is not None and plan.prefix:  # the prefix is not part of the client's prompt
-            usage = Usage(
-                prompt_tokens=self.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cached_tokens=min(usage.cached_tokens, self.prompt_tokens),
-                cache_write_tokens=min(
-                    usage.cache_write_tokens, max(0, self.prompt_tokens - usage.cached_tokens)
-                ),
-                prompt_tps=usage.prompt_tps,
-                generation_tps=usage.generation_tps,
-                peak_memory_gb=usage.peak_memory_gb,
-                draft_tokens=usage.draft_tokens,
-                draft_accepted=usage.draft_accepted,
-            )
         return self._finish(done, usage)
 
-    def _drain(self, handle: Any, forward: Callable[[Event], None]) -> tuple[Usage | None, Done]:
+    def _drain(self, handle: Any) -> tuple[Usage | None, Done]:
         usage: Usage | None = None
         for ev in handle.events():
             if isinstance(ev, Done):
@@ -475,32 +382,17 @@ class Job:
                     self.started = Started(self.prompt_tokens, self.cached_tokens, ev.cache_write)
                     self._post(self.started)
             else:
-                forward(ev)
+                if self.first_token_at is None:
+                    self.first_token_at = time.monotonic()
+                self._post(ev)
         raise RuntimeError("the engine's event stream ended without Done")  # pragma: no cover
 
     def _finish(self, done: Done, usage: Usage | None) -> Finished:
         if done.finish_reason == "error":
-            msg = done.error or "generation failed"
-            # The engine reports request problems it finds late (e.g. images it cannot take yet)
-            # as text; everything else is the server's fault.
-            kind = "invalid_request_error" if _is_request_error(msg) else "api_error"
-            return Finished("error", usage=usage, error=msg, error_kind=kind)
-        stop_seq = None
-        if done.finish_reason == "stop" and self.plan.stop:
-            stop_seq = self._which_stop(done.token_ids)
-        return Finished(done.finish_reason, stop_seq, usage)
-
-    def _which_stop(self, token_ids: list[int]) -> str | None:
-        """The stop string that ended generation (None when it ended at end-of-turn)."""
-        lm = self.engine.model
-        if not token_ids or token_ids[-1] in set(lm.eos_token_ids):
-            return None
-        longest = max(len(s) for s in self.plan.stop)
-        tail = lm.tokenizer.decode(token_ids[-(longest + 8) :])
-        found = [(tail.rfind(s), s) for s in self.plan.stop if s in tail]
-        if found:
-            return max(found, key=lambda x: (x[0] + len(x[1]), len(x[1])))[1]
-        return self.plan.stop[0]
+            kind = _ERROR_TYPES.get(done.error_kind or "", "api_error")
+            return Finished("error", usage=usage, error=done.error or "generation failed",
+                            error_kind=kind)  # fmt: skip
+        return Finished(done.finish_reason, done.stop_sequence, usage)
 
     def record(self, status: int = 200) -> RequestRecord:
         """This job as a request-log record (call once it has finished)."""
@@ -523,8 +415,3 @@ class Job:
         self.endpoint = request.url.path
         self.method = request.method
         self.model_name = model
-
-
-def _is_request_error(message: str) -> bool:
-    m = message.lower()
-    return "image" in m or "prompt has" in m

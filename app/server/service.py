@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -15,13 +14,11 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from engine import EngineError, Event
+from engine import Backend, BackendInfo, EngineError, Event
 
-from .common import model_display_name
 from .config import ServerConfig
 from .errors import APIError
 from .jobs import Finished, Job, Plan, Scheduler, Started, check_length, context_limit, count_tokens
-from .prompt_size import PromptMeter
 from .requestlog import RequestLog
 
 log = logging.getLogger("locus.server")
@@ -36,10 +33,10 @@ class ClientGone(Exception):
 
 
 class Service:
-    """One engine served over HTTP: its scheduler, running jobs and counters."""
+    """One backend served over HTTP: its scheduler, running jobs and counters."""
 
-    def __init__(self, engine: Any, config: ServerConfig) -> None:
-        self.engine = engine
+    def __init__(self, backend: Backend | None, config: ServerConfig) -> None:
+        self.backend = backend
         self.config = config
         self.scheduler = Scheduler(config.max_active, config.max_queue)
         self.jobs: set[Job] = set()
@@ -48,19 +45,18 @@ class Service:
         # Speculative decoding totals (tokens drafted, drafts accepted): for /health.
         self.drafts: collections.Counter[str] = collections.Counter()
         self._count_slots: asyncio.Semaphore | None = None
-        self._meter: PromptMeter | None = None
         self._check_slots: asyncio.Semaphore | None = None
         self.started = time.time()
         # The last requests, one record each: `locus serve --log-level debug` and the Server view.
         self.requests = RequestLog()
 
     # -- the model ----------------------------------------------------------------------------
-    def loaded(self) -> Any:
-        """The LoadedModel; 503 when there is none."""
+    def loaded(self) -> BackendInfo:
+        """The model being served; 503 when there is none."""
         try:
-            if self.engine is None:
+            if self.backend is None:
                 raise EngineError("no model is loaded")
-            return self.engine.model
+            return self.backend.info
         except EngineError as e:
             raise APIError(
                 "api_error", f"{e}: start the server with a model (locus serve --model PATH)",
@@ -69,41 +65,30 @@ class Service:
 
     @property
     def model_name(self) -> str:
-        return self.config.model_name or model_display_name(self.loaded())
+        return self.config.model_name or self.loaded().name
 
     @property
     def model_created(self) -> int:
         """A stable `created` time for /v1/models: when the checkpoint's config was written."""
-        path = getattr(self.loaded(), "path", None)
-        try:
-            return int(os.path.getmtime(os.path.join(str(path), "config.json")))
-        except (OSError, TypeError):
-            return 1767225600  # 2026-01-01, when the model cannot say
+        return self.loaded().created or 1767225600  # 2026-01-01, when the model cannot say
 
     @property
     def vocab_size(self) -> int:
-        cfg = self.loaded().config
-        tc = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
-        return int(tc.get("vocab_size") or cfg.get("vocab_size") or 1 << 20)
+        return self.loaded().vocab_size or 1 << 20
 
     def context_limit(self) -> int | None:
         self.loaded()
-        return context_limit(self.engine, self.config.context_tokens)
+        assert self.backend is not None
+        return context_limit(self.backend, self.config.context_tokens)
 
     # -- running requests ---------------------------------------------------------------------
     async def start(self, plan: Plan, request: Request) -> Job:
         """Queue, prepare and submit a plan; raises APIError, or ClientGone if the client left."""
         self.loaded()
-        job = Job(self.engine, plan, self.config.context_tokens)
+        assert self.backend is not None
+        job = Job(self.backend, plan, self.config.context_tokens)
         job.describe(request, plan.model)
         return await until_disconnect(request, self._start(job, request.scope.get(BODY_SIZE)))
-
-    def meter(self) -> PromptMeter:
-        """The prompt meter for the loaded model's tokenizer."""
-        tok = self.loaded().tokenizer
-        if self._meter is None or self._meter.tokenizer is not tok:
-            self._meter = PromptMeter(tok)
-        return self._meter
 
     async def _start(self, job: Job, body_size: int | None = None) -> Job:
         # Too long is decided here, off the engine's thread and before taking a slot, so a huge
@@ -114,7 +99,7 @@ class Service:
             if self._check_slots is None:
                 self._check_slots = asyncio.Semaphore(2)
             async with self._check_slots:
-                await asyncio.to_thread(check_length, self.engine, job.plan, limit, self.meter())
+                await asyncio.to_thread(check_length, job.backend, job.plan, limit)
         await self.scheduler.acquire()
         try:
             await asyncio.to_thread(job.prepare)
@@ -158,7 +143,7 @@ class Service:
         """Prompt tokens of a plan (two at a time, off the engine's thread when text only)."""
         self.loaded()
         async with self._counting():
-            return await asyncio.to_thread(count_tokens, self.engine, plan, self.meter())
+            return await asyncio.to_thread(count_tokens, self.backend, plan)
 
     def _counting(self) -> asyncio.Semaphore:
         # Two tokenizations at a time: each takes a core (the Rust tokenizer lets go of the GIL).

@@ -33,9 +33,10 @@ def serve():
 
 @pytest.fixture
 def scripted(tiny_model):
-    """scripted(*replies, eos=True, delay=0) -> an Engine replaying the replies (see ReplyEngine)."""
+    """scripted(*replies, eos=True, delay=0, then=None) -> an Engine replaying the replies (see
+    ReplyEngine)."""
 
-    def make(*replies: str, eos: bool = True, delay: float = 0.0) -> Any:
-        return ReplyEngine(tiny_model, list(replies), eos=eos, delay=delay)
+    def make(*replies: str, eos: bool = True, delay: float = 0.0, then: str | None = None) -> Any:
+        return ReplyEngine(tiny_model, list(replies), eos=eos, delay=delay, then=then)
 
     return make

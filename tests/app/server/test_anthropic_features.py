@@ -17,9 +17,9 @@ def client(srv) -> anthropic.Anthropic:
 
 
 def test_thinking_budget_closes_the_reasoning_and_answers(serve, scripted):
-    # The first reply never leaves its reasoning; after the budget the server closes it and the
-    # model (second script) answers.
-    eng = scripted("hmm " * 200, "The answer.")
+    # The reply never leaves its reasoning; after the budget the engine closes it and the model
+    # (once it reads `</think>`) answers.
+    eng = scripted("hmm " * 200, then="The answer.")
     srv = serve(eng)
     msg = client(srv).messages.create(
         model="m", max_tokens=400, messages=USER, thinking={"type": "enabled", "budget_tokens": 20}
@@ -27,7 +27,8 @@ def test_thinking_budget_closes_the_reasoning_and_answers(serve, scripted):
     thinking, text = msg.content
     assert thinking.type == "thinking" and thinking.thinking.endswith(BUDGET_NOTE)
     assert text.text == "The answer." and msg.stop_reason == "end_turn"
-    assert eng.requests[1].prompt.endswith(BUDGET_NOTE + "\n</think>\n\n")
+    reply = eng.model.tokenizer.decode(eng.handles[0].done.token_ids)
+    assert BUDGET_NOTE + "\n</think>\n\nThe answer." in reply
     # About the budget plus the answer, far below the 800 characters of reasoning scripted.
     assert 20 <= msg.usage.output_tokens < 60
 
@@ -66,7 +67,7 @@ def test_prefill_continues_the_assistant_message(serve, scripted):
     msg = client(srv).messages.create(model="m", max_tokens=50, messages=[
         *USER, {"role": "assistant", "content": '{"color":'}])  # fmt: skip
     assert msg.content[0].text == '"blue"}'
-    assert eng.requests[0].prompt.endswith('{"color":')
+    assert eng.prompt_text(0).endswith('{"color":')
 
 
 def test_stop_sequences(serve, scripted):
@@ -90,3 +91,29 @@ def test_streaming_error_after_start_is_an_error_event(serve, tiny_model):
         with client(srv).messages.stream(model="m", max_tokens=5, messages=USER) as s:
             list(s)
     assert "engine exploded" in str(e.value)
+
+
+def test_prefill_and_thinking_budget_with_an_image(serve, engine):
+    # Both used to be refused or skipped with images; the engine now does them for any prompt.
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "blue").save(buf, "PNG")
+    data = base64.b64encode(buf.getvalue()).decode()
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}}
+    ask = {"role": "user", "content": [image, {"type": "text", "text": "What is this?"}]}
+    c = client(serve(engine))
+    counted = c.messages.count_tokens(model="m", messages=[ask]).input_tokens
+    msg = c.messages.create(model="m", max_tokens=3, extra_body={"temperature": 0},
+                            messages=[ask, {"role": "assistant", "content": "It is"}])  # fmt: skip
+    u = msg.usage
+    # The prefill is the reply's start, not the client's prompt.
+    assert u.input_tokens + u.cache_creation_input_tokens + u.cache_read_input_tokens == counted
+    assert not msg.content or not msg.content[0].text.startswith("It is")
+    msg = c.messages.create(model="m", max_tokens=12, messages=[ask], extra_body={"temperature": 0},
+                            thinking={"type": "enabled", "budget_tokens": 2})  # fmt: skip
+    assert msg.content[0].type == "thinking" and msg.content[0].thinking.endswith(BUDGET_NOTE)
+    assert msg.usage.output_tokens <= 12

@@ -128,7 +128,7 @@ def test_forced_tool_choice(serve, scripted):
     call = r.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments) == {"city": "Oslo"}
-    assert eng.requests[0].prompt.endswith("<tool_call>\n<function=get_weather>\n")
+    assert eng.prompt_text(0).endswith("<tool_call>\n<function=get_weather>\n")
 
 
 def test_chat_template_kwargs_turn_thinking_off(serve, scripted):

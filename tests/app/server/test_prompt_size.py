@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from app.server.prompt_size import MAX_DECOMPOSITION, SLICE, PromptMeter
+from engine.counting import MAX_DECOMPOSITION, SLICE, PromptMeter
 
 
 def _rss() -> int:
