@@ -9,7 +9,8 @@
 One model at a time: the loaded one is unloaded *before* the next is read, so switching between
 two 20 GB models never needs 40 GB. Whether the next one fits is checked first, counting the
 memory the loaded one will free; a model that cannot fit (or a path that is not a model) leaves
-the loaded one in place. Listeners are called on the manager's thread, in order.
+the loaded one in place. Listeners are called on the manager's thread, in order; a load waits
+for each progress event to be delivered, so a listener's cancel lands before the next step.
 """
 
 from __future__ import annotations
@@ -240,8 +241,10 @@ class ModelManager:
 
     # -- the manager's thread ---------------------------------------------------------------------
     def _call(self, fn: Callable[[], None], wait: bool) -> None:
-        if threading.current_thread() is self._thread:
-            fn()
+        if self._closed and threading.current_thread() is not self._thread:
+            self._thread.join()  # its last commands run first
+        if threading.current_thread() is self._thread or not self._thread.is_alive():
+            fn()  # on its own thread, or closed: nothing else runs commands any more
             return
         done = threading.Event()
         errors: list[BaseException] = []
@@ -334,14 +337,7 @@ class ModelManager:
             if job.stop.is_set():
                 raise LoadCancelled("loading the model was cancelled")
             self._do_unload()
-
-            def progress(done: int, total: int) -> None:
-                self._emit(LoadingProgress(job.path, done, total))
-
-            backend = self._opener(
-                job.path, context_tokens=job.context_tokens, memory_check=False,
-                should_stop=job.stop.is_set, progress=progress, **self._open_kwargs,
-            )  # fmt: skip
+            backend = self._open(job)
         except LoadCancelled:
             self._finish(job)
             self._emit(LoadingCancelled(job.path))
@@ -358,6 +354,38 @@ class ModelManager:
         self._backend, self._path, self._name, self._memory = backend, job.path, name, need
         self._finish(job)
         self._emit(ModelLoaded(job.path, name, backend.info, need))
+
+    def _open(self, job: _Load) -> Backend:
+        """Run the opener on a helper thread and deliver its progress from this one, each step
+        waiting until its listeners have had it (so a listener's cancel lands before the next)."""
+        steps: queue.Queue[tuple[LoadingProgress, threading.Event] | None] = queue.Queue()
+        out: dict[str, Any] = {}
+
+        def progress(done: int, total: int) -> None:
+            delivered = threading.Event()
+            steps.put((LoadingProgress(job.path, done, total), delivered))
+            delivered.wait()
+
+        def run() -> None:
+            try:
+                out["backend"] = self._opener(
+                    job.path, context_tokens=job.context_tokens, memory_check=False,
+                    should_stop=job.stop.is_set, progress=progress, **self._open_kwargs,
+                )  # fmt: skip
+            except BaseException as e:  # raised again on the manager's thread
+                out["error"] = e
+            finally:
+                steps.put(None)
+
+        threading.Thread(target=run, name="locus-models-open", daemon=True).start()
+        while (item := steps.get()) is not None:
+            try:
+                self._emit(item[0])
+            finally:
+                item[1].set()
+        if "error" in out:
+            raise out["error"]
+        return out["backend"]
 
 
 def _message(e: BaseException) -> str:

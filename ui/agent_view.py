@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFont, QTextCursor
@@ -49,6 +49,9 @@ from app.settings import data_dir, load_ui_settings, save_ui_settings
 from app.store import Store
 
 from .bridge import Task, run_in_background
+
+if TYPE_CHECKING:
+    from engine import Backend
 
 __all__ = ["AgentView", "ApprovalCard"]
 
@@ -162,7 +165,7 @@ class AgentView(QWidget):
         self.store = store
         self.data_dir = data_dir()
         self.checkpoints: Checkpoints | None = None  # the project's steps, from any session
-        self.engine: Any = None
+        self.engine: Backend | None = None  # the loaded model
         self.backend_factory: Any = None  # tests: a callable returning a ModelBackend
         self.project: Path | None = None
         self.agent: Agent | None = None
@@ -256,7 +259,7 @@ class AgentView(QWidget):
         lay.addWidget(split, 1)
 
     # -- project ------------------------------------------------------------------------------------
-    def set_engine(self, engine: Any) -> None:
+    def set_engine(self, engine: Backend | None) -> None:
         self.engine = engine
 
     def open_project(self, path: str | Path) -> None:

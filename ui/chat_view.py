@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QKeyEvent, QKeySequence, QShortcut
@@ -45,6 +45,9 @@ from engine import (
 from .bridge import Task, stream_in_background
 from .dialogs import confirm
 from .markdown import MarkdownView
+
+if TYPE_CHECKING:
+    from engine import Backend
 
 __all__ = ["ChatView", "Composer", "MessageWidget"]
 
@@ -146,7 +149,7 @@ class ChatView(QWidget):
         super().__init__(parent)
         self.store = store
         self.dark = dark
-        self.engine: Any = None
+        self.engine: Backend | None = None  # the loaded model
         self.model_name = ""
         self.thread_id: str | None = None
         self.history: list[dict[str, Any]] = []
@@ -383,7 +386,7 @@ class ChatView(QWidget):
             self.profile.setCurrentText(self.default_profile)
 
     # -- generation ---------------------------------------------------------------------------------
-    def set_engine(self, engine: Any, model_name: str = "") -> None:
+    def set_engine(self, engine: Backend | None, model_name: str = "") -> None:
         self.engine = engine
         self.model_name = model_name
 
@@ -498,12 +501,7 @@ class ChatView(QWidget):
         u = self._usage or done.usage
         footer = ""
         if u is not None:
-            limit = 0
-            try:
-                limit = int(self.engine.model.config.get("text_config", {}).get(
-                    "max_position_embeddings", 0))  # fmt: skip
-            except Exception:  # a model without that field: show tokens without a limit
-                limit = 0
+            limit = self.engine.info.context_tokens if self.engine is not None else 0
             ctx = u.prompt_tokens + u.completion_tokens
             footer = f"{u.generation_tps:.1f} tok/s · context {ctx}" + (
                 f"/{limit}" if limit else ""

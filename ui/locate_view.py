@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtGui import (
@@ -42,6 +42,9 @@ from engine import Done, GenerationRequest, TextDelta, preset
 
 from .bridge import Task, stream_in_background
 from .dialogs import save_file
+
+if TYPE_CHECKING:
+    from engine import Backend
 
 __all__ = ["BoxItem", "LocateView", "box_dict", "label_color", "unsupported_image"]
 
@@ -140,7 +143,7 @@ class LocateView(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.engine: Any = None
+        self.engine: Backend | None = None  # the loaded model
         self.image_path: Path | None = None
         self.image_size = (0, 0)
         self.boxes: list[Any] = []
@@ -199,7 +202,7 @@ class LocateView(QWidget):
         split.setSizes([700, 240])
         lay.addWidget(split, 1)
 
-    def set_engine(self, engine: Any) -> None:
+    def set_engine(self, engine: Backend | None) -> None:
         self.engine = engine
 
     # -- image and boxes ----------------------------------------------------------------------------
