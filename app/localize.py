@@ -14,7 +14,10 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from engine import Backend, GenerationRequest
 
 __all__ = [
     "Box",
@@ -26,6 +29,7 @@ __all__ = [
     "label_color",
     "label_colors",
     "locate",
+    "locate_request",
     "open_image",
     "parse_response",
     "referring_prompt",
@@ -457,8 +461,37 @@ class LocateResult:
     notes: list[str] = field(default_factory=list)
 
 
+def locate_request(
+    image: Any,
+    query: str,
+    *,
+    max_tokens: int = 2048,
+    sampling: Any = None,
+    prompt: str | None = None,
+) -> GenerationRequest:
+    """The grounding request for `image` (a path or PIL image): the image, then the prompt for
+    `query`; no thinking, the model card's non-thinking preset unless `sampling` is given."""
+    from engine import GenerationRequest, preset
+
+    return GenerationRequest(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": image},
+                    {"type": "text", "text": prompt or build_prompt(query)},
+                ],
+            }
+        ],
+        enable_thinking=False,
+        skip_special_tokens=False,  # Qwen2.5-VL style answers box with <|box_start|> tags
+        sampling=sampling if sampling is not None else preset("instruct"),
+        max_tokens=max_tokens,
+    )
+
+
 def locate(
-    engine: Any,
+    engine: Backend,
     image: Any,
     query: str,
     *,
@@ -471,28 +504,15 @@ def locate(
     Runs without thinking and with the model card's non-thinking preset unless `sampling` is
     given. Raises engine errors (ImageError for unusable images) with a message for the user.
     """
-    from engine import EngineError, GenerationRequest, preset
+    from engine import EngineError
     from engine.image import LOCUS_MAX_PIXELS, load_image
 
     # Large JPEGs decode at a reduced scale; relative boxes still map to the full original size.
     loaded = load_image(image, target_pixels=LOCUS_MAX_PIXELS)
     width, height = loaded.original_size
-    req = GenerationRequest(
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image", "image": loaded.image},
-                    {"type": "text", "text": prompt or build_prompt(query)},
-                ],
-            }
-        ],
-        enable_thinking=False,
-        skip_special_tokens=False,  # Qwen2.5-VL style answers box with <|box_start|> tags
-        sampling=sampling if sampling is not None else preset("instruct"),
-        max_tokens=max_tokens,
-    )
-    res = engine.generate(req)
+    req = locate_request(loaded.image, query, max_tokens=max_tokens, sampling=sampling,
+                         prompt=prompt)  # fmt: skip
+    res = engine.submit(req).result()
     if res.finish_reason == "error":
         raise EngineError(res.error or "generation failed")
     boxes = parse_response(res.text, width, height)

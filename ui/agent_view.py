@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +43,7 @@ from app.agent import (
     detect_sandbox,
 )
 from app.agent.checkpoints import CheckpointError, Checkpoints
+from app.agent.ignore import walk
 from app.agent.watch import TreeWatcher
 from app.settings import data_dir, load_ui_settings, save_ui_settings
 from app.store import Store
@@ -55,7 +55,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AgentView", "ApprovalCard"]
 
-_SKIP = {".git", "__pycache__", "node_modules", ".venv", ".mypy_cache", ".pytest_cache"}
 _MAX_TREE = 3000  # entries shown; a huge folder must not freeze the window
 _MAX_RECENT = 8
 
@@ -339,19 +338,17 @@ class AgentView(QWidget):
             return
         root = QTreeWidgetItem([self.project.name])
         self.tree.addTopLevelItem(root)
-        nodes: dict[Path, QTreeWidgetItem] = {self.project: root}
-        count = 0
-        for dirpath, dirnames, filenames in os.walk(self.project):
-            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP)
-            parent = nodes[Path(dirpath)]
-            for d in dirnames:
-                nodes[Path(dirpath) / d] = QTreeWidgetItem(parent, [d + "/"])
-            for f in sorted(filenames):
-                QTreeWidgetItem(parent, [f])
-                count += 1
-            if count > _MAX_TREE:
+        nodes: dict[str, QTreeWidgetItem] = {"": root}
+        # The agent's own walk: what .gitignore ignores is left out here too.
+        for count, e in enumerate(walk(self.project)):
+            if count >= _MAX_TREE:
                 QTreeWidgetItem(root, ["… (more files not shown)"])
                 break
+            parent = nodes.get(e.rel.rpartition("/")[0], root)
+            name = e.rel.rpartition("/")[2]
+            item = QTreeWidgetItem(parent, [name + "/" if e.is_dir else name])
+            if e.is_dir:
+                nodes[e.rel] = item
         root.setExpanded(True)
 
     def tree_paths(self) -> list[str]:

@@ -150,6 +150,7 @@ class ChatView(QWidget):
         self.store = store
         self.dark = dark
         self.engine: Backend | None = None  # the loaded model
+        self._context_tokens = 0
         self.model_name = ""
         self.thread_id: str | None = None
         self.history: list[dict[str, Any]] = []
@@ -389,6 +390,8 @@ class ChatView(QWidget):
     def set_engine(self, engine: Backend | None, model_name: str = "") -> None:
         self.engine = engine
         self.model_name = model_name
+        # Read once: a reply that ends after the model is unloaded still shows its footer.
+        self._context_tokens = engine.info.context_tokens if engine is not None else 0
 
     @property
     def busy(self) -> bool:
@@ -501,7 +504,7 @@ class ChatView(QWidget):
         u = self._usage or done.usage
         footer = ""
         if u is not None:
-            limit = self.engine.info.context_tokens if self.engine is not None else 0
+            limit = self._context_tokens
             ctx = u.prompt_tokens + u.completion_tokens
             footer = f"{u.generation_tps:.1f} tok/s · context {ctx}" + (
                 f"/{limit}" if limit else ""

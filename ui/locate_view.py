@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (
 )
 
 from app import localize
-from engine import Done, GenerationRequest, TextDelta, preset
+from engine import Done, GenerationRequest, TextDelta
 
 from .bridge import Task, stream_in_background
 from .dialogs import save_file
@@ -294,14 +294,8 @@ class LocateView(QWidget):
         )  # fmt: skip
 
     def request(self, query: str) -> GenerationRequest:
-        """The grounding request for the open image: no thinking, the model card's instruct preset."""
-        return GenerationRequest(
-            messages=[{"role": "user", "content": [
-                {"type": "image", "image": str(self.image_path)},
-                {"type": "text", "text": localize.build_prompt(query)},
-            ]}],
-            enable_thinking=False, sampling=preset("instruct"), max_tokens=self.max_tokens,
-        )  # fmt: skip
+        """The grounding request for the open image (app.localize builds it, as for the CLI)."""
+        return localize.locate_request(str(self.image_path), query, max_tokens=self.max_tokens)
 
     def stop(self) -> None:
         if self.task is not None:
