@@ -49,6 +49,12 @@ PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd",
            "#17becf", "#e377c2", "#8c564b", "#bcbd22", "#7f7f7f"]  # fmt: skip
 
 
+def _num(v: float) -> float | int:
+    # 2 decimals is sub-pixel; it drops float noise such as 79.80000000000001 (and 10.0 is 10).
+    r = round(float(v), 2)
+    return int(r) if r.is_integer() else r
+
+
 @dataclass(frozen=True)
 class Box:
     """One located object in pixels of the upright original image (x1 < x2, y1 < y2).
@@ -84,9 +90,10 @@ class Box:
         return inter / union if union > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"label": self.label, "bbox": [round(v, 2) for v in self.xyxy]}
+        """JSON for exports (CLI and window alike): label, bbox in pixels, optional point."""
+        d: dict[str, Any] = {"label": self.label, "bbox": [_num(v) for v in self.xyxy]}
         if self.point is not None:
-            d["point"] = [round(v, 2) for v in self.point]
+            d["point"] = [_num(v) for v in self.point]
         return d
 
     @property

@@ -57,20 +57,9 @@ def label_color(label: str, labels: list[str] | None = None) -> QColor:
     return QColor(*localize.label_color(label, labels))
 
 
-def _num(v: float) -> float | int:
-    # 2 decimals is sub-pixel; it drops float noise such as 79.80000000000001.
-    r = round(float(v), 2)
-    return int(r) if r == int(r) else r
-
-
-def box_dict(box: Any) -> dict[str, Any]:
-    """A Box (app.localize) as JSON: label, bbox in original-image pixels, optional point."""
-    d: dict[str, Any] = {"label": box.label, "bbox": [_num(v) for v in (box.x1, box.y1, box.x2,
-                                                                         box.y2)]}  # fmt: skip
-    point = getattr(box, "point", None)
-    if point is not None:
-        d["point"] = [_num(v) for v in point]
-    return d
+def box_dict(box: localize.Box) -> dict[str, Any]:
+    """A Box as exported JSON: app.localize's own (the CLI writes the same)."""
+    return box.to_dict()
 
 
 class BoxItem(QGraphicsRectItem):
