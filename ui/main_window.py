@@ -447,7 +447,7 @@ class MainWindow(QMainWindow):
         self.server.set_engine(backend, name)
         self._set_label()
         self.model_info.setText(_describe_model(backend, memory) if backend is not None else "")
-        self.models.set_loaded(self.model_path or None)
+        self.models.set_loaded(self.model_path or None, memory)
         self._fill_picker()
 
     def _set_label(self) -> None:

@@ -35,9 +35,9 @@ def window(qtbot, store, opened):
 
 
 def test_loading_another_model_replaces_the_first(window, qtbot, opened):
-    with qtbot.waitSignal(window.model_loaded, timeout=10000):
+    with qtbot.waitSignal(window.model_loaded, timeout=30000):
         window.load_model("/models/first")
-    with qtbot.waitSignal(window.model_loaded, timeout=10000):
+    with qtbot.waitSignal(window.model_loaded, timeout=30000):
         window.load_model("/models/second")
     first, second = opened
     assert first.closed and not second.closed
@@ -51,18 +51,18 @@ def test_loading_another_model_replaces_the_first(window, qtbot, opened):
 
 
 def test_chat_footer_uses_the_backend_context(window, qtbot, store):
-    with qtbot.waitSignal(window.model_loaded, timeout=10000):
+    with qtbot.waitSignal(window.model_loaded, timeout=30000):
         window.load_model("/models/fake")
-    with qtbot.waitSignal(window.chat.reply_finished, timeout=10000) as sig:
+    with qtbot.waitSignal(window.chat.reply_finished, timeout=30000) as sig:
         window.chat.send("hello there")
     assert sig.args[0] == "stop"
     assert window.chat.stats.text().endswith("/8192")
 
 
 def test_finished_reply_is_stored_when_the_window_closes_at_once(qtbot, store, window):
-    with qtbot.waitSignal(window.model_loaded, timeout=10000):
+    with qtbot.waitSignal(window.model_loaded, timeout=30000):
         window.load_model("/models/fake")
-    with qtbot.waitSignal(window.chat.reply_finished, timeout=10000):
+    with qtbot.waitSignal(window.chat.reply_finished, timeout=30000):
         window.chat.send("keep this")
     tid = window.chat.thread_id
     window.close()  # the queued writes are committed before shutdown returns
