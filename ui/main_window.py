@@ -435,7 +435,7 @@ class MainWindow(QMainWindow):
     # The ModelManager (app/models.py) owns the model; its events reach `_model_event` on this thread.
     def set_engine(self, engine: Backend | None, name: str) -> None:
         """Use an already open backend (the one loaded before is unloaded first)."""
-        self.manager.adopt(engine, name, self.model_path if engine is not None else "")
+        self.manager.adopt(engine, name)
         self._show_backend(engine, name, self.manager.path, self.manager.memory_in_use)
 
     def _show_backend(self, backend: Backend | None, name: str, path: str, memory: int) -> None:
