@@ -142,11 +142,15 @@ def _describe(name: str, path: Path, repo_id: str | None, available: int,
 
 
 def list_local_models(extra_dirs: list[Path] | None = None, *, include_hf_cache: bool = True,
-                      context_tokens: int = 32768) -> list[LocalModel]:  # fmt: skip
-    """Models downloaded by Locus, in the Hugging Face cache, and in `extra_dirs`."""
-    from engine.loader import available_memory  # not in engine.__all__; a plain helper
+                      context_tokens: int = 32768, in_use: int = 0) -> list[LocalModel]:  # fmt: skip
+    """Models downloaded by Locus, in the Hugging Face cache, and in `extra_dirs`.
+
+    `in_use`: bytes the loaded model holds; loading another unloads it first (app.models), so
+    they count as available."""
+    from engine import available_memory
 
     available = available_memory()
+    available += in_use if available else 0
     out: list[LocalModel] = []
     seen: set[Path] = set()
     roots = [models_dir(), *(extra_dirs or [])]

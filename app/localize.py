@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from engine import Backend
+    from engine import Backend, GenerationRequest
 
 __all__ = [
     "Box",
@@ -29,6 +29,7 @@ __all__ = [
     "label_color",
     "label_colors",
     "locate",
+    "locate_request",
     "open_image",
     "parse_response",
     "referring_prompt",
@@ -46,6 +47,12 @@ _LABEL_KEYS = ("label", "name", "category", "class", "object", "text", "descript
 # first appearance, so the first ten labels of an answer never share a color.
 PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd",
            "#17becf", "#e377c2", "#8c564b", "#bcbd22", "#7f7f7f"]  # fmt: skip
+
+
+def _num(v: float) -> float | int:
+    # 2 decimals is sub-pixel; it drops float noise such as 79.80000000000001 (and 10.0 is 10).
+    r = round(float(v), 2)
+    return int(r) if r.is_integer() else r
 
 
 @dataclass(frozen=True)
@@ -83,9 +90,10 @@ class Box:
         return inter / union if union > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"label": self.label, "bbox": [round(v, 2) for v in self.xyxy]}
+        """JSON for exports (CLI and window alike): label, bbox in pixels, optional point."""
+        d: dict[str, Any] = {"label": self.label, "bbox": [_num(v) for v in self.xyxy]}
         if self.point is not None:
-            d["point"] = [round(v, 2) for v in self.point]
+            d["point"] = [_num(v) for v in self.point]
         return d
 
     @property
@@ -460,6 +468,35 @@ class LocateResult:
     notes: list[str] = field(default_factory=list)
 
 
+def locate_request(
+    image: Any,
+    query: str,
+    *,
+    max_tokens: int = 2048,
+    sampling: Any = None,
+    prompt: str | None = None,
+) -> GenerationRequest:
+    """The grounding request for `image` (a path or PIL image): the image, then the prompt for
+    `query`; no thinking, the model card's non-thinking preset unless `sampling` is given."""
+    from engine import GenerationRequest, preset
+
+    return GenerationRequest(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": image},
+                    {"type": "text", "text": prompt or build_prompt(query)},
+                ],
+            }
+        ],
+        enable_thinking=False,
+        skip_special_tokens=False,  # Qwen2.5-VL style answers box with <|box_start|> tags
+        sampling=sampling if sampling is not None else preset("instruct"),
+        max_tokens=max_tokens,
+    )
+
+
 def locate(
     engine: Backend,
     image: Any,
@@ -474,27 +511,14 @@ def locate(
     Runs without thinking and with the model card's non-thinking preset unless `sampling` is
     given. Raises engine errors (ImageError for unusable images) with a message for the user.
     """
-    from engine import EngineError, GenerationRequest, preset
+    from engine import EngineError
     from engine.image import LOCUS_MAX_PIXELS, load_image
 
     # Large JPEGs decode at a reduced scale; relative boxes still map to the full original size.
     loaded = load_image(image, target_pixels=LOCUS_MAX_PIXELS)
     width, height = loaded.original_size
-    req = GenerationRequest(
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image", "image": loaded.image},
-                    {"type": "text", "text": prompt or build_prompt(query)},
-                ],
-            }
-        ],
-        enable_thinking=False,
-        skip_special_tokens=False,  # Qwen2.5-VL style answers box with <|box_start|> tags
-        sampling=sampling if sampling is not None else preset("instruct"),
-        max_tokens=max_tokens,
-    )
+    req = locate_request(loaded.image, query, max_tokens=max_tokens, sampling=sampling,
+                         prompt=prompt)  # fmt: skip
     res = engine.submit(req).result()
     if res.finish_reason == "error":
         raise EngineError(res.error or "generation failed")

@@ -14,23 +14,29 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 __all__ = [
     "SCHEMA_VERSION",
     "RunRecord",
     "Store",
     "StoreError",
+    "StoreWriter",
     "ThreadRecord",
     "default_data_dir",
+    "new_thread_id",
 ]
 
 SCHEMA_VERSION = 1
@@ -408,9 +414,70 @@ def _integrity_message(e: sqlite3.IntegrityError) -> str:
     return f"the store refused the change: {msg}"
 
 
+def new_thread_id() -> str:
+    """An id for a thread not stored yet (so a caller can use it before the write lands)."""
+    return uuid.uuid4().hex[:16]
+
+
+class StoreWriter:
+    """Runs a store's calls on one thread, in the order given, so a UI thread never waits on
+    SQLite: `submit` returns at once; `call` waits for the result (after every earlier write);
+    `flush` / `close` wait until everything submitted is committed."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="locus-store", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        """Queue `fn(*args, **kwargs)` (e.g. `store.add_message`); its Future."""
+        fut: Future[T] = Future()
+        if self._closed:
+            fut.set_exception(StoreError(f"the store {self.store.path} is closed"))
+            return fut
+        self._jobs.put((lambda: fn(*args, **kwargs), fut))
+        return fut
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn` after every earlier write and return its result (for a worker thread)."""
+        if threading.current_thread() is self._thread:
+            return fn(*args, **kwargs)
+        return self.submit(fn, *args, **kwargs).result()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far has run; False on timeout."""
+        if self._closed and not self._thread.is_alive():
+            return True
+        done: Future[None] = Future()
+        self._jobs.put((lambda: None, done))
+        try:
+            done.result(timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self, timeout: float | None = None) -> None:
+        """Commit everything queued, then stop the thread (the store stays open)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, fut = job
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # the caller's Future carries it
+                fut.set_exception(e)
+
+
 def _insert_thread(db: sqlite3.Connection, kind: str, title: str, model: str | None,
                    meta: dict[str, Any] | None, tid: str | None) -> str:  # fmt: skip
-    tid = tid or uuid.uuid4().hex[:16]
+    tid = tid or new_thread_id()
     now = time.time()
     db.execute(
         "INSERT INTO threads (id, kind, title, model, created, updated, meta) "

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         ContextLengthError,
         EngineError,
         InsufficientMemoryError,
+        LoadCancelled,
         ModelLoadError,
         RequestError,
     )
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
         CheckpointInfo,
         LoadedModel,
         MemoryEstimate,
+        available_memory,
         estimate_memory,
         inspect_checkpoint,
         load_model,
@@ -69,6 +71,7 @@ _WHERE = {
     "ChatTemplateError": "errors",
     "EngineError": "errors",
     "InsufficientMemoryError": "errors",
+    "LoadCancelled": "errors",
     "ModelLoadError": "errors",
     "RequestError": "errors",
     "Done": "events",
@@ -89,6 +92,7 @@ _WHERE = {
     "CheckpointInfo": "loader",
     "LoadedModel": "loader",
     "MemoryEstimate": "loader",
+    "available_memory": "loader",
     "estimate_memory": "loader",
     "inspect_checkpoint": "loader",
     "load_model": "loader",
@@ -147,6 +151,7 @@ __all__ += ["convert", "write_tiny_checkpoint"]
 __all__ += ["Backend", "BackendInfo", "Handle", "PreparedRequest"]
 __all__ += ["BackendUnavailableError", "ContextLengthError", "ErrorKind"]
 __all__ += ["BUDGET_NOTE"]
+__all__ += ["LoadCancelled", "available_memory"]
 
 
 def __getattr__(name: str) -> Any:

@@ -30,6 +30,10 @@ class InsufficientMemoryError(ModelLoadError):
         super().__init__(msg)
 
 
+class LoadCancelled(EngineError):
+    """A model load was stopped on request (`load_model(should_stop=...)`); nothing stays loaded."""
+
+
 class ChatTemplateError(EngineError):
     """The conversation could not be rendered with the model's chat template."""
 

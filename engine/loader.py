@@ -12,11 +12,12 @@ import os
 import re
 import struct
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InsufficientMemoryError, ModelLoadError
+from .errors import InsufficientMemoryError, LoadCancelled, ModelLoadError
 from .model import QWEN_MOE_TYPES, text_config
 
 GB = 1024**3
@@ -256,8 +257,8 @@ def available_memory() -> int:
 
         info = mx.device_info()
         rec = info.get("max_recommended_working_set_size")
-        if rec:
-            return int(rec)
+        if rec:  # a budget for the process: what MLX holds now (a loaded model) is not free
+            return max(0, int(rec) - mx.get_active_memory())
     except Exception:  # device_info is missing on some builds; fall through to the OS
         pass
     if sys.platform.startswith("linux"):
@@ -414,7 +415,7 @@ def _quant_predicate(q: dict[str, Any], weight_keys: set[str]):
     return predicate
 
 
-def _load_qwen(info: CheckpointInfo, lazy: bool = False) -> Any:
+def _load_qwen(info: CheckpointInfo, lazy: bool = False, steps: _Steps | None = None) -> Any:
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_flatten, tree_unflatten
@@ -428,8 +429,10 @@ def _load_qwen(info: CheckpointInfo, lazy: bool = False) -> Any:
         raise ModelLoadError(
             f"{info.path / 'config.json'}: invalid model config: {type(e).__name__}: {_one_line(e)}"
         ) from e
+    steps = steps or _Steps()
     source = {}
     for f in info.files:
+        steps.step()
         try:
             source.update(mx.load(str(f)))
         except Exception as e:
@@ -484,11 +487,43 @@ def _load_qwen(info: CheckpointInfo, lazy: bool = False) -> Any:
     if lazy:
         return model
     try:
-        mx.eval(model.parameters())
+        # mx.load is lazy: the weights are read here, a layer at a time so a cancel stops the read.
+        for group in steps.groups(tree_flatten(model.parameters())):
+            mx.eval(group)
+    except LoadCancelled:
+        raise
     except Exception as e:
         raise ModelLoadError(f"{info.path}: reading weights failed: {e}") from e
     model.eval()
     return model
+
+
+class _Steps:
+    """Checks `should_stop` and reports `progress(done, total)` between shards and weight groups."""
+
+    def __init__(self, should_stop: Callable[[], bool] | None = None,
+                 progress: Callable[[int, int], None] | None = None, total: int = 0) -> None:  # fmt: skip
+        self.should_stop, self.progress = should_stop, progress
+        self.done, self.total = 0, total
+
+    def step(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise LoadCancelled("loading the model was cancelled")
+        if self.progress is not None:
+            self.progress(self.done, max(self.total, self.done))
+        self.done += 1
+
+    def groups(self, flat: list[tuple[str, Any]]) -> Iterator[list[Any]]:
+        """The parameters by decoder layer (and one group for the rest), a step each."""
+        by: dict[str, list[Any]] = {}
+        for k, v in flat:
+            m = re.match(r"(.*?\.layers\.\d+)\.", k)
+            by.setdefault(m.group(1) if m else "", []).append(v)
+        self.total += len(by)
+        for group in by.values():
+            self.step()
+            yield group
+        self.step()
 
 
 def _attach_mtp(model: Any, weights: dict[str, Any], info: CheckpointInfo) -> None:
@@ -555,11 +590,15 @@ def load_model(
     *,
     context_tokens: int = DEFAULT_CONTEXT_TOKENS,
     memory_check: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> LoadedModel:
     """Load a model directory (or a cached Hugging Face repo id) for generation.
 
     Qwen3.5/3.6-MoE checkpoints load into Locus's model in any layout; other architectures load
     through mlx-lm as text-only models. Raises ModelLoadError with a message naming the problem.
+    `should_stop` is polled between shards and between layers read (raising LoadCancelled when
+    it returns True); `progress(done, total)` reports those steps.
     """
     info = inspect_checkpoint(path_or_repo)
     check_config(info.config, info.path / "config.json")
@@ -568,9 +607,11 @@ def load_model(
     if memory_check:
         check_memory(info, context_tokens)
     _configure_metal(estimate_memory(info, context_tokens))
+    steps = _Steps(should_stop, progress, total=len(info.files) + 1)
+    steps.step()
     tokenizer = _load_tokenizer(info.path)
     if info.is_qwen_moe:
-        model, kind = _load_qwen(info), "qwen3_5_moe"
+        model, kind = _load_qwen(info, steps=steps), "qwen3_5_moe"
     else:
         from .mlxlm_compat import model_classes
 
@@ -581,6 +622,7 @@ def load_model(
                 f"{info.path / 'config.json'}: unknown model_type {info.model_type!r}: "
                 "neither Locus nor mlx-lm supports it"
             ) from e
+        steps.step()  # mlx-lm reads every shard in one call: a cancel counts before it starts
         model, kind = _load_other(info), "mlx_lm"
     eos, gen = _eos_ids(info.path, info.config, tokenizer)
     tokenizer.eos_token_ids = set(eos)

@@ -452,11 +452,13 @@ def write_checkpoint(
     bits: int | None = None,
     cfg: TinyConfig | None = None,
     seed: int = 0,
+    shards: int = 2,
 ) -> Path:
     """Write a complete tiny checkpoint (config, weights, tokenizer, template) to `path`.
 
-    `per_expert` and `fused` are HF layouts; `mlx` is the stacked `switch_mlp` layout that mlx-vlm
-    writes, optionally quantized to `bits` (router and shared-expert gate at 8 bits).
+    `per_expert` and `fused` are HF layouts, written in `shards` files with an index; `mlx` is
+    the stacked `switch_mlp` layout that mlx-vlm writes, optionally quantized to `bits` (router
+    and shared-expert gate at 8 bits).
     """
     import mlx.core as mx
 
@@ -495,18 +497,18 @@ def write_checkpoint(
     elif layout != "per_expert":
         raise ValueError(f"unknown layout {layout!r}")
     (path / "config.json").write_text(json.dumps(config, indent=2))
-    # Two shards with an index, as real checkpoints have.
+    # Shards with an index, as real checkpoints have.
     keys = sorted(weights)
-    half = len(keys) // 2
-    shards = {
-        "model-00001-of-00002.safetensors": keys[:half],
-        "model-00002-of-00002.safetensors": keys[half:],
+    n = max(1, min(shards, len(keys)))
+    cuts = [i * len(keys) // n for i in range(n + 1)]
+    parts = {
+        f"model-{i + 1:05d}-of-{n:05d}.safetensors": keys[cuts[i] : cuts[i + 1]] for i in range(n)
     }
     index = {
         "metadata": {"total_size": int(sum(a.nbytes for a in weights.values()))},
         "weight_map": {},
     }
-    for name, ks in shards.items():
+    for name, ks in parts.items():
         mx.save_safetensors(
             str(path / name), {k: mx.array(weights[k]) for k in ks}, metadata={"format": "pt"}
         )

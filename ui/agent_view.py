@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFont, QTextCursor
@@ -44,15 +43,18 @@ from app.agent import (
     detect_sandbox,
 )
 from app.agent.checkpoints import CheckpointError, Checkpoints
+from app.agent.ignore import walk
 from app.agent.watch import TreeWatcher
 from app.settings import data_dir, load_ui_settings, save_ui_settings
 from app.store import Store
 
 from .bridge import Task, run_in_background
 
+if TYPE_CHECKING:
+    from engine import Backend
+
 __all__ = ["AgentView", "ApprovalCard"]
 
-_SKIP = {".git", "__pycache__", "node_modules", ".venv", ".mypy_cache", ".pytest_cache"}
 _MAX_TREE = 3000  # entries shown; a huge folder must not freeze the window
 _MAX_RECENT = 8
 
@@ -156,13 +158,15 @@ class AgentView(QWidget):
     message_for_user = Signal(str)  # an error the user should act on
     hint_for_user = Signal(str)  # information, not an error (status bar only)
     project_opened = Signal(str)
+    runs_listed = Signal()  # the project's past runs are listed (read off the UI thread)
+    run_shown = Signal(str)  # a stored run's transcript is shown
 
     def __init__(self, parent: QWidget | None = None, store: Store | None = None) -> None:
         super().__init__(parent)
         self.store = store
         self.data_dir = data_dir()
         self.checkpoints: Checkpoints | None = None  # the project's steps, from any session
-        self.engine: Any = None
+        self.engine: Backend | None = None  # the loaded model
         self.backend_factory: Any = None  # tests: a callable returning a ModelBackend
         self.project: Path | None = None
         self.agent: Agent | None = None
@@ -256,7 +260,7 @@ class AgentView(QWidget):
         lay.addWidget(split, 1)
 
     # -- project ------------------------------------------------------------------------------------
-    def set_engine(self, engine: Any) -> None:
+    def set_engine(self, engine: Backend | None) -> None:
         self.engine = engine
 
     def open_project(self, path: str | Path) -> None:
@@ -302,19 +306,29 @@ class AgentView(QWidget):
             menu.addAction("No recent projects").setEnabled(False)
 
     def refresh_runs(self) -> None:
-        """This project's past runs from the store, newest first."""
-        self.runs.clear()
+        """This project's past runs from the store, newest first (read on a worker)."""
         if self.store is None or self.project is None:
+            self.runs.clear()
             return
+        project = str(self.project)
+        run_in_background(self.store.runs, project=project, limit=50,
+                          on_done=lambda runs: self._fill_runs(project, runs),
+                          on_error=self.message_for_user.emit)  # fmt: skip
+
+    def _fill_runs(self, project: str, runs: list[Any]) -> None:
+        if self.project is None or str(self.project) != project:
+            return  # another project was opened meanwhile
         import datetime
 
-        for r in self.store.runs(project=str(self.project), limit=50):
+        self.runs.clear()
+        for r in runs:
             when = datetime.datetime.fromtimestamp(r.created).strftime("%Y-%m-%d %H:%M")
             title = r.task.strip().splitlines()[0][:80] if r.task.strip() else "agent run"
             item = QListWidgetItem(f"{when} · {r.status} · {title}")
             item.setToolTip(r.task)
             item.setData(256, r.id)
             self.runs.addItem(item)
+        self.runs_listed.emit()
 
     def show_run(self, run_id: str) -> None:
         """Show a stored run's transcript: its task, steps, tool calls, diffs and answer."""
@@ -323,12 +337,20 @@ class AgentView(QWidget):
         if self.task is not None and self.task.running:
             self.hint_for_user.emit("The transcript shows the running task until it ends.")
             return
-        rec = self.store.run(run_id)
+        store = self.store
+        run_in_background(lambda: (store.run(run_id), store.events(run_id)),
+                          on_done=self._show_stored_run, on_error=self.message_for_user.emit)  # fmt: skip
+
+    def _show_stored_run(self, loaded: tuple[Any, list[dict[str, Any]]]) -> None:
+        rec, events = loaded
+        if self.task is not None and self.task.running:
+            return
         self.transcript.clear()
         self._append(f"<b>Task:</b> {_esc(rec.task)} <i>({_esc(rec.status)})</i>")
-        for e in self.store.events(run_id):
+        for e in events:
             data = {k: v for k, v in e.items() if k not in ("seq", "type", "step", "time")}
-            self._show_event(AgentEvent(e["type"], e["step"], data, run_id, e["seq"]), live=False)
+            self._show_event(AgentEvent(e["type"], e["step"], data, rec.id, e["seq"]), live=False)
+        self.run_shown.emit(rec.id)
 
     def refresh_tree(self) -> None:
         self.tree.clear()
@@ -336,19 +358,17 @@ class AgentView(QWidget):
             return
         root = QTreeWidgetItem([self.project.name])
         self.tree.addTopLevelItem(root)
-        nodes: dict[Path, QTreeWidgetItem] = {self.project: root}
-        count = 0
-        for dirpath, dirnames, filenames in os.walk(self.project):
-            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP)
-            parent = nodes[Path(dirpath)]
-            for d in dirnames:
-                nodes[Path(dirpath) / d] = QTreeWidgetItem(parent, [d + "/"])
-            for f in sorted(filenames):
-                QTreeWidgetItem(parent, [f])
-                count += 1
-            if count > _MAX_TREE:
+        nodes: dict[str, QTreeWidgetItem] = {"": root}
+        # The agent's own walk: what .gitignore ignores is left out here too.
+        for count, e in enumerate(walk(self.project)):
+            if count >= _MAX_TREE:
                 QTreeWidgetItem(root, ["… (more files not shown)"])
                 break
+            parent = nodes.get(e.rel.rpartition("/")[0], root)
+            name = e.rel.rpartition("/")[2]
+            item = QTreeWidgetItem(parent, [name + "/" if e.is_dir else name])
+            if e.is_dir:
+                nodes[e.rel] = item
         root.setExpanded(True)
 
     def tree_paths(self) -> list[str]:

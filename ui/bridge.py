@@ -17,7 +17,15 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 
-__all__ = ["Task", "expected", "run_in_background", "stream_in_background", "user_message"]
+__all__ = [
+    "Relay",
+    "Task",
+    "expected",
+    "run_in_background",
+    "stream_in_background",
+    "to_ui_thread",
+    "user_message",
+]
 
 # Tasks alive until they finish: a QObject without a parent would otherwise be collected.
 _LIVE: set[Task] = set()
@@ -83,6 +91,26 @@ class Task(QObject):
     @Slot()
     def _release(self) -> None:
         _LIVE.discard(self)
+
+
+class Relay(QObject):
+    """Calls a function on the UI thread with items handed to it from any thread (an app
+    service's listener, e.g. the ModelManager's events)."""
+
+    item = Signal(object)
+
+    def __init__(self, fn: Callable[[Any], None], parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.item.connect(fn, Qt.ConnectionType.QueuedConnection)
+
+    def __call__(self, item: Any) -> None:
+        self.item.emit(item)
+
+
+def to_ui_thread(fn: Callable[[Any], None], parent: QObject | None = None) -> Relay:
+    """A callable for any thread that runs `fn(item)` on the UI thread (create it there; keep
+    it alive with `parent`)."""
+    return Relay(fn, parent)
 
 
 def expected(e: BaseException) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QKeyEvent, QKeySequence, QShortcut
@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.store import Store
+from app.store import Store, StoreWriter, ThreadRecord, new_thread_id
 from engine import (
     PRESETS,
     Done,
@@ -42,9 +42,12 @@ from engine import (
     preset,
 )
 
-from .bridge import Task, stream_in_background
+from .bridge import Task, run_in_background, stream_in_background, to_ui_thread, user_message
 from .dialogs import confirm
 from .markdown import MarkdownView
+
+if TYPE_CHECKING:
+    from engine import Backend
 
 __all__ = ["ChatView", "Composer", "MessageWidget"]
 
@@ -140,13 +143,23 @@ class ChatView(QWidget):
     """Conversations list on the left; transcript, composer and controls on the right."""
 
     reply_finished = Signal(str)  # finish_reason, for tests and the status bar
+    list_filled = Signal()  # the conversation list shows the latest search
+    conversation_opened = Signal(str)  # a stored conversation is shown (its id)
     message_for_user = Signal(str)  # an error or hint for the window's status area
 
-    def __init__(self, store: Store, dark: bool = False, parent: QWidget | None = None) -> None:
+    def __init__(self, store: Store, dark: bool = False, parent: QWidget | None = None,
+                 writer: StoreWriter | None = None) -> None:  # fmt: skip
         super().__init__(parent)
         self.store = store
+        # SQLite runs on the writer's thread, in order: reads see every earlier write.
+        self.writer = writer or StoreWriter(store)
+        self._own_writer = writer is None
+        self._write_failed = to_ui_thread(self._on_write_failed, self)
+        self._list_gen = 0  # the newest list request; older answers are dropped
+        self._opening: str | None = None  # a conversation being read from the store
         self.dark = dark
-        self.engine: Any = None
+        self.engine: Backend | None = None  # the loaded model
+        self._context_tokens = 0
         self.model_name = ""
         self.thread_id: str | None = None
         self.history: list[dict[str, Any]] = []
@@ -260,22 +273,44 @@ class ChatView(QWidget):
         lay.addWidget(split)
 
     # -- conversations ------------------------------------------------------------------------------
+    def _write(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """Queue a store write (committed in order on the writer thread; flushed at shutdown)."""
+        fut = self.writer.submit(fn, *args, **kwargs)
+        fut.add_done_callback(lambda f: f.exception() and self._write_failed(f.exception()))
+
+    def _on_write_failed(self, e: BaseException) -> None:
+        self.message_for_user.emit(f"Could not save the conversation: {user_message(e)}")
+
+    def _read(self, fn: Any, *args: Any, on_done: Any) -> Task:
+        """Run a store read after every earlier write, off the UI thread; `on_done` gets it."""
+        return run_in_background(
+            self.writer.call, fn, *args, on_done=on_done,
+            on_error=lambda m: self.message_for_user.emit(f"Could not read conversations: {m}"),
+        )  # fmt: skip
+
     def refresh_list(self) -> None:
-        query = self.search.text().strip()
+        """List the conversations matching the search (titles and message text)."""
+        self._list_gen += 1
+        gen, query = self._list_gen, self.search.text().strip()
+        self._read(self.store.search, query, "chat", 500,
+                   on_done=lambda threads: self._fill_list(gen, threads))  # fmt: skip
+
+    def _fill_list(self, gen: int, threads: list[ThreadRecord]) -> None:
+        if gen != self._list_gen:
+            return
         self.conversations.clear()
-        threads = self.store.search(query, kind="chat", limit=500)  # titles and message text
         for t in threads:
             item = QListWidgetItem(t.title or "New conversation")
             item.setData(256, t.id)
             self.conversations.addItem(item)
             if t.id == self.thread_id:
                 item.setSelected(True)
+        self.list_filled.emit()
 
     def new_conversation(self) -> None:
         if self.busy:
             return
-        self.thread_id = None
-        self.history = []
+        self.thread_id, self.history, self._opening = None, [], None
         self.profile.setCurrentText(getattr(self, "default_profile", "thinking"))
         self._clear_transcript()
         self.stats.setText("")  # the last conversation's speed is not this one's
@@ -283,12 +318,23 @@ class ChatView(QWidget):
         self.input.setFocus()
 
     def open_conversation(self, thread_id: str) -> None:
+        """Show a stored conversation (read off the UI thread; `conversation_opened` when shown)."""
         if self.busy:
             self.message_for_user.emit("Stop the reply before switching conversations.")
             return
-        t = self.store.thread(thread_id)
-        self.thread_id = thread_id
-        self.history = self.store.messages(thread_id)
+        self.thread_id, self.history, self._opening = thread_id, [], thread_id
+        self._clear_transcript()
+        self._read(self._load, thread_id, on_done=self._show_conversation)
+
+    def _load(self, thread_id: str) -> tuple[ThreadRecord, list[dict[str, Any]]]:
+        return self.store.thread(thread_id), self.store.messages(thread_id)
+
+    def _show_conversation(self, loaded: tuple[ThreadRecord, list[dict[str, Any]]]) -> None:
+        t, messages = loaded
+        if t.id != self._opening:  # another conversation was opened meanwhile
+            return
+        self._opening = None
+        self.history = messages
         self.profile.blockSignals(True)
         self.thinking.blockSignals(True)
         self.profile.setCurrentText(t.meta.get("preset", "thinking"))
@@ -306,9 +352,10 @@ class ChatView(QWidget):
                     footer = str(meta.get("footer") or "")
                     w.set_footer(footer)
         self.stats.setText(footer if not footer.startswith("Error") else "")
+        self.conversation_opened.emit(t.id)
 
     def rename_conversation(self, thread_id: str, title: str) -> None:
-        self.store.rename_thread(thread_id, title.strip() or "Untitled")
+        self._write(self.store.rename_thread, thread_id, title.strip() or "Untitled")
         self.refresh_list()
 
     def delete_conversation(self, thread_id: str, ask: bool = True) -> bool:
@@ -316,13 +363,13 @@ class ChatView(QWidget):
         if self.busy and thread_id == self.thread_id:
             self.message_for_user.emit("Stop the reply before deleting this conversation.")
             return False
-        t = self.store.thread(thread_id)
-        msgs = self.store.messages(thread_id)
+        # What the question and Undo need, read after every queued write (a short wait).
+        t, msgs = self.writer.call(self._load, thread_id)
         title = t.title or "New conversation"
         if ask and not confirm(self, "Delete conversation",
                                f"Delete “{title}” and its {len(msgs)} messages?", "Delete"):  # fmt: skip
             return False
-        self.store.delete_thread(thread_id)
+        self._write(self.store.delete_thread, thread_id)
         self._deleted = (t, msgs)
         self.undo_label.setText(f"Deleted “{title}”")
         self.undo_label.setToolTip(title)
@@ -346,9 +393,9 @@ class ChatView(QWidget):
         t, msgs = self._deleted
         self._deleted = None
         self.undo_bar.setVisible(False)
-        self.store.create_thread(t.kind, t.title, model=t.model, meta=t.meta, id=t.id)
+        self._write(self.store.create_thread, t.kind, t.title, model=t.model, meta=t.meta, id=t.id)
         for m in msgs:
-            self.store.add_message(t.id, m)
+            self._write(self.store.add_message, t.id, m)
         self.refresh_list()
         if not self.busy:
             self.open_conversation(t.id)
@@ -371,7 +418,7 @@ class ChatView(QWidget):
 
     def _save_meta(self, *_: Any) -> None:
         if self.thread_id:
-            self.store.set_thread_meta(self.thread_id, self._meta())
+            self._write(self.store.set_thread_meta, self.thread_id, self._meta())
 
     def _meta(self) -> dict[str, Any]:
         return {"preset": self.profile.currentText(), "thinking": self.thinking.isChecked()}
@@ -383,9 +430,11 @@ class ChatView(QWidget):
             self.profile.setCurrentText(self.default_profile)
 
     # -- generation ---------------------------------------------------------------------------------
-    def set_engine(self, engine: Any, model_name: str = "") -> None:
+    def set_engine(self, engine: Backend | None, model_name: str = "") -> None:
         self.engine = engine
         self.model_name = model_name
+        # Read once: a reply that ends after the model is unloaded still shows its footer.
+        self._context_tokens = engine.info.context_tokens if engine is not None else 0
 
     @property
     def busy(self) -> bool:
@@ -393,7 +442,7 @@ class ChatView(QWidget):
 
     def send(self, text: str | None = None) -> None:
         text = (text if isinstance(text, str) else self.input.toPlainText()).strip()
-        if not text or self.busy:
+        if not text or self.busy or self._opening:
             return
         if self.engine is None:
             self.message_for_user.emit(
@@ -401,11 +450,11 @@ class ChatView(QWidget):
             )
             return
         if self.thread_id is None:
-            self.thread_id = self.store.create_thread(
-                "chat", text.splitlines()[0][:60], model=self.model_name, meta=self._meta()
-            )
+            self.thread_id = new_thread_id()
+            self._write(self.store.create_thread, "chat", text.splitlines()[0][:60],
+                        model=self.model_name, meta=self._meta(), id=self.thread_id)  # fmt: skip
         msg = {"role": "user", "content": text}
-        self.store.add_message(self.thread_id, msg)
+        self._write(self.store.add_message, self.thread_id, msg)
         self.history.append(msg)
         self._add_message("user").set_content(text)
         self.input.clear()
@@ -422,7 +471,7 @@ class ChatView(QWidget):
             if last is not None and last.role == "assistant":
                 self._remove(last)
             if self.thread_id:
-                self.store.pop_message(self.thread_id)  # the stored reply goes too
+                self._write(self.store.pop_message, self.thread_id)  # the stored reply goes too
         if self.history and self.history[-1].get("role") == "user":
             self._generate()
 
@@ -498,12 +547,7 @@ class ChatView(QWidget):
         u = self._usage or done.usage
         footer = ""
         if u is not None:
-            limit = 0
-            try:
-                limit = int(self.engine.model.config.get("text_config", {}).get(
-                    "max_position_embeddings", 0))  # fmt: skip
-            except Exception:  # a model without that field: show tokens without a limit
-                limit = 0
+            limit = self._context_tokens
             ctx = u.prompt_tokens + u.completion_tokens
             footer = f"{u.generation_tps:.1f} tok/s · context {ctx}" + (
                 f"/{limit}" if limit else ""
@@ -528,7 +572,7 @@ class ChatView(QWidget):
             msg["meta"] = {"footer": footer, "finish_reason": reason}
             self.history.append(msg)
             if self.thread_id:
-                self.store.add_message(self.thread_id, msg)
+                self._write(self.store.add_message, self.thread_id, msg)
         self._reset_buttons()
         self.reply_finished.emit(reason)
 
@@ -570,6 +614,11 @@ class ChatView(QWidget):
         self._current = None
 
     def shutdown(self) -> None:
+        """Stop the reply and commit every queued write (a finished message is never lost)."""
         if self.task is not None and self.task.running:
             self.task.cancel()
             self.task.wait(5)
+        if self._own_writer:
+            self.writer.close()
+        else:
+            self.writer.flush()

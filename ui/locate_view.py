@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtGui import (
@@ -38,10 +38,13 @@ from PySide6.QtWidgets import (
 )
 
 from app import localize
-from engine import Done, GenerationRequest, TextDelta, preset
+from engine import Done, GenerationRequest, TextDelta
 
 from .bridge import Task, stream_in_background
 from .dialogs import save_file
+
+if TYPE_CHECKING:
+    from engine import Backend
 
 __all__ = ["BoxItem", "LocateView", "box_dict", "label_color", "unsupported_image"]
 
@@ -54,20 +57,9 @@ def label_color(label: str, labels: list[str] | None = None) -> QColor:
     return QColor(*localize.label_color(label, labels))
 
 
-def _num(v: float) -> float | int:
-    # 2 decimals is sub-pixel; it drops float noise such as 79.80000000000001.
-    r = round(float(v), 2)
-    return int(r) if r == int(r) else r
-
-
-def box_dict(box: Any) -> dict[str, Any]:
-    """A Box (app.localize) as JSON: label, bbox in original-image pixels, optional point."""
-    d: dict[str, Any] = {"label": box.label, "bbox": [_num(v) for v in (box.x1, box.y1, box.x2,
-                                                                         box.y2)]}  # fmt: skip
-    point = getattr(box, "point", None)
-    if point is not None:
-        d["point"] = [_num(v) for v in point]
-    return d
+def box_dict(box: localize.Box) -> dict[str, Any]:
+    """A Box as exported JSON: app.localize's own (the CLI writes the same)."""
+    return box.to_dict()
 
 
 class BoxItem(QGraphicsRectItem):
@@ -140,7 +132,7 @@ class LocateView(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.engine: Any = None
+        self.engine: Backend | None = None  # the loaded model
         self.image_path: Path | None = None
         self.image_size = (0, 0)
         self.boxes: list[Any] = []
@@ -199,7 +191,7 @@ class LocateView(QWidget):
         split.setSizes([700, 240])
         lay.addWidget(split, 1)
 
-    def set_engine(self, engine: Any) -> None:
+    def set_engine(self, engine: Backend | None) -> None:
         self.engine = engine
 
     # -- image and boxes ----------------------------------------------------------------------------
@@ -291,14 +283,8 @@ class LocateView(QWidget):
         )  # fmt: skip
 
     def request(self, query: str) -> GenerationRequest:
-        """The grounding request for the open image: no thinking, the model card's instruct preset."""
-        return GenerationRequest(
-            messages=[{"role": "user", "content": [
-                {"type": "image", "image": str(self.image_path)},
-                {"type": "text", "text": localize.build_prompt(query)},
-            ]}],
-            enable_thinking=False, sampling=preset("instruct"), max_tokens=self.max_tokens,
-        )  # fmt: skip
+        """The grounding request for the open image (app.localize builds it, as for the CLI)."""
+        return localize.locate_request(str(self.image_path), query, max_tokens=self.max_tokens)
 
     def stop(self) -> None:
         if self.task is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QByteArray, QMimeData, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (
@@ -32,15 +32,27 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.models import (
+    LoadingCancelled,
+    LoadingFailed,
+    LoadingProgress,
+    ModelEvent,
+    ModelLoaded,
+    ModelManager,
+    ModelUnloaded,
+)
 from app.settings import load_ui_settings, save_ui_settings
 from app.store import Store
 
 from .agent_view import AgentView
-from .bridge import Task, run_in_background
+from .bridge import to_ui_thread
 from .chat_view import ChatView
 from .locate_view import IMAGE_SUFFIXES, LocateView, unsupported_image
 from .models_view import ModelsView, human_bytes
 from .server_view import ServerView
+
+if TYPE_CHECKING:
+    from engine import Backend
 
 __all__ = ["VIEWS", "WINDOW_DEMO_NOTICE", "MainWindow", "log_path", "route_drop"]
 
@@ -72,6 +84,15 @@ def route_drop(paths: list[Path]) -> tuple[str, Path] | None:
     return None
 
 
+def _describe_model(backend: Backend, memory: int) -> str:
+    """The memory the loaded model takes (weights, context budget, margin) and its context."""
+    ctx = backend.info.context_tokens
+    parts = [f"{human_bytes(memory)} in memory"] if memory else []
+    if ctx:
+        parts.append(f"context {ctx // 1024}K" if ctx >= 4096 else f"context {ctx}")
+    return " · ".join(parts)
+
+
 def _paths(mime: QMimeData) -> list[Path]:
     return [Path(u.toLocalFile()) for u in mime.urls() if u.isLocalFile()]
 
@@ -90,12 +111,12 @@ def _copy_or_link(event: QDragEnterEvent | QDragMoveEvent | QDropEvent) -> bool:
 
 
 class MainWindow(QMainWindow):
-    """Owns the engine (loaded on a worker) and hands it to every view."""
+    """Hands the model its ModelManager loads (an engine.Backend) to every view."""
 
     model_loaded = Signal(str)
 
-    def __init__(self, store: Store | None = None, *, dark: bool = False,
-                 demo: bool = False) -> None:  # fmt: skip
+    def __init__(self, store: Store | None = None, *, dark: bool = False, demo: bool = False,
+                 manager: ModelManager | None = None) -> None:  # fmt: skip
         super().__init__()
         self.setWindowTitle("Locus" + (" — demo model" if demo else ""))
         self.demo = demo
@@ -103,10 +124,11 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.resize(1200, 780)
         self.store = store or Store()
-        self.engine: Any = None
+        self.engine: Backend | None = None  # the loaded model, as every view has it
         self.model_name = ""
-        self.load_task: Task | None = None
-        self._stale_loads: list[Task] = []
+        self.loading_path: str | None = None  # the model being loaded (None: no load)
+        self.manager = manager or ModelManager()
+        self.manager.add_listener(to_ui_thread(self._model_event, self))
 
         tb = QToolBar("Main")
         tb.setMovable(False)
@@ -335,25 +357,6 @@ class MainWindow(QMainWindow):
             self.load_model(path)
         self._fill_picker()
 
-    def _describe_model(self, engine: Any, path: str) -> str:
-        """Memory (the weights on disk) and context length of the loaded model."""
-        size = 0
-        try:
-            for f in Path(path).rglob("*.safetensors"):
-                size += f.stat().st_size
-        except OSError:
-            pass
-        ctx = 0
-        try:
-            cfg = engine.model.config
-            ctx = int(cfg.get("text_config", cfg).get("max_position_embeddings", 0) or 0)
-        except Exception:  # a model without that field: show memory only
-            ctx = 0
-        parts = [f"{human_bytes(size)} in memory"] if size else []
-        if ctx:
-            parts.append(f"context {ctx // 1024}K" if ctx >= 4096 else f"context {ctx}")
-        return " · ".join(parts)
-
     # -- views --------------------------------------------------------------------------------------
     def show_view(self, name: str) -> None:
         self.sidebar.setCurrentRow(VIEWS.index(name))
@@ -428,40 +431,43 @@ class MainWindow(QMainWindow):
         self.show_view(view)
         return True
 
-    # -- the engine ---------------------------------------------------------------------------------
-    def set_engine(self, engine: Any, name: str) -> None:
-        old = self.engine
-        self.engine, self.model_name = engine, name
-        self.chat.set_engine(engine, name)
-        self.agent.set_engine(engine)
-        self.locate.set_engine(engine)
-        self.server.set_engine(engine, name)
-        self.model_label.setText("Model:" if engine is not None else "No model loaded")
-        if engine is None:
-            self.model_path = ""
-        self.model_info.setText(self._describe_model(engine, self.model_path) if engine else "")
-        self.models.set_loaded(self.model_path or None)
+    # -- the model ----------------------------------------------------------------------------------
+    # The ModelManager (app/models.py) owns the model; its events reach `_model_event` on this thread.
+    def set_engine(self, engine: Backend | None, name: str) -> None:
+        """Use an already open backend (the one loaded before is unloaded first)."""
+        self.manager.adopt(engine, name)
+        self._show_backend(engine, name, self.manager.path, self.manager.memory_in_use)
+
+    def _show_backend(self, backend: Backend | None, name: str, path: str, memory: int) -> None:
+        self.engine, self.model_name = backend, name
+        self.model_path = path if backend is not None else ""
+        self.chat.set_engine(backend, name)
+        self.agent.set_engine(backend)
+        self.locate.set_engine(backend)
+        self.server.set_engine(backend, name)
+        self._set_label()
+        self.model_info.setText(_describe_model(backend, memory) if backend is not None else "")
+        self.models.set_loaded(self.model_path or None, memory)
         self._fill_picker()
-        if old is not None and old is not engine:
-            old.close()
+
+    def _set_label(self) -> None:
+        if self.loading_path is not None:
+            self.model_label.setText(f"Loading {Path(self.loading_path).name}…")
+        else:
+            self.model_label.setText("Model:" if self.engine is not None else "No model loaded")
 
     def load_model(self, path: str) -> None:
-        """Load on a worker; the window stays live, and Cancel drops the result when it comes."""
+        """Load in the background (the loaded model is unloaded first); Cancel stops the load."""
         if self.chat.busy:
             self.show_message("Stop the reply before loading another model.")
             return
-        from engine import Engine
-
-        name = Path(path).name
-        self.model_label.setText(f"Loading {name}…")
-        self._loading(True)
         from app.settings import preference
 
-        task = run_in_background(Engine.from_path, path,
-                                 context_tokens=int(preference("context_tokens")))  # fmt: skip
-        task.done.connect(lambda eng: self._loaded(task, eng, name, path))
-        task.failed.connect(lambda msg: self._load_failed(task, msg))
-        self.load_task = task
+        self.loading_path = str(path)
+        self.load_progress.setRange(0, 0)  # busy until the first step is reported
+        self._loading(True)
+        self._set_label()
+        self.manager.load(str(path), context_tokens=int(preference("context_tokens")))
 
     def _loading(self, on: bool) -> None:
         # Widgets in a toolbar are shown and hidden through their actions.
@@ -469,31 +475,34 @@ class MainWindow(QMainWindow):
         self._progress_action.setVisible(on)
 
     def cancel_load(self) -> None:
-        if self.load_task is not None:
-            self._stale_loads.append(self.load_task)
-            self.load_task = None
+        """Stop the load under way (it stops between shards; nothing half-loaded is kept)."""
+        self.manager.cancel()
+        self.loading_path = None
         self._loading(False)
-        self.model_label.setText("Model:" if self.engine else "No model loaded")
+        self._set_label()
 
-    def _loaded(self, task: Task, engine: Any, name: str, path: str) -> None:
-        if task is not self.load_task:  # cancelled: free what was loaded
-            engine.close()
-            return
-        self.load_task = None
-        if not self.demo:  # the next plain `locus` opens with this model again
-            save_ui_settings({"last_model": path})
-        self._loading(False)
-        self.model_path = path
-        self.set_engine(engine, name)
-        self.model_loaded.emit(name)
-
-    def _load_failed(self, task: Task, message: str) -> None:
-        if task is not self.load_task:
-            return
-        self.load_task = None
-        self._loading(False)
-        self.model_label.setText("Model:" if self.engine else "No model loaded")
-        self.show_message(f"Could not load the model: {message}")
+    def _model_event(self, ev: ModelEvent) -> None:
+        mine = self.loading_path is not None and ev.path == self.loading_path
+        if isinstance(ev, LoadingProgress) and mine:
+            self.load_progress.setRange(0, ev.total)
+            self.load_progress.setValue(ev.done)
+        elif isinstance(ev, ModelLoaded | ModelUnloaded):
+            m = self.manager  # its present state: events that are already stale change nothing
+            if mine and isinstance(ev, ModelLoaded):
+                self.loading_path = None
+                self._loading(False)
+                if not self.demo:  # the next plain `locus` opens with this model again
+                    save_ui_settings({"last_model": ev.path})
+            if m.backend is not self.engine or isinstance(ev, ModelLoaded):
+                self._show_backend(m.backend, m.name, m.path, m.memory_in_use)
+            if mine and isinstance(ev, ModelLoaded):
+                self.model_loaded.emit(ev.name)
+        elif isinstance(ev, LoadingFailed | LoadingCancelled) and mine:
+            self.loading_path = None
+            self._loading(False)
+            self._set_label()
+            if isinstance(ev, LoadingFailed):
+                self.show_message(f"Could not load the model: {ev.message}")
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.hide()  # the window goes at once; workers stop and the prompt cache is saved behind it
@@ -510,6 +519,5 @@ class MainWindow(QMainWindow):
             v.stop()
         for v in (self.chat, self.agent, self.server):
             v.shutdown()
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
+        self.manager.close()
+        self.engine = None

@@ -55,6 +55,7 @@ class ModelsView(QWidget):
         self.extra_dirs: list[Path] = [cache_dir()]
         self.progress_interval = 0.2  # seconds between progress updates
         self.loaded_path: Path | None = None  # the window's model: marked, and never deleted
+        self.memory_in_use = 0  # bytes the loaded model holds (free once it is unloaded)
         self._build()
 
     def _build(self) -> None:
@@ -144,6 +145,7 @@ class ModelsView(QWidget):
         self.list_task = run_in_background(
             hub.list_local_models,
             self.extra_dirs,
+            in_use=self.memory_in_use,
             on_done=self._show_models,
             on_error=self._list_failed,
         )
@@ -183,9 +185,11 @@ class ModelsView(QWidget):
         if m is not None:
             self.load_requested.emit(str(m.path))
 
-    def set_loaded(self, path: str | Path | None) -> None:
-        """Mark the window's loaded model in the list (and protect it from Delete)."""
+    def set_loaded(self, path: str | Path | None, memory: int = 0) -> None:
+        """Mark the window's loaded model in the list (and protect it from Delete); `memory` is
+        what it holds, free for another model once it is unloaded."""
         self.loaded_path = Path(path).resolve() if path else None
+        self.memory_in_use = memory if path else 0
         if self.models:
             self._show_models(self.models)
 

@@ -85,7 +85,7 @@ def render_all(out_dir: Path, *, demo: bool = True, model: str | None = None) ->
     try:
         if model:
             win.load_model(model)
-            if not wait_until(lambda: win.engine is not None or win.load_task is None, 300):
+            if not wait_until(lambda: win.engine is not None or win.loading_path is None, 300):
                 raise RuntimeError("the model did not load within 5 minutes")
         if win.engine is not None:
             win.chat.send("Write a Python function that reverses a string.")

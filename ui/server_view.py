@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QTimer, Signal
 from PySide6.QtGui import QFont, QGuiApplication
@@ -26,6 +26,9 @@ from app.settings import load_ui_settings
 
 from .bridge import Task, run_in_background
 from .dialogs import machine_name
+
+if TYPE_CHECKING:
+    from engine import Backend
 
 __all__ = ["RequestLog", "ServerView", "cache_summary", "claude_code_env"]
 
@@ -121,7 +124,7 @@ class ServerView(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.engine: Any = None
+        self.engine: Backend | None = None  # the loaded model
         self.model_name = ""
         self.server: Any = None
         self.asgi: Any = None
@@ -184,7 +187,7 @@ class ServerView(QWidget):
         self.port.setValue(int(remembered.get("server_port") or DEFAULT_PORT))
         self._update_env()
 
-    def set_engine(self, engine: Any, model_name: str = "") -> None:
+    def set_engine(self, engine: Backend | None, model_name: str = "") -> None:
         self.engine = engine
         self.model_name = model_name
         self._update_env()

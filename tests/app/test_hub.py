@@ -151,6 +151,10 @@ def test_list_and_delete(tiny_dir, tmp_path, monkeypatch):
     assert models["owner/small"].repo_id == "owner/small"
     assert models["owner/small"].fits is False  # a tiny memory limit: does not fit
     assert models["broken"].fits is None and models["broken"].error
+    # The loaded model's memory is freed before another loads: it counts as available.
+    need = models["owner/small"].needed_bytes
+    again = hub.list_local_models([root], include_hf_cache=False, in_use=need)
+    assert next(m for m in again if m.name == "owner/small").fits is True
     hub.delete_model(models["owner/small"])
     assert not (root / "owner--small").exists()
     with pytest.raises(hub.HubError, match="does not look like a model"):

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from app.store import SCHEMA_VERSION, Store, StoreError, default_data_dir
+from app.store import (
+    SCHEMA_VERSION,
+    Store,
+    StoreError,
+    StoreWriter,
+    default_data_dir,
+    new_thread_id,
+)
 
 
 @pytest.fixture
@@ -174,3 +181,42 @@ def test_meta_and_pop_message(store: Store) -> None:
     assert store.pop_message(t) == {"role": "assistant", "content": "a"}
     assert store.messages(t) == [{"role": "user", "content": "q"}]
     assert store.add_message(t, {"role": "assistant", "content": "b"}) == 2  # seq reused cleanly
+
+
+def test_writer_runs_calls_in_order_off_the_callers_thread(store: Store) -> None:
+    import threading
+
+    writer = StoreWriter(store)
+    threads: set[str] = set()
+
+    def add(tid: str, msg: dict) -> int:
+        threads.add(threading.current_thread().name)
+        return store.add_message(tid, msg)
+
+    tid = new_thread_id()
+    writer.submit(store.create_thread, "chat", "queued", id=tid)
+    futs = [writer.submit(add, tid, {"role": "user", "content": str(i)}) for i in range(50)]
+    # A read through the writer sees every write queued before it.
+    assert [m["content"] for m in writer.call(store.messages, tid)] == [str(i) for i in range(50)]
+    assert [f.result() for f in futs] == list(range(1, 51))
+    assert threads == {"locus-store"}
+    bad = writer.submit(store.rename_thread, "missing", "x")
+    with pytest.raises(StoreError):
+        bad.result(5)
+    writer.close()
+
+
+def test_writer_close_commits_everything_queued(tmp_path: Path) -> None:
+    s = Store(tmp_path / "w.db")
+    writer = StoreWriter(s)
+    tid = new_thread_id()
+    writer.submit(s.create_thread, "chat", "t", id=tid)
+    for i in range(200):
+        writer.submit(s.add_message, tid, {"role": "user", "content": str(i)})
+    writer.close()  # returns once the queue is committed
+    late = writer.submit(s.add_message, tid, {"role": "user", "content": "late"})
+    with pytest.raises(StoreError, match="closed"):
+        late.result(5)
+    s.close()
+    with Store(tmp_path / "w.db") as again:
+        assert len(again.messages(tid)) == 200

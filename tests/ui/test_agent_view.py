@@ -82,6 +82,19 @@ def test_tree_follows_changes_on_disk(view, qtbot, project):
     qtbot.waitUntil(lambda: "hello.py" not in view.tree_paths(), timeout=10000)
 
 
+def test_tree_leaves_out_what_gitignore_ignores(view, project):
+    # The same walk as the agent's list_dir tool: what it cannot see is not shown either.
+    (project / ".gitignore").write_text("build/\n*.log\n!keep.log\n")
+    (project / "build").mkdir()
+    (project / "build" / "out.o").write_text("")
+    (project / "run.log").write_text("")
+    (project / "keep.log").write_text("")
+    (project / "src").mkdir()
+    (project / "src" / "a.py").write_text("")
+    view.refresh_tree()
+    assert view.tree_paths() == [".gitignore", "hello.py", "keep.log", "src", "src/a.py"]
+
+
 def test_sandbox_notice_matches_sandbox(view):
     assert view.sandbox_notice.isVisibleTo(view) == (not view.sandbox.active)
 

@@ -44,6 +44,7 @@ def test_real_engine_streams_and_persists(qtbot, store, engine):
     timer.stop()
     assert sig.args[0] in ("stop", "length")
     assert any(ticks)  # the event loop kept running while the reply was generated
+    assert v.writer.flush(10)  # store writes run on the writer thread, in order
     msgs = store.messages(v.thread_id)
     assert [m["role"] for m in msgs] == ["user", "assistant"]
     w = next(m for m in v._messages() if m.role == "assistant")
@@ -75,6 +76,7 @@ def test_markdown_reasoning_and_copy(qtbot, store, loaded):
         with qtbot.waitSignal(v.reply_finished, timeout=30000):
             v.regenerate()
         assert [m.role for m in v._messages()] == ["user", "assistant"]
+        assert v.writer.flush(10)
         assert [m["role"] for m in store.messages(v.thread_id)] == ["user", "assistant"]
     finally:
         eng.close()
@@ -107,25 +109,31 @@ def test_conversations_list_rename_search_delete(qtbot, store, loaded, dialogs):
         with qtbot.waitSignal(v.reply_finished, timeout=30000):
             v.send("first question")
         tid = v.thread_id
+        assert v.writer.flush(10)
         other = store.create_thread("chat", "Another chat")
         store.add_message(other, {"role": "user", "content": "unrelated"})
         # A fresh view (as after a restart) lists both and reopens the first with its messages.
         v2 = ChatView(store)
         qtbot.addWidget(v2)
+        qtbot.waitUntil(lambda: v2.conversations.count() == 2, timeout=10000)
         titles = [v2.conversations.item(i).text() for i in range(v2.conversations.count())]
         assert sorted(titles) == ["Another chat", "first question"]
-        v2.open_conversation(tid)
+        with qtbot.waitSignal(v2.conversation_opened, timeout=10000):
+            v2.open_conversation(tid)
         assert [(m.role, m.text) for m in v2._messages()] == [
             ("user", "first question"), ("assistant", "Pineapple answer")]  # fmt: skip
         v2.rename_conversation(tid, "Fruit")
+        assert v2.writer.flush(10)
         assert store.thread(tid).title == "Fruit"
-        v2.search.setText("pineapple")  # matches message text, not only titles
+        with qtbot.waitSignal(v2.list_filled, timeout=10000):
+            v2.search.setText("pineapple")  # matches message text, not only titles
         assert [v2.conversations.item(i).text() for i in range(v2.conversations.count())] == [
             "Fruit"
         ]
         v2.search.setText("")
         dialogs.answer("Delete")
         v2.delete_conversation(tid)
+        assert v2.writer.flush(10)
         assert [t.id for t in store.threads("chat")] == [other]
         assert v2._messages() == []
     finally:
@@ -149,10 +157,13 @@ def test_profile_and_thinking_are_kept_per_conversation(qtbot, store, loaded):
             v.send("q")
         v.profile.setCurrentText("coding")
         v.thinking.setChecked(False)
+        assert v.writer.flush(10)  # the reply and settings are stored before "other" is made
         other = store.create_thread("chat", "other")
-        v.open_conversation(other)
+        with qtbot.waitSignal(v.conversation_opened, timeout=10000):
+            v.open_conversation(other)
         assert v.profile.currentText() == "thinking" and v.thinking.isChecked()
-        v.open_conversation(store.threads("chat")[-1].id)
+        with qtbot.waitSignal(v.conversation_opened, timeout=10000):
+            v.open_conversation(store.threads("chat")[-1].id)
         assert store.thread(v.thread_id).meta == {"preset": "coding", "thinking": False}
         assert v.profile.currentText() == "coding" and not v.thinking.isChecked()
     finally:

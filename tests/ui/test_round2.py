@@ -74,8 +74,10 @@ def test_conversation_delete_asks_and_can_be_undone(qtbot, store, dialogs):
     assert store.thread(tid).title == "Keep me"
     dialogs.answer("Delete")
     assert v.delete_conversation(tid)
+    assert v.writer.flush(10)  # store writes run on the writer thread, in order
     assert store.threads("chat") == [] and v.undo_bar.isVisibleTo(v)
     v.undo_delete_button.click()
+    assert v.writer.flush(10)
     t = store.thread(tid)
     assert (t.title, t.meta) == ("Keep me", {"preset": "coding"})
     assert store.messages(tid) == [{"role": "user", "content": "hello"}]
@@ -138,9 +140,11 @@ def test_agent_past_runs_and_undo_across_sessions(qtbot, store, tmp_path):
     # A new session (as after a restart): the run is listed with its steps, and can be undone.
     v2 = AgentView(store=store)
     qtbot.addWidget(v2)
-    v2.open_project(proj)
+    with qtbot.waitSignal(v2.runs_listed, timeout=10000):  # read off the UI thread
+        v2.open_project(proj)
     assert v2.runs.count() == 1 and "greet" in v2.runs.item(0).text()
-    v2.show_run(v2.runs.item(0).data(256))
+    with qtbot.waitSignal(v2.run_shown, timeout=10000):
+        v2.show_run(v2.runs.item(0).data(256))
     assert "edit_file" in v2.transcript.toPlainText()
     assert v2.steps.count() == 1
     v2.undo(1)
@@ -190,7 +194,8 @@ def test_enter_sends_shift_enter_breaks_and_escape_stops(qtbot, store, loaded):
         qtbot.keyClicks(v.input, "line two")
         assert v.input.toPlainText() == "line one\nline two" and v.task is None
         qtbot.keyClick(v.input, Qt.Key.Key_Return)
-        assert v.busy and store.messages(v.thread_id)[0]["content"] == "line one\nline two"
+        assert v.busy and v.writer.flush(10)
+        assert store.messages(v.thread_id)[0]["content"] == "line one\nline two"
         qtbot.waitUntil(lambda: v._tokens > 2, timeout=30000)
         with qtbot.waitSignal(v.reply_finished, timeout=30000) as sig:
             qtbot.keyClick(v.input, Qt.Key.Key_Escape)
@@ -298,9 +303,11 @@ def test_stats_follow_the_conversation_and_footers_survive_restart(qtbot, store,
         assert "tok/s" in footer
         v.new_conversation()
         assert v.stats.text() == ""  # not the other conversation's speed
+        assert v.writer.flush(10)  # what shutdown does before a restart
         v2 = ChatView(store)  # after a restart
         qtbot.addWidget(v2)
-        v2.open_conversation(tid)
+        with qtbot.waitSignal(v2.conversation_opened, timeout=10000):
+            v2.open_conversation(tid)
         reply = next(m for m in v2._messages() if m.role == "assistant")
         assert reply.footer.text() == footer and v2.stats.text() == footer
     finally:

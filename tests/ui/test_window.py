@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QApplication
 
+from app.models import LoadingCancelled, LoadingProgress, ModelLoaded
 from ui.main_window import MainWindow, route_drop
 
 
@@ -93,7 +95,7 @@ def test_demo_notice_and_model_loads_on_a_worker(window, qtbot, tiny_dir):
 
 def test_load_failure_is_an_actionable_message(window, qtbot, tmp_path):
     window.load_model(str(tmp_path / "nope"))
-    qtbot.waitUntil(lambda: window.load_task is None, timeout=30000)
+    qtbot.waitUntil(lambda: window.loading_path is None, timeout=30000)
     assert window.engine is None
     assert (
         window.error_banner.isVisible() and "Could not load the model" in window.error_banner.text()
@@ -122,12 +124,21 @@ def test_settings_are_remembered(qtbot, store, tiny_dir):
 
 
 def test_cancel_loading_drops_the_model(window, qtbot, tiny_dir):
+    # Hold the load at its first step (listeners run on the manager's thread) until Cancel.
+    gate, events = threading.Event(), []
+    window.manager.add_listener(
+        lambda ev: events.append(ev) or (isinstance(ev, LoadingProgress) and gate.wait(30))
+    )
     window.load_model(str(tiny_dir("mlx", 4)))
-    task = window.load_task
     assert window._cancel_action.isVisible() and window._progress_action.isVisible()
+    qtbot.waitUntil(lambda: any(isinstance(e, LoadingProgress) for e in events), timeout=30000)
     window.cancel_load()
+    gate.set()
     assert not window._cancel_action.isVisible()
     assert window.model_label.text() == "No model loaded"
-    qtbot.waitUntil(lambda: not task.running, timeout=60000)
-    qtbot.wait(50)  # the result is delivered, then closed, on the UI thread
+    assert window.manager.wait_idle(60)
+    qtbot.wait(50)  # events are delivered on the UI thread
     assert window.engine is None and window.chat.engine is None
+    # The load itself stopped: it never finished, and nothing is held.
+    assert isinstance(events[-1], LoadingCancelled) and window.manager.backend is None
+    assert not any(isinstance(e, ModelLoaded) for e in events)
