@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from app.models import ModelManager
-from tests.ui.fakebackend import FakeBackend
+from engine import BackendInfo
+from tests.fakebackend import FakeBackend, Reply
 from ui.main_window import MainWindow
 
 
@@ -22,7 +23,8 @@ def window(qtbot, store, opened):
     def opener(path: str, **kw) -> FakeBackend:
         # The model before is closed first: never two in memory.
         assert all(b.closed for b in opened), "a second model was opened with the first loaded"
-        b = FakeBackend(name=Path(path).name, context_tokens=8192)
+        info = BackendInfo(name=Path(path).name, context_tokens=8192, vocab_size=1000)
+        b = FakeBackend([Reply(text="Hello from the fake.")], info=info)
         opened.append(b)
         return b
 
