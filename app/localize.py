@@ -492,7 +492,7 @@ def locate(
         sampling=sampling if sampling is not None else preset("instruct"),
         max_tokens=max_tokens,
     )
-    res = engine.generate(req)
+    res = engine.submit(req).result()  # any engine.Backend (a local or a remote model)
     if res.finish_reason == "error":
         raise EngineError(res.error or "generation failed")
     boxes = parse_response(res.text, width, height)

@@ -8,8 +8,8 @@ import sys
 from typing import Any
 
 from engine import (
+    Backend,
     Done,
-    Engine,
     GenerationRequest,
     ReasoningDelta,
     SamplingParams,
@@ -24,7 +24,7 @@ HELP = "Commands: /reset (new conversation), /think on|off, /help, /quit. Ctrl-C
 
 def run_chat(
     args: argparse.Namespace,
-    engine: Engine,
+    engine: Backend,
     sampling: SamplingParams,
     *,
     stdin: Any = None,
@@ -38,7 +38,9 @@ def run_chat(
     system = getattr(args, "system", None)
     history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     thinking = not getattr(args, "no_thinking", False)
-    print(f"Chatting with {engine.model.path.name}. {HELP}", file=out)
+    info = engine.info
+    where = f" (remote, at {info.remote})" if info.remote else ""
+    print(f"Chatting with {info.name}{where}. {HELP}", file=out)
     try:
         while True:
             out.write("\nyou> ")
@@ -87,7 +89,7 @@ def run_chat(
     return 0
 
 
-def _stream_reply(engine: Engine, req: GenerationRequest, out: Any, dim: str, reset: str):
+def _stream_reply(engine: Backend, req: GenerationRequest, out: Any, dim: str, reset: str):
     handle = engine.submit(req)
     text: list[str] = []
     reasoning: list[str] = []

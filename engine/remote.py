@@ -248,7 +248,7 @@ class RemoteBackend:
         return [m for m in items or [] if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
     @property
-    def model(self) -> str:
+    def model_name(self) -> str:
         """The model name sent with each request."""
         return self.info.name
 
@@ -295,7 +295,7 @@ class RemoteBackend:
         prompt or raw token ids. Raises RequestError (ImageError) for what cannot be sent."""
         s = req.sampling
         body: dict[str, Any] = {
-            "model": self.model, "stream": True, "stream_options": {"include_usage": True},
+            "model": self.model_name, "stream": True, "stream_options": {"include_usage": True},
             "max_tokens": req.max_tokens, "temperature": s.temperature, "top_p": s.top_p,
             "top_k": s.top_k if s.top_k > 0 else -1, "min_p": s.min_p,
             "presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,

@@ -91,8 +91,7 @@ class EngineBackend:
                 handle.cancel()  # the consumer stopped early
 
     def count_tokens(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> int:
-        ids, _ = self.engine.encode(self._request(messages, tools, 1))
-        return len(ids)
+        return self.engine.count_tokens(self._request(messages, tools, 1))
 
 
 class ReplayError(Exception):

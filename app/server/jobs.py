@@ -91,8 +91,16 @@ class Started:
     cache_write_tokens: int = 0
 
 
+def is_local(engine: Any) -> bool:
+    """Whether `engine` is a model loaded in this process (an engine.Engine, with a tokenizer at
+    hand) rather than another engine.Backend, e.g. a remote server, known only by its `info`."""
+    return hasattr(engine, "model") and hasattr(engine, "encode")
+
+
 def model_context(engine: Any) -> int:
     """The model's own maximum context (max_position_embeddings; 0 when the config has none)."""
+    if not is_local(engine):
+        return engine.info.context_tokens
     cfg = engine.model.config
     tc = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
     return int(tc.get("max_position_embeddings") or cfg.get("max_position_embeddings") or 0)
@@ -128,6 +136,9 @@ def build_request(engine: Any, plan: Plan, max_tokens: int = 1) -> GenerationReq
         session=plan.session, mtp=plan.mtp,
     )  # fmt: skip
     if plan.prefix:
+        if not is_local(engine):
+            raise invalid("an assistant prefill or a forced tool_choice needs the model's chat "
+                          "template, which a remote model's server keeps to itself")  # fmt: skip
         if plan.has_images:
             raise invalid(
                 "images cannot be combined with an assistant prefill or a forced tool_choice yet"
@@ -152,6 +163,8 @@ def count_tokens(engine: Any, plan: Plan, meter: PromptMeter | None = None) -> i
     """Prompt tokens of a plan, exactly as a generation would see them (a text of more than
     prompt_size.SLICE characters is counted in slices cut at spaces, off the engine's thread)."""
     try:
+        if not is_local(engine):
+            return engine.count_tokens(build_request(engine, plan))
         if not plan.has_images:
             # Text only: the tokenizer alone gives the count, without waiting for the engine's
             # thread to finish the generation it is running.
@@ -326,6 +339,8 @@ class Job:
     def prepare(self) -> None:
         """Tokenize, check the context, settle max_tokens; raises APIError for bad requests."""
         plan = self.plan
+        if not is_local(self.engine):
+            return self._prepare_remote()
         try:
             req = build_request(self.engine, plan)
             req.validate()
@@ -343,6 +358,22 @@ class Job:
         self.max_tokens = min(want, room) if room else want
         req.max_tokens = self.max_tokens
         self._opens_reasoning = opens
+        self._req = req
+
+    def _prepare_remote(self) -> None:
+        """`prepare` for a backend without a tokenizer here: its own count, when it has one."""
+        try:
+            req = build_request(self.engine, self.plan)
+            n = self.engine.prepare(req).prompt_tokens  # 0: not known before it runs
+        except EngineError as e:
+            raise invalid(str(e)) from e
+        self.prompt_tokens = n
+        limit = context_limit(self.engine, self.context_tokens)
+        room = (limit - n) if limit and n else None
+        want = self.plan.max_tokens or room or 4096
+        self.max_tokens = min(want, room) if room else want
+        req.max_tokens = self.max_tokens
+        self._opens_reasoning = False  # a thinking budget needs the template: not enforced
         self._req = req
 
     # -- running (its own thread) -------------------------------------------------------------
@@ -486,7 +517,9 @@ class Job:
             kind = "invalid_request_error" if _is_request_error(msg) else "api_error"
             return Finished("error", usage=usage, error=msg, error_kind=kind)
         stop_seq = None
-        if done.finish_reason == "stop" and self.plan.stop:
+        if not is_local(self.engine):
+            stop_seq = done.stop_sequence
+        elif done.finish_reason == "stop" and self.plan.stop:
             stop_seq = self._which_stop(done.token_ids)
         return Finished(done.finish_reason, stop_seq, usage)
 

@@ -15,12 +15,22 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from engine import EngineError, Event
+from engine import BackendInfo, EngineError, Event
 
 from .common import model_display_name
 from .config import ServerConfig
 from .errors import APIError
-from .jobs import Finished, Job, Plan, Scheduler, Started, check_length, context_limit, count_tokens
+from .jobs import (
+    Finished,
+    Job,
+    Plan,
+    Scheduler,
+    Started,
+    check_length,
+    context_limit,
+    count_tokens,
+    is_local,
+)
 from .prompt_size import PromptMeter
 from .requestlog import RequestLog
 
@@ -56,10 +66,13 @@ class Service:
 
     # -- the model ----------------------------------------------------------------------------
     def loaded(self) -> Any:
-        """The LoadedModel; 503 when there is none."""
+        """The LoadedModel (a BackendInfo for a backend such as a remote model); 503 when there
+        is none."""
         try:
             if self.engine is None:
                 raise EngineError("no model is loaded")
+            if not is_local(self.engine):
+                return self.engine.info
             return self.engine.model
         except EngineError as e:
             raise APIError(
@@ -69,7 +82,10 @@ class Service:
 
     @property
     def model_name(self) -> str:
-        return self.config.model_name or model_display_name(self.loaded())
+        lm = self.loaded()
+        if isinstance(lm, BackendInfo):
+            return self.config.model_name or lm.name
+        return self.config.model_name or model_display_name(lm)
 
     @property
     def model_created(self) -> int:
@@ -82,7 +98,10 @@ class Service:
 
     @property
     def vocab_size(self) -> int:
-        cfg = self.loaded().config
+        lm = self.loaded()
+        if isinstance(lm, BackendInfo):
+            return lm.vocab_size or 1 << 20
+        cfg = lm.config
         tc = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
         return int(tc.get("vocab_size") or cfg.get("vocab_size") or 1 << 20)
 
@@ -110,7 +129,11 @@ class Service:
         # prompt holds up neither the model nor the requests queued behind it. A body too small
         # to hold that many tokens (each at least a byte of text, plus the template's) skips it.
         limit = self.context_limit()
-        if limit and (body_size is None or body_size + TEMPLATE_ALLOWANCE >= limit):
+        if (
+            limit
+            and is_local(self.engine)
+            and (body_size is None or body_size + TEMPLATE_ALLOWANCE >= limit)
+        ):
             if self._check_slots is None:
                 self._check_slots = asyncio.Semaphore(2)
             async with self._check_slots:
@@ -158,7 +181,8 @@ class Service:
         """Prompt tokens of a plan (two at a time, off the engine's thread when text only)."""
         self.loaded()
         async with self._counting():
-            return await asyncio.to_thread(count_tokens, self.engine, plan, self.meter())
+            meter = self.meter() if is_local(self.engine) else None
+            return await asyncio.to_thread(count_tokens, self.engine, plan, meter)
 
     def _counting(self) -> asyncio.Semaphore:
         # Two tokenizations at a time: each takes a core (the Rust tokenizer lets go of the GIL).
