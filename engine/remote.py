@@ -77,26 +77,27 @@ class RemoteHandle(RequestHandle):
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
-        self._conn: http.client.HTTPConnection | None = None
+        self._link: tuple[http.client.HTTPConnection, socket.socket | None] | None = None
 
     def cancel(self) -> None:
         """Stop the request: its connection is closed and it ends with finish_reason "cancelled"."""
         super().cancel()
         with self._lock:
-            conn = self._conn
-        if conn is not None:
-            _shut(conn)
+            link = self._link
+        if link is not None:
+            _shut(*link)
 
-    def _attach(self, conn: http.client.HTTPConnection | None) -> bool:
+    def _attach(self, conn: http.client.HTTPConnection, sock: socket.socket | None) -> bool:
         """Remember the request's connection; False when the request was already cancelled."""
         with self._lock:
-            self._conn = conn
+            self._link = (conn, sock)
         return not self.cancelled
 
 
-def _shut(conn: http.client.HTTPConnection) -> None:
-    # shutdown() wakes a thread blocked reading the socket; close() alone may not.
-    sock = conn.sock
+def _shut(conn: http.client.HTTPConnection, sock: socket.socket | None = None) -> None:
+    # shutdown() wakes a thread blocked reading the socket. The socket is passed in: a response
+    # read to the connection's close takes it over, and `conn.sock` is None by then.
+    sock = sock or conn.sock
     if sock is not None:
         try:
             sock.shutdown(socket.SHUT_RDWR)
@@ -104,6 +105,8 @@ def _shut(conn: http.client.HTTPConnection) -> None:
             pass
     try:
         conn.close()
+        if sock is not None:
+            sock.close()
     except Exception:  # closing a half-read response may raise anything; it is closed anyway
         pass
 
@@ -177,18 +180,21 @@ class RemoteBackend:
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Send a request; (connection, response) with the status read. Raises RemoteError."""
         conn = self._connection(self.connect_timeout)
-        if handle is not None and not handle._attach(conn):
+        if handle is not None and not handle._attach(conn, None):
             raise _Cancelled
         try:
             conn.connect()
-            if conn.sock is not None:
-                conn.sock.settimeout(self.timeout)
+            sock = conn.sock
+            if sock is not None:
+                sock.settimeout(self.timeout)
+            if handle is not None and not handle._attach(conn, sock):
+                raise _Cancelled
             data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
             conn.request(method, path, body=data, headers=self._headers(data is not None))
             return conn, conn.getresponse()
         except BaseException as e:
             _shut(conn)
-            if handle is not None and handle.cancelled:
+            if isinstance(e, _Cancelled) or (handle is not None and handle.cancelled):
                 raise _Cancelled from None
             raise self._network_error(e) from None
 
@@ -218,6 +224,7 @@ class RemoteBackend:
         except BaseException as e:
             raise self._network_error(e) from None
         finally:
+            resp.close()
             _shut(conn)
 
     def _status_error(self, status: int, body: bytes) -> RemoteError:
@@ -416,9 +423,8 @@ class RemoteBackend:
         reason: FinishReason = "stop"
         error: str | None = None
         kind: ErrorKind | None = None
-        conn = None
         try:
-            conn, resp = self._open("POST", path, body, handle)
+            _, resp = self._open("POST", path, body, handle)
             if resp.status >= 400:
                 raise self._status_error(resp.status, resp.read())
             handle._put(PromptProgress(0, 0))
@@ -439,8 +445,8 @@ class RemoteBackend:
                 err = self._network_error(e)
                 reason, error, kind = "error", str(err), err.kind  # type: ignore[assignment]
         finally:
-            if conn is not None:
-                _shut(conn)
+            if handle._link is not None:
+                _shut(*handle._link)
         if handle.cancelled and reason != "error":
             reason = "cancelled"
         for ev in stream.finish(truncated=reason != "stop"):
