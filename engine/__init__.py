@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         load_model,
     )
     from .parser import StreamParser, parse_tool_calls, tool_schemas
+    from .remote import RemoteBackend
     from .sampling import PRESETS, SamplingParams, preset
     from .tiny import write_checkpoint as write_tiny_checkpoint
 
@@ -55,6 +56,7 @@ _WHERE = {
     "BackendInfo": "backend",
     "Handle": "backend",
     "PreparedRequest": "backend",
+    "RemoteBackend": "remote",
     "BackendUnavailableError": "errors",
     "ContextLengthError": "errors",
     "ErrorKind": "events",
@@ -145,6 +147,7 @@ __all__ = [
 __all__ += ["convert", "write_tiny_checkpoint"]
 __all__ += ["Backend", "BackendInfo", "Handle", "PreparedRequest"]
 __all__ += ["BackendUnavailableError", "ContextLengthError", "ErrorKind"]
+__all__ += ["RemoteBackend"]
 
 
 def __getattr__(name: str) -> Any:
