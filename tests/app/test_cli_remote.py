@@ -109,8 +109,9 @@ def test_locate_remote(tmp_path):
     finally:
         srv.close()
     assert r.returncode == 0, r.stderr
-    (box,) = json.loads(r.stdout)
-    assert box["label"] == "cat" and box["bbox"] == [20.0, 20.0, 100.0, 80.0]
+    out = json.loads(r.stdout)
+    assert out["boxes"] == [{"label": "cat", "bbox": [20.0, 20.0, 100.0, 80.0]}]
+    assert (out["width"], out["height"]) == (200, 100)
     (body,) = srv.posts()
     assert body["chat_template_kwargs"]["enable_thinking"] is False
     parts = body["messages"][0]["content"]
