@@ -545,3 +545,43 @@ def test_mlx_lm_server_chat(tiny_dir, tmp_path):
         assert handle.done.finish_reason == "cancelled"
     finally:
         _stop(proc)
+
+
+@pytest.mark.slow
+def test_mlx_lm_server_tool_calls(tiny_dir, tmp_path):
+    script = ("Let me look it up.\n</think>\n\nChecking.\n\n<tool_call>\n<function=get_weather>\n"
+              "<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>")  # fmt: skip
+    port = free_port()
+    (tmp_path / "hf").mkdir()
+    launcher = Path(__file__).resolve().parents[1] / "forced_mlx_server.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(launcher), script, "--model", str(tiny_dir("mlx")), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf")},
+    )  # fmt: skip
+    try:
+        _wait_for(proc, f"http://127.0.0.1:{port}/v1/models")
+        rb = RemoteBackend(f"http://127.0.0.1:{port}/v1")
+        req = chat("Weather in Paris?", tools=TOOLS, max_tokens=200,
+                   sampling=SamplingParams(temperature=0.0, seed=1))  # fmt: skip
+        res = rb.generate(req)
+        assert res.finish_reason == "stop", res.error
+        assert res.reasoning.strip() == "Let me look it up."
+        assert res.text.strip() == "Checking."
+        assert [(c.name, c.arguments) for c in res.tool_calls] == [
+            ("get_weather", {"city": "Paris"})
+        ]
+        assert res.tool_calls[0].id and not res.tool_call_errors
+        # The call goes back as the next turn's history, and the server takes it.
+        follow = chat("Weather in Paris?", tools=TOOLS, max_tokens=200,
+                      sampling=SamplingParams(temperature=0.0, seed=1))  # fmt: skip
+        follow.messages += [
+            {"role": "assistant", "content": res.text, "reasoning_content": res.reasoning,
+             "tool_calls": [{"type": "function", "id": res.tool_calls[0].id,
+                             "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+            {"role": "tool", "tool_call_id": res.tool_calls[0].id, "content": "sunny, 21 C"},
+        ]  # fmt: skip
+        again = rb.generate(follow)
+        assert again.finish_reason == "stop", again.error
+    finally:
+        _stop(proc)
