@@ -428,7 +428,9 @@ class RemoteBackend:
             if resp.status >= 400:
                 raise self._status_error(resp.status, resp.read())
             handle._put(PromptProgress(0, 0))
-            for obj in _sse(resp):
+            ctype = (resp.getheader("content-type") or "").lower()
+            chunks = _sse(resp) if "json" not in ctype else _whole(resp.read())
+            for obj in chunks:
                 for ev in stream.feed(obj):
                     handle._put(ev)
                 if stream.finished:
@@ -501,6 +503,25 @@ def _sse(resp: http.client.HTTPResponse) -> Any:
         field, _, value = line.partition(":")
         if field == "data":
             data.append(value[1:] if value.startswith(" ") else value)
+
+
+def _whole(body: bytes) -> Any:
+    """A server that ignored `stream` answered with one JSON completion: it, as chunks."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        raise RemoteError(f"the model server's answer is not JSON: {body[:120]!r}") from None
+    if isinstance(obj, dict):
+        for c in obj.get("choices") or []:
+            if isinstance(c, dict) and isinstance(c.get("message"), dict):
+                msg = dict(c["message"])
+                calls = msg.get("tool_calls") or []
+                msg["tool_calls"] = [
+                    {**t, "index": i} for i, t in enumerate(calls) if isinstance(t, dict)
+                ]
+                c["delta"] = msg
+        yield obj
+    yield None
 
 
 def _sse_data(lines: list[str]) -> Any:

@@ -237,6 +237,26 @@ def test_count_tokens_uses_tokenize_or_a_one_token_request(fake):
     assert rb2.prepare(chat()).prompt_tokens == 0  # not known before it runs
 
 
+def test_a_server_that_does_not_stream(fake):
+    srv = fake(lambda h, b: send_json(h, 200, {
+        "object": "chat.completion",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": "Sure.", "reasoning_content": "hm",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {
+                "name": "get_weather", "arguments": '{"city": "Rome"}'}}]}}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 5}}))  # fmt: skip
+    res = RemoteBackend(srv.url).generate(chat(tools=TOOLS))
+    assert (res.reasoning, res.text, res.finish_reason) == ("hm", "Sure.", "stop")
+    assert [(c.id, c.arguments) for c in res.tool_calls] == [("c1", {"city": "Rome"})]
+    assert (res.usage.prompt_tokens, res.usage.completion_tokens) == (9, 5)
+
+
+def test_rate_limited_is_unavailable(fake):
+    srv = fake(lambda h, b: send_json(h, 429, {"error": {"message": "slow down"}}))
+    done, _ = _error(RemoteBackend(srv.url))
+    assert done.error_kind == "unavailable" and "slow down" in done.error
+
+
 # -- failures: each ends with Done("error") naming the problem, never a hang ---------------------
 def _error(backend: Backend, req: GenerationRequest | None = None) -> tuple[Done, float]:
     t0 = time.monotonic()
