@@ -121,6 +121,7 @@ def test_locate_remote(tmp_path):
     assert any(p["type"] == "text" and "cat" in p["text"] for p in parts)
 
 
+@pytest.mark.slow
 def test_remote_with_model_is_refused_and_other_errors_are_clear(server, tmp_path):
     r = locus("chat", "--remote", "http://127.0.0.1:1/v1", "--demo")
     assert r.returncode == 2 and "not allowed with argument" in r.stderr
@@ -131,6 +132,7 @@ def test_remote_with_model_is_refused_and_other_errors_are_clear(server, tmp_pat
     assert r.returncode == 1 and "--remote-model goes with --remote URL" in r.stderr
 
 
+@pytest.mark.slow
 def test_api_key_from_an_environment_variable(server):
     url, _ = server("Thought.\n</think>\n\nauthorised", api_key="s3cret-key")
     r = locus("generate", "--remote", url, "--prompt", "hi")
