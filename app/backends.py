@@ -37,3 +37,68 @@ def open_local(
         eng.close()  # nothing half-loaded stays behind a cancelled or failed load
         raise
     return eng
+
+
+# The OS keychain entry holding a remote server's API key: service "locus", this user name.
+KEYRING_SERVICE = "locus"
+
+
+def remote_key_account(url: str) -> str:
+    """The keychain user name under which the API key for the server at `url` is kept."""
+    return "remote:" + url.strip().rstrip("/")
+
+
+def remote_key_from_keyring(url: str) -> str | None:
+    """The API key stored for `url` in the OS keychain; None when there is none. Raises
+    EngineError when the keychain cannot be read."""
+    import keyring
+    from keyring.errors import KeyringError
+
+    from engine import EngineError
+
+    try:
+        return keyring.get_password(KEYRING_SERVICE, remote_key_account(url)) or None
+    except KeyringError as e:
+        raise EngineError(
+            f"could not read the remote server's API key from the keychain: {e}"
+        ) from e
+
+
+def save_remote_key(url: str, key: str | None) -> None:
+    """Store (or with None, forget) the API key for the server at `url` in the OS keychain."""
+    import keyring
+    from keyring.errors import PasswordDeleteError
+
+    if key:
+        keyring.set_password(KEYRING_SERVICE, remote_key_account(url), key)
+        return
+    try:
+        keyring.delete_password(KEYRING_SERVICE, remote_key_account(url))
+    except PasswordDeleteError:
+        pass
+
+
+def remote_models(url: str, *, api_key: str | None = None, timeout: float = 10.0) -> list[str]:
+    """The model names the server at `url` lists in /v1/models (for a picker). Raises
+    EngineError with the reason when it cannot be asked."""
+    from engine.remote import RemoteBackend
+
+    backend = RemoteBackend(url, api_key=api_key, timeout=timeout, connect_timeout=timeout)
+    return [m["id"] for m in backend.models()]
+
+
+def open_remote(
+    url: str,
+    *,
+    api_key: str | None = None,
+    model: str | None = None,
+    timeout: float | None = None,
+) -> Backend:
+    """The model served at `url`, an OpenAI-compatible base URL (`http://host:8000/v1`): asks
+    its /v1/models now, so a wrong address or model fails here (EngineError naming it)."""
+    from engine.remote import DEFAULT_TIMEOUT, RemoteBackend
+
+    backend = RemoteBackend(url, api_key=api_key, model=model,
+                            timeout=timeout or DEFAULT_TIMEOUT)  # fmt: skip
+    backend.info  # noqa: B018 (connects: errors surface now)
+    return backend

@@ -34,6 +34,19 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--model", metavar="PATH", help="model directory or cached Hugging Face repo id")
     g.add_argument("--demo", action="store_true", help="use the tiny random demo model")
+    g.add_argument("--remote", metavar="URL",
+                   help="use the model of an OpenAI-compatible server instead of loading one "
+                   "here: its base URL, e.g. http://host:8000/v1 (vLLM, SGLang, llama-server, "
+                   "LM Studio, mlx_lm.server, another `locus serve`); prompts go to that server")  # fmt: skip
+    p.add_argument("--remote-model", metavar="NAME",
+                   help="with --remote: which of the server's /v1/models to use (default: the first)")  # fmt: skip
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument("--remote-key-env", metavar="NAME",
+                      help="with --remote: send the API key held in environment variable NAME "
+                      "(as Authorization: Bearer)")  # fmt: skip
+    keys.add_argument("--remote-key-from-keyring", action="store_true",
+                      help="with --remote: send the API key stored in the OS keychain (service "
+                      "'locus', user 'remote:URL')")  # fmt: skip
     p.add_argument("--context", type=int, default=None, metavar="N",
                    help="longest conversation in tokens, reserved by the memory check (default "
                    "32768; with --demo the model's whole 262144)")  # fmt: skip
@@ -195,9 +208,11 @@ def _model_path(args: argparse.Namespace) -> str:
 
 def context_of(args: argparse.Namespace) -> int:
     """--context, or its default: 32768 tokens, or the demo model's whole context (its cache is
-    tiny, and every client's prompt fits)."""
+    tiny, and every client's prompt fits), or with --remote 0: the server's own."""
     if getattr(args, "context", None):
         return int(args.context)
+    if getattr(args, "remote", None):
+        return 0  # the remote server's own context
     if getattr(args, "demo", False):
         from engine.tiny import QWEN36_CONTEXT
 
@@ -205,12 +220,44 @@ def context_of(args: argparse.Namespace) -> int:
     return 32768
 
 
+def _remote_key(args: argparse.Namespace) -> str | None:
+    """The API key for --remote (never printed): from --remote-key-env or the keychain."""
+    from .backends import remote_key_from_keyring
+
+    name = getattr(args, "remote_key_env", None)
+    if name:
+        key = os.environ.get(name)
+        if not key:
+            raise EngineError(f"--remote-key-env {name}: the environment variable is not set")
+        return key
+    if getattr(args, "remote_key_from_keyring", False):
+        key = remote_key_from_keyring(args.remote)
+        if not key:
+            raise EngineError(f"no API key for {args.remote} in the OS keychain (service "
+                              f"'locus', user 'remote:{args.remote.rstrip('/')}')")  # fmt: skip
+        return key
+    return None
+
+
 def open_backend(args: argparse.Namespace) -> Backend:
-    """The model named by --model/--demo, loaded here, reporting to stderr."""
+    """The model named by --model/--demo (loaded here) or --remote, reporting to stderr."""
     from engine import inspect_checkpoint
 
-    from .backends import open_local
+    from .backends import open_local, open_remote
 
+    if getattr(args, "remote", None):
+        if getattr(args, "mtp", 0):
+            raise EngineError("--mtp applies to a model loaded here, not to --remote")
+        print(
+            f"Connecting to the remote model server at {args.remote}…", file=sys.stderr, flush=True
+        )
+        backend = open_remote(args.remote, api_key=_remote_key(args), model=args.remote_model)
+        print(f"Using the remote model {backend.info.name} at {args.remote} (prompts and replies "
+              "go through that server)", file=sys.stderr, flush=True)  # fmt: skip
+        return backend
+    for opt in ("remote_model", "remote_key_env", "remote_key_from_keyring"):
+        if getattr(args, opt, None):
+            raise EngineError(f"--{opt.replace('_', '-')} goes with --remote URL")
     path = _model_path(args)
     info = inspect_checkpoint(path)
     print(f"Loading {info.path.name} ({info.file_bytes / 1e9:.2f} GB, {info.layout} layout)…",

@@ -169,10 +169,10 @@ def _backend(args: argparse.Namespace) -> tuple[ModelBackend, Backend | None]:
             from .agent import AgentError
 
             raise AgentError(f"cannot read the replay file: {e}") from None
-    if not args.model and not args.demo:
+    if not args.model and not args.demo and not args.remote:
         from .agent import AgentError
 
-        raise AgentError("no model given: use --model PATH, --demo, or --replay FILE")
+        raise AgentError("no model given: use --model PATH, --demo, --remote URL or --replay FILE")
     from .cli import _sampling, open_backend
 
     if args.preset is None and not args.no_thinking:

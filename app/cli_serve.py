@@ -155,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
         url = f"http://{'[' + host + ']' if ':' in host else host}:{config.port}"
         window = app.service.context_limit()
         compact = f"CLAUDE_CODE_AUTO_COMPACT_WINDOW={window} " if window else ""
+        remote = backend.info.remote
+        if remote:
+            name += f" (a remote model, served by {remote})"
         print(f"Serving {name} at {url}\n"
               f"  Claude Code:  ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN="
               f"{'<your key>' if config.api_key else 'locus'} ANTHROPIC_MODEL=qwen3.6 "

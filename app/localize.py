@@ -519,7 +519,7 @@ def locate(
     width, height = loaded.original_size
     req = locate_request(loaded.image, query, max_tokens=max_tokens, sampling=sampling,
                          prompt=prompt)  # fmt: skip
-    res = engine.submit(req).result()
+    res = engine.submit(req).result()  # any engine.Backend (a local or a remote model)
     if res.finish_reason == "error":
         raise EngineError(res.error or "generation failed")
     boxes = parse_response(res.text, width, height)

@@ -38,7 +38,9 @@ def run_chat(
     system = getattr(args, "system", None)
     history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     thinking = not getattr(args, "no_thinking", False)
-    print(f"Chatting with {engine.info.name}. {HELP}", file=out)
+    info = engine.info
+    where = f" (remote, at {info.remote})" if info.remote else ""
+    print(f"Chatting with {info.name}{where}. {HELP}", file=out)
     try:
         while True:
             out.write("\nyou> ")

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         load_model,
     )
     from .parser import StreamParser, parse_tool_calls, tool_schemas
+    from .remote import RemoteBackend
     from .sampling import PRESETS, SamplingParams, preset
     from .tiny import write_checkpoint as write_tiny_checkpoint
 
@@ -57,6 +58,7 @@ _WHERE = {
     "BackendInfo": "backend",
     "Handle": "backend",
     "PreparedRequest": "backend",
+    "RemoteBackend": "remote",
     "BackendUnavailableError": "errors",
     "ContextLengthError": "errors",
     "ErrorKind": "events",
@@ -152,6 +154,7 @@ __all__ += ["Backend", "BackendInfo", "Handle", "PreparedRequest"]
 __all__ += ["BackendUnavailableError", "ContextLengthError", "ErrorKind"]
 __all__ += ["BUDGET_NOTE"]
 __all__ += ["LoadCancelled", "available_memory"]
+__all__ += ["RemoteBackend"]
 
 
 def __getattr__(name: str) -> Any:
