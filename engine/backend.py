@@ -33,7 +33,8 @@ class BackendInfo:
 @dataclass
 class PreparedRequest:
     """A request already rendered and tokenized by `Backend.prepare`: submitting it does not do
-    that work again. `prompt_tokens` counts the whole prompt (an assistant prefix included)."""
+    that work again. Its `request.max_tokens` may still be changed before it is submitted.
+    `prompt_tokens` counts the whole prompt (an assistant prefix included)."""
 
     request: GenerationRequest
     prompt_tokens: int

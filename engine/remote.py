@@ -404,6 +404,8 @@ class RemoteBackend:
                 raise RequestError("this remote backend is closed")
             if isinstance(request, PreparedRequest) and isinstance(request.inputs, tuple):
                 req, (path, body) = request.request, request.inputs
+                req.validate()
+                body = {**body, "max_tokens": req.max_tokens}  # a front end may settle it late
             else:
                 req = request.request if isinstance(request, PreparedRequest) else request
                 req.validate()
