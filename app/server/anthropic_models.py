@@ -31,13 +31,14 @@ __all__ = [
 
 def _media_type(value: str) -> str:
     if value not in IMAGE_TYPES:
-        raise PydanticCustomError("media_type", "{why}", {"why": (
-            f"unsupported image media type {value!r}; use one of {', '.join(sorted(IMAGE_TYPES))}"
-        )})  # fmt: skip
+        why = f"unsupported image media type {value!r}; use one of {', '.join(sorted(IMAGE_TYPES))}"
+        raise PydanticCustomError("media_type", "{why}", {"why": why})
     return value
 
 
-MediaType = Annotated[str, AfterValidator(_media_type), WithJsonSchema({"type": "string", "enum": [*IMAGE_TYPES]})]
+MediaType = Annotated[
+    str, AfterValidator(_media_type), WithJsonSchema({"type": "string", "enum": [*IMAGE_TYPES]})
+]
 
 
 class Block(RequestModel):
@@ -69,7 +70,7 @@ ImageSource = one_of(type_of, {"base64": Base64Source}, _source_refused)
 
 class ImageBlock(Block):
     type: Literal["image"]
-    source: ImageSource  # type: ignore[valid-type]
+    source: ImageSource
 
 
 class ToolUseBlock(Block):
@@ -104,16 +105,23 @@ def _blocks_refusal(why: dict[str, str]) -> Any:
 
 def _content(blocks: Any, what: str = "content blocks") -> Any:
     """A string, or an array of `blocks`."""
-    return one_of(str_or_list, {"str": str, "list": list[blocks]},
-                  lambda v: f"expected a string or an array of {what}")  # fmt: skip
+    return one_of(
+        str_or_list,
+        {"str": str, "list": list[blocks]},
+        lambda v: f"expected a string or an array of {what}",
+    )
 
 
 _TOOL_RESULT_ONLY = "tool_result content holds text and image blocks only"
 ToolResultItem = one_of(
     type_of,
     {"text": TextBlock, "image": ImageBlock},
-    _blocks_refusal(dict.fromkeys(["tool_use", "tool_result", "thinking", "redacted_thinking",
-                                   "document"], _TOOL_RESULT_ONLY)),  # fmt: skip
+    _blocks_refusal(
+        dict.fromkeys(
+            ["tool_use", "tool_result", "thinking", "redacted_thinking", "document"],
+            _TOOL_RESULT_ONLY,
+        )
+    ),
 )
 
 
@@ -123,25 +131,35 @@ ToolResultContent = _content(ToolResultItem)
 class ToolResultBlock(Block):
     type: Literal["tool_result"]
     tool_use_id: str
-    content: ToolResultContent = ""  # type: ignore[valid-type]
+    content: ToolResultContent = ""
     is_error: bool = False
 
 
-_IN_ASSISTANT = {t: f"{t} blocks belong in assistant messages"
-                 for t in ("thinking", "redacted_thinking", "tool_use")}  # fmt: skip
+_IN_ASSISTANT = {
+    t: f"{t} blocks belong in assistant messages"
+    for t in ("thinking", "redacted_thinking", "tool_use")
+}
 _IN_USER = {t: f"{t} blocks belong in user messages" for t in ("image", "tool_result", "document")}
 UserBlock = one_of(
     type_of,
     {"text": TextBlock, "image": ImageBlock, "tool_result": ToolResultBlock},
-    _blocks_refusal({**_IN_ASSISTANT,
-                     "document": "document blocks are not supported; send the text as a text block"}),
-)  # fmt: skip
+    _blocks_refusal(
+        {
+            **_IN_ASSISTANT,
+            "document": "document blocks are not supported; send the text as a text block",
+        }
+    ),
+)
 AssistantBlock = one_of(
     type_of,
-    {"text": TextBlock, "thinking": ThinkingBlock, "redacted_thinking": RedactedThinkingBlock,
-     "tool_use": ToolUseBlock},
+    {
+        "text": TextBlock,
+        "thinking": ThinkingBlock,
+        "redacted_thinking": RedactedThinkingBlock,
+        "tool_use": ToolUseBlock,
+    },
     _blocks_refusal(_IN_USER),
-)  # fmt: skip
+)
 SystemBlock = one_of(type_of, {"text": TextBlock}, lambda v: "expected a text block")
 UserContent = _content(UserBlock)
 AssistantContent = _content(AssistantBlock)
@@ -150,19 +168,19 @@ SystemContent = _content(SystemBlock, "text blocks")
 
 class UserMessage(RequestModel):
     role: Literal["user"]
-    content: UserContent  # type: ignore[valid-type]
+    content: UserContent
 
 
 class AssistantMessage(RequestModel):
     role: Literal["assistant"]
-    content: AssistantContent  # type: ignore[valid-type]
+    content: AssistantContent
 
 
 class SystemMessage(RequestModel):
     """A mid-conversation system message (anthropic-beta mid-conversation-system)."""
 
     role: Literal["system"]
-    content: SystemContent  # type: ignore[valid-type]
+    content: SystemContent
 
 
 def _role(value: Any) -> Any:
@@ -184,7 +202,9 @@ Message = one_of(
 
 def _custom_tool(value: Any) -> str | None:
     # Anthropic's server tools (web search, code execution) have a type and no input_schema.
-    if isinstance(value, dict) and (value.get("type") in (None, "custom") or "input_schema" in value):
+    if isinstance(value, dict) and (
+        value.get("type") in (None, "custom") or "input_schema" in value
+    ):
         return "custom"
     return None
 
@@ -192,11 +212,14 @@ def _custom_tool(value: Any) -> str | None:
 def _tool_refused(value: Any) -> Any:
     if not isinstance(value, dict):
         return "expected an object"
-    return "type", f"server tool {value.get('type')!r} is not supported: it runs on Anthropic's side"
+    return (
+        "type",
+        f"server tool {value.get('type')!r} is not supported: it runs on Anthropic's side",
+    )
 
 
 class Tool(RequestModel):
-    type: Literal["custom"] | None = None
+    type: str | None = None  # "custom", or none (a client tool with a server tool's type is one)
     name: str
     description: str = ""
     input_schema: dict[str, Any]
@@ -256,7 +279,7 @@ class Metadata(RequestModel):
 
 
 Tools = Annotated[
-    list[one_of(_custom_tool, {"custom": Tool}, _tool_refused)],  # type: ignore[misc]
+    list[one_of(_custom_tool, {"custom": Tool}, _tool_refused)],
     AfterValidator(_unique_names),
 ]
 ToolChoice = one_of(
@@ -275,11 +298,11 @@ class CountTokensRequest(RequestModel):
     """`POST /v1/messages/count_tokens`: the prompt of a Messages request."""
 
     model: str
-    messages: Annotated[list[Message], Field(min_length=1)]  # type: ignore[valid-type]
-    system: SystemContent | None = None  # type: ignore[valid-type]
+    messages: Annotated[list[Message], Field(min_length=1)]
+    system: SystemContent | None = None
     tools: Tools | None = None
-    tool_choice: ToolChoice | None = None  # type: ignore[valid-type]
-    thinking: Thinking | None = None  # type: ignore[valid-type]
+    tool_choice: ToolChoice | None = None
+    thinking: Thinking | None = None
 
 
 class MessagesRequest(CountTokensRequest):
@@ -287,7 +310,7 @@ class MessagesRequest(CountTokensRequest):
 
     max_tokens: Annotated[int, Field(ge=1)]
     stream: bool = False
-    stop_sequences: StopStrings | None = None  # type: ignore[valid-type]
+    stop_sequences: StopStrings | None = None
     # Anthropic's temperature is 0-1; Locus takes OpenAI's 0-2 on both APIs.
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None

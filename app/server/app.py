@@ -17,8 +17,8 @@ from .errors import APIError, flavor_of
 from .jsonbody import parse_body
 from .openai_models import ChatRequest
 from .requestlog import error_record
-from .security import ASGIApp, Guard
 from .responses_models import ResponsesRequest
+from .security import ASGIApp, Guard
 from .service import ClientGone, EventStream, Service
 
 log = logging.getLogger("locus.server")
@@ -54,6 +54,15 @@ def build_fastapi(service: Service) -> FastAPI:
     api = FastAPI(title="Locus local API", version="1", docs_url=None, redoc_url=None)
     api.state.service = service
     openapi.document(api, REQUEST_MODELS)
+    _add_error_handlers(api)
+    _add_info_routes(api, service)
+    _add_generation_routes(api, service)
+    responses_api.add_routes(api, service, responses_api.ResponseStore(config.responses_db))
+    return api
+
+
+def _add_error_handlers(api: FastAPI) -> None:
+    """Every failure answered in the API's own error shape (see errors.flavor_of)."""
 
     @api.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
@@ -80,6 +89,10 @@ def build_fastapi(service: Service) -> FastAPI:
         log.exception("unexpected error serving %s", request.url.path)
         err = APIError("api_error", f"internal server error ({type(exc).__name__}); see the log")
         return _error_response(request, err)
+
+
+def _add_info_routes(api: FastAPI, service: Service) -> None:
+    """/, /health and the model list both SDKs read."""
 
     @api.get("/")
     @api.head("/")
@@ -118,6 +131,11 @@ def build_fastapi(service: Service) -> FastAPI:
         service.loaded()  # every name is served by the loaded model
         return model_entry(model_id)
 
+
+def _add_generation_routes(api: FastAPI, service: Service) -> None:
+    """Anthropic's /v1/messages (and count_tokens) and OpenAI's /v1/chat/completions."""
+    config = service.config
+
     @api.post("/v1/messages")
     async def messages(request: Request) -> Response:
         req = MessagesRequest.parse(await _body(request))
@@ -151,9 +169,6 @@ def build_fastapi(service: Service) -> FastAPI:
         events, fin = await service.collect(job, request)
         anthropic_api.raise_if_error(fin)
         return JSONResponse(openai_api.completion(events, fin, job, model_name))
-
-    responses_api.add_routes(api, service, responses_api.ResponseStore(config.responses_db))
-    return api
 
 
 def create_app(engine: Any, config: ServerConfig | None = None) -> ASGIApp:

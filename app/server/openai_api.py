@@ -81,7 +81,9 @@ def convert_messages(raw: list[Any]) -> list[dict[str, Any]]:
         elif isinstance(m, AssistantMessage):
             out.append(_assistant(m))
         else:
-            out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": _text(m.content)})
+            out.append(
+                {"role": "tool", "tool_call_id": m.tool_call_id, "content": _text(m.content)}
+            )
     return out
 
 

@@ -43,7 +43,7 @@ ImageURLField = one_of(
 
 class ImagePart(RequestModel):
     type: Literal["image_url"]
-    image_url: ImageURLField  # type: ignore[valid-type]
+    image_url: ImageURLField
 
 
 def _text_only(value: Any) -> Any:
@@ -58,8 +58,11 @@ def _user_part_refused(value: Any) -> Any:
 
 
 def _content(parts: Any) -> Any:
-    return one_of(str_or_list, {"str": str, "list": list[parts]},
-                  lambda v: "expected a string or an array of content parts")  # fmt: skip
+    return one_of(
+        str_or_list,
+        {"str": str, "list": list[parts]},
+        lambda v: "expected a string or an array of content parts",
+    )
 
 
 TextContent = _content(one_of(type_of, {"text": TextPart}, _text_only))
@@ -81,17 +84,17 @@ class ToolCall(RequestModel):
 
 class SystemMessage(RequestModel):
     role: Literal["system", "developer"]
-    content: TextContent | None = None  # type: ignore[valid-type]
+    content: TextContent | None = None
 
 
 class UserMessage(RequestModel):
     role: Literal["user"]
-    content: UserContent  # type: ignore[valid-type]
+    content: UserContent
 
 
 class AssistantMessage(RequestModel):
     role: Literal["assistant"]
-    content: TextContent | None = None  # type: ignore[valid-type]
+    content: TextContent | None = None
     reasoning_content: str | None = None
     reasoning: str | None = None  # the name some clients use for reasoning_content
     tool_calls: list[ToolCall] | None = None
@@ -100,7 +103,7 @@ class AssistantMessage(RequestModel):
 class ToolMessage(RequestModel):
     role: Literal["tool"]
     tool_call_id: str = ""
-    content: TextContent | None = None  # type: ignore[valid-type]
+    content: TextContent | None = None
 
 
 def _role(value: Any) -> Any:
@@ -118,10 +121,14 @@ def _role_refused(value: Any) -> Any:
 
 Message = one_of(
     _role,
-    {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage,
-     "tool": ToolMessage},
+    {
+        "system": SystemMessage,
+        "user": UserMessage,
+        "assistant": AssistantMessage,
+        "tool": ToolMessage,
+    },
     _role_refused,
-)  # fmt: skip
+)
 
 
 class FunctionSpec(RequestModel):
@@ -171,8 +178,10 @@ class TextFormat(RequestModel):
 ResponseFormat = one_of(
     lambda v: type_of(v, "text"),
     {"text": TextFormat},
-    lambda v: ("type", f"{type_of(v)!r} is not supported: only free text; ask for JSON in the "
-                       "prompt instead"),  # fmt: skip
+    lambda v: (
+        "type",
+        f"{type_of(v)!r} is not supported: only free text; ask for JSON in the prompt instead",
+    ),
 )
 
 
@@ -187,14 +196,14 @@ class ChatRequest(RequestModel):
     """`POST /v1/chat/completions`."""
 
     model: str
-    messages: Annotated[list[Message], Field(min_length=1)]  # type: ignore[valid-type]
-    tools: list[Tool] | None = None  # type: ignore[valid-type]
-    tool_choice: ToolChoice = "auto"  # type: ignore[valid-type]
+    messages: Annotated[list[Message], Field(min_length=1)]
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice = "auto"
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Field(ge=1, le=1, description="only 1 choice is supported")] | None = None
     logprobs: bool = False
-    response_format: ResponseFormat | None = None  # type: ignore[valid-type]
+    response_format: ResponseFormat | None = None
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
     reasoning_effort: str | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -208,5 +217,5 @@ class ChatRequest(RequestModel):
     repetition_penalty: Annotated[float, Field(gt=0)] | None = None
     seed: int | None = None
     mtp: Annotated[int, Field(ge=0, le=8, description="Locus: draft tokens per step")] | None = None
-    stop: StopStrings | None = None  # type: ignore[valid-type]
+    stop: StopStrings | None = None
     user: str | None = None

@@ -16,19 +16,33 @@ REF = "#/components/schemas/{model}"
 # -- error responses --------------------------------------------------------------------------
 
 _ANTHROPIC_ERROR = {
-    "type": "object", "required": ["type", "error"],
-    "properties": {"type": {"const": "error"}, "error": {
-        "type": "object", "required": ["type", "message"],
-        "properties": {"type": {"type": "string"}, "message": {"type": "string"}}}},
-}  # fmt: skip
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
+}
 _OPENAI_ERROR = {
-    "type": "object", "required": ["error"],
-    "properties": {"error": {
-        "type": "object", "required": ["message", "type"],
-        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
-                       "param": {"type": ["string", "null"]},
-                       "code": {"type": ["string", "null"]}}}},
-}  # fmt: skip
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
 _STATUSES = {
     "400": "Invalid request: malformed JSON, a wrong field, or a prompt longer than the context",
     "401": "Missing or wrong API key",
@@ -52,11 +66,17 @@ def error_responses(flavor: str, method: str = "post") -> dict[str, Any]:
             continue
         if code == "529" and flavor == "openai":
             continue
-        entry: dict[str, Any] = {"description": text,
-                                 "content": {"application/json": {"schema": schema}}}  # fmt: skip
+        entry: dict[str, Any] = {
+            "description": text,
+            "content": {"application/json": {"schema": schema}},
+        }
         if code == "405":
-            entry["headers"] = {"Allow": {"schema": {"type": "string"},
-                                          "description": "the methods this path takes"}}  # fmt: skip
+            entry["headers"] = {
+                "Allow": {
+                    "schema": {"type": "string"},
+                    "description": "the methods this path takes",
+                }
+            }
         out[code] = entry
     return out
 
@@ -89,8 +109,10 @@ def document(api: Any, bodies: dict[str, type[BaseModel]]) -> None:
                 if not isinstance(op, dict) or "responses" not in op:
                     continue
                 if method == "post" and path in by_path:
-                    op["requestBody"] = {"required": True, "content": {
-                        "application/json": {"schema": by_path[path]}}}  # fmt: skip
+                    op["requestBody"] = {
+                        "required": True,
+                        "content": {"application/json": {"schema": by_path[path]}},
+                    }
                 for code, entry in error_responses(flavor_of(path), method).items():
                     op["responses"].setdefault(code, entry)
                 op["responses"].pop("422", None)  # validation errors are 400s here

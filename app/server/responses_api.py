@@ -200,7 +200,10 @@ def convert_input(raw: str | list[Any], out: list[dict[str, Any]]) -> None:
 def convert_tools(tools: list[ResponsesFunctionTool] | None) -> list[dict[str, Any]]:
     """Function tools as the chat template's function specs."""
     return [
-        {"type": "function", "function": t.model_dump(include={"name", "description", "parameters"})}
+        {
+            "type": "function",
+            "function": t.model_dump(include={"name", "description", "parameters"}),
+        }
         for t in tools or []
     ]
 

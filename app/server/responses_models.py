@@ -75,8 +75,11 @@ def _content(image: str | None) -> Any:
     if image is None:
         branches["input_image"] = ImageInput
     part = one_of(_part_kind, branches, _parts_refusal(image or ""))
-    return one_of(str_or_list, {"str": str, "list": list[part]},
-                  lambda v: "expected a string or an array of content parts")  # fmt: skip
+    return one_of(
+        str_or_list,
+        {"str": str, "list": list[part]},
+        lambda v: "expected a string or an array of content parts",
+    )
 
 
 UserContent = _content(None)
@@ -87,7 +90,7 @@ ToolOutput = _content("images in tool output are not supported")
 class UserMessageItem(RequestModel):
     type: Literal["message"] = "message"
     role: Literal["user"]
-    content: UserContent  # type: ignore[valid-type]
+    content: UserContent
 
 
 class MessageItem(RequestModel):
@@ -95,7 +98,7 @@ class MessageItem(RequestModel):
 
     type: Literal["message"] = "message"
     role: Literal["system", "developer", "assistant"]
-    content: TextContent  # type: ignore[valid-type]
+    content: TextContent
 
 
 class FunctionCallItem(RequestModel):
@@ -108,7 +111,7 @@ class FunctionCallItem(RequestModel):
 class FunctionCallOutputItem(RequestModel):
     type: Literal["function_call_output"]
     call_id: str
-    output: ToolOutput = ""  # type: ignore[valid-type]
+    output: ToolOutput = ""
 
 
 class ReasoningText(RequestModel):
@@ -145,13 +148,18 @@ def _item_refused(value: Any) -> Any:
 
 Item = one_of(
     _item_kind,
-    {"user": UserMessageItem, "message": MessageItem, "function_call": FunctionCallItem,
-     "function_call_output": FunctionCallOutputItem, "reasoning": ReasoningItem},
+    {
+        "user": UserMessageItem,
+        "message": MessageItem,
+        "function_call": FunctionCallItem,
+        "function_call_output": FunctionCallOutputItem,
+        "reasoning": ReasoningItem,
+    },
     _item_refused,
-)  # fmt: skip
+)
 Input = one_of(
     str_or_list,
-    {"str": str, "list": Annotated[list[Item], Field(min_length=1)]},  # type: ignore[valid-type]
+    {"str": str, "list": Annotated[list[Item], Field(min_length=1)]},
     lambda v: "expected a string or a non-empty array of input items",
 )
 
@@ -210,18 +218,18 @@ Format = one_of(
 
 
 class TextOptions(RequestModel):
-    format: Format | None = None  # type: ignore[valid-type]
+    format: Format | None = None
 
 
 class ResponsesRequest(RequestModel):
     """`POST /v1/responses`."""
 
     model: str
-    input: Input  # type: ignore[valid-type]
+    input: Input
     instructions: str | None = None
     previous_response_id: str | None = None
-    tools: list[Tool] | None = None  # type: ignore[valid-type]
-    tool_choice: ToolChoice = "auto"  # type: ignore[valid-type]
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice = "auto"
     reasoning: Reasoning | None = None
     text: TextOptions | None = None
     background: bool = False

@@ -75,8 +75,14 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 
 def kind_of(value: Any) -> str:
     """A JSON value's kind in words ("an object", "null", ...)."""
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-             list: "an array", dict: "an object"}  # fmt: skip
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "an array",
+        dict: "an object",
+    }
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
@@ -103,7 +109,8 @@ def one_of(
 
     def tag(value: Any) -> str:
         if isinstance(value, BaseModel):  # serializing: the branch is the model's own type
-            return next(_TAG + k for k, t in branches.items() if isinstance(value, t))
+            mine = (k for k, t in branches.items() if isinstance(t, type) and isinstance(value, t))
+            return _TAG + next(mine, "")
         key = pick(value)
         return _TAG + key if isinstance(key, str) and key in branches else _TAG
 
@@ -113,7 +120,7 @@ def one_of(
 
 
 def str_or_list(value: Any) -> str | None:
-    """"str" or "list" for a union of a string and an array, by the value's JSON type."""
+    """Which side of a string-or-array union `value` is on: "str", "list" or None."""
     return "str" if isinstance(value, str) else "list" if isinstance(value, list) else None
 
 
@@ -149,20 +156,34 @@ def _json_object(value: str | dict[str, Any]) -> dict[str, Any]:
 Arguments = Annotated[
     str | dict[str, Any],
     AfterValidator(_json_object),
-    WithJsonSchema({"anyOf": [
-        {"type": "string", "contentMediaType": "application/json",
-         "contentSchema": {"type": "object"}},
-        {"type": "object"}]}),
-]  # fmt: skip
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"type": "object"},
+                },
+                {"type": "object"},
+            ]
+        }
+    ),
+]
 
 
 # -- errors -------------------------------------------------------------------------------------
 
 _WANT = {
-    "string_type": "a string", "int_type": "an integer", "int_from_float": "an integer",
-    "float_type": "a number", "bool_type": "a boolean", "dict_type": "an object",
-    "model_type": "an object", "model_attributes_type": "an object", "list_type": "an array",
-}  # fmt: skip
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "bool_type": "a boolean",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "list_type": "an array",
+}
 
 
 def error_from(e: ValidationError) -> APIError:
@@ -202,8 +223,12 @@ def describe(err: Any) -> str:
         return f"expected {_WANT[kind]}, got {kind_of(value)}"
     if kind == "literal_error":
         return f"expected {ctx['expected']} (got {value!r})"
-    bounds = {"greater_than_equal": ("at least", "ge"), "less_than_equal": ("at most", "le"),
-              "greater_than": ("greater than", "gt"), "less_than": ("less than", "lt")}  # fmt: skip
+    bounds = {
+        "greater_than_equal": ("at least", "ge"),
+        "less_than_equal": ("at most", "le"),
+        "greater_than": ("greater than", "gt"),
+        "less_than": ("less than", "lt"),
+    }
     if kind in bounds:
         words, key = bounds[kind]
         return f"must be {words} {_number(ctx[key])} (got {value!r})"

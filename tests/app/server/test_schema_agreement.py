@@ -93,8 +93,11 @@ def test_every_role_the_schema_names_is_taken(document):
     roles = [m["properties"]["role"]["const"] for m in items]
     assert sorted(roles) == ["assistant", "system", "user"]
     for role in roles:
-        msgs = [{"role": "user", "content": "a"}, {"role": role, "content": "b"},
-                {"role": "user", "content": "c"}]  # fmt: skip
+        msgs = [
+            {"role": "user", "content": "a"},
+            {"role": role, "content": "b"},
+            {"role": "user", "content": "c"},
+        ]
         plan(messages=msgs)
 
 
@@ -107,13 +110,31 @@ def test_tool_result_images_are_in_both(document):
     assert {i["properties"]["type"]["const"] for i in items} == {"text", "image"}
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), "red").save(buf, "PNG")
-    img = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                       "data": base64.b64encode(buf.getvalue()).decode()}}  # fmt: skip
-    msgs = [{"role": "user", "content": "look"},
-            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "shot",
-                                               "input": {}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
-                                          "content": [{"type": "text", "text": "here"}, img]}]}]  # fmt: skip
+    img = {
+        "type": "image",
+        "source": {
+            "type": "base64",
+            "media_type": "image/png",
+            "data": base64.b64encode(buf.getvalue()).decode(),
+        },
+    }
+    msgs = [
+        {"role": "user", "content": "look"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "t1", "name": "shot", "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "t1",
+                    "content": [{"type": "text", "text": "here"}, img],
+                }
+            ],
+        },
+    ]
     assert plan(messages=msgs).has_images
 
 
@@ -139,8 +160,9 @@ def test_bodies_valid_by_the_served_schema_are_taken(operations, path):
     model = REQUEST_MODELS[path]
     op = operations[path]
 
-    @settings(max_examples=20, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(data=st.data())
     def check(data):
         body = data.draw(op.as_strategy()).body
