@@ -159,3 +159,13 @@ def test_a_fraction_is_not_an_integer(server):
     r = post(server, "/v1/messages", {**ANTHROPIC, "max_tokens": 4.5})
     assert r.status_code == 400
     assert r.json()["error"]["message"] == "max_tokens: expected an integer, got a number"
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1.0])
+def test_values_too_small_for_float32_still_sample(server, temperature):
+    # 5e-324 is 0 in the sampler's float32: it must mean greedy / the top token, not NaN logits
+    # that pick token 0 until max_tokens (which the schema fuzzing found).
+    body = {**ANTHROPIC, "max_tokens": 2**40, "temperature": temperature, "top_p": 5e-324}
+    r = httpx.post(server.url + "/v1/messages", json=body, timeout=30)
+    assert r.status_code == 200 and r.json()["stop_reason"] == "end_turn", r.text
+    assert r.json()["content"][-1]["text"].endswith("fine")
