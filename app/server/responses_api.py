@@ -135,8 +135,7 @@ def _content(content: str | list[Any], where: str) -> str | list[dict[str, Any]]
 def _text(content: str | list[Any]) -> str:
     """Content without images (the models refuse them where this is used)."""
     text = _content(content, "")
-    assert isinstance(text, str)
-    return text
+    return text if isinstance(text, str) else ""
 
 
 def _reasoning_text(item: ReasoningItem) -> str:
