@@ -10,68 +10,60 @@ from typing import Any
 
 from engine import ReasoningDelta, TextDelta, ToolCall, ToolCallError, Usage
 
+from .anthropic_models import (
+    AssistantMessage,
+    CountTokensRequest,
+    ImageBlock,
+    MessagesRequest,
+    SystemMessage,
+    TextBlock,
+    ThinkingAdaptive,
+    ThinkingBlock,
+    ThinkingEnabled,
+    Tool,
+    ToolChoiceAny,
+    ToolChoiceNone,
+    ToolChoiceTool,
+    ToolResultBlock,
+    ToolUseBlock,
+    UserMessage,
+)
 from .common import image_part, join_text, sampling_for, strip_billing_header
 from .errors import APIError, invalid
-from .fields import field, number, strings
 from .jobs import Finished, Job, Plan, Started
+from .validation import stop_list
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "cancelled": "end_turn"}
+_FORCED_CALL = "<tool_call>\n<function="
 
 
-def _blocks(content: Any, where: str) -> list[dict[str, Any]]:
+def _blocks(content: str | list[Any]) -> list[Any]:
     """A message's content as a list of blocks (a string is one text block)."""
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if not isinstance(content, list):
-        raise invalid(f"{where}.content: expected a string or an array of content blocks")
-    for i, b in enumerate(content):
-        if not isinstance(b, dict) or not isinstance(b.get("type"), str):
-            raise invalid(f"{where}.content[{i}]: expected a content block with a 'type'")
-    return content
+    return [TextBlock(type="text", text=content)] if isinstance(content, str) else content
 
 
-def _text(block: dict[str, Any], where: str) -> str:
-    return field(block, "text", str, where, required=True)
+def _image(block: ImageBlock, where: str) -> dict[str, Any]:
+    return image_part(block.source.data, block.source.media_type, where)
 
 
-def _image(block: dict[str, Any], where: str) -> dict[str, Any]:
-    src = field(block, "source", dict, where, required=True)
-    kind = src.get("type")
-    if kind == "base64":
-        data = field(src, "data", str, f"{where}.source", required=True)
-        media = field(src, "media_type", str, f"{where}.source", required=True)
-        return image_part(data, media, where)
-    if kind == "url":
-        raise invalid(
-            f"{where}: remote image URLs are not fetched: nothing leaves this machine. Send the "
-            "image inline as a base64 source instead"
-        )
-    raise invalid(f"{where}.source.type: expected 'base64' (got {kind!r})")
-
-
-def _tool_result_content(block: dict[str, Any], where: str) -> tuple[str, list[dict[str, Any]]]:
+def _tool_result_content(block: ToolResultBlock, where: str) -> tuple[str, list[dict[str, Any]]]:
     """A tool_result's text, and its images (which go to the model in a user turn after it)."""
-    content = block.get("content", "")
-    if content is None or isinstance(content, str):
-        text, images = content or "", []
-    else:
-        texts: list[str] = []
-        images = []
-        for j, b in enumerate(_blocks(content, where)):
-            w = f"{where}.content[{j}]"
-            if b["type"] == "text":
-                texts.append(_text(b, w))
-            elif b["type"] == "image":
-                images.append(_image(b, w))
-            else:
-                raise invalid(f"{w}: tool_result content holds text and image blocks only")
-        text = join_text(texts)
-    if field(block, "is_error", bool, where, default=False):
+    texts: list[str] = []
+    images: list[dict[str, Any]] = []
+    for j, b in enumerate(_blocks(block.content)):
+        if isinstance(b, ImageBlock):
+            images.append(_image(b, f"{where}.content[{j}]"))
+        else:
+            texts.append(b.text)
+    text = join_text(texts) if isinstance(block.content, list) else block.content
+    if block.is_error:
         text = f"Error: {text}" if text else "Error"
     return text, images
 
 
-def _user(msg: dict[str, Any], where: str, out: list[dict[str, Any]]) -> None:
+def _user(blocks: list[Any], where: str, out: list[dict[str, Any]]) -> None:
+    """A user message's blocks appended to `out`: tool results as tool turns, the rest (with the
+    tool results' images first) as one user turn."""
     parts: list[dict[str, Any]] = []
     late_images: list[dict[str, Any]] = []
 
@@ -84,54 +76,35 @@ def _user(msg: dict[str, Any], where: str, out: list[dict[str, Any]]) -> None:
             out.append({"role": "user", "content": join_text([p["text"] for p in parts])})
         parts.clear()
 
-    for i, b in enumerate(_blocks(msg.get("content"), where)):
+    for i, b in enumerate(blocks):
         w = f"{where}.content[{i}]"
-        t = b["type"]
-        if t == "text":
-            parts.append({"type": "text", "text": _text(b, w)})
-        elif t == "image":
+        if isinstance(b, TextBlock):
+            parts.append({"type": "text", "text": b.text})
+        elif isinstance(b, ImageBlock):
             parts.append(_image(b, w))
-        elif t == "tool_result":
-            flush()
-            tid = field(b, "tool_use_id", str, w, required=True)
-            text, images = _tool_result_content(b, w)
-            out.append({"role": "tool", "tool_call_id": tid, "content": text})
-            late_images += images
-        elif t == "document":
-            raise invalid(f"{w}: document blocks are not supported; send the text as a text block")
-        elif t in ("thinking", "redacted_thinking", "tool_use"):
-            raise invalid(f"{w}: {t} blocks belong in assistant messages")
         else:
-            raise invalid(f"{w}: unknown content block type {t!r}")
+            flush()
+            text, images = _tool_result_content(b, w)
+            out.append({"role": "tool", "tool_call_id": b.tool_use_id, "content": text})
+            late_images += images
     if late_images:
         parts[:0] = late_images
     flush()
 
 
-def _assistant(msg: dict[str, Any], where: str) -> dict[str, Any]:
+def _assistant(msg: AssistantMessage) -> dict[str, Any]:
     texts: list[str] = []
     thinking: list[str] = []
     calls: list[dict[str, Any]] = []
-    for i, b in enumerate(_blocks(msg.get("content"), where)):
-        w = f"{where}.content[{i}]"
-        t = b["type"]
-        if t == "text":
-            texts.append(_text(b, w))
-        elif t == "thinking":
-            thinking.append(field(b, "thinking", str, w, required=True))
-        elif t == "redacted_thinking":
-            continue  # nothing readable to give back to the model
-        elif t == "tool_use":
-            name = field(b, "name", str, w, required=True)
-            args = field(b, "input", dict, w, default={})
-            tid = field(b, "id", str, w, default="")
-            calls.append(
-                {"id": tid, "type": "function", "function": {"name": name, "arguments": args}}
-            )
-        elif t in ("image", "tool_result", "document"):
-            raise invalid(f"{w}: {t} blocks belong in user messages")
-        else:
-            raise invalid(f"{w}: unknown content block type {t!r}")
+    for b in _blocks(msg.content):
+        if isinstance(b, TextBlock):
+            texts.append(b.text)
+        elif isinstance(b, ThinkingBlock):
+            thinking.append(b.thinking)
+        elif isinstance(b, ToolUseBlock):
+            fn = {"name": b.name, "arguments": b.input}
+            calls.append({"id": b.id, "type": "function", "function": fn})
+        # redacted_thinking: nothing readable to give back to the model
     out: dict[str, Any] = {"role": "assistant", "content": join_text(texts)}
     if thinking:
         # Given back as reasoning_content, the template renders it exactly as it was generated,
@@ -142,20 +115,13 @@ def _assistant(msg: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def system_text(system: Any) -> str:
+def system_text(system: str | list[TextBlock] | None) -> str:
     """The system prompt from a string or text blocks, without Claude Code's billing line."""
     if system is None:
         return ""
     if isinstance(system, str):
         return strip_billing_header(system).strip("\n")
-    if not isinstance(system, list):
-        raise invalid("system: expected a string or an array of text blocks")
-    texts = []
-    for i, b in enumerate(system):
-        if not isinstance(b, dict) or b.get("type") != "text":
-            raise invalid(f"system[{i}]: expected a text block")
-        texts.append(strip_billing_header(_text(b, f"system[{i}]")))
-    return join_text([t.strip("\n") for t in texts])
+    return join_text([strip_billing_header(b.text).strip("\n") for b in system])
 
 
 def reminder(text: str) -> str:
@@ -163,176 +129,150 @@ def reminder(text: str) -> str:
     return f"<system-reminder>\n{text}\n</system-reminder>"
 
 
-def with_reminders(msg: dict[str, Any], reminders: list[str], where: str) -> dict[str, Any]:
-    """`msg` with `reminders` as text blocks after its tool results (they must stay first)."""
-    if not reminders:
-        return msg
-    blocks = _blocks(msg.get("content"), where)
-    at = max((i + 1 for i, b in enumerate(blocks) if b.get("type") == "tool_result"), default=0)
-    extra = [{"type": "text", "text": r} for r in reminders]
-    return {**msg, "content": [*blocks[:at], *extra, *blocks[at:]]}
+def with_reminders(blocks: list[Any], reminders: list[str]) -> list[Any]:
+    """`blocks` with `reminders` as text blocks after its tool results (they must stay first)."""
+    at = max((i + 1 for i, b in enumerate(blocks) if isinstance(b, ToolResultBlock)), default=0)
+    extra = [TextBlock(type="text", text=r) for r in reminders]
+    return [*blocks[:at], *extra, *blocks[at:]]
 
 
-def convert_tools(tools: Any) -> list[dict[str, Any]]:
-    """Anthropic tool definitions as the chat template's function specs."""
-    if tools is None:
-        return []
-    if not isinstance(tools, list):
-        raise invalid("tools: expected an array of tool definitions")
-    out = []
-    for i, t in enumerate(tools):
-        w = f"tools[{i}]"
-        if not isinstance(t, dict):
-            raise invalid(f"{w}: expected an object")
-        kind = t.get("type")
-        if kind not in (None, "custom") and "input_schema" not in t:
-            # Anthropic's server tools (web search, code execution) run on Anthropic's side.
-            raise invalid(
-                f"{w}: server tool {kind!r} is not supported: it runs on Anthropic's side"
-            )
-        name = field(t, "name", str, w, required=True)
-        schema = field(t, "input_schema", dict, w, required=True)
-        desc = field(t, "description", str, w, default="")
-        out.append(
-            {
-                "type": "function",
-                "function": {"name": name, "description": desc, "parameters": schema},
-            }
-        )
-    names = [t["function"]["name"] for t in out]
-    if len(set(names)) != len(names):
-        raise invalid("tools: tool names must be unique")
-    return out
-
-
-def to_plan(
-    body: dict[str, Any], *, vocab_size: int, preset: str | None, count_only: bool = False
-) -> Plan:
-    """A Messages request as an engine plan; APIError(400) naming the first problem."""
-    field(body, "model", str, "", required=True)
-    max_tokens = number(body, "max_tokens", "", 1, integer=True, required=not count_only)
-    raw = field(body, "messages", list, "", required=True)
-    if not raw:
-        raise invalid("messages: at least one message is required", param="messages")
+def convert_messages(req: CountTokensRequest) -> tuple[list[dict[str, Any]], list[int]]:
+    """The system prompt and messages as the chat template's messages, and the indices of the
+    messages a cache_control breakpoint ends."""
     messages: list[dict[str, Any]] = []
-    marks: list[int] = []  # cache_control breakpoints: the message index they end
-    system = system_text(body.get("system"))
+    marks: list[int] = []
+    system = system_text(req.system)
     if system:
         messages.append({"role": "system", "content": system})
-        if _marked(body.get("system")):
+        if _marked(req.system):
             marks.append(0)
     reminders: list[str] = []  # mid-conversation system messages waiting for a user turn
-    for i, m in enumerate(raw):
-        w = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise invalid(f"{w}: expected an object with role and content")
-        role = m.get("role")
-        if "content" not in m:
-            raise invalid(f"{w}.content: field required")
-        if role == "system":
+    for i, m in enumerate(req.messages):
+        if isinstance(m, SystemMessage):
             # anthropic-beta mid-conversation-system: Qwen's template takes a system turn only
             # first, so fold it into the next user turn the way Claude Code itself does.
-            text = system_text(m.get("content"))
+            text = system_text(_blocks(m.content))
             if text:
                 reminders.append(reminder(text))
-        elif role == "user":
-            _user(with_reminders(m, reminders, w), w, messages)
+        elif isinstance(m, UserMessage):
+            _user(with_reminders(_blocks(m.content), reminders), f"messages[{i}]", messages)
             reminders = []
-        elif role == "assistant":
+        else:
             if reminders:
                 messages.append({"role": "user", "content": join_text(reminders)})
                 reminders = []
-            messages.append(_assistant(m, w))
-        else:
-            raise invalid(f"{w}.role: expected 'user', 'assistant' or 'system' (got {role!r})")
-        if _marked(m.get("content")) and messages:
+            messages.append(_assistant(m))
+        if _marked(m.content) and messages:
             marks.append(len(messages) - 1)
     if reminders:
         messages.append({"role": "user", "content": join_text(reminders)})
-    tools = convert_tools(body.get("tools"))
+    return messages, marks
 
-    thinking = field(body, "thinking", dict, "", default={})
-    kind = thinking.get("type", "disabled")
-    if kind not in ("enabled", "disabled", "adaptive"):
-        raise invalid(f"thinking.type: expected 'enabled', 'disabled' or 'adaptive' (got {kind!r})")
-    think = kind != "disabled"
-    budget = None
-    if kind == "enabled":
-        budget = number(thinking, "budget_tokens", "thinking", 1, integer=True, required=True)
-        if max_tokens is not None and budget >= max_tokens:
-            raise invalid(
-                f"max_tokens ({max_tokens}) must be greater than thinking.budget_tokens ({budget})"
-            )
 
-    prefix, prefix_is_call = "", False
-    choice = field(body, "tool_choice", dict, "", default={"type": "auto"})
-    ctype = choice.get("type", "auto")
-    if ctype == "none":
-        tools = []
-    elif ctype in ("any", "tool"):
-        if not tools:
-            raise invalid(f"tool_choice: type {ctype!r} needs tools")
-        if think:
-            raise invalid("Thinking may not be enabled when tool_choice forces tool use.")
-        prefix, prefix_is_call = "<tool_call>\n<function=", True
-        if ctype == "tool":
-            name = field(choice, "name", str, "tool_choice", required=True)
-            if name not in {t["function"]["name"] for t in tools}:
-                raise invalid(f"tool_choice.name: no tool named {name!r} in tools")
-            prefix += f"{name}>\n"
-    elif ctype != "auto":
-        raise invalid(f"tool_choice.type: expected auto, any, tool or none (got {ctype!r})")
+def _marked(content: str | list[Any] | None) -> bool:
+    # A block's cache_control marks the end of its message (coarser than Anthropic's per block).
+    return isinstance(content, list) and any(b.cache_control for b in content)
 
+
+def convert_tools(tools: list[Tool] | None) -> list[dict[str, Any]]:
+    """Anthropic tool definitions as the chat template's function specs."""
+    return [
+        {"type": "function",
+         "function": {"name": t.name, "description": t.description, "parameters": t.input_schema}}
+        for t in tools or []
+    ]  # fmt: skip
+
+
+def _thinking(req: CountTokensRequest) -> tuple[bool, int | None]:
+    """Whether the model thinks, and its budget of reasoning tokens (None: no limit)."""
+    thinking = req.thinking
+    if not isinstance(thinking, ThinkingEnabled):
+        return isinstance(thinking, ThinkingAdaptive), None
+    budget = thinking.budget_tokens
+    max_tokens = getattr(req, "max_tokens", None)
+    if max_tokens is not None and budget >= max_tokens:
+        raise invalid(
+            f"max_tokens ({max_tokens}) must be greater than thinking.budget_tokens ({budget})"
+        )
+    return True, budget
+
+
+def _forced_call(
+    req: CountTokensRequest, tools: list[dict[str, Any]], think: bool
+) -> tuple[list[dict[str, Any]], str]:
+    """The tools the model sees, and the opening of the call tool_choice forces ("" if none)."""
+    choice = req.tool_choice
+    if isinstance(choice, ToolChoiceNone):
+        return [], ""
+    if not isinstance(choice, ToolChoiceAny | ToolChoiceTool):
+        return tools, ""
+    if not tools:
+        raise invalid(f"tool_choice: type {choice.type!r} needs tools")
+    if think:
+        raise invalid("Thinking may not be enabled when tool_choice forces tool use.")
+    if isinstance(choice, ToolChoiceAny):
+        return tools, _FORCED_CALL
+    if choice.name not in {t["function"]["name"] for t in tools}:
+        raise invalid(f"tool_choice.name: no tool named {choice.name!r} in tools")
+    return tools, f"{_FORCED_CALL}{choice.name}>\n"
+
+
+def _prefill(messages: list[dict[str, Any]], forced: str) -> str | None:
+    """A final assistant message's text, taken off `messages`: the answer continues it
+    (Anthropic returns only the continuation). None when the last message is not the model's."""
+    last = messages[-1]
+    if last["role"] != "assistant":
+        return None
+    if last.get("tool_calls") or last.get("reasoning_content"):
+        raise invalid("the final assistant message may only hold text to continue")
+    if forced:
+        raise invalid("a prefilled assistant message cannot be combined with a forced tool_choice")
+    text = last["content"]
+    if text != text.rstrip():
+        raise invalid("final assistant content cannot end with trailing whitespace")
+    messages.pop()
+    return text
+
+
+def _sampling(req: CountTokensRequest) -> dict[str, Any]:
+    """The sampling values a Messages request sets (count_tokens sets none)."""
+    if not isinstance(req, MessagesRequest):
+        return {}
+    return {"temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k}
+
+
+def _session(req: CountTokensRequest) -> str | None:
+    meta = getattr(req, "metadata", None)
+    return f"anthropic:{meta.user_id}" if meta is not None and meta.user_id else None
+
+
+def to_plan(req: CountTokensRequest, *, vocab_size: int, preset: str | None) -> Plan:
+    """A validated Messages (or count_tokens) request as an engine plan; APIError(400) for what
+    its fields cannot say alone (a budget over max_tokens, a forced tool that does not exist)."""
+    messages, marks = convert_messages(req)
+    think, budget = _thinking(req)
+    tools, prefix = _forced_call(req, convert_tools(req.tools), think)
     if not any(m["role"] in ("user", "tool") for m in messages):
         raise invalid("messages: the conversation needs at least one user message with content")
-    last = messages[-1]
-    if last["role"] == "assistant":
-        # A prefilled answer: the model continues it (Anthropic returns only the continuation).
-        if last.get("tool_calls") or last.get("reasoning_content"):
-            raise invalid("the final assistant message may only hold text to continue")
-        if prefix:
-            raise invalid(
-                "a prefilled assistant message cannot be combined with a forced tool_choice"
-            )
-        text = last["content"]
-        if text != text.rstrip():
-            raise invalid("final assistant content cannot end with trailing whitespace")
-        messages.pop()
-        prefix = text
-        think = False
-
-    given = {
-        "temperature": number(body, "temperature", "", 0, 2),
-        "top_p": number(body, "top_p", "", 0, 1),
-        "top_k": number(body, "top_k", "", 0, integer=True),
-    }
-    if given["top_p"] == 0:
-        raise invalid("top_p: must be greater than 0", param="top_p")
-    stop = strings(body.get("stop_sequences"), "stop_sequences")
-    meta = field(body, "metadata", dict, "", default={})
-    user = meta.get("user_id")
+    prefilled = _prefill(messages, prefix)
+    if prefilled is not None:
+        prefix, think = prefilled, False
+    full = req if isinstance(req, MessagesRequest) else None
     return Plan(
-        model=body["model"],
+        model=req.model,
         messages=messages,
         tools=tools or None,
         enable_thinking=think,
-        sampling=sampling_for(preset, think, vocab_size, **given),
-        max_tokens=max_tokens,
-        stop=stop,
+        sampling=sampling_for(preset, think, vocab_size, **_sampling(req)),
+        max_tokens=full.max_tokens if full else None,
+        stop=stop_list(full.stop_sequences) if full else [],
         prefix=prefix,
-        prefix_is_call=prefix_is_call,
+        prefix_is_call=prefilled is None and bool(prefix),
         thinking_budget=budget,
-        session=f"anthropic:{user}" if isinstance(user, str) and user else None,
+        session=_session(req),
         has_images=any(isinstance(m.get("content"), list) for m in messages),
         cache_breakpoints=marks[-4:],
-        mtp=number(body, "mtp", "", 0, 8, integer=True),
-    )
-
-
-def _marked(content: Any) -> bool:
-    # A block's cache_control marks the end of its message (coarser than Anthropic's per block).
-    return isinstance(content, list) and any(
-        isinstance(b, dict) and b.get("cache_control") for b in content
+        mtp=full.mtp if full else None,
     )
 
 

@@ -12,15 +12,25 @@ from starlette.responses import JSONResponse, Response
 
 from engine import Backend
 
-from . import anthropic_api, openai_api, responses_api, schemas
+from . import anthropic_api, openai_api, openapi, responses_api
+from .anthropic_models import CountTokensRequest, MessagesRequest
 from .config import ServerConfig
 from .errors import APIError, flavor_of
-from .fields import field, parse_body
+from .jsonbody import parse_body
+from .openai_models import ChatRequest
 from .requestlog import error_record
+from .responses_models import ResponsesRequest
 from .security import ASGIApp, Guard
 from .service import ClientGone, EventStream, Service
 
 log = logging.getLogger("locus.server")
+# The model that validates each POST path's body (and whose JSON schema /openapi.json serves).
+REQUEST_MODELS = {
+    "/v1/messages": MessagesRequest,
+    "/v1/messages/count_tokens": CountTokensRequest,
+    "/v1/chat/completions": ChatRequest,
+    "/v1/responses": ResponsesRequest,
+}
 _HTTP_KINDS = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
                405: "invalid_request_error", 413: "request_too_large"}  # fmt: skip
 
@@ -45,7 +55,16 @@ def build_fastapi(service: Service) -> FastAPI:
     config = service.config
     api = FastAPI(title="Locus local API", version="1", docs_url=None, redoc_url=None)
     api.state.service = service
-    schemas.document_errors(api)
+    openapi.document(api, REQUEST_MODELS)
+    _add_error_handlers(api)
+    _add_info_routes(api, service)
+    _add_generation_routes(api, service)
+    responses_api.add_routes(api, service, responses_api.ResponseStore(config.responses_db))
+    return api
+
+
+def _add_error_handlers(api: FastAPI) -> None:
+    """Every failure answered in the API's own error shape (see errors.flavor_of)."""
 
     @api.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
@@ -72,6 +91,10 @@ def build_fastapi(service: Service) -> FastAPI:
         log.exception("unexpected error serving %s", request.url.path)
         err = APIError("api_error", f"internal server error ({type(exc).__name__}); see the log")
         return _error_response(request, err)
+
+
+def _add_info_routes(api: FastAPI, service: Service) -> None:
+    """/, /health and the model list both SDKs read."""
 
     @api.get("/")
     @api.head("/")
@@ -110,47 +133,44 @@ def build_fastapi(service: Service) -> FastAPI:
         service.loaded()  # every name is served by the loaded model
         return model_entry(model_id)
 
-    @api.post("/v1/messages", openapi_extra=schemas.body(schemas.ANTHROPIC_MESSAGES))
+
+def _add_generation_routes(api: FastAPI, service: Service) -> None:
+    """Anthropic's /v1/messages (and count_tokens) and OpenAI's /v1/chat/completions."""
+    config = service.config
+
+    @api.post("/v1/messages")
     async def messages(request: Request) -> Response:
-        body = await _body(request)
-        plan = anthropic_api.to_plan(body, vocab_size=service.vocab_size, preset=config.preset)
-        stream = field(body, "stream", bool, "", default=False)
-        model_name = body["model"]
+        req = MessagesRequest.parse(await _body(request))
+        plan = anthropic_api.to_plan(req, vocab_size=service.vocab_size, preset=config.preset)
+        model_name = req.model
         job = await service.start(plan, request)
-        if stream:
+        if req.stream:
             content = anthropic_api.stream(job, model_name, config.ping_interval)
             return EventStream(content, job.cancel, {})
         events, fin = await service.collect(job, request)
         anthropic_api.raise_if_error(fin)
         return JSONResponse(anthropic_api.message(events, fin, job, model_name))
 
-    @api.post("/v1/messages/count_tokens", openapi_extra=schemas.body(schemas.ANTHROPIC_COUNT))
+    @api.post("/v1/messages/count_tokens")
     async def count_tokens(request: Request) -> Response:
-        body = await _body(request)
-        plan = anthropic_api.to_plan(
-            body, vocab_size=service.vocab_size, preset=config.preset, count_only=True
-        )
+        req = CountTokensRequest.parse(await _body(request))
+        plan = anthropic_api.to_plan(req, vocab_size=service.vocab_size, preset=config.preset)
         return JSONResponse({"input_tokens": await service.count(plan)})
 
-    @api.post("/v1/chat/completions", openapi_extra=schemas.body(schemas.OPENAI_CHAT))
+    @api.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        body = await _body(request)
-        plan = openai_api.to_plan(body, vocab_size=service.vocab_size, preset=config.preset,
+        req = ChatRequest.parse(await _body(request))
+        plan = openai_api.to_plan(req, vocab_size=service.vocab_size, preset=config.preset,
                                   default_max=config.default_max_tokens)  # fmt: skip
-        stream = field(body, "stream", bool, "", default=False)
-        opts = field(body, "stream_options", dict, "", default={})
-        include_usage = field(opts, "include_usage", bool, "stream_options", default=False)
-        model_name = body["model"]
+        include_usage = req.stream_options is not None and req.stream_options.include_usage
+        model_name = req.model
         job = await service.start(plan, request)
-        if stream:
+        if req.stream:
             content = openai_api.stream(job, model_name, config.ping_interval, include_usage)
             return EventStream(content, job.cancel, {})
         events, fin = await service.collect(job, request)
         anthropic_api.raise_if_error(fin)
         return JSONResponse(openai_api.completion(events, fin, job, model_name))
-
-    responses_api.add_routes(api, service, responses_api.ResponseStore(config.responses_db))
-    return api
 
 
 def create_app(backend: Backend | None, config: ServerConfig | None = None) -> ASGIApp:

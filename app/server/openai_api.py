@@ -12,228 +12,164 @@ from engine import ReasoningDelta, TextDelta, ToolCall, ToolCallError, Usage
 
 from .common import data_url_image, join_text, sampling_for, strip_billing_header
 from .errors import error_body, invalid
-from .fields import field, number, strings
 from .jobs import Finished, Job, Plan
+from .openai_models import (
+    AssistantMessage,
+    ChatRequest,
+    FunctionTool,
+    SystemMessage,
+    TextPart,
+    UserMessage,
+)
+from .validation import stop_list
 
 # chat_template_kwargs the server sets itself; passing them again would clash.
 _RESERVED_KWARGS = {
     "messages", "conversation", "tools", "documents", "tokenize", "add_generation_prompt",
     "chat_template", "return_dict", "continue_final_message", "tokenizer",
 }  # fmt: skip
+_FORCED_CALL = "<tool_call>\n<function="
 
 
-def _text_parts(content: Any, where: str) -> str:
+def _text(content: str | list[TextPart] | None) -> str:
     """Content that may only hold text: a string or text parts."""
     if content is None or isinstance(content, str):
         return content or ""
-    if not isinstance(content, list):
-        raise invalid(f"{where}.content: expected a string or an array of content parts")
-    texts = []
-    for i, p in enumerate(content):
-        w = f"{where}.content[{i}]"
-        if not isinstance(p, dict) or p.get("type") != "text":
-            raise invalid(f"{w}: only text parts are allowed here")
-        texts.append(field(p, "text", str, w, required=True))
-    return join_text(texts)
+    return join_text([p.text for p in content])
 
 
-def _user_content(content: Any, where: str) -> str | list[dict[str, Any]]:
+def _user_content(content: str | list[Any], where: str) -> str | list[dict[str, Any]]:
     if isinstance(content, str):
         return content
-    if not isinstance(content, list):
-        raise invalid(f"{where}.content: expected a string or an array of content parts")
     parts: list[dict[str, Any]] = []
     for i, p in enumerate(content):
-        w = f"{where}.content[{i}]"
-        kind = p.get("type") if isinstance(p, dict) else None
-        if kind == "text":
-            parts.append({"type": "text", "text": field(p, "text", str, w, required=True)})
-        elif kind == "image_url":
-            img = p.get("image_url")
-            url = img.get("url") if isinstance(img, dict) else img
-            if not isinstance(url, str):
-                raise invalid(f"{w}.image_url.url: expected a data: URL string")
-            parts.append(data_url_image(url, w))
-        elif isinstance(kind, str):
-            raise invalid(f"{w}: unsupported content part type {kind!r} (text and image_url only)")
+        if isinstance(p, TextPart):
+            parts.append({"type": "text", "text": p.text})
         else:
-            raise invalid(f"{w}: expected a content part with a 'type'")
+            url = p.image_url if isinstance(p.image_url, str) else p.image_url.url
+            parts.append(data_url_image(url, f"{where}.content[{i}]"))
     if not any(p["type"] == "image" for p in parts):
         return join_text([p["text"] for p in parts])
     return parts
 
 
-def _tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:
-    if not isinstance(calls, list):
-        raise invalid(f"{where}.tool_calls: expected an array")
-    out = []
-    for i, c in enumerate(calls):
-        w = f"{where}.tool_calls[{i}]"
-        if not isinstance(c, dict):
-            raise invalid(f"{w}: expected an object")
-        fn = field(c, "function", dict, w, required=True)
-        name = field(fn, "name", str, f"{w}.function", required=True)
-        args = field(fn, "arguments", (str, dict), f"{w}.function", default="{}")
-        if isinstance(args, str):
-            try:
-                args = json.loads(args) if args.strip() else {}
-            except json.JSONDecodeError as e:
-                raise invalid(f"{w}.function.arguments: not valid JSON ({e})") from e
-            if not isinstance(args, dict):
-                raise invalid(f"{w}.function.arguments: must encode a JSON object")
-        tid = field(c, "id", str, w, default="")
-        out.append({"id": tid, "type": "function", "function": {"name": name, "arguments": args}})
-    return out
+def _assistant(m: AssistantMessage) -> dict[str, Any]:
+    msg: dict[str, Any] = {"role": "assistant", "content": _text(m.content)}
+    reasoning = m.reasoning_content if m.reasoning_content is not None else m.reasoning
+    if reasoning is not None:
+        msg["reasoning_content"] = reasoning
+    if m.tool_calls:
+        msg["tool_calls"] = [
+            {"id": c.id, "type": "function",
+             "function": {"name": c.function.name, "arguments": c.function.arguments}}
+            for c in m.tool_calls
+        ]  # fmt: skip
+    return msg
 
 
-def convert_messages(raw: Any) -> list[dict[str, Any]]:
+def convert_messages(raw: list[Any]) -> list[dict[str, Any]]:
     """OpenAI messages as the chat template's messages."""
-    if not isinstance(raw, list) or not raw:
-        raise invalid("messages: expected a non-empty array of messages", param="messages")
     out: list[dict[str, Any]] = []
     for i, m in enumerate(raw):
-        w = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise invalid(f"{w}: expected an object with role and content")
-        role = m.get("role")
-        if role in ("system", "developer"):
-            text = _text_parts(m.get("content"), w)
+        if isinstance(m, SystemMessage):
+            text = _text(m.content)
             out.append(
                 {"role": "system", "content": strip_billing_header(text) if i == 0 else text}
             )
-        elif role == "user":
-            out.append({"role": "user", "content": _user_content(m.get("content"), w)})
-        elif role == "assistant":
-            msg: dict[str, Any] = {"role": "assistant", "content": _text_parts(m.get("content"), w)}
-            reasoning = m.get("reasoning_content", m.get("reasoning"))
-            if reasoning is not None:
-                if not isinstance(reasoning, str):
-                    raise invalid(f"{w}.reasoning_content: expected a string")
-                msg["reasoning_content"] = reasoning
-            if m.get("tool_calls"):
-                msg["tool_calls"] = _tool_calls(m["tool_calls"], w)
-            out.append(msg)
-        elif role == "tool":
-            tid = field(m, "tool_call_id", str, w, default="")
-            out.append(
-                {"role": "tool", "tool_call_id": tid, "content": _text_parts(m.get("content"), w)}
-            )
+        elif isinstance(m, UserMessage):
+            out.append({"role": "user", "content": _user_content(m.content, f"messages[{i}]")})
+        elif isinstance(m, AssistantMessage):
+            out.append(_assistant(m))
         else:
-            raise invalid(
-                f"{w}.role: expected system, developer, user, assistant or tool (got {role!r})"
+            out.append(
+                {"role": "tool", "tool_call_id": m.tool_call_id, "content": _text(m.content)}
             )
     return out
 
 
-def convert_tools(tools: Any) -> list[dict[str, Any]]:
-    if tools is None:
-        return []
-    if not isinstance(tools, list):
-        raise invalid("tools: expected an array of tool definitions")
-    out = []
-    for i, t in enumerate(tools):
-        w = f"tools[{i}]"
-        if not isinstance(t, dict) or t.get("type", "function") != "function":
-            raise invalid(f"{w}: expected {{'type': 'function', 'function': {{...}}}}")
-        fn = field(t, "function", dict, w, required=True)
-        name = field(fn, "name", str, f"{w}.function", required=True)
-        spec = {
-            "name": name,
-            "description": field(fn, "description", str, f"{w}.function", default=""),
-            "parameters": field(
-                fn, "parameters", dict, f"{w}.function", default={"type": "object"}
-            ),
-        }
-        out.append({"type": "function", "function": spec})
-    return out
+def convert_tools(tools: list[FunctionTool] | None) -> list[dict[str, Any]]:
+    """Function tools as the chat template's function specs."""
+    return [{"type": "function", "function": t.function.model_dump()} for t in tools or []]
 
 
-def to_plan(body: dict[str, Any], *, vocab_size: int, preset: str | None, default_max: int) -> Plan:
-    """A chat completions request as an engine plan; APIError(400) naming the first problem."""
-    field(body, "model", str, "", required=True)
-    messages = convert_messages(body.get("messages"))
-    tools = convert_tools(body.get("tools"))
-    if number(body, "n", "", 1, 1, integer=True) not in (None, 1):
-        raise invalid("n: only 1 choice is supported", param="n")
-    if field(body, "logprobs", bool, "", default=False):
+def _refuse_unsupported(req: ChatRequest) -> None:
+    if req.logprobs:
         raise invalid("logprobs are not supported by this server", param="logprobs")
-    fmt = field(body, "response_format", dict, "", default={"type": "text"})
-    if fmt.get("type", "text") != "text":
-        raise invalid(
-            f"response_format {fmt.get('type')!r} is not supported: only free text; ask for JSON "
-            "in the prompt instead",
-            param="response_format",
-        )
 
-    kwargs = dict(field(body, "chat_template_kwargs", dict, "", default={}))
+
+def _thinking_and_kwargs(req: ChatRequest) -> tuple[bool, dict[str, Any]]:
+    """Whether the model thinks, and the chat_template_kwargs left for the template."""
+    kwargs = dict(req.chat_template_kwargs)
     for k in kwargs:
         if k in _RESERVED_KWARGS:
             raise invalid(f"chat_template_kwargs.{k}: set by the server; remove it")
     think = kwargs.pop("enable_thinking", None)
     kwargs.pop("preserve_thinking", None)  # always on: it keeps the prompt cache hitting
     if think is None:
-        effort = field(body, "reasoning_effort", str, "", default=None)
-        think = effort not in ("none", "minimal")
-    elif not isinstance(think, bool):
+        return req.reasoning_effort not in ("none", "minimal"), kwargs
+    if not isinstance(think, bool):
         raise invalid("chat_template_kwargs.enable_thinking: expected a boolean")
+    return think, kwargs
 
-    prefix, prefix_is_call = "", False
-    choice = body.get("tool_choice", "auto")
+
+def forced_call(choice: Any, tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """The tools the model sees, and the opening of the call `choice` forces ("" if none):
+    OpenAI's tool_choice ("none", "auto", "required" or a function), also the Responses API's."""
     if choice == "none":
-        tools = []
-    elif choice == "required" or isinstance(choice, dict):
-        if not tools:
-            raise invalid("tool_choice: forcing a tool call needs tools", param="tool_choice")
-        prefix, prefix_is_call, think = "<tool_call>\n<function=", True, False
-        if isinstance(choice, dict):
-            fn = field(choice, "function", dict, "tool_choice", required=True)
-            name = field(fn, "name", str, "tool_choice.function", required=True)
-            if name not in {t["function"]["name"] for t in tools}:
-                raise invalid(f"tool_choice.function.name: no tool named {name!r} in tools")
-            prefix += f"{name}>\n"
-    elif choice != "auto":
-        raise invalid("tool_choice: expected 'none', 'auto', 'required' or a function choice")
+        return [], ""
+    if choice == "auto":
+        return tools, ""
+    if not tools:
+        raise invalid("tool_choice: forcing a tool call needs tools", param="tool_choice")
+    if choice == "required":
+        return tools, _FORCED_CALL
+    name = choice.function.name if hasattr(choice, "function") else choice.name
+    if name not in {t["function"]["name"] for t in tools}:
+        where = "tool_choice.function.name" if hasattr(choice, "function") else "tool_choice.name"
+        raise invalid(f"{where}: no tool named {name!r} in tools")
+    return tools, f"{_FORCED_CALL}{name}>\n"
 
+
+def _sampling(req: ChatRequest) -> dict[str, Any]:
+    return {
+        "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k,
+        "min_p": req.min_p, "presence_penalty": req.presence_penalty,
+        "frequency_penalty": req.frequency_penalty,
+        "repetition_penalty": req.repetition_penalty, "seed": req.seed,
+    }  # fmt: skip
+
+
+def to_plan(req: ChatRequest, *, vocab_size: int, preset: str | None, default_max: int) -> Plan:
+    """A validated chat completions request as an engine plan; APIError(400) for what its fields
+    cannot say alone (a forced tool that does not exist, a conversation with no user turn)."""
+    _refuse_unsupported(req)
+    messages = convert_messages(req.messages)
+    think, kwargs = _thinking_and_kwargs(req)
+    tools, prefix = forced_call(req.tool_choice, convert_tools(req.tools))
+    if prefix:
+        think = False
     if not any(m["role"] in ("user", "tool") for m in messages):
         raise invalid("messages: the conversation needs at least one user message")
     last = messages[-1]
-    if last["role"] == "assistant" and not prefix and not last.get("tool_calls"):
+    prefill = last["role"] == "assistant" and not prefix and not last.get("tool_calls")
+    if prefill:
         # A partial answer to continue, as with Anthropic's prefill.
         messages.pop()
         prefix, think = last["content"], False
-
-    max_tokens = number(body, "max_completion_tokens", "", 1, integer=True)
-    if max_tokens is None:
-        max_tokens = number(body, "max_tokens", "", 1, integer=True)
-    given = {
-        "temperature": number(body, "temperature", "", 0, 2),
-        "top_p": number(body, "top_p", "", 0, 1),
-        "top_k": number(body, "top_k", "", -1, integer=True),
-        "min_p": number(body, "min_p", "", 0, 1),
-        "presence_penalty": number(body, "presence_penalty", "", -2, 2),
-        "frequency_penalty": number(body, "frequency_penalty", "", -2, 2),
-        "repetition_penalty": number(body, "repetition_penalty", "", 0),
-        "seed": number(body, "seed", "", integer=True),
-    }
-    if given["top_p"] == 0:
-        raise invalid("top_p: must be greater than 0", param="top_p")
-    if given["repetition_penalty"] == 0:
-        raise invalid("repetition_penalty: must be greater than 0", param="repetition_penalty")
-    user = field(body, "user", str, "", default=None)
     return Plan(
-        model=body["model"],
+        model=req.model,
         messages=messages,
         tools=tools or None,
         enable_thinking=think,
-        sampling=sampling_for(preset, think, vocab_size, **given),
-        max_tokens=max_tokens or default_max,
-        stop=strings(body.get("stop"), "stop"),
+        sampling=sampling_for(preset, think, vocab_size, **_sampling(req)),
+        max_tokens=req.max_completion_tokens or req.max_tokens or default_max,
+        stop=stop_list(req.stop),
         template_kwargs=kwargs,
         prefix=prefix,
-        prefix_is_call=prefix_is_call,
-        session=f"openai:{user}" if user else None,
+        prefix_is_call=bool(prefix) and not prefill,
+        session=f"openai:{req.user}" if req.user else None,
         has_images=any(isinstance(m.get("content"), list) for m in messages),
-        mtp=number(body, "mtp", "", 0, 8, integer=True),
+        mtp=req.mtp,
     )
 
 

@@ -24,8 +24,20 @@ from engine import ReasoningDelta, TextDelta, ToolCall, ToolCallError
 
 from .common import data_url_image, join_text, sampling_for
 from .errors import APIError, error_body, invalid
-from .fields import field, number, parse_body
 from .jobs import Finished, Job, Plan, Started
+from .jsonbody import parse_body
+from .openai_api import forced_call
+from .responses_models import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    MessageItem,
+    ReasoningItem,
+    RefusalPart,
+    ResponsesFunctionTool,
+    ResponsesRequest,
+    TextInput,
+    UserMessageItem,
+)
 
 KEEP_PER_KEY = 200  # stored responses kept per API key (oldest dropped first)
 
@@ -103,212 +115,144 @@ def owner_of(headers: Any) -> str:
 # -- requests ----------------------------------------------------------------------------------
 
 
-def _content(content: Any, where: str, role: str) -> str | list[dict[str, Any]]:
+def _content(content: str | list[Any], where: str) -> str | list[dict[str, Any]]:
     """A message item's content as the template's content (text, or parts with images)."""
     if isinstance(content, str):
         return content
-    if not isinstance(content, list):
-        raise invalid(f"{where}.content: expected a string or an array of content parts")
     parts: list[dict[str, Any]] = []
     for i, p in enumerate(content):
-        w = f"{where}.content[{i}]"
-        kind = p.get("type") if isinstance(p, dict) else None
-        if kind in ("input_text", "output_text", "text", "summary_text"):
-            parts.append({"type": "text", "text": field(p, "text", str, w, required=True)})
-        elif kind == "refusal":
-            parts.append({"type": "text", "text": field(p, "refusal", str, w, required=True)})
-        elif kind == "input_image":
-            if role != "user":
-                raise invalid(f"{w}: images are supported in user messages only")
-            url = p.get("image_url")
-            if not isinstance(url, str):
-                raise invalid(f"{w}.image_url: file_id images are not supported; send a data: URL")
-            parts.append(data_url_image(url, w))
-        elif kind in ("input_file", "input_audio"):
-            raise invalid(f"{w}: {kind} content is not supported; send text or input_image")
+        if isinstance(p, TextInput):
+            parts.append({"type": "text", "text": p.text})
+        elif isinstance(p, RefusalPart):
+            parts.append({"type": "text", "text": p.refusal})
         else:
-            raise invalid(f"{w}: unknown content part type {kind!r}")
+            parts.append(data_url_image(p.image_url, f"{where}.content[{i}]"))
     if any(p["type"] == "image" for p in parts):
         return parts
     return join_text([p["text"] for p in parts])
 
 
-def _arguments(raw: Any, where: str) -> dict[str, Any]:
-    if isinstance(raw, dict):
-        return raw
-    if not isinstance(raw, str):
-        raise invalid(f"{where}.arguments: expected a JSON string")
-    try:
-        args = json.loads(raw) if raw.strip() else {}
-    except json.JSONDecodeError as e:
-        raise invalid(f"{where}.arguments: not valid JSON ({e})") from e
-    if not isinstance(args, dict):
-        raise invalid(f"{where}.arguments: must encode a JSON object")
-    return args
+def _text(content: str | list[Any]) -> str:
+    """Content without images (the models refuse them where this is used)."""
+    text = _content(content, "")
+    return text if isinstance(text, str) else ""
 
 
-def convert_input(raw: Any, out: list[dict[str, Any]]) -> None:
+def _reasoning_text(item: ReasoningItem) -> str:
+    texts = [c.text for c in item.content or []]
+    if not any(texts):
+        texts = [s.text for s in item.summary or []]
+    return "".join(texts)
+
+
+class _Turns:
+    """Input items gathered into the template's messages: the items of one model turn
+    (reasoning, message, calls) come as consecutive items and make one assistant message."""
+
+    def __init__(self, out: list[dict[str, Any]]) -> None:
+        self.out = out
+        self.reasoning: list[str] = []
+        # The assistant message items still add to (a stored history may end with one).
+        self.open = out[-1] if out and out[-1]["role"] == "assistant" else None
+
+    def assistant(self) -> dict[str, Any]:
+        last = self.out[-1] if self.out else None
+        if last is None or last is not self.open:
+            last = {"role": "assistant", "content": ""}
+            self.out.append(last)
+            self.open = last
+        if self.reasoning:
+            last["reasoning_content"] = "\n\n".join(self.reasoning)
+            self.reasoning.clear()
+        return last
+
+    def add(self, item: Any, where: str) -> None:
+        if isinstance(item, UserMessageItem):
+            self.out.append({"role": "user", "content": _content(item.content, where)})
+        elif isinstance(item, MessageItem) and item.role != "assistant":
+            self.out.append({"role": "system", "content": _text(item.content)})
+        elif isinstance(item, MessageItem):
+            msg = self.assistant()
+            msg["content"] = join_text([msg["content"], _text(item.content)])
+        elif isinstance(item, FunctionCallItem):
+            fn = {"name": item.name, "arguments": item.arguments}
+            call = {"id": item.call_id, "type": "function", "function": fn}
+            self.assistant().setdefault("tool_calls", []).append(call)
+        elif isinstance(item, FunctionCallOutputItem):
+            self.open = None  # what follows a tool result is a new model turn
+            text = _text(item.output)
+            self.out.append({"role": "tool", "tool_call_id": item.call_id, "content": text})
+        else:
+            self.reasoning.append(_reasoning_text(item))
+
+
+def convert_input(raw: str | list[Any], out: list[dict[str, Any]]) -> None:
     """Responses input (a string or items) appended to `out` as the template's messages."""
     if isinstance(raw, str):
         out.append({"role": "user", "content": raw})
         return
-    if not isinstance(raw, list) or not raw:
-        raise invalid("input: expected a string or a non-empty array of input items", "input")
-    reasoning: list[str] = []
-
-    def assistant() -> dict[str, Any]:
-        # Items of one model turn (reasoning, message, calls) come as consecutive items.
-        last = out[-1] if out else None
-        if last is None or last["role"] != "assistant" or last.get("_closed"):
-            last = {"role": "assistant", "content": ""}
-            out.append(last)
-        if reasoning:
-            last["reasoning_content"] = "\n\n".join(reasoning)
-            reasoning.clear()
-        return last
-
+    turns = _Turns(out)
     for i, item in enumerate(raw):
-        w = f"input[{i}]"
-        if not isinstance(item, dict):
-            raise invalid(f"{w}: expected an input item object")
-        kind = item.get("type", "message")
-        if kind == "message":
-            role = item.get("role")
-            content = item.get("content")
-            if role in ("system", "developer"):
-                text = _content(content, w, role)
-                if not isinstance(text, str):
-                    raise invalid(f"{w}: system messages hold text only")
-                out.append({"role": "system", "content": text})
-            elif role == "user":
-                out.append({"role": "user", "content": _content(content, w, role)})
-            elif role == "assistant":
-                text = _content(content, w, role)
-                msg = assistant()
-                msg["content"] = join_text([msg["content"], text if isinstance(text, str) else ""])
-            else:
-                raise invalid(f"{w}.role: expected user, assistant, system or developer "
-                              f"(got {role!r})")  # fmt: skip
-        elif kind == "function_call":
-            name = field(item, "name", str, w, required=True)
-            cid = field(item, "call_id", str, w, required=True)
-            args = _arguments(item.get("arguments", "{}"), w)
-            msg = assistant()
-            msg.setdefault("tool_calls", []).append(
-                {"id": cid, "type": "function", "function": {"name": name, "arguments": args}}
-            )
-        elif kind == "function_call_output":
-            cid = field(item, "call_id", str, w, required=True)
-            output = item.get("output", "")
-            text = output if isinstance(output, str) else _content(output, w, "tool")
-            if not isinstance(text, str):
-                raise invalid(f"{w}.output: images in tool output are not supported")
-            if out and out[-1]["role"] == "assistant":
-                out[-1]["_closed"] = True
-            out.append({"role": "tool", "tool_call_id": cid, "content": text})
-        elif kind == "reasoning":
-            texts = [c.get("text", "") for c in item.get("content") or [] if isinstance(c, dict)]
-            if not any(texts):
-                texts = [
-                    s.get("text", "") for s in item.get("summary") or [] if isinstance(s, dict)
-                ]
-            reasoning.append("".join(texts))
-        elif kind == "item_reference":
-            raise invalid(f"{w}: item_reference is not supported; use previous_response_id")
-        else:
-            raise invalid(f"{w}.type: input item type {kind!r} is not supported")
-    for m in out:
-        m.pop("_closed", None)
+        turns.add(item, f"input[{i}]")
 
 
-def convert_tools(tools: Any) -> list[dict[str, Any]]:
-    if tools is None:
-        return []
-    if not isinstance(tools, list):
-        raise invalid("tools: expected an array of tool definitions", "tools")
-    out = []
-    for i, t in enumerate(tools):
-        w = f"tools[{i}]"
-        if not isinstance(t, dict):
-            raise invalid(f"{w}: expected an object")
-        if t.get("type") != "function":
-            raise invalid(f"{w}.type: tool type {t.get('type')!r} is not supported (function only)")
-        spec = {
-            "name": field(t, "name", str, w, required=True),
-            "description": field(t, "description", str, w, default=""),
-            "parameters": field(t, "parameters", dict, w, default={"type": "object"}),
+def convert_tools(tools: list[ResponsesFunctionTool] | None) -> list[dict[str, Any]]:
+    """Function tools as the chat template's function specs."""
+    return [
+        {
+            "type": "function",
+            "function": t.model_dump(include={"name", "description", "parameters"}),
         }
-        out.append({"type": "function", "function": spec})
-    return out
+        for t in tools or []
+    ]
+
+
+def _messages(
+    req: ResponsesRequest, history: list[dict[str, Any]] | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The template's messages, and the conversation to store (without `instructions`)."""
+    messages: list[dict[str, Any]] = [dict(m) for m in history or []]
+    convert_input(req.input, messages)
+    conversation = list(messages)
+    if req.instructions:  # not carried to the next response, as with OpenAI
+        messages.insert(0, {"role": "system", "content": req.instructions})
+    # The template takes one system turn, first: merge the others into it.
+    systems = [m["content"] for m in messages if m["role"] == "system"]
+    messages = [m for m in messages if m["role"] != "system"]
+    if systems:
+        messages.insert(0, {"role": "system", "content": join_text(systems)})
+    return messages, conversation
 
 
 def to_plan(
-    body: dict[str, Any],
+    req: ResponsesRequest,
     *,
     vocab_size: int,
     preset: str | None,
     default_max: int,
     history: list[dict[str, Any]] | None = None,
 ) -> tuple[Plan, list[dict[str, Any]]]:
-    """A Responses request as an engine plan, and the conversation to store with its answer
-    (without `instructions`); `history` is the previous response's stored conversation."""
-    model = field(body, "model", str, "", required=True)
-    if field(body, "background", bool, "", default=False):
+    """A validated Responses request as an engine plan, and the conversation to store with its
+    answer (without `instructions`); `history` is the previous response's stored conversation."""
+    if req.background:
         raise invalid("background responses are not supported", "background")
-    fmt = field(field(body, "text", dict, "", default={}), "format", dict, "text", default={})
-    if fmt.get("type", "text") != "text":
-        raise invalid(f"text.format {fmt.get('type')!r} is not supported: only free text",
-                      "text.format")  # fmt: skip
-    messages: list[dict[str, Any]] = [dict(m) for m in history or []]
-    convert_input(body.get("input"), messages)
-    instructions = field(body, "instructions", str, "", default="")
-    conversation = list(messages)
-    if instructions:  # not carried to the next response, as with OpenAI
-        messages.insert(0, {"role": "system", "content": instructions})
-    # The template takes one system turn, first: merge the others into it.
-    systems = [m["content"] for m in messages if m["role"] == "system"]
-    messages = [m for m in messages if m["role"] != "system"]
-    if systems:
-        messages.insert(0, {"role": "system", "content": join_text(systems)})
-    tools = convert_tools(body.get("tools"))
-    effort = field(field(body, "reasoning", dict, "", default={}), "effort", str, "reasoning",
-                   default=None)  # fmt: skip
-    think = effort not in ("none", "minimal")
-    prefix, prefix_is_call = "", False
-    choice = body.get("tool_choice", "auto")
-    if choice == "none":
-        tools = []
-    elif choice == "required" or isinstance(choice, dict):
-        if not tools:
-            raise invalid("tool_choice: forcing a tool call needs tools", "tool_choice")
-        prefix, prefix_is_call, think = "<tool_call>\n<function=", True, False
-        if isinstance(choice, dict):
-            if choice.get("type") != "function":
-                raise invalid(f"tool_choice.type {choice.get('type')!r} is not supported",
-                              "tool_choice")  # fmt: skip
-            name = field(choice, "name", str, "tool_choice", required=True)
-            if name not in {t["function"]["name"] for t in tools}:
-                raise invalid(f"tool_choice.name: no tool named {name!r} in tools")
-            prefix += f"{name}>\n"
-    elif choice != "auto":
-        raise invalid("tool_choice: expected 'none', 'auto', 'required' or a function choice")
+    messages, conversation = _messages(req, history)
+    think = (req.reasoning.effort if req.reasoning else None) not in ("none", "minimal")
+    tools, prefix = forced_call(req.tool_choice, convert_tools(req.tools))
+    if prefix:
+        think = False
     if not any(m["role"] in ("user", "tool") for m in messages):
         raise invalid("input: the conversation needs at least one user message", "input")
-    given = {
-        "temperature": number(body, "temperature", "", 0, 2),
-        "top_p": number(body, "top_p", "", 0, 1),
-    }
-    if given["top_p"] == 0:
-        raise invalid("top_p: must be greater than 0", param="top_p")
+    given = {"temperature": req.temperature, "top_p": req.top_p}
     plan = Plan(
-        model=model,
+        model=req.model,
         messages=messages,
         tools=tools or None,
         enable_thinking=think,
         sampling=sampling_for(preset, think, vocab_size, **given),
-        max_tokens=number(body, "max_output_tokens", "", 1, integer=True) or default_max,
+        max_tokens=req.max_output_tokens or default_max,
         prefix=prefix,
-        prefix_is_call=prefix_is_call,
+        prefix_is_call=bool(prefix),
         has_images=any(isinstance(m.get("content"), list) for m in messages),
     )
     return plan, conversation
@@ -551,25 +495,24 @@ def add_routes(api: Any, service: Any, store: ResponseStore) -> None:
     async def create(request: Request) -> Response:
         body = parse_body(await request.body())
         request.state.locus_model = body.get("model") if isinstance(body.get("model"), str) else ""
+        req = ResponsesRequest.parse(body)
         owner = owner_of(request.headers)
         history = None
-        prev = field(body, "previous_response_id", str, "", default=None)
-        if prev:
-            found = store.get(owner, prev)
+        if req.previous_response_id:
+            found = store.get(owner, req.previous_response_id)
             if found is None:
-                raise missing(prev)
+                raise missing(req.previous_response_id)
             history = found[1]
-        plan, conversation = to_plan(body, vocab_size=service.vocab_size, preset=config.preset,
-                       default_max=config.default_max_tokens, history=history)  # fmt: skip
-        keep = field(body, "store", bool, "", default=True)
+        plan, conversation = to_plan(req, vocab_size=service.vocab_size, preset=config.preset,
+                                     default_max=config.default_max_tokens, history=history)  # fmt: skip
         b = Builder(body, plan.model)
         job = await service.start(plan, request)
 
         def save(resp: dict[str, Any]) -> None:
-            if keep and resp["status"] in ("completed", "incomplete"):
+            if req.store and resp["status"] in ("completed", "incomplete"):
                 store.put(owner, resp, [*conversation, b.conversation_tail()])
 
-        if field(body, "stream", bool, "", default=False):
+        if req.stream:
 
             async def events() -> AsyncIterator[str]:
                 async for chunk in stream(job, b, config.ping_interval):

@@ -11,11 +11,12 @@ import httpx
 import pytest
 
 from app.server.anthropic_api import to_plan
+from app.server.anthropic_models import MessagesRequest
 
 
 def _plan(messages, **kw):
-    return to_plan({"model": "m", "max_tokens": 10, "messages": messages, **kw},
-                   vocab_size=1000, preset=None)  # fmt: skip
+    body = {"model": "m", "max_tokens": 10, "messages": messages, **kw}
+    return to_plan(MessagesRequest.parse(body), vocab_size=1000, preset=None)
 
 
 def test_mid_conversation_system_messages_fold_into_the_next_user_turn():
