@@ -104,7 +104,7 @@ def make_probs(params: SamplingParams) -> Callable[[mx.array], mx.array]:
     from .sampling import filter_logits
 
     def probs(logprobs: mx.array) -> mx.array:
-        if params.temperature == 0:
+        if params.greedy:
             best = mx.argmax(logprobs, axis=-1, keepdims=True)
             return (mx.arange(logprobs.shape[-1]) == best).astype(mx.float32)
         return mx.softmax(filter_logits(logprobs, params), axis=-1)
@@ -218,7 +218,7 @@ def speculative_step(
     mcache = cache[-1] if base.mtp_head is not None else None
     embed = base.language_model.model.embed_tokens
     probs = make_probs(params)
-    greedy = params.temperature == 0
+    greedy = params.greedy
     total = len(prompt)
     tokens = list(prompt)  # prompt + every token handed out
     prompt_arr = mx.array(list(prompt), dtype=mx.uint32)

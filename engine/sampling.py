@@ -10,6 +10,9 @@ import mlx.core as mx
 
 from .errors import RequestError
 
+# Temperatures below this choose greedily (logits / t would overflow float32 to inf - inf).
+GREEDY_BELOW = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -42,6 +45,12 @@ class SamplingParams:
             if not ok:
                 raise RequestError(msg)
         return self
+
+    @property
+    def greedy(self) -> bool:
+        """Whether the choice is the most likely token: temperature 0, or one so small that
+        dividing by it overflows float32 (vLLM treats temperatures below 1e-5 the same way)."""
+        return self.temperature < GREEDY_BELOW
 
     def with_(self, **changes: Any) -> SamplingParams:
         """A copy with the given fields changed; None values are ignored."""
@@ -89,7 +98,8 @@ def filter_logits(logits: mx.array, params: SamplingParams) -> mx.array:
         order = mx.argsort(-logits, axis=-1)
         probs = mx.softmax(mx.take_along_axis(logits, order, axis=-1), axis=-1)
         before = mx.cumsum(probs, axis=-1) - probs
-        drop_sorted = before >= params.top_p
+        # The most likely token always stays, however small top_p is (as in vLLM).
+        drop_sorted = (before >= params.top_p) & (mx.arange(vocab) > 0)
         drop = mx.zeros_like(drop_sorted)
         drop = mx.put_along_axis(drop, order, drop_sorted, axis=-1)
         logits = mx.where(drop, -mx.inf, logits)
@@ -102,7 +112,7 @@ def filter_logits(logits: mx.array, params: SamplingParams) -> mx.array:
 
 def make_sampler(params: SamplingParams) -> Sampler:
     """A function from log-probabilities (1, vocab) to the chosen token (1,)."""
-    if params.temperature == 0:
+    if params.greedy:
         return lambda logprobs: mx.argmax(logprobs, axis=-1)
     return lambda logprobs: mx.random.categorical(filter_logits(logprobs, params))
 

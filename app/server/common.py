@@ -19,7 +19,6 @@ NO_REMOTE = (
 )
 # Claude Code starts its system prompt with a per-request attribution line whose `cch=` nonce
 # changes every time; left in, it would make every prompt differ from the last at token ~10.
-_TINY = 1e-30  # well inside float32's normal range
 _BILLING = re.compile(r"\A[ \t]*x-anthropic-billing-header:[^\n]*(?:\n|\Z)")
 
 
@@ -73,12 +72,6 @@ def sampling_for(
     seed = given.pop("seed", None)
     if seed is not None:
         seed %= 2**32
-    # The sampler works in float32, where values this small are 0: 5e-324 would divide the logits
-    # by zero, or drop every token from the nucleus. They mean greedy, and the top token only.
-    if given.get("temperature") is not None and given["temperature"] < _TINY:
-        given["temperature"] = 0.0
-    if given.get("top_p") is not None and given["top_p"] < _TINY:
-        given["top_p"] = _TINY
     return base.with_(top_k=top_k, seed=seed, **given)
 
 

@@ -133,3 +133,23 @@ def test_samples_follow_the_filtered_distribution():
     counts = np.bincount(np.array(sample(batch)), minlength=len(logits)) / n
     assert np.all(counts[want == 0] == 0)
     np.testing.assert_allclose(counts, want, atol=0.03)
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-9])
+def test_a_vanishing_temperature_is_greedy(temperature):
+    # Dividing float32 logits by a value that is 0 (or tiny) in float32 gives inf - inf = NaN.
+    from engine.sampling import make_sampler
+
+    logits = mx.array([[0.1, 2.5, -1.0, 2.4]])
+    sampler = make_sampler(SamplingParams(temperature=temperature, top_p=1.0, top_k=0))
+    assert SamplingParams(temperature=temperature).greedy
+    assert [int(sampler(logits).item()) for _ in range(20)] == [1] * 20
+
+
+@pytest.mark.parametrize("top_p", [5e-324, 1e-12])
+def test_a_vanishing_top_p_keeps_the_top_token(top_p):
+    from engine.sampling import filter_logits
+
+    logits = mx.array([[0.1, 2.5, -1.0, 2.4]])
+    kept = filter_logits(logits, SamplingParams(temperature=1.0, top_p=top_p, top_k=0))
+    assert np.isfinite(np.array(kept)).tolist() == [[False, True, False, False]]
