@@ -34,7 +34,6 @@ from .jobs import Finished, Job, Plan, Started
 from .validation import stop_list
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "cancelled": "end_turn"}
-_FORCED_CALL = "<tool_call>\n<function="
 
 
 def _blocks(content: str | list[Any]) -> list[Any]:
@@ -200,24 +199,24 @@ def _thinking(req: CountTokensRequest) -> tuple[bool, int | None]:
 def _forced_call(
     req: CountTokensRequest, tools: list[dict[str, Any]], think: bool
 ) -> tuple[list[dict[str, Any]], str]:
-    """The tools the model sees, and the opening of the call tool_choice forces ("" if none)."""
+    """The tools the model sees, and the engine's tool_choice ("auto", "required" or a name)."""
     choice = req.tool_choice
     if isinstance(choice, ToolChoiceNone):
-        return [], ""
+        return [], "auto"
     if not isinstance(choice, ToolChoiceAny | ToolChoiceTool):
-        return tools, ""
+        return tools, "auto"
     if not tools:
         raise invalid(f"tool_choice: type {choice.type!r} needs tools")
     if think:
         raise invalid("Thinking may not be enabled when tool_choice forces tool use.")
     if isinstance(choice, ToolChoiceAny):
-        return tools, _FORCED_CALL
+        return tools, "required"
     if choice.name not in {t["function"]["name"] for t in tools}:
         raise invalid(f"tool_choice.name: no tool named {choice.name!r} in tools")
-    return tools, f"{_FORCED_CALL}{choice.name}>\n"
+    return tools, choice.name
 
 
-def _prefill(messages: list[dict[str, Any]], forced: str) -> str | None:
+def _prefill(messages: list[dict[str, Any]], forced: bool) -> str | None:
     """A final assistant message's text, taken off `messages`: the answer continues it
     (Anthropic returns only the continuation). None when the last message is not the model's."""
     last = messages[-1]
@@ -251,12 +250,12 @@ def to_plan(req: CountTokensRequest, *, vocab_size: int, preset: str | None) -> 
     its fields cannot say alone (a budget over max_tokens, a forced tool that does not exist)."""
     messages, marks = convert_messages(req)
     think, budget = _thinking(req)
-    tools, prefix = _forced_call(req, convert_tools(req.tools), think)
+    tools, choice = _forced_call(req, convert_tools(req.tools), think)
     if not any(m["role"] in ("user", "tool") for m in messages):
         raise invalid("messages: the conversation needs at least one user message with content")
-    prefilled = _prefill(messages, prefix)
-    if prefilled is not None:
-        prefix, think = prefilled, False
+    prefix = _prefill(messages, choice != "auto")
+    if prefix is not None:
+        think = False
     full = req if isinstance(req, MessagesRequest) else None
     return Plan(
         model=req.model,
@@ -266,8 +265,8 @@ def to_plan(req: CountTokensRequest, *, vocab_size: int, preset: str | None) -> 
         sampling=sampling_for(preset, think, vocab_size, **_sampling(req)),
         max_tokens=full.max_tokens if full else None,
         stop=stop_list(full.stop_sequences) if full else [],
-        prefix=prefix,
-        prefix_is_call=prefilled is None and bool(prefix),
+        prefix=prefix or "",
+        tool_choice=choice,
         thinking_budget=budget,
         session=_session(req),
         has_images=any(isinstance(m.get("content"), list) for m in messages),

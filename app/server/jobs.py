@@ -42,8 +42,6 @@ log = logging.getLogger("locus.server")
 
 __all__ = ["BUDGET_NOTE", "Finished", "Job", "Plan", "Scheduler", "Started"]
 
-# How the API modules spell a forced call's opening in `Plan.prefix` (prefix_is_call).
-_CALL_OPENING = "<tool_call>\n<function="
 # The engine's error kinds as Anthropic error types (the default: api_error).
 _ERROR_TYPES = {"invalid_request": "invalid_request_error", "context_length": "invalid_request_error",
                 "unavailable": "overloaded_error"}  # fmt: skip
@@ -60,14 +58,10 @@ class Plan:
     max_tokens: int | None
     stop: list[str] = field(default_factory=list)
     template_kwargs: dict[str, Any] = field(default_factory=dict)
-    # Text the answer must start with (an assistant prefill, or the opening of a forced tool
-    # call); it is appended after the generation prompt and not returned to the client.
+    # Text the answer must start with (an assistant prefill); it is appended after the generation
+    # prompt and not returned to the client.
     prefix: str = ""
-    # The prefix opens a tool call (`<tool_call>\n<function=` [NAME `>\n`]): the engine's forced
-    # tool_choice, which parses it together with what the model writes next.
-    prefix_is_call: bool = False
-    # The engine's tool_choice ("auto", "none", "required" or a tool's name), for API modules
-    # that say it directly rather than as a call-opening prefix.
+    # The engine's tool_choice ("auto", "none", "required" or a tool's name).
     tool_choice: str = "auto"
     # Reasoning tokens allowed before the answer is forced to start (None: no limit).
     thinking_budget: int | None = None
@@ -130,15 +124,12 @@ def context_note(backend: Backend, configured: int | None) -> str:
 
 def build_request(plan: Plan, max_tokens: int = 1) -> GenerationRequest:
     """The engine request for a plan (the reply's prefix, tool_choice and budget included)."""
-    prefix, choice = plan.prefix, plan.tool_choice
-    if plan.prefix_is_call:  # the engine opens a forced call itself
-        name = prefix.removeprefix(_CALL_OPENING).removesuffix(">\n")
-        prefix, choice = "", name or "required"
     return GenerationRequest(
         messages=plan.messages, tools=plan.tools or None, enable_thinking=plan.enable_thinking,
         preserve_thinking=True, sampling=plan.sampling, max_tokens=max_tokens, stop=plan.stop,
         template_kwargs=plan.template_kwargs, session=plan.session,
-        cache_breakpoints=plan.cache_breakpoints, mtp=plan.mtp, prefix=prefix, tool_choice=choice,
+        cache_breakpoints=plan.cache_breakpoints, mtp=plan.mtp, prefix=plan.prefix,
+        tool_choice=plan.tool_choice,
         thinking_budget=plan.thinking_budget if plan.enable_thinking else None,
     )  # fmt: skip
 

@@ -28,7 +28,6 @@ _RESERVED_KWARGS = {
     "messages", "conversation", "tools", "documents", "tokenize", "add_generation_prompt",
     "chat_template", "return_dict", "continue_final_message", "tokenizer",
 }  # fmt: skip
-_FORCED_CALL = "<tool_call>\n<function="
 
 
 def _text(content: str | list[TextPart] | None) -> str:
@@ -113,21 +112,21 @@ def _thinking_and_kwargs(req: ChatRequest) -> tuple[bool, dict[str, Any]]:
 
 
 def forced_call(choice: Any, tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
-    """The tools the model sees, and the opening of the call `choice` forces ("" if none):
-    OpenAI's tool_choice ("none", "auto", "required" or a function), also the Responses API's."""
+    """The tools the model sees, and the engine's tool_choice ("auto", "required" or a tool's
+    name) for OpenAI's tool_choice ("none", "auto", "required" or a function; also Responses')."""
     if choice == "none":
-        return [], ""
+        return [], "auto"
     if choice == "auto":
-        return tools, ""
+        return tools, "auto"
     if not tools:
         raise invalid("tool_choice: forcing a tool call needs tools", param="tool_choice")
     if choice == "required":
-        return tools, _FORCED_CALL
+        return tools, "required"
     name = choice.function.name if hasattr(choice, "function") else choice.name
     if name not in {t["function"]["name"] for t in tools}:
         where = "tool_choice.function.name" if hasattr(choice, "function") else "tool_choice.name"
         raise invalid(f"{where}: no tool named {name!r} in tools")
-    return tools, f"{_FORCED_CALL}{name}>\n"
+    return tools, name
 
 
 def _sampling(req: ChatRequest) -> dict[str, Any]:
@@ -145,14 +144,13 @@ def to_plan(req: ChatRequest, *, vocab_size: int, preset: str | None, default_ma
     _refuse_unsupported(req)
     messages = convert_messages(req.messages)
     think, kwargs = _thinking_and_kwargs(req)
-    tools, prefix = forced_call(req.tool_choice, convert_tools(req.tools))
-    if prefix:
-        think = False
+    tools, choice = forced_call(req.tool_choice, convert_tools(req.tools))
+    think = think and choice == "auto"
     if not any(m["role"] in ("user", "tool") for m in messages):
         raise invalid("messages: the conversation needs at least one user message")
     last = messages[-1]
-    prefill = last["role"] == "assistant" and not prefix and not last.get("tool_calls")
-    if prefill:
+    prefix = ""
+    if last["role"] == "assistant" and choice == "auto" and not last.get("tool_calls"):
         # A partial answer to continue, as with Anthropic's prefill.
         messages.pop()
         prefix, think = last["content"], False
@@ -166,7 +164,7 @@ def to_plan(req: ChatRequest, *, vocab_size: int, preset: str | None, default_ma
         stop=stop_list(req.stop),
         template_kwargs=kwargs,
         prefix=prefix,
-        prefix_is_call=bool(prefix) and not prefill,
+        tool_choice=choice,
         session=f"openai:{req.user}" if req.user else None,
         has_images=any(isinstance(m.get("content"), list) for m in messages),
         mtp=req.mtp,

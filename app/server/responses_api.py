@@ -238,9 +238,8 @@ def to_plan(
         raise invalid("background responses are not supported", "background")
     messages, conversation = _messages(req, history)
     think = (req.reasoning.effort if req.reasoning else None) not in ("none", "minimal")
-    tools, prefix = forced_call(req.tool_choice, convert_tools(req.tools))
-    if prefix:
-        think = False
+    tools, choice = forced_call(req.tool_choice, convert_tools(req.tools))
+    think = think and choice == "auto"
     if not any(m["role"] in ("user", "tool") for m in messages):
         raise invalid("input: the conversation needs at least one user message", "input")
     given = {"temperature": req.temperature, "top_p": req.top_p}
@@ -251,8 +250,7 @@ def to_plan(
         enable_thinking=think,
         sampling=sampling_for(preset, think, vocab_size, **given),
         max_tokens=req.max_output_tokens or default_max,
-        prefix=prefix,
-        prefix_is_call=bool(prefix),
+        tool_choice=choice,
         has_images=any(isinstance(m.get("content"), list) for m in messages),
     )
     return plan, conversation
