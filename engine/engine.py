@@ -625,161 +625,187 @@ class Engine:
     def _generate(
         self, req: GenerationRequest, handle: RequestHandle, prepared: PreparedRequest | None = None
     ) -> None:
-        import mlx.core as mx
+        _Run(self, req, handle).run(prepared)
 
-        from .generate import Cancelled, generate_step
-        from .model import bind_images
 
-        tokens: list[int] = []
-        forced = 0  # of `tokens`, those the engine wrote (closing the reasoning at a budget)
-        t0 = time.perf_counter()
-        t_first = t0
-        prompt: list[int] = []
-        cached = 0
-        ticket: _CacheTicket | None = None
-        reason: FinishReason = "stop"
-        error: str | None = None
-        error_kind: ErrorKind | None = None
-        stops = _StopFilter(req.stop)
+class _Run:
+    """One request on the worker thread: its prompt and cache, the decoding loop (stop strings,
+    max_tokens, the thinking budget) and the usage it reports. Ends every request with Done."""
+
+    def __init__(self, engine: Engine, req: GenerationRequest, handle: RequestHandle) -> None:
         from .mtp import DraftStats
 
-        drafts = DraftStats()
+        self.engine, self.req, self.handle = engine, req, handle
+        self.tokens: list[int] = []
+        self.forced = 0  # of `tokens`, those the engine wrote (closing the reasoning at a budget)
+        self.t0 = self.t_first = time.perf_counter()
+        self.prompt: list[int] = []
+        self.cached = 0
+        self.ticket: _CacheTicket | None = None
+        self.stops = _StopFilter(req.stop)
+        self.drafts = DraftStats()
+        self.reasoned = False  # some reasoning text was emitted
+        self.hit = False  # a stop string ended the text
+
+    def run(self, prepared: PreparedRequest | None) -> None:
+        from .generate import Cancelled
+
+        reason: FinishReason = "stop"
+        error: str | None = None
+        kind: ErrorKind | None = None
         try:
-            if handle.cancelled:
-                raise Cancelled
-            lm = self.model
-            if prepared is not None and prepared.model_id == lm.model_id and prepared.inputs:
-                inputs = prepared.inputs
-            else:
-                inputs = self._prepare(req)
-            prompt = inputs.ids
-            self._check_context(len(prompt))
-            if req.sampling.seed is not None:
-                mx.random.seed(req.sampling.seed)
-            eos = set(lm.eos_token_ids)
-            detok = _detokenizer(lm.tokenizer)
-            special = special_token_ids(lm.tokenizer) - eos if req.skip_special_tokens else ()
-            parser = _primed_parser(req, inputs.reasoning)
-            budget = req.thinking_budget if parser.in_reasoning else None
-            thought = 0  # tokens generated inside the reasoning
-            reasoned = False  # some reasoning text was emitted
-
-            def put(events: list[Event]) -> None:
-                nonlocal reasoned
-                for ev in events:
-                    reasoned = reasoned or isinstance(ev, ReasoningDelta)
-                    handle._put(ev)
-
-            mx.reset_peak_memory()
-            ticket = self._cache_begin(req, prompt, inputs.image_keys)
-            cache, cached = ticket.cache, ticket.cached
-            # First progress: how much of the prompt the cache already holds (servers report it
-            # before the first token, e.g. in Anthropic's message_start).
-            planned = len(prompt) - cached if ticket.pc is not None else 0
-            handle._put(PromptProgress(cached, len(prompt), cache_write=planned))
-            model = bind_images(lm.model, inputs)  # features and M-RoPE positions of the images
-
-            def progress(done: int, total: int) -> None:
-                handle._put(PromptProgress(done, total))
-
-            k = self.mtp if req.mtp is None else req.mtp
-            speculative = bool(k) and getattr(lm.model, "mtp_head", None) is not None
-
-            def decode(ids: list[int], start: int, first: bool) -> Iterator[int]:
-                # `first`: the prompt (progress, snapshots); otherwise a continuation of the reply.
-                common: dict[str, Any] = dict(
-                    logits_processors=make_logits_processors(req.sampling, len(prompt)),
-                    progress=progress if first else None, cancelled=lambda: handle.cancelled,
-                    stream=self._stream, start=start,
-                    checkpoints=sorted(ticket.kinds) if first else (), on_checkpoint=ticket.checkpoint,
-                )  # fmt: skip
-                if speculative:
-                    from .mtp import speculative_step
-
-                    return speculative_step(model, ids, cache, params=req.sampling,
-                                            draft_tokens=k, stats=drafts, **common)  # fmt: skip
-                return generate_step(model, ids, cache, sampler=make_sampler(req.sampling),
-                                     **common)  # fmt: skip
-
-            steps = decode(prompt, cached, True)
-            reason, hit = "length", False
-            while True:
-                tok = next(steps)
-                if not tokens:
-                    t_first = time.perf_counter()
-                tokens.append(tok)
-                if handle.cancelled:
-                    reason = "cancelled"
-                    break
-                if tok in eos:
-                    reason = "stop"
-                    break
-                if tok not in special:
-                    detok.add_token(tok)
-                    seg, hit = stops.feed(detok.last_segment)
-                    put(parser.feed(seg))
-                    if hit:
-                        reason = "stop"
-                        break
-                if len(tokens) - forced >= req.max_tokens:
-                    break
-                if budget is not None and parser.in_reasoning:
-                    thought += 1
-                    if thought >= budget:
-                        # The budget is spent inside the reasoning: close it and let the model
-                        # answer, continuing on the same cache (it holds prompt + tokens).
-                        budget = None
-                        detok.finalize()  # text held back may end the reasoning by itself
-                        seg, hit = stops.feed(detok.last_segment)
-                        put(parser.feed(seg if hit else seg + stops.flush()))
-                        if hit:
-                            reason = "stop"
-                            break
-                        if not parser.in_reasoning:
-                            continue
-                        steps.close()
-                        note = ("\n\n" if reasoned else "") + BUDGET_NOTE
-                        close = lm.tokenizer.encode(note + "\n" + THINK_CLOSE + "\n\n",
-                                                    add_special_tokens=False)  # fmt: skip
-                        # The "\n" before `</think>` is the template's framing, not reasoning.
-                        put(parser.feed(note + THINK_CLOSE + "\n\n"))
-                        start = len(prompt) + len(tokens)
-                        tokens.extend(close)
-                        forced += len(close)
-                        steps = decode(prompt + tokens, start, False)
-            steps.close()
-            if tokens:  # the cache now holds prompt + tokens: the next turn may extend it
-                ticket.reply(tokens)
-            if not hit:  # text after a stop string is dropped; otherwise flush what was held
-                detok.finalize()
-                tail, hit = stops.feed(detok.last_segment)
-                put(parser.feed(tail if hit else tail + stops.flush()))
-            put(parser.finish(truncated=reason != "stop"))
+            reason = self._generate(prepared)
         except Cancelled:
             reason = "cancelled"
         except EngineError as e:
-            reason, error, error_kind = "error", str(e), e.kind  # type: ignore[assignment]
+            reason, error, kind = "error", str(e), e.kind  # type: ignore[assignment]
         except Exception as e:  # never let a request kill the worker thread
-            reason, error, error_kind = "error", f"{type(e).__name__}: {e}", "internal"
+            reason, error, kind = "error", f"{type(e).__name__}: {e}", "internal"
+        self._finish(reason, error, kind)
+
+    def _put(self, events: list[Event]) -> None:
+        for ev in events:
+            self.reasoned = self.reasoned or isinstance(ev, ReasoningDelta)
+            self.handle._put(ev)
+
+    def _generate(self, prepared: PreparedRequest | None) -> FinishReason:
+        import mlx.core as mx
+
+        from .generate import Cancelled
+        from .model import bind_images
+
+        if self.handle.cancelled:
+            raise Cancelled
+        eng, req = self.engine, self.req
+        lm = eng.model
+        if prepared is not None and prepared.model_id == lm.model_id and prepared.inputs:
+            inputs = prepared.inputs
+        else:
+            inputs = eng._prepare(req)
+        self.prompt = inputs.ids
+        eng._check_context(len(self.prompt))
+        if req.sampling.seed is not None:
+            mx.random.seed(req.sampling.seed)
+        self.eos = set(lm.eos_token_ids)
+        self.detok = _detokenizer(lm.tokenizer)
+        self.special = special_token_ids(lm.tokenizer) - self.eos if req.skip_special_tokens else ()
+        self.parser = _primed_parser(req, inputs.reasoning)
+        mx.reset_peak_memory()
+        self.ticket = ticket = eng._cache_begin(req, self.prompt, inputs.image_keys)
+        self.cache, self.cached = ticket.cache, ticket.cached
+        # First progress: how much of the prompt the cache already holds (servers report it
+        # before the first token, e.g. in Anthropic's message_start).
+        planned = len(self.prompt) - self.cached if ticket.pc is not None else 0
+        self.handle._put(PromptProgress(self.cached, len(self.prompt), cache_write=planned))
+        self.model = bind_images(lm.model, inputs)  # features and M-RoPE positions of the images
+        k = eng.mtp if req.mtp is None else req.mtp
+        self.draft = k if k and getattr(lm.model, "mtp_head", None) is not None else 0
+        reason = self._loop()
+        if self.tokens:  # the cache now holds prompt + tokens: the next turn may extend it
+            ticket.reply(self.tokens)
+        if not self.hit:  # text after a stop string is dropped; otherwise flush what was held
+            self._flush()
+        self._put(self.parser.finish(truncated=reason != "stop"))
+        return reason
+
+    def _decode(self, ids: list[int], start: int, first: bool) -> Iterator[int]:
+        """Token ids after `ids` (the cache holds the first `start`); `first`: the prompt itself
+        (progress events, snapshots), otherwise a continuation of the reply."""
+        from .generate import generate_step
+
+        req, ticket, handle = self.req, self.ticket, self.handle
+        assert ticket is not None
+        common: dict[str, Any] = dict(
+            logits_processors=make_logits_processors(req.sampling, len(self.prompt)),
+            progress=(lambda d, t: handle._put(PromptProgress(d, t))) if first else None,
+            cancelled=lambda: handle.cancelled, stream=self.engine._stream, start=start,
+            checkpoints=sorted(ticket.kinds) if first else (), on_checkpoint=ticket.checkpoint,
+        )  # fmt: skip
+        if self.draft:
+            from .mtp import speculative_step
+
+            return speculative_step(self.model, ids, self.cache, params=req.sampling,
+                                    draft_tokens=self.draft, stats=self.drafts, **common)  # fmt: skip
+        return generate_step(self.model, ids, self.cache, sampler=make_sampler(req.sampling),
+                             **common)  # fmt: skip
+
+    def _text(self, tok: int) -> bool:
+        """Feed one token's text through the stop strings and the parser; True at a stop."""
+        self.detok.add_token(tok)
+        seg, self.hit = self.stops.feed(self.detok.last_segment)
+        self._put(self.parser.feed(seg))
+        return self.hit
+
+    def _flush(self) -> bool:
+        """Release the text held back (a partial character, a possible stop); True at a stop."""
+        self.detok.finalize()
+        tail, self.hit = self.stops.feed(self.detok.last_segment)
+        self._put(self.parser.feed(tail if self.hit else tail + self.stops.flush()))
+        return self.hit
+
+    def _loop(self) -> FinishReason:
+        req, tokens = self.req, self.tokens
+        budget = req.thinking_budget if self.parser.in_reasoning else None
+        thought = 0  # tokens generated inside the reasoning
+        steps = self._decode(self.prompt, self.cached, True)
+        try:
+            while True:
+                tok = next(steps)
+                if not tokens:
+                    self.t_first = time.perf_counter()
+                tokens.append(tok)
+                if self.handle.cancelled:
+                    return "cancelled"
+                if tok in self.eos or (tok not in self.special and self._text(tok)):
+                    return "stop"
+                if len(tokens) - self.forced >= req.max_tokens:
+                    return "length"
+                if budget is not None and self.parser.in_reasoning:
+                    thought += 1
+                    if thought >= budget:
+                        budget = None
+                        if self._flush():  # text held back may end the reasoning by itself
+                            return "stop"
+                        if self.parser.in_reasoning:
+                            steps.close()
+                            steps = self._close_reasoning()
+        finally:
+            steps.close()
+
+    def _close_reasoning(self) -> Iterator[int]:
+        """The thinking budget is spent inside the reasoning: write the note and `</think>`, and
+        let the model answer, continuing on the same cache (it holds prompt + tokens)."""
+        note = ("\n\n" if self.reasoned else "") + BUDGET_NOTE
+        close = self.engine.model.tokenizer.encode(note + "\n" + THINK_CLOSE + "\n\n",
+                                                   add_special_tokens=False)  # fmt: skip
+        # The "\n" before `</think>` is the template's framing, not reasoning.
+        self._put(self.parser.feed(note + THINK_CLOSE + "\n\n"))
+        start = len(self.prompt) + len(self.tokens)
+        self.tokens.extend(close)
+        self.forced += len(close)
+        return self._decode(self.prompt + self.tokens, start, False)
+
+    def _finish(self, reason: FinishReason, error: str | None, kind: ErrorKind | None) -> None:
+        import mlx.core as mx
+
         t_end = time.perf_counter()
         usage = None
-        written = ticket.written if ticket is not None else 0
-        if prompt:
-            n = len(tokens) - forced
+        if self.prompt:
+            n, p = len(self.tokens) - self.forced, len(self.prompt)
             usage = Usage(
-                prompt_tokens=len(prompt),
+                prompt_tokens=p,
                 completion_tokens=n,
-                cached_tokens=cached,
-                cache_write_tokens=written,
-                prompt_tps=(len(prompt) - cached) / max(t_first - t0, 1e-9) if n else 0.0,
-                generation_tps=(n - 1) / max(t_end - t_first, 1e-9) if n > 1 else 0.0,
+                cached_tokens=self.cached,
+                cache_write_tokens=self.ticket.written if self.ticket is not None else 0,
+                prompt_tps=(p - self.cached) / max(self.t_first - self.t0, 1e-9) if n else 0.0,
+                generation_tps=(n - 1) / max(t_end - self.t_first, 1e-9) if n > 1 else 0.0,
                 peak_memory_gb=mx.get_peak_memory() / 1e9,
-                draft_tokens=drafts.drafted,
-                draft_accepted=drafts.accepted,
+                draft_tokens=self.drafts.drafted,
+                draft_accepted=self.drafts.accepted,
             )
-            handle._put(usage)
-        matched = stops.matched if reason == "stop" else None
-        handle._put(Done(reason, tokens, usage, error, matched, error_kind))
+            self.handle._put(usage)
+        matched = self.stops.matched if reason == "stop" else None
+        self.handle._put(Done(reason, self.tokens, usage, error, matched, kind))
 
 
 class _CacheTicket:
