@@ -24,7 +24,7 @@ from engine import ReasoningDelta, TextDelta, ToolCall, ToolCallError
 
 from .common import data_url_image, join_text, sampling_for
 from .errors import APIError, error_body, invalid
-from .jobs import Finished, Job, Plan, Started
+from .jobs import Finished, Job, Plan
 from .jsonbody import parse_body
 from .openai_api import forced_call
 from .responses_models import (
@@ -360,29 +360,29 @@ def answer(events: list[Any], fin: Finished, job: Job, b: Builder) -> dict[str, 
     return _finish(b, fin, job)
 
 
-async def stream(job: Job, b: Builder, ping_interval: float) -> AsyncIterator[str]:
-    """The documented event sequence: response.created, response.in_progress, output items with
-    their parts and deltas, then response.completed (or .incomplete / .failed)."""
-    from .service import next_event
+class _Items:
+    """The Responses API's streamed output items: numbered events, and which item is open."""
 
-    seq = 0
+    def __init__(self, b: Builder) -> None:
+        self.b = b
+        self.seq = 0
+        self.open_item: dict[str, Any] | None = None
+        self.buf: list[str] = []
 
-    def ev(kind: str, **data: Any) -> str:
-        nonlocal seq
-        seq += 1
-        payload = json.dumps({"type": kind, "sequence_number": seq - 1, **data})
+    def ev(self, kind: str, **data: Any) -> str:
+        payload = json.dumps({"type": kind, "sequence_number": self.seq, **data})
+        self.seq += 1
         return f"event: {kind}\ndata: {payload}\n\n"
 
-    yield ev("response.created", response=b.response("in_progress"))
-    yield ev("response.in_progress", response=b.response("in_progress"))
-    open_item: dict[str, Any] | None = None
-    buf: list[str] = []
+    @property
+    def index(self) -> int:
+        return len(self.b.output) - 1
 
-    def close() -> list[str]:
-        nonlocal open_item
-        if open_item is None:
+    def close(self) -> list[str]:
+        item, ev = self.open_item, self.ev
+        if item is None:
             return []
-        item, idx, text = open_item, len(b.output) - 1, "".join(buf)
+        idx, text = self.index, "".join(self.buf)
         out = []
         if item["type"] == "reasoning":
             item["content"] = [{"type": "reasoning_text", "text": text}]
@@ -397,35 +397,68 @@ async def stream(job: Job, b: Builder, ping_interval: float) -> AsyncIterator[st
                        content_index=0, part=part)]  # fmt: skip
         item["status"] = "completed"
         out.append(ev("response.output_item.done", output_index=idx, item=item))
-        open_item = None
-        buf.clear()
+        self.open_item = None
+        self.buf.clear()
         return out
 
-    def open_(kind: str) -> list[str]:
-        nonlocal open_item
-        out = close()
+    def open(self, kind: str) -> list[str]:
+        if self.open_item is not None and self.open_item["type"] == kind:
+            return []
+        out = self.close()
         if kind == "reasoning":
             item = {"type": "reasoning", "id": _id("rs"), "summary": [], "content": [],
                     "status": "in_progress"}  # fmt: skip
         else:
             item = {"type": "message", "id": _id("msg"), "status": "in_progress",
                     "role": "assistant", "content": []}  # fmt: skip
-        b.output.append(item)
-        open_item = item
-        idx = len(b.output) - 1
-        out.append(ev("response.output_item.added", output_index=idx, item=dict(item)))
+        self.b.output.append(item)
+        self.open_item = item
+        out.append(self.ev("response.output_item.added", output_index=self.index, item=dict(item)))
         if kind == "message":
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            out.append(ev("response.content_part.added", item_id=item["id"], output_index=idx,
-                          content_index=0, part=part))  # fmt: skip
+            out.append(self.ev("response.content_part.added", item_id=item["id"],
+                               output_index=self.index, content_index=0, part=part))  # fmt: skip
         return out
 
+    def delta(self, kind: str, text: str) -> list[str]:
+        """A piece of reasoning or of the answer, in the item of its kind (opened if need be)."""
+        out = self.open(kind)
+        self.buf.append(text)
+        assert self.open_item is not None
+        where = dict(item_id=self.open_item["id"], output_index=self.index, content_index=0)
+        if kind == "reasoning":
+            return [*out, self.ev("response.reasoning_text.delta", **where, delta=text)]
+        return [*out, self.ev("response.output_text.delta", **where, delta=text, logprobs=[])]
+
+    def call(self, e: ToolCall) -> list[str]:
+        out = self.close()
+        item = _call_item(e)
+        self.b.output.append(item)
+        idx, ev = self.index, self.ev
+        return [
+            *out,
+            ev("response.output_item.added", output_index=idx,
+               item={**item, "arguments": "", "status": "in_progress"}),
+            ev("response.function_call_arguments.delta", item_id=item["id"],
+               output_index=idx, delta=item["arguments"]),
+            ev("response.function_call_arguments.done", item_id=item["id"],
+               output_index=idx, name=item["name"], arguments=item["arguments"]),
+            ev("response.output_item.done", output_index=idx, item=item),
+        ]  # fmt: skip
+
+
+async def stream(job: Job, b: Builder, ping_interval: float) -> AsyncIterator[str]:
+    """The documented event sequence: response.created, response.in_progress, output items with
+    their parts and deltas, then response.completed (or .incomplete / .failed)."""
+    from .service import next_event
+
+    items = _Items(b)
+    yield items.ev("response.created", response=b.response("in_progress"))
+    yield items.ev("response.in_progress", response=b.response("in_progress"))
     while True:
         e = await next_event(job, ping_interval)
         if e is None:
             yield ": keep-alive\n\n"
-            continue
-        if isinstance(e, Started):
             continue
         if isinstance(e, Finished):
             fin = e
@@ -433,47 +466,24 @@ async def stream(job: Job, b: Builder, ping_interval: float) -> AsyncIterator[st
         chunks: list[str] = []
         if isinstance(e, ReasoningDelta):
             b.reasoning_tokens += 1
-            if open_item is None or open_item["type"] != "reasoning":
-                chunks += open_("reasoning")
-            buf.append(e.text)
-            idx = len(b.output) - 1
-            chunks.append(ev("response.reasoning_text.delta", item_id=open_item["id"],
-                             output_index=idx, content_index=0, delta=e.text))  # fmt: skip
+            chunks = items.delta("reasoning", e.text)
         elif isinstance(e, TextDelta | ToolCallError):
-            text = e.text if isinstance(e, TextDelta) else e.raw
-            if open_item is None or open_item["type"] != "message":
-                chunks += open_("message")
-            buf.append(text)
-            chunks.append(ev("response.output_text.delta", item_id=open_item["id"],
-                             output_index=len(b.output) - 1, content_index=0, delta=text,
-                             logprobs=[]))  # fmt: skip
+            chunks = items.delta("message", e.text if isinstance(e, TextDelta) else e.raw)
         elif isinstance(e, ToolCall):
-            chunks += close()
-            item = _call_item(e)
-            b.output.append(item)
-            idx = len(b.output) - 1
-            chunks += [
-                ev("response.output_item.added", output_index=idx,
-                   item={**item, "arguments": "", "status": "in_progress"}),
-                ev("response.function_call_arguments.delta", item_id=item["id"],
-                   output_index=idx, delta=item["arguments"]),
-                ev("response.function_call_arguments.done", item_id=item["id"],
-                   output_index=idx, name=item["name"], arguments=item["arguments"]),
-                ev("response.output_item.done", output_index=idx, item=item),
-            ]  # fmt: skip
+            chunks = items.call(e)
         for c in chunks:
             yield c
-    for c in close():
+    for c in items.close():
         yield c
     if fin.finish_reason == "error":
         err = error_body("openai", fin.error_kind, fin.error or "generation failed")["error"]
-        yield ev("response.failed", response=b.response("failed", error={
+        yield items.ev("response.failed", response=b.response("failed", error={
             "code": err["code"], "message": err["message"]}))  # fmt: skip
         return
     final = _finish(b, fin, job)
     kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
     b.final = final
-    yield ev(kind, response=final)
+    yield items.ev(kind, response=final)
 
 
 # -- routes ------------------------------------------------------------------------------------
