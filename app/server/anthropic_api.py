@@ -370,6 +370,59 @@ def error_event(kind: str, message: str) -> str:
     return _event("error", {"error": {"type": kind, "message": message}})
 
 
+class _Blocks:
+    """Anthropic's content blocks as they stream: which one is open, and its events."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.kind: str | None = None
+        self.thought: list[str] = []
+        self.used_tools = False
+
+    def close(self) -> list[str]:
+        out = []
+        if self.kind == "thinking":
+            sig = {"type": "signature_delta", "signature": signature("".join(self.thought))}
+            out.append(_event("content_block_delta", {"index": self.index, "delta": sig}))
+        if self.kind is not None:
+            out.append(_event("content_block_stop", {"index": self.index}))
+        self.kind = None
+        return out
+
+    def open(self, kind: str, block: dict[str, Any]) -> list[str]:
+        out = self.close()
+        self.index += 1
+        self.kind = kind
+        self.thought.clear()
+        out.append(_event("content_block_start", {"index": self.index, "content_block": block}))
+        return out
+
+    def delta(self, delta: dict[str, Any]) -> str:
+        return _event("content_block_delta", {"index": self.index, "delta": delta})
+
+    def feed(self, ev: Any) -> list[str]:
+        """The events for one engine event (a piece of reasoning or text, a tool call)."""
+        out: list[str] = []
+        if isinstance(ev, ReasoningDelta):
+            if self.kind != "thinking":
+                out += self.open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            self.thought.append(ev.text)
+            out.append(self.delta({"type": "thinking_delta", "thinking": ev.text}))
+        elif isinstance(ev, TextDelta | ToolCallError):
+            if self.kind != "text":
+                out += self.open("text", {"type": "text", "text": ""})
+            text = ev.text if isinstance(ev, TextDelta) else ev.raw
+            out.append(self.delta({"type": "text_delta", "text": text}))
+        elif isinstance(ev, ToolCall):
+            self.used_tools = True
+            block = {"type": "tool_use", "id": tool_use_id(ev), "name": ev.name, "input": {}}
+            out += self.open("tool_use", block)
+            out.append(self.delta({"type": "input_json_delta",
+                                   "partial_json": json.dumps(ev.arguments)}))  # fmt: skip
+            out += self.close()
+        return out
+
+
 async def stream(job: Job, model: str, ping_interval: float) -> AsyncIterator[str]:
     """Anthropic's SSE sequence for one job: message_start, ping, blocks, message_delta, stop."""
     from .service import next_event
@@ -384,67 +437,19 @@ async def stream(job: Job, model: str, ping_interval: float) -> AsyncIterator[st
     }  # fmt: skip
     yield _event("message_start", {"message": start})
     yield _event("ping", {})
-    index = -1
-    open_kind: str | None = None
-    thought: list[str] = []
-    used_tools = False
-
-    def close() -> list[str]:
-        nonlocal open_kind
-        out = []
-        if open_kind == "thinking":
-            sig = {"type": "signature_delta", "signature": signature("".join(thought))}
-            out.append(_event("content_block_delta", {"index": index, "delta": sig}))
-        if open_kind is not None:
-            out.append(_event("content_block_stop", {"index": index}))
-        open_kind = None
-        return out
-
-    def open_block(kind: str, block: dict[str, Any]) -> list[str]:
-        nonlocal index, open_kind
-        out = close()
-        index += 1
-        open_kind = kind
-        thought.clear()
-        out.append(_event("content_block_start", {"index": index, "content_block": block}))
-        return out
-
+    blocks = _Blocks()
     while True:
         ev, pending = (pending, None) if pending is not None else (
             await next_event(job, ping_interval), None)  # fmt: skip
-        if isinstance(ev, Started):
-            continue
         if ev is None:  # a long prefill or a quiet spell: keep proxies from closing the stream
             yield _event("ping", {})
             continue
         if isinstance(ev, Finished):
             fin = ev
             break
-        chunks: list[str] = []
-        if isinstance(ev, ReasoningDelta):
-            if open_kind != "thinking":
-                chunks += open_block(
-                    "thinking", {"type": "thinking", "thinking": "", "signature": ""}
-                )
-            thought.append(ev.text)
-            delta = {"type": "thinking_delta", "thinking": ev.text}
-            chunks.append(_event("content_block_delta", {"index": index, "delta": delta}))
-        elif isinstance(ev, TextDelta | ToolCallError):
-            text = ev.text if isinstance(ev, TextDelta) else ev.raw
-            if open_kind != "text":
-                chunks += open_block("text", {"type": "text", "text": ""})
-            delta = {"type": "text_delta", "text": text}
-            chunks.append(_event("content_block_delta", {"index": index, "delta": delta}))
-        elif isinstance(ev, ToolCall):
-            used_tools = True
-            block = {"type": "tool_use", "id": tool_use_id(ev), "name": ev.name, "input": {}}
-            chunks += open_block("tool_use", block)
-            delta = {"type": "input_json_delta", "partial_json": json.dumps(ev.arguments)}
-            chunks.append(_event("content_block_delta", {"index": index, "delta": delta}))
-            chunks += close()
-        for c in chunks:
+        for c in blocks.feed(ev):
             yield c
-    for c in close():
+    for c in blocks.close():
         yield c
     if fin.finish_reason == "error":
         status_kind = (
@@ -452,10 +457,9 @@ async def stream(job: Job, model: str, ping_interval: float) -> AsyncIterator[st
         )
         yield error_event(status_kind, fin.error or "generation failed")
         return
-    delta = {"stop_reason": stop_reason(fin, used_tools), "stop_sequence": fin.stop_sequence}
-    yield _event(
-        "message_delta", {"delta": delta, "usage": usage_dict(fin.usage, job.prompt_tokens)}
-    )
+    delta = {"stop_reason": stop_reason(fin, blocks.used_tools), "stop_sequence": fin.stop_sequence}
+    usage = usage_dict(fin.usage, job.prompt_tokens)
+    yield _event("message_delta", {"delta": delta, "usage": usage})
     yield _event("message_stop", {})
 
 
