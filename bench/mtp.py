@@ -14,13 +14,19 @@ One model, one prompt of seeded random ids, greedy. Rows:
   continuation, so every draft is right: what verifying K tokens in one forward costs against K
   plain steps, with no drafter cost. This is the machinery's ceiling.
 - `noisy K`: the same oracle, each draft wrong with probability 1 - `--noisy` (default 0.6 right):
-  adds the rollback (restore the recurrent state, re-advance the accepted tokens).
+  adds the rollback (the recorded linear-attention state of the last accepted position, trimmed KV
+  caches; no extra forward).
 - `head K`: drafts from the checkpoint's MTP head (a random head where the checkpoint has none,
   so `--model real-width` measures the head's cost; its drafts are rejected). Only real weights
   show real acceptance.
 
 Speeds are measured between round boundaries (the first round, which includes prefill, is left
 out): tokens handed out / wall time. Every row's tokens are compared with the plain row's.
+
+A second table isolates verification: the wall time of one main-model forward (with its logits) over
+K + 1 positions, as verification runs it (recording the linear-attention states after every
+position), against one single-token forward (a plain step), after the same prompt; the median of
+`--verify-reps` runs, each rolled back before the next.
 """
 
 from __future__ import annotations
@@ -75,6 +81,44 @@ def _timed(steps: Any, n: int, rounds: Any) -> tuple[list[int], float]:
         return out, 0.0
     (t0, n0), (t1, n1) = marks[1], marks[-1]
     return out, (n1 - n0) / max(t1 - t0, 1e-9)
+
+
+def verify_costs(model: Any, prompt: list[int], ks: list[int], reps: int) -> list[dict[str, Any]]:
+    """Median wall time of one single-token forward and of one (K+1)-position verification forward
+    (logits included), each from the same cache after `prompt`; rows per K with the ratio."""
+    import statistics
+
+    import mlx.core as mx
+
+    from engine.mtp import _restore, _save
+
+    cache = model.make_cache()
+    cache = cache[:-1] if model.mtp_head is not None else cache
+    model(mx.array(prompt)[None], cache=cache, hidden=True)
+    mx.eval([c.state for c in cache])
+    saved = _save(cache)
+    ids = [(prompt[i % len(prompt)] + 1) % 1000 for i in range(max(ks) + 1)]
+
+    def timed(n: int, record: bool) -> float:
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            if record:
+                with model.recording():
+                    h = model(mx.array(ids[:n])[None], cache=cache, hidden=True)
+            else:
+                h = model(mx.array(ids[:n])[None], cache=cache, hidden=True)
+            mx.eval(model.logits(h), [c.state for c in cache])
+            times.append(time.perf_counter() - t)
+            _restore(cache, saved)
+        return statistics.median(times)
+
+    step = timed(1, record=False)
+    rows = []
+    for k in ks:
+        verify = timed(k + 1, record=True)
+        rows.append({"k": k, "step_s": step, "verify_s": verify, "steps": verify / step})
+    return rows
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -144,6 +188,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "tokens_per_forward": len(out) / max(stats.rounds, 1),
             "same": out == ref[: len(out)],
         })  # fmt: skip
+    log(f"{label}: verification forwards vs single-token forwards")
+    verify = verify_costs(model, prompt, sorted(set(args.k)), args.verify_reps)
+    for v in verify:
+        log(f"  K={v['k']}: {v['verify_s']:.3f} s = {v['steps']:.2f} plain steps")
     base = rows[0]["tps"] or 1e-9
     for r in rows:
         r["speedup"] = r["tps"] / base
@@ -160,6 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": f"{platform.machine()} {platform.system()}, MLX {mx.__version__}, "
         f"{mx.default_device()}",
         "rows": rows,
+        "verify": verify,
     }
 
 
@@ -173,6 +222,12 @@ def print_table(rep: dict[str, Any]) -> None:
         tpf = f"{r.get('tokens_per_forward', 1.0):.2f}"
         print(f"{r['row']:<10} {r['tps']:8.2f} {r['speedup']:8.2f} {acc:>7} {tpf:>8} "
               f"{'yes' if r['same'] else 'NO':>5}")  # fmt: skip
+    print("# one verification forward over K+1 positions vs one plain (single-token) step")
+    print(f"{'K':>3} {'step s':>8} {'verify s':>9} {'= steps':>8} {'/ K steps':>10} "
+          f"{'/ K+1 steps':>12}")  # fmt: skip
+    for v in rep["verify"]:
+        print(f"{v['k']:>3} {v['step_s']:8.3f} {v['verify_s']:9.3f} {v['steps']:8.2f} "
+              f"{v['steps'] / v['k']:10.2f} {v['steps'] / (v['k'] + 1):12.2f}")  # fmt: skip
     print(f"recommended for this model on this machine: --mtp {rep['recommended_mtp']}")
 
 
@@ -191,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--noisy", type=float, default=0.6, help="noisy oracle: P(draft right)")
     ap.add_argument("--head-k", type=int, nargs="*", default=None,
                     help="MTP-head rows (default 1-4 with a real head, 1 with a random one)")  # fmt: skip
+    ap.add_argument("--verify-reps", type=int, default=3, help="runs per verification timing")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
