@@ -83,6 +83,18 @@ def _timed(steps: Any, n: int, rounds: Any) -> tuple[list[int], float]:
     return out, (n1 - n0) / max(t1 - t0, 1e-9)
 
 
+def _oracle(truth: list[int], right: float, seed: int) -> Any:
+    """Drafts the true continuation, each token right with probability `right` (else token 0)."""
+    r = random.Random(seed)
+
+    def draft(tokens: list[int], k: int) -> list[int]:
+        m = len(tokens)
+        return [truth[m + i] if m + i < len(truth) and r.random() < right else 0
+                for i in range(k)]  # fmt: skip
+
+    return draft
+
+
 def verify_costs(model: Any, prompt: list[int], ks: list[int], reps: int) -> list[dict[str, Any]]:
     """Median wall time of one single-token forward and of one (K+1)-position verification forward
     (logits included), each from the same cache after `prompt`; rows per K with the ratio."""
@@ -159,18 +171,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows.append({"row": "plain", "k": 0, "tps": tps, "acceptance": None, "same": True})
     truth = prompt + ref
 
-    def oracle(right: float, seed: int):
-        r = random.Random(seed)
-
-        def draft(tokens: list[int], k: int) -> list[int]:
-            m = len(tokens)
-            return [truth[m + i] if m + i < len(truth) and r.random() < right else 0
-                    for i in range(k)]  # fmt: skip
-
-        return draft
-
-    plan = [(f"oracle {k}", k, oracle(1.0, 0)) for k in args.k]
-    plan += [(f"noisy {k}", k, oracle(args.noisy, k)) for k in args.noisy_k]
+    plan = [(f"oracle {k}", k, _oracle(truth, 1.0, 0)) for k in args.k]
+    plan += [(f"noisy {k}", k, _oracle(truth, args.noisy, k)) for k in args.noisy_k]
     head_k = args.head_k
     if head_k is None:  # a real head: every K, to recommend one; a random one: its cost at K=1
         head_k = [1, 2, 3, 4] if head_note == "checkpoint's head" else [1]

@@ -4,8 +4,8 @@ mlx-lm's text path (gated DeltaNet, gated attention, SwitchGLU experts over `gat
 matches transformers, and its sanitize, quant predicate, `shard` and `pipeline` come with it; this
 module adds what mlx-lm lacks for Locus: the vision tower (built on the checkpoint's own vision
 weights, so one weight copy serves text and images), multimodal rotary positions in the
-full-attention layers, the MTP head's weights, and the per-expert and vision/MTP key layouts found
-in the wild.
+full-attention layers, per-position linear-attention states for speculative verification, the MTP
+head's weights, and the per-expert and vision/MTP key layouts found in the wild.
 """
 
 from __future__ import annotations
