@@ -73,3 +73,55 @@ def rope_frequencies(rope: Any) -> np.ndarray | None:
 def rope_mscale(rope: Any) -> float:
     """The input scale an mlx-lm RoPE applies before rotating (YaRN's mscale), else 1."""
     return float(getattr(rope, "mscale", 1.0))
+
+
+def deltanet_steps(layer: Any, inputs: Any, cache: Any) -> tuple[Any, list[tuple[Any, Any]]]:
+    """mlx-lm's `qwen3_5.GatedDeltaNet` forward over (1, L) inputs (no mask), also returning the
+    (conv state, recurrent state) after each of the L positions.
+
+    It mirrors mlx-lm's `__call__` (its projections, conv and `gated_delta_update`, on the module's
+    own attributes) but runs the recurrence one position at a time, as decoding does, so that
+    speculative decoding can roll back to any position. `cache` ends as mlx-lm's forward leaves it.
+    """
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx_lm.models.gated_delta import gated_delta_update, normalize_qk
+
+    B, S, _ = inputs.shape
+    qkv = layer.in_proj_qkv(inputs)
+    z = layer.in_proj_z(inputs).reshape(B, S, layer.num_v_heads, layer.head_v_dim)
+    b, a = layer.in_proj_b(inputs), layer.in_proj_a(inputs)
+    n_keep = layer.conv_kernel_size - 1
+    conv_state = cache[0]
+    if conv_state is None:
+        conv_state = mx.zeros((B, n_keep, layer.conv_dim), dtype=inputs.dtype)
+    conv_input = mx.concatenate([conv_state, qkv], axis=1)
+    conv_out = nn.silu(layer.conv1d(conv_input))
+    kd = layer.key_dim
+    q, k, v = (
+        t.reshape(B, S, h, d)
+        for t, h, d in zip(
+            mx.split(conv_out, [kd, 2 * kd], -1),
+            [layer.num_k_heads, layer.num_k_heads, layer.num_v_heads],
+            [layer.head_k_dim, layer.head_k_dim, layer.head_v_dim],
+            strict=True,
+        )
+    )
+    q, k = normalize_qk(q, k, inv_scale=layer.head_k_dim**-0.5, eps=1e-6)
+    state = cache[1]
+    ys, steps = [], []
+    for t in range(S):
+        at = slice(t, t + 1)
+        y, state = gated_delta_update(
+            q[:, at], k[:, at], v[:, at], a[:, at], b[:, at], layer.A_log, layer.dt_bias,
+            state, None, use_kernel=not layer.training,
+        )  # fmt: skip
+        ys.append(y)
+        steps.append((mx.contiguous(conv_input[:, t + 1 : t + 1 + n_keep]), state))
+    cache[0], cache[1] = steps[-1]
+    cache.advance(S)
+    out = layer.norm(mx.concatenate(ys, axis=1), z)
+    out = layer.out_proj(out.reshape(B, S, -1))
+    if layer.sharding_group is not None:
+        out = mx.distributed.all_sum(out, group=layer.sharding_group)
+    return out, steps

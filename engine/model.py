@@ -4,23 +4,25 @@ mlx-lm's text path (gated DeltaNet, gated attention, SwitchGLU experts over `gat
 matches transformers, and its sanitize, quant predicate, `shard` and `pipeline` come with it; this
 module adds what mlx-lm lacks for Locus: the vision tower (built on the checkpoint's own vision
 weights, so one weight copy serves text and images), multimodal rotary positions in the
-full-attention layers, the MTP head's weights, and the per-expert and vision/MTP key layouts found
-in the wild.
+full-attention layers, per-position linear-attention states for speculative verification, the MTP
+head's weights, and the per-expert and vision/MTP key layouts found in the wild.
 """
 
 from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models import qwen3_5_moe
+from mlx_lm.models import qwen3_5, qwen3_5_moe
 from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.qwen3_next import Qwen3NextAttention
 
-from .mlxlm_compat import rope_frequencies, rope_mscale
+from .mlxlm_compat import deltanet_steps, rope_frequencies, rope_mscale
 from .mrope import apply_rotary, mrope_cos_sin, rope_index, section_axes
 
 if TYPE_CHECKING:
@@ -108,6 +110,54 @@ class MRopeAttention(Qwen3NextAttention):
         return self.o_proj(out * mx.sigmoid(gate))
 
 
+class PositionStates:
+    """The linear-attention caches' states after each position of one recorded forward (see
+    `Model.recording`): speculative decoding keeps those of the accepted positions."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[Any, list[tuple[mx.array, mx.array]]]] = []
+
+    def covers(self, caches: list[Any]) -> bool:
+        """Whether every recurrent (not KV) cache among `caches` was recorded."""
+        seen = {id(c) for c, _ in self.entries}
+        return all(id(c) in seen for c in caches if not hasattr(c, "keys"))
+
+    def keep(self, n: int) -> None:
+        """Set each recorded cache to its (conv, recurrent) state after the first n positions."""
+        for cache, steps in self.entries:
+            cache[0], cache[1] = steps[n - 1]
+
+
+class _StateLog:
+    """The recording in progress, shared by the linear-attention layers (not a parameter)."""
+
+    def __init__(self) -> None:
+        self.record: PositionStates | None = None
+
+
+class RecordingDeltaNet(qwen3_5.GatedDeltaNet):
+    """mlx-lm's gated DeltaNet that, while a `Model.recording` is open, also keeps its state after
+    every position of a single-sequence forward (running the recurrence one position at a time)."""
+
+    def __init__(self, args: Any, log: _StateLog):
+        super().__init__(args)
+        self._log = log
+
+    def __call__(self, inputs: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
+        rec = self._log.record
+        if (
+            rec is None
+            or cache is None
+            or mask is not None
+            or inputs.shape[0] != 1
+            or getattr(cache, "lengths", None) is not None
+        ):
+            return super().__call__(inputs, mask, cache)
+        out, steps = deltanet_steps(self, inputs, cache)
+        rec.entries.append((cache, steps))
+        return out
+
+
 class _VisionState:
     """The built vision module and its features by image content hash (LRU), kept out of the
     model's parameter tree."""
@@ -149,8 +199,11 @@ class Model(qwen3_5_moe.Model):
         self.config = config
         # Hidden from the parameter tree (plain objects): per-call positions, built vision, features.
         self._rope = _RopeState()
+        self._states = _StateLog()
         for layer in self.language_model.model.layers:
-            if not layer.is_linear:
+            if layer.is_linear:
+                layer.linear_attn = RecordingDeltaNet(self.language_model.args, self._states)
+            else:
                 layer.self_attn = MRopeAttention(self.language_model.args, self._rope)
         # Vision weights stay loaded, flat by name; the vision module is built on them lazily.
         self.vision_tower: dict[str, mx.array] = {}
@@ -193,6 +246,17 @@ class Model(qwen3_5_moe.Model):
     def text_positions(self, start: int, length: int) -> mx.array:
         """M-RoPE positions (3, 1, length) of text tokens at `start`.. (no images)."""
         return mx.broadcast_to(mx.arange(start, start + length)[None, None], (3, 1, length))
+
+    @contextmanager
+    def recording(self) -> Iterator[PositionStates]:
+        """While open, each forward's linear-attention layers record their state after every
+        position (speculative verification: a rejection then needs no re-advance)."""
+        rec = PositionStates()
+        self._states.record = rec
+        try:
+            yield rec
+        finally:
+            self._states.record = None
 
     @property
     def mtp_head(self) -> Any:
@@ -327,6 +391,9 @@ class ImagePrompt:
 
     def logits(self, h: mx.array) -> mx.array:
         return self.model.logits(h)
+
+    def recording(self) -> Any:
+        return self.model.recording()
 
     def text_positions(self, start: int, length: int) -> mx.array:
         """M-RoPE positions (3, 1, length) of the tokens at `start`.. of this prompt and reply."""

@@ -13,13 +13,16 @@ of the next, recursive draft.
 Decoding drafts K tokens with the head, runs the main model once on [y, d_1..d_K], keeps the drafts
 the main model agrees with (greedy: equal to its argmax; sampling: accepted with min(1, p/q), the
 first rejection resampled from max(0, p - q)) plus one token of its own, and rolls the cache back:
-KV caches are trimmed; the gated-DeltaNet state and conv state cannot be, so they are restored
-from the references kept before verification and re-advanced over the accepted tokens.
+KV caches are trimmed, and the gated-DeltaNet layers, which cannot be trimmed, record their conv and
+recurrent states after every position of the verification (`Model.recording`), so a rejection sets
+them to the last accepted position. A model that cannot record them is restored from the references
+kept before verification and re-advanced over the accepted tokens.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +32,7 @@ from mlx_lm.models import qwen3_5
 from mlx_lm.models.base import create_attention_mask
 
 from .generate import PREFILL_STEP, Cancelled
-from .model import ImagePrompt, MRopeAttention, _RopeState
+from .model import ImagePrompt, MRopeAttention, PositionStates, _RopeState
 from .sampling import LogitsProcessor, SamplingParams
 
 MAX_DRAFT = 8
@@ -162,8 +165,11 @@ class DraftStats:
 def _save(cache: list[Any]) -> list[Any]:
     # KV caches: their offset (trimmed later); recurrent caches: references to their arrays, which
     # updates replace rather than write into.
-    return [c.offset if hasattr(c, "offset") and hasattr(c, "keys") else list(c.cache)
-            for c in cache]  # fmt: skip
+    return [c.offset if _is_kv(c) else list(c.cache) for c in cache]
+
+
+def _is_kv(c: Any) -> bool:
+    return hasattr(c, "offset") and hasattr(c, "keys")
 
 
 def _restore(cache: list[Any], saved: list[Any]) -> None:
@@ -175,6 +181,210 @@ def _restore(cache: list[Any], saved: list[Any]) -> None:
 
 
 Drafter = Callable[[list[int], int], list[int]]
+
+
+@dataclass
+class _Round:
+    """One verification: the block [y, d_1..d_K] fed to the main model at position `pos`."""
+
+    pos: int
+    block: list[int]
+    accepted: int  # a: drafts the main model agreed with
+    next_token: int  # its own token after them
+    hidden: mx.array  # (1, K+1, H) main-model hidden states of the block
+    states: PositionStates | None  # linear-attention states after each position, when recorded
+    saved: list[Any]  # the cache before the block (restore + re-advance without `states`)
+
+
+class _Speculator:
+    """One request's speculative decode: the main model and its caches, the drafter (the MTP head
+    or a given function), and the next token `y` at position `pos` (not yet in the main cache)."""
+
+    def __init__(
+        self,
+        model: Any,
+        prompt: Sequence[int],
+        cache: list[Any],
+        params: SamplingParams,
+        draft_tokens: int,
+        stats: DraftStats,
+        drafter: Drafter | None,
+        logits_processors: Sequence[LogitsProcessor],
+    ):
+        self.K = int(draft_tokens)
+        if not 1 <= self.K <= MAX_DRAFT:
+            raise ValueError(f"draft_tokens must be in 1..{MAX_DRAFT} (got {self.K})")
+        self.model = model
+        base = model.model if isinstance(model, ImagePrompt) else model  # (mlx-lm's has .model too)
+        self.base = base
+        self.head = None if drafter is not None else base.mtp_head
+        if drafter is None and self.head is None:
+            raise ValueError("this model has no MTP head to draft with")
+        self.drafter = drafter
+        self.main = cache[:-1] if base.mtp_head is not None else cache
+        self.mcache = cache[-1] if base.mtp_head is not None else None
+        self.cache = cache
+        self.embed = base.language_model.model.embed_tokens
+        self.params, self.probs = params, make_probs(params)
+        self.greedy = params.greedy
+        self.procs = logits_processors
+        self.stats = stats
+        self.tokens = list(prompt)  # prompt + every token handed out
+        self.prompt_arr = mx.array(list(prompt), dtype=mx.uint32)
+        self.pos = len(prompt)
+        self.y = -1
+        self.g: mx.array | None = None  # the head's output that drafts the token after y
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def run_head(self, h: mx.array, ids: Sequence[int] | mx.array, pos: int) -> mx.array:
+        """Pairs (h_i, t_{i+1}) at positions pos.., through the head and its KV cache."""
+        ids = mx.array(ids, dtype=mx.uint32) if not isinstance(ids, mx.array) else ids
+        L = ids.shape[-1]
+        return self.head(self.embed(ids.reshape(1, L)), h, self.mcache,
+                         self.model.text_positions(pos, L))  # fmt: skip
+
+    def process(self, logits: mx.array, seen: list[int] | mx.array) -> mx.array:
+        """Penalties see the tokens before each position, as plain decoding's do."""
+        if not self.procs:
+            return logits
+        hist = seen if isinstance(seen, mx.array) else mx.array(seen, dtype=mx.uint32)
+        for proc in self.procs:
+            logits = proc(hist, logits)
+        return logits
+
+    @staticmethod
+    def logprobs(logits: mx.array) -> mx.array:
+        return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+    # -- the steps ----------------------------------------------------------------------------
+
+    def prefill(
+        self,
+        start: int,
+        checkpoints: Sequence[int],
+        on_checkpoint: Callable[[int], None] | None,
+        step: int,
+        progress: Callable[[int, int], None] | None,
+        cancelled: Callable[[], bool] | None,
+    ) -> None:
+        """The prompt through the main model (and its pairs through the head), then `y`."""
+        total, arr = len(self.tokens), self.prompt_arr
+        stops = sorted({p for p in checkpoints if start < p < total})
+        pos = start
+        for end in [*stops, total - 1]:
+            while pos < end:
+                if cancelled is not None and cancelled():
+                    raise Cancelled
+                n = min(step, end - pos)
+                h = self.model(arr[pos : pos + n][None], cache=self.main, hidden=True)
+                if self.head is not None:
+                    self.run_head(h, arr[pos + 1 : pos + n + 1], pos)
+                mx.eval([c.state for c in self.cache])
+                pos += n
+                if progress is not None:
+                    progress(pos, total)
+                mx.clear_cache()
+            if end in stops and on_checkpoint is not None:
+                on_checkpoint(end)
+        h = self.model(arr[-1:][None], cache=self.main, hidden=True)
+        lp = self.logprobs(self.process(self.base.logits(h[:, -1, :]), self.tokens))
+        if self.greedy:
+            self.y = int(mx.argmax(lp, axis=-1).item())
+        else:
+            self.y = int(mx.random.categorical(mx.log(self.probs(lp))).item())
+        if self.head is not None:
+            self.g = self.run_head(h, [self.y], total - 1)
+
+    def draft(self) -> tuple[mx.array, list[mx.array]]:
+        """The block [y, d_1..d_K] (lazy with the head: drafting and verification are evaluated
+        together) and the head's distributions q_j when sampling."""
+        K, y = self.K, self.y
+        if self.head is None:
+            drafted = list(self.drafter([*self.tokens, y], K))[:K]  # type: ignore[misc]
+            return mx.array([y, *drafted], dtype=mx.uint32), []
+        q_rows: list[mx.array] = []
+        parts = [mx.array([y], dtype=mx.uint32)]
+        m0, g = self.mcache.offset, self.g
+        for r in range(K):
+            lq = self.logprobs(self.base.logits(g[:, -1, :]))
+            if self.greedy:
+                d = mx.argmax(lq, axis=-1)
+            else:
+                qr = self.probs(lq)
+                q_rows.append(qr[0])
+                d = mx.random.categorical(mx.log(qr))
+            parts.append(d.astype(mx.uint32))
+            if r < K - 1:
+                g = self.run_head(g[:, -1:, :], parts[-1], self.pos + r)
+        self.mcache.trim(self.mcache.offset - m0)  # the drafts' own pairs are redone after
+        return mx.concatenate(parts), q_rows
+
+    def verify(self, block_arr: mx.array, q_rows: list[mx.array]) -> _Round:
+        """One main-model forward over the block, recording the linear-attention states after
+        each position where the model can; decides how many drafts are accepted."""
+        K, P = self.K, self.pos
+        saved = _save(self.main)
+        recording = getattr(self.base, "recording", None)
+        with recording() if recording is not None else nullcontext() as states:
+            H = self.model(block_arr[None], cache=self.main, hidden=True)
+        if states is not None and not states.covers(self.main):
+            states = None
+        logits = self.base.logits(H)[0]  # (K+1, V)
+        if self.procs:
+            seen = mx.concatenate([mx.array(self.tokens, dtype=mx.uint32), block_arr])
+            rows = [self.process(logits[j : j + 1], seen[: P + 1 + j])[0] for j in range(K + 1)]
+            logits = mx.stack(rows)
+        lp = self.logprobs(logits)
+        if self.greedy:
+            best_arr = mx.argmax(lp, axis=-1)
+            mx.eval(block_arr, best_arr)
+            block, best = block_arr.tolist(), best_arr.tolist()
+            a = next((j for j in range(K) if block[1 + j] != best[j]), K)
+            nxt = int(best[a])
+        else:
+            block = block_arr.tolist()
+            q = mx.stack(q_rows) if q_rows else None
+            a, nxt = speculative_accept(self.probs(lp), q, block[1:])
+        self.stats.drafted += K
+        self.stats.accepted += a
+        self.stats.rounds += 1
+        return _Round(P, block, a, nxt, H, states, saved)
+
+    def keep(self, rnd: _Round, n: int) -> None:
+        """Leave the main cache holding the tokens before the block and the block's first n:
+        the recorded states at position n - 1 and trimmed KV caches, else restore + re-advance."""
+        if rnd.states is None:
+            _restore(self.main, rnd.saved)
+            self.model(mx.array(rnd.block[:n], dtype=mx.uint32)[None], cache=self.main, hidden=True)
+            return
+        rnd.states.keep(n)
+        for c in self.main:
+            if _is_kv(c):
+                c.trim(c.offset - (rnd.pos + n))
+
+    def finish(self, rnd: _Round) -> list[int]:
+        """Roll back past the accepted drafts, queue the head's next input; the round's tokens."""
+        a = rnd.accepted
+        H = rnd.hidden
+        if a < self.K:
+            self.keep(rnd, a + 1)
+            H = H[:, : a + 1]
+        if self.head is not None:
+            self.g = self.run_head(H, [*rnd.block[1 : a + 1], rnd.next_token], rnd.pos)
+            mx.async_eval(self.g)
+        else:
+            mx.async_eval([c.state for c in self.main])
+        self.pos += a + 1
+        self.y = rnd.next_token
+        return rnd.block[: a + 1]
+
+    def stop_inside(self, rnd: _Round, kept: int) -> None:
+        """The caller stopped after `kept` of the round's tokens: take the rest back out."""
+        self.keep(rnd, kept)
+        if self.mcache is not None:
+            self.mcache.trim(rnd.accepted + 1 - kept)
+        mx.eval([c.state for c in self.cache])
 
 
 def speculative_step(
@@ -205,149 +415,29 @@ def speculative_step(
         raise ValueError("the prompt is empty")
     if not 0 <= start < len(prompt):
         raise ValueError(f"start {start} must be inside the prompt (length {len(prompt)})")
-    K = int(draft_tokens)
-    if not 1 <= K <= MAX_DRAFT:
-        raise ValueError(f"draft_tokens must be in 1..{MAX_DRAFT} (got {K})")
-    base = model.model if isinstance(model, ImagePrompt) else model  # (mlx-lm's has .model too)
-    head = None if drafter is not None else base.mtp_head
-    if drafter is None and head is None:
-        raise ValueError("this model has no MTP head to draft with")
-    stats = stats if stats is not None else DraftStats()
+    spec = _Speculator(model, prompt, cache, params, draft_tokens,
+                       stats if stats is not None else DraftStats(), drafter, logits_processors)  # fmt: skip
     stream = stream or mx.default_stream(mx.default_device())
-    main = cache[:-1] if base.mtp_head is not None else cache
-    mcache = cache[-1] if base.mtp_head is not None else None
-    embed = base.language_model.model.embed_tokens
-    probs = make_probs(params)
-    greedy = params.greedy
-    total = len(prompt)
-    tokens = list(prompt)  # prompt + every token handed out
-    prompt_arr = mx.array(list(prompt), dtype=mx.uint32)
-
-    def run_head(h: mx.array, ids: Sequence[int] | mx.array, pos: int) -> mx.array:
-        # Pairs (h_i, t_{i+1}) at positions pos.., through the head and its KV cache.
-        ids = mx.array(ids, dtype=mx.uint32) if not isinstance(ids, mx.array) else ids
-        L = ids.shape[-1]
-        return head(embed(ids.reshape(1, L)), h, mcache, model.text_positions(pos, L))
-
-    def process(logits: mx.array, seen: list[int] | mx.array) -> mx.array:
-        # Penalties see the tokens before each position, as plain decoding's do.
-        if not logits_processors:
-            return logits
-        hist = seen if isinstance(seen, mx.array) else mx.array(seen, dtype=mx.uint32)
-        for proc in logits_processors:
-            logits = proc(hist, logits)
-        return logits
-
-    def logprobs(logits: mx.array) -> mx.array:
-        return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-
-    # -- prefill: the main model, and the head over the prompt's pairs ------------------------
     with mx.stream(stream):
-        stops = sorted({p for p in checkpoints if start < p < total})
-        pos = start
-        for end in [*stops, total - 1]:
-            while pos < end:
-                if cancelled is not None and cancelled():
-                    raise Cancelled
-                n = min(prefill_step, end - pos)
-                h = model(prompt_arr[pos : pos + n][None], cache=main, hidden=True)
-                if head is not None:
-                    run_head(h, prompt_arr[pos + 1 : pos + n + 1], pos)
-                mx.eval([c.state for c in cache])
-                pos += n
-                if progress is not None:
-                    progress(pos, total)
-                mx.clear_cache()
-            if end in stops and on_checkpoint is not None:
-                on_checkpoint(end)
-        h = model(prompt_arr[-1:][None], cache=main, hidden=True)
-        lp = logprobs(process(base.logits(h[:, -1, :]), tokens))
-        if greedy:
-            y = int(mx.argmax(lp, axis=-1).item())
-        else:
-            y = int(mx.random.categorical(mx.log(probs(lp))).item())
-        g = run_head(h, [y], total - 1) if head is not None else None
+        spec.prefill(start, checkpoints, on_checkpoint, prefill_step, progress, cancelled)
     if progress is not None:
-        progress(total, total)
-
-    P = total  # position of y, the next token to hand out (not yet in the main cache)
+        progress(len(prompt), len(prompt))
+    rnd: _Round | None = None
     pending: list[int] = []  # this round's tokens, in the cache, not yet handed out
-    saved: list[Any] | None = None
     try:
         while True:
             with mx.stream(stream):
-                # Draft K tokens (recursively through the head), then verify them in one forward.
-                q_rows: list[mx.array] = []
-                if head is None:
-                    drafted = list(drafter([*tokens, y], K))[:K]  # type: ignore[misc]
-                    block_arr = mx.array([y, *drafted], dtype=mx.uint32)
-                else:
-                    # Drafts stay lazy: drafting and verification are evaluated together.
-                    parts = [mx.array([y], dtype=mx.uint32)]
-                    m0 = mcache.offset
-                    for r in range(K):
-                        lq = logprobs(base.logits(g[:, -1, :]))
-                        if greedy:
-                            d = mx.argmax(lq, axis=-1)
-                        else:
-                            qr = probs(lq)
-                            q_rows.append(qr[0])
-                            d = mx.random.categorical(mx.log(qr))
-                        parts.append(d.astype(mx.uint32))
-                        if r < K - 1:
-                            g = run_head(g[:, -1:, :], parts[-1], P + r)
-                    mcache.trim(mcache.offset - m0)
-                    block_arr = mx.concatenate(parts)
-                saved = _save(main)
-                H = model(block_arr[None], cache=main, hidden=True)
-                logits = base.logits(H)[0]  # (K+1, V)
-                if logits_processors:
-                    seen = mx.concatenate([mx.array(tokens, dtype=mx.uint32), block_arr])
-                    rows = [process(logits[j : j + 1], seen[: P + 1 + j])[0] for j in range(K + 1)]
-                    logits = mx.stack(rows)
-                lp = logprobs(logits)
-                if greedy:
-                    best_arr = mx.argmax(lp, axis=-1)
-                    mx.eval(block_arr, best_arr)
-                    block, best = block_arr.tolist(), best_arr.tolist()
-                    drafts = block[1:]
-                    a = next((j for j in range(K) if drafts[j] != best[j]), K)
-                    nxt = int(best[a])
-                else:
-                    block = block_arr.tolist()
-                    drafts = block[1:]
-                    q = mx.stack(q_rows) if q_rows else None
-                    a, nxt = speculative_accept(probs(lp), q, drafts)
-                stats.drafted += K
-                stats.accepted += a
-                stats.rounds += 1
-                if a < K:  # roll back to y, d_1..d_a
-                    _restore(main, saved)
-                    model(mx.array(block[: a + 1], dtype=mx.uint32)[None], cache=main, hidden=True)
-                    H = H[:, : a + 1]
-                if head is not None:
-                    g = run_head(H, [*drafts[:a], nxt], P)
-                    mx.async_eval(g)
-                else:
-                    mx.async_eval([c.state for c in main])
-            pending = block[: a + 1]
+                rnd = spec.verify(*spec.draft())
+                pending = spec.finish(rnd)
             while pending:
                 t = pending.pop(0)
-                tokens.append(t)
+                spec.tokens.append(t)
                 yield t
-            P += a + 1
-            y = nxt
-            saved = None
-            if stats.rounds % 64 == 0:
+            rnd = None
+            if spec.stats.rounds % 64 == 0:
                 mx.clear_cache()
     finally:
-        # Stopped inside a round: take the tokens not handed out back out of the cache.
-        if pending and saved is not None:
+        if pending and rnd is not None:  # stopped inside a round (>= 1 of its tokens handed out)
             with mx.stream(stream):
-                kept = a + 1 - len(pending)  # handed out this round: still >= 1
-                _restore(main, saved)
-                model(mx.array(block[:kept], dtype=mx.uint32)[None], cache=main, hidden=True)
-                if mcache is not None:
-                    mcache.trim(len(pending))
-                mx.eval([c.state for c in cache])
+                spec.stop_inside(rnd, rnd.accepted + 1 - len(pending))
         mx.synchronize(stream)

@@ -147,6 +147,40 @@ def test_yarn_frequencies_reproduce_mlx_lm_rotation():
     np.testing.assert_allclose(np.array(got), np.array(rope(x, offset=offset)), atol=1e-4)
 
 
+# -- gated DeltaNet, one position at a time ------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_deltanet_steps_reproduce_mlx_lm_forward(with_state):
+    """`deltanet_steps` mirrors mlx-lm's GatedDeltaNet forward: same output and cache, and each
+    position's state is the one mlx-lm reaches after that many tokens."""
+    from mlx_lm.models import qwen3_5
+    from mlx_lm.models.cache import ArraysCache
+
+    args = qwen3_5.TextModelArgs(
+        hidden_size=64, linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=32,
+        linear_value_head_dim=16, linear_conv_kernel_dim=4, num_attention_heads=4,
+    )  # fmt: skip
+    mx.random.seed(1)
+    layer = qwen3_5.GatedDeltaNet(args)
+    x = mx.random.normal((1, 5, 64))
+    prior = mx.random.normal((1, 3, 64))
+    caches = [ArraysCache(size=2) for _ in range(3)]
+    if with_state:
+        for c in caches:
+            layer(prior, cache=c)
+    want = layer(x, cache=caches[0])
+    got, steps = compat.deltanet_steps(layer, x, caches[1])
+    assert np.abs(np.array(want) - np.array(got)).max() < 1e-5
+    for i in (0, 1):
+        assert np.abs(np.array(caches[0][i]) - np.array(caches[1][i])).max() < 1e-5
+    assert len(steps) == 5
+    for t in range(5):
+        layer(x[:, t : t + 1], cache=caches[2])
+        for i in (0, 1):
+            assert np.abs(np.array(caches[2][i]) - np.array(steps[t][i])).max() < 1e-5
+
+
 # -- nothing else touches mlx-lm's private names ------------------------------------------------
 
 
