@@ -456,6 +456,33 @@ def _load_qwen(info: CheckpointInfo, lazy: bool = False, steps: _Steps | None = 
                 {k.removeprefix("language_model.") for k in weights},
             ),
         )
+    text = _text_weights(info, model, weights, origin)
+    model.language_model.update(tree_unflatten(list(text.items())))
+    model.vision_tower = {k.removeprefix("vision_tower."): v for k, v in weights.items()
+                          if k.startswith("vision_tower.")}  # fmt: skip
+    _attach_mtp(model, weights, info)
+    del weights, text, origin
+    if lazy:
+        return model
+    try:
+        # mx.load is lazy: the weights are read here, a layer at a time so a cancel stops the read.
+        for group in steps.groups(tree_flatten(model.parameters())):
+            mx.eval(group)
+    except LoadCancelled:
+        raise
+    except Exception as e:
+        raise ModelLoadError(f"{info.path}: reading weights failed: {e}") from e
+    model.eval()
+    return model
+
+
+def _text_weights(
+    info: CheckpointInfo, model: Any, weights: dict[str, Any], origin: dict[str, str]
+) -> dict[str, Any]:
+    """The language model's weights (prefix dropped), checked against what the config implies:
+    ModelLoadError names a missing, unused or misshapen weight and the file that holds it."""
+    from mlx.utils import tree_flatten
+
     expected = dict(tree_flatten(model.language_model.parameters()))
     text = {k.removeprefix("language_model."): v for k, v in weights.items()
             if k.startswith("language_model.")}  # fmt: skip
@@ -479,23 +506,7 @@ def _load_qwen(info: CheckpointInfo, lazy: bool = False, steps: _Steps | None = 
                 f"{info.path / t.file if t else info.path}: weight {src_key!r} has shape "
                 f"{list(v.shape)}, the config implies {list(expected[k].shape)}"
             )
-    model.language_model.update(tree_unflatten(list(text.items())))
-    model.vision_tower = {k.removeprefix("vision_tower."): v for k, v in weights.items()
-                          if k.startswith("vision_tower.")}  # fmt: skip
-    _attach_mtp(model, weights, info)
-    del weights, text, origin
-    if lazy:
-        return model
-    try:
-        # mx.load is lazy: the weights are read here, a layer at a time so a cancel stops the read.
-        for group in steps.groups(tree_flatten(model.parameters())):
-            mx.eval(group)
-    except LoadCancelled:
-        raise
-    except Exception as e:
-        raise ModelLoadError(f"{info.path}: reading weights failed: {e}") from e
-    model.eval()
-    return model
+    return text
 
 
 class _Steps:
