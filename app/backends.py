@@ -26,3 +26,29 @@ def open_local(
         path, context_tokens=context_tokens, memory_check=memory_check,
         prompt_cache=prompt_cache, mtp=mtp,
     )  # fmt: skip
+
+
+def in_pipeline() -> bool:
+    """Whether this process is one of several running one model (started by mlx.launch)."""
+    from engine.pipeline import world
+
+    return world() is not None
+
+
+def open_pipeline(
+    path: str, *, context_tokens: int, prompt_cache: PromptCache | None = None
+) -> Backend:
+    """This process's share of the model pipelined across the processes mlx.launch started.
+
+    Rank 0 gets the backend to serve from; every other rank runs the requests rank 0 sends until
+    rank 0 closes the pipeline, then exits (SystemExit) without returning.
+    """
+    from engine.pipeline import open_pipeline as open_share
+    from engine.pipeline import serve_worker, world
+
+    group = world()
+    backend = open_share(path, group=group, context_tokens=context_tokens,
+                         prompt_cache=prompt_cache)  # fmt: skip
+    if group.rank() > 0:
+        raise SystemExit(serve_worker(backend))  # type: ignore[arg-type]
+    return backend  # type: ignore[return-value]

@@ -214,6 +214,28 @@ class _StopFilter:
         return out
 
 
+class _Solo:
+    """How a request keeps in step with other processes running the same model; alone (this
+    class) there are none, so it only reads the handle. engine/pipeline.py has the other kind."""
+
+    share: Callable[[Any], Any] | None = None  # maps each sampled token to the one all use
+
+    def __init__(self, handle: RequestHandle):
+        self.handle = handle
+
+    def begin(self, cache: list[Any], cached: int, kinds: dict[int, str],
+              relookup: Callable[[int], tuple[list[Any], int]] | None,
+              ) -> tuple[list[Any], int, dict[int, str]]:  # fmt: skip
+        """The resume point and snapshot positions every process uses (alone: its own)."""
+        return cache, cached, kinds
+
+    def prefill_cancelled(self) -> bool:
+        return self.handle.cancelled
+
+    def token_cancelled(self) -> bool:
+        return self.handle.cancelled
+
+
 class _Worker:
     """The one thread that runs MLX for every Engine in the process.
 
@@ -462,7 +484,11 @@ class Engine:
         return pc.replies.splice(lm.model_id, lm.tokenizer, ct, ids)
 
     def _cache_begin(
-        self, req: GenerationRequest, prompt: list[int], images: Sequence[tuple[int, str]] = ()
+        self,
+        req: GenerationRequest,
+        prompt: list[int],
+        images: Sequence[tuple[int, str]] = (),
+        sync: _Solo | None = None,
     ) -> _CacheTicket:
         """Resume from the longest cached prefix; say where to snapshot and how.
 
@@ -472,7 +498,9 @@ class Engine:
         lm = self.model
         fresh = lm.model.make_cache()
         pc = self.prompt_cache
+        sync = sync if sync is not None else _Solo(RequestHandle())
         if not req.use_cache or pc is None or not _cacheable(fresh):
+            sync.begin(fresh, 0, {}, None)
             return _CacheTicket(None, lm, req, prompt, fresh, 0, {}, [])
         extra = list(images)
         cache, cached = pc.lookup(lm.model_id, prompt, fresh, extra)
@@ -491,11 +519,20 @@ class Engine:
 
             for p in marked_positions(render, req.messages, req.cache_breakpoints, prompt):
                 kinds[p] = "breakpoint"
+
+        def relookup(m: int) -> tuple[list[Any], int]:  # the longest snapshot of at most m tokens
+            return pc.lookup(lm.model_id, prompt[: m + 1], lm.model.make_cache(), extra)
+
+        cache, cached, kinds = sync.begin(cache, cached, kinds, relookup)
         # A boundary just past the resume point (a tool turn right after the cached reply) is
         # cheaper to prefill again than to keep; a marked one is kept as the client asked.
         kinds = {p: k for p, k in kinds.items() if cached < p < len(prompt) - 1
                  and (k == "breakpoint" or not cached or p - cached >= MIN_GAP)}  # fmt: skip
         return _CacheTicket(pc, lm, req, prompt, cache, cached, kinds, extra)
+
+    def _lockstep(self, req: GenerationRequest, inputs: PromptInputs, handle: RequestHandle) -> _Solo:
+        """What keeps this request in step with other processes (none: a plain engine)."""
+        return _Solo(handle)
 
     def _check_context(self, n: int) -> None:
         limit = self.info.context_tokens
@@ -540,7 +577,8 @@ class Engine:
             special = special_token_ids(lm.tokenizer) - eos if req.skip_special_tokens else ()
             parser = StreamParser(req.tools, reasoning=reasoning)
             mx.reset_peak_memory()
-            ticket = self._cache_begin(req, prompt, inputs.image_keys)
+            sync = self._lockstep(req, inputs, handle)
+            ticket = self._cache_begin(req, prompt, inputs.image_keys, sync)
             cache, cached = ticket.cache, ticket.cached
             # First progress: how much of the prompt the cache already holds (servers report it
             # before the first token, e.g. in Anthropic's message_start).
@@ -553,7 +591,7 @@ class Engine:
 
             common: dict[str, Any] = dict(
                 logits_processors=make_logits_processors(req.sampling, len(prompt)), progress=progress,
-                cancelled=lambda: handle.cancelled, stream=self._stream, start=cached,
+                cancelled=sync.prefill_cancelled, stream=self._stream, start=cached,
                 checkpoints=sorted(ticket.kinds), on_checkpoint=ticket.checkpoint,
             )  # fmt: skip
             k = self.mtp if req.mtp is None else req.mtp
@@ -564,13 +602,13 @@ class Engine:
                                          draft_tokens=k, stats=drafts, **common)  # fmt: skip
             else:
                 steps = generate_step(model, prompt, cache, sampler=make_sampler(req.sampling),
-                                      **common)  # fmt: skip
+                                      share=sync.share, **common)  # fmt: skip
             reason, hit = "length", False
             for tok in steps:
                 if not tokens:
                     t_first = time.perf_counter()
                 tokens.append(tok)
-                if handle.cancelled:
+                if sync.token_cancelled():
                     reason = "cancelled"
                     break
                 if tok in eos:

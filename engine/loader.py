@@ -12,6 +12,7 @@ import os
 import re
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -560,11 +561,14 @@ def load_model(
     *,
     context_tokens: int = DEFAULT_CONTEXT_TOKENS,
     memory_check: bool = True,
+    split: Callable[[Any], str] | None = None,
 ) -> LoadedModel:
     """Load a model directory (or a cached Hugging Face repo id) for generation.
 
     Qwen3.5/3.6-MoE checkpoints load into Locus's model in any layout; other architectures load
     through mlx-lm as text-only models. Raises ModelLoadError with a message naming the problem.
+    `split(model)` keeps only this process's share of a Qwen model before any weight is read (a
+    pipeline across processes) and returns what to add to the model id.
     """
     info = inspect_checkpoint(path_or_repo)
     check_config(info.config, info.path / "config.json")
@@ -574,7 +578,23 @@ def load_model(
         check_memory(info, context_tokens)
     _configure_metal(estimate_memory(info, context_tokens))
     tokenizer = _load_tokenizer(info.path)
-    if info.is_qwen_moe:
+    suffix = ""
+    if split is not None:
+        import mlx.core as mx
+
+        if not info.is_qwen_moe:
+            raise ModelLoadError(
+                f"{info.path}: only Qwen3.5/3.6 checkpoints can run across processes "
+                f"(this one is {info.model_type!r})"
+            )
+        model, kind = _load_qwen(info, lazy=True), "qwen3_5_moe"
+        suffix = split(model)
+        try:
+            mx.eval(model.language_model.parameters())  # only this process's layers are read
+        except Exception as e:
+            raise ModelLoadError(f"{info.path}: reading weights failed: {e}") from e
+        model.eval()
+    elif info.is_qwen_moe:
         model, kind = _load_qwen(info), "qwen3_5_moe"
     else:
         from mlx_lm.utils import _get_classes
@@ -590,5 +610,5 @@ def load_model(
     eos, gen = _eos_ids(info.path, info.config, tokenizer)
     tokenizer.eos_token_ids = set(eos)
     return LoadedModel(
-        model, tokenizer, info.config, info.path, eos, kind, _model_id(info), info, gen
+        model, tokenizer, info.config, info.path, eos, kind, _model_id(info) + suffix, info, gen
     )
