@@ -5,7 +5,7 @@ Everything else in app/ and ui/ sees only `engine.Backend` (tests/test_layering.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine import Backend, PromptCache
@@ -51,4 +51,22 @@ def open_pipeline(
                          prompt_cache=prompt_cache)  # fmt: skip
     if group.rank() > 0:
         raise SystemExit(serve_worker(backend))  # type: ignore[arg-type]
+    _on_sigterm(backend)
     return backend  # type: ignore[return-value]
+
+
+def _on_sigterm(backend: Any) -> None:
+    """mlx.launch stops rank 0 with SIGTERM when another rank exits: end the open requests with
+    that reason (not a silent exit), then exit."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        backend.fail("this process was stopped (mlx.launch stops every rank when one exits)")
+        threading.Timer(3.0, os._exit, (143,)).start()
+
+    signal.signal(signal.SIGTERM, stop)

@@ -34,6 +34,8 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -390,6 +392,7 @@ class PipelineEngine(Engine):
         self.rank_layers: list[tuple[int, int]] = []
         self.job: _Job | None = None  # workers: the request being run
         self.on_desync: Callable[[str], None] | None = None
+        self.broken: str | None = None  # why the pipeline is down (set by PipelineBackend)
 
     def load_share(self, path: str, context_tokens: int) -> None:
         """Load only this rank's layers of the checkpoint at `path`."""
@@ -400,6 +403,28 @@ class PipelineEngine(Engine):
             return f"-pp{self.rank}of{self.size}:{a}-{b}"
 
         self.load(path, context_tokens=context_tokens, memory_check=False, split=split)
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the MLX thread; once the pipeline is down (that thread may be stuck in a
+        recv for good) raise BackendUnavailableError instead of waiting forever."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        fut: Future[Any] = Future()
+
+        def job() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # handed back to the caller's thread
+                fut.set_exception(e)
+
+        self._jobs.put(job)
+        while True:
+            if self.broken is not None:
+                raise BackendUnavailableError(self.broken)
+            try:
+                return fut.result(timeout=0.25)
+            except FutureTimeout:
+                pass
 
     def _lockstep(self, req: GenerationRequest, inputs: PromptInputs, handle: Any) -> _Solo:
         sync = _Lockstep(self, req, inputs, handle)
@@ -422,15 +447,17 @@ class PipelineBackend:
         self._open: weakref.WeakSet[RequestHandle] = weakref.WeakSet()
         self._lock = threading.Lock()
         self.broken: str | None = None
-        engine.on_desync = self._fail
+        engine.on_desync = self.fail
         if engine.link is not None:
-            engine.link.on_fail = self._fail
+            engine.link.on_fail = self.fail
 
-    def _fail(self, message: str) -> None:
+    def fail(self, message: str) -> None:
+        """End every open request with `message` and refuse new ones (the pipeline is down)."""
         with self._lock:
             if self.broken is None:
                 self.broken = (f"the model's pipeline is down: {message}. Restart it "
                                "(locus serve --hosts / mlx.launch) to use the model again")  # fmt: skip
+                self.engine.broken = self.broken
             handles, self._open = list(self._open), weakref.WeakSet()
         for h in handles:
             h._put(Done("error", error=self.broken, error_kind="unavailable"))
@@ -460,6 +487,12 @@ class PipelineBackend:
 
     def generate(self, request: GenerationRequest) -> Any:
         return self.submit(request).result()
+
+    def __getattr__(self, name: str) -> Any:
+        # Front ends not yet on engine.Backend read the Engine's own attributes (model, encode).
+        if name.startswith("_") or name == "engine":
+            raise AttributeError(name)
+        return getattr(self.engine, name)
 
     def close(self) -> None:
         """Finish queued requests, then tell the workers to exit."""
@@ -513,6 +546,9 @@ def open_pipeline(
     t = timeout if timeout is not None else float(os.environ.get("LOCUS_PIPELINE_TIMEOUT") or
                                                   DEFAULT_TIMEOUT)  # fmt: skip
     engine.link = Link.open(group, t)
+    a, b = engine.rank_layers[rank]
+    print(f"Pipeline rank {rank} of {group.size()} (pid {os.getpid()}): layers {a}-{b - 1}",
+          file=sys.stderr, flush=True)  # fmt: skip
     if rank > 0:
         return engine
     return PipelineBackend(engine)
