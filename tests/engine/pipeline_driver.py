@@ -22,7 +22,9 @@ def main(path: str) -> int:
     greedy = SamplingParams(temperature=0.0)
 
     def run(ids: list[int], n: int) -> dict:
-        r = backend.submit(GenerationRequest(prompt_ids=ids, sampling=greedy, max_tokens=n)).result()
+        r = backend.submit(
+            GenerationRequest(prompt_ids=ids, sampling=greedy, max_tokens=n)
+        ).result()
         return {"tokens": r.token_ids, "finish": r.finish_reason, "error": r.error,
                 "cached": r.usage.cached_tokens if r.usage else None,
                 "ranks": r.usage.ranks if r.usage else None}  # fmt: skip
