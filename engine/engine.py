@@ -530,7 +530,9 @@ class Engine:
                  and (k == "breakpoint" or not cached or p - cached >= MIN_GAP)}  # fmt: skip
         return _CacheTicket(pc, lm, req, prompt, cache, cached, kinds, extra)
 
-    def _lockstep(self, req: GenerationRequest, inputs: PromptInputs, handle: RequestHandle) -> _Solo:
+    def _lockstep(
+        self, req: GenerationRequest, inputs: PromptInputs, handle: RequestHandle
+    ) -> _Solo:
         """What keeps this request in step with other processes (none: a plain engine)."""
         return _Solo(handle)
 
