@@ -579,6 +579,7 @@ class Engine:
             special = special_token_ids(lm.tokenizer) - eos if req.skip_special_tokens else ()
             parser = StreamParser(req.tools, reasoning=reasoning)
             mx.reset_peak_memory()
+            model = bind_images(lm.model, inputs)  # features and M-RoPE positions of the images
             sync = self._lockstep(req, inputs, handle)
             ticket = self._cache_begin(req, prompt, inputs.image_keys, sync)
             cache, cached = ticket.cache, ticket.cached
@@ -586,7 +587,6 @@ class Engine:
             # before the first token, e.g. in Anthropic's message_start).
             planned = len(prompt) - cached if ticket.pc is not None else 0
             handle._put(PromptProgress(cached, len(prompt), cache_write=planned))
-            model = bind_images(lm.model, inputs)  # features and M-RoPE positions of the images
 
             def progress(done: int, total: int) -> None:
                 handle._put(PromptProgress(done, total))
