@@ -5,6 +5,7 @@ prints the results as one JSON line."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from engine import Engine, GenerationRequest, PromptCache, SamplingParams, TextDelta
@@ -16,7 +17,10 @@ def main(path: str) -> int:
     if group is None:
         backend = Engine.from_path(path, prompt_cache=PromptCache(), memory_check=False)
     else:
-        backend = open_pipeline(path, group=group, context_tokens=4096, prompt_cache=PromptCache())
+        # DRIVER_STARVE_WORKER: rank 1 keeps no snapshot, so rank 0 must not resume from its own.
+        starve = group.rank() > 0 and os.environ.get("DRIVER_STARVE_WORKER")
+        pc = PromptCache(memory_bytes=1 if starve else 2 * 1024**3)
+        backend = open_pipeline(path, group=group, context_tokens=4096, prompt_cache=pc)
         if group.rank() > 0:
             return serve_worker(backend)  # type: ignore[arg-type]
     greedy = SamplingParams(temperature=0.0)

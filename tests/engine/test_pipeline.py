@@ -128,6 +128,23 @@ def test_two_processes_decode_like_one(tiny_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_ranks_agree_on_where_to_resume(tiny_dir, tmp_path):
+    """Rank 1 keeps no snapshot (its prompt cache holds 1 byte): rank 0 holds the first turn's
+    but must not resume from it alone; both prefill the whole prompt and still agree."""
+    path = str(tiny_dir("mlx", 4))
+    one = _run([sys.executable, str(DRIVER), path], tmp_path / "one")
+    cmd = _launch(str(DRIVER), path)
+    env_cmd = ["env", "DRIVER_STARVE_WORKER=1", *cmd]
+    two = _run(env_cmd, tmp_path / "two")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    (alone,) = _json_lines(one.stdout)
+    (piped,) = _json_lines(two.stdout)
+    assert alone["second"]["cached"] > 0 and piped["second"]["cached"] == 0
+    for key in ("first", "second", "after"):
+        assert piped[key]["tokens"] == alone[key]["tokens"], key
+
+
+@pytest.mark.slow
 def test_locus_generate_under_mlx_launch_with_an_image(tiny_dir, tmp_path):
     """`mlx.launch -n 2 -- locus generate --image ...`: rank 1 (the first layers) runs the vision
     tower; the tokens equal one process's, and the done event reports both ranks' layers."""
