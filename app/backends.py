@@ -30,9 +30,9 @@ def open_local(
 
 def in_pipeline() -> bool:
     """Whether this process is one of several running one model (started by mlx.launch)."""
-    from engine.pipeline import world
+    from engine import pipeline_group
 
-    return world() is not None
+    return pipeline_group() is not None
 
 
 def open_pipeline(
@@ -43,10 +43,10 @@ def open_pipeline(
     Rank 0 gets the backend to serve from; every other rank runs the requests rank 0 sends until
     rank 0 closes the pipeline, then exits (SystemExit) without returning.
     """
-    from engine.pipeline import open_pipeline as open_share
-    from engine.pipeline import serve_worker, world
+    from engine import open_pipeline as open_share
+    from engine import pipeline_group, serve_worker
 
-    group = world()
+    group = pipeline_group()
     backend = open_share(path, group=group, context_tokens=context_tokens,
                          prompt_cache=prompt_cache)  # fmt: skip
     if group.rank() > 0:

@@ -61,9 +61,9 @@ def bytes_per_token(hidden: int, itemsize: int, ranks: int) -> dict[str, int]:
 # -- child: one configuration ------------------------------------------------------------------
 def child(args: argparse.Namespace) -> int:
     from engine import Engine, GenerationRequest, SamplingParams
-    from engine.pipeline import open_pipeline, serve_worker, world
+    from engine.pipeline import open_pipeline, pipeline_group, serve_worker
 
-    group = world()
+    group = pipeline_group()
     if group is None:
         backend: Any = Engine.from_path(args.child, memory_check=False)
         engine: Any = backend

@@ -58,7 +58,7 @@ def launched() -> bool:
     return "MLX_RANK" in os.environ
 
 
-def world() -> Any:
+def pipeline_group() -> Any:
     """The distributed group when this process is one of several, else None."""
     if not launched():
         return None

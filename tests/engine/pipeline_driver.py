@@ -9,11 +9,11 @@ import os
 import sys
 
 from engine import Engine, GenerationRequest, PromptCache, SamplingParams, TextDelta
-from engine.pipeline import open_pipeline, serve_worker, world
+from engine.pipeline import open_pipeline, pipeline_group, serve_worker
 
 
 def main(path: str) -> int:
-    group = world()
+    group = pipeline_group()
     if group is None:
         backend = Engine.from_path(path, prompt_cache=PromptCache(), memory_check=False)
     else:
