@@ -47,6 +47,8 @@ def main(path: str) -> int:
     assert h.done is not None
     out["cancelled"] = {"finish": h.done.finish_reason, "n": len(h.done.token_ids)}
     out["after"] = run(list(range(300, 330)), 12)  # the ranks are still in step
+    info = backend.info
+    out["info"] = {"ranks": info.ranks, "rank_layers": [list(r) for r in info.rank_layers]}
     print(json.dumps(out), flush=True)
     backend.close()
     return 0

@@ -123,6 +123,8 @@ def test_two_processes_decode_like_one(tiny_dir, tmp_path):
     second = len(range(20, 60)) + len(alone["first"]["tokens"])
     assert alone["second"]["cached"] == piped["second"]["cached"] == second
     assert piped["cancelled"]["finish"] == "cancelled"
+    assert alone["info"] == {"ranks": 1, "rank_layers": []}
+    assert piped["info"] == {"ranks": 2, "rank_layers": [[2, 4], [0, 2]]}
     assert 0 < piped["cancelled"]["n"] < 400
     assert re.search(r"Pipeline rank 1 of 2 \(pid \d+\): layers 0-1", two.stderr)
 
