@@ -243,7 +243,7 @@ def open_backend(args: argparse.Namespace) -> Backend:
     """The model named by --model/--demo (loaded here) or --remote, reporting to stderr."""
     from engine import inspect_checkpoint
 
-    from .backends import open_local, open_remote
+    from .backends import in_pipeline, open_local, open_pipeline, open_remote
 
     if getattr(args, "remote", None):
         if getattr(args, "mtp", 0):
@@ -262,6 +262,9 @@ def open_backend(args: argparse.Namespace) -> Backend:
     info = inspect_checkpoint(path)
     print(f"Loading {info.path.name} ({info.file_bytes / 1e9:.2f} GB, {info.layout} layout)…",
           file=sys.stderr, flush=True)  # fmt: skip
+    if in_pipeline():  # started by mlx.launch: this process holds a share of the layers
+        return open_pipeline(str(path), context_tokens=context_of(args),
+                             prompt_cache=_prompt_cache(args))  # fmt: skip
     return open_local(
         str(path),
         context_tokens=context_of(args),

@@ -57,6 +57,10 @@ def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) 
     p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
                    help="seconds a connection has to send a request's headers (default 10)")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--hosts", metavar="HOSTFILE",
+                   help="run one model across several Macs: mlx.launch's JSON hostfile (ssh name "
+                   "and ring IPs of each Mac, this one first); rank 0 serves, the others hold "
+                   "the rest of the layers. The model path must be the same on every Mac")  # fmt: skip
     p.set_defaults(handler=run)
 
 
@@ -131,10 +135,37 @@ def _log_to_stderr(level: str) -> None:
     logger.setLevel(level.upper())
 
 
+def launch_hosts(hostfile: str, argv: list[str]) -> int:
+    """Run this command again on every host of `hostfile` under mlx.launch (ring backend unless
+    the hostfile names another), minus --hosts; the exit status."""
+    import os
+    import subprocess
+
+    if not os.path.isfile(hostfile):
+        print(f"locus serve: --hosts {hostfile}: no such file", file=sys.stderr)
+        return 2
+    rest, skip = [], False
+    for a in argv:
+        if skip or a.startswith("--hosts="):
+            skip = False
+            continue
+        if a == "--hosts":
+            skip = True
+            continue
+        rest.append(a)
+    main = "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())"
+    launcher = [sys.executable, "-c", main, "--hostfile", hostfile]
+    return subprocess.call([*launcher, "--", sys.executable, "-m", "app.cli", *rest])
+
+
 def run(args: argparse.Namespace) -> int:
+    from app.backends import in_pipeline
     from app.cli import open_backend
     from app.server import create_app, make_server
     from app.server.jobs import context_note
+
+    if getattr(args, "hosts", None) and not in_pipeline():
+        return launch_hosts(args.hosts, sys.argv[1:])
 
     try:
         config = config_from_args(args)

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         load_model,
     )
     from .parser import StreamParser, parse_tool_calls, tool_schemas
+    from .pipeline import PipelineBackend, open_pipeline, pipeline_group, serve_worker
     from .remote import RemoteBackend
     from .sampling import PRESETS, SamplingParams, preset
     from .tiny import write_checkpoint as write_tiny_checkpoint
@@ -106,6 +107,10 @@ _WHERE = {
     "preset": "sampling",
     "convert": "convert",
     "write_tiny_checkpoint": "tiny:write_checkpoint",
+    "PipelineBackend": "pipeline",
+    "open_pipeline": "pipeline",
+    "pipeline_group": "pipeline",
+    "serve_worker": "pipeline",
 }
 
 __all__ = [
@@ -155,6 +160,7 @@ __all__ += ["BackendUnavailableError", "ContextLengthError", "ErrorKind"]
 __all__ += ["BUDGET_NOTE"]
 __all__ += ["LoadCancelled", "available_memory"]
 __all__ += ["RemoteBackend"]
+__all__ += ["PipelineBackend", "open_pipeline", "pipeline_group", "serve_worker"]
 
 
 def __getattr__(name: str) -> Any:

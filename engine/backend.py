@@ -26,6 +26,7 @@ class BackendInfo:
     thinking: bool = True  # the model reasons in <think> blocks (enable_thinking applies)
     remote: str | None = None  # the server's base URL when the model runs elsewhere
     ranks: int = 1  # processes the model runs on (a pipeline across machines: more than 1)
+    rank_layers: tuple[tuple[int, int], ...] = ()  # each rank's decoder layers [start, end)
     model_id: str = ""  # changes when the weights change (prompt-cache keys, prepared requests)
     created: int = 0  # when the weights were written (Unix time; 0: not known)
 

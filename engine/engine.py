@@ -295,6 +295,28 @@ class _StopFilter:
         return out
 
 
+class _Solo:
+    """How a request keeps in step with other processes running the same model; alone (this
+    class) there are none, so it only reads the handle. engine/pipeline.py has the other kind."""
+
+    share: Callable[[Any], Any] | None = None  # maps each sampled token to the one all use
+
+    def __init__(self, handle: RequestHandle):
+        self.handle = handle
+
+    def begin(self, cache: list[Any], cached: int, kinds: dict[int, str],
+              relookup: Callable[[int], tuple[list[Any], int]] | None,
+              ) -> tuple[list[Any], int, dict[int, str]]:  # fmt: skip
+        """The resume point and snapshot positions every process uses (alone: its own)."""
+        return cache, cached, kinds
+
+    def prefill_cancelled(self) -> bool:
+        return self.handle.cancelled
+
+    def token_cancelled(self) -> bool:
+        return self.handle.cancelled
+
+
 class _Worker:
     """The one thread that runs MLX for every Engine in the process.
 
@@ -580,7 +602,11 @@ class Engine:
         return pc.replies.splice(lm.model_id, lm.tokenizer, ct, ids)
 
     def _cache_begin(
-        self, req: GenerationRequest, prompt: list[int], images: Sequence[tuple[int, str]] = ()
+        self,
+        req: GenerationRequest,
+        prompt: list[int],
+        images: Sequence[tuple[int, str]] = (),
+        sync: _Solo | None = None,
     ) -> _CacheTicket:
         """Resume from the longest cached prefix; say where to snapshot and how.
 
@@ -590,7 +616,9 @@ class Engine:
         lm = self.model
         fresh = lm.model.make_cache()
         pc = self.prompt_cache
+        sync = sync if sync is not None else _Solo(RequestHandle())
         if not req.use_cache or pc is None or not _cacheable(fresh):
+            sync.begin(fresh, 0, {}, None)
             return _CacheTicket(None, lm, req, prompt, fresh, 0, {}, [])
         extra = list(images)
         cache, cached = pc.lookup(lm.model_id, prompt, fresh, extra)
@@ -609,11 +637,22 @@ class Engine:
 
             for p in marked_positions(render, req.messages, req.cache_breakpoints, prompt):
                 kinds[p] = "breakpoint"
+
+        def relookup(m: int) -> tuple[list[Any], int]:  # the longest snapshot of at most m tokens
+            return pc.lookup(lm.model_id, prompt[: m + 1], lm.model.make_cache(), extra)
+
+        cache, cached, kinds = sync.begin(cache, cached, kinds, relookup)
         # A boundary just past the resume point (a tool turn right after the cached reply) is
         # cheaper to prefill again than to keep; a marked one is kept as the client asked.
         kinds = {p: k for p, k in kinds.items() if cached < p < len(prompt) - 1
                  and (k == "breakpoint" or not cached or p - cached >= MIN_GAP)}  # fmt: skip
         return _CacheTicket(pc, lm, req, prompt, cache, cached, kinds, extra)
+
+    def _lockstep(
+        self, req: GenerationRequest, inputs: PromptInputs, handle: RequestHandle
+    ) -> _Solo:
+        """What keeps this request in step with other processes (none: a plain engine)."""
+        return _Solo(handle)
 
     def _check_context(self, n: int) -> None:
         limit = self.info.context_tokens
@@ -691,13 +730,15 @@ class _Run:
         self.special = special_token_ids(lm.tokenizer) - self.eos if req.skip_special_tokens else ()
         self.parser = _primed_parser(req, inputs.reasoning)
         mx.reset_peak_memory()
-        self.ticket = ticket = eng._cache_begin(req, self.prompt, inputs.image_keys)
+        self.model = bind_images(lm.model, inputs)  # features and M-RoPE positions of the images
+        # Other processes running the same model (a pipeline) keep in step through `sync`.
+        self.sync = sync = eng._lockstep(req, inputs, self.handle)
+        self.ticket = ticket = eng._cache_begin(req, self.prompt, inputs.image_keys, sync)
         self.cache, self.cached = ticket.cache, ticket.cached
         # First progress: how much of the prompt the cache already holds (servers report it
         # before the first token, e.g. in Anthropic's message_start).
         planned = len(self.prompt) - self.cached if ticket.pc is not None else 0
         self.handle._put(PromptProgress(self.cached, len(self.prompt), cache_write=planned))
-        self.model = bind_images(lm.model, inputs)  # features and M-RoPE positions of the images
         k = eng.mtp if req.mtp is None else req.mtp
         self.draft = k if k and getattr(lm.model, "mtp_head", None) is not None else 0
         reason = self._loop()
@@ -718,7 +759,7 @@ class _Run:
         common: dict[str, Any] = dict(
             logits_processors=make_logits_processors(req.sampling, len(self.prompt)),
             progress=(lambda d, t: handle._put(PromptProgress(d, t))) if first else None,
-            cancelled=lambda: handle.cancelled, stream=self.engine._stream, start=start,
+            cancelled=self.sync.prefill_cancelled, stream=self.engine._stream, start=start,
             checkpoints=sorted(ticket.kinds) if first else (), on_checkpoint=ticket.checkpoint,
         )  # fmt: skip
         if self.draft:
@@ -727,7 +768,7 @@ class _Run:
             return speculative_step(self.model, ids, self.cache, params=req.sampling,
                                     draft_tokens=self.draft, stats=self.drafts, **common)  # fmt: skip
         return generate_step(self.model, ids, self.cache, sampler=make_sampler(req.sampling),
-                             **common)  # fmt: skip
+                             share=self.sync.share, **common)  # fmt: skip
 
     def _text(self, tok: int) -> bool:
         """Feed one token's text through the stop strings and the parser; True at a stop."""
@@ -754,7 +795,7 @@ class _Run:
                 if not tokens:
                     self.t_first = time.perf_counter()
                 tokens.append(tok)
-                if self.handle.cancelled:
+                if self.sync.token_cancelled():
                     return "cancelled"
                 if tok in self.eos or (tok not in self.special and self._text(tok)):
                     return "stop"

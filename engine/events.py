@@ -74,6 +74,9 @@ class Usage:
     # Speculative decoding (MTP): tokens drafted and how many of them the model accepted.
     draft_tokens: int = 0
     draft_accepted: int = 0
+    # Processes the model ran on, and each one's decoder layers [start, end) (a pipeline).
+    ranks: int = 1
+    rank_layers: tuple[tuple[int, int], ...] = ()
     type: Literal["usage"] = "usage"
 
 

@@ -60,6 +60,7 @@ def generate_step(
     start: int = 0,
     checkpoints: Sequence[int] = (),
     on_checkpoint: Callable[[int], None] | None = None,
+    share: Callable[[mx.array], mx.array] | None = None,
 ) -> Iterator[int]:
     """Yield generated token ids forever (the caller decides when to stop).
 
@@ -68,6 +69,7 @@ def generate_step(
     `on_checkpoint(pos)` (the cache then holds `prompt[:pos]`); the last token produces the first
     logits. `cancelled` is polled between prefill chunks; decode stops when the caller stops.
     When the caller stops after token t, t has been fed to the cache (it holds prompt + tokens).
+    `share` maps each sampled token (inside the graph) to the one every process uses (a pipeline).
     """
     if len(prompt) == 0:
         raise ValueError("the prompt is empty")
@@ -85,7 +87,8 @@ def generate_step(
                 for proc in logits_processors:
                     logits = proc(history, logits)
             logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-            return sampler(logprobs)
+            y = sampler(logprobs)
+            return share(y) if share is not None else y
 
     stops = sorted({p for p in checkpoints if start < p < total})
     pos = start

@@ -603,6 +603,7 @@ def load_model(
     memory_check: bool = True,
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    split: Callable[[Any], str] | None = None,
 ) -> LoadedModel:
     """Load a model directory (or a cached Hugging Face repo id) for generation.
 
@@ -610,6 +611,8 @@ def load_model(
     through mlx-lm as text-only models. Raises ModelLoadError with a message naming the problem.
     `should_stop` is polled between shards and between layers read (raising LoadCancelled when
     it returns True); `progress(done, total)` reports those steps.
+    `split(model)` keeps only this process's share of a Qwen model before any weight is read (a
+    pipeline across processes) and returns what to add to the model id.
     """
     info = inspect_checkpoint(path_or_repo)
     check_config(info.config, info.path / "config.json")
@@ -621,7 +624,23 @@ def load_model(
     steps = _Steps(should_stop, progress, total=len(info.files) + 1)
     steps.step()
     tokenizer = _load_tokenizer(info.path)
-    if info.is_qwen_moe:
+    suffix = ""
+    if split is not None:
+        import mlx.core as mx
+
+        if not info.is_qwen_moe:
+            raise ModelLoadError(
+                f"{info.path}: only Qwen3.5/3.6 checkpoints can run across processes "
+                f"(this one is {info.model_type!r})"
+            )
+        model, kind = _load_qwen(info, lazy=True, steps=steps), "qwen3_5_moe"
+        suffix = split(model)
+        try:
+            mx.eval(model.language_model.parameters())  # only this process's layers are read
+        except Exception as e:
+            raise ModelLoadError(f"{info.path}: reading weights failed: {e}") from e
+        model.eval()
+    elif info.is_qwen_moe:
         model, kind = _load_qwen(info, steps=steps), "qwen3_5_moe"
     else:
         from .mlxlm_compat import model_classes
@@ -638,5 +657,5 @@ def load_model(
     eos, gen = _eos_ids(info.path, info.config, tokenizer)
     tokenizer.eos_token_ids = set(eos)
     return LoadedModel(
-        model, tokenizer, info.config, info.path, eos, kind, _model_id(info), info, gen
+        model, tokenizer, info.config, info.path, eos, kind, _model_id(info) + suffix, info, gen
     )

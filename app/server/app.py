@@ -109,11 +109,14 @@ def _add_info_routes(api: FastAPI, service: Service) -> None:
         except APIError:
             loaded = False
         pc = getattr(service.backend, "prompt_cache", None)  # a local engine's
+        ranks = getattr(service.backend, "rank_layers", None)  # a pipeline's processes and layers
+        ranks = [list(r) for r in ranks] if isinstance(ranks, list | tuple) else []
         return {"status": "ok", "model_loaded": loaded, "active": s.active,
                 "waiting": s.waiting, "finished": dict(service.finished),
                 "prompt_cache": pc.budget() if pc is not None else None,
                 "draft_tokens": service.drafts["draft_tokens"],
-                "draft_accepted": service.drafts["draft_accepted"]}  # fmt: skip
+                "draft_accepted": service.drafts["draft_accepted"],
+                "ranks": max(1, len(ranks)), "rank_layers": ranks}  # fmt: skip
 
     def model_entry(model_id: str) -> dict[str, Any]:
         # Both SDKs' shapes at once: Anthropic's type/display_name/created_at, OpenAI's object/created.

@@ -122,7 +122,7 @@ def test_health_reports_the_queue(serve, engine):
     pc = h.pop("prompt_cache")
     assert pc["memory_bytes"] == engine.prompt_cache.memory_bytes > 0
     assert h == {"status": "ok", "model_loaded": True, "active": 0, "waiting": 0, "finished": {},
-                 "draft_tokens": 0, "draft_accepted": 0}  # fmt: skip
+                 "draft_tokens": 0, "draft_accepted": 0, "ranks": 1, "rank_layers": []}  # fmt: skip
     json.dumps(h)
 
 
