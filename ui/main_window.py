@@ -495,6 +495,9 @@ class MainWindow(QMainWindow):
             self.show_message("Stop the reply before switching to another model.")
             return
         self._loading_url = url
+        self.models.remote_url.setText(url)  # where a failure's reason is shown, with the fields
+        self.models.remote_picker.setEditText(model)
+        self.models.remote_status.setText(f"Connecting to {url}…")
         self.loading_path = self.manager.load_remote(url, api_key=api_key, model=model or None)
         self.load_progress.setRange(0, 0)
         self._loading(True)

@@ -41,7 +41,8 @@ def human_bytes(n: float) -> str:
 
 
 class ModelsView(QWidget):
-    """Lists models; downloads, deletes and loads them through app.hub on workers."""
+    """Lists models; downloads, deletes and loads them through app.hub on workers; lists a remote
+    server's models (app.backends) and asks the window to use one."""
 
     load_requested = Signal(str)  # a model path for the window to load
     # (url, model name or "", API key or None): the window uses that server's model
@@ -466,9 +467,7 @@ class ModelsView(QWidget):
         if url is None:
             return
         key = self._api_key(url)
-        model = self.remote_picker.currentText().strip()
-        self.remote_status.setText(f"Connecting to {url}…")
-        self.remote_requested.emit(url, model, key)
+        self.remote_requested.emit(url, self.remote_picker.currentText().strip(), key)
 
     def set_remote(self, url: str | None, model: str = "") -> None:
         """Show which remote model is in use (None: the model is not remote)."""

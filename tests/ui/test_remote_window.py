@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from tests.fakeopenai import Fake, chunk, send_event, send_json, start_sse
 from ui.main_window import MainWindow
 
 KEY = "sk-remote-secret-4711"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def scripted(*replies: list[dict[str, Any]] | tuple[int, str]):
@@ -165,6 +168,18 @@ def test_list_use_and_chat_with_a_remote_model(window, qtbot, servers, memory_ke
     assert saved["remote_url"] == srv.url and saved["remote_model"] == "qwen-b"
     assert "last_model" not in saved or not str(saved["last_model"]).startswith("remote:")
     assert KEY not in caplog.text
+    # The next window offers the server again but does not connect to it by itself.
+    asked = len(srv.requests)
+    again = MainWindow(store)
+    qtbot.addWidget(again)
+    try:
+        assert again.models.remote_url.text() == srv.url
+        assert again.models.remote_picker.currentText() == "qwen-b"
+        assert again.models.remote_key.text() == ""  # never shown back
+        qtbot.wait(300)
+        assert len(srv.requests) == asked and again.engine is None
+    finally:
+        again.shutdown()
     stored = store.messages(window.chat.thread_id)
     assert [m["role"] for m in stored] == ["user", "assistant"]
     assert _files_containing(KEY, Path(store.path).parent) == []
@@ -320,7 +335,34 @@ def test_locus_remote_opens_the_window_on_the_remote_model(qtbot, servers, memor
         assert srv.requests[-1][1].get("Authorization") == f"Bearer {KEY}"  # the keychain's key
     finally:
         win.shutdown()
+    # A server that cannot be reached: the window opens anyway and says why, in Models too.
+    url = refused_url()
+    assert cli_main(["--remote", url], open_window=open_window) == 0
+    win = built[-1]
+    try:
+        qtbot.waitUntil(lambda: win.models.remote_status.text().startswith("Error"), timeout=30000)
+        assert "connection refused" in win.models.remote_status.text()
+        assert win.models.remote_url.text() == url and win.engine is None
+        assert "Could not use the remote model" in win.error_banner.text()
+    finally:
+        win.shutdown()
     # --remote goes alone; its options go with it.
     assert cli_main(["--remote", srv.url, "--demo"], open_window=open_window) == 1
     assert cli_main(["--remote-model", "two"], open_window=open_window) == 1
-    assert len(built) == 1
+    assert len(built) == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="macOS always has a display")
+def test_remote_without_display_falls_back_to_the_terminal_chat(servers):
+    srv = servers(text("Hi from the server."))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}  # fmt: skip
+    env.update(NO_COLOR="1", REMOTE_KEY=KEY)
+    r = subprocess.run([sys.executable, "-m", "ui.main", "--remote", srv.url, "--remote-key-env",
+                        "REMOTE_KEY"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env=env, input="hello\n")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "starting the terminal chat" in r.stderr and "Hi from the server." in r.stdout
+    assert KEY not in r.stdout + r.stderr
+    chat_auth = [h.get("Authorization") for p, h, _ in srv.requests if p == "/v1/chat/completions"]
+    assert chat_auth == [f"Bearer {KEY}"]
