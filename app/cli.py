@@ -119,7 +119,8 @@ def split_qt_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="locus",
-        usage="locus [-h] [--demo] [--model PATH] [--screenshot DIR] [DIR | COMMAND ...]",
+        usage="locus [-h] [--demo | --model PATH | --remote URL] [--screenshot DIR] "
+        "[DIR | COMMAND ...]",
         description="Run Qwen3.6-35B-A3B (and other MLX models) locally. With no command, open "
         "the window; `locus DIR` opens it on that project folder in the Agent view. Qt's own "
         "options (-platform NAME, -style NAME, …) are passed to the window.",
@@ -129,6 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="open the window on the tiny random demo model (no download needed)")  # fmt: skip
     parser.add_argument("--model", dest="window_model", metavar="PATH",
                         help="open the window with this model loaded")  # fmt: skip
+    parser.add_argument("--remote", dest="window_remote", metavar="URL",
+                        help="open the window on the model of this OpenAI-compatible server (its "
+                        "base URL, e.g. http://host:8000/v1); prompts go to that server. The API "
+                        "key is the one saved for URL in the keychain (Models → Remote server)")  # fmt: skip
+    parser.add_argument("--remote-model", dest="window_remote_model", metavar="NAME",
+                        help="with --remote: which of the server's /v1/models to use (default: "
+                        "the first)")  # fmt: skip
+    parser.add_argument("--remote-key-env", dest="window_remote_key_env", metavar="NAME",
+                        help="with --remote: send the API key held in environment variable NAME "
+                        "instead of the keychain's")  # fmt: skip
     parser.add_argument("--screenshot", metavar="DIR",
                         help="render each view of the window to DIR/<view>.png and exit")  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -429,19 +440,29 @@ def cmd_window(args: argparse.Namespace) -> int:
     headless = sys.platform.startswith("linux") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or platform_given
     )
+    remote = getattr(args, "window_remote", None)
+    if remote and (args.demo or args.window_model):
+        raise EngineError("--remote URL opens the window on a server's model: leave out "
+                          "--demo and --model")  # fmt: skip
+    for opt in ("window_remote_model", "window_remote_key_env"):
+        if getattr(args, opt, None) and not remote:
+            raise EngineError(f"--{opt[len('window_') :].replace('_', '-')} goes with --remote URL")
+    if remote and args.screenshot:
+        raise EngineError("--screenshot renders the window on the demo model or --model PATH, "
+                          "not --remote")  # fmt: skip
     if headless and args.screenshot:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     elif headless and not os.environ.get("QT_QPA_PLATFORM"):
         # Qt would abort without a display: the same model in the terminal chat instead.
-        if not (args.demo or args.window_model):
+        if not (args.demo or args.window_model or remote):
             raise EngineError(
                 "no display to open the window on: use `locus --demo` or `locus chat --model PATH` "
                 "for the terminal chat, or `locus --demo --screenshot DIR` to render the window"
             )
         print("locus: no display to open the window on; starting the terminal chat instead "
               "(`locus --demo --screenshot DIR` renders the window to PNG).", file=sys.stderr)  # fmt: skip
-        model = ["--demo"] if args.demo else ["--model", args.window_model]
-        return cmd_chat(build_parser().parse_args(["chat", *model]))
+        return cmd_chat(build_parser().parse_args(["chat", *_window_model_args(args)]))
+    args.window_remote_key = _window_remote_key(args) if remote else None
     open_window = getattr(args, "open_window", None)
     if open_window is None:
         raise EngineError("the window is opened by the `locus` command (python -m ui.main); "
@@ -454,6 +475,39 @@ def cmd_window(args: argparse.Namespace) -> int:
         setup_logging()  # a file when double-clicked (no terminal); stderr otherwise
         apply_login_shell_path()  # macOS: agent commands find Homebrew's tools
     return int(open_window(args))
+
+
+def _window_remote_key(args: argparse.Namespace) -> str | None:
+    """The API key the window sends to --remote: --remote-key-env's, else the keychain's (the
+    Models view saves it there), else none."""
+    from .backends import remote_key_from_keyring
+
+    name = getattr(args, "window_remote_key_env", None)
+    if name:
+        key = os.environ.get(name)
+        if not key:
+            raise EngineError(f"--remote-key-env {name}: the environment variable is not set")
+        return key
+    try:
+        return remote_key_from_keyring(args.window_remote)
+    except EngineError:
+        return None  # no usable keychain: a server that needs a key will say so
+
+
+def _window_model_args(args: argparse.Namespace) -> list[str]:
+    """The window's model options as `locus chat` takes them (the terminal fallback)."""
+    if args.demo:
+        return ["--demo"]
+    if args.window_model:
+        return ["--model", args.window_model]
+    out = ["--remote", args.window_remote]
+    if args.window_remote_model:
+        out += ["--remote-model", args.window_remote_model]
+    if args.window_remote_key_env:
+        out += ["--remote-key-env", args.window_remote_key_env]
+    elif _window_remote_key(args):
+        out.append("--remote-key-from-keyring")
+    return out
 
 
 def _demo_notice() -> str:
@@ -470,7 +524,7 @@ def _split_project(
     for act in parser._actions:  # the subcommands' names
         if isinstance(act, argparse._SubParsersAction):
             choices = set(act.choices)
-    with_value = {"--model", "--screenshot"}
+    with_value = {"--model", "--screenshot", "--remote", "--remote-model", "--remote-key-env"}
     i = 0
     while i < len(argv):
         a = argv[i]

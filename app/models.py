@@ -4,12 +4,14 @@
     manager.add_listener(print)          # LoadingStarted, LoadingProgress, ModelLoaded, ...
     manager.load("~/models/Qwen3.6-35B-A3B-4bit", context_tokens=32768)
     manager.cancel()                     # stops the load between shards / layers read
+    manager.load_remote("http://host:8000/v1", api_key=None, model=None)  # a model served elsewhere
     manager.close()
 
 One model at a time: the loaded one is unloaded *before* the next is read, so switching between
 two 20 GB models never needs 40 GB. Whether the next one fits is checked first, counting the
 memory the loaded one will free; a model that cannot fit (or a path that is not a model) leaves
-the loaded one in place. Listeners are called on the manager's thread, in order; a load waits
+the loaded one in place. A remote model (an OpenAI-compatible server) takes no local memory: the
+server is asked first, and only once it answers is the loaded model unloaded. Listeners are called on the manager's thread, in order; a load waits
 for each progress event to be delivered, so a listener's cancel lands before the next step.
 """
 
@@ -35,6 +37,7 @@ __all__ = [
     "ModelManager",
     "ModelUnloaded",
     "model_memory",
+    "remote_model_path",
 ]
 
 
@@ -108,6 +111,17 @@ def _default_opener(path: str, **kwargs: Any) -> Backend:
     return open_local(path, **kwargs)
 
 
+def _default_remote_opener(url: str, **kwargs: Any) -> Backend:
+    from .backends import open_remote
+
+    return open_remote(url, **kwargs)
+
+
+def remote_model_path(url: str, model: str | None = None) -> str:
+    """What a remote model's events carry as their `path`: "remote:URL" or "remote:URL#MODEL"."""
+    return "remote:" + url.strip().rstrip("/") + (f"#{model}" if model else "")
+
+
 def _available() -> int:
     from engine import available_memory
 
@@ -122,12 +136,24 @@ class _Load:
     stop: threading.Event
 
 
+@dataclass
+class _RemoteLoad(_Load):
+    url: str = ""
+    api_key: str | None = None
+    model: str | None = None
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"_RemoteLoad({self.path!r})"
+
+
 class ModelManager:
     """Owns the loaded model (an `engine.Backend`) and loads, replaces and unloads it on a thread.
 
     `opener(path, context_tokens=, memory_check=, should_stop=, progress=, **open_kwargs)` builds
     the backend (default: `app.backends.open_local`); `measure(path, context_tokens)` says what a
-    checkpoint needs and `available()` what memory is free now (defaults: the engine's estimates).
+    checkpoint needs and `available()` what memory is free now (defaults: the engine's estimates);
+    `remote_opener(url, api_key=, model=)` connects to a model server (default:
+    `app.backends.open_remote`).
     """
 
     def __init__(
@@ -138,8 +164,10 @@ class ModelManager:
         available: Callable[[], int] | None = None,
         prompt_cache: PromptCache | None = None,
         mtp: int = 0,
+        remote_opener: Opener | None = None,
     ) -> None:
         self._opener = opener or _default_opener
+        self._remote_opener = remote_opener or _default_remote_opener
         self._measure = measure or model_memory
         self._available = available or _available
         self._open_kwargs: dict[str, Any] = {"mtp": mtp}
@@ -201,6 +229,23 @@ class ModelManager:
                 self._loading.stop.set()
             self._loading = job
         self._jobs.put(lambda: self._do_load(job))
+
+    def load_remote(self, url: str, *, api_key: str | None = None, model: str | None = None) -> str:
+        """Use the model served at `url` (an OpenAI-compatible base URL) in place of the loaded one;
+        `model` picks one of its /v1/models (default: the first). The server is asked first: when
+        it cannot be reached the loaded model stays (LoadingFailed says why). Returns the `path`
+        its events carry (`remote_model_path`)."""
+        path = remote_model_path(url, model)
+        job = _RemoteLoad(path, 0, False, threading.Event(), url=url.strip(), api_key=api_key,
+                          model=model or None)  # fmt: skip
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the model manager is closed")
+            if self._loading is not None:
+                self._loading.stop.set()
+            self._loading = job
+        self._jobs.put(lambda: self._do_load_remote(job))
+        return path
 
     def cancel(self) -> bool:
         """Stop the load under way (between shards or layers read); False when none was."""
@@ -354,6 +399,60 @@ class ModelManager:
         self._backend, self._path, self._name, self._memory = backend, job.path, name, need
         self._finish(job)
         self._emit(ModelLoaded(job.path, name, backend.info, need))
+
+    def _do_load_remote(self, job: _RemoteLoad) -> None:
+        if job.stop.is_set():
+            self._finish(job)
+            self._emit(LoadingCancelled(job.path))
+            return
+        self._emit(LoadingStarted(job.path, job.model or job.url))
+        out: dict[str, Any] = {}
+        opened = threading.Event()
+        hand_over = threading.Lock()  # the backend goes to the manager, or is closed: never both
+
+        def run() -> None:
+            try:
+                backend = self._remote_opener(job.url, api_key=job.api_key, model=job.model)
+            except BaseException as e:  # raised again on the manager's thread
+                out["error"] = e
+            else:
+                with hand_over:
+                    if out.get("abandoned"):  # given up on while connecting: nobody will use it
+                        backend.close()
+                    else:
+                        out["backend"] = backend
+            finally:
+                opened.set()
+
+        # Connecting may take the server's whole timeout: a cancel must not wait for it.
+        threading.Thread(target=run, name="locus-models-remote", daemon=True).start()
+        while not opened.wait(0.05) and not job.stop.is_set():
+            pass
+        if job.stop.is_set():
+            with hand_over:
+                out["abandoned"] = True
+                late = out.pop("backend", None)
+            if late is not None:
+                late.close()
+            self._finish(job)
+            self._emit(LoadingCancelled(job.path))
+            return
+        if "error" in out:
+            self._finish(job)
+            self._emit(LoadingFailed(job.path, _message(out["error"]), out["error"]))
+            return
+        backend = out["backend"]
+        try:
+            info = backend.info
+        except Exception as e:  # an opener that connects lazily: the loaded model stays
+            backend.close()
+            self._finish(job)
+            self._emit(LoadingFailed(job.path, _message(e), e))
+            return
+        self._do_unload()
+        self._backend, self._path, self._name, self._memory = backend, job.path, info.name, 0
+        self._finish(job)
+        self._emit(ModelLoaded(job.path, info.name, info, 0))
 
     def _open(self, job: _Load) -> Backend:
         """Run the opener on a helper thread and deliver its progress from this one, each step

@@ -28,7 +28,9 @@ def _app(argv: list[str] | None = None):
     return app
 
 
-def _window(demo: bool, model: str | None, project: str | None = None):
+def _window(demo: bool, model: str | None, project: str | None = None, *,
+            remote: str | None = None, remote_model: str | None = None,
+            remote_key: str | None = None):  # fmt: skip
     from .main_window import MainWindow
     from .theme import apply_theme
 
@@ -46,10 +48,12 @@ def _window(demo: bool, model: str | None, project: str | None = None):
         model = str(demo_model_dir())
     from app.settings import load_ui_settings
 
-    if not model and not demo:
+    if not model and not demo and not remote:
         last = load_ui_settings().get("last_model")
         model = last if last and Path(last).exists() else None
-    if model:
+    if remote:  # only when asked for: nothing leaves the machine otherwise
+        win.load_remote(remote, remote_model or "", remote_key)
+    elif model:
         win.load_model(model)
     elif not project:
         win.show_view("Models")
@@ -65,13 +69,16 @@ def _window(demo: bool, model: str | None, project: str | None = None):
 
 
 def run_app(*, demo: bool = False, model: str | None = None, project: str | None = None,
-            qt_args: list[str] | None = None) -> int:  # fmt: skip
-    """Open the window (on the demo model, or `model`; on `project` in Agent) and run until it
-    closes. `qt_args` are Qt's own options (-platform, -style, …) for QApplication."""
+            remote: str | None = None, remote_model: str | None = None,
+            remote_key: str | None = None, qt_args: list[str] | None = None) -> int:  # fmt: skip
+    """Open the window (on the demo model, or `model`, or the model `remote_model` of the
+    OpenAI-compatible server at `remote`; on `project` in Agent) and run until it closes.
+    `qt_args` are Qt's own options (-platform, -style, …) for QApplication."""
     from .doctor_dialog import maybe_run_doctor
 
     app = _app([sys.argv[0], *(qt_args or [])])
-    win = _window(demo, model, project)
+    win = _window(demo, model, project, remote=remote, remote_model=remote_model,
+                  remote_key=remote_key)  # fmt: skip
     win.show()
     maybe_run_doctor(win)  # first launch and after an upgrade; failures open a dialog
     return int(app.exec())

@@ -160,6 +160,7 @@ class ChatView(QWidget):
         self.dark = dark
         self.engine: Backend | None = None  # the loaded model
         self._context_tokens = 0
+        self._remote: str | None = None  # the server's URL when the model runs elsewhere
         self.model_name = ""
         self.thread_id: str | None = None
         self.history: list[dict[str, Any]] = []
@@ -435,6 +436,7 @@ class ChatView(QWidget):
         self.model_name = model_name
         # Read once: a reply that ends after the model is unloaded still shows its footer.
         self._context_tokens = engine.info.context_tokens if engine is not None else 0
+        self._remote = engine.info.remote if engine is not None else None
 
     @property
     def busy(self) -> bool:
@@ -555,6 +557,8 @@ class ChatView(QWidget):
             if u.draft_tokens:  # speculative decoding: how many drafts the model kept
                 footer += f" · drafts {u.draft_accepted}/{u.draft_tokens}"
             self.stats.setText(footer)
+        if self._remote and reason != "error":  # which replies left the machine, kept with them
+            footer = (footer + f" · remote: {self.model_name} at {self._remote}").strip(" ·")
         if reason == "cancelled":
             footer = (footer + " · stopped").strip(" ·")
         elif reason == "error":

@@ -265,6 +265,13 @@ class LocateView(QWidget):
             return
         if self.task is not None and self.task.running:
             return
+        info = self.engine.info
+        if not info.images:  # a remote model that may not read images says so itself, on trying
+            self.message_for_user.emit(
+                f"The loaded model ({info.name}) does not read images: load a vision model "
+                "(Qwen3.6 with its vision weights) to locate things."
+            )
+            return
         req = self.request(query)
         engine = self.engine
         holder: dict[str, Any] = {}

@@ -26,9 +26,19 @@ def open_window(args: Any) -> int:
         for p in ui.render_screenshots(args.screenshot, demo=args.demo, model=args.window_model):
             print(p)
         return 0
-    return int(ui.run_app(demo=args.demo, model=args.window_model,
-                          project=getattr(args, "window_project", None),
-                          qt_args=getattr(args, "qt_args", None)))  # fmt: skip
+    return int(ui.run_app(**window_options(args), qt_args=getattr(args, "qt_args", None)))
+
+
+def window_options(args: Any) -> dict[str, Any]:
+    """What the window opens on, from the parsed command line (`ui.run_app`'s keywords)."""
+    return {
+        "demo": bool(args.demo),
+        "model": args.window_model,
+        "project": getattr(args, "window_project", None),
+        "remote": getattr(args, "window_remote", None),
+        "remote_model": getattr(args, "window_remote_model", None),
+        "remote_key": getattr(args, "window_remote_key", None),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

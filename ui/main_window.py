@@ -85,9 +85,13 @@ def route_drop(paths: list[Path]) -> tuple[str, Path] | None:
 
 
 def _describe_model(backend: Backend, memory: int) -> str:
-    """The memory the loaded model takes (weights, context budget, margin) and its context."""
-    ctx = backend.info.context_tokens
+    """The memory the loaded model takes (weights, context budget, margin) and its context; for a
+    remote model, where it runs."""
+    info = backend.info
+    ctx = info.context_tokens
     parts = [f"{human_bytes(memory)} in memory"] if memory else []
+    if info.remote:
+        parts.append(f"Remote: {info.name} at {info.remote}")
     if ctx:
         parts.append(f"context {ctx // 1024}K" if ctx >= 4096 else f"context {ctx}")
     return " · ".join(parts)
@@ -127,6 +131,7 @@ class MainWindow(QMainWindow):
         self.engine: Backend | None = None  # the loaded model, as every view has it
         self.model_name = ""
         self.loading_path: str | None = None  # the model being loaded (None: no load)
+        self._loading_url = ""  # the server connected to, when loading_path is a remote model
         self.manager = manager or ModelManager()
         self.manager.add_listener(to_ui_thread(self._model_event, self))
 
@@ -195,6 +200,7 @@ class MainWindow(QMainWindow):
         self.sidebar.currentRowChanged.connect(self.stack.setCurrentIndex)
         self.sidebar.setCurrentRow(0)
         self.models.load_requested.connect(self.load_model)
+        self.models.remote_requested.connect(self.load_remote)
         self.models.models_listed.connect(lambda *_: self._fill_picker())
         self.model_path = ""
         self._hide_error = QTimer(self, singleShot=True, interval=12000)
@@ -338,7 +344,9 @@ class MainWindow(QMainWindow):
             self.model_picker.addItem("Choose a model…", "")
         seen = set()
         if self.model_path:
-            self.model_picker.addItem(f"{self.model_name}", self.model_path)
+            remote = self.engine is not None and self.engine.info.remote
+            self.model_picker.addItem(self.model_name + (" (remote)" if remote else ""),
+                                      self.model_path)  # fmt: skip
             seen.add(str(Path(self.model_path).resolve()))
         for m in self.models.models:
             key = str(Path(m.path).resolve())
@@ -447,14 +455,25 @@ class MainWindow(QMainWindow):
         self.server.set_engine(backend, name)
         self._set_label()
         self.model_info.setText(_describe_model(backend, memory) if backend is not None else "")
-        self.models.set_loaded(self.model_path or None, memory)
+        remote = backend.info.remote if backend is not None else None
+        self.model_info.setToolTip(
+            f"The model runs on {remote}: prompts, images and the files the agent reads are "
+            "sent there." if remote else ""
+        )  # fmt: skip
+        self.models.set_remote(remote, name)
+        self.models.set_loaded(None if remote else self.model_path or None, memory)
         self._fill_picker()
 
     def _set_label(self) -> None:
         if self.loading_path is not None:
-            self.model_label.setText(f"Loading {Path(self.loading_path).name}…")
+            if self.loading_path.startswith("remote:"):
+                self.model_label.setText(f"Connecting to {self._loading_url}…")
+            else:
+                self.model_label.setText(f"Loading {Path(self.loading_path).name}…")
+        elif self.engine is not None:
+            self.model_label.setText("Remote model:" if self.engine.info.remote else "Model:")
         else:
-            self.model_label.setText("Model:" if self.engine is not None else "No model loaded")
+            self.model_label.setText("No model loaded")
 
     def load_model(self, path: str) -> None:
         """Load in the background (the loaded model is unloaded first); Cancel stops the load."""
@@ -468,6 +487,21 @@ class MainWindow(QMainWindow):
         self._loading(True)
         self._set_label()
         self.manager.load(str(path), context_tokens=int(preference("context_tokens")))
+
+    def load_remote(self, url: str, model: str = "", api_key: str | None = None) -> None:
+        """Use the model of the OpenAI-compatible server at `url` (connecting in the background);
+        the loaded model stays until the server answers."""
+        if self.chat.busy:
+            self.show_message("Stop the reply before switching to another model.")
+            return
+        self._loading_url = url
+        self.models.remote_url.setText(url)  # where a failure's reason is shown, with the fields
+        self.models.remote_picker.setEditText(model)
+        self.models.remote_status.setText(f"Connecting to {url}…")
+        self.loading_path = self.manager.load_remote(url, api_key=api_key, model=model or None)
+        self.load_progress.setRange(0, 0)
+        self._loading(True)
+        self._set_label()
 
     def _loading(self, on: bool) -> None:
         # Widgets in a toolbar are shown and hidden through their actions.
@@ -491,7 +525,9 @@ class MainWindow(QMainWindow):
             if mine and isinstance(ev, ModelLoaded):
                 self.loading_path = None
                 self._loading(False)
-                if not self.demo:  # the next plain `locus` opens with this model again
+                if ev.info.remote:  # the Models view offers it again; never connected at start
+                    save_ui_settings({"remote_url": self._loading_url, "remote_model": ev.name})
+                elif not self.demo:  # the next plain `locus` opens with this model again
                     save_ui_settings({"last_model": ev.path})
             if m.backend is not self.engine or isinstance(ev, ModelLoaded):
                 self._show_backend(m.backend, m.name, m.path, m.memory_in_use)
@@ -501,7 +537,10 @@ class MainWindow(QMainWindow):
             self.loading_path = None
             self._loading(False)
             self._set_label()
-            if isinstance(ev, LoadingFailed):
+            if isinstance(ev, LoadingFailed) and ev.path.startswith("remote:"):
+                self.models.remote_failed(ev.message, notify=False)
+                self.show_message(f"Could not use the remote model: {ev.message}")
+            elif isinstance(ev, LoadingFailed):
                 self.show_message(f"Could not load the model: {ev.message}")
 
     def closeEvent(self, event: QCloseEvent) -> None:

@@ -1,4 +1,5 @@
-"""Models: local models (size, fits in memory), recommended downloads with progress, token."""
+"""Models: local models (size, fits in memory), recommended downloads with progress, token, and a
+remote model server (URL, API key in the keychain, a model from its /v1/models)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from PySide6.QtCore import Signal
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
+    QComboBox,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -21,7 +23,8 @@ from PySide6.QtWidgets import (
 )
 
 from app import hub
-from app.settings import cache_dir
+from app.backends import remote_key_from_keyring, remote_models, save_remote_key
+from app.settings import cache_dir, load_ui_settings
 
 from .bridge import Task, run_in_background
 from .dialogs import confirm, machine_name
@@ -38,9 +41,13 @@ def human_bytes(n: float) -> str:
 
 
 class ModelsView(QWidget):
-    """Lists models; downloads, deletes and loads them through app.hub on workers."""
+    """Lists models; downloads, deletes and loads them through app.hub on workers; lists a remote
+    server's models (app.backends) and asks the window to use one."""
 
     load_requested = Signal(str)  # a model path for the window to load
+    # (url, model name or "", API key or None): the window uses that server's model
+    remote_requested = Signal(str, str, object)
+    remote_listed = Signal(int)  # the server answered /v1/models with this many models
     download_finished = Signal(str)  # "done", "paused", "cancelled" or "error"
     models_listed = Signal(int)
     message_for_user = Signal(str)
@@ -56,6 +63,9 @@ class ModelsView(QWidget):
         self.progress_interval = 0.2  # seconds between progress updates
         self.loaded_path: Path | None = None  # the window's model: marked, and never deleted
         self.memory_in_use = 0  # bytes the loaded model holds (free once it is unloaded)
+        self.remote_task: Task | None = None
+        # Keys typed this session, by URL: used even where the keychain cannot store them.
+        self._typed_keys: dict[str, str] = {}
         self._build()
 
     def _build(self) -> None:
@@ -136,6 +146,43 @@ class ModelsView(QWidget):
         tl.addWidget(self.token_state)
         lay.addWidget(tok)
         self._show_token_state()
+        lay.addWidget(self._build_remote())
+
+    def _build_remote(self) -> QGroupBox:
+        box = QGroupBox("Remote server (prompts, images and the agent's files are sent to it)")
+        rl = QVBoxLayout(box)
+        urow = QHBoxLayout()
+        saved = load_ui_settings()
+        self.remote_url = QLineEdit(str(saved.get("remote_url") or ""))
+        self.remote_url.setPlaceholderText("OpenAI-compatible base URL, e.g. http://host:8000/v1")
+        self.remote_url.textChanged.connect(lambda *_: self._show_key_state())
+        urow.addWidget(self.remote_url, 2)
+        self.remote_key = QLineEdit(echoMode=QLineEdit.EchoMode.Password)
+        self.remote_key.setToolTip("Sent as Authorization: Bearer; kept in the system keychain")
+        urow.addWidget(self.remote_key, 1)
+        self.forget_remote_key_button = QPushButton("Forget key")
+        self.forget_remote_key_button.clicked.connect(lambda *_: self.forget_remote_key())
+        urow.addWidget(self.forget_remote_key_button)
+        rl.addLayout(urow)
+        mrow = QHBoxLayout()
+        self.list_remote_button = QPushButton("List models")
+        self.list_remote_button.clicked.connect(lambda *_: self.list_remote_models())
+        mrow.addWidget(self.list_remote_button)
+        self.remote_picker = QComboBox(editable=True)
+        self.remote_picker.setMinimumContentsLength(24)
+        self.remote_picker.lineEdit().setPlaceholderText("the server's first model")
+        if saved.get("remote_model"):
+            self.remote_picker.setEditText(str(saved["remote_model"]))
+        mrow.addWidget(self.remote_picker, 1)
+        self.use_remote_button = QPushButton("Use")
+        self.use_remote_button.clicked.connect(lambda *_: self.use_remote())
+        mrow.addWidget(self.use_remote_button)
+        rl.addLayout(mrow)
+        self.remote_status = QLabel("Nothing is sent anywhere until you list or use a server.")
+        self.remote_status.setWordWrap(True)
+        rl.addWidget(self.remote_status)
+        self._show_key_state()
+        return box
 
     # -- local models -------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -313,6 +360,123 @@ class ModelsView(QWidget):
 
     def _show_token_state(self) -> None:
         self.token_state.setText("Token saved" if hub.get_token() else "No token")
+
+    # -- remote server ------------------------------------------------------------------------------
+    def _remote_url(self) -> str | None:
+        url = self.remote_url.text().strip()
+        if not url:
+            self.remote_status.setText("Type the server's URL first, e.g. http://host:8000/v1.")
+            self.message_for_user.emit("Type the remote server's URL first.")
+            return None
+        return url
+
+    def _api_key(self, url: str) -> str | None:
+        """The key to send to `url`: one just typed (saved to the keychain, then cleared from the
+        field), else one typed earlier this session, else the keychain's."""
+        typed = self.remote_key.text().strip()
+        if typed:
+            self._typed_keys[url] = typed
+            self.remote_key.clear()
+            try:
+                save_remote_key(url, typed)
+            except Exception as e:  # no keychain here: the key lasts for this session only
+                self.message_for_user.emit(f"The API key could not be saved in the keychain "
+                                           f"({type(e).__name__}); it is kept until Locus quits.")  # fmt: skip
+            self._show_key_state()
+            return typed
+        if url in self._typed_keys:
+            return self._typed_keys[url]
+        try:
+            return remote_key_from_keyring(url)
+        except Exception as e:
+            self.message_for_user.emit(str(e))
+            return None
+
+    def _stored_key(self, url: str) -> bool:
+        if not url:
+            return False
+        if url in self._typed_keys:
+            return True
+        try:
+            return bool(remote_key_from_keyring(url))
+        except Exception:
+            return False
+
+    def _show_key_state(self) -> None:
+        # The key is never shown back: only whether one is stored for this URL.
+        stored = self._stored_key(self.remote_url.text().strip())
+        self.remote_key.setPlaceholderText(
+            "API key saved (type to replace)" if stored else "API key (if the server needs one)"
+        )
+        self.forget_remote_key_button.setEnabled(stored)
+
+    def forget_remote_key(self) -> None:
+        """Remove the API key for the URL typed from the keychain (and from this session)."""
+        url = self.remote_url.text().strip()
+        if not url:
+            return
+        self._typed_keys.pop(url, None)
+        try:
+            save_remote_key(url, None)
+        except Exception as e:
+            self.message_for_user.emit(f"Could not remove the key from the keychain: {e}")
+        self._show_key_state()
+
+    def list_remote_models(self) -> None:
+        """Ask the server's /v1/models (on a worker) and fill the model picker."""
+        if self.remote_task is not None and self.remote_task.running:
+            return
+        url = self._remote_url()
+        if url is None:
+            return
+        key = self._api_key(url)
+        self.list_remote_button.setEnabled(False)
+        self.remote_status.setText(f"Asking {url} for its models…")
+        self.remote_task = run_in_background(
+            remote_models, url, api_key=key,
+            on_done=self._remote_listed, on_error=self._remote_list_failed,
+        )  # fmt: skip
+
+    def _remote_listed(self, names: list[str]) -> None:
+        self.list_remote_button.setEnabled(True)
+        typed = self.remote_picker.currentText().strip()
+        self.remote_picker.clear()
+        self.remote_picker.addItems(names)
+        if typed in names:
+            self.remote_picker.setCurrentText(typed)
+        self.remote_status.setText(
+            f"{len(names)} model(s) on the server: choose one and press Use."
+            if names else "The server lists no models: type the name it serves, or leave it "
+            "empty for its default."
+        )  # fmt: skip
+        self.remote_listed.emit(len(names))
+
+    def _remote_list_failed(self, message: str) -> None:
+        self.list_remote_button.setEnabled(True)
+        self.remote_failed(message)
+
+    def remote_failed(self, message: str, *, notify: bool = True) -> None:
+        """Show why the server could not be listed or used (with `notify`, in the window too)."""
+        self.remote_status.setText(f"Error: {message}")
+        if notify:
+            self.message_for_user.emit(f"Remote server: {message}")
+
+    def use_remote(self) -> None:
+        """Ask the window to use the chosen model of the server (it connects in the background)."""
+        url = self._remote_url()
+        if url is None:
+            return
+        key = self._api_key(url)
+        self.remote_requested.emit(url, self.remote_picker.currentText().strip(), key)
+
+    def set_remote(self, url: str | None, model: str = "") -> None:
+        """Show which remote model is in use (None: the model is not remote)."""
+        if url:
+            self.remote_url.setText(url)
+            self.remote_picker.setEditText(model)
+            self.remote_status.setText(f"In use: {model} at {url}.")
+        elif self.remote_status.text().startswith("In use"):
+            self.remote_status.setText("Not in use: the model runs on this machine.")
 
 
 def _copy(p: hub.DownloadProgress) -> Any:

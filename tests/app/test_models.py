@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -235,3 +237,67 @@ def test_unload_and_adopt(manager, tiny_dir):
     assert released(other)
     assert not manager.cancel()
     assert isinstance(rec.events[0], LoadingStarted)
+
+
+def _refused_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"  # nothing listens there any more
+
+
+def test_load_remote_keeps_the_local_model_until_the_server_answers(manager, tiny_dir):
+    from tests.fakeopenai import Fake, chunk, sse
+
+    fake = Fake(sse(chunk({"content": "Hi from afar."}), chunk(finish="stop")),
+                models={"data": [{"id": "first"}, {"id": "big", "max_model_len": 65536}]})  # fmt: skip
+    rec = Recorder()
+    manager.add_listener(rec)
+    try:
+        manager.load(str(tiny_dir("mlx", 4)), context_tokens=CTX)
+        rec.wait_for(ModelLoaded)
+        local = manager.backend
+
+        # A server that refuses the connection: the local model stays, the message says why.
+        refused = _refused_url()
+        path = manager.load_remote(refused)
+        failed = rec.wait_for(LoadingFailed)
+        assert failed.path == path == f"remote:{refused}"
+        assert "connection refused" in failed.message and refused in failed.message
+        assert manager.backend is local and not released(local) and manager.loading is None
+
+        # A server that connects but never answers: a cancel does not wait for its timeout.
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()
+            url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+            manager.load_remote(url, model="big")
+            rec.wait_for(LoadingStarted, 3)
+            t0 = time.monotonic()
+            assert manager.cancel()
+            assert rec.wait_for(LoadingCancelled).path == f"remote:{url}#big"
+            assert time.monotonic() - t0 < 5
+        assert manager.backend is local and not released(local)
+
+        # The real server: asked first, then the local model is unloaded and the remote one used.
+        path = manager.load_remote(fake.url, api_key="sk-test", model="big")
+        loaded = rec.wait_for(ModelLoaded, 2)
+        assert loaded.path == path == f"remote:{fake.url}#big" and loaded.name == "big"
+        assert loaded.info.remote == fake.url and loaded.info.context_tokens == 65536
+        assert loaded.memory == 0 and manager.memory_in_use == 0 and manager.name == "big"
+        assert released(local)
+        kinds = rec.kinds()
+        assert kinds[-3:] == ["LoadingStarted", "ModelUnloaded", "ModelLoaded"]
+        remote = manager.backend
+        from engine import GenerationRequest
+
+        result = remote.generate(GenerationRequest(messages=[{"role": "user", "content": "hi"}],
+                                                   max_tokens=20))  # fmt: skip
+        assert result.text == "Hi from afar."
+        sent = fake.posts()[-1]
+        assert sent["model"] == "big"
+        auth = [h.get("Authorization") for p, h, _ in fake.requests if p.endswith("/completions")]
+        assert auth == ["Bearer sk-test"]
+    finally:
+        manager.close()
+        fake.close()
