@@ -181,6 +181,21 @@ class ChatView(QWidget):
     # -- layout ---------------------------------------------------------------------------------
     def _build(self) -> None:
         split = QSplitter(self)
+        split.addWidget(self._build_list())
+        split.addWidget(self._build_transcript())
+        split.setSizes([220, 700])
+        # Escape stops a reply from anywhere in the view.
+        stop = QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.stop)
+        stop.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        delete = QShortcut(QKeySequence.StandardKey.Delete, self.conversations,
+                           lambda: self.delete_selected_conversation())  # fmt: skip
+        delete.setContext(Qt.ShortcutContext.WidgetShortcut)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(split)
+
+    def _build_list(self) -> QWidget:
+        """The conversation list: search, new, and the bar that undoes a delete."""
         left = QWidget()
         ll = QVBoxLayout(left)
         ll.setContentsMargins(0, 0, 0, 0)
@@ -212,8 +227,10 @@ class ChatView(QWidget):
         self.undo_bar.setVisible(False)
         ll.addWidget(self.undo_bar)
         self._deleted: tuple[Any, list[dict[str, Any]]] | None = None
-        split.addWidget(left)
+        return left
 
+    def _build_transcript(self) -> QWidget:
+        """The transcript, the profile and thinking controls, and the composer."""
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
@@ -261,17 +278,7 @@ class ChatView(QWidget):
             buttons.addWidget(b)
         composer.addLayout(buttons)
         rl.addLayout(composer)
-        split.addWidget(right)
-        split.setSizes([220, 700])
-        # Escape stops a reply from anywhere in the view.
-        stop = QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.stop)
-        stop.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-        delete = QShortcut(QKeySequence.StandardKey.Delete, self.conversations,
-                           lambda: self.delete_selected_conversation())  # fmt: skip
-        delete.setContext(Qt.ShortcutContext.WidgetShortcut)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(split)
+        return right
 
     # -- conversations ------------------------------------------------------------------------------
     def _write(self, fn: Any, *args: Any, **kwargs: Any) -> None:

@@ -134,7 +134,23 @@ class MainWindow(QMainWindow):
         self._loading_url = ""  # the server connected to, when loading_path is a remote model
         self.manager = manager or ModelManager()
         self.manager.add_listener(to_ui_thread(self._model_event, self))
+        self._build_toolbar()
+        self._build_body(dark, demo)
+        self.model_path = ""
+        self._hide_error = QTimer(self, singleShot=True, interval=12000)
+        self._hide_error.timeout.connect(lambda: self.error_banner.setVisible(False))
+        self.statusBar().showMessage("Drop a folder to start the agent, or an image to locate.")
+        self._build_menus()
+        self.apply_preferences()
+        self._fill_picker()
+        geometry = load_ui_settings().get("window_geometry")
+        if isinstance(geometry, str):
+            self.restoreGeometry(QByteArray.fromHex(geometry.encode()))
+        self._fit_screen()
+        QTimer.singleShot(0, self.models.refresh)  # the Models list is filled from the start
 
+    def _build_toolbar(self) -> None:
+        """The model label and picker, what is loaded, and the loading progress with Cancel."""
         tb = QToolBar("Main")
         tb.setMovable(False)
         self.model_label = QLabel("No model loaded")
@@ -160,6 +176,8 @@ class MainWindow(QMainWindow):
         self.addToolBar(tb)
         self._loading(False)
 
+    def _build_body(self, dark: bool, demo: bool) -> None:
+        """The banners, the sidebar and the five views."""
         central = QWidget()
         outer = QVBoxLayout(central)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -202,18 +220,6 @@ class MainWindow(QMainWindow):
         self.models.load_requested.connect(self.load_model)
         self.models.remote_requested.connect(self.load_remote)
         self.models.models_listed.connect(lambda *_: self._fill_picker())
-        self.model_path = ""
-        self._hide_error = QTimer(self, singleShot=True, interval=12000)
-        self._hide_error.timeout.connect(lambda: self.error_banner.setVisible(False))
-        self.statusBar().showMessage("Drop a folder to start the agent, or an image to locate.")
-        self._build_menus()
-        self.apply_preferences()
-        self._fill_picker()
-        geometry = load_ui_settings().get("window_geometry")
-        if isinstance(geometry, str):
-            self.restoreGeometry(QByteArray.fromHex(geometry.encode()))
-        self._fit_screen()
-        QTimer.singleShot(0, self.models.refresh)  # the Models list is filled from the start
 
     # -- menus --------------------------------------------------------------------------------------
     def _action(self, menu: Any, text: str, slot: Any, shortcut: Any = None,
