@@ -31,8 +31,13 @@ def open_local(
 
     eng = Engine(prompt_cache=prompt_cache, mtp=mtp)
     try:
-        eng.load(path, context_tokens=context_tokens, memory_check=memory_check,
-                 should_stop=should_stop, progress=progress)  # fmt: skip
+        eng.load(
+            path,
+            context_tokens=context_tokens,
+            memory_check=memory_check,
+            should_stop=should_stop,
+            progress=progress,
+        )
     except BaseException:
         eng.close()  # nothing half-loaded stays behind a cancelled or failed load
         raise
@@ -59,9 +64,7 @@ def remote_key_from_keyring(url: str) -> str | None:
     try:
         return keyring.get_password(KEYRING_SERVICE, remote_key_account(url)) or None
     except KeyringError as e:
-        raise EngineError(
-            f"could not read the remote server's API key from the keychain: {e}"
-        ) from e
+        raise EngineError(f"could not read the remote server's API key from the keychain: {e}") from e
 
 
 def save_remote_key(url: str, key: str | None) -> None:
@@ -98,8 +101,7 @@ def open_remote(
     its /v1/models now, so a wrong address or model fails here (EngineError naming it)."""
     from engine.remote import DEFAULT_TIMEOUT, RemoteBackend
 
-    backend = RemoteBackend(url, api_key=api_key, model=model,
-                            timeout=timeout or DEFAULT_TIMEOUT)  # fmt: skip
+    backend = RemoteBackend(url, api_key=api_key, model=model, timeout=timeout or DEFAULT_TIMEOUT)
     backend.info  # noqa: B018 (connects: errors surface now)
     return backend
 
@@ -111,9 +113,7 @@ def in_pipeline() -> bool:
     return pipeline_group() is not None
 
 
-def open_pipeline(
-    path: str, *, context_tokens: int, prompt_cache: PromptCache | None = None
-) -> Backend:
+def open_pipeline(path: str, *, context_tokens: int, prompt_cache: PromptCache | None = None) -> Backend:
     """This process's share of the model pipelined across the processes mlx.launch started.
 
     Rank 0 gets the backend to serve from; every other rank runs the requests rank 0 sends until
@@ -123,8 +123,7 @@ def open_pipeline(
     from engine import pipeline_group, serve_worker
 
     group = pipeline_group()
-    backend = open_share(path, group=group, context_tokens=context_tokens,
-                         prompt_cache=prompt_cache)  # fmt: skip
+    backend = open_share(path, group=group, context_tokens=context_tokens, prompt_cache=prompt_cache)
     if group.rank() > 0:
         raise SystemExit(serve_worker(backend))  # type: ignore[arg-type]
     _on_sigterm(backend)

@@ -34,29 +34,51 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--model", metavar="PATH", help="model directory or cached Hugging Face repo id")
     g.add_argument("--demo", action="store_true", help="use the tiny random demo model")
-    g.add_argument("--remote", metavar="URL",
-                   help="use the model of an OpenAI-compatible server instead of loading one "
-                   "here: its base URL, e.g. http://host:8000/v1 (vLLM, SGLang, llama-server, "
-                   "LM Studio, mlx_lm.server, another `locus serve`); prompts go to that server")  # fmt: skip
-    p.add_argument("--remote-model", metavar="NAME",
-                   help="with --remote: which of the server's /v1/models to use (default: the first)")  # fmt: skip
+    g.add_argument(
+        "--remote",
+        metavar="URL",
+        help="use the model of an OpenAI-compatible server instead of loading one "
+        "here: its base URL, e.g. http://host:8000/v1 (vLLM, SGLang, llama-server, "
+        "LM Studio, mlx_lm.server, another `locus serve`); prompts go to that server",
+    )
+    p.add_argument(
+        "--remote-model",
+        metavar="NAME",
+        help="with --remote: which of the server's /v1/models to use (default: the first)",
+    )
     keys = p.add_mutually_exclusive_group()
-    keys.add_argument("--remote-key-env", metavar="NAME",
-                      help="with --remote: send the API key held in environment variable NAME "
-                      "(as Authorization: Bearer)")  # fmt: skip
-    keys.add_argument("--remote-key-from-keyring", action="store_true",
-                      help="with --remote: send the API key stored in the OS keychain (service "
-                      "'locus', user 'remote:URL')")  # fmt: skip
-    p.add_argument("--context", type=int, default=None, metavar="N",
-                   help="longest conversation in tokens, reserved by the memory check (default "
-                   "32768; with --demo the model's whole 262144)")  # fmt: skip
-    p.add_argument("--no-memory-check", action="store_true",
-                   help="load even if the memory estimate says it will not fit")  # fmt: skip
-    p.add_argument("--no-prompt-cache", action="store_true",
-                   help="neither reuse nor save prompt-cache snapshots")  # fmt: skip
-    p.add_argument("--mtp", type=int, default=0, metavar="K",
-                   help="speculative decoding: draft K tokens (1-8) per step with the model's "
-                        "MTP head; same output, faster when drafts are accepted (default 0: off)")  # fmt: skip
+    keys.add_argument(
+        "--remote-key-env",
+        metavar="NAME",
+        help="with --remote: send the API key held in environment variable NAME (as Authorization: Bearer)",
+    )
+    keys.add_argument(
+        "--remote-key-from-keyring",
+        action="store_true",
+        help="with --remote: send the API key stored in the OS keychain (service 'locus', user 'remote:URL')",
+    )
+    p.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        metavar="N",
+        help="longest conversation in tokens, reserved by the memory check (default "
+        "32768; with --demo the model's whole 262144)",
+    )
+    p.add_argument(
+        "--no-memory-check", action="store_true", help="load even if the memory estimate says it will not fit"
+    )
+    p.add_argument(
+        "--no-prompt-cache", action="store_true", help="neither reuse nor save prompt-cache snapshots"
+    )
+    p.add_argument(
+        "--mtp",
+        type=int,
+        default=0,
+        metavar="K",
+        help="speculative decoding: draft K tokens (1-8) per step with the model's "
+        "MTP head; same output, faster when drafts are accepted (default 0: off)",
+    )
 
 
 def _add_sampling_args(
@@ -67,8 +89,7 @@ def _add_sampling_args(
     thinking: bool = True,
 ) -> None:
     """Sampling options; commands with other defaults say so through the help arguments."""
-    p.add_argument("--preset", choices=sorted(PRESETS),
-                   help=f"model-card sampling profile ({preset_help})")  # fmt: skip
+    p.add_argument("--preset", choices=sorted(PRESETS), help=f"model-card sampling profile ({preset_help})")
     p.add_argument("--temperature", type=float, metavar="T", help="0 = greedy")
     p.add_argument("--top-p", type=float, metavar="P")
     p.add_argument("--top-k", type=int, metavar="K", help="0 disables")
@@ -78,21 +99,31 @@ def _add_sampling_args(
     p.add_argument("--repetition-penalty", type=float, metavar="X")
     p.add_argument("--seed", type=int, metavar="S")
     p.add_argument("--max-tokens", type=int, default=2048, metavar="N", help=max_tokens_help)
-    p.add_argument(
-        "--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)"
-    )
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
     if thinking:
-        p.add_argument(
-            "--no-thinking", action="store_true", help="answer without a reasoning block"
-        )
+        p.add_argument("--no-thinking", action="store_true", help="answer without a reasoning block")
     else:
         p.set_defaults(no_thinking=True)
 
 
 # Qt's standard options (QApplication/QGuiApplication): passed through to the window.
-_QT_VALUE_OPTIONS = {"-platform", "-platformpluginpath", "-platformtheme", "-plugin", "-style",
-                     "-stylesheet", "-session", "-qwindowgeometry", "-qwindowicon",
-                     "-qwindowtitle", "-display", "-geometry", "-title", "-name", "-widgetcount"}  # fmt: skip
+_QT_VALUE_OPTIONS = {
+    "-platform",
+    "-platformpluginpath",
+    "-platformtheme",
+    "-plugin",
+    "-style",
+    "-stylesheet",
+    "-session",
+    "-qwindowgeometry",
+    "-qwindowicon",
+    "-qwindowtitle",
+    "-display",
+    "-geometry",
+    "-title",
+    "-name",
+    "-widgetcount",
+}
 _QT_FLAG_OPTIONS = {"-reverse", "-nograb", "-dograb", "-sync", "-testability"}
 
 
@@ -119,72 +150,20 @@ def split_qt_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="locus",
-        usage="locus [-h] [--demo | --model PATH | --remote URL] [--screenshot DIR] "
-        "[DIR | COMMAND ...]",
+        usage="locus [-h] [--demo | --model PATH | --remote URL] [--screenshot DIR] [DIR | COMMAND ...]",
         description="Run Qwen3.6-35B-A3B (and other MLX models) locally. With no command, open "
         "the window; `locus DIR` opens it on that project folder in the Agent view. Qt's own "
         "options (-platform NAME, -style NAME, …) are passed to the window.",
         epilog="Run `locus COMMAND --help` for a command's options.",
     )
-    parser.add_argument("--demo", action="store_true",
-                        help="open the window on the tiny random demo model (no download needed)")  # fmt: skip
-    parser.add_argument("--model", dest="window_model", metavar="PATH",
-                        help="open the window with this model loaded")  # fmt: skip
-    parser.add_argument("--remote", dest="window_remote", metavar="URL",
-                        help="open the window on the model of this OpenAI-compatible server (its "
-                        "base URL, e.g. http://host:8000/v1); prompts go to that server. The API "
-                        "key is the one saved for URL in the keychain (Models → Remote server)")  # fmt: skip
-    parser.add_argument("--remote-model", dest="window_remote_model", metavar="NAME",
-                        help="with --remote: which of the server's /v1/models to use (default: "
-                        "the first)")  # fmt: skip
-    parser.add_argument("--remote-key-env", dest="window_remote_key_env", metavar="NAME",
-                        help="with --remote: send the API key held in environment variable NAME "
-                        "instead of the keychain's")  # fmt: skip
-    parser.add_argument("--screenshot", metavar="DIR",
-                        help="render each view of the window to DIR/<view>.png and exit")  # fmt: skip
+    _add_window_args(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    g = sub.add_parser("generate", help="generate from a prompt and stream the output")
-    _add_model_args(g)
-    src = g.add_mutually_exclusive_group()
-    src.add_argument(
-        "--prompt",
-        metavar="TEXT",
-        help="the user message (or raw text with --no-chat-template); '-' reads stdin",
-    )
-    src.add_argument(
-        "--prompt-ids", metavar="IDS", help="raw token ids, comma-separated; skips the template"
-    )
-    g.add_argument("--system", metavar="TEXT", help="system prompt")
-    g.add_argument("--image", action="append", default=[], metavar="PATH",
-                   help="an image before the prompt text (repeatable; needs a vision checkpoint)")  # fmt: skip
-    g.add_argument("--no-chat-template", action="store_true", help="feed --prompt as raw text")
-    g.add_argument("--json", action="store_true", help="one JSON object per event per line")
-    _add_sampling_args(g)
-
-    c = sub.add_parser(
-        "chat", help="chat in the terminal (Ctrl-C stops a reply, /reset, /think on|off)"
-    )
+    _add_generate_parser(sub)
+    c = sub.add_parser("chat", help="chat in the terminal (Ctrl-C stops a reply, /reset, /think on|off)")
     _add_model_args(c)
     c.add_argument("--system", metavar="TEXT", help="system prompt")
     _add_sampling_args(c)
-
-    v = sub.add_parser(
-        "convert", help="convert an HF Qwen3.5/3.6-MoE checkpoint to MLX (quantized)"
-    )
-    v.add_argument("src", help="HF checkpoint directory (or cached repo id)")
-    v.add_argument("dst", help="new output directory")
-    v.add_argument(
-        "--bits", type=int, default=4, help="4 (default) or 8; router and shared gate stay 8-bit"
-    )
-    v.add_argument("--group-size", type=int, default=64)
-    v.add_argument("--no-quantize", action="store_true", help="keep the weights' precision")
-
-    d = sub.add_parser("doctor", help="check this machine (Metal, memory, git, sandbox, disk)")
-    d.add_argument("--json", action="store_true", help="print the checks as JSON")
-    d.add_argument("--quick", action="store_true", help="skip running the demo model")
-    d.add_argument("--sandbox-rules", action="store_true",
-                   help="also print what the agent's commands may read and write (for this folder)")  # fmt: skip
+    _add_tool_parsers(sub)
     # Commands with their own modules: each adds its parser and sets `handler`, importing heavy
     # dependencies (FastAPI, Qt) only when run.
     from . import cli_agent, cli_locate, cli_serve
@@ -194,22 +173,101 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_window_args(parser: argparse.ArgumentParser) -> None:
+    """The options of `locus` with no command (the window)."""
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="open the window on the tiny random demo model (no download needed)",
+    )
+    parser.add_argument(
+        "--model", dest="window_model", metavar="PATH", help="open the window with this model loaded"
+    )
+    parser.add_argument(
+        "--remote",
+        dest="window_remote",
+        metavar="URL",
+        help="open the window on the model of this OpenAI-compatible server (its "
+        "base URL, e.g. http://host:8000/v1); prompts go to that server. The API "
+        "key is the one saved for URL in the keychain (Models → Remote server)",
+    )
+    parser.add_argument(
+        "--remote-model",
+        dest="window_remote_model",
+        metavar="NAME",
+        help="with --remote: which of the server's /v1/models to use (default: the first)",
+    )
+    parser.add_argument(
+        "--remote-key-env",
+        dest="window_remote_key_env",
+        metavar="NAME",
+        help="with --remote: send the API key held in environment variable NAME instead of the keychain's",
+    )
+    parser.add_argument(
+        "--screenshot", metavar="DIR", help="render each view of the window to DIR/<view>.png and exit"
+    )
+
+
+def _add_generate_parser(sub: Any) -> None:
+    g = sub.add_parser("generate", help="generate from a prompt and stream the output")
+    _add_model_args(g)
+    src = g.add_mutually_exclusive_group()
+    src.add_argument(
+        "--prompt",
+        metavar="TEXT",
+        help="the user message (or raw text with --no-chat-template); '-' reads stdin",
+    )
+    src.add_argument("--prompt-ids", metavar="IDS", help="raw token ids, comma-separated; skips the template")
+    g.add_argument("--system", metavar="TEXT", help="system prompt")
+    g.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an image before the prompt text (repeatable; needs a vision checkpoint)",
+    )
+    g.add_argument("--no-chat-template", action="store_true", help="feed --prompt as raw text")
+    g.add_argument("--json", action="store_true", help="one JSON object per event per line")
+    _add_sampling_args(g)
+
+
+def _add_tool_parsers(sub: Any) -> None:
+    """`locus convert` and `locus doctor`."""
+    v = sub.add_parser("convert", help="convert an HF Qwen3.5/3.6-MoE checkpoint to MLX (quantized)")
+    v.add_argument("src", help="HF checkpoint directory (or cached repo id)")
+    v.add_argument("dst", help="new output directory")
+    v.add_argument("--bits", type=int, default=4, help="4 (default) or 8; router and shared gate stay 8-bit")
+    v.add_argument("--group-size", type=int, default=64)
+    v.add_argument("--no-quantize", action="store_true", help="keep the weights' precision")
+
+    d = sub.add_parser("doctor", help="check this machine (Metal, memory, git, sandbox, disk)")
+    d.add_argument("--json", action="store_true", help="print the checks as JSON")
+    d.add_argument("--quick", action="store_true", help="skip running the demo model")
+    d.add_argument(
+        "--sandbox-rules",
+        action="store_true",
+        help="also print what the agent's commands may read and write (for this folder)",
+    )
+
+
 def _sampling(args: argparse.Namespace) -> SamplingParams:
     name = args.preset or ("instruct" if args.no_thinking else "thinking")
     return PRESETS[name].with_(
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
-        presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
-    )  # fmt: skip
+    )
 
 
 def _model_path(args: argparse.Namespace) -> str:
     if getattr(args, "demo", False) or not args.model:
         if not getattr(args, "demo", False):
-            raise EngineError(
-                "no model given: use --model PATH, or --demo for the tiny random model"
-            )
+            raise EngineError("no model given: use --model PATH, or --demo for the tiny random model")
         from .demo import DEMO_NOTICE, demo_model_dir
 
         print(DEMO_NOTICE, file=sys.stderr)
@@ -244,8 +302,10 @@ def _remote_key(args: argparse.Namespace) -> str | None:
     if getattr(args, "remote_key_from_keyring", False):
         key = remote_key_from_keyring(args.remote)
         if not key:
-            raise EngineError(f"no API key for {args.remote} in the OS keychain (service "
-                              f"'locus', user 'remote:{args.remote.rstrip('/')}')")  # fmt: skip
+            raise EngineError(
+                f"no API key for {args.remote} in the OS keychain (service "
+                f"'locus', user 'remote:{args.remote.rstrip('/')}')"
+            )
         return key
     return None
 
@@ -259,23 +319,27 @@ def open_backend(args: argparse.Namespace) -> Backend:
     if getattr(args, "remote", None):
         if getattr(args, "mtp", 0):
             raise EngineError("--mtp applies to a model loaded here, not to --remote")
-        print(
-            f"Connecting to the remote model server at {args.remote}…", file=sys.stderr, flush=True
-        )
+        print(f"Connecting to the remote model server at {args.remote}…", file=sys.stderr, flush=True)
         backend = open_remote(args.remote, api_key=_remote_key(args), model=args.remote_model)
-        print(f"Using the remote model {backend.info.name} at {args.remote} (prompts and replies "
-              "go through that server)", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"Using the remote model {backend.info.name} at {args.remote} (prompts and replies "
+            "go through that server)",
+            file=sys.stderr,
+            flush=True,
+        )
         return backend
     for opt in ("remote_model", "remote_key_env", "remote_key_from_keyring"):
         if getattr(args, opt, None):
             raise EngineError(f"--{opt.replace('_', '-')} goes with --remote URL")
     path = _model_path(args)
     info = inspect_checkpoint(path)
-    print(f"Loading {info.path.name} ({info.file_bytes / 1e9:.2f} GB, {info.layout} layout)…",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"Loading {info.path.name} ({info.file_bytes / 1e9:.2f} GB, {info.layout} layout)…",
+        file=sys.stderr,
+        flush=True,
+    )
     if in_pipeline():  # started by mlx.launch: this process holds a share of the layers
-        return open_pipeline(str(path), context_tokens=context_of(args),
-                             prompt_cache=_prompt_cache(args))  # fmt: skip
+        return open_pipeline(str(path), context_tokens=context_of(args), prompt_cache=_prompt_cache(args))
     return open_local(
         str(path),
         context_tokens=context_of(args),
@@ -299,9 +363,11 @@ def _read_prompt(args: argparse.Namespace) -> GenerationRequest:
     from engine import GenerationRequest
 
     common: dict[str, Any] = dict(
-        sampling=_sampling(args), max_tokens=args.max_tokens, stop=args.stop,
+        sampling=_sampling(args),
+        max_tokens=args.max_tokens,
+        stop=args.stop,
         enable_thinking=not args.no_thinking,
-    )  # fmt: skip
+    )
     if args.prompt_ids is not None:
         try:
             ids = [int(x) for x in args.prompt_ids.replace(" ", "").split(",") if x]
@@ -358,18 +424,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
             if isinstance(ev, TextDelta):
                 sys.stdout.write(ev.text)
             elif isinstance(ev, ToolCall):
-                sys.stdout.write(
-                    f"\n[tool call] {ev.name} {json.dumps(ev.arguments, ensure_ascii=False)}\n"
-                )
+                sys.stdout.write(f"\n[tool call] {ev.name} {json.dumps(ev.arguments, ensure_ascii=False)}\n")
             elif isinstance(ev, ToolCallError):
                 sys.stdout.write(f"\n[malformed tool call] {ev.message}\n{ev.raw}\n")
             elif isinstance(ev, Usage):
                 u = ev
-                print(f"\n[{u.prompt_tokens} prompt tokens at {u.prompt_tps:.1f} tok/s, "
-                      f"{u.completion_tokens} generated at {u.generation_tps:.1f} tok/s, "
-                      f"peak {u.peak_memory_gb:.2f} GB"
-                      + (f", MTP drafts {u.draft_accepted}/{u.draft_tokens} accepted"
-                         if u.draft_tokens else "") + "]", file=sys.stderr)  # fmt: skip
+                print(
+                    f"\n[{u.prompt_tokens} prompt tokens at {u.prompt_tps:.1f} tok/s, "
+                    f"{u.completion_tokens} generated at {u.generation_tps:.1f} tok/s, "
+                    f"peak {u.peak_memory_gb:.2f} GB"
+                    + (f", MTP drafts {u.draft_accepted}/{u.draft_tokens} accepted" if u.draft_tokens else "")
+                    + "]",
+                    file=sys.stderr,
+                )
             elif isinstance(ev, Done):
                 done = ev
             sys.stdout.flush()
@@ -435,21 +502,20 @@ def cmd_window(args: argparse.Namespace) -> int:
     """No command: open the desktop window (or render its views to PNG with --screenshot)
     through `args.open_window`, which the `locus` entry point (ui/main.py) supplies: app/ never
     imports ui/ (ui → app → engine)."""
-    platform_given = any(a.split("=", 1)[0] in ("-platform", "--platform")
-                         for a in getattr(args, "qt_args", None) or [])  # fmt: skip
+    platform_given = any(
+        a.split("=", 1)[0] in ("-platform", "--platform") for a in getattr(args, "qt_args", None) or []
+    )
     headless = sys.platform.startswith("linux") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or platform_given
     )
     remote = getattr(args, "window_remote", None)
     if remote and (args.demo or args.window_model):
-        raise EngineError("--remote URL opens the window on a server's model: leave out "
-                          "--demo and --model")  # fmt: skip
+        raise EngineError("--remote URL opens the window on a server's model: leave out --demo and --model")
     for opt in ("window_remote_model", "window_remote_key_env"):
         if getattr(args, opt, None) and not remote:
             raise EngineError(f"--{opt[len('window_') :].replace('_', '-')} goes with --remote URL")
     if remote and args.screenshot:
-        raise EngineError("--screenshot renders the window on the demo model or --model PATH, "
-                          "not --remote")  # fmt: skip
+        raise EngineError("--screenshot renders the window on the demo model or --model PATH, not --remote")
     if headless and args.screenshot:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     elif headless and not os.environ.get("QT_QPA_PLATFORM"):
@@ -459,14 +525,19 @@ def cmd_window(args: argparse.Namespace) -> int:
                 "no display to open the window on: use `locus --demo` or `locus chat --model PATH` "
                 "for the terminal chat, or `locus --demo --screenshot DIR` to render the window"
             )
-        print("locus: no display to open the window on; starting the terminal chat instead "
-              "(`locus --demo --screenshot DIR` renders the window to PNG).", file=sys.stderr)  # fmt: skip
+        print(
+            "locus: no display to open the window on; starting the terminal chat instead "
+            "(`locus --demo --screenshot DIR` renders the window to PNG).",
+            file=sys.stderr,
+        )
         return cmd_chat(build_parser().parse_args(["chat", *_window_model_args(args)]))
     args.window_remote_key = _window_remote_key(args) if remote else None
     open_window = getattr(args, "open_window", None)
     if open_window is None:
-        raise EngineError("the window is opened by the `locus` command (python -m ui.main); "
-                          "`python -m app.cli` runs the other commands")  # fmt: skip
+        raise EngineError(
+            "the window is opened by the `locus` command (python -m ui.main); "
+            "`python -m app.cli` runs the other commands"
+        )
     if args.demo:
         print(_demo_notice(), file=sys.stderr)
     if not args.screenshot:
@@ -516,9 +587,7 @@ def _demo_notice() -> str:
     return DEMO_NOTICE
 
 
-def _split_project(
-    parser: argparse.ArgumentParser, argv: list[str]
-) -> tuple[list[str], str | None]:
+def _split_project(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], str | None]:
     """`locus [options] DIR`: take a folder argument out before argparse sees it as a command."""
     choices: set[str] = set()
     for act in parser._actions:  # the subcommands' names
@@ -537,14 +606,13 @@ def _split_project(
             return argv, None
         if os.path.isdir(a):
             return argv[:i] + argv[i + 1 :], a
-        parser.error(f"{a!r} is neither a project folder nor a command "
-                     f"(choose from {', '.join(sorted(choices))})")  # fmt: skip
+        parser.error(
+            f"{a!r} is neither a project folder nor a command (choose from {', '.join(sorted(choices))})"
+        )
     return argv, None
 
 
-def main(
-    argv: Sequence[str] | None = None, *, open_window: Callable[[Any], int] | None = None
-) -> int:
+def main(argv: Sequence[str] | None = None, *, open_window: Callable[[Any], int] | None = None) -> int:
     """The command line. `open_window(args)` opens the window when no command is given (the
     `locus` entry point in ui/main.py passes it; without it only the commands run)."""
     parser = build_parser()
@@ -563,8 +631,7 @@ def main(
         handler = getattr(args, "handler", None)
         if handler is not None:
             return handler(args)
-        commands = {"generate": cmd_generate, "chat": cmd_chat, "convert": cmd_convert,
-                    "doctor": cmd_doctor}  # fmt: skip
+        commands = {"generate": cmd_generate, "chat": cmd_chat, "convert": cmd_convert, "doctor": cmd_doctor}
         return commands[args.command](args)
     except EngineError as e:
         print(f"locus: error: {e}", file=sys.stderr)

@@ -38,30 +38,51 @@ def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) 
     p.add_argument("project", metavar="DIR", help="the project directory")
     p.add_argument("task", nargs="?", help="what to do (omit with --undo, --diff, --runs)")
     add_model_args(p)
-    p.add_argument("--replay", metavar="FILE",
-                   help="take the model's outputs from a JSONL file (one raw output per line)")  # fmt: skip
+    p.add_argument(
+        "--replay",
+        metavar="FILE",
+        help="take the model's outputs from a JSONL file (one raw output per line)",
+    )
     p.add_argument("--yes", "-y", action="store_true", help="approve every edit and command")
-    p.add_argument("--allow", action="append", default=[], metavar="PREFIX",
-                   help="approve commands starting with PREFIX, e.g. 'pytest' (repeatable)")  # fmt: skip
-    p.add_argument("--max-steps", type=int, default=40, metavar="N",
-                   help="model turns before stopping (default 40)")  # fmt: skip
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="approve commands starting with PREFIX, e.g. 'pytest' (repeatable)",
+    )
+    p.add_argument(
+        "--max-steps", type=int, default=40, metavar="N", help="model turns before stopping (default 40)"
+    )
     p.add_argument("--token-budget", type=int, metavar="N", help="stop after N generated tokens")
-    p.add_argument("--allow-network", action="store_true",
-                   help="let sandboxed commands use the network")  # fmt: skip
-    p.add_argument("--no-sandbox", action="store_true",
-                   help="run commands without bwrap/sandbox-exec, with your full permissions "
-                        "(--yes and --allow then cover them)")  # fmt: skip
-    p.add_argument("--require-sandbox", action="store_true",
-                   help="refuse every command when no working sandbox is found (also the "
-                        "require_sandbox setting)")  # fmt: skip
-    p.add_argument("--env", action="append", default=[], metavar="NAME",
-                   help="pass environment variable NAME to commands (repeatable; the rest of the "
-                        "environment stays out except PATH, HOME, LANG, LC_*, TERM, TMPDIR, USER, "
-                        "LOGNAME, SHELL and toolchain locations)")  # fmt: skip
+    p.add_argument("--allow-network", action="store_true", help="let sandboxed commands use the network")
+    p.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="run commands without bwrap/sandbox-exec, with your full permissions "
+        "(--yes and --allow then cover them)",
+    )
+    p.add_argument(
+        "--require-sandbox",
+        action="store_true",
+        help="refuse every command when no working sandbox is found (also the require_sandbox setting)",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass environment variable NAME to commands (repeatable; the rest of the "
+        "environment stays out except PATH, HOME, LANG, LC_*, TERM, TMPDIR, USER, "
+        "LOGNAME, SHELL and toolchain locations)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per event per line")
-    p.add_argument("--resume", metavar="RUN",
-                   help="continue a stored run ('last' for this project's newest); TASK is an "
-                        "optional follow-up message")  # fmt: skip
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue a stored run ('last' for this project's newest); TASK is an "
+        "optional follow-up message",
+    )
     p.add_argument("--undo", action="store_true", help="undo the agent's last step(s)")
     p.add_argument("--steps", type=int, default=1, metavar="N", help="with --undo/--diff: N steps")
     p.add_argument("--diff", action="store_true", help="show the diff of the last step(s)")
@@ -114,9 +135,17 @@ def _checkpoints(args: argparse.Namespace):
 def _undo(args: argparse.Namespace) -> int:
     res = _checkpoints(args).undo(args.steps)
     if args.json:
-        print(json.dumps({"type": "undo", "restored": res.restored, "replaced": res.replaced,
-                          "files": res.files,
-                          "steps": [{"id": c.id, "summary": c.summary} for c in res.steps]}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "type": "undo",
+                    "restored": res.restored,
+                    "replaced": res.replaced,
+                    "files": res.files,
+                    "steps": [{"id": c.id, "summary": c.summary} for c in res.steps],
+                }
+            )
+        )
         return 0
     for c in reversed(res.steps):
         print(f"undid step {c.id}: {c.summary}")
@@ -134,8 +163,17 @@ def _diff(args: argparse.Namespace) -> int:
     chosen = live[-args.steps :]
     if args.json:
         for c in chosen:
-            print(json.dumps({"type": "diff", "checkpoint": c.id, "summary": c.summary,
-                              "files": c.files, "patch": cps.step_diff(c)}))  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "type": "diff",
+                        "checkpoint": c.id,
+                        "summary": c.summary,
+                        "files": c.files,
+                        "patch": cps.step_diff(c),
+                    }
+                )
+            )
         return 0
     sys.stdout.write(cps.diff(chosen[0].before, chosen[-1].after))
     return 0
@@ -150,8 +188,7 @@ def _runs(args: argparse.Namespace) -> int:
         runs = store.runs(os.path.realpath(args.project))
     for r in runs:
         if args.json:
-            print(json.dumps({"id": r.id, "status": r.shown_status, "steps": r.steps,
-                              "task": r.task}))  # fmt: skip
+            print(json.dumps({"id": r.id, "status": r.shown_status, "steps": r.steps, "task": r.task}))
         else:
             first = (r.task.splitlines() or [""])[0][:60]
             print(f"{r.id}  {r.shown_status:<12} {r.steps:>3} steps  {first}")
@@ -178,8 +215,7 @@ def _backend(args: argparse.Namespace) -> tuple[ModelBackend, Backend | None]:
     if args.preset is None and not args.no_thinking:
         args.preset = "coding"  # Qwen3.6's card: thinking mode, precise coding
     engine = open_backend(args)
-    return EngineBackend(engine, sampling=_sampling(args),
-                         enable_thinking=not args.no_thinking), engine  # fmt: skip
+    return EngineBackend(engine, sampling=_sampling(args), enable_thinking=not args.no_thinking), engine
 
 
 def _run_agent(args: argparse.Namespace) -> int:
@@ -192,20 +228,24 @@ def _run_agent(args: argparse.Namespace) -> int:
     if args.max_steps < 1:
         raise AgentError("--max-steps must be at least 1")
     config = AgentConfig.from_settings(
-        max_steps=args.max_steps, token_budget=args.token_budget, max_turn_tokens=args.max_tokens,
-        context_tokens=args.context or 32768, allow_network=args.allow_network,
-        sandbox="none" if args.no_sandbox else "auto", env_allow=tuple(args.env),
-    )  # fmt: skip
+        max_steps=args.max_steps,
+        token_budget=args.token_budget,
+        max_turn_tokens=args.max_tokens,
+        context_tokens=args.context or 32768,
+        allow_network=args.allow_network,
+        sandbox="none" if args.no_sandbox else "auto",
+        env_allow=tuple(args.env),
+    )
     if args.require_sandbox:
         config.require_sandbox = True
     # A terminal is asked even with --yes: commands without a working sandbox need a person.
-    approvals = Approvals(ask=_ask_terminal if sys.stdin.isatty() else None, yes=args.yes,
-                          prefixes=list(args.allow))  # fmt: skip
+    approvals = Approvals(
+        ask=_ask_terminal if sys.stdin.isatty() else None, yes=args.yes, prefixes=list(args.allow)
+    )
     backend, engine = _backend(args)
     printer = _Printer(args.json)
     try:
-        agent = Agent(args.project, backend, approvals=approvals, config=config,
-                      on_event=printer)  # fmt: skip
+        agent = Agent(args.project, backend, approvals=approvals, config=config, on_event=printer)
         with agent:
             result: list[Any] = []
             errors: list[BaseException] = []
@@ -316,9 +356,7 @@ class _Printer:
             return
         d, t = ev.data, ev.type
         if t == "reasoning":
-            sys.stderr.write(
-                (DIM if self.color else "") + d["text"] + (RESET if self.color else "")
-            )
+            sys.stderr.write((DIM if self.color else "") + d["text"] + (RESET if self.color else ""))
             sys.stderr.flush()
             self._in_reasoning = True
             return

@@ -28,17 +28,22 @@ def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) 
     p.add_argument("image", metavar="IMAGE", help="image file (JPEG, PNG, WebP, GIF, BMP, TIFF)")
     p.add_argument("query", metavar="QUERY", help="what to find, e.g. 'cats, the red cup'")
     add_model_args(p)
-    p.add_argument("--out", metavar="PNG",
-                   help="annotated image to write (default: IMAGE_NAME.boxes.png here)")  # fmt: skip
+    p.add_argument(
+        "--out", metavar="PNG", help="annotated image to write (default: IMAGE_NAME.boxes.png here)"
+    )
     p.add_argument("--no-draw", action="store_true", help="do not write an annotated image")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the boxes as JSON")
     fmt.add_argument("--coco", action="store_true", help="print COCO-style detections")
     p.add_argument("--prompt", metavar="TEXT", help="use this prompt instead of the built one")
-    p.add_argument("--response", metavar="FILE",
-                   help="parse a saved model answer ('-' = stdin) instead of running the model")  # fmt: skip
-    add_sampling_args(p, preset_help="default: instruct; locate always answers without thinking",
-                      thinking=False)  # fmt: skip
+    p.add_argument(
+        "--response",
+        metavar="FILE",
+        help="parse a saved model answer ('-' = stdin) instead of running the model",
+    )
+    add_sampling_args(
+        p, preset_help="default: instruct; locate always answers without thinking", thinking=False
+    )
     p.set_defaults(handler=run, max_tokens=2048)
 
 
@@ -65,9 +70,13 @@ def _result(args: argparse.Namespace) -> Any:
     eng = open_backend(args)
     try:
         return locate(
-            eng, args.image, args.query, max_tokens=args.max_tokens, sampling=_sampling(args),
+            eng,
+            args.image,
+            args.query,
+            max_tokens=args.max_tokens,
+            sampling=_sampling(args),
             prompt=args.prompt,
-        )  # fmt: skip
+        )
     finally:
         eng.close()
 
@@ -95,20 +104,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"locus locate: {e}", file=sys.stderr)
         return 1
     if args.coco:
-        print(
-            json.dumps(to_coco(res.boxes, Path(args.image).name, res.width, res.height), indent=2)
-        )
+        print(json.dumps(to_coco(res.boxes, Path(args.image).name, res.width, res.height), indent=2))
     elif args.json:
-        doc = {"image": str(args.image), "width": res.width, "height": res.height,
-               "query": args.query, "boxes": to_json(res.boxes), "response": res.text}  # fmt: skip
+        doc = {
+            "image": str(args.image),
+            "width": res.width,
+            "height": res.height,
+            "query": args.query,
+            "boxes": to_json(res.boxes),
+            "response": res.text,
+        }
         print(json.dumps(doc, indent=2, ensure_ascii=False))
     else:
         for b in res.boxes:
             pt = f"  point ({b.point[0]:.0f}, {b.point[1]:.0f})" if b.point else ""
             print(f"{b.label}: ({b.x1:.0f}, {b.y1:.0f}) – ({b.x2:.0f}, {b.y2:.0f}){pt}")
     if not res.boxes:
-        print("The model found nothing it could box. Its answer was:\n" + res.text.strip()[:2000],
-              file=sys.stderr)  # fmt: skip
+        print(
+            "The model found nothing it could box. Its answer was:\n" + res.text.strip()[:2000],
+            file=sys.stderr,
+        )
     if out is not None:
         print(f"Wrote {out}", file=sys.stderr)
     return 0

@@ -12,12 +12,9 @@ from engine import PRESETS
 
 def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) -> None:
     """Register `locus serve` on the subparsers `sub`."""
-    from app.server.config import DEFAULT_HOST, DEFAULT_PORT
-
     p = sub.add_parser(
         "serve",
-        help="serve the model over Anthropic's Messages and OpenAI's chat completions and "
-        "Responses APIs",
+        help="serve the model over Anthropic's Messages and OpenAI's chat completions and Responses APIs",
         description=(
             "Serve the model on this machine for Claude Code, Codex-style clients, the anthropic "
             "and openai SDKs and other tools: POST /v1/messages, /v1/messages/count_tokens, "
@@ -27,41 +24,98 @@ def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) 
         ),
     )
     add_model_args(p)
-    p.add_argument("--host", default=DEFAULT_HOST,
-                   help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")  # fmt: skip
+    _add_access_args(p)
+    _add_limit_args(p)
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="sampling profile for requests that set none (default: thinking when "
+        "the request thinks, instruct otherwise)",
+    )
+    p.add_argument("--model-name", metavar="NAME", help="name listed by /v1/models")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--hosts",
+        metavar="HOSTFILE",
+        help="run one model across several Macs: mlx.launch's JSON hostfile (ssh name "
+        "and ring IPs of each Mac, this one first); rank 0 serves, the others hold "
+        "the rest of the layers. The model path must be the same on every Mac",
+    )
+    p.set_defaults(handler=run)
+
+
+def _add_access_args(p: Any) -> None:
+    """Who may call the server: address, port, API key, origins and host names."""
+    from app.server.config import DEFAULT_HOST, DEFAULT_PORT
+
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default {DEFAULT_HOST}: this machine only)",
+    )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
     keys = p.add_mutually_exclusive_group()
-    keys.add_argument("--api-key-from-keyring", action="store_true",
-                      help="require the API key stored in the OS keychain (service 'locus', user "
-                      "'api-key') as x-api-key or Authorization: Bearer")  # fmt: skip
-    keys.add_argument("--api-key-file", metavar="PATH",
-                      help="require the API key held in PATH, a file only you can read (chmod "
-                      "600); without either option the key in LOCUS_API_KEY is required if set "
-                      "(for machines without a keychain, e.g. headless Linux)")  # fmt: skip
-    p.add_argument("--max-queue", type=int, default=32, metavar="N",
-                   help="requests allowed to wait for the model; more get 'overloaded' (default 32)")  # fmt: skip
-    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
-                   help="browser origin allowed to call the API, e.g. http://localhost:3000 "
-                   "(repeatable; '*' allows any)")  # fmt: skip
-    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                   help="extra Host header name to accept besides loopback names (repeatable)")  # fmt: skip
-    p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="sampling profile for requests that set none (default: thinking when "
-                   "the request thinks, instruct otherwise)")  # fmt: skip
-    p.add_argument("--model-name", metavar="NAME", help="name listed by /v1/models")
-    p.add_argument("--max-body-mb", type=float, default=32.0, metavar="MB",
-                   help="largest request body accepted (default 32 MB)")  # fmt: skip
-    p.add_argument("--max-connections", type=int, default=1000, metavar="N",
-                   help="connections open at once; at the limit the one idle longest is closed "
-                   "(default 1000, fewer if the open-file limit is lower)")  # fmt: skip
-    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
-                   help="seconds a connection has to send a request's headers (default 10)")  # fmt: skip
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--hosts", metavar="HOSTFILE",
-                   help="run one model across several Macs: mlx.launch's JSON hostfile (ssh name "
-                   "and ring IPs of each Mac, this one first); rank 0 serves, the others hold "
-                   "the rest of the layers. The model path must be the same on every Mac")  # fmt: skip
-    p.set_defaults(handler=run)
+    keys.add_argument(
+        "--api-key-from-keyring",
+        action="store_true",
+        help="require the API key stored in the OS keychain (service 'locus', user "
+        "'api-key') as x-api-key or Authorization: Bearer",
+    )
+    keys.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="require the API key held in PATH, a file only you can read (chmod "
+        "600); without either option the key in LOCUS_API_KEY is required if set "
+        "(for machines without a keychain, e.g. headless Linux)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="browser origin allowed to call the API, e.g. http://localhost:3000 "
+        "(repeatable; '*' allows any)",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="extra Host header name to accept besides loopback names (repeatable)",
+    )
+
+
+def _add_limit_args(p: Any) -> None:
+    """How much the server takes: queue, body size, connections, header time."""
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=32,
+        metavar="N",
+        help="requests allowed to wait for the model; more get 'overloaded' (default 32)",
+    )
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=32.0,
+        metavar="MB",
+        help="largest request body accepted (default 32 MB)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="connections open at once; at the limit the one idle longest is closed "
+        "(default 1000, fewer if the open-file limit is lower)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds a connection has to send a request's headers (default 10)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -175,8 +229,11 @@ def run(args: argparse.Namespace) -> int:
     warning = exposure_warning(config)
     if warning:
         color = sys.stderr.isatty()
-        print(("\033[1;31m" if color else "") + warning + ("\033[0m" if color else ""),
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            ("\033[1;31m" if color else "") + warning + ("\033[0m" if color else ""),
+            file=sys.stderr,
+            flush=True,
+        )
     _log_to_stderr(config.log_level)
     backend = open_backend(args)
     try:
@@ -189,12 +246,16 @@ def run(args: argparse.Namespace) -> int:
         remote = backend.info.remote
         if remote:
             name += f" (a remote model, served by {remote})"
-        print(f"Serving {name} at {url}\n"
-              f"  Claude Code:  ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN="
-              f"{'<your key>' if config.api_key else 'locus'} ANTHROPIC_MODEL=qwen3.6 "
-              f"{compact}claude\n"
-              f"  OpenAI SDK:   base_url={url}/v1\n"
-              "Press Ctrl-C to stop.", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"Serving {name} at {url}\n"
+            f"  Claude Code:  ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN="
+            f"{'<your key>' if config.api_key else 'locus'} ANTHROPIC_MODEL=qwen3.6 "
+            f"{compact}claude\n"
+            f"  OpenAI SDK:   base_url={url}/v1\n"
+            "Press Ctrl-C to stop.",
+            file=sys.stderr,
+            flush=True,
+        )
         print(context_note(backend, config.context_tokens), file=sys.stderr, flush=True)
         server = make_server(app, config)
         try:
@@ -205,7 +266,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         backend.close()
     if not server.started:
-        print(f"locus serve: could not listen on {config.host}:{config.port} (in use?)",
-              file=sys.stderr)  # fmt: skip
+        print(f"locus serve: could not listen on {config.host}:{config.port} (in use?)", file=sys.stderr)
         return 1
     return 0

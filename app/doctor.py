@@ -44,8 +44,7 @@ def locus_version() -> str:
 
 def _run(argv: list[str], timeout: float = 10) -> tuple[int, str]:
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                           stdin=subprocess.DEVNULL)  # fmt: skip
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as e:
         return 127, str(e)
     return r.returncode, (r.stdout or r.stderr).strip()
@@ -70,16 +69,24 @@ def check_versions(*, system: str = sys.platform, mac_ver: str | None = None) ->
         mlx_lm_v = getattr(mlx_lm, "__version__", "?")
     except Exception as e:  # reported, not raised: the rest of the report still helps
         mlx_lm_v = f"not importable ({e})"
-    parts = [f"Locus {locus_version()}", f"Python {platform.python_version()}",
-             f"mlx {mx.__version__}", f"mlx-lm {mlx_lm_v}"]  # fmt: skip
+    parts = [
+        f"Locus {locus_version()}",
+        f"Python {platform.python_version()}",
+        f"mlx {mx.__version__}",
+        f"mlx-lm {mlx_lm_v}",
+    ]
     if system == "darwin":
         mac = mac_ver if mac_ver is not None else platform.mac_ver()[0]
         parts.append(f"macOS {mac or '?'}")
         if mac and _parse_version(mac)[:2] < MIN_MACOS:
             need = ".".join(map(str, MIN_MACOS))
-            return Check("versions", "fail", ", ".join(parts) + f": macOS {need} or newer is "
-                         "needed (MLX's Metal build does not load on older systems)",
-                         f"update macOS to {need} (Sonoma) or newer")  # fmt: skip
+            return Check(
+                "versions",
+                "fail",
+                ", ".join(parts) + f": macOS {need} or newer is "
+                "needed (MLX's Metal build does not load on older systems)",
+                f"update macOS to {need} (Sonoma) or newer",
+            )
     else:
         parts.append(f"{platform.system()} {platform.release()}")
     return Check("versions", "pass", ", ".join(parts))
@@ -96,24 +103,39 @@ def find_metallib() -> Path | None:
     return None
 
 
-def check_metal(*, system: str = sys.platform, metal_available: Callable[[], bool] | None = None,
-                metallib: Callable[[], Path | None] = find_metallib) -> Check:  # fmt: skip
+def check_metal(
+    *,
+    system: str = sys.platform,
+    metal_available: Callable[[], bool] | None = None,
+    metallib: Callable[[], Path | None] = find_metallib,
+) -> Check:
     """On a Mac: mlx.metallib present and Metal usable; elsewhere MLX runs on the CPU."""
     import mlx.core as mx
 
     available = (metal_available or mx.metal.is_available)()
     if system != "darwin":
-        return Check("metal", "pass", "not a Mac: MLX runs on the CPU backend "
-                     f"(Metal {'available' if available else 'not used'})")  # fmt: skip
+        return Check(
+            "metal",
+            "pass",
+            f"not a Mac: MLX runs on the CPU backend (Metal {'available' if available else 'not used'})",
+        )
     lib = metallib()
     if lib is None:
-        return Check("metal", "fail", "mlx.metallib was not found beside libmlx: MLX cannot "
-                     "run its GPU kernels", "reinstall Locus (or `pip install --force-reinstall "
-                     "mlx`); a custom build must ship mlx.metallib next to libmlx.dylib")  # fmt: skip
+        return Check(
+            "metal",
+            "fail",
+            "mlx.metallib was not found beside libmlx: MLX cannot run its GPU kernels",
+            "reinstall Locus (or `pip install --force-reinstall "
+            "mlx`); a custom build must ship mlx.metallib next to libmlx.dylib",
+        )
     if not available:
-        return Check("metal", "fail", f"Metal is not available (metallib {lib}): MLX would run "
-                     "on the CPU, far too slowly for a 35B model", "run Locus on an Apple "
-                     "Silicon Mac, not under Rosetta or in a VM without GPU access")  # fmt: skip
+        return Check(
+            "metal",
+            "fail",
+            f"Metal is not available (metallib {lib}): MLX would run "
+            "on the CPU, far too slowly for a 35B model",
+            "run Locus on an Apple Silicon Mac, not under Rosetta or in a VM without GPU access",
+        )
     return Check("metal", "pass", f"Metal available; metallib {lib}")
 
 
@@ -128,12 +150,20 @@ def check_matmul() -> Check:
     try:
         got = np.array(mx.matmul(mx.array(a), mx.array(b)))
     except Exception as e:
-        return Check("matmul", "fail", f"MLX failed a matmul on {dev}: {e}",
-                     "reinstall Locus; if it persists, report this line")  # fmt: skip
+        return Check(
+            "matmul",
+            "fail",
+            f"MLX failed a matmul on {dev}: {e}",
+            "reinstall Locus; if it persists, report this line",
+        )
     err = float(np.abs(got - a @ b).max())
     if not err < 1e-3:
-        return Check("matmul", "fail", f"MLX's matmul on {dev} is wrong (max error {err:.3g})",
-                     "update macOS and Locus; report this line if it persists")  # fmt: skip
+        return Check(
+            "matmul",
+            "fail",
+            f"MLX's matmul on {dev} is wrong (max error {err:.3g})",
+            "update macOS and Locus; report this line if it persists",
+        )
     return Check("matmul", "pass", f"64×48 @ 48×32 on {dev} matches numpy (max error {err:.1e})")
 
 
@@ -149,19 +179,33 @@ def check_demo_tokens(n: int = 4) -> Check:
         path = demo_model_dir()
         eng = open_local(str(path), context_tokens=32_768, prompt_cache=PromptCache(memory_bytes=0))
         try:
-            res = eng.submit(GenerationRequest(prompt_ids=[1, 2, 3], max_tokens=n,
-                                               sampling=SamplingParams(temperature=0.0),
-                                               use_cache=False)).result()  # fmt: skip
+            res = eng.submit(
+                GenerationRequest(
+                    prompt_ids=[1, 2, 3],
+                    max_tokens=n,
+                    sampling=SamplingParams(temperature=0.0),
+                    use_cache=False,
+                )
+            ).result()
         finally:
             eng.close()
     except Exception as e:
-        return Check("demo model", "fail", f"the demo model did not run: {e}",
-                     "reinstall Locus; `locus generate --demo --prompt hi` shows the full error")  # fmt: skip
+        return Check(
+            "demo model",
+            "fail",
+            f"the demo model did not run: {e}",
+            "reinstall Locus; `locus generate --demo --prompt hi` shows the full error",
+        )
     if res.error or len(res.token_ids) != n:
-        return Check("demo model", "fail", f"generated {len(res.token_ids)} of {n} tokens "
-                     f"({res.error or res.finish_reason})", "report this line")  # fmt: skip
-    return Check("demo model", "pass",
-                 f"{n} tokens from the tiny demo model in {time.monotonic() - t0:.1f} s")  # fmt: skip
+        return Check(
+            "demo model",
+            "fail",
+            f"generated {len(res.token_ids)} of {n} tokens ({res.error or res.finish_reason})",
+            "report this line",
+        )
+    return Check(
+        "demo model", "pass", f"{n} tokens from the tiny demo model in {time.monotonic() - t0:.1f} s"
+    )
 
 
 def _sysctl(name: str) -> int | None:
@@ -172,8 +216,13 @@ def _sysctl(name: str) -> int | None:
         return None
 
 
-def check_memory(*, system: str = sys.platform, total: int | None = None,
-                 recommended: int | None = None, wired_mb: int | None = None) -> Check:  # fmt: skip
+def check_memory(
+    *,
+    system: str = sys.platform,
+    total: int | None = None,
+    recommended: int | None = None,
+    wired_mb: int | None = None,
+) -> Check:
     """Total memory, Metal's recommended working set and the wired limit (macOS)."""
     import mlx.core as mx
 
@@ -196,9 +245,12 @@ def check_memory(*, system: str = sys.platform, total: int | None = None,
         parts.append("wired limit " + (f"{wired_mb} MB" if wired_mb else "system default"))
     usable = recommended or total
     if usable and usable < (MODEL_GB + 2) * GB:
-        return Check("memory", "warn", ", ".join(parts) + f": Qwen3.6-35B-A3B needs about "
-                     f"{MODEL_GB} GB plus its cache", "use a smaller model (Models → "
-                     "Qwen3-4B-4bit) or a Mac with 32 GB or more")  # fmt: skip
+        return Check(
+            "memory",
+            "warn",
+            ", ".join(parts) + f": Qwen3.6-35B-A3B needs about {MODEL_GB} GB plus its cache",
+            "use a smaller model (Models → Qwen3-4B-4bit) or a Mac with 32 GB or more",
+        )
     return Check("memory", "pass", ", ".join(parts))
 
 
@@ -210,32 +262,51 @@ def check_keychain(*, backend: Any = None) -> Check:
     kr = backend if backend is not None else keyring.get_keyring()
     name = f"{type(kr).__module__}.{type(kr).__name__}"
     if "fail" in type(kr).__module__ or "null" in type(kr).__module__:
-        return Check("keychain", "warn", f"no usable keychain ({name}): Hugging Face tokens "
-                     "and the API key cannot be stored", "on Linux install and unlock a Secret "
-                     "Service keyring (gnome-keyring or KWallet)")  # fmt: skip
+        return Check(
+            "keychain",
+            "warn",
+            f"no usable keychain ({name}): Hugging Face tokens and the API key cannot be stored",
+            "on Linux install and unlock a Secret Service keyring (gnome-keyring or KWallet)",
+        )
     try:
         kr.get_password("locus", "doctor-probe")  # reading a missing item never prompts
     except KeyringError as e:
-        return Check("keychain", "warn", f"the keychain refused a read ({e})",
-                     "unlock the login keychain; on macOS store the API key with "
-                     "`security add-generic-password -s locus -a api-key -w`")  # fmt: skip
+        return Check(
+            "keychain",
+            "warn",
+            f"the keychain refused a read ({e})",
+            "unlock the login keychain; on macOS store the API key with "
+            "`security add-generic-password -s locus -a api-key -w`",
+        )
     return Check("keychain", "pass", f"{name} answers")
 
 
-def check_git(*, system: str = sys.platform, which: Callable[[str], str | None] = shutil.which,
-              run: Callable[[list[str]], tuple[int, str]] = _run) -> Check:  # fmt: skip
+def check_git(
+    *,
+    system: str = sys.platform,
+    which: Callable[[str], str | None] = shutil.which,
+    run: Callable[[list[str]], tuple[int, str]] = _run,
+) -> Check:
     """git for agent checkpoints; on a Mac, /usr/bin/git without the Command Line Tools is a stub
     that opens an install dialog, so xcode-select is asked first."""
     git = which("git")
     if git is None:
-        return Check("git", "warn", "git is not installed: the agent cannot checkpoint or undo",
-                     "install git (macOS: `xcode-select --install`; Linux: your package manager)")  # fmt: skip
+        return Check(
+            "git",
+            "warn",
+            "git is not installed: the agent cannot checkpoint or undo",
+            "install git (macOS: `xcode-select --install`; Linux: your package manager)",
+        )
     if system == "darwin" and os.path.realpath(git) == "/usr/bin/git":
         code, out = run(["xcode-select", "-p"])
         if code != 0:
-            return Check("git", "warn", "/usr/bin/git is Apple's stub: the Command Line Tools are "
-                         "not installed, so the agent cannot checkpoint or undo",
-                         "run `xcode-select --install` (or install git with Homebrew)")  # fmt: skip
+            return Check(
+                "git",
+                "warn",
+                "/usr/bin/git is Apple's stub: the Command Line Tools are "
+                "not installed, so the agent cannot checkpoint or undo",
+                "run `xcode-select --install` (or install git with Homebrew)",
+            )
     code, out = run([git, "--version"])
     if code != 0:
         return Check("git", "warn", f"{git} does not run: {out}", "reinstall git")
@@ -251,9 +322,11 @@ def check_sandbox(*, detect: Callable[[], Any] | None = None) -> Check:
     sb = (detect or detect_sandbox)()
     if sb.active:
         return Check("sandbox", "pass", f"{sb.kind} ({sb.executable}) works: {sb.describe()}")
-    fix = ("install bubblewrap (`apt install bubblewrap`) and allow user namespaces"
-           if sys.platform.startswith("linux") else "sandbox-exec ships with macOS; check "
-           "that /usr/bin/sandbox-exec exists")  # fmt: skip
+    fix = (
+        "install bubblewrap (`apt install bubblewrap`) and allow user namespaces"
+        if sys.platform.startswith("linux")
+        else "sandbox-exec ships with macOS; check that /usr/bin/sandbox-exec exists"
+    )
     return Check("sandbox", "warn", sb.describe(), fix)
 
 
@@ -264,8 +337,9 @@ def _free(path: Path) -> tuple[Path, int]:
     return path, shutil.disk_usage(p).free
 
 
-def check_disk(*, dirs: dict[str, Path] | None = None,
-               free: Callable[[Path], tuple[Path, int]] = _free) -> Check:  # fmt: skip
+def check_disk(
+    *, dirs: dict[str, Path] | None = None, free: Callable[[Path], tuple[Path, int]] = _free
+) -> Check:
     """Free space where Locus writes: data (conversations), cache, and the model cache."""
     from .hub import hf_cache_dir
     from .settings import cache_dir, data_dir
@@ -278,8 +352,10 @@ def check_disk(*, dirs: dict[str, Path] | None = None,
         if n < GB:
             status, fix = "fail", f"free some space on the disk holding {d}"
         elif label == "models" and n < (MODEL_GB + 5) * GB and status == "pass":
-            status, fix = "warn", (f"a {MODEL_GB} GB model will not fit: free space or set "
-                                   "HF_HUB_CACHE to a bigger disk")  # fmt: skip
+            status, fix = (
+                "warn",
+                (f"a {MODEL_GB} GB model will not fit: free space or set HF_HUB_CACHE to a bigger disk"),
+            )
     return Check("disk", status, "; ".join(parts), fix)
 
 
@@ -305,8 +381,7 @@ def run_checks(*, skip: tuple[str, ...] = ()) -> list[Check]:
         try:
             out.append(fn())
         except Exception as e:
-            out.append(Check(name, "fail", f"the check crashed: {type(e).__name__}: {e}",
-                             "report this line"))  # fmt: skip
+            out.append(Check(name, "fail", f"the check crashed: {type(e).__name__}: {e}", "report this line"))
     return out
 
 

@@ -64,14 +64,20 @@ class RecommendedModel:
 
 
 RECOMMENDED: list[RecommendedModel] = [
-    RecommendedModel("mlx-community/Qwen3.6-35B-A3B-4bit",
-                     "Qwen3.6-35B-A3B, 4-bit MLX: the model Locus is built for (text, images, tools)",
-                     20.0),
-    RecommendedModel("mlx-community/Qwen3.6-35B-A3B-8bit",
-                     "The same model at 8 bits: closer to the original, needs a 64 GB Mac", 37.0),
-    RecommendedModel("mlx-community/Qwen3-4B-4bit",
-                     "A small text-only model for Macs with 8–16 GB of memory", 2.3),
-]  # fmt: skip
+    RecommendedModel(
+        "mlx-community/Qwen3.6-35B-A3B-4bit",
+        "Qwen3.6-35B-A3B, 4-bit MLX: the model Locus is built for (text, images, tools)",
+        20.0,
+    ),
+    RecommendedModel(
+        "mlx-community/Qwen3.6-35B-A3B-8bit",
+        "The same model at 8 bits: closer to the original, needs a 64 GB Mac",
+        37.0,
+    ),
+    RecommendedModel(
+        "mlx-community/Qwen3-4B-4bit", "A small text-only model for Macs with 8–16 GB of memory", 2.3
+    ),
+]
 
 
 def models_dir() -> Path:
@@ -127,8 +133,7 @@ def _dir_size(path: Path) -> int:
     return total
 
 
-def _describe(name: str, path: Path, repo_id: str | None, available: int,
-              context_tokens: int) -> LocalModel:  # fmt: skip
+def _describe(name: str, path: Path, repo_id: str | None, available: int, context_tokens: int) -> LocalModel:
     from engine import estimate_memory, inspect_checkpoint
 
     size = _dir_size(path)
@@ -141,8 +146,13 @@ def _describe(name: str, path: Path, repo_id: str | None, available: int,
     return LocalModel(name, path, size, needed, available, repo_id, error)
 
 
-def list_local_models(extra_dirs: list[Path] | None = None, *, include_hf_cache: bool = True,
-                      context_tokens: int = 32768, in_use: int = 0) -> list[LocalModel]:  # fmt: skip
+def list_local_models(
+    extra_dirs: list[Path] | None = None,
+    *,
+    include_hf_cache: bool = True,
+    context_tokens: int = 32768,
+    in_use: int = 0,
+) -> list[LocalModel]:
     """Models downloaded by Locus, in the Hugging Face cache, and in `extra_dirs`.
 
     `in_use`: bytes the loaded model holds; loading another unloads it first (app.models), so
@@ -176,8 +186,7 @@ def list_local_models(extra_dirs: list[Path] | None = None, *, include_hf_cache:
                 snap = Path(rev.snapshot_path)
                 if (snap / "config.json").exists() and snap.resolve() not in seen:
                     seen.add(snap.resolve())
-                    out.append(_describe(repo.repo_id, snap, repo.repo_id, available,
-                                         context_tokens))  # fmt: skip
+                    out.append(_describe(repo.repo_id, snap, repo.repo_id, available, context_tokens))
                     break
     return out
 
@@ -221,8 +230,10 @@ def set_token(token: str) -> None:
     try:
         keyring.set_password(KEYRING_SERVICE, KEYRING_TOKEN_USER, token)
     except KeyringError as e:
-        raise HubError(f"the system keychain refused the token ({e}); "
-                       "on Linux install and unlock a Secret Service keyring") from None  # fmt: skip
+        raise HubError(
+            f"the system keychain refused the token ({e}); "
+            "on Linux install and unlock a Secret Service keyring"
+        ) from None
 
 
 def delete_token() -> None:
@@ -279,18 +290,24 @@ class Downloader:
     a file that was interrupted half-way (Xet downloads reuse their chunk cache).
     """
 
-    def __init__(self, repo_id: str, *, revision: str = "main", cache_dir: Path | None = None,
-                 token: str | None = None, endpoint: str | None = None,
-                 allow_patterns: tuple[str, ...] = ALLOW_PATTERNS, max_workers: int = 8,
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self,
+        repo_id: str,
+        *,
+        revision: str = "main",
+        cache_dir: Path | None = None,
+        token: str | None = None,
+        endpoint: str | None = None,
+        allow_patterns: tuple[str, ...] = ALLOW_PATTERNS,
+        max_workers: int = 8,
+    ) -> None:
         if repo_id.count("/") != 1 or any(not p for p in repo_id.split("/")):
             raise HubError(f"{repo_id!r} is not a Hugging Face repo id (owner/name)")
         self.repo_id = repo_id
         self.revision = revision
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._token = token
-        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT")
-                         or "https://huggingface.co").rstrip("/")  # fmt: skip
+        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
         self.allow_patterns = allow_patterns
         self.max_workers = max_workers
         self._pause = threading.Event()
@@ -322,16 +339,20 @@ class Downloader:
         from huggingface_hub.utils import filter_repo_objects
 
         sha = api.repo_info(self.repo_id, revision=self.revision).sha
-        tree = {f.path: f for f in api.list_repo_tree(self.repo_id, recursive=True, revision=sha)
-                if isinstance(f, RepoFile)}  # fmt: skip
+        tree = {
+            f.path: f
+            for f in api.list_repo_tree(self.repo_id, recursive=True, revision=sha)
+            if isinstance(f, RepoFile)
+        }
         wanted = set(filter_repo_objects(list(tree), allow_patterns=list(self.allow_patterns)))
         files = {k: v for k, v in tree.items() if k in wanted}
         if not files:
             raise HubError(f"{self.repo_id} has no model files Locus can use")
         return sha, files
 
-    def download(self, on_progress: Callable[[DownloadProgress], None] | None = None,
-                 interval: float = 0.2) -> Path:  # fmt: skip
+    def download(
+        self, on_progress: Callable[[DownloadProgress], None] | None = None, interval: float = 0.2
+    ) -> Path:
         """Fetch every file not already in the cache, verify checksums; the snapshot directory.
 
         Raises DownloadPaused after `pause()` (finished files kept), DownloadCancelled after
@@ -364,17 +385,28 @@ class Downloader:
             self._sha = sha
             p.files_total = len(files)
             p.total_bytes = sum(_size(f) for f in files.values())
-            have = [n for n in files if isinstance(try_to_load_from_cache(
-                self.repo_id, n, cache_dir=cache, revision=sha), str)]  # fmt: skip
+            have = [
+                n
+                for n in files
+                if isinstance(try_to_load_from_cache(self.repo_id, n, cache_dir=cache, revision=sha), str)
+            ]
             p.done_bytes = sum(_size(files[n]) for n in have)
             p.files_done = len(have)
             p.state = "downloading"
             report(True)
             self._interrupt()
-            snapshot = Path(snapshot_download(
-                self.repo_id, revision=sha, cache_dir=cache, token=token or None,
-                allow_patterns=list(self.allow_patterns), max_workers=self.max_workers,
-                tqdm_class=bar, endpoint=self.endpoint))  # fmt: skip
+            snapshot = Path(
+                snapshot_download(
+                    self.repo_id,
+                    revision=sha,
+                    cache_dir=cache,
+                    token=token or None,
+                    allow_patterns=list(self.allow_patterns),
+                    max_workers=self.max_workers,
+                    tqdm_class=bar,
+                    endpoint=self.endpoint,
+                )
+            )
             p.state, p.file = "verifying", ""
             report(True)
             self._verify(snapshot, files)
@@ -417,9 +449,11 @@ class Downloader:
                 if blob != path:
                     blob.unlink(missing_ok=True)
         if bad:
-            raise HubError(f"{', '.join(bad)} arrived damaged (checksum mismatch) and "
-                           f"{'was' if len(bad) == 1 else 'were'} deleted; press Resume to fetch "
-                           "again, and check your network or proxy if it repeats")  # fmt: skip
+            raise HubError(
+                f"{', '.join(bad)} arrived damaged (checksum mismatch) and "
+                f"{'was' if len(bad) == 1 else 'were'} deleted; press Resume to fetch "
+                "again, and check your network or proxy if it repeats"
+            )
 
     def _remove_partial(self) -> None:
         # The repo folder holds only this download unless another revision was downloaded before.
@@ -486,18 +520,23 @@ def _hub_error(repo_id: str, endpoint: str, e: Exception) -> HubError:
     )
 
     if isinstance(e, GatedRepoError):
-        return HubError(f"{repo_id} needs a Hugging Face token with access: add one in Models → "
-                        "Token, and accept the model's terms on its page")  # fmt: skip
+        return HubError(
+            f"{repo_id} needs a Hugging Face token with access: add one in Models → "
+            "Token, and accept the model's terms on its page"
+        )
     if isinstance(e, RepositoryNotFoundError | RevisionNotFoundError):
-        return HubError(f"{repo_id} was not found on {endpoint} (check the name; a private repo "
-                        "needs a token in Models → Token)")  # fmt: skip
+        return HubError(
+            f"{repo_id} was not found on {endpoint} (check the name; a private repo "
+            "needs a token in Models → Token)"
+        )
     if isinstance(e, HfHubHTTPError):
         code = e.response.status_code if e.response is not None else "an error"
         if code in (401, 403):
-            return HubError(f"{repo_id} needs a Hugging Face token with access: add one in "
-                            "Models → Token")  # fmt: skip
+            return HubError(f"{repo_id} needs a Hugging Face token with access: add one in Models → Token")
         return HubError(f"the Hub answered {code} for {repo_id}; try again later")
     if isinstance(e, OSError) and "Consistency check" not in str(e):
         return HubError(f"cannot write the model to {hf_cache_dir()}: {e} (is the disk full?)")
-    return HubError(f"download of {repo_id} failed ({e}); check your connection and press "
-                    "Resume to continue where it stopped")  # fmt: skip
+    return HubError(
+        f"download of {repo_id} failed ({e}); check your connection and press "
+        "Resume to continue where it stopped"
+    )

@@ -45,8 +45,18 @@ _POINT_KEYS = ("point_2d", "point", "keypoint")
 _LABEL_KEYS = ("label", "name", "category", "class", "object", "text", "description")
 # Same palette and rule as the UI's overlay, so exports and the canvas agree. Assigned in order of
 # first appearance, so the first ten labels of an answer never share a color.
-PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd",
-           "#17becf", "#e377c2", "#8c564b", "#bcbd22", "#7f7f7f"]  # fmt: skip
+PALETTE = [
+    "#d62728",
+    "#1f77b4",
+    "#2ca02c",
+    "#ff7f0e",
+    "#9467bd",
+    "#17becf",
+    "#e377c2",
+    "#8c564b",
+    "#bcbd22",
+    "#7f7f7f",
+]
 
 
 def _num(v: float) -> float | int:
@@ -517,8 +527,7 @@ def locate(
     # Large JPEGs decode at a reduced scale; relative boxes still map to the full original size.
     loaded = load_image(image, target_pixels=LOCUS_MAX_PIXELS)
     width, height = loaded.original_size
-    req = locate_request(loaded.image, query, max_tokens=max_tokens, sampling=sampling,
-                         prompt=prompt)  # fmt: skip
+    req = locate_request(loaded.image, query, max_tokens=max_tokens, sampling=sampling, prompt=prompt)
     res = engine.submit(req).result()  # any engine.Backend (a local or a remote model)
     if res.finish_reason == "error":
         raise EngineError(res.error or "generation failed")

@@ -61,8 +61,9 @@ def setup_logging(*, to_file: bool | None = None, level: int = logging.INFO) -> 
     if _installed.get("path") == path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 * 1024**2, backupCount=3,
-                                                   encoding="utf-8")  # fmt: skip
+    handler = logging.handlers.RotatingFileHandler(
+        path, maxBytes=5 * 1024**2, backupCount=3, encoding="utf-8"
+    )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -83,8 +84,11 @@ def setup_logging(*, to_file: bool | None = None, level: int = logging.INFO) -> 
 
     def thread_hook(args: threading.ExceptHookArgs) -> None:
         name = args.thread.name if args.thread else "?"
-        log.critical("uncaught exception in thread %s", name,
-                     exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # fmt: skip
+        log.critical(
+            "uncaught exception in thread %s",
+            name,
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        )
         prev_thread_hook(args)
 
     sys.excepthook = excepthook
@@ -94,13 +98,19 @@ def setup_logging(*, to_file: bool | None = None, level: int = logging.INFO) -> 
     return path
 
 
-def login_shell_path(shell: str | None = None, *, timeout: float = 5.0,
-                     run: Callable[..., Any] = subprocess.run) -> str | None:  # fmt: skip
+def login_shell_path(
+    shell: str | None = None, *, timeout: float = 5.0, run: Callable[..., Any] = subprocess.run
+) -> str | None:
     """PATH as the user's login shell sets it (Homebrew's /opt/homebrew/bin, …), or None."""
     shell = shell or os.environ.get("SHELL") or "/bin/zsh"
     try:
-        r = run([shell, "-l", "-i", "-c", f'printf "{_MARK}%s{_MARK}" "$PATH"'],
-                capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+        r = run(
+            [shell, "-l", "-i", "-c", f'printf "{_MARK}%s{_MARK}" "$PATH"'],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     out = r.stdout or ""
@@ -109,8 +119,9 @@ def login_shell_path(shell: str | None = None, *, timeout: float = 5.0,
     return parts[1] if len(parts) >= 3 and parts[1] else None
 
 
-def apply_login_shell_path(*, system: str = sys.platform, env: dict[str, str] | None = None,
-                           shell: str | None = None) -> str | None:  # fmt: skip
+def apply_login_shell_path(
+    *, system: str = sys.platform, env: dict[str, str] | None = None, shell: str | None = None
+) -> str | None:
     """On macOS, put the login shell's PATH first (keeping the rest) so agent commands find the
     tools a Terminal would; the new PATH, or None when nothing changed."""
     if system != "darwin":

@@ -11,8 +11,9 @@ One model at a time: the loaded one is unloaded *before* the next is read, so sw
 two 20 GB models never needs 40 GB. Whether the next one fits is checked first, counting the
 memory the loaded one will free; a model that cannot fit (or a path that is not a model) leaves
 the loaded one in place. A remote model (an OpenAI-compatible server) takes no local memory: the
-server is asked first, and only once it answers is the loaded model unloaded. Listeners are called on the manager's thread, in order; a load waits
-for each progress event to be delivered, so a listener's cancel lands before the next step.
+server is asked first, and only once it answers is the loaded model unloaded. Listeners are
+called on the manager's thread, in order; a load waits for each progress event to be delivered,
+so a listener's cancel lands before the next step.
 """
 
 from __future__ import annotations
@@ -86,14 +87,7 @@ class ModelUnloaded:
     name: str
 
 
-ModelEvent = (
-    LoadingStarted
-    | LoadingProgress
-    | ModelLoaded
-    | LoadingFailed
-    | LoadingCancelled
-    | ModelUnloaded
-)
+ModelEvent = LoadingStarted | LoadingProgress | ModelLoaded | LoadingFailed | LoadingCancelled | ModelUnloaded
 Opener = Callable[..., "Backend"]
 
 
@@ -236,8 +230,9 @@ class ModelManager:
         it cannot be reached the loaded model stays (LoadingFailed says why). Returns the `path`
         its events carry (`remote_model_path`)."""
         path = remote_model_path(url, model)
-        job = _RemoteLoad(path, 0, False, threading.Event(), url=url.strip(), api_key=api_key,
-                          model=model or None)  # fmt: skip
+        job = _RemoteLoad(
+            path, 0, False, threading.Event(), url=url.strip(), api_key=api_key, model=model or None
+        )
         with self._lock:
             if self._closed:
                 raise RuntimeError("the model manager is closed")
@@ -376,9 +371,12 @@ class ModelManager:
                 room = free + self._memory
                 if free and need > room:
                     raise InsufficientMemoryError(
-                        need, room, f"counting the {self._memory / 1024**3:.1f} GB the loaded "
-                        "model frees" if self._memory else "",
-                    )  # fmt: skip
+                        need,
+                        room,
+                        f"counting the {self._memory / 1024**3:.1f} GB the loaded model frees"
+                        if self._memory
+                        else "",
+                    )
             if job.stop.is_set():
                 raise LoadCancelled("loading the model was cancelled")
             self._do_unload()
@@ -468,9 +466,13 @@ class ModelManager:
         def run() -> None:
             try:
                 out["backend"] = self._opener(
-                    job.path, context_tokens=job.context_tokens, memory_check=False,
-                    should_stop=job.stop.is_set, progress=progress, **self._open_kwargs,
-                )  # fmt: skip
+                    job.path,
+                    context_tokens=job.context_tokens,
+                    memory_check=False,
+                    should_stop=job.stop.is_set,
+                    progress=progress,
+                    **self._open_kwargs,
+                )
             except BaseException as e:  # raised again on the manager's thread
                 out["error"] = e
             finally:

@@ -83,26 +83,64 @@ class Preference:
 
 
 PREFERENCES: list[Preference] = [
-    Preference("sampling_profile", "Sampling profile", "choice", "thinking",
-               "The model card's profile a new conversation starts with.",
-               choices=("thinking", "coding", "instruct")),
-    Preference("context_tokens", "Context (tokens)", "int", 32768,
-               "The context budget used to check that a model fits in memory.",
-               minimum=1024, maximum=262144),
-    Preference("enter_sends", "Enter sends the message", "bool", True,
-               "Off: Enter breaks the line and Ctrl+Enter sends."),
-    Preference("server_port", "Server port", "int", 8723,
-               "Port of the local Anthropic/OpenAI-compatible API.", minimum=1, maximum=65535),
-    Preference("data_folder", "Data folder", "folder", "",
-               "Where conversations and agent checkpoints are kept (from the next start; empty: "
-               "the default). LOCUS_DATA_DIR overrides it."),
-    Preference("require_sandbox", "Agent: refuse commands without a sandbox", "bool", False,
-               "On: the agent runs no command at all when bwrap / sandbox-exec is missing or broken "
-               "(off: each such command needs your approval)."),
-    Preference("agent_env", "Agent: extra environment variables", "text", "",
-               "Names (comma or space separated) the agent's commands inherit beyond PATH, HOME, "
-               "LANG and the like, e.g. CARGO_HOME GOPATH. Everything else is withheld."),
-]  # fmt: skip
+    Preference(
+        "sampling_profile",
+        "Sampling profile",
+        "choice",
+        "thinking",
+        "The model card's profile a new conversation starts with.",
+        choices=("thinking", "coding", "instruct"),
+    ),
+    Preference(
+        "context_tokens",
+        "Context (tokens)",
+        "int",
+        32768,
+        "The context budget used to check that a model fits in memory.",
+        minimum=1024,
+        maximum=262144,
+    ),
+    Preference(
+        "enter_sends",
+        "Enter sends the message",
+        "bool",
+        True,
+        "Off: Enter breaks the line and Ctrl+Enter sends.",
+    ),
+    Preference(
+        "server_port",
+        "Server port",
+        "int",
+        8723,
+        "Port of the local Anthropic/OpenAI-compatible API.",
+        minimum=1,
+        maximum=65535,
+    ),
+    Preference(
+        "data_folder",
+        "Data folder",
+        "folder",
+        "",
+        "Where conversations and agent checkpoints are kept (from the next start; empty: "
+        "the default). LOCUS_DATA_DIR overrides it.",
+    ),
+    Preference(
+        "require_sandbox",
+        "Agent: refuse commands without a sandbox",
+        "bool",
+        False,
+        "On: the agent runs no command at all when bwrap / sandbox-exec is missing or broken "
+        "(off: each such command needs your approval).",
+    ),
+    Preference(
+        "agent_env",
+        "Agent: extra environment variables",
+        "text",
+        "",
+        "Names (comma or space separated) the agent's commands inherit beyond PATH, HOME, "
+        "LANG and the like, e.g. CARGO_HOME GOPATH. Everything else is withheld.",
+    ),
+]
 
 
 def preference(key: str) -> Any:

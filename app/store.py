@@ -162,8 +162,18 @@ class RunRecord:
             return True
 
 
-_RUN_FIELDS = {"status", "steps", "prompt_tokens", "completion_tokens", "answer", "error",
-               "settings", "state", "pid", "finished"}  # fmt: skip
+_RUN_FIELDS = {
+    "status",
+    "steps",
+    "prompt_tokens",
+    "completion_tokens",
+    "answer",
+    "error",
+    "settings",
+    "state",
+    "pid",
+    "finished",
+}
 
 
 class Store:
@@ -176,8 +186,7 @@ class Store:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                                   timeout=30)  # fmt: skip
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA busy_timeout = 30000")
         if self.path != ":memory:":
@@ -235,8 +244,15 @@ class Store:
         self.close()
 
     # -- threads and messages (chat and agent) --------------------------------------------------
-    def create_thread(self, kind: str, title: str = "", *, model: str | None = None,
-                      meta: dict[str, Any] | None = None, id: str | None = None) -> str:  # fmt: skip
+    def create_thread(
+        self,
+        kind: str,
+        title: str = "",
+        *,
+        model: str | None = None,
+        meta: dict[str, Any] | None = None,
+        id: str | None = None,
+    ) -> str:
         with self._tx() as db:
             return _insert_thread(db, kind, title, model, meta, id)
 
@@ -245,8 +261,15 @@ class Store:
             row = self._db.execute("SELECT * FROM threads WHERE id = ?", (thread_id,)).fetchone()
         if row is None:
             raise StoreError(f"no conversation or run {thread_id!r}")
-        return ThreadRecord(row["id"], row["kind"], row["title"], row["model"], row["created"],
-                            row["updated"], json.loads(row["meta"]))  # fmt: skip
+        return ThreadRecord(
+            row["id"],
+            row["kind"],
+            row["title"],
+            row["model"],
+            row["created"],
+            row["updated"],
+            json.loads(row["meta"]),
+        )
 
     def threads(self, kind: str | None = None, limit: int = 100) -> list[ThreadRecord]:
         """Conversations and runs, most recently updated first."""
@@ -277,24 +300,27 @@ class Store:
 
     def rename_thread(self, thread_id: str, title: str) -> None:
         with self._tx() as db:
-            cur = db.execute("UPDATE threads SET title = ?, updated = ? WHERE id = ?",
-                             (title, time.time(), thread_id))  # fmt: skip
+            cur = db.execute(
+                "UPDATE threads SET title = ?, updated = ? WHERE id = ?", (title, time.time(), thread_id)
+            )
             if cur.rowcount == 0:
                 raise StoreError(f"no conversation or run {thread_id!r}")
 
     def set_thread_meta(self, thread_id: str, meta: dict[str, Any]) -> None:
         """Replace a thread's free-form metadata (UI settings such as the system prompt)."""
         with self._tx() as db:
-            cur = db.execute("UPDATE threads SET meta = ? WHERE id = ?",
-                             (json.dumps(meta, ensure_ascii=False), thread_id))  # fmt: skip
+            cur = db.execute(
+                "UPDATE threads SET meta = ? WHERE id = ?", (json.dumps(meta, ensure_ascii=False), thread_id)
+            )
             if cur.rowcount == 0:
                 raise StoreError(f"no conversation or run {thread_id!r}")
 
     def pop_message(self, thread_id: str) -> dict[str, Any] | None:
         """Remove and return a thread's last message (e.g. a reply being regenerated)."""
         with self._tx() as db:
-            row = db.execute("SELECT id, body FROM messages WHERE thread_id = ? "
-                             "ORDER BY seq DESC LIMIT 1", (thread_id,)).fetchone()  # fmt: skip
+            row = db.execute(
+                "SELECT id, body FROM messages WHERE thread_id = ? ORDER BY seq DESC LIMIT 1", (thread_id,)
+            ).fetchone()
             if row is None:
                 return None
             db.execute("DELETE FROM messages WHERE id = ?", (row[0],))
@@ -311,8 +337,9 @@ class Store:
         body = json.dumps(message, ensure_ascii=False)
         now = time.time()
         with self._tx() as db:
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE thread_id = ?",
-                             (thread_id,)).fetchone()[0]  # fmt: skip
+            seq = db.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE thread_id = ?", (thread_id,)
+            ).fetchone()[0]
             db.execute(
                 "INSERT INTO messages (thread_id, seq, role, body, created) VALUES (?, ?, ?, ?, ?)",
                 (thread_id, seq, str(message.get("role", "")), body, now),
@@ -322,13 +349,15 @@ class Store:
 
     def messages(self, thread_id: str) -> list[dict[str, Any]]:
         with self._lock:
-            rows = self._db.execute("SELECT body FROM messages WHERE thread_id = ? ORDER BY seq",
-                                    (thread_id,)).fetchall()  # fmt: skip
+            rows = self._db.execute(
+                "SELECT body FROM messages WHERE thread_id = ? ORDER BY seq", (thread_id,)
+            ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
     # -- agent runs ----------------------------------------------------------------------------------
-    def create_run(self, project: str, task: str, *, model: str | None = None,
-                   settings: dict[str, Any] | None = None) -> str:  # fmt: skip
+    def create_run(
+        self, project: str, task: str, *, model: str | None = None, settings: dict[str, Any] | None = None
+    ) -> str:
         """A new agent run in status "running", owned by this process."""
         title = task.strip().splitlines()[0][:120] if task.strip() else "agent run"
         with self._tx() as db:
@@ -353,8 +382,9 @@ class Store:
 
     def runs(self, project: str | None = None, limit: int = 50) -> list[RunRecord]:
         """Agent runs, newest first, optionally of one project."""
-        sql = ("SELECT r.*, t.model, t.created, t.updated FROM agent_runs r "
-               "JOIN threads t ON t.id = r.thread_id")  # fmt: skip
+        sql = (
+            "SELECT r.*, t.model, t.created, t.updated FROM agent_runs r JOIN threads t ON t.id = r.thread_id"
+        )
         params: list[Any] = []
         if project is not None:
             sql += " WHERE r.project = ?"
@@ -382,11 +412,11 @@ class Store:
         """Append an event to a run; its sequence number."""
         body = json.dumps(data, ensure_ascii=False, default=str)
         with self._tx() as db:
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM agent_events WHERE run_id = ?",
-                             (run_id,)).fetchone()[0]  # fmt: skip
+            seq = db.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM agent_events WHERE run_id = ?", (run_id,)
+            ).fetchone()[0]
             db.execute(
-                "INSERT INTO agent_events (run_id, seq, type, step, data, created) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO agent_events (run_id, seq, type, step, data, created) VALUES (?, ?, ?, ?, ?, ?)",
                 (run_id, seq, type, step, body, time.time()),
             )
         return int(seq)
@@ -399,8 +429,7 @@ class Store:
                 "WHERE run_id = ? AND seq > ? ORDER BY seq",
                 (run_id, after),
             ).fetchall()
-        return [{"seq": r[0], "type": r[1], "step": r[2], "time": r[4], **json.loads(r[3])}
-                for r in rows]  # fmt: skip
+        return [{"seq": r[0], "type": r[1], "step": r[2], "time": r[4], **json.loads(r[3])} for r in rows]
 
 
 def _integrity_message(e: sqlite3.IntegrityError) -> str:
@@ -475,13 +504,18 @@ class StoreWriter:
                 fut.set_exception(e)
 
 
-def _insert_thread(db: sqlite3.Connection, kind: str, title: str, model: str | None,
-                   meta: dict[str, Any] | None, tid: str | None) -> str:  # fmt: skip
+def _insert_thread(
+    db: sqlite3.Connection,
+    kind: str,
+    title: str,
+    model: str | None,
+    meta: dict[str, Any] | None,
+    tid: str | None,
+) -> str:
     tid = tid or new_thread_id()
     now = time.time()
     db.execute(
-        "INSERT INTO threads (id, kind, title, model, created, updated, meta) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO threads (id, kind, title, model, created, updated, meta) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (tid, kind, title, model, now, now, json.dumps(meta or {})),
     )
     return tid
@@ -489,10 +523,20 @@ def _insert_thread(db: sqlite3.Connection, kind: str, title: str, model: str | N
 
 def _run_record(row: sqlite3.Row) -> RunRecord:
     return RunRecord(
-        id=row["thread_id"], project=row["project"], task=row["task"], status=row["status"],
-        steps=row["steps"], prompt_tokens=row["prompt_tokens"],
-        completion_tokens=row["completion_tokens"], answer=row["answer"], error=row["error"],
-        settings=json.loads(row["settings"]), state=json.loads(row["state"]), pid=row["pid"],
-        model=row["model"], created=row["created"], updated=row["updated"],
+        id=row["thread_id"],
+        project=row["project"],
+        task=row["task"],
+        status=row["status"],
+        steps=row["steps"],
+        prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"],
+        answer=row["answer"],
+        error=row["error"],
+        settings=json.loads(row["settings"]),
+        state=json.loads(row["state"]),
+        pid=row["pid"],
+        model=row["model"],
+        created=row["created"],
+        updated=row["updated"],
         finished=row["finished"],
-    )  # fmt: skip
+    )

@@ -70,9 +70,12 @@ def run_chat(
                 continue
             history.append({"role": "user", "content": text})
             req = GenerationRequest(
-                messages=list(history), enable_thinking=thinking, sampling=sampling,
-                max_tokens=getattr(args, "max_tokens", 2048), stop=getattr(args, "stop", []),
-            )  # fmt: skip
+                messages=list(history),
+                enable_thinking=thinking,
+                sampling=sampling,
+                max_tokens=getattr(args, "max_tokens", 2048),
+                stop=getattr(args, "stop", []),
+            )
             reply, reasoning, calls = _stream_reply(engine, req, out, dim, reset)
             if reply is None:
                 history.pop()  # a failed turn leaves the conversation as it was

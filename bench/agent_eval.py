@@ -30,8 +30,12 @@ sys.path.insert(0, str(ROOT.parent))
 
 
 def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", *args],
-                   cwd=repo, check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
 
 
 def run_task(task: Path, backend_factory, max_steps: int, work: Path) -> dict:  # type: ignore[no-untyped-def]
@@ -44,20 +48,30 @@ def run_task(task: Path, backend_factory, max_steps: int, work: Path) -> dict:  
     _git(repo, "commit", "-qm", "task")
     cfg = AgentConfig(max_steps=max_steps, watch=False)
     t0 = time.monotonic()
-    with Agent(repo, backend_factory(task), approvals=Approvals(yes=True), config=cfg,
-               data_dir=work / "data") as agent:  # fmt: skip
+    with Agent(
+        repo, backend_factory(task), approvals=Approvals(yes=True), config=cfg, data_dir=work / "data"
+    ) as agent:
         res = agent.run((task / "issue.md").read_text())
     elapsed = time.monotonic() - t0
     shutil.copy(task / "hidden_test.py", repo / "hidden_test.py")
     env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    graded = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             "hidden_test.py"], cwd=repo, capture_output=True, text=True, env=env,
-                            timeout=300)  # fmt: skip
+    graded = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "hidden_test.py"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     return {
-        "task": task.name, "passed": graded.returncode == 0, "status": res.status,
-        "steps": res.steps, "prompt_tokens": res.prompt_tokens,
-        "completion_tokens": res.completion_tokens, "seconds": round(elapsed, 2),
-    }  # fmt: skip
+        "task": task.name,
+        "passed": graded.returncode == 0,
+        "status": res.status,
+        "steps": res.steps,
+        "prompt_tokens": res.prompt_tokens,
+        "completion_tokens": res.completion_tokens,
+        "seconds": round(elapsed, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,24 +117,33 @@ def main(argv: list[str] | None = None) -> int:
                 if args.json:
                     print(json.dumps(row), flush=True)
                 else:
-                    print(f"{row['task']:<12} {'PASS' if row['passed'] else 'FAIL'}  "
-                          f"{row['status']:<11} {row['steps']:>3} steps  "
-                          f"{row['prompt_tokens']:>7} prompt  {row['completion_tokens']:>6} gen  "
-                          f"{row['seconds']:>7.1f}s", flush=True)  # fmt: skip
+                    print(
+                        f"{row['task']:<12} {'PASS' if row['passed'] else 'FAIL'}  "
+                        f"{row['status']:<11} {row['steps']:>3} steps  "
+                        f"{row['prompt_tokens']:>7} prompt  {row['completion_tokens']:>6} gen  "
+                        f"{row['seconds']:>7.1f}s",
+                        flush=True,
+                    )
     finally:
         if engine is not None:
             engine.close()
     passed = sum(r["passed"] for r in rows)
-    total = {"type": "total", "tasks": len(rows), "passed": passed,
-             "pass_rate": passed / len(rows) if rows else 0.0,
-             "steps": sum(r["steps"] for r in rows),
-             "tokens": sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows),
-             "seconds": round(sum(r["seconds"] for r in rows), 2)}  # fmt: skip
+    total = {
+        "type": "total",
+        "tasks": len(rows),
+        "passed": passed,
+        "pass_rate": passed / len(rows) if rows else 0.0,
+        "steps": sum(r["steps"] for r in rows),
+        "tokens": sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows),
+        "seconds": round(sum(r["seconds"] for r in rows), 2),
+    }
     if args.json:
         print(json.dumps(total))
     else:
-        print(f"pass rate {passed}/{len(rows)} ({total['pass_rate']:.0%}), {total['steps']} steps, "
-              f"{total['tokens']} tokens, {total['seconds']:.1f}s")  # fmt: skip
+        print(
+            f"pass rate {passed}/{len(rows)} ({total['pass_rate']:.0%}), {total['steps']} steps, "
+            f"{total['tokens']} tokens, {total['seconds']:.1f}s"
+        )
     return 0 if rows and passed == len(rows) else 1
 
 

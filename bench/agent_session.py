@@ -240,9 +240,7 @@ class LocusSide:
     def start(self) -> None:
         from engine import Engine, PromptCache
 
-        self.engine = Engine.from_path(
-            str(self.path), prompt_cache=PromptCache(disk_dir=self.cache_dir)
-        )
+        self.engine = Engine.from_path(str(self.path), prompt_cache=PromptCache(disk_dir=self.cache_dir))
 
     def vision_runs(self) -> int:
         """How many times the vision tower has run in this process (the model's own counter)."""
@@ -466,22 +464,28 @@ class Counter:
     def ids(self, messages: list[dict[str, Any]], gen: bool = True) -> list[int]:
         from engine import render_prompt
 
-        text = render_prompt(self.tok, messages, tools=TOOLS, enable_thinking=True,
-                             preserve_thinking=True, add_generation_prompt=gen)  # fmt: skip
+        text = render_prompt(
+            self.tok,
+            messages,
+            tools=TOOLS,
+            enable_thinking=True,
+            preserve_thinking=True,
+            add_generation_prompt=gen,
+        )
         return self.tok.encode(text, add_special_tokens=False)
 
     def user_starts(self, ids: list[int]) -> list[int]:
-        return [
-            i for i in range(len(ids) - 1) if ids[i] == self.im_start and ids[i + 1] == self.user
-        ]
+        return [i for i in range(len(ids) - 1) if ids[i] == self.im_start and ids[i + 1] == self.user]
 
 
 def run_sessions(side: Any, sc: Scenario, args: argparse.Namespace, count: Counter) -> SideResult:
     """F: one turn in each of several new sessions that share the system prompt and tools."""
     res = SideResult()
     for k in range(sc.turns):
-        messages = [{"role": "system", "content": CLAUDE_CODE_SYSTEM},
-                    {"role": "user", "content": SESSION_TASKS[k % len(SESSION_TASKS)]}]  # fmt: skip
+        messages = [
+            {"role": "system", "content": CLAUDE_CODE_SYSTEM},
+            {"role": "user", "content": SESSION_TASKS[k % len(SESSION_TASKS)]},
+        ]
         res.turns.append(side.turn(messages, args.reply_tokens, f"bench-F-{secrets.token_hex(4)}"))
         ids = count.ids(messages)
         res.new.append(len(ids) - (count.user_starts(ids)[0] if k else 0))
@@ -505,13 +509,20 @@ def run_retry(side: Any, sc: Scenario, args: argparse.Namespace, count: Counter)
         res.new.append(len(ids) - (count.user_starts(ids)[-1] if k == sc.turns else prev))
         if k >= sc.turns - 1:
             continue
-        call = {"id": f"call_{k}", "type": "function", "function": {
-            "name": "read_file", "arguments": json.dumps({"path": f"src/module_{k}.py"})}}  # fmt: skip
+        call = {
+            "id": f"call_{k}",
+            "type": "function",
+            "function": {"name": "read_file", "arguments": json.dumps({"path": f"src/module_{k}.py"})},
+        }
         history += [
-            {"role": "assistant", "content": t.content, "reasoning_content": t.reasoning,
-             "tool_calls": [call]},
+            {
+                "role": "assistant",
+                "content": t.content,
+                "reasoning_content": t.reasoning,
+                "tool_calls": [call],
+            },
             {"role": "tool", "tool_call_id": call["id"], "content": tool_output(k, args.tool_lines)},
-        ]  # fmt: skip
+        ]
         if k == sc.turns - 2:
             history.append({"role": "user", "content": ask})
     return res
@@ -554,18 +565,37 @@ def run_replies(side: Any, sc: Scenario, args: argparse.Namespace, count: Counte
             res.turns.append(t)
             prompt = count.ids(messages)
             res.new.append(len(prompt) - _upto_last_reply(count, messages))
-            args_ = [{"path": f"src/module_{k}.py"},
-                     {"timeout": 60, "command": f"pytest -q tests/test_module_{k}.py"}]  # fmt: skip
-            calls = [{"id": f"call_{k}_{i}", "type": "function",
-                      "function": {"name": name, "arguments": json.dumps(a)}}
-                     for i, (name, a) in enumerate(zip(NAMES, args_, strict=True))]  # fmt: skip
+            args_ = [
+                {"path": f"src/module_{k}.py"},
+                {"timeout": 60, "command": f"pytest -q tests/test_module_{k}.py"},
+            ]
+            calls = [
+                {
+                    "id": f"call_{k}_{i}",
+                    "type": "function",
+                    "function": {"name": name, "arguments": json.dumps(a)},
+                }
+                for i, (name, a) in enumerate(zip(NAMES, args_, strict=True))
+            ]
             content = t.content.split("<tool_call>")[0].strip()
-            history.append({"role": "assistant", "content": content,
-                            "reasoning_content": t.reasoning, "tool_calls": calls})  # fmt: skip
-            history.append({"role": "tool", "tool_call_id": calls[0]["id"],
-                            "content": tool_output(k, sc.tool_lines or args.tool_lines)})  # fmt: skip
-            history.append({"role": "tool", "tool_call_id": calls[1]["id"],
-                            "content": f"{k + 2} passed in 0.{k}1s"})  # fmt: skip
+            history.append(
+                {
+                    "role": "assistant",
+                    "content": content,
+                    "reasoning_content": t.reasoning,
+                    "tool_calls": calls,
+                }
+            )
+            history.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": calls[0]["id"],
+                    "content": tool_output(k, sc.tool_lines or args.tool_lines),
+                }
+            )
+            history.append(
+                {"role": "tool", "tool_call_id": calls[1]["id"], "content": f"{k + 2} passed in 0.{k}1s"}
+            )
     finally:
         side.force(None)
     return res
@@ -637,13 +667,9 @@ def run_scenario(
                 ],
             }
         )
-        history.append(
-            {"role": "tool", "tool_call_id": call_id, "content": tool_output(k, args.tool_lines)}
-        )
+        history.append({"role": "tool", "tool_call_id": call_id, "content": tool_output(k, args.tool_lines)})
         if sc.new_user_at == k + 1:
-            history.append(
-                {"role": "user", "content": "Also check that the tests in tests/ still pass."}
-            )
+            history.append({"role": "user", "content": "Also check that the tests in tests/ still pass."})
     return res
 
 
@@ -682,16 +708,21 @@ def report(sc: Scenario, results: dict[str, SideResult]) -> dict[str, Any]:
     }
     tot_new, tot_loc = sum(new), sum(t.prefilled for t in loc)
     wall_loc = sum(t.wall_s for t in loc)
-    print(f"total: new {tot_new}, Locus prefilled {tot_loc} ({tot_loc / tot_new:.2f} × new), "
-          f"wall {wall_loc:.2f} s")  # fmt: skip
+    print(
+        f"total: new {tot_new}, Locus prefilled {tot_loc} ({tot_loc / tot_new:.2f} × new), "
+        f"wall {wall_loc:.2f} s"
+    )
     out.update(total_new=tot_new, locus_prefilled=tot_loc, locus_wall_s=wall_loc)
     if mlx:
         tot_mlx = sum(t.prefilled for t in mlx.turns)
         wall_mlx = sum(t.wall_s for t in mlx.turns)
-        print(f"       mlx_lm.server prefilled {tot_mlx} ({tot_mlx / tot_new:.2f} × new), "
-              f"wall {wall_mlx:.2f} s")  # fmt: skip
-        print(f"ratio Locus / mlx_lm.server: prefilled {tot_loc / max(tot_mlx, 1):.3f}, "
-              f"wall {wall_loc / wall_mlx:.3f}")  # fmt: skip
+        print(
+            f"       mlx_lm.server prefilled {tot_mlx} ({tot_mlx / tot_new:.2f} × new), wall {wall_mlx:.2f} s"
+        )
+        print(
+            f"ratio Locus / mlx_lm.server: prefilled {tot_loc / max(tot_mlx, 1):.3f}, "
+            f"wall {wall_loc / wall_mlx:.3f}"
+        )
         out.update(
             mlx=[asdict(t) | {"reasoning": None, "content": None} for t in mlx.turns],
             mlx_prefilled=tot_mlx,
@@ -710,9 +741,7 @@ def report(sc: Scenario, results: dict[str, SideResult]) -> dict[str, Any]:
         i = sc.new_user_at - 1
         checks.append((f"turn {i + 1} prefills only the new tokens", loc[i].prefilled <= new[i]))
     if sc.key == "C" and mlx:
-        checks.append(
-            ("5 x fewer prefilled than mlx_lm.server", 5 * tot_loc <= out["mlx_prefilled"])
-        )
+        checks.append(("5 x fewer prefilled than mlx_lm.server", 5 * tot_loc <= out["mlx_prefilled"]))
     if sc.key == "D" and sc.restart_before:
         i = sc.restart_before - 1
         checks.append((f"turn {i + 1} after restart prefills only new", loc[i].prefilled <= new[i]))
@@ -722,18 +751,27 @@ def report(sc: Scenario, results: dict[str, SideResult]) -> dict[str, Any]:
         out["vision_runs"] = runs
         checks.append(("vision tower ran once", bool(runs) and runs[-1] == runs[0] == 1))
         later = loc[1:]
-        checks.append(("later turns prefill only new", all(
-            t.prefilled <= n for t, n in zip(later, new[1:], strict=True))))  # fmt: skip
+        checks.append(
+            (
+                "later turns prefill only new",
+                all(t.prefilled <= n for t, n in zip(later, new[1:], strict=True)),
+            )
+        )
     if sc.key == "F":
         for i in range(1, len(loc)):
-            checks.append((f"turn {i + 1} (new session) prefilled <= 1.1 x new user turn",
-                           loc[i].prefilled <= 1.1 * new[i]))  # fmt: skip
+            checks.append(
+                (
+                    f"turn {i + 1} (new session) prefilled <= 1.1 x new user turn",
+                    loc[i].prefilled <= 1.1 * new[i],
+                )
+            )
         if mlx:
             out["mlx_new_sessions_prefilled"] = [t.prefilled for t in mlx.turns[1:]]
     if sc.key == "G":
         i = len(loc) - 1
-        checks.append((f"turn {i + 1} (retry) prefilled <= 1.1 x edited message",
-                       loc[i].prefilled <= 1.1 * new[i]))  # fmt: skip
+        checks.append(
+            (f"turn {i + 1} (retry) prefilled <= 1.1 x edited message", loc[i].prefilled <= 1.1 * new[i])
+        )
     if sc.key == "H":
         # Turns 2.. each follow a reply the client sent back; turn 1 is the same cold prompt.
         later_new, later_loc = sum(new[1:]), sum(t.prefilled for t in loc[1:])
@@ -742,10 +780,11 @@ def report(sc: Scenario, results: dict[str, SideResult]) -> dict[str, Any]:
         if mlx:
             later_mlx = sum(t.prefilled for t in mlx.turns[1:])
             out["later_mlx_prefilled"] = later_mlx
-            print(f"turns 2..: new {later_new}, Locus prefilled {later_loc}, "
-                  f"mlx_lm.server prefilled {later_mlx}")  # fmt: skip
-            checks.append(("turns 2.. prefilled <= 0.6 x mlx_lm.server",
-                           later_loc <= 0.6 * later_mlx))  # fmt: skip
+            print(
+                f"turns 2..: new {later_new}, Locus prefilled {later_loc}, "
+                f"mlx_lm.server prefilled {later_mlx}"
+            )
+            checks.append(("turns 2.. prefilled <= 0.6 x mlx_lm.server", later_loc <= 0.6 * later_mlx))
     for name, ok in checks:
         print(f"target {name}: {'met' if ok else 'NOT met'}")
     out["targets"] = {name: ok for name, ok in checks}

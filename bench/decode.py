@@ -93,8 +93,7 @@ def real_width_config(layers: int) -> Any:
         "max_position_embeddings": 262144,
         "full_attention_interval": interval,
         "layer_types": [
-            "full_attention" if (i + 1) % interval == 0 else "linear_attention"
-            for i in range(layers)
+            "full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(layers)
         ],
         "rope_parameters": {
             "rope_type": "default",
@@ -138,10 +137,7 @@ def write_large_tokenizer(path: Path, vocab_size: int) -> None:
     tok.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in SPECIAL_TOKENS])
     top = n_regular + len(SPECIAL_TOKENS)
     tok.add_tokens(
-        [
-            AddedToken(f"<|unused_{i}|>", special=True, normalized=False)
-            for i in range(top, vocab_size)
-        ]
+        [AddedToken(f"<|unused_{i}|>", special=True, normalized=False) for i in range(top, vocab_size)]
     )
     for text, want in ids.items():
         if tok.token_to_id(text) != want:
@@ -190,9 +186,7 @@ def write_real_width(path: Path, layers: int, dtype: str = "float32", seed: int 
     shards: dict[str, dict[str, Any]] = {}
     for k, v in tree_flatten(lm.parameters()):
         m = re.match(r"model\.layers\.(\d+)\.", k)
-        shards.setdefault(f"layer{int(m.group(1)):03d}" if m else "base", {})[
-            "language_model." + k
-        ] = v
+        shards.setdefault(f"layer{int(m.group(1)):03d}" if m else "base", {})["language_model." + k] = v
     del model, lm
     # The vision tower at engine.tiny's small sizes, projecting into the real hidden width.
     small = TinyConfig(hidden_size=cfg.hidden_size, num_hidden_layers=0, vocab_size=64)
@@ -240,9 +234,7 @@ def ensure_model(args: argparse.Namespace) -> tuple[Path, str]:
     if args.model == "tiny":
         from engine.tiny import TinyConfig
 
-        digest = hashlib.sha256(
-            json.dumps(asdict(TinyConfig()), sort_keys=True).encode()
-        ).hexdigest()
+        digest = hashlib.sha256(json.dumps(asdict(TinyConfig()), sort_keys=True).encode()).hexdigest()
         name, label = f"tiny-mlx-q4-v{CACHE_VERSION}-{digest[:10]}", "tiny (TinyConfig(), 4-bit)"
     else:
         name = f"real-width-L{args.layers}-q4-{args.dtype}-v{CACHE_VERSION}"
@@ -290,8 +282,12 @@ def measure_load_child(path: str, loader: str) -> dict[str, Any]:
         def load() -> Any:
             return mlx_lm_load(path)
 
-    out: dict[str, Any] = {"loader": loader, "layout": info.layout,
-                           "file_bytes": info.file_bytes, "weight_bytes": info.weight_bytes}  # fmt: skip
+    out: dict[str, Any] = {
+        "loader": loader,
+        "layout": info.layout,
+        "file_bytes": info.file_bytes,
+        "weight_bytes": info.weight_bytes,
+    }
     gc.collect()
     rss0 = _max_rss_bytes()
     mx.reset_peak_memory()
@@ -399,9 +395,7 @@ class Bench:
         from engine.events import Done, Usage
         from engine.sampling import SamplingParams
 
-        req = GenerationRequest(
-            prompt_ids=prompt, max_tokens=gen, sampling=SamplingParams(temperature=0)
-        )
+        req = GenerationRequest(prompt_ids=prompt, max_tokens=gen, sampling=SamplingParams(temperature=0))
         usage: Usage | None = None
         done: Done | None = None
         n_events = 0
@@ -416,9 +410,19 @@ class Bench:
         wall = time.perf_counter() - t0
         if done is None or done.error or usage is None:
             raise RuntimeError(f"Locus request failed: {done.error if done else 'no Done event'}")
-        return Run("locus", 0, usage.prompt_tokens, usage.completion_tokens, usage.prompt_tps,
-                   usage.generation_tps, usage.prompt_tokens / usage.prompt_tps, wall,
-                   usage.peak_memory_gb, list(done.token_ids), events=n_events)  # fmt: skip
+        return Run(
+            "locus",
+            0,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.prompt_tps,
+            usage.generation_tps,
+            usage.prompt_tokens / usage.prompt_tps,
+            wall,
+            usage.peak_memory_gb,
+            list(done.token_ids),
+            events=n_events,
+        )
 
     def _mlx_lm(self, prompt: list[int], gen: int) -> Run:
         import mlx.core as mx
@@ -437,10 +441,21 @@ class Bench:
             last = resp
         t_end = time.perf_counter()
         n = len(tokens)
-        return Run("mlx_lm", 0, len(prompt), n, len(prompt) / (t_first - t0),
-                   (n - 1) / (t_end - t_first) if n > 1 else 0.0, t_first - t0, t_end - t0,
-                   mx.get_peak_memory() / GB, tokens, reported_prefill_tps=last.prompt_tps,
-                   reported_decode_tps=last.generation_tps, events=n)  # fmt: skip
+        return Run(
+            "mlx_lm",
+            0,
+            len(prompt),
+            n,
+            len(prompt) / (t_first - t0),
+            (n - 1) / (t_end - t_first) if n > 1 else 0.0,
+            t_first - t0,
+            t_end - t0,
+            mx.get_peak_memory() / GB,
+            tokens,
+            reported_prefill_tps=last.prompt_tps,
+            reported_decode_tps=last.generation_tps,
+            events=n,
+        )
 
     def _raw(self, prompt: list[int], gen: int) -> Run:
         import mlx.core as mx
@@ -464,9 +479,19 @@ class Bench:
         steps.close()
         t_end = time.perf_counter()
         n = len(tokens)
-        return Run("raw", 0, len(prompt), n, len(prompt) / (t_first - t0),
-                   (n - 1) / (t_end - t_first) if n > 1 else 0.0, t_first - t0, t_end - t0,
-                   mx.get_peak_memory() / GB, tokens, events=n)  # fmt: skip
+        return Run(
+            "raw",
+            0,
+            len(prompt),
+            n,
+            len(prompt) / (t_first - t0),
+            (n - 1) / (t_end - t_first) if n > 1 else 0.0,
+            t_first - t0,
+            t_end - t0,
+            mx.get_peak_memory() / GB,
+            tokens,
+            events=n,
+        )
 
 
 def _median(runs: list[Run], attr: str) -> float:
@@ -493,9 +518,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "model": label,
         "path": str(path),
         "layout": info.layout,
-        "quantization": {
-            k: v for k, v in (info.quantization or {}).items() if not isinstance(v, dict)
-        },
+        "quantization": {k: v for k, v in (info.quantization or {}).items() if not isinstance(v, dict)},
         "config": {
             k: tc.get(k)
             for k in (
@@ -539,8 +562,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             for pos, side in enumerate(order):
                 r = bench.run(side, prompt, args.gen_tokens, pos)
                 runs[side].append(r)
-                log(f"run {i + 1}/{args.runs} {LABELS[side]:<32} prefill {r.prefill_tps:9.1f} "
-                    f"tok/s  decode {r.decode_tps:8.2f} tok/s  wall {r.wall_s:6.2f} s")  # fmt: skip
+                log(
+                    f"run {i + 1}/{args.runs} {LABELS[side]:<32} prefill {r.prefill_tps:9.1f} "
+                    f"tok/s  decode {r.decode_tps:8.2f} tok/s  wall {r.wall_s:6.2f} s"
+                )
     finally:
         bench.close()
 
@@ -557,9 +582,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     report["results"] = summary
     ref = runs["locus"][0].tokens
     report["outputs_identical"] = {
-        side: _first_divergence(ref, rs[0].tokens) is None
-        for side, rs in runs.items()
-        if side != "locus"
+        side: _first_divergence(ref, rs[0].tokens) is None for side, rs in runs.items() if side != "locus"
     }
     report["first_divergence"] = {
         side: _first_divergence(ref, rs[0].tokens) for side, rs in runs.items() if side != "locus"
@@ -603,46 +626,60 @@ def print_table(report: dict[str, Any]) -> None:
     c = report["config"]
     print(f"model       {report['model']}")
     print(f"            {report['path']}")
-    print(f"            layout {report['layout']}, quantization {report['quantization'] or 'none'}, "
-          f"checkpoint {report['checkpoint_bytes'] / GB:.3f} GB")  # fmt: skip
+    print(
+        f"            layout {report['layout']}, quantization {report['quantization'] or 'none'}, "
+        f"checkpoint {report['checkpoint_bytes'] / GB:.3f} GB"
+    )
     print("            " + ", ".join(f"{k} {v}" for k, v in c.items()))
-    print(f"platform    {p['system']}, {p['cpus']} CPUs, {p['device']}, python {p['python']}, "
-          f"mlx {p['mlx']}, mlx-lm {p['mlx_lm']}")  # fmt: skip
-    print(f"workload    prompt {report['prompt_tokens']} tokens (random ids), generate "
-          f"{report['gen_tokens']} tokens greedy, {report['runs']} runs (median), "
-          f"warmup {'on' if report['warmup'] else 'off'}, order alternating")  # fmt: skip
+    print(
+        f"platform    {p['system']}, {p['cpus']} CPUs, {p['device']}, python {p['python']}, "
+        f"mlx {p['mlx']}, mlx-lm {p['mlx_lm']}"
+    )
+    print(
+        f"workload    prompt {report['prompt_tokens']} tokens (random ids), generate "
+        f"{report['gen_tokens']} tokens greedy, {report['runs']} runs (median), "
+        f"warmup {'on' if report['warmup'] else 'off'}, order alternating"
+    )
     print()
     res = report["results"]
-    head = (
-        f"{'':34}{'prefill tok/s':>14}{'decode tok/s':>14}{'TTFT s':>9}{'wall s':>9}{'peak GB':>9}"
-    )
+    head = f"{'':34}{'prefill tok/s':>14}{'decode tok/s':>14}{'TTFT s':>9}{'wall s':>9}{'peak GB':>9}"
     print(head)
     print("-" * len(head))
     for side, s in res.items():
-        print(f"{LABELS[side]:34}{s['prefill_tps']:14.1f}{s['decode_tps']:14.2f}"
-              f"{s['ttft_s']:9.3f}{s['wall_s']:9.2f}{s['peak_memory_gb']:9.3f}")  # fmt: skip
+        print(
+            f"{LABELS[side]:34}{s['prefill_tps']:14.1f}{s['decode_tps']:14.2f}"
+            f"{s['ttft_s']:9.3f}{s['wall_s']:9.2f}{s['peak_memory_gb']:9.3f}"
+        )
     r = report["ratios"]
     print(f"{'ratio Locus / mlx-lm':34}{_fmt_ratio(r['prefill']):>14}{_fmt_ratio(r['decode']):>14}")
     if "raw" in res:
         raw = res["raw"]
-        print(f"{'ratio Locus engine / generate_step':34}"
-              f"{res['locus']['prefill_tps'] / raw['prefill_tps']:14.2f}"
-              f"{res['locus']['decode_tps'] / raw['decode_tps']:14.2f}")  # fmt: skip
+        print(
+            f"{'ratio Locus engine / generate_step':34}"
+            f"{res['locus']['prefill_tps'] / raw['prefill_tps']:14.2f}"
+            f"{res['locus']['decode_tps'] / raw['decode_tps']:14.2f}"
+        )
     m = res["mlx_lm"]
     if m["runs"] and m["runs"][0].get("reported_decode_tps"):
         rep_dec = statistics.median(x["reported_decode_tps"] for x in m["runs"])
         rep_pre = statistics.median(x["reported_prefill_tps"] for x in m["runs"])
-        print(f"(mlx-lm's own numbers: prefill {rep_pre:.1f} tok/s, decode {rep_dec:.2f} tok/s; "
-              "its decode divides n tokens by n - 1 intervals)")  # fmt: skip
+        print(
+            f"(mlx-lm's own numbers: prefill {rep_pre:.1f} tok/s, decode {rep_dec:.2f} tok/s; "
+            "its decode divides n tokens by n - 1 intervals)"
+        )
     for side, same in report["outputs_identical"].items():
         div = report["first_divergence"][side]
-        print(f"greedy tokens {LABELS[side]} vs Locus: "
-              + ("identical" if same else f"differ from token {div}")
-              + f" ({report['gen_tokens_produced'][side]} tokens)")  # fmt: skip
+        print(
+            f"greedy tokens {LABELS[side]} vs Locus: "
+            + ("identical" if same else f"differ from token {div}")
+            + f" ({report['gen_tokens_produced'][side]} tokens)"
+        )
     if "load" in report:
         print()
-        head = (f"{'load (fresh process)':34}{'load s':>9}{'mx peak GB':>12}{'RSS +GB':>10}"
-                f"{'peak/ckpt':>11}{'RSS/ckpt':>10}")  # fmt: skip
+        head = (
+            f"{'load (fresh process)':34}{'load s':>9}{'mx peak GB':>12}{'RSS +GB':>10}"
+            f"{'peak/ckpt':>11}{'RSS/ckpt':>10}"
+        )
         print(head)
         print("-" * len(head))
         for name, d in report["load"].items():
@@ -650,10 +687,14 @@ def print_table(report: dict[str, Any]) -> None:
             if "error" in d:
                 print(f"{label:34}cannot load this checkpoint: {d['error']}")
                 continue
-            print(f"{label:34}{d['load_s']:9.2f}{d['mx_peak_bytes'] / GB:12.3f}"
-                  f"{d['rss_growth_bytes'] / GB:10.3f}{d['peak_ratio']:11.2f}{d['rss_ratio']:10.2f}")  # fmt: skip
-        print(f"(checkpoint {report['checkpoint_bytes'] / GB:.3f} GB on disk; RSS +GB is the growth "
-              "of the process's max RSS during the load)")  # fmt: skip
+            print(
+                f"{label:34}{d['load_s']:9.2f}{d['mx_peak_bytes'] / GB:12.3f}"
+                f"{d['rss_growth_bytes'] / GB:10.3f}{d['peak_ratio']:11.2f}{d['rss_ratio']:10.2f}"
+            )
+        print(
+            f"(checkpoint {report['checkpoint_bytes'] / GB:.3f} GB on disk; RSS +GB is the growth "
+            "of the process's max RSS during the load)"
+        )
     print()
     for line in final_lines(report):
         print(line)
@@ -662,29 +703,37 @@ def print_table(report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="tiny", help="tiny, real-width, or a checkpoint directory")
+    ap.add_argument("--layers", type=int, default=4, help="layers of the real-width model (default 4)")
     ap.add_argument(
-        "--layers", type=int, default=4, help="layers of the real-width model (default 4)"
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="unquantized weights and scales of the real-width model",
     )
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                    help="unquantized weights and scales of the real-width model")  # fmt: skip
-    ap.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "bench-models"),
-                    help="where generated checkpoints are kept (default: %(default)s)")  # fmt: skip
+    ap.add_argument(
+        "--cache-dir",
+        default=str(Path(tempfile.gettempdir()) / "bench-models"),
+        help="where generated checkpoints are kept (default: %(default)s)",
+    )
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per side; the median is reported")
     ap.add_argument(
-        "--runs", type=int, default=3, help="timed runs per side; the median is reported"
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one short untimed run per side first (default: on)",
     )
-    ap.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
-                    help="one short untimed run per side first (default: on)")  # fmt: skip
-    ap.add_argument("--include-raw", action="store_true",
-                    help="also time engine.generate.generate_step directly (no engine)")  # fmt: skip
+    ap.add_argument(
+        "--include-raw",
+        action="store_true",
+        help="also time engine.generate.generate_step directly (no engine)",
+    )
     ap.add_argument("--no-load", action="store_true", help="skip the load-memory measurement")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     ap.add_argument("--measure-load", metavar="PATH", help=argparse.SUPPRESS)
-    ap.add_argument(
-        "--loader", choices=["locus", "mlx-lm"], default="locus", help=argparse.SUPPRESS
-    )
+    ap.add_argument("--loader", choices=["locus", "mlx-lm"], default="locus", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.measure_load:

@@ -113,9 +113,7 @@ def score(pred: list[Any], truth: list[dict[str, Any]]) -> tuple[int, int, int]:
 # -- vision tower timing ---------------------------------------------------------------------
 
 
-def vision_timing(
-    dtype: str, width: int = 1024, height: int = 768, runs: int = 2
-) -> dict[str, Any]:
+def vision_timing(dtype: str, width: int = 1024, height: int = 768, runs: int = 2) -> dict[str, Any]:
     """Seconds for the vision tower at Qwen3.6's real widths (random weights) on one image."""
     import mlx.core as mx
     import numpy as np
@@ -125,11 +123,17 @@ def vision_timing(
     from engine.vision import VisionModel
 
     config = {
-        "depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16,
-        "patch_size": 16, "temporal_patch_size": 2, "spatial_merge_size": 2,
-        "out_hidden_size": 2048, "num_position_embeddings": 2304,
+        "depth": 27,
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_heads": 16,
+        "patch_size": 16,
+        "temporal_patch_size": 2,
+        "spatial_merge_size": 2,
+        "out_hidden_size": 2048,
+        "num_position_embeddings": 2304,
         "hidden_act": "gelu_pytorch_tanh",
-    }  # fmt: skip
+    }
     mx.random.seed(0)
     model = VisionModel(config)
     if dtype == "bfloat16":
@@ -168,10 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--model", metavar="PATH", help="model directory or cached repo id")
     src.add_argument("--demo", action="store_true", help="the tiny random demo model")
-    src.add_argument("--replay", nargs="?", const="", metavar="FILE",
-                     help="recorded answers (JSONL of strings); bare: synthesized from the truth")  # fmt: skip
-    ap.add_argument("--vision-timing", action="store_true",
-                    help="also time the vision tower at real widths on a 1024×768 image")  # fmt: skip
+    src.add_argument(
+        "--replay",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="recorded answers (JSONL of strings); bare: synthesized from the truth",
+    )
+    ap.add_argument(
+        "--vision-timing",
+        action="store_true",
+        help="also time the vision tower at real widths on a 1024×768 image",
+    )
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     ap.add_argument("--vision-runs", type=int, default=1, metavar="N", help="timed runs (best)")
     ap.add_argument("--max-tokens", type=int, default=1024)
@@ -215,26 +227,35 @@ def main(argv: list[str] | None = None) -> int:
                 times.append(time.perf_counter() - t)
                 f, n, p = score(boxes, item["boxes"])
                 found, total, predicted = found + f, total + n, predicted + p
-                print(f"{item['image']:>14} {width}×{height}: {f}/{n} found, {p} predicted, "
-                      f"{times[-1]:.3f} s")  # fmt: skip
+                print(
+                    f"{item['image']:>14} {width}×{height}: {f}/{n} found, {p} predicted, {times[-1]:.3f} s"
+                )
         finally:
             if engine is not None:
                 engine.close()
         source = "model" if engine is not None else ("replay" if args.replay else "synthesized")
-        print(f"accuracy at IoU >= 0.5: {found}/{total} = {found / max(total, 1):.3f} "
-              f"(precision {found / max(predicted, 1):.3f}); answers: {source}; "
-              f"{sum(times) / max(len(times), 1):.3f} s per image")  # fmt: skip
+        print(
+            f"accuracy at IoU >= 0.5: {found}/{total} = {found / max(total, 1):.3f} "
+            f"(precision {found / max(predicted, 1):.3f}); answers: {source}; "
+            f"{sum(times) / max(len(times), 1):.3f} s per image"
+        )
         out["localization"] = {
-            "answers": source, "images": len(items), "found": found, "truth": total,
-            "predicted": predicted, "accuracy": found / max(total, 1),
+            "answers": source,
+            "images": len(items),
+            "found": found,
+            "truth": total,
+            "predicted": predicted,
+            "accuracy": found / max(total, 1),
             "seconds_per_image": sum(times) / max(len(times), 1),
-        }  # fmt: skip
+        }
     if args.vision_timing:
         log("timing the vision tower at real widths (random weights)...")
         v = vision_timing(args.dtype, runs=args.vision_runs)
-        print(f"vision tower, {v['image'][0]}×{v['image'][1]} image ({v['image_tokens']} tokens, "
-              f"grid {v['grid']}), {v['dtype']} on {v['device']}: {v['seconds']:.2f} s "
-              f"(best of {len(v['runs'])})")  # fmt: skip
+        print(
+            f"vision tower, {v['image'][0]}×{v['image'][1]} image ({v['image_tokens']} tokens, "
+            f"grid {v['grid']}), {v['dtype']} on {v['device']}: {v['seconds']:.2f} s "
+            f"(best of {len(v['runs'])})"
+        )
         out["vision_tower"] = v
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

@@ -89,8 +89,7 @@ def _oracle(truth: list[int], right: float, seed: int) -> Any:
 
     def draft(tokens: list[int], k: int) -> list[int]:
         m = len(tokens)
-        return [truth[m + i] if m + i < len(truth) and r.random() < right else 0
-                for i in range(k)]  # fmt: skip
+        return [truth[m + i] if m + i < len(truth) and r.random() < right else 0 for i in range(k)]
 
     return draft
 
@@ -135,13 +134,13 @@ def verify_costs(model: Any, prompt: list[int], ks: list[int], reps: int) -> lis
     for k in ks:
         verify = statistics.median(times[("verify", k)])
         block = statistics.median(times[("block", k)])
-        rows.append({"k": k, "step_s": step, "verify_s": verify, "block_s": block,
-                     "steps": verify / step})  # fmt: skip
+        rows.append({"k": k, "step_s": step, "verify_s": verify, "block_s": block, "steps": verify / step})
     return rows
 
 
-def decode_rows(model: Any, prompt: list[int], args: argparse.Namespace, label: str,
-                head_note: str) -> list[dict[str, Any]]:  # fmt: skip
+def decode_rows(
+    model: Any, prompt: list[int], args: argparse.Namespace, label: str, head_note: str
+) -> list[dict[str, Any]]:
     """The plain row, then the oracle, noisy-oracle and head rows, each checked against plain."""
     import mlx.core as mx
 
@@ -173,16 +172,27 @@ def decode_rows(model: Any, prompt: list[int], args: argparse.Namespace, label: 
     for name, k, drafter in plan:
         log(f"{label}: {name}")
         stats = DraftStats()
-        steps = speculative_step(model, prompt, model.make_cache(), draft_tokens=k, stats=stats,
-                                 params=SamplingParams(temperature=0), drafter=drafter)  # fmt: skip
+        steps = speculative_step(
+            model,
+            prompt,
+            model.make_cache(),
+            draft_tokens=k,
+            stats=stats,
+            params=SamplingParams(temperature=0),
+            drafter=drafter,
+        )
         out, tps = _timed(steps, n, lambda s=stats: s.rounds)
         log(f"  {tps:.2f} tok/s, {stats.accepted}/{stats.drafted} drafts accepted")
-        rows.append({
-            "row": name, "k": k, "tps": tps,
-            "acceptance": stats.accepted / max(stats.drafted, 1),
-            "tokens_per_forward": len(out) / max(stats.rounds, 1),
-            "same": out == ref[: len(out)],
-        })  # fmt: skip
+        rows.append(
+            {
+                "row": name,
+                "k": k,
+                "tps": tps,
+                "acceptance": stats.accepted / max(stats.drafted, 1),
+                "tokens_per_forward": len(out) / max(stats.rounds, 1),
+                "same": out == ref[: len(out)],
+            }
+        )
     for r in rows:
         r["speedup"] = r["tps"] / (rows[0]["tps"] or 1e-9)
     return rows
@@ -219,8 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "head": head_note,
         "prompt_tokens": len(prompt),
         "gen_tokens": args.gen_tokens,
-        "machine": f"{platform.machine()} {platform.system()}, MLX {mx.__version__}, "
-        f"{mx.default_device()}",
+        "machine": f"{platform.machine()} {platform.system()}, MLX {mx.__version__}, {mx.default_device()}",
         "rows": rows,
         "verify": verify,
     }
@@ -228,21 +237,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(rep: dict[str, Any]) -> None:
     print(f"# {rep['model']} — {rep['machine']}")
-    print(f"# prompt {rep['prompt_tokens']} tokens, {rep['gen_tokens']} generated, "
-          f"greedy; head row: {rep['head']}")  # fmt: skip
+    print(
+        f"# prompt {rep['prompt_tokens']} tokens, {rep['gen_tokens']} generated, "
+        f"greedy; head row: {rep['head']}"
+    )
     print(f"{'row':<10} {'tok/s':>8} {'x plain':>8} {'accept':>7} {'tok/fwd':>8} {'same':>5}")
     for r in rep["rows"]:
         acc = "" if r["acceptance"] is None else f"{r['acceptance']:.2f}"
         tpf = f"{r.get('tokens_per_forward', 1.0):.2f}"
-        print(f"{r['row']:<10} {r['tps']:8.2f} {r['speedup']:8.2f} {acc:>7} {tpf:>8} "
-              f"{'yes' if r['same'] else 'NO':>5}")  # fmt: skip
+        print(
+            f"{r['row']:<10} {r['tps']:8.2f} {r['speedup']:8.2f} {acc:>7} {tpf:>8} "
+            f"{'yes' if r['same'] else 'NO':>5}"
+        )
     print("# one verification forward over K+1 positions vs one plain (single-token) step")
-    print(f"{'K':>3} {'step s':>8} {'verify s':>9} {'no-record s':>12} {'= steps':>8} "
-          f"{'/ K steps':>10} {'/ K+1 steps':>12}")  # fmt: skip
+    print(
+        f"{'K':>3} {'step s':>8} {'verify s':>9} {'no-record s':>12} {'= steps':>8} "
+        f"{'/ K steps':>10} {'/ K+1 steps':>12}"
+    )
     for v in rep["verify"]:
-        print(f"{v['k']:>3} {v['step_s']:8.3f} {v['verify_s']:9.3f} {v['block_s']:12.3f} "
-              f"{v['steps']:8.2f} {v['steps'] / v['k']:10.2f} "
-              f"{v['steps'] / (v['k'] + 1):12.2f}")  # fmt: skip
+        print(
+            f"{v['k']:>3} {v['step_s']:8.3f} {v['verify_s']:9.3f} {v['block_s']:12.3f} "
+            f"{v['steps']:8.2f} {v['steps'] / v['k']:10.2f} "
+            f"{v['steps'] / (v['k'] + 1):12.2f}"
+        )
     print(f"recommended for this model on this machine: --mtp {rep['recommended_mtp']}")
 
 
@@ -259,8 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, nargs="*", default=[1, 2, 3, 4], help="oracle rows")
     ap.add_argument("--noisy-k", type=int, nargs="*", default=[2, 4], help="noisy-oracle rows")
     ap.add_argument("--noisy", type=float, default=0.6, help="noisy oracle: P(draft right)")
-    ap.add_argument("--head-k", type=int, nargs="*", default=None,
-                    help="MTP-head rows (default 1-4 with a real head, 1 with a random one)")  # fmt: skip
+    ap.add_argument(
+        "--head-k",
+        type=int,
+        nargs="*",
+        default=None,
+        help="MTP-head rows (default 1-4 with a real head, 1 with a random one)",
+    )
     ap.add_argument("--verify-reps", type=int, default=3, help="runs per verification timing")
     ap.add_argument("--verify-only", action="store_true", help="only the verification table")
     ap.add_argument("--seed", type=int, default=0)

@@ -91,15 +91,26 @@ def child(args: argparse.Namespace) -> int:
         if r.error:
             raise SystemExit(f"request failed: {r.error}")
         u = r.usage
-        runs.append({"tokens": r.token_ids, "prompt_tps": u.prompt_tps,
-                     "ttft_s": u.prompt_tokens / max(u.prompt_tps, 1e-9),
-                     "decode_tps": u.generation_tps, "peak_memory_gb": u.peak_memory_gb,
-                     "ranks": u.ranks, "rank_layers": [list(x) for x in u.rank_layers]})  # fmt: skip
+        runs.append(
+            {
+                "tokens": r.token_ids,
+                "prompt_tps": u.prompt_tps,
+                "ttft_s": u.prompt_tokens / max(u.prompt_tps, 1e-9),
+                "decode_tps": u.generation_tps,
+                "peak_memory_gb": u.peak_memory_gb,
+                "ranks": u.ranks,
+                "rank_layers": [list(x) for x in u.rank_layers],
+            }
+        )
     dtype = lm.model.language_model.model.embed_tokens.weight.dtype
     if "scales" in lm.model.language_model.model.embed_tokens:  # quantized: scales' dtype
         dtype = lm.model.language_model.model.embed_tokens.scales.dtype
-    print(json.dumps({"runs": runs, "hidden": lm.model.args.hidden_size,
-                      "itemsize": dtype.size, "dtype": str(dtype)}), flush=True)  # fmt: skip
+    print(
+        json.dumps(
+            {"runs": runs, "hidden": lm.model.args.hidden_size, "itemsize": dtype.size, "dtype": str(dtype)}
+        ),
+        flush=True,
+    )
     backend.close()
     return 0
 
@@ -123,16 +134,37 @@ def _free_port() -> int:
 
 
 def configuration(args: argparse.Namespace, path: Path, ranks: int) -> dict[str, Any]:
-    me = [sys.executable, str(Path(__file__).resolve()), "--child", str(path),
-          "--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens),
-          "--runs", str(args.runs), "--seed", str(args.seed)]  # fmt: skip
+    me = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        str(path),
+        "--prompt-tokens",
+        str(args.prompt_tokens),
+        "--gen-tokens",
+        str(args.gen_tokens),
+        "--runs",
+        str(args.runs),
+        "--seed",
+        str(args.seed),
+    ]
     if ranks > 1:
-        me = [sys.executable, "-c", LAUNCH, "-n", str(ranks), "--backend", "ring",
-              "--starting-port", str(_free_port()), "--", *me]  # fmt: skip
+        me = [
+            sys.executable,
+            "-c",
+            LAUNCH,
+            "-n",
+            str(ranks),
+            "--backend",
+            "ring",
+            "--starting-port",
+            str(_free_port()),
+            "--",
+            *me,
+        ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     log(f"{ranks} process(es): {path.name}")
-    proc = subprocess.Popen(me, env=env, stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(me, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=args.timeout)
     finally:
@@ -145,12 +177,20 @@ def configuration(args: argparse.Namespace, path: Path, ranks: int) -> dict[str,
         raise SystemExit(f"{ranks} process(es) failed (exit {proc.returncode})")
     rep = json.loads(lines[-1])
     runs = rep["runs"]
-    med = {k: statistics.median(r[k] for r in runs)
-           for k in ("prompt_tps", "ttft_s", "decode_tps", "peak_memory_gb")}  # fmt: skip
-    return {"ranks": ranks, "rank_layers": runs[0]["rank_layers"], **med,
-            "tokens": [r["tokens"] for r in runs], "hidden": rep["hidden"],
-            "dtype": rep["dtype"], "itemsize": rep["itemsize"],
-            "bytes_per_token": bytes_per_token(rep["hidden"], rep["itemsize"], ranks)}  # fmt: skip
+    med = {
+        k: statistics.median(r[k] for r in runs)
+        for k in ("prompt_tps", "ttft_s", "decode_tps", "peak_memory_gb")
+    }
+    return {
+        "ranks": ranks,
+        "rank_layers": runs[0]["rank_layers"],
+        **med,
+        "tokens": [r["tokens"] for r in runs],
+        "hidden": rep["hidden"],
+        "dtype": rep["dtype"],
+        "itemsize": rep["itemsize"],
+        "bytes_per_token": bytes_per_token(rep["hidden"], rep["itemsize"], ranks),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -159,21 +199,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     same = rows[0]["tokens"] == rows[1]["tokens"]
     for r in rows:
         r.pop("tokens")
-    return {"model": label, "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens,
-            "runs": args.runs, "machine": f"{platform.system()} {platform.machine()}, "
-            f"{os.cpu_count()} CPUs", "same_tokens": same, "rows": rows}  # fmt: skip
+    return {
+        "model": label,
+        "prompt_tokens": args.prompt_tokens,
+        "gen_tokens": args.gen_tokens,
+        "runs": args.runs,
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "same_tokens": same,
+        "rows": rows,
+    }
 
 
 def print_table(rep: dict[str, Any]) -> None:
-    print(f"{rep['model']}: {rep['prompt_tokens']}-token prompt, {rep['gen_tokens']} tokens, "
-          f"median of {rep['runs']} ({rep['machine']})")  # fmt: skip
-    print(f"{'processes':>9}  {'layers per rank':<18} {'TTFT s':>8} {'prefill tok/s':>14} "
-          f"{'decode tok/s':>13} {'bytes/token decode':>19} {'prefill':>8}")  # fmt: skip
+    print(
+        f"{rep['model']}: {rep['prompt_tokens']}-token prompt, {rep['gen_tokens']} tokens, "
+        f"median of {rep['runs']} ({rep['machine']})"
+    )
+    print(
+        f"{'processes':>9}  {'layers per rank':<18} {'TTFT s':>8} {'prefill tok/s':>14} "
+        f"{'decode tok/s':>13} {'bytes/token decode':>19} {'prefill':>8}"
+    )
     for r in rep["rows"]:
         layers = " ".join(f"{a}-{b - 1}" for a, b in r["rank_layers"]) or "all"
         b = r["bytes_per_token"]
-        print(f"{r['ranks']:>9}  {layers:<18} {r['ttft_s']:>8.3f} {r['prompt_tps']:>14.1f} "
-              f"{r['decode_tps']:>13.1f} {b['decode']:>19,} {b['prefill']:>8,}")  # fmt: skip
+        print(
+            f"{r['ranks']:>9}  {layers:<18} {r['ttft_s']:>8.3f} {r['prompt_tps']:>14.1f} "
+            f"{r['decode_tps']:>13.1f} {b['decode']:>19,} {b['prefill']:>8,}"
+        )
     r = rep["rows"][-1]
     print(
         f"bytes are computed (hidden {r['hidden']} x {r['itemsize']} bytes {r['dtype']}), "

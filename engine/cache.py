@@ -164,8 +164,11 @@ class PromptCache:
         self._scan_disk()
         n = len(tokens)
         with self._lock:
-            cands = [s for s in [*self._mem.values(), *self._disk.values()]
-                     if s.model_id == model_id and len(s.tokens) < n]  # fmt: skip
+            cands = [
+                s
+                for s in [*self._mem.values(), *self._disk.values()]
+                if s.model_id == model_id and len(s.tokens) < n
+            ]
         cands.sort(key=lambda s: len(s.tokens), reverse=True)
         for s in cands:
             L = len(s.tokens)
@@ -218,9 +221,7 @@ class PromptCache:
         self._evict()
         return snap
 
-    def holds(
-        self, model_id: str, tokens: Sequence[int], extra: Sequence[tuple[int, str]] = ()
-    ) -> bool:
+    def holds(self, model_id: str, tokens: Sequence[int], extra: Sequence[tuple[int, str]] = ()) -> bool:
         """Whether a snapshot of exactly `tokens` is in memory or on disk."""
         tokens = tuple(tokens)
         key = prefix_key(model_id, tokens, tuple(e for e in extra if e[0] < len(tokens)))
@@ -285,8 +286,19 @@ class PromptCache:
             tmp = path.with_name(path.name + ".tmp.safetensors")
             mx.save_safetensors(str(tmp), arrays or {"empty": mx.zeros((0,))}, metadata=meta)
             os.replace(tmp, path)
-            disk_snap = Snapshot(s.key, s.model_id, s.tokens, s.extra, s.classes, None,
-                                 path.stat().st_size, s.session, s.kind, s.last_used, path)  # fmt: skip
+            disk_snap = Snapshot(
+                s.key,
+                s.model_id,
+                s.tokens,
+                s.extra,
+                s.classes,
+                None,
+                path.stat().st_size,
+                s.session,
+                s.kind,
+                s.last_used,
+                path,
+            )
             with self._lock:
                 self._disk[s.key] = disk_snap
             self.stats.disk_writes += 1
@@ -329,19 +341,26 @@ class PromptCache:
                     raise ValueError("bad header length")
                 header = json.loads(f.read(n))
             meta = header.get("__metadata__", {})
-            if meta.get("format") != "locus-prompt-cache" or meta.get("version") != str(
-                FORMAT_VERSION
-            ):
+            if meta.get("format") != "locus-prompt-cache" or meta.get("version") != str(FORMAT_VERSION):
                 raise ValueError("not a Locus prompt cache file of this version")
             tokens = tuple(int(t) for t in json.loads(meta["tokens"]))
             extra = tuple((int(p), str(d)) for p, d in json.loads(meta.get("extra", "[]")))
             key = prefix_key(meta["model_id"], tokens, extra)
             if key != meta["key"] or path.name != f"{key}{_SUFFIX}":
                 raise ValueError("token hash does not match the file's name")
-            return Snapshot(key, meta["model_id"], tokens, extra, json.loads(meta["classes"]), None,
-                            path.stat().st_size, meta.get("session", "default"),
-                            meta.get("kind", "prompt"), path.stat().st_mtime - time.time() + time.monotonic(),
-                            path)  # fmt: skip
+            return Snapshot(
+                key,
+                meta["model_id"],
+                tokens,
+                extra,
+                json.loads(meta["classes"]),
+                None,
+                path.stat().st_size,
+                meta.get("session", "default"),
+                meta.get("kind", "prompt"),
+                path.stat().st_mtime - time.time() + time.monotonic(),
+                path,
+            )
         except (OSError, ValueError, KeyError, TypeError) as e:
             self._reject(path, str(e) or type(e).__name__)
             return None

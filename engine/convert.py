@@ -15,9 +15,17 @@ from typing import Any
 from .errors import ModelLoadError
 from .loader import _load_qwen, inspect_checkpoint
 
-_COPY = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "vocab.json",
-         "merges.txt", "generation_config.json", "special_tokens_map.json",
-         "preprocessor_config.json", "video_preprocessor_config.json")  # fmt: skip
+_COPY = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+)
 _SHARD_BYTES = 4 * 1024**3
 
 

@@ -108,8 +108,9 @@ class GenerationRequest:
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise RequestError("stop strings must be non-empty strings")
         if not isinstance(self.prefix, str):
-            raise RequestError(f"prefix must be a string, the text the reply starts with "
-                               f"(got {type(self.prefix).__name__})")  # fmt: skip
+            raise RequestError(
+                f"prefix must be a string, the text the reply starts with (got {type(self.prefix).__name__})"
+            )
         _check_tool_choice(self.tool_choice, self.tools)
         b = self.thinking_budget
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
@@ -148,13 +149,9 @@ def _check_tool_choice(choice: Any, tools: list[dict[str, Any]] | None) -> None:
         )
     names = tool_schemas(tools)
     if not names:
-        raise RequestError(
-            f"tool_choice {choice!r} forces a tool call, but the request has no tools"
-        )
+        raise RequestError(f"tool_choice {choice!r} forces a tool call, but the request has no tools")
     if choice not in _CHOICES and choice not in names:
-        raise RequestError(
-            f"tool_choice {choice!r}: no tool of that name (the tools are {', '.join(names)})"
-        )
+        raise RequestError(f"tool_choice {choice!r}: no tool of that name (the tools are {', '.join(names)})")
 
 
 def _check_mtp(k: int | None) -> None:
@@ -223,8 +220,16 @@ class RequestHandle:
             elif isinstance(ev, Done):
                 done = ev
         assert done is not None
-        return GenerationResult("".join(text), "".join(reasoning), calls, errs,
-                                done.finish_reason, done.token_ids, done.usage, done.error)  # fmt: skip
+        return GenerationResult(
+            "".join(text),
+            "".join(reasoning),
+            calls,
+            errs,
+            done.finish_reason,
+            done.token_ids,
+            done.usage,
+            done.error,
+        )
 
     def _put(self, ev: Event) -> None:
         self._queue.put(ev)
@@ -304,9 +309,13 @@ class _Solo:
     def __init__(self, handle: RequestHandle):
         self.handle = handle
 
-    def begin(self, cache: list[Any], cached: int, kinds: dict[int, str],
-              relookup: Callable[[int], tuple[list[Any], int]] | None,
-              ) -> tuple[list[Any], int, dict[int, str]]:  # fmt: skip
+    def begin(
+        self,
+        cache: list[Any],
+        cached: int,
+        kinds: dict[int, str],
+        relookup: Callable[[int], tuple[list[Any], int]] | None,
+    ) -> tuple[list[Any], int, dict[int, str]]:
         """The resume point and snapshot positions every process uses (alone: its own)."""
         return cache, cached, kinds
 
@@ -493,8 +502,7 @@ class Engine:
             prefix = req.reply_prefix
             n = len(self.model.tokenizer.encode(prefix, add_special_tokens=False)) if prefix else 0
             opens = _primed_parser(req, inputs.reasoning).in_reasoning
-            return PreparedRequest(req, len(inputs.ids), opens, self.model.model_id, inputs,
-                                   prefix_tokens=n)  # fmt: skip
+            return PreparedRequest(req, len(inputs.ids), opens, self.model.model_id, inputs, prefix_tokens=n)
 
         return self._call(job)
 
@@ -556,15 +564,9 @@ class Engine:
         prefix = req.reply_prefix
         if req.prompt_ids is not None:
             vocab = int(lm.config.get("text_config", lm.config).get("vocab_size", 0)) or None
-            bad = [
-                i
-                for i in req.prompt_ids
-                if not isinstance(i, int) or i < 0 or (vocab and i >= vocab)
-            ]
+            bad = [i for i in req.prompt_ids if not isinstance(i, int) or i < 0 or (vocab and i >= vocab)]
             if bad or not req.prompt_ids:
-                raise RequestError(
-                    f"prompt ids must be integers in [0, vocab size); bad: {bad[:5]}"
-                )
+                raise RequestError(f"prompt ids must be integers in [0, vocab size); bad: {bad[:5]}")
             tail = tok.encode(prefix, add_special_tokens=False) if prefix else []
             return list(req.prompt_ids) + tail, False
         if req.prompt is not None:
@@ -579,9 +581,7 @@ class Engine:
         text = req.prompt if req.prompt is not None else self._render(req, req.messages or [])
         return text + req.reply_prefix if with_prefix else text
 
-    def _render(
-        self, req: GenerationRequest, messages: list[dict[str, Any]], gen: bool = True
-    ) -> str:
+    def _render(self, req: GenerationRequest, messages: list[dict[str, Any]], gen: bool = True) -> str:
         tok = self.model.tokenizer
         preserve = req.preserve_thinking
         if preserve is None:
@@ -589,9 +589,14 @@ class Engine:
         # A forced call is the reply's start: no reasoning before it.
         think = req.enable_thinking and not req.forces_call
         return render_prompt(
-            tok, messages, tools=req.rendered_tools, enable_thinking=think,
-            preserve_thinking=preserve, add_generation_prompt=gen, **req.template_kwargs,
-        )  # fmt: skip
+            tok,
+            messages,
+            tools=req.rendered_tools,
+            enable_thinking=think,
+            preserve_thinking=preserve,
+            add_generation_prompt=gen,
+            **req.template_kwargs,
+        )
 
     def _splice(self, req: GenerationRequest, ids: list[int]) -> list[int]:
         """Replies the template re-rendered, put back as the very ids generated for them."""
@@ -644,13 +649,14 @@ class Engine:
         cache, cached, kinds = sync.begin(cache, cached, kinds, relookup)
         # A boundary just past the resume point (a tool turn right after the cached reply) is
         # cheaper to prefill again than to keep; a marked one is kept as the client asked.
-        kinds = {p: k for p, k in kinds.items() if cached < p < len(prompt) - 1
-                 and (k == "breakpoint" or not cached or p - cached >= MIN_GAP)}  # fmt: skip
+        kinds = {
+            p: k
+            for p, k in kinds.items()
+            if cached < p < len(prompt) - 1 and (k == "breakpoint" or not cached or p - cached >= MIN_GAP)
+        }
         return _CacheTicket(pc, lm, req, prompt, cache, cached, kinds, extra)
 
-    def _lockstep(
-        self, req: GenerationRequest, inputs: PromptInputs, handle: RequestHandle
-    ) -> _Solo:
+    def _lockstep(self, req: GenerationRequest, inputs: PromptInputs, handle: RequestHandle) -> _Solo:
         """What keeps this request in step with other processes (none: a plain engine)."""
         return _Solo(handle)
 
@@ -759,16 +765,27 @@ class _Run:
         common: dict[str, Any] = dict(
             logits_processors=make_logits_processors(req.sampling, len(self.prompt)),
             progress=(lambda d, t: handle._put(PromptProgress(d, t))) if first else None,
-            cancelled=self.sync.prefill_cancelled, stream=self.engine._stream, start=start,
-            checkpoints=sorted(ticket.kinds) if first else (), on_checkpoint=ticket.checkpoint,
-        )  # fmt: skip
+            cancelled=self.sync.prefill_cancelled,
+            stream=self.engine._stream,
+            start=start,
+            checkpoints=sorted(ticket.kinds) if first else (),
+            on_checkpoint=ticket.checkpoint,
+        )
         if self.draft:
             from .mtp import speculative_step
 
-            return speculative_step(self.model, ids, self.cache, params=req.sampling,
-                                    draft_tokens=self.draft, stats=self.drafts, **common)  # fmt: skip
-        return generate_step(self.model, ids, self.cache, sampler=make_sampler(req.sampling),
-                             share=self.sync.share, **common)  # fmt: skip
+            return speculative_step(
+                self.model,
+                ids,
+                self.cache,
+                params=req.sampling,
+                draft_tokens=self.draft,
+                stats=self.drafts,
+                **common,
+            )
+        return generate_step(
+            self.model, ids, self.cache, sampler=make_sampler(req.sampling), share=self.sync.share, **common
+        )
 
     def _text(self, tok: int) -> bool:
         """Feed one token's text through the stop strings and the parser; True at a stop."""
@@ -817,8 +834,9 @@ class _Run:
         """The thinking budget is spent inside the reasoning: write the note and `</think>`, and
         let the model answer, continuing on the same cache (it holds prompt + tokens)."""
         note = ("\n\n" if self.reasoned else "") + BUDGET_NOTE
-        close = self.engine.model.tokenizer.encode(note + "\n" + THINK_CLOSE + "\n\n",
-                                                   add_special_tokens=False)  # fmt: skip
+        close = self.engine.model.tokenizer.encode(
+            note + "\n" + THINK_CLOSE + "\n\n", add_special_tokens=False
+        )
         # The "\n" before `</think>` is the template's framing, not reasoning.
         self._put(self.parser.feed(note + THINK_CLOSE + "\n\n"))
         start = len(self.prompt) + len(self.tokens)
@@ -853,9 +871,17 @@ class _CacheTicket:
     """One request's use of the prompt cache: where it resumed, where it snapshots, and how many
     prompt tokens it wrote to new snapshots (Anthropic's cache_creation_input_tokens)."""
 
-    def __init__(self, pc: PromptCache | None, lm: LoadedModel, req: GenerationRequest,
-                 prompt: list[int], cache: list[Any], cached: int, kinds: dict[int, str],
-                 extra: list[tuple[int, str]]):  # fmt: skip
+    def __init__(
+        self,
+        pc: PromptCache | None,
+        lm: LoadedModel,
+        req: GenerationRequest,
+        prompt: list[int],
+        cache: list[Any],
+        cached: int,
+        kinds: dict[int, str],
+        extra: list[tuple[int, str]],
+    ):
         self.pc, self.lm, self.prompt, self.cache, self.cached = pc, lm, prompt, cache, cached
         self.kinds, self.extra = kinds, extra
         self.session = req.session or "default"

@@ -93,8 +93,15 @@ def generate_step(
     stops = sorted({p for p in checkpoints if start < p < total})
     pos = start
     for end in [*stops, total - 1]:
-        prefill(model, prompt_arr[pos:end], cache, step=prefill_step, cancelled=cancelled,
-                stream=stream, progress=(lambda d, _t, p=pos: progress(p + d, total)) if progress else None)  # fmt: skip
+        prefill(
+            model,
+            prompt_arr[pos:end],
+            cache,
+            step=prefill_step,
+            cancelled=cancelled,
+            stream=stream,
+            progress=(lambda d, _t, p=pos: progress(p + d, total)) if progress else None,
+        )
         pos = end
         if end in stops and on_checkpoint is not None:
             on_checkpoint(end)

@@ -37,15 +37,29 @@ MAX_ASPECT_RATIO = 200
 
 # Magic bytes of formats people drop that Pillow may not read, to name them in the error.
 _SIGNATURES: list[tuple[bytes, int, str]] = [
-    (b"ftypheic", 4, "HEIC"), (b"ftypheix", 4, "HEIC"), (b"ftyphevc", 4, "HEIC"),
-    (b"ftypheim", 4, "HEIC"), (b"ftypheis", 4, "HEIC"), (b"ftypmif1", 4, "HEIF"),
-    (b"ftypmsf1", 4, "HEIF"), (b"ftypavif", 4, "AVIF"), (b"ftypavis", 4, "AVIF"),
-    (b"ftypqt", 4, "a QuickTime video"), (b"ftypisom", 4, "an MP4 video"),
-    (b"ftypmp4", 4, "an MP4 video"), (b"%PDF", 0, "PDF"), (b"<svg", 0, "SVG"),
-    (b"<?xml", 0, "XML/SVG"), (b"8BPS", 0, "Photoshop PSD"), (b"PK\x03\x04", 0, "a ZIP archive"),
-    (b"\x1f\x8b", 0, "a gzip archive"), (b"II*\x00", 0, "TIFF"), (b"MM\x00*", 0, "TIFF"),
-    (b"\xff\x0a", 0, "JPEG XL"), (b"\x00\x00\x00\x0cJXL ", 0, "JPEG XL"),
-]  # fmt: skip
+    (b"ftypheic", 4, "HEIC"),
+    (b"ftypheix", 4, "HEIC"),
+    (b"ftyphevc", 4, "HEIC"),
+    (b"ftypheim", 4, "HEIC"),
+    (b"ftypheis", 4, "HEIC"),
+    (b"ftypmif1", 4, "HEIF"),
+    (b"ftypmsf1", 4, "HEIF"),
+    (b"ftypavif", 4, "AVIF"),
+    (b"ftypavis", 4, "AVIF"),
+    (b"ftypqt", 4, "a QuickTime video"),
+    (b"ftypisom", 4, "an MP4 video"),
+    (b"ftypmp4", 4, "an MP4 video"),
+    (b"%PDF", 0, "PDF"),
+    (b"<svg", 0, "SVG"),
+    (b"<?xml", 0, "XML/SVG"),
+    (b"8BPS", 0, "Photoshop PSD"),
+    (b"PK\x03\x04", 0, "a ZIP archive"),
+    (b"\x1f\x8b", 0, "a gzip archive"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+    (b"\xff\x0a", 0, "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", 0, "JPEG XL"),
+]
 
 
 class ImageError(RequestError):
@@ -96,8 +110,11 @@ class ImageConfig:
             kw["min_pixels"] = int(lo)
         if hi:
             kw["max_pixels"] = int(hi)
-        for name, key in (("patch_size", "patch_size"), ("temporal_patch_size", "temporal_patch_size"),
-                          ("merge_size", "merge_size")):  # fmt: skip
+        for name, key in (
+            ("patch_size", "patch_size"),
+            ("temporal_patch_size", "temporal_patch_size"),
+            ("merge_size", "merge_size"),
+        ):
             if isinstance(pre.get(key), int):
                 kw[name] = pre[key]
         for key in ("image_mean", "image_std"):
@@ -120,9 +137,7 @@ class ImageConfig:
         return (h // self.patch_size) * (w // self.patch_size) // (self.merge_size**2)
 
 
-def smart_resize(
-    height: int, width: int, factor: int, min_pixels: int, max_pixels: int
-) -> tuple[int, int]:
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
     """(height, width) rounded to multiples of `factor`, area within [min, max], aspect kept."""
     if min(height, width) <= 0:
         raise ImageError(f"the image has no pixels ({width}×{height})")
@@ -361,8 +376,7 @@ def _open(data: bytes, name: str, max_decode_pixels: int) -> Any:
         kind = _describe(data)
         if kind:
             raise ImageError(
-                f"{name}: the file is {kind}, which Locus cannot read as an image; convert it "
-                "to JPEG or PNG"
+                f"{name}: the file is {kind}, which Locus cannot read as an image; convert it to JPEG or PNG"
             ) from None
         raise ImageError(
             f"{name}: not an image, or a format Locus cannot read ({len(data)} bytes; first "
@@ -473,9 +487,7 @@ def image_parts(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
                     url = part.get("image_url")
                     src = url.get("url") if isinstance(url, dict) else url
                 if src is None:
-                    raise ImageError(
-                        "an image part has no image (use {'type': 'image', 'image': …})"
-                    )
+                    raise ImageError("an image part has no image (use {'type': 'image', 'image': …})")
                 sources.append(src)
                 parts.append({"type": "image"})
             else:
@@ -505,9 +517,7 @@ def expand_images(
     return out, spans
 
 
-def build_prompt_inputs(
-    loaded: Any, ids: list[int], reasoning: bool, sources: list[Any]
-) -> PromptInputs:
+def build_prompt_inputs(loaded: Any, ids: list[int], reasoning: bool, sources: list[Any]) -> PromptInputs:
     """PromptInputs for a rendered prompt: check the model takes images, read them, expand ids.
 
     `loaded` is the engine's LoadedModel; `sources` are the images in template order.

@@ -23,9 +23,21 @@ from .model import QWEN_MOE_TYPES, text_config
 GB = 1024**3
 DEFAULT_CONTEXT_TOKENS = 32_768
 _DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2,
-    "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-}  # fmt: skip
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "U32": 4,
+    "I16": 2,
+    "U16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -111,9 +123,7 @@ def resolve_model_path(path_or_repo: str | os.PathLike[str]) -> Path:
     if p.is_dir():
         return p
     if p.exists():
-        raise ModelLoadError(
-            f"{p} is a file; give the model's directory (the one with config.json)"
-        )
+        raise ModelLoadError(f"{p} is a file; give the model's directory (the one with config.json)")
     text = str(path_or_repo)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
         try:
@@ -223,9 +233,7 @@ def inspect_checkpoint(path_or_repo: str | os.PathLike[str]) -> CheckpointInfo:
     return CheckpointInfo(path, config, files, tensors, layout, q)
 
 
-def estimate_memory(
-    info: CheckpointInfo, context_tokens: int = DEFAULT_CONTEXT_TOKENS
-) -> MemoryEstimate:
+def estimate_memory(info: CheckpointInfo, context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> MemoryEstimate:
     """Weights + KV cache for `context_tokens` + recurrent state + a working margin."""
     tc = text_config(info.config)
     layers = int(tc.get("num_hidden_layers", 0))
@@ -274,9 +282,7 @@ def available_memory() -> int:
         return 0
 
 
-def check_memory(
-    info: CheckpointInfo, context_tokens: int = DEFAULT_CONTEXT_TOKENS
-) -> MemoryEstimate:
+def check_memory(info: CheckpointInfo, context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> MemoryEstimate:
     """Raise InsufficientMemoryError when the model cannot fit; return the estimate otherwise."""
     est = estimate_memory(info, context_tokens)
     avail = available_memory()
@@ -311,8 +317,7 @@ def _eos_ids(path: Path, config: dict[str, Any], tokenizer: Any) -> tuple[list[i
     gen: dict[str, Any] = {}
     if (path / "generation_config.json").exists():
         gen = _read_json(path / "generation_config.json", "generation config")
-    for src in (gen.get("eos_token_id"), config.get("eos_token_id"),
-                text_config(config).get("eos_token_id")):  # fmt: skip
+    for src in (gen.get("eos_token_id"), config.get("eos_token_id"), text_config(config).get("eos_token_id")):
         for i in [src] if isinstance(src, int) else (src or []):
             if isinstance(i, int) and i not in ids:
                 ids.append(i)
@@ -325,21 +330,40 @@ def _eos_ids(path: Path, config: dict[str, Any], tokenizer: Any) -> tuple[list[i
 # Config fields that must be positive whole numbers, with upper bounds where a typo would otherwise
 # surface as an overflow deep inside MLX (vocab_size 1e12) or a division by zero (zero heads).
 _POSITIVE_INTS = {
-    "vocab_size": 1 << 24, "hidden_size": 1 << 20, "num_hidden_layers": 1 << 12,
-    "num_attention_heads": 1 << 12, "num_key_value_heads": 1 << 12, "head_dim": 1 << 14,
-    "intermediate_size": 1 << 22, "moe_intermediate_size": 1 << 22,
-    "shared_expert_intermediate_size": 1 << 22, "num_experts": 1 << 16,
-    "num_experts_per_tok": 1 << 16, "linear_key_head_dim": 1 << 14,
-    "linear_value_head_dim": 1 << 14, "linear_num_key_heads": 1 << 12,
-    "linear_num_value_heads": 1 << 12, "linear_conv_kernel_dim": 1 << 10,
-    "max_position_embeddings": 1 << 31, "depth": 1 << 12, "num_heads": 1 << 12,
-    "patch_size": 1 << 12, "out_hidden_size": 1 << 20,
-}  # fmt: skip
+    "vocab_size": 1 << 24,
+    "hidden_size": 1 << 20,
+    "num_hidden_layers": 1 << 12,
+    "num_attention_heads": 1 << 12,
+    "num_key_value_heads": 1 << 12,
+    "head_dim": 1 << 14,
+    "intermediate_size": 1 << 22,
+    "moe_intermediate_size": 1 << 22,
+    "shared_expert_intermediate_size": 1 << 22,
+    "num_experts": 1 << 16,
+    "num_experts_per_tok": 1 << 16,
+    "linear_key_head_dim": 1 << 14,
+    "linear_value_head_dim": 1 << 14,
+    "linear_num_key_heads": 1 << 12,
+    "linear_num_value_heads": 1 << 12,
+    "linear_conv_kernel_dim": 1 << 10,
+    "max_position_embeddings": 1 << 31,
+    "depth": 1 << 12,
+    "num_heads": 1 << 12,
+    "patch_size": 1 << 12,
+    "out_hidden_size": 1 << 20,
+}
 
 
 def _json_kind(v: Any) -> str:
-    kinds = {list: "a list", str: "a string", bool: "true/false", float: "a fraction",
-             type(None): "null", dict: "an object", int: "a number"}  # fmt: skip
+    kinds = {
+        list: "a list",
+        str: "a string",
+        bool: "true/false",
+        float: "a fraction",
+        type(None): "null",
+        dict: "an object",
+        int: "a number",
+    }
     return kinds.get(type(v), type(v).__name__)
 
 
@@ -347,9 +371,7 @@ def check_config(config: dict[str, Any], where: Path | str = "config.json") -> N
     """Refuse a config whose shape or numbers cannot describe a model, in one line naming the
     field (instead of a traceback from deep inside the model's constructor)."""
     if not isinstance(config.get("model_type", ""), str):
-        raise ModelLoadError(
-            f"{where}: model_type must be a string, not {_json_kind(config['model_type'])}"
-        )
+        raise ModelLoadError(f"{where}: model_type must be a string, not {_json_kind(config['model_type'])}")
     subs = {}
     for key in ("text_config", "vision_config"):
         v = config.get(key)
@@ -364,8 +386,7 @@ def check_config(config: dict[str, Any], where: Path | str = "config.json") -> N
             v = section[k]
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ModelLoadError(
-                    f"{where}: {scope}{k} must be a whole number, not {_json_kind(v)} "
-                    f"({json.dumps(v)[:40]})"
+                    f"{where}: {scope}{k} must be a whole number, not {_json_kind(v)} ({json.dumps(v)[:40]})"
                 )
             if not 1 <= v <= hi:
                 raise ModelLoadError(f"{where}: {scope}{k} = {v} is out of range (1 to {hi:,})")
@@ -424,8 +445,15 @@ def _load_qwen(info: CheckpointInfo, lazy: bool = False, steps: _Steps | None = 
 
     try:
         model = Model(info.config)
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError,
-            ZeroDivisionError) as e:  # fmt: skip
+    except (
+        TypeError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        OverflowError,
+        ZeroDivisionError,
+    ) as e:
         raise ModelLoadError(
             f"{info.path / 'config.json'}: invalid model config: {type(e).__name__}: {_one_line(e)}"
         ) from e
@@ -458,8 +486,9 @@ def _load_qwen(info: CheckpointInfo, lazy: bool = False, steps: _Steps | None = 
         )
     text = _text_weights(info, model, weights, origin)
     model.language_model.update(tree_unflatten(list(text.items())))
-    model.vision_tower = {k.removeprefix("vision_tower."): v for k, v in weights.items()
-                          if k.startswith("vision_tower.")}  # fmt: skip
+    model.vision_tower = {
+        k.removeprefix("vision_tower."): v for k, v in weights.items() if k.startswith("vision_tower.")
+    }
     _attach_mtp(model, weights, info)
     del weights, text, origin
     if lazy:
@@ -484,8 +513,9 @@ def _text_weights(
     from mlx.utils import tree_flatten
 
     expected = dict(tree_flatten(model.language_model.parameters()))
-    text = {k.removeprefix("language_model."): v for k, v in weights.items()
-            if k.startswith("language_model.")}  # fmt: skip
+    text = {
+        k.removeprefix("language_model."): v for k, v in weights.items() if k.startswith("language_model.")
+    }
     missing = sorted(set(expected) - set(text))
     if missing:
         raise ModelLoadError(
@@ -512,8 +542,12 @@ def _text_weights(
 class _Steps:
     """Checks `should_stop` and reports `progress(done, total)` between shards and weight groups."""
 
-    def __init__(self, should_stop: Callable[[], bool] | None = None,
-                 progress: Callable[[int, int], None] | None = None, total: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        total: int = 0,
+    ) -> None:
         self.should_stop, self.progress = should_stop, progress
         self.done, self.total = 0, total
 
@@ -568,9 +602,7 @@ def _load_other(info: CheckpointInfo) -> Any:
     except ValueError as e:
         raise ModelLoadError(_mismatch(info, e)) from e
     except Exception as e:
-        raise ModelLoadError(
-            f"{info.path}: mlx-lm could not load this model: {_one_line(e)}"
-        ) from e
+        raise ModelLoadError(f"{info.path}: mlx-lm could not load this model: {_one_line(e)}") from e
     return model
 
 
@@ -582,8 +614,7 @@ def _mismatch(info: CheckpointInfo, e: BaseException) -> str:
     if not counts:
         return f"{info.path}: mlx-lm could not load this {info.model_type!r} model: {_one_line(e)}"
     what = ", ".join(
-        f"{n} weight(s) {'the model does not have' if k == 'Received' else 'missing'}"
-        for k, n in counts
+        f"{n} weight(s) {'the model does not have' if k == 'Received' else 'missing'}" for k, n in counts
     )
     names = re.findall(r"^\s*([\w.]+),?\s*$", text, re.M)
     eg = f", e.g. {names[0]}" if names else ""

@@ -113,9 +113,17 @@ def deltanet_steps(layer: Any, inputs: Any, cache: Any) -> tuple[Any, list[tuple
     for t in range(S):
         at = slice(t, t + 1)
         y, state = gated_delta_update(
-            q[:, at], k[:, at], v[:, at], a[:, at], b[:, at], layer.A_log, layer.dt_bias,
-            state, None, use_kernel=not layer.training,
-        )  # fmt: skip
+            q[:, at],
+            k[:, at],
+            v[:, at],
+            a[:, at],
+            b[:, at],
+            layer.A_log,
+            layer.dt_bias,
+            state,
+            None,
+            use_kernel=not layer.training,
+        )
         ys.append(y)
         steps.append((mx.contiguous(conv_input[:, t + 1 : t + 1 + n_keep]), state))
     cache[0], cache[1] = steps[-1]

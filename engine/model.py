@@ -103,9 +103,7 @@ class MRopeAttention(Qwen3NextAttention):
             keys = self.rope(keys, offset=offset)
         if cache is not None:
             keys, values = cache.update_and_fetch(keys, values)
-        out = scaled_dot_product_attention(
-            queries, keys, values, cache=cache, scale=self.scale, mask=mask
-        )
+        out = scaled_dot_product_attention(queries, keys, values, cache=cache, scale=self.scale, mask=mask)
         out = out.transpose(0, 2, 1, 3).reshape(B, L, -1)
         return self.o_proj(out * mx.sigmoid(gate))
 
@@ -406,9 +404,7 @@ class ImagePrompt:
             pos[:, inside] = self.positions[:, idx[inside]]
         return mx.array(pos)[:, None, :]
 
-    def __call__(
-        self, inputs: mx.array, cache: Any = None, hidden: bool = False, **kw: Any
-    ) -> mx.array:
+    def __call__(self, inputs: mx.array, cache: Any = None, hidden: bool = False, **kw: Any) -> mx.array:
         n = len(self.inputs.ids)
         start = _cache_offset(cache)
         length = inputs.shape[1]
@@ -530,16 +526,12 @@ def stack_experts(
             )
         extra = sorted(set(experts) - set(range(want)))
         if extra:
-            raise WeightError(
-                experts[extra[0]][0], f"expert {extra[0]} is beyond num_experts={want}"
-            )
+            raise WeightError(experts[extra[0]][0], f"expert {extra[0]} is beyond num_experts={want}")
         shape = experts[0][1].shape
         for e in range(want):
             k, v = experts[e]
             if v.shape != shape:
-                raise WeightError(
-                    k, f"weight {k!r} has shape {list(v.shape)}, expert 0 has {list(shape)}"
-                )
+                raise WeightError(k, f"weight {k!r} has shape {list(v.shape)}, expert 0 has {list(shape)}")
         name = f"{tree}.layers.{layer}.mlp.switch_mlp.{proj}.weight"
         out[name] = mx.stack([experts[e][1] for e in range(want)])
         origin[name] = first_key

@@ -18,9 +18,7 @@ import numpy as np
 from .image import ImageSpan
 
 
-def rope_index(
-    n_tokens: int, spans: Sequence[ImageSpan], merge_size: int
-) -> tuple[np.ndarray, int]:
+def rope_index(n_tokens: int, spans: Sequence[ImageSpan], merge_size: int) -> tuple[np.ndarray, int]:
     """Positions (3, n_tokens) int64 for a prompt and its decode delta (next position − n_tokens)."""
     pos = np.zeros((3, n_tokens), dtype=np.int64)
     cur = 0  # next free position
@@ -34,9 +32,7 @@ def rope_index(
         t, h, w = span.grid
         gh, gw = h // merge_size, w // merge_size
         if t * gh * gw != span.length:
-            raise ValueError(
-                f"image grid {span.grid} gives {t * gh * gw} tokens, span has {span.length}"
-            )
+            raise ValueError(f"image grid {span.grid} gives {t * gh * gw} tokens, span has {span.length}")
         tt, hh, ww = np.meshgrid(np.arange(t), np.arange(gh), np.arange(gw), indexing="ij")
         pos[0, span.start : span.end] = tt.reshape(-1) + cur
         pos[1, span.start : span.end] = hh.reshape(-1) + cur
@@ -61,9 +57,7 @@ def section_axes(half_dims: int, sections: Sequence[int]) -> np.ndarray:
     return axes
 
 
-def mrope_cos_sin(
-    positions: mx.array, inv_freq: mx.array, axes: mx.array
-) -> tuple[mx.array, mx.array]:
+def mrope_cos_sin(positions: mx.array, inv_freq: mx.array, axes: mx.array) -> tuple[mx.array, mx.array]:
     """cos, sin of shape (B, L, 2·F) for positions (3, B, L), in float32."""
     freqs = positions.astype(mx.float32)[..., None] * inv_freq  # (3, B, L, F)
     idx = mx.broadcast_to(axes.reshape(1, 1, 1, -1), (1, *freqs.shape[1:]))

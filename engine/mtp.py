@@ -54,13 +54,9 @@ class MTPHead(nn.Module):
         self.layers = [layer]
         self.norm = nn.RMSNorm(H, eps=eps)
 
-    def __call__(
-        self, embeds: mx.array, hidden: mx.array, cache: Any, positions: mx.array
-    ) -> mx.array:
+    def __call__(self, embeds: mx.array, hidden: mx.array, cache: Any, positions: mx.array) -> mx.array:
         """The head's normed output (B, L, H) for pairs (hidden_i, embed(t_{i+1})) at positions i."""
-        x = mx.concatenate(
-            [self.pre_fc_norm_embedding(embeds), self.pre_fc_norm_hidden(hidden)], axis=-1
-        )
+        x = mx.concatenate([self.pre_fc_norm_embedding(embeds), self.pre_fc_norm_hidden(hidden)], axis=-1)
         x = self.fc(x)
         mask = create_attention_mask(x, cache)
         self._rope.positions = positions
@@ -241,8 +237,7 @@ class _Speculator:
         """Pairs (h_i, t_{i+1}) at positions pos.., through the head and its KV cache."""
         ids = mx.array(ids, dtype=mx.uint32) if not isinstance(ids, mx.array) else ids
         L = ids.shape[-1]
-        return self.head(self.embed(ids.reshape(1, L)), h, self.mcache,
-                         self.model.text_positions(pos, L))  # fmt: skip
+        return self.head(self.embed(ids.reshape(1, L)), h, self.mcache, self.model.text_positions(pos, L))
 
     def process(self, logits: mx.array, seen: list[int] | mx.array) -> mx.array:
         """Penalties see the tokens before each position, as plain decoding's do."""
@@ -415,8 +410,16 @@ def speculative_step(
         raise ValueError("the prompt is empty")
     if not 0 <= start < len(prompt):
         raise ValueError(f"start {start} must be inside the prompt (length {len(prompt)})")
-    spec = _Speculator(model, prompt, cache, params, draft_tokens,
-                       stats if stats is not None else DraftStats(), drafter, logits_processors)  # fmt: skip
+    spec = _Speculator(
+        model,
+        prompt,
+        cache,
+        params,
+        draft_tokens,
+        stats if stats is not None else DraftStats(),
+        drafter,
+        logits_processors,
+    )
     stream = stream or mx.default_stream(mx.default_device())
     with mx.stream(stream):
         spec.prefill(start, checkpoints, on_checkpoint, prefill_step, progress, cancelled)

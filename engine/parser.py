@@ -80,9 +80,7 @@ class StreamParser:
     ToolCall or ToolCallError, when it ends. Work per call is linear in its length.
     """
 
-    def __init__(
-        self, tools: list[dict[str, Any]] | None = None, *, reasoning: bool = True
-    ) -> None:
+    def __init__(self, tools: list[dict[str, Any]] | None = None, *, reasoning: bool = True) -> None:
         self._schemas = tool_schemas(tools) if tools else None
         self._mode = "reasoning" if reasoning else "answer"  # or "call"
         # 2: a stray/leading <think> may follow; 1: one "\n" opening the reasoning may follow.
@@ -143,9 +141,7 @@ class StreamParser:
                 self._out.append(_parse_call(call[: self._tentative], self._schemas, self._bare))
                 self._tentative = 0
                 continue
-            self._out.append(
-                _parse_call(call, self._schemas, self._bare, end=True, truncated=truncated)
-            )
+            self._out.append(_parse_call(call, self._schemas, self._bare, end=True, truncated=truncated))
         out, self._out = self._out, []
         return out
 
@@ -304,9 +300,7 @@ class StreamParser:
         self._buf = buf
         return True
 
-    def _flush(
-        self, cls: type[TextDelta] | type[ReasoningDelta], tags: tuple[str, ...], final: bool
-    ) -> None:
+    def _flush(self, cls: type[TextDelta] | type[ReasoningDelta], tags: tuple[str, ...], final: bool) -> None:
         """Emit the buffer except a suffix that may still grow into one of `tags`."""
         keep = 0
         if not final:
@@ -331,9 +325,7 @@ class StreamParser:
             self._out.append(cls(text))
 
 
-def parse_tool_calls(
-    text: str, tools: list[dict[str, Any]] | None = None
-) -> list[ToolCall | ToolCallError]:
+def parse_tool_calls(text: str, tools: list[dict[str, Any]] | None = None) -> list[ToolCall | ToolCallError]:
     """All tool calls in a complete answer text, in order."""
     parser = StreamParser(tools, reasoning=False)
     events = parser.feed(text) + parser.finish()
@@ -413,10 +405,7 @@ def _parse_call(
 
 
 def _cut_off(name: str | None) -> str:
-    return (
-        f"tool call{f' to {name!r}' if name else ''} was cut off: generation ended before "
-        "</tool_call>"
-    )
+    return f"tool call{f' to {name!r}' if name else ''} was cut off: generation ended before </tool_call>"
 
 
 def _parse_json(body: str) -> tuple[str, dict[str, Any]]:
@@ -472,8 +461,7 @@ def _parse_xml(
             key, pos = _tag_arg(body, pos + len(PARAM_OPEN), "parameter", name)
             if key in values:
                 raise _Malformed(f"tool call to {name!r} gives parameter {key!r} twice", name)
-            value, pos, closed = _param_value(body, pos, props, values, key, name, known, end,
-                                              truncated)  # fmt: skip
+            value, pos, closed = _param_value(body, pos, props, values, key, name, known, end, truncated)
             values[key] = value
             if not closed:
                 supplied.append(f"</parameter> after {key!r}")
@@ -509,9 +497,16 @@ def _parse_xml(
 
 
 def _param_value(
-    body: str, pos: int, props: dict[str, Any], values: dict[str, str], key: str, name: str,
-    known: bool, end: bool, truncated: bool,
-) -> tuple[str, int, bool]:  # fmt: skip
+    body: str,
+    pos: int,
+    props: dict[str, Any],
+    values: dict[str, str],
+    key: str,
+    name: str,
+    known: bool,
+    end: bool,
+    truncated: bool,
+) -> tuple[str, int, bool]:
     """A parameter's value starting at `pos`, where parsing goes on, and whether the model
     closed it with </parameter> (a listed tool's value may end at the next tag instead)."""
     stop, nxt = _value_end(body, pos, props, values, key)

@@ -159,8 +159,9 @@ class Link:
         self.failed: str | None = None
         self._closing = False
         for p in peers:
-            threading.Thread(target=self._read, args=(p,), daemon=True,
-                             name=f"locus-pp-read-{p.rank}").start()  # fmt: skip
+            threading.Thread(
+                target=self._read, args=(p,), daemon=True, name=f"locus-pp-read-{p.rank}"
+            ).start()
         threading.Thread(target=self._beat, daemon=True, name="locus-pp-beat").start()
 
     @classmethod
@@ -261,8 +262,10 @@ class Link:
                     pass  # the reader reports a closed connection
                 if now - p.seen > self.timeout:
                     who = "rank 0" if self.rank else f"pipeline rank {p.rank} ({p.addr})"
-                    self._fail(f"{who} has not answered for {now - p.seen:.0f} s (hung, or the "
-                               "network between the processes is down)")  # fmt: skip
+                    self._fail(
+                        f"{who} has not answered for {now - p.seen:.0f} s (hung, or the "
+                        "network between the processes is down)"
+                    )
             time.sleep(HEARTBEAT)
 
     def send_job(self, job: _Job) -> None:
@@ -294,8 +297,7 @@ class Link:
 class _Lockstep(_Solo):
     """One request on one rank: rank 0's choices reach the others, and the ranks agree."""
 
-    def __init__(self, engine: PipelineEngine, req: GenerationRequest, inputs: PromptInputs,
-                 handle: Any):  # fmt: skip
+    def __init__(self, engine: PipelineEngine, req: GenerationRequest, inputs: PromptInputs, handle: Any):
         import mlx.core as mx
 
         super().__init__(handle)
@@ -314,10 +316,16 @@ class _Lockstep(_Solo):
         if self.root:
             r = self.req
             worker_req = GenerationRequest(
-                prompt_ids=list(self.inputs.ids), tools=r.tools, sampling=r.sampling,
-                max_tokens=r.max_tokens, stop=list(r.stop), session=r.session,
-                use_cache=r.use_cache, skip_special_tokens=r.skip_special_tokens, mtp=0,
-            )  # fmt: skip
+                prompt_ids=list(self.inputs.ids),
+                tools=r.tools,
+                sampling=r.sampling,
+                max_tokens=r.max_tokens,
+                stop=list(r.stop),
+                session=r.session,
+                use_cache=r.use_cache,
+                skip_special_tokens=r.skip_special_tokens,
+                mtp=0,
+            )
             eng.link.send_job(_Job(worker_req, self.inputs, dict(kinds)))
         else:
             kinds = dict(eng.job.kinds) if eng.job is not None else {}
@@ -372,9 +380,7 @@ class _Relay:
         if isinstance(ev, Usage):
             ev = dataclasses.replace(ev, ranks=eng.size, rank_layers=tuple(eng.rank_layers))
         if isinstance(ev, Done) and ev.usage is not None:
-            usage = dataclasses.replace(
-                ev.usage, ranks=eng.size, rank_layers=tuple(eng.rank_layers)
-            )
+            usage = dataclasses.replace(ev.usage, ranks=eng.size, rank_layers=tuple(eng.rank_layers))
             ev = dataclasses.replace(ev, usage=usage)
         if isinstance(ev, Done) and ev.finish_reason == "error" and self.sync is not None:
             if self.sync.begun and eng.on_desync is not None:
@@ -455,8 +461,10 @@ class PipelineBackend:
         """End every open request with `message` and refuse new ones (the pipeline is down)."""
         with self._lock:
             if self.broken is None:
-                self.broken = (f"the model's pipeline is down: {message}. Restart it "
-                               "(locus serve --hosts / mlx.launch) to use the model again")  # fmt: skip
+                self.broken = (
+                    f"the model's pipeline is down: {message}. Restart it "
+                    "(locus serve --hosts / mlx.launch) to use the model again"
+                )
                 self.engine.broken = self.broken
             handles, self._open = list(self._open), weakref.WeakSet()
         for h in handles:
@@ -512,8 +520,9 @@ def serve_worker(engine: PipelineEngine) -> int:
             break
         engine.job = job
         handle = RequestHandle()
-        prepared = PreparedRequest(job.request, len(job.inputs.ids), job.inputs.reasoning,
-                                   engine.model.model_id, job.inputs)  # fmt: skip
+        prepared = PreparedRequest(
+            job.request, len(job.inputs.ids), job.inputs.reasoning, engine.model.model_id, job.inputs
+        )
         engine._call(lambda j=job, h=handle, p=prepared: engine._generate(j.request, h, p))
         done = None
         while not handle._queue.empty():
@@ -543,12 +552,14 @@ def open_pipeline(
         pc = PromptCache(memory_bytes=pc.memory_bytes, per_session=pc.per_session, shared=pc.shared)
     engine = PipelineEngine(group, None, pc)
     engine.load_share(path, context_tokens)
-    t = timeout if timeout is not None else float(os.environ.get("LOCUS_PIPELINE_TIMEOUT") or
-                                                  DEFAULT_TIMEOUT)  # fmt: skip
+    t = timeout if timeout is not None else float(os.environ.get("LOCUS_PIPELINE_TIMEOUT") or DEFAULT_TIMEOUT)
     engine.link = Link.open(group, t)
     a, b = engine.rank_layers[rank]
-    print(f"Pipeline rank {rank} of {group.size()} (pid {os.getpid()}): layers {a}-{b - 1}",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"Pipeline rank {rank} of {group.size()} (pid {os.getpid()}): layers {a}-{b - 1}",
+        file=sys.stderr,
+        flush=True,
+    )
     if rank > 0:
         return engine
     return PipelineBackend(engine)

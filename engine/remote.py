@@ -39,9 +39,7 @@ from .events import (
 from .image import ImageError, _read_source, load_image
 from .parser import StreamParser
 
-DEFAULT_TIMEOUT = (
-    300.0  # seconds of silence before a request is given up (a long prefill sends none)
-)
+DEFAULT_TIMEOUT = 300.0  # seconds of silence before a request is given up (a long prefill sends none)
 CONNECT_TIMEOUT = 10.0
 _ACCEPTED_IMAGES = {
     "JPEG": "image/jpeg",
@@ -51,10 +49,16 @@ _ACCEPTED_IMAGES = {
 }
 # Finish reasons of OpenAI-compatible servers, as Locus's.
 _FINISH: dict[str, FinishReason] = {
-    "stop": "stop", "eos": "stop", "tool_calls": "stop", "function_call": "stop",
-    "content_filter": "stop", "length": "length", "abort": "cancelled", "cancelled": "cancelled",
+    "stop": "stop",
+    "eos": "stop",
+    "tool_calls": "stop",
+    "function_call": "stop",
+    "content_filter": "stop",
+    "length": "length",
+    "abort": "cancelled",
+    "cancelled": "cancelled",
     "error": "error",
-}  # fmt: skip
+}
 
 
 class RemoteError(EngineError):
@@ -147,9 +151,7 @@ class RemoteBackend:
         self.connect_timeout = connect_timeout
         self._info: BackendInfo | None = None
         self._info_lock = threading.Lock()
-        self._tokenize: bool | None = (
-            None  # whether the server has vLLM's /tokenize (None: untried)
-        )
+        self._tokenize: bool | None = None  # whether the server has vLLM's /tokenize (None: untried)
         self._closed = False
 
     def __repr__(self) -> str:  # never shows the key
@@ -234,8 +236,7 @@ class RemoteBackend:
         low = msg.lower()
         if "context length" in low or "maximum context" in low or "context window" in low:
             return RemoteError(f"the model server refused the request: {msg}", "context_length")
-        return RemoteError(f"the model server refused the request (HTTP {status}): {msg}",
-                           "invalid_request")  # fmt: skip
+        return RemoteError(f"the model server refused the request (HTTP {status}): {msg}", "invalid_request")
 
     def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         r = self._call(method, path, body)
@@ -244,8 +245,9 @@ class RemoteBackend:
         try:
             return json.loads(r.body)
         except ValueError:
-            raise RemoteError(f"{self.url}{path[len(self._base):]}: the answer is not JSON "
-                              f"({r.body[:120]!r})") from None  # fmt: skip
+            raise RemoteError(
+                f"{self.url}{path[len(self._base) :]}: the answer is not JSON ({r.body[:120]!r})"
+            ) from None
 
     # -- the model ----------------------------------------------------------------------------
     def models(self) -> list[dict[str, Any]]:
@@ -280,21 +282,34 @@ class RemoteBackend:
             entry = next((m for m in models if m["id"] == self._model), {})
             if models and not entry:
                 names = ", ".join(m["id"] for m in models[:10])
-                raise RemoteError(f"the server at {self.url} does not serve {self._model!r} "
-                                  f"(it serves: {names})", "invalid_request")  # fmt: skip
+                raise RemoteError(
+                    f"the server at {self.url} does not serve {self._model!r} (it serves: {names})",
+                    "invalid_request",
+                )
         elif models:
             entry = models[0]
         # mlx_lm.server and others take "default_model" for the one they loaded.
         name = self._model or entry.get("id") or "default_model"
         meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
         ctx = 0
-        for v in (entry.get("max_model_len"), entry.get("context_length"),
-                  entry.get("context_window"), meta.get("n_ctx_train")):  # fmt: skip
+        for v in (
+            entry.get("max_model_len"),
+            entry.get("context_length"),
+            entry.get("context_window"),
+            meta.get("n_ctx_train"),
+        ):
             if isinstance(v, int) and v > 0:
                 ctx = v
                 break
-        return BackendInfo(name=name, context_tokens=ctx, images=True, tools=True, thinking=True,
-                           remote=self.url, model_id=f"remote:{self.url}#{name}")  # fmt: skip
+        return BackendInfo(
+            name=name,
+            context_tokens=ctx,
+            images=True,
+            tools=True,
+            thinking=True,
+            remote=self.url,
+            model_id=f"remote:{self.url}#{name}",
+        )
 
     # -- requests -----------------------------------------------------------------------------
     def _body(self, req: GenerationRequest) -> tuple[str, dict[str, Any]]:
@@ -302,12 +317,18 @@ class RemoteBackend:
         prompt or raw token ids. Raises RequestError (ImageError) for what cannot be sent."""
         s = req.sampling
         body: dict[str, Any] = {
-            "model": self.model_name, "stream": True, "stream_options": {"include_usage": True},
-            "max_tokens": req.max_tokens, "temperature": s.temperature, "top_p": s.top_p,
-            "top_k": s.top_k if s.top_k > 0 else -1, "min_p": s.min_p,
-            "presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
+            "model": self.model_name,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": req.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "top_k": s.top_k if s.top_k > 0 else -1,
+            "min_p": s.min_p,
+            "presence_penalty": s.presence_penalty,
+            "frequency_penalty": s.frequency_penalty,
             "repetition_penalty": s.repetition_penalty,
-        }  # fmt: skip
+        }
         if s.seed is not None:
             body["seed"] = s.seed
         if req.stop:
@@ -327,8 +348,9 @@ class RemoteBackend:
             body["tools"] = [_tool(t) for t in req.tools]
             if req.tool_choice != "auto":  # the server forces (or forbids) the call itself
                 mode = req.tool_choice in ("none", "required")
-                body["tool_choice"] = req.tool_choice if mode else {
-                    "type": "function", "function": {"name": req.tool_choice}}  # fmt: skip
+                body["tool_choice"] = (
+                    req.tool_choice if mode else {"type": "function", "function": {"name": req.tool_choice}}
+                )
         # A thinking budget is not sent: OpenAI's API has no such field (the server decides).
         think = req.enable_thinking and not req.forces_call
         kwargs = {**req.template_kwargs, "enable_thinking": think}
@@ -349,8 +371,13 @@ class RemoteBackend:
         limit = self.info.context_tokens
         if limit and n >= limit:
             raise ContextLengthError(f"the prompt has {n} tokens; this model's context is {limit}")
-        return PreparedRequest(request, n, request.messages is not None and request.enable_thinking,
-                               self.info.model_id, (path, body))  # fmt: skip
+        return PreparedRequest(
+            request,
+            n,
+            request.messages is not None and request.enable_thinking,
+            self.info.model_id,
+            (path, body),
+        )
 
     def count_tokens(self, request: GenerationRequest, *, stop_above: int | None = None) -> int:
         """The prompt's tokens: exact from the server's `/tokenize` (vLLM, SGLang), otherwise
@@ -413,8 +440,9 @@ class RemoteBackend:
         except EngineError as e:
             handle._put(Done("error", error=str(e), error_kind=e.kind))  # type: ignore[arg-type]
             return handle
-        threading.Thread(target=self._run, args=(handle, req, path, body),
-                         name="locus-remote", daemon=True).start()  # fmt: skip
+        threading.Thread(
+            target=self._run, args=(handle, req, path, body), name="locus-remote", daemon=True
+        ).start()
         return handle
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
@@ -432,9 +460,7 @@ class RemoteBackend:
         self.close()
 
     # -- one streamed request (its own thread) --------------------------------------------------
-    def _run(
-        self, handle: RemoteHandle, req: GenerationRequest, path: str, body: dict[str, Any]
-    ) -> None:
+    def _run(self, handle: RemoteHandle, req: GenerationRequest, path: str, body: dict[str, Any]) -> None:
         stream = _Stream(req, chat=req.messages is not None)
         t0 = time.perf_counter()
         reason: FinishReason = "stop"
@@ -533,9 +559,7 @@ def _whole(body: bytes) -> Any:
             if isinstance(c, dict) and isinstance(c.get("message"), dict):
                 msg = dict(c["message"])
                 calls = msg.get("tool_calls") or []
-                msg["tool_calls"] = [
-                    {**t, "index": i} for i, t in enumerate(calls) if isinstance(t, dict)
-                ]
+                msg["tool_calls"] = [{**t, "index": i} for i, t in enumerate(calls) if isinstance(t, dict)]
                 c["delta"] = msg
         yield obj
     yield None
@@ -549,9 +573,7 @@ def _sse_data(lines: list[str]) -> Any:
     try:
         obj = json.loads(text)
     except ValueError:
-        raise RemoteError(
-            f"the model server sent an event that is not JSON: {text[:120]!r}"
-        ) from None
+        raise RemoteError(f"the model server sent an event that is not JSON: {text[:120]!r}") from None
     if isinstance(obj, dict):
         yield obj
 
@@ -625,8 +647,9 @@ class _Stream:
         if not isinstance(tc, dict):
             return
         i = tc.get("index", len(self.calls))
-        call = self.calls.setdefault(i if isinstance(i, int) else len(self.calls),
-                                     {"id": "", "name": "", "arguments": ""})  # fmt: skip
+        call = self.calls.setdefault(
+            i if isinstance(i, int) else len(self.calls), {"id": "", "name": "", "arguments": ""}
+        )
         if isinstance(tc.get("id"), str) and tc["id"]:
             call["id"] = tc["id"]
         fn = tc.get("function") or {}
@@ -653,18 +676,16 @@ class _Stream:
         u = u or {}
         prompt = int(u.get("prompt_tokens") or 0)
         completion = int(u.get("completion_tokens") or self.chunks)
-        details = (
-            u.get("prompt_tokens_details")
-            if isinstance(u.get("prompt_tokens_details"), dict)
-            else {}
-        )
+        details = u.get("prompt_tokens_details") if isinstance(u.get("prompt_tokens_details"), dict) else {}
         cached = int(details.get("cached_tokens") or 0)
         t_first = self.t_first or t_end
         return Usage(
-            prompt_tokens=prompt, completion_tokens=completion, cached_tokens=min(cached, prompt),
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=min(cached, prompt),
             prompt_tps=(prompt - cached) / max(t_first - t0, 1e-9) if completion else 0.0,
             generation_tps=(completion - 1) / max(t_end - t_first, 1e-9) if completion > 1 else 0.0,
-        )  # fmt: skip
+        )
 
 
 def _tool_call(call: dict[str, Any]) -> ToolCall | ToolCallError:
@@ -675,9 +696,7 @@ def _tool_call(call: dict[str, Any]) -> ToolCall | ToolCallError:
     try:
         args = json.loads(raw_args) if raw_args.strip() else {}
     except ValueError as e:
-        return ToolCallError(
-            f"tool call {name!r}: its arguments are not valid JSON ({e})", raw, name
-        )
+        return ToolCallError(f"tool call {name!r}: its arguments are not valid JSON ({e})", raw, name)
     if not isinstance(args, dict):
         return ToolCallError(f"tool call {name!r}: its arguments are not a JSON object", raw, name)
     cid = call["id"] or f"call_{uuid.uuid4().hex[:24]}"
@@ -688,8 +707,11 @@ def _tool(tool: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI function tool from an OpenAI, bare or Anthropic tool definition."""
     if isinstance(tool.get("function"), dict):
         return {"type": "function", "function": tool["function"]}
-    spec = {"name": tool.get("name"), "description": tool.get("description", ""),
-            "parameters": tool.get("parameters") or tool.get("input_schema") or {"type": "object"}}  # fmt: skip
+    spec = {
+        "name": tool.get("name"),
+        "description": tool.get("description", ""),
+        "parameters": tool.get("parameters") or tool.get("input_schema") or {"type": "object"},
+    }
     return {"type": "function", "function": spec}
 
 
@@ -705,9 +727,16 @@ def _message(m: dict[str, Any]) -> dict[str, Any]:
         for i, c in enumerate(m["tool_calls"]):
             fn = c.get("function") if isinstance(c.get("function"), dict) else c
             args = fn.get("arguments", {})
-            calls.append({"id": c.get("id") or f"call_{i}", "type": "function",
-                          "function": {"name": fn.get("name"), "arguments":
-                                       args if isinstance(args, str) else json.dumps(args)}})  # fmt: skip
+            calls.append(
+                {
+                    "id": c.get("id") or f"call_{i}",
+                    "type": "function",
+                    "function": {
+                        "name": fn.get("name"),
+                        "arguments": args if isinstance(args, str) else json.dumps(args),
+                    },
+                }
+            )
         out["tool_calls"] = calls
     return out
 
@@ -742,6 +771,4 @@ def image_data_url(source: Any) -> str:
     buf = io.BytesIO()
     big = loaded.width * loaded.height > 2_000_000
     loaded.image.save(buf, format="JPEG" if big else "PNG", **({"quality": 95} if big else {}))
-    return (
-        f"data:image/{'jpeg' if big else 'png'};base64,{base64.b64encode(buf.getvalue()).decode()}"
-    )
+    return f"data:image/{'jpeg' if big else 'png'};base64,{base64.b64encode(buf.getvalue()).decode()}"

@@ -34,13 +34,16 @@ class SamplingParams:
             (0 < self.top_p <= 1, f"top_p must be in (0, 1] (got {self.top_p})"),
             (self.top_k >= 0, f"top_k must be >= 0 (got {self.top_k})"),
             (0 <= self.min_p <= 1, f"min_p must be in [0, 1] (got {self.min_p})"),
-            (-2 <= self.presence_penalty <= 2,
-             f"presence_penalty must be in [-2, 2] (got {self.presence_penalty})"),
-            (-2 <= self.frequency_penalty <= 2,
-             f"frequency_penalty must be in [-2, 2] (got {self.frequency_penalty})"),
-            (self.repetition_penalty > 0,
-             f"repetition_penalty must be > 0 (got {self.repetition_penalty})"),
-        ]  # fmt: skip
+            (
+                -2 <= self.presence_penalty <= 2,
+                f"presence_penalty must be in [-2, 2] (got {self.presence_penalty})",
+            ),
+            (
+                -2 <= self.frequency_penalty <= 2,
+                f"frequency_penalty must be in [-2, 2] (got {self.frequency_penalty})",
+            ),
+            (self.repetition_penalty > 0, f"repetition_penalty must be > 0 (got {self.repetition_penalty})"),
+        ]
         for ok, msg in checks:
             if not ok:
                 raise RequestError(msg)
@@ -59,15 +62,9 @@ class SamplingParams:
 
 # The three profiles of Qwen3.6's model card.
 PRESETS: dict[str, SamplingParams] = {
-    "thinking": SamplingParams(
-        temperature=1.0, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=1.5
-    ),
-    "coding": SamplingParams(
-        temperature=0.6, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=0.0
-    ),
-    "instruct": SamplingParams(
-        temperature=0.7, top_p=0.8, top_k=20, min_p=0.0, presence_penalty=1.5
-    ),
+    "thinking": SamplingParams(temperature=1.0, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=1.5),
+    "coding": SamplingParams(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=0.0),
+    "instruct": SamplingParams(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0, presence_penalty=1.5),
 }
 
 
@@ -76,9 +73,7 @@ def preset(name: str) -> SamplingParams:
     try:
         return PRESETS[name]
     except KeyError:
-        raise RequestError(
-            f"unknown sampling preset {name!r}; choose one of {sorted(PRESETS)}"
-        ) from None
+        raise RequestError(f"unknown sampling preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
 Sampler = Callable[[mx.array], mx.array]
@@ -171,8 +166,6 @@ def make_logits_processors(params: SamplingParams, prompt_len: int = 0) -> list[
     `prompt_len` is the number of prompt tokens at the start of the history the processor is given:
     presence and frequency penalties ignore them.
     """
-    if not (
-        params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1.0
-    ):
+    if not (params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1.0):
         return []
     return [_Penalties(params, prompt_len)]

@@ -160,8 +160,7 @@ def make_config(cfg: TinyConfig) -> dict[str, Any]:
         "attn_output_gate": True,
         "full_attention_interval": 4,
         "layer_types": [
-            "full_attention" if (i + 1) % 4 == 0 else "linear_attention"
-            for i in range(cfg.num_hidden_layers)
+            "full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(cfg.num_hidden_layers)
         ],
         "linear_conv_kernel_dim": 4,
         "linear_key_head_dim": cfg.linear_key_head_dim,
@@ -254,9 +253,7 @@ def make_weights(cfg: TinyConfig, seed: int = 0) -> dict[str, np.ndarray]:
             out[a + "conv1d.weight"] = w(2 * kd + vd, 1, 4, scale=0.3)
             out[a + "dt_bias"] = (1.0 + w(nv, scale=0.1)).astype(np.float32)
             out[a + "A_log"] = np.log(rng.uniform(1, 16, nv)).astype(np.float32)
-            out[a + "norm.weight"] = (1.0 + w(cfg.linear_value_head_dim, scale=0.1)).astype(
-                np.float32
-            )
+            out[a + "norm.weight"] = (1.0 + w(cfg.linear_value_head_dim, scale=0.1)).astype(np.float32)
             out[a + "out_proj.weight"] = w(H, vd)
         out.update(_moe_weights(lp + "mlp.", cfg, w))
     # Multi-token-prediction head (engine/mtp.py): drafts tokens for speculative decoding.
@@ -316,8 +313,9 @@ def _mtp_weights(cfg: TinyConfig, rng: np.random.Generator) -> dict[str, np.ndar
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
     H = cfg.hidden_size
-    out = {f"mtp.{n}.weight": w(H, scale=0.1)
-           for n in ("pre_fc_norm_embedding", "pre_fc_norm_hidden", "norm")}  # fmt: skip
+    out = {
+        f"mtp.{n}.weight": w(H, scale=0.1) for n in ("pre_fc_norm_embedding", "pre_fc_norm_hidden", "norm")
+    }
     lp = "mtp.layers.0."
     out[lp + "input_layernorm.weight"] = w(H, scale=0.1)
     out[lp + "post_attention_layernorm.weight"] = w(H, scale=0.1)
@@ -392,9 +390,7 @@ def write_tokenizer(path: Path, vocab_size: int = 512) -> None:
     write_tokenizer_config(path, vocab_size)
 
 
-def write_tokenizer_config(
-    path: Path, vocab_size: int, model_max_length: int = QWEN36_CONTEXT
-) -> None:
+def write_tokenizer_config(path: Path, vocab_size: int, model_max_length: int = QWEN36_CONTEXT) -> None:
     """tokenizer_config.json (Qwen's special tokens) and the chat template beside tokenizer.json."""
     ids = _special_ids(vocab_size)
     added = {
@@ -501,9 +497,7 @@ def write_checkpoint(
     keys = sorted(weights)
     n = max(1, min(shards, len(keys)))
     cuts = [i * len(keys) // n for i in range(n + 1)]
-    parts = {
-        f"model-{i + 1:05d}-of-{n:05d}.safetensors": keys[cuts[i] : cuts[i + 1]] for i in range(n)
-    }
+    parts = {f"model-{i + 1:05d}-of-{n:05d}.safetensors": keys[cuts[i] : cuts[i + 1]] for i in range(n)}
     index = {
         "metadata": {"total_size": int(sum(a.nbytes for a in weights.values()))},
         "weight_map": {},

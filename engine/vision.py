@@ -129,13 +129,10 @@ class VisionModel(nn.Module):
             raise ValueError("vision towers with deepstack mergers are not supported")
         act = str(c.get("hidden_act", "gelu_pytorch_tanh"))
         hidden = int(c.get("intermediate_size", 4304))
-        self.patch_embed = PatchEmbed(
-            self.in_channels, self.temporal_patch_size, self.patch_size, self.dims
-        )
+        self.patch_embed = PatchEmbed(self.in_channels, self.temporal_patch_size, self.patch_size, self.dims)
         self.pos_embed = nn.Embedding(self.num_position_embeddings, self.dims)
         self.blocks = [
-            VisionBlock(self.dims, hidden, self.num_heads, act)
-            for _ in range(int(c.get("depth", 27)))
+            VisionBlock(self.dims, hidden, self.num_heads, act) for _ in range(int(c.get("depth", 27)))
         ]
         self.merger = PatchMerger(self.dims, int(c.get("out_hidden_size", 2048)), self.merge_size)
         head_dim = self.dims // self.num_heads
@@ -182,9 +179,7 @@ class VisionModel(nn.Module):
         expected = dict(tree_flatten(self.parameters()))
         missing = sorted(set(expected) - set(w))
         if missing:
-            raise ValueError(
-                f"vision weights are missing {len(missing)} tensor(s), e.g. {missing[:3]}"
-            )
+            raise ValueError(f"vision weights are missing {len(missing)} tensor(s), e.g. {missing[:3]}")
         unexpected = sorted(set(w) - set(expected))
         if unexpected:
             raise ValueError(
@@ -206,8 +201,10 @@ class VisionModel(nn.Module):
         m = self.merge_size
         rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
         shape = (h // m, m, w // m, m)
-        return (rows.reshape(shape).transpose(0, 2, 1, 3).reshape(-1),
-                cols.reshape(shape).transpose(0, 2, 1, 3).reshape(-1))  # fmt: skip
+        return (
+            rows.reshape(shape).transpose(0, 2, 1, 3).reshape(-1),
+            cols.reshape(shape).transpose(0, 2, 1, 3).reshape(-1),
+        )
 
     def _axis_taps(self, idx: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         # Bilinear with aligned corners: patch 0 → table row 0, the last patch → the last row.

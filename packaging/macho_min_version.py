@@ -84,9 +84,10 @@ def is_macho(path: Path) -> bool:
         return False
     if len(head) < 4:
         return False
-    return struct.unpack(">I", head)[0] in (FAT_MAGIC, FAT_MAGIC_64) or struct.unpack("<I", head)[
-        0
-    ] in (MH_MAGIC_64, MH_MAGIC)
+    return struct.unpack(">I", head)[0] in (FAT_MAGIC, FAT_MAGIC_64) or struct.unpack("<I", head)[0] in (
+        MH_MAGIC_64,
+        MH_MAGIC,
+    )
 
 
 def scan(root: Path) -> Iterator[tuple[Path, Version]]:

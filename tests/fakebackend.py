@@ -137,8 +137,16 @@ class FakeHandle:
             elif isinstance(ev, Done):
                 done = ev
         assert done is not None
-        return GenerationResult("".join(text), "".join(reasoning), calls, errs,
-                                done.finish_reason, done.token_ids, done.usage, done.error)  # fmt: skip
+        return GenerationResult(
+            "".join(text),
+            "".join(reasoning),
+            calls,
+            errs,
+            done.finish_reason,
+            done.token_ids,
+            done.usage,
+            done.error,
+        )
 
 
 class FakeBackend:
@@ -157,8 +165,9 @@ class FakeBackend:
         count: Callable[[GenerationRequest], int] = estimate_tokens,
     ) -> None:
         self.replies = replies if callable(replies) else list(replies)
-        self._info = info or BackendInfo(name="fake-model", context_tokens=32768, vocab_size=1000,
-                                         model_id="fake-1", created=1767225600)  # fmt: skip
+        self._info = info or BackendInfo(
+            name="fake-model", context_tokens=32768, vocab_size=1000, model_id="fake-1", created=1767225600
+        )
         self.count = count
         self.requests: list[GenerationRequest] = []
         self.handles: list[FakeHandle] = []
@@ -180,11 +189,13 @@ class FakeBackend:
         n = self.count(request)
         limit = self._info.context_tokens
         if limit and n >= limit:
-            raise ContextLengthError(f"the prompt has {n} tokens; this model's context is {limit}",
-                                     tokens=n, limit=limit)  # fmt: skip
+            raise ContextLengthError(
+                f"the prompt has {n} tokens; this model's context is {limit}", tokens=n, limit=limit
+            )
         prefix = len(request.reply_prefix) // 4
-        return PreparedRequest(request, n, self._opens(request).in_reasoning,
-                               self._info.model_id, None, prefix_tokens=prefix)  # fmt: skip
+        return PreparedRequest(
+            request, n, self._opens(request).in_reasoning, self._info.model_id, None, prefix_tokens=prefix
+        )
 
     def count_tokens(self, request: GenerationRequest, *, stop_above: int | None = None) -> int:
         """The prompt tokens `request` takes (`count`), noting the call in `counted`."""
@@ -227,8 +238,9 @@ class FakeBackend:
 
     def _opens(self, req: GenerationRequest) -> StreamParser:
         # As the engine's template does: thinking on opens <think> (a forced call turns it off).
-        thinking = (req.messages is not None and req.enable_thinking and self._info.thinking
-                    and not req.forces_call)  # fmt: skip
+        thinking = (
+            req.messages is not None and req.enable_thinking and self._info.thinking and not req.forces_call
+        )
         parser = StreamParser(req.rendered_tools, reasoning=thinking)
         if req.reply_prefix:
             parser.prime(req.reply_prefix)
@@ -248,23 +260,31 @@ class FakeBackend:
             written = len(raw)
         else:
             c = reply.chunk
-            out += [ReasoningDelta(reply.reasoning[i : i + c])
-                    for i in range(0, len(reply.reasoning), c)]  # fmt: skip
+            out += [ReasoningDelta(reply.reasoning[i : i + c]) for i in range(0, len(reply.reasoning), c)]
             out += [TextDelta(reply.text[i : i + c]) for i in range(0, len(reply.text), c)]
             for k, call in enumerate(reply.tool_calls):
                 if isinstance(call, dict):
-                    call = ToolCall(id=f"call_fake_{k}", name=call["name"],
-                                    arguments=call.get("arguments", {}), raw="")  # fmt: skip
+                    call = ToolCall(
+                        id=f"call_fake_{k}", name=call["name"], arguments=call.get("arguments", {}), raw=""
+                    )
                 out.append(call)
             written = len(reply.text) + len(reply.reasoning)
         usage = next((e for e in out if isinstance(e, Usage)), None)
         if usage is None and not any(isinstance(e, Done) for e in out):
-            usage = reply.usage or Usage(prompt_tokens=prompt_tokens,
-                                         completion_tokens=max(1, written // 4),
-                                         cached_tokens=reply.cached_tokens)  # fmt: skip
+            usage = reply.usage or Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=max(1, written // 4),
+                cached_tokens=reply.cached_tokens,
+            )
             out.append(usage)
         if not any(isinstance(e, Done) for e in out):
-            out.append(Done(reply.finish_reason, usage=usage, error=reply.error,
-                            stop_sequence=reply.stop_sequence,
-                            error_kind=reply.error_kind or ("internal" if reply.error else None)))  # fmt: skip
+            out.append(
+                Done(
+                    reply.finish_reason,
+                    usage=usage,
+                    error=reply.error,
+                    stop_sequence=reply.stop_sequence,
+                    error_kind=reply.error_kind or ("internal" if reply.error else None),
+                )
+            )
         return out

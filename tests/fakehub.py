@@ -35,8 +35,14 @@ class FakeHub:
     `corrupt` = {filename: bytes}: served instead of the real content while the listing keeps the
     real checksum (a damaged transfer)."""
 
-    def __init__(self, repos: dict[str, dict[str, bytes]], *, delay: float = 0.0,
-                 token: str | None = None, corrupt: dict[str, bytes] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        repos: dict[str, dict[str, bytes]],
+        *,
+        delay: float = 0.0,
+        token: str | None = None,
+        corrupt: dict[str, bytes] | None = None,
+    ) -> None:
         self.repos = repos
         self.delay = delay
         self.token = token  # when set, requests must carry it
@@ -59,8 +65,9 @@ class FakeHub:
                 self._route(head=False)
 
             def _route(self, head: bool) -> None:
-                hub.requests.append((f"{self.command} {self.path}",
-                                     {k.lower(): v for k, v in self.headers.items()}))  # fmt: skip
+                hub.requests.append(
+                    (f"{self.command} {self.path}", {k.lower(): v for k, v in self.headers.items()})
+                )
                 if hub.token and self.headers.get("authorization") != f"Bearer {hub.token}":
                     return self._send(401, b'{"error": "gated"}', {"x-error-code": "GatedRepo"})
                 path = self.path.split("?", 1)[0]
@@ -68,13 +75,17 @@ class FakeHub:
                 if m:
                     files = hub.repos.get(m.group(1))
                     if files is None:
-                        return self._send(404, b'{"error": "Repository not found"}',
-                                          {"x-error-code": "RepoNotFound"})  # fmt: skip
+                        return self._send(
+                            404, b'{"error": "Repository not found"}', {"x-error-code": "RepoNotFound"}
+                        )
                     if m.group(2) == "tree":
                         body: Any = [self._entry(n, d) for n, d in files.items()]
                     else:
-                        body = {"id": m.group(1), "sha": commit_of(files), "siblings": [
-                            {"rfilename": n, "size": len(d)} for n, d in files.items()]}  # fmt: skip
+                        body = {
+                            "id": m.group(1),
+                            "sha": commit_of(files),
+                            "siblings": [{"rfilename": n, "size": len(d)} for n, d in files.items()],
+                        }
                     return self._send(200, json.dumps(body).encode())
                 m = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
                 if m and m.group(3) in hub.repos.get(m.group(1), {}):
@@ -83,11 +94,13 @@ class FakeHub:
                 self._send(404, b"not found", {"x-error-code": "EntryNotFound"})
 
             def _entry(self, name: str, data: bytes) -> dict:
-                e: dict[str, Any] = {"type": "file", "path": name, "size": len(data),
-                                     "oid": _blob_id(data)}  # fmt: skip
+                e: dict[str, Any] = {"type": "file", "path": name, "size": len(data), "oid": _blob_id(data)}
                 if _lfs(name):
-                    e["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data),
-                                "pointerSize": 134}  # fmt: skip
+                    e["lfs"] = {
+                        "oid": hashlib.sha256(data).hexdigest(),
+                        "size": len(data),
+                        "pointerSize": 134,
+                    }
                 return e
 
             def _send(self, code: int, body: bytes, headers: dict | None = None) -> None:
@@ -111,8 +124,7 @@ class FakeHub:
                     if start >= len(served):
                         return self._send(416, b"")
                     self.send_response(206)
-                    self.send_header("content-range",
-                                     f"bytes {start}-{len(served) - 1}/{len(served)}")  # fmt: skip
+                    self.send_header("content-range", f"bytes {start}-{len(served) - 1}/{len(served)}")
                 else:
                     self.send_response(200)
                 self.send_header("content-length", str(len(served) - start))

@@ -64,11 +64,25 @@ def run_claude(
 ) -> subprocess.CompletedProcess[str]:
     """`claude -p PROMPT --output-format json` against `url`; the CompletedProcess."""
     return subprocess.run(
-        ["claude", "-p", prompt, "--output-format", "json", "--allowedTools", "Bash",
-         "--max-turns", str(max_turns), *flags],
-        cwd=cwd, env=claude_env(url, str(home), **extra), capture_output=True, text=True,
-        timeout=timeout, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            "claude",
+            "-p",
+            prompt,
+            "--output-format",
+            "json",
+            "--allowedTools",
+            "Bash",
+            "--max-turns",
+            str(max_turns),
+            *flags,
+        ],
+        cwd=cwd,
+        env=claude_env(url, str(home), **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _reply(req: Any) -> str:
@@ -97,10 +111,7 @@ def _scripted(work: Path) -> dict[str, Any]:
         proj.mkdir()
         r = run_claude(srv.url, "Write the proof file with Bash.", proj, work / "home", 300)
         tool_results = [
-            m["content"]
-            for req in eng.requests
-            for m in req.messages or []
-            if m.get("role") == "tool"
+            m["content"] for req in eng.requests for m in req.messages or [] if m.get("role") == "tool"
         ]
         records = [
             {"endpoint": x.endpoint, "status": x.status, "error": x.error, "client": x.client}
@@ -111,10 +122,13 @@ def _scripted(work: Path) -> dict[str, Any]:
         eng.close()
     proof = proj / "proof.txt"
     return {
-        "rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-4000:],
+        "rc": r.returncode,
+        "stdout": r.stdout,
+        "stderr": r.stderr[-4000:],
         "proof": proof.read_text() if proof.exists() else None,
-        "tool_results": tool_results, "requests": records,
-    }  # fmt: skip
+        "tool_results": tool_results,
+        "requests": records,
+    }
 
 
 def _free_port() -> int:
@@ -128,10 +142,12 @@ def _demo(work: Path) -> dict[str, Any]:
     env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache"), "HOME": str(work / "serverhome")}
     log = open(work / "serve.log", "w")  # closed below
     server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--demo", "--port", str(port),
-         "--log-level", "debug"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [sys.executable, "-m", "app.cli", "serve", "--demo", "--port", str(port), "--log-level", "debug"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         import httpx
@@ -151,22 +167,37 @@ def _demo(work: Path) -> dict[str, Any]:
         # Kept short for CI: no tools and a one-line system prompt (the random model's prefill of
         # Claude Code's full ~56K-token prompt takes minutes on two cores; the scripted run covers
         # that prompt), and its replies bounded.
-        r = run_claude(url, "Say hello.", proj, work / "home", 300, max_turns=1,
-                       flags=("--tools", "", "--system-prompt", "Answer briefly."),
-                       CLAUDE_CODE_MAX_OUTPUT_TOKENS="64")  # fmt: skip
+        r = run_claude(
+            url,
+            "Say hello.",
+            proj,
+            work / "home",
+            300,
+            max_turns=1,
+            flags=("--tools", "", "--system-prompt", "Answer briefly."),
+            CLAUDE_CODE_MAX_OUTPUT_TOKENS="64",
+        )
     finally:
         server.terminate()
         server.wait(30)
         log.close()
-    return {"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-4000:],
-            "serve_log": (work / "serve.log").read_text()[-6000:]}  # fmt: skip
+    return {
+        "rc": r.returncode,
+        "stdout": r.stdout,
+        "stderr": r.stderr[-4000:],
+        "serve_log": (work / "serve.log").read_text()[-6000:],
+    }
 
 
 def run_isolated(mode: str, out: Path, timeout: float = 600) -> dict[str, Any]:
     """Run `mode` inside a loopback-only network namespace; its results."""
     script = 'ip link set lo up && exec "$0" -m tests.realclients "$1" "$2"'
-    subprocess.run(["unshare", "-n", "sh", "-c", script, sys.executable, mode, str(out)],
-                   cwd=ROOT, timeout=timeout, check=True)  # fmt: skip
+    subprocess.run(
+        ["unshare", "-n", "sh", "-c", script, sys.executable, mode, str(out)],
+        cwd=ROOT,
+        timeout=timeout,
+        check=True,
+    )
     return json.loads(out.read_text())
 
 

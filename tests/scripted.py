@@ -29,9 +29,7 @@ class ScriptedModel:
     thinking budget), it predicts `ids` from there instead.
     """
 
-    def __init__(
-        self, script: list[int], vocab_size: int, then: tuple[list[int], list[int]] | None = None
-    ):
+    def __init__(self, script: list[int], vocab_size: int, then: tuple[list[int], list[int]] | None = None):
         self.script = script
         self.vocab_size = vocab_size
         self.prompt_len = 0
@@ -50,8 +48,7 @@ class ScriptedModel:
             c.fed.extend(inputs[0].tolist())
             trigger, after = self.then
             n = len(trigger)
-            ends = [e for e in range(max(self.prompt_len, n), len(c.fed) + 1)
-                    if c.fed[e - n : e] == trigger]  # fmt: skip
+            ends = [e for e in range(max(self.prompt_len, n), len(c.fed) + 1) if c.fed[e - n : e] == trigger]
             if ends:
                 script, k = after, len(c.fed) - ends[-1]
         k = min(max(k, 0), len(script) - 1)

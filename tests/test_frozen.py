@@ -20,9 +20,18 @@ def test_frozen_linux_bundle_runs(tmp_path):
     before = {p.name for p in ROOT.iterdir()}
     t0 = time.monotonic()
     # The test venv already has Locus's dependencies and PyInstaller: no second install.
-    out = subprocess.run(["bash", str(ROOT / "packaging" / "build_linux_smoke.sh"), "--python",
-                          sys.executable, str(tmp_path / "build")],
-                         capture_output=True, text=True, timeout=2400)  # fmt: skip
+    out = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "packaging" / "build_linux_smoke.sh"),
+            "--python",
+            sys.executable,
+            str(tmp_path / "build"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=2400,
+    )
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-6000:]
     assert "Linux smoke bundle OK" in out.stdout

@@ -75,8 +75,9 @@ def test_every_imported_package_is_a_declared_dependency():
 def test_plain_install_imports_everything(tmp_path):
     # Copy the tracked tree so the build leaves no build/ or egg-info in the checkout.
     src = tmp_path / "src"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for f in files:
         if (ROOT / f).is_file():
             (src / f).parent.mkdir(parents=True, exist_ok=True)
@@ -86,8 +87,9 @@ def test_plain_install_imports_everything(tmp_path):
     py = venv / "bin" / "python"
     t0 = time.monotonic()
     # pip's own cache (~/.cache/pip) keeps the wheels between runs; no extras: the user's install.
-    out = subprocess.run([str(py), "-m", "pip", "install", "-q", str(src)],
-                         capture_output=True, text=True, timeout=1500)  # fmt: skip
+    out = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", str(src)], capture_output=True, text=True, timeout=1500
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     print(f"\nplain install: {time.monotonic() - t0:.0f} s")
     mods = _modules() + sorted(third_party_imports())
@@ -103,10 +105,17 @@ def test_plain_install_imports_everything(tmp_path):
     )
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": ""}
     # Run outside the checkout so the installed copy, not the source tree, is imported.
-    out = subprocess.run([str(py), "-c", script], capture_output=True, text=True, env=env,
-                         cwd=tmp_path, timeout=600)  # fmt: skip
+    out = subprocess.run(
+        [str(py), "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
+    )
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     # The console script is installed and runs without any extra.
-    out = subprocess.run([str(venv / "bin" / "locus"), "--help"], capture_output=True, text=True,
-                         env=env, cwd=tmp_path, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [str(venv / "bin" / "locus"), "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert out.returncode == 0 and "usage: locus" in out.stdout, out.stderr

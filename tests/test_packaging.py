@@ -112,8 +112,9 @@ def test_icns_is_rendered_from_the_svg(tmp_path):
     # A subprocess, as build_macos.sh runs it: its QGuiApplication must not outlive it here
     # (the UI tests need a QApplication).
     out = tmp_path / "Locus.icns"
-    r = subprocess.run([sys.executable, str(PKG / "make_icns.py"), str(out)], capture_output=True,
-                       text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, str(PKG / "make_icns.py"), str(out)], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     im = Image.open(out)
     assert im.format == "ICNS" and im.size == (1024, 1024)

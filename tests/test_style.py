@@ -31,7 +31,18 @@ def test_no_function_is_longer_than_80_lines():
                 if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                     n = node.end_lineno - node.lineno + 1
                     if n > 80:
-                        long.append(
-                            f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)"
-                        )
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, "split these functions:\n" + "\n".join(long)
+
+
+def test_the_formatter_is_never_switched_off():
+    # One line length (pyproject.toml) that every statement fits; no hand-formatted exceptions.
+    marker = "fmt: " + "skip"
+    found = [
+        f"{path.relative_to(ROOT)}:{i}"
+        for top in ("engine", "app", "ui", "tests", "bench", "packaging")
+        for path in sorted((ROOT / top).rglob("*.py"))
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if marker in line or "fmt: " + "off" in line
+    ]
+    assert not found, found

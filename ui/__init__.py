@@ -28,9 +28,15 @@ def _app(argv: list[str] | None = None):
     return app
 
 
-def _window(demo: bool, model: str | None, project: str | None = None, *,
-            remote: str | None = None, remote_model: str | None = None,
-            remote_key: str | None = None):  # fmt: skip
+def _window(
+    demo: bool,
+    model: str | None,
+    project: str | None = None,
+    *,
+    remote: str | None = None,
+    remote_model: str | None = None,
+    remote_key: str | None = None,
+):
     from .main_window import MainWindow
     from .theme import apply_theme
 
@@ -68,25 +74,29 @@ def _window(demo: bool, model: str | None, project: str | None = None, *,
     return win
 
 
-def run_app(*, demo: bool = False, model: str | None = None, project: str | None = None,
-            remote: str | None = None, remote_model: str | None = None,
-            remote_key: str | None = None, qt_args: list[str] | None = None) -> int:  # fmt: skip
+def run_app(
+    *,
+    demo: bool = False,
+    model: str | None = None,
+    project: str | None = None,
+    remote: str | None = None,
+    remote_model: str | None = None,
+    remote_key: str | None = None,
+    qt_args: list[str] | None = None,
+) -> int:
     """Open the window (on the demo model, or `model`, or the model `remote_model` of the
     OpenAI-compatible server at `remote`; on `project` in Agent) and run until it closes.
     `qt_args` are Qt's own options (-platform, -style, …) for QApplication."""
     from .doctor_dialog import maybe_run_doctor
 
     app = _app([sys.argv[0], *(qt_args or [])])
-    win = _window(demo, model, project, remote=remote, remote_model=remote_model,
-                  remote_key=remote_key)  # fmt: skip
+    win = _window(demo, model, project, remote=remote, remote_model=remote_model, remote_key=remote_key)
     win.show()
     maybe_run_doctor(win)  # first launch and after an upgrade; failures open a dialog
     return int(app.exec())
 
 
-def render_screenshots(
-    out_dir: str | Path, *, demo: bool = True, model: str | None = None
-) -> list[Path]:
+def render_screenshots(out_dir: str | Path, *, demo: bool = True, model: str | None = None) -> list[Path]:
     """Render each view to OUT_DIR/<view>.png (offscreen works; no display needed)."""
     from .screenshots import render_all
 

@@ -95,9 +95,7 @@ class ApprovalCard(QFrame):
         self.approve_button = QPushButton("Approve")
         self.approve_button.clicked.connect(lambda: self._decide(Decision.approve()))
         self.reject_button = QPushButton("Reject")
-        self.reject_button.clicked.connect(
-            lambda: self._decide(Decision.reject(self.reason.text().strip()))
-        )
+        self.reject_button.clicked.connect(lambda: self._decide(Decision.reject(self.reason.text().strip())))
         self.allow_button = QPushButton("Allow for session")
         self.allow_button.clicked.connect(lambda: self._decide(Decision.allow_tool()))
         self._buttons = [self.approve_button, self.reject_button, self.allow_button]
@@ -143,10 +141,14 @@ class ApprovalCard(QFrame):
         self.reason.setEnabled(False)
         if self.prefix is not None:
             self.prefix.setEnabled(False)
-        self.outcome.setText({"approve": "Approved", "reject": "Rejected",
-                              "allow_tool": "Allowed for this session",
-                              "allow_prefix": f"Allowed: commands starting with {d.prefix!r}"
-                              }.get(d.action, d.action))  # fmt: skip
+        self.outcome.setText(
+            {
+                "approve": "Approved",
+                "reject": "Rejected",
+                "allow_tool": "Allowed for this session",
+                "allow_prefix": f"Allowed: commands starting with {d.prefix!r}",
+            }.get(d.action, d.action)
+        )
         self.decided.emit(d)
 
 
@@ -311,9 +313,13 @@ class AgentView(QWidget):
             self.runs.clear()
             return
         project = str(self.project)
-        run_in_background(self.store.runs, project=project, limit=50,
-                          on_done=lambda runs: self._fill_runs(project, runs),
-                          on_error=self.message_for_user.emit)  # fmt: skip
+        run_in_background(
+            self.store.runs,
+            project=project,
+            limit=50,
+            on_done=lambda runs: self._fill_runs(project, runs),
+            on_error=self.message_for_user.emit,
+        )
 
     def _fill_runs(self, project: str, runs: list[Any]) -> None:
         if self.project is None or str(self.project) != project:
@@ -338,8 +344,11 @@ class AgentView(QWidget):
             self.hint_for_user.emit("The transcript shows the running task until it ends.")
             return
         store = self.store
-        run_in_background(lambda: (store.run(run_id), store.events(run_id)),
-                          on_done=self._show_stored_run, on_error=self.message_for_user.emit)  # fmt: skip
+        run_in_background(
+            lambda: (store.run(run_id), store.events(run_id)),
+            on_done=self._show_stored_run,
+            on_error=self.message_for_user.emit,
+        )
 
     def _show_stored_run(self, loaded: tuple[Any, list[dict[str, Any]]]) -> None:
         rec, events = loaded
@@ -427,9 +436,15 @@ class AgentView(QWidget):
         def work(task: Task) -> Any:  # the bridge passes its Task by this name
             # Built here, not on the UI thread: it probes the sandbox and opens the checkpoint repo.
             config = AgentConfig.from_settings(watch=True)
-            agent = Agent(project, backend, approvals=approvals, config=config,
-                          on_event=task.emit_event, store=self.store,
-                          data_dir=self.data_dir)  # fmt: skip
+            agent = Agent(
+                project,
+                backend,
+                approvals=approvals,
+                config=config,
+                on_event=task.emit_event,
+                store=self.store,
+                data_dir=self.data_dir,
+            )
             self.agent, self._emit = agent, task.emit_event
             return agent.run(text)
 

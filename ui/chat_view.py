@@ -75,9 +75,7 @@ class Composer(QPlainTextEdit):
     def keyPressEvent(self, e: QKeyEvent) -> None:
         if e.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
             mods = e.modifiers()
-            ctrl = bool(
-                mods & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.MetaModifier)
-            )
+            ctrl = bool(mods & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.MetaModifier))
             shift = bool(mods & Qt.KeyboardModifier.ShiftModifier)
             if ctrl or (self.enter_sends and not shift):
                 self.submitted.emit()
@@ -147,8 +145,13 @@ class ChatView(QWidget):
     conversation_opened = Signal(str)  # a stored conversation is shown (its id)
     message_for_user = Signal(str)  # an error or hint for the window's status area
 
-    def __init__(self, store: Store, dark: bool = False, parent: QWidget | None = None,
-                 writer: StoreWriter | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        dark: bool = False,
+        parent: QWidget | None = None,
+        writer: StoreWriter | None = None,
+    ) -> None:
         super().__init__(parent)
         self.store = store
         # SQLite runs on the writer's thread, in order: reads see every earlier write.
@@ -187,8 +190,9 @@ class ChatView(QWidget):
         # Escape stops a reply from anywhere in the view.
         stop = QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.stop)
         stop.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-        delete = QShortcut(QKeySequence.StandardKey.Delete, self.conversations,
-                           lambda: self.delete_selected_conversation())  # fmt: skip
+        delete = QShortcut(
+            QKeySequence.StandardKey.Delete, self.conversations, lambda: self.delete_selected_conversation()
+        )
         delete.setContext(Qt.ShortcutContext.WidgetShortcut)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -292,16 +296,20 @@ class ChatView(QWidget):
     def _read(self, fn: Any, *args: Any, on_done: Any) -> Task:
         """Run a store read after every earlier write, off the UI thread; `on_done` gets it."""
         return run_in_background(
-            self.writer.call, fn, *args, on_done=on_done,
+            self.writer.call,
+            fn,
+            *args,
+            on_done=on_done,
             on_error=lambda m: self.message_for_user.emit(f"Could not read conversations: {m}"),
-        )  # fmt: skip
+        )
 
     def refresh_list(self) -> None:
         """List the conversations matching the search (titles and message text)."""
         self._list_gen += 1
         gen, query = self._list_gen, self.search.text().strip()
-        self._read(self.store.search, query, "chat", 500,
-                   on_done=lambda threads: self._fill_list(gen, threads))  # fmt: skip
+        self._read(
+            self.store.search, query, "chat", 500, on_done=lambda threads: self._fill_list(gen, threads)
+        )
 
     def _fill_list(self, gen: int, threads: list[ThreadRecord]) -> None:
         if gen != self._list_gen:
@@ -374,8 +382,9 @@ class ChatView(QWidget):
         # What the question and Undo need, read after every queued write (a short wait).
         t, msgs = self.writer.call(self._load, thread_id)
         title = t.title or "New conversation"
-        if ask and not confirm(self, "Delete conversation",
-                               f"Delete “{title}” and its {len(msgs)} messages?", "Delete"):  # fmt: skip
+        if ask and not confirm(
+            self, "Delete conversation", f"Delete “{title}” and its {len(msgs)} messages?", "Delete"
+        ):
             return False
         self._write(self.store.delete_thread, thread_id)
         self._deleted = (t, msgs)
@@ -454,14 +463,18 @@ class ChatView(QWidget):
         if not text or self.busy or self._opening:
             return
         if self.engine is None:
-            self.message_for_user.emit(
-                "No model is loaded: load one in Models (or run locus --demo)."
-            )
+            self.message_for_user.emit("No model is loaded: load one in Models (or run locus --demo).")
             return
         if self.thread_id is None:
             self.thread_id = new_thread_id()
-            self._write(self.store.create_thread, "chat", text.splitlines()[0][:60],
-                        model=self.model_name, meta=self._meta(), id=self.thread_id)  # fmt: skip
+            self._write(
+                self.store.create_thread,
+                "chat",
+                text.splitlines()[0][:60],
+                model=self.model_name,
+                meta=self._meta(),
+                id=self.thread_id,
+            )
         msg = {"role": "user", "content": text}
         self._write(self.store.add_message, self.thread_id, msg)
         self.history.append(msg)
@@ -492,10 +505,12 @@ class ChatView(QWidget):
         thinking = self.thinking.isChecked()
         messages = [{k: v for k, v in m.items() if k not in _UI_KEYS} for m in self.history]
         req = GenerationRequest(
-            messages=messages, enable_thinking=thinking,
-            sampling=preset(self.profile.currentText()), max_tokens=self.max_tokens,
+            messages=messages,
+            enable_thinking=thinking,
+            sampling=preset(self.profile.currentText()),
+            max_tokens=self.max_tokens,
             session=f"chat-{self.thread_id}",
-        )  # fmt: skip
+        )
         self._current = self._add_message("assistant")
         self._text = self._reasoning = ""
         self._usage = None
@@ -558,9 +573,7 @@ class ChatView(QWidget):
         if u is not None:
             limit = self._context_tokens
             ctx = u.prompt_tokens + u.completion_tokens
-            footer = f"{u.generation_tps:.1f} tok/s · context {ctx}" + (
-                f"/{limit}" if limit else ""
-            )
+            footer = f"{u.generation_tps:.1f} tok/s · context {ctx}" + (f"/{limit}" if limit else "")
             if u.draft_tokens:  # speculative decoding: how many drafts the model kept
                 footer += f" · drafts {u.draft_accepted}/{u.draft_tokens}"
             self.stats.setText(footer)

@@ -31,8 +31,13 @@ def maybe_run_doctor(parent: QWidget, *, force: bool = False) -> Task | None:
         save_ui_settings({SETTING: version})
         parent.doctor_checks = checks  # type: ignore[attr-defined]
         if doctor.worst(checks) == "fail":
-            box = QMessageBox(QMessageBox.Icon.Warning, "Locus cannot run well on this Mac",
-                              failure_text(checks), QMessageBox.StandardButton.Ok, parent)  # fmt: skip
+            box = QMessageBox(
+                QMessageBox.Icon.Warning,
+                "Locus cannot run well on this Mac",
+                failure_text(checks),
+                QMessageBox.StandardButton.Ok,
+                parent,
+            )
             box.setInformativeText("Run `locus doctor` in a terminal for the full report.")
             parent.doctor_dialog = box  # type: ignore[attr-defined]
             box.open()  # not exec(): the window stays usable

@@ -78,9 +78,7 @@ class BoxItem(QGraphicsRectItem):
         f.setBold(True)
         self.label_item.setFont(f)
         self.label_item.setPos(box.x1 + 3, max(0.0, box.y1 - 18))
-        self.label_bg = QGraphicsRectItem(
-            self.label_item.boundingRect().adjusted(-3, 0, 3, 0), self
-        )
+        self.label_bg = QGraphicsRectItem(self.label_item.boundingRect().adjusted(-3, 0, 3, 0), self)
         self.label_bg.setPos(self.label_item.pos())
         self.label_bg.setBrush(self.color)
         self.label_bg.setPen(Qt.PenStyle.NoPen)
@@ -109,9 +107,7 @@ class Canvas(QGraphicsView):
 
     def __init__(self, scene: QGraphicsScene) -> None:
         super().__init__(scene)
-        self.setRenderHints(
-            QPainter.RenderHint.Antialiasing | QPainter.RenderHint.SmoothPixmapTransform
-        )
+        self.setRenderHints(QPainter.RenderHint.Antialiasing | QPainter.RenderHint.SmoothPixmapTransform)
         self.setDragMode(QGraphicsView.DragMode.ScrollHandDrag)
         self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
 
@@ -285,9 +281,11 @@ class LocateView(QWidget):
         self.locate_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         self.task = stream_in_background(
-            make, on_event=self._on_event, on_error=self._failed,
+            make,
+            on_event=self._on_event,
+            on_error=self._failed,
             on_cancel=lambda: holder.get("h") and holder["h"].cancel(),
-        )  # fmt: skip
+        )
 
     def request(self, query: str) -> GenerationRequest:
         """The grounding request for the open image (app.localize builds it, as for the CLI)."""
@@ -332,10 +330,12 @@ class LocateView(QWidget):
     def export_json(self, path: str | Path) -> None:
         data = {
             "image": str(self.image_path) if self.image_path else None,
-            "width": self.image_size[0], "height": self.image_size[1],
-            "boxes": [box_dict(b) for b, it in zip(self.boxes, self.box_items, strict=True)
-                      if it.isVisible()],
-        }  # fmt: skip
+            "width": self.image_size[0],
+            "height": self.image_size[1],
+            "boxes": [
+                box_dict(b) for b, it in zip(self.boxes, self.box_items, strict=True) if it.isVisible()
+            ],
+        }
         Path(path).write_text(json.dumps(data, indent=2), encoding="utf-8")
 
     def render_annotated(self) -> QImage:
@@ -388,8 +388,10 @@ def unsupported_image(path: Path) -> str:
     """What to do with an image type Locus does not read."""
     kinds = "PNG, JPEG, GIF, BMP, WebP or TIFF"
     if path.suffix.lower() in (".heic", ".heif"):
-        return (f"Locus cannot read HEIC images such as {path.name}: export it as JPEG or PNG "
-                "first (Preview → File → Export).")  # fmt: skip
+        return (
+            f"Locus cannot read HEIC images such as {path.name}: export it as JPEG or PNG "
+            "first (Preview → File → Export)."
+        )
     return f"Locus cannot open {path.name}: drop a project folder, or an image ({kinds})."
 
 

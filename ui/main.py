@@ -17,9 +17,7 @@ def open_window(args: Any) -> int:
     try:
         importlib.import_module("ui.main_window")  # fails here, not later, without PySide6
     except ImportError as e:
-        raise EngineError(
-            f"the desktop window needs PySide6 ({e}); try `locus chat --demo`"
-        ) from None
+        raise EngineError(f"the desktop window needs PySide6 ({e}); try `locus chat --demo`") from None
     import ui
 
     if args.screenshot:

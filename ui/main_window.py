@@ -119,8 +119,14 @@ class MainWindow(QMainWindow):
 
     model_loaded = Signal(str)
 
-    def __init__(self, store: Store | None = None, *, dark: bool = False, demo: bool = False,
-                 manager: ModelManager | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store | None = None,
+        *,
+        dark: bool = False,
+        demo: bool = False,
+        manager: ModelManager | None = None,
+    ) -> None:
         super().__init__()
         self.setWindowTitle("Locus" + (" — demo model" if demo else ""))
         self.demo = demo
@@ -222,8 +228,9 @@ class MainWindow(QMainWindow):
         self.models.models_listed.connect(lambda *_: self._fill_picker())
 
     # -- menus --------------------------------------------------------------------------------------
-    def _action(self, menu: Any, text: str, slot: Any, shortcut: Any = None,
-                role: QAction.MenuRole | None = None) -> QAction:  # fmt: skip
+    def _action(
+        self, menu: Any, text: str, slot: Any, shortcut: Any = None, role: QAction.MenuRole | None = None
+    ) -> QAction:
         act = QAction(text, self)
         act.triggered.connect(lambda *_: slot())
         if isinstance(shortcut, tuple):  # (standard key, fallback where the platform has none)
@@ -241,20 +248,17 @@ class MainWindow(QMainWindow):
         K = QKeySequence.StandardKey
         bar = self.menuBar()
         f = bar.addMenu("&File")
-        self.new_action = self._action(f, "New Conversation", self._new_conversation,
-                                       (K.New, "Ctrl+N"))  # fmt: skip
-        self.open_folder_action = self._action(
-            f, "Open Folder…", self._open_folder, (K.Open, "Ctrl+O")
-        )
+        self.new_action = self._action(f, "New Conversation", self._new_conversation, (K.New, "Ctrl+N"))
+        self.open_folder_action = self._action(f, "Open Folder…", self._open_folder, (K.Open, "Ctrl+O"))
         self.recent_menu = f.addMenu("Open Recent Project")
         self.recent_menu.aboutToShow.connect(lambda: self.agent.fill_recent_menu(self.recent_menu))
         self._action(f, "Open Image…", self._open_image, "Ctrl+Shift+O")
         f.addSeparator()
-        self.preferences_action = self._action(f, "Preferences…", self.show_preferences,
-                                               (K.Preferences, "Ctrl+,"), R.PreferencesRole)  # fmt: skip
+        self.preferences_action = self._action(
+            f, "Preferences…", self.show_preferences, (K.Preferences, "Ctrl+,"), R.PreferencesRole
+        )
         f.addSeparator()
-        self.quit_action = self._action(f, "Quit Locus", self.close, (K.Quit, "Ctrl+Q"),
-                                        R.QuitRole)  # fmt: skip
+        self.quit_action = self._action(f, "Quit Locus", self.close, (K.Quit, "Ctrl+Q"), R.QuitRole)
         e = bar.addMenu("&Edit")
         self._action(e, "Delete Conversation…", self._delete_conversation)
         self._action(e, "Undo Conversation Deletion", self.chat.undo_delete)
@@ -264,13 +268,10 @@ class MainWindow(QMainWindow):
         v = bar.addMenu("&View")
         self.view_actions = []
         for i, name in enumerate(VIEWS):
-            self.view_actions.append(
-                self._action(v, name, lambda n=name: self.show_view(n), f"Ctrl+{i + 1}")
-            )
+            self.view_actions.append(self._action(v, name, lambda n=name: self.show_view(n), f"Ctrl+{i + 1}"))
         w = bar.addMenu("&Window")
         self._action(w, "Minimize", self.showMinimized, "Ctrl+M")
-        self._action(w, "Zoom", lambda: self.showNormal() if self.isMaximized()
-                     else self.showMaximized())  # fmt: skip
+        self._action(w, "Zoom", lambda: self.showNormal() if self.isMaximized() else self.showMaximized())
         h = bar.addMenu("&Help")
         self._action(h, "Show Log", self.show_log)
         self.about_action = self._action(h, "About Locus", self.show_about, None, R.AboutRole)
@@ -312,10 +313,13 @@ class MainWindow(QMainWindow):
             v = version("locus")
         except PackageNotFoundError:
             v = "development"
-        QMessageBox.about(self, "About Locus",
-                          f"<b>Locus</b> {v}<br>Qwen3.6 and other MLX models on this machine: chat, "
-                          "an agent in your project folder, image localization and a local "
-                          "Anthropic/OpenAI-compatible API.")  # fmt: skip
+        QMessageBox.about(
+            self,
+            "About Locus",
+            f"<b>Locus</b> {v}<br>Qwen3.6 and other MLX models on this machine: chat, "
+            "an agent in your project folder, image localization and a local "
+            "Anthropic/OpenAI-compatible API.",
+        )
 
     def show_preferences(self) -> bool:
         from .preferences import PreferencesDialog
@@ -338,8 +342,7 @@ class MainWindow(QMainWindow):
     def _fit_screen(self) -> None:
         """Never larger than the screen (a saved geometry from a bigger display, say)."""
         screen = self.screen().availableGeometry() if self.screen() else None
-        if screen is not None and (self.width() > screen.width() or
-                                   self.height() > screen.height()):  # fmt: skip
+        if screen is not None and (self.width() > screen.width() or self.height() > screen.height()):
             self.resize(min(self.width(), screen.width()), min(self.height(), screen.height()))
 
     # -- the model picker ---------------------------------------------------------------------------
@@ -351,8 +354,7 @@ class MainWindow(QMainWindow):
         seen = set()
         if self.model_path:
             remote = self.engine is not None and self.engine.info.remote
-            self.model_picker.addItem(self.model_name + (" (remote)" if remote else ""),
-                                      self.model_path)  # fmt: skip
+            self.model_picker.addItem(self.model_name + (" (remote)" if remote else ""), self.model_path)
             seen.add(str(Path(self.model_path).resolve()))
         for m in self.models.models:
             key = str(Path(m.path).resolve())
@@ -463,9 +465,10 @@ class MainWindow(QMainWindow):
         self.model_info.setText(_describe_model(backend, memory) if backend is not None else "")
         remote = backend.info.remote if backend is not None else None
         self.model_info.setToolTip(
-            f"The model runs on {remote}: prompts, images and the files the agent reads are "
-            "sent there." if remote else ""
-        )  # fmt: skip
+            f"The model runs on {remote}: prompts, images and the files the agent reads are sent there."
+            if remote
+            else ""
+        )
         self.models.set_remote(remote, name)
         self.models.set_loaded(None if remote else self.model_path or None, memory)
         self._fill_picker()
@@ -556,9 +559,13 @@ class MainWindow(QMainWindow):
 
     def shutdown(self) -> None:
         """Stop workers and close the engine (idempotent); remember the server's settings."""
-        save_ui_settings({"server_host": self.server.host.text().strip(),
-                          "server_port": self.server.port.value(),
-                          "window_geometry": bytes(self.saveGeometry().toHex()).decode()})  # fmt: skip
+        save_ui_settings(
+            {
+                "server_host": self.server.host.text().strip(),
+                "server_port": self.server.port.value(),
+                "window_geometry": bytes(self.saveGeometry().toHex()).decode(),
+            }
+        )
         views = (self.chat, self.agent, self.locate, self.server)
         for v in views:  # ask every worker to stop first, so their waits overlap
             v.stop()

@@ -215,8 +215,11 @@ class ModelsView(QWidget):
             self.table.setItem(i, 1, QTableWidgetItem(human_bytes(m.size_bytes)))
             need = human_bytes(m.needed_bytes) if m.needed_bytes is not None else "?"
             self.table.setItem(i, 2, QTableWidgetItem(need))
-            fits = {True: "Yes", False: f"No ({human_bytes(m.available_bytes)} available)",
-                    None: f"Unreadable: {m.error}"}[m.fits]  # fmt: skip
+            fits = {
+                True: "Yes",
+                False: f"No ({human_bytes(m.available_bytes)} available)",
+                None: f"Unreadable: {m.error}",
+            }[m.fits]
             self.table.setItem(i, 3, QTableWidgetItem(fits))
         self.models_listed.emit(len(self.models))
 
@@ -249,14 +252,15 @@ class ModelsView(QWidget):
         if m is None:
             return
         if self.is_loaded(m):
-            self.message_for_user.emit(
-                f"{m.name} is loaded: load another model before deleting this one."
-            )
+            self.message_for_user.emit(f"{m.name} is loaded: load another model before deleting this one.")
             return
-        if not confirm(self, "Delete model",
-                       f"Delete {m.name} from disk?\n\n{human_bytes(m.size_bytes)} in {m.path} "
-                       "will be removed; downloading it again takes as long as the first time.",
-                       f"Delete {human_bytes(m.size_bytes)}"):  # fmt: skip
+        if not confirm(
+            self,
+            "Delete model",
+            f"Delete {m.name} from disk?\n\n{human_bytes(m.size_bytes)} in {m.path} "
+            "will be removed; downloading it again takes as long as the first time.",
+            f"Delete {human_bytes(m.size_bytes)}",
+        ):
             return
         try:
             hub.delete_model(m)
@@ -283,8 +287,9 @@ class ModelsView(QWidget):
         d = self.downloader
 
         def work(task: Task) -> Path:
-            return d.download(on_progress=lambda p: task.emit_event(_copy(p)),
-                              interval=self.progress_interval)  # fmt: skip
+            return d.download(
+                on_progress=lambda p: task.emit_event(_copy(p)), interval=self.progress_interval
+            )
 
         self.download_button.setEnabled(False)
         self.pause_button.setEnabled(True)
@@ -380,8 +385,10 @@ class ModelsView(QWidget):
             try:
                 save_remote_key(url, typed)
             except Exception as e:  # no keychain here: the key lasts for this session only
-                self.message_for_user.emit(f"The API key could not be saved in the keychain "
-                                           f"({type(e).__name__}); it is kept until Locus quits.")  # fmt: skip
+                self.message_for_user.emit(
+                    f"The API key could not be saved in the keychain "
+                    f"({type(e).__name__}); it is kept until Locus quits."
+                )
             self._show_key_state()
             return typed
         if url in self._typed_keys:
@@ -433,9 +440,12 @@ class ModelsView(QWidget):
         self.list_remote_button.setEnabled(False)
         self.remote_status.setText(f"Asking {url} for its models…")
         self.remote_task = run_in_background(
-            remote_models, url, api_key=key,
-            on_done=self._remote_listed, on_error=self._remote_list_failed,
-        )  # fmt: skip
+            remote_models,
+            url,
+            api_key=key,
+            on_done=self._remote_listed,
+            on_error=self._remote_list_failed,
+        )
 
     def _remote_listed(self, names: list[str]) -> None:
         self.list_remote_button.setEnabled(True)
@@ -446,9 +456,9 @@ class ModelsView(QWidget):
             self.remote_picker.setCurrentText(typed)
         self.remote_status.setText(
             f"{len(names)} model(s) on the server: choose one and press Use."
-            if names else "The server lists no models: type the name it serves, or leave it "
-            "empty for its default."
-        )  # fmt: skip
+            if names
+            else "The server lists no models: type the name it serves, or leave it empty for its default."
+        )
         self.remote_listed.emit(len(names))
 
     def _remote_list_failed(self, message: str) -> None:

@@ -34,8 +34,7 @@ def edit_replay(path: str, old: str, new: str) -> list[str]:
     """Model outputs for an agent run that reads `path`, edits it, then answers."""
     return [
         f"I should look at {path} first.\n</think>\n\n" + _call("read_file", path=path),
-        "Now make the change.\n</think>\n\n"
-        + _call("edit_file", path=path, old_string=old, new_string=new),
+        "Now make the change.\n</think>\n\n" + _call("edit_file", path=path, old_string=old, new_string=new),
         "Done.\n</think>\n\nI changed the greeting in " + path + ".",
     ]
 

@@ -54,10 +54,12 @@ def cache_summary(pc: Any) -> str:
         return "Prompt cache: off."
     b = pc.budget()
     mb = 1024 * 1024
-    return (f"Prompt cache: {b['memory_used_bytes'] / mb:,.0f} of {b['memory_bytes'] / mb:,.0f} MB "
-            f"in memory ({b['snapshots']} snapshots, {b['shared_snapshots']} shared), "
-            f"{b['disk_used_bytes'] / mb:,.0f} MB on disk; {b['hits']} hits, "
-            f"{b['tokens_reused']:,} tokens reused, {b['evictions']} evictions.")  # fmt: skip
+    return (
+        f"Prompt cache: {b['memory_used_bytes'] / mb:,.0f} of {b['memory_bytes'] / mb:,.0f} MB "
+        f"in memory ({b['snapshots']} snapshots, {b['shared_snapshots']} shared), "
+        f"{b['disk_used_bytes'] / mb:,.0f} MB on disk; {b['hits']} hits, "
+        f"{b['tokens_reused']:,} tokens reused, {b['evictions']} evictions."
+    )
 
 
 class RequestLog(QTableWidget):
@@ -103,10 +105,13 @@ class RequestLog(QTableWidget):
             tokens = f"{prompt} in ({cached or 0} cached) → {tokens or 0} out"
         status = get("status", "status_code")
         err = get("error")
-        cells = [when, f"{get('method') or ''} {get('path', 'endpoint') or ''}".strip(),
-                 f"{status or ''}" + (f" {err}" if err else ""),
-                 f"{ms:.0f} ms" if isinstance(ms, int | float) else "",
-                 "" if tokens is None else str(tokens)]  # fmt: skip
+        cells = [
+            when,
+            f"{get('method') or ''} {get('path', 'endpoint') or ''}".strip(),
+            f"{status or ''}" + (f" {err}" if err else ""),
+            f"{ms:.0f} ms" if isinstance(ms, int | float) else "",
+            "" if tokens is None else str(tokens),
+        ]
         if self.rowCount() >= self.limit:
             self.removeRow(0)
         row = self.rowCount()
@@ -132,9 +137,7 @@ class ServerView(QWidget):
         lay = QVBoxLayout(self)
         form = QFormLayout()
         self.host = QLineEdit("127.0.0.1")
-        self.host.setToolTip(
-            f"127.0.0.1 keeps the API on {machine_name()}; other addresses expose it"
-        )
+        self.host.setToolTip(f"127.0.0.1 keeps the API on {machine_name()}; other addresses expose it")
         self.port = QSpinBox(minimum=1, maximum=65535, value=DEFAULT_PORT)
         self.api_key = QLineEdit()
         self.api_key.setPlaceholderText("optional: clients must send it")
@@ -160,9 +163,7 @@ class ServerView(QWidget):
         self.status.setWordWrap(True)
         self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         lay.addWidget(self.status)
-        lay.addWidget(
-            QLabel("For Claude Code, paste these lines in a terminal, then run `claude`:")
-        )
+        lay.addWidget(QLabel("For Claude Code, paste these lines in a terminal, then run `claude`:"))
         self.env = QPlainTextEdit(readOnly=True)
         self.env.setFont(QFont("Menlo, Consolas, monospace"))
         self.env.setFixedHeight(100)
@@ -193,9 +194,14 @@ class ServerView(QWidget):
         self._update_env()
 
     def _update_env(self, *_: Any) -> None:
-        self.env.setPlainText(claude_code_env(self.host.text().strip() or "127.0.0.1",
-                                              self.port.value(), self.api_key.text().strip(),
-                                              self.model_name))  # fmt: skip
+        self.env.setPlainText(
+            claude_code_env(
+                self.host.text().strip() or "127.0.0.1",
+                self.port.value(),
+                self.api_key.text().strip(),
+                self.model_name,
+            )
+        )
 
     def copy_env(self) -> None:
         QGuiApplication.clipboard().setText(self.env.toPlainText())
@@ -213,9 +219,13 @@ class ServerView(QWidget):
             return
         from app.server import ServerConfig, create_app, make_server
 
-        cfg = ServerConfig(host=self.host.text().strip() or "127.0.0.1", port=self.port.value(),
-                           api_key=self.api_key.text().strip() or None,
-                           model_name=self.model_name or None, log_level="warning")  # fmt: skip
+        cfg = ServerConfig(
+            host=self.host.text().strip() or "127.0.0.1",
+            port=self.port.value(),
+            api_key=self.api_key.text().strip() or None,
+            model_name=self.model_name or None,
+            log_level="warning",
+        )
         try:
             self.asgi = create_app(self.engine, cfg)
         except Exception as e:  # configuration the server refuses: tell the user why
@@ -225,8 +235,7 @@ class ServerView(QWidget):
         self.start_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         self.status.setText(f"Running on http://{cfg.host}:{cfg.port}")
-        self.task = run_in_background(self.server.run, on_done=self._stopped,
-                                      on_error=self._failed)  # fmt: skip
+        self.task = run_in_background(self.server.run, on_done=self._stopped, on_error=self._failed)
         self._shown = -1
         self._poll.start()
         self.state_changed.emit(True)
@@ -257,8 +266,7 @@ class ServerView(QWidget):
         self.stop_button.setEnabled(False)
         if self.server is not None and not self.server.started:
             # uvicorn logs the bind error and exits; say what to do about it.
-            text = (f"Could not start on port {self.port.value()}: is it already in use? "
-                    "Choose another port.")  # fmt: skip
+            text = f"Could not start on port {self.port.value()}: is it already in use? Choose another port."
             self.status.setText(text)
             self.message_for_user.emit(text)
         else:

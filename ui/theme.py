@@ -12,13 +12,29 @@ from PySide6.QtWidgets import QApplication
 __all__ = ["app_icon", "apply_theme", "is_dark", "palette"]
 
 _COLORS = {
-    False: {"window": "#f5f5f7", "base": "#ffffff", "text": "#1d1d1f", "button": "#e9e9ee",
-            "highlight": "#0a84ff", "mid": "#d2d2d7", "dim": "#6e6e73", "disabled": "#b4b4ba",
-            "disabledButton": "#f0f0f3"},
-    True: {"window": "#1e1e20", "base": "#2a2a2d", "text": "#f2f2f7", "button": "#3a3a3d",
-           "highlight": "#0a84ff", "mid": "#48484a", "dim": "#a1a1a6", "disabled": "#5c5c61",
-           "disabledButton": "#2c2c2f"},
-}  # fmt: skip
+    False: {
+        "window": "#f5f5f7",
+        "base": "#ffffff",
+        "text": "#1d1d1f",
+        "button": "#e9e9ee",
+        "highlight": "#0a84ff",
+        "mid": "#d2d2d7",
+        "dim": "#6e6e73",
+        "disabled": "#b4b4ba",
+        "disabledButton": "#f0f0f3",
+    },
+    True: {
+        "window": "#1e1e20",
+        "base": "#2a2a2d",
+        "text": "#f2f2f7",
+        "button": "#3a3a3d",
+        "highlight": "#0a84ff",
+        "mid": "#48484a",
+        "dim": "#a1a1a6",
+        "disabled": "#5c5c61",
+        "disabledButton": "#2c2c2f",
+    },
+}
 
 
 def is_dark() -> bool:

@@ -48,11 +48,17 @@ class ApprovalRequest:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "call_id": self.call_id, "tool": self.tool, "arguments": self.arguments,
-            "summary": self.summary, "step": self.step, "diff": self.diff,
-            "command": self.command, "sandboxed": self.sandboxed,
-            "unsandboxed_by_choice": self.unsandboxed_by_choice, "sandbox_note": self.sandbox_note,
-        }  # fmt: skip
+            "call_id": self.call_id,
+            "tool": self.tool,
+            "arguments": self.arguments,
+            "summary": self.summary,
+            "step": self.step,
+            "diff": self.diff,
+            "command": self.command,
+            "sandboxed": self.sandboxed,
+            "unsandboxed_by_choice": self.unsandboxed_by_choice,
+            "sandbox_note": self.sandbox_note,
+        }
 
     @property
     def needs_own_approval(self) -> bool:
@@ -90,8 +96,7 @@ class Decision:
         return cls("allow_prefix", prefix=prefix)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "reason": self.reason, "prefix": self.prefix,
-                "auto": self.auto}  # fmt: skip
+        return {"action": self.action, "reason": self.reason, "prefix": self.prefix, "auto": self.auto}
 
 
 _OPERATORS = set(";&|<>()\n`")

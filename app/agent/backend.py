@@ -63,10 +63,17 @@ class EngineBackend:
 
     `tool_choice` and `thinking_budget` go to every turn's request (see GenerationRequest)."""
 
-    def __init__(self, engine: Backend, *, sampling: SamplingParams | None = None,
-                 enable_thinking: bool = True, name: str = "engine",
-                 session: str | None = None, tool_choice: str = "auto",
-                 thinking_budget: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        engine: Backend,
+        *,
+        sampling: SamplingParams | None = None,
+        enable_thinking: bool = True,
+        name: str = "engine",
+        session: str | None = None,
+        tool_choice: str = "auto",
+        thinking_budget: int | None = None,
+    ) -> None:
         self.engine = engine
         self.tool_choice = tool_choice
         self.thinking_budget = thinking_budget
@@ -77,16 +84,30 @@ class EngineBackend:
         self.enable_thinking = enable_thinking
         self.name = name
 
-    def _request(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
-                 max_tokens: int) -> GenerationRequest:  # fmt: skip
+    def _request(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int
+    ) -> GenerationRequest:
         # preserve_thinking keeps every past reasoning block, so each prompt extends the last.
-        return GenerationRequest(messages=messages, tools=tools, enable_thinking=self.enable_thinking,
-                                 preserve_thinking=True, sampling=self.sampling, max_tokens=max_tokens,
-                                 session=self.session, thinking_budget=self.thinking_budget,
-                                 tool_choice=self.tool_choice if tools else "auto")  # fmt: skip
+        return GenerationRequest(
+            messages=messages,
+            tools=tools,
+            enable_thinking=self.enable_thinking,
+            preserve_thinking=True,
+            sampling=self.sampling,
+            max_tokens=max_tokens,
+            session=self.session,
+            thinking_budget=self.thinking_budget,
+            tool_choice=self.tool_choice if tools else "auto",
+        )
 
-    def turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *,
-             max_tokens: int, cancel: threading.Event) -> Iterator[Event]:  # fmt: skip
+    def turn(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        cancel: threading.Event,
+    ) -> Iterator[Event]:
         handle = self.engine.submit(self._request(messages, tools, max_tokens))
         finished = threading.Event()
 
@@ -138,15 +159,22 @@ class ReplayBackend:
     `</think>`, then the answer with Qwen3-Coder XML tool calls. Token counts are estimated.
     """
 
-    def __init__(self, outputs: list[str] | str | os.PathLike[str], *, chunk: int = 7,
-                 name: str = "replay") -> None:  # fmt: skip
+    def __init__(
+        self, outputs: list[str] | str | os.PathLike[str], *, chunk: int = 7, name: str = "replay"
+    ) -> None:
         self.outputs = list(outputs) if isinstance(outputs, list) else load_replay(outputs)
         self.position = 0
         self.chunk = max(1, chunk)
         self.name = name
 
-    def turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *,
-             max_tokens: int, cancel: threading.Event) -> Iterator[Event]:  # fmt: skip
+    def turn(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        cancel: threading.Event,
+    ) -> Iterator[Event]:
         prompt = estimate_tokens(messages, tools)
         if self.position >= len(self.outputs):
             yield Done("error", error=f"the replay has no output left ({len(self.outputs)} used)")

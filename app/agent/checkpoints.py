@@ -92,21 +92,41 @@ class Checkpoints:
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
         env.update(
-            GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0",
-            GIT_AUTHOR_NAME="Locus", GIT_AUTHOR_EMAIL="locus@localhost",
-            GIT_COMMITTER_NAME="Locus", GIT_COMMITTER_EMAIL="locus@localhost", LC_ALL="C",
-        )  # fmt: skip
+            GIT_CONFIG_GLOBAL=os.devnull,
+            GIT_CONFIG_NOSYSTEM="1",
+            GIT_TERMINAL_PROMPT="0",
+            GIT_AUTHOR_NAME="Locus",
+            GIT_AUTHOR_EMAIL="locus@localhost",
+            GIT_COMMITTER_NAME="Locus",
+            GIT_COMMITTER_EMAIL="locus@localhost",
+            LC_ALL="C",
+        )
         return env
 
     def _git(self, *args: str, check: bool = True, errors: str = "surrogateescape") -> str:
         cmd = [
-            "git", f"--git-dir={self.shadow}", f"--work-tree={self.project}",
-            "-c", "core.autocrlf=false", "-c", "core.safecrlf=false", "-c", "core.quotepath=off",
-            "-c", "core.hooksPath=" + os.devnull, "-c", "core.fsmonitor=false",
-            "-c", "commit.gpgsign=false", "-c", "gc.auto=0", *args,
-        ]  # fmt: skip
-        r = subprocess.run(cmd, cwd=self.project, env=self._env(), capture_output=True,
-                           stdin=subprocess.DEVNULL, timeout=600)  # fmt: skip
+            "git",
+            f"--git-dir={self.shadow}",
+            f"--work-tree={self.project}",
+            "-c",
+            "core.autocrlf=false",
+            "-c",
+            "core.safecrlf=false",
+            "-c",
+            "core.quotepath=off",
+            "-c",
+            "core.hooksPath=" + os.devnull,
+            "-c",
+            "core.fsmonitor=false",
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "gc.auto=0",
+            *args,
+        ]
+        r = subprocess.run(
+            cmd, cwd=self.project, env=self._env(), capture_output=True, stdin=subprocess.DEVNULL, timeout=600
+        )
         if check and r.returncode != 0:
             msg = r.stderr.decode(errors="replace").strip()
             raise CheckpointError(f"git {args[0]} failed: {msg}")
@@ -120,12 +140,17 @@ class Checkpoints:
         self.shadow.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.shadow.with_name(self.shadow.name + f".init-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        r = subprocess.run(["git", "init", "-q", "--bare", str(tmp)], env=self._env(),
-                           capture_output=True, timeout=60)  # fmt: skip
+        r = subprocess.run(
+            ["git", "init", "-q", "--bare", str(tmp)], env=self._env(), capture_output=True, timeout=60
+        )
         if r.returncode != 0:
             raise CheckpointError(f"git init failed: {r.stderr.decode(errors='replace')}")
-        subprocess.run(["git", f"--git-dir={tmp}", "config", "core.bare", "false"],
-                       env=self._env(), check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["git", f"--git-dir={tmp}", "config", "core.bare", "false"],
+            env=self._env(),
+            check=True,
+            capture_output=True,
+        )
         (tmp / "info").mkdir(exist_ok=True)
         (tmp / "info" / "exclude").write_text(_EXCLUDE)
         (tmp / "info" / "attributes").write_text(_ATTRIBUTES)
@@ -214,8 +239,9 @@ class Checkpoints:
         tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, self._log)
 
-    def record(self, run_id: str, step: int, tool: str, summary: str, before: str,
-               after: str) -> Checkpoint | None:  # fmt: skip
+    def record(
+        self, run_id: str, step: int, tool: str, summary: str, before: str, after: str
+    ) -> Checkpoint | None:
         """Log a step that changed the tree (None, and nothing logged, if it changed nothing)."""
         with self._locked():
             if self.tree_of(before) == self.tree_of(after):
@@ -223,9 +249,16 @@ class Checkpoints:
             files = self.changed(before, after)
             cps = self._load()
             cp = Checkpoint(
-                id=(cps[-1].id + 1) if cps else 1, run_id=run_id, step=step, tool=tool,
-                summary=summary, before=before, after=after, files=files, time=time.time(),
-            )  # fmt: skip
+                id=(cps[-1].id + 1) if cps else 1,
+                run_id=run_id,
+                step=step,
+                tool=tool,
+                summary=summary,
+                before=before,
+                after=after,
+                files=files,
+                time=time.time(),
+            )
             for ref, sha in (("before", before), ("after", after)):
                 self._git("update-ref", f"refs/locus/{cp.id}/{ref}", sha)
             cps.append(cp)
@@ -254,9 +287,7 @@ class Checkpoints:
             if not live:
                 raise CheckpointError("there is nothing to undo in this project")
             if steps > len(live):
-                raise CheckpointError(
-                    f"only {len(live)} step{'s' if len(live) != 1 else ''} can be undone"
-                )
+                raise CheckpointError(f"only {len(live)} step{'s' if len(live) != 1 else ''} can be undone")
             chosen = live[-steps:]
             target = chosen[0].before
             current = self._snapshot()
@@ -267,6 +298,15 @@ class Checkpoints:
             self._git("update-ref", f"refs/locus/undo/{int(stamp * 1000)}", current)
             for c in chosen:
                 c.undone = True
-            self._save(cps, [{"time": stamp, "replaced": current, "restored": target,
-                              "checkpoints": [c.id for c in chosen]}])  # fmt: skip
+            self._save(
+                cps,
+                [
+                    {
+                        "time": stamp,
+                        "replaced": current,
+                        "restored": target,
+                        "checkpoints": [c.id for c in chosen],
+                    }
+                ],
+            )
             return UndoResult(chosen, target, current, files)

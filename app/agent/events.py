@@ -8,7 +8,8 @@
 | prompt_progress | processed, total (not stored) |
 | reasoning | text: a piece of the model's reasoning (not stored) |
 | text | text: a piece of the answer (not stored) |
-| assistant | reasoning, text, tool_calls [{id, name, arguments}], malformed [{message, raw}], finish_reason, usage |
+| assistant | reasoning, text, tool_calls [{id, name, arguments}], malformed [{message, raw}], |
+|           | finish_reason, usage |
 | tool_call | call_id, name, arguments |
 | approval_needed | request: ApprovalRequest.to_dict() |
 | approval | call_id, action, reason, prefix, auto |

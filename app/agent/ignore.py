@@ -19,10 +19,23 @@ __all__ = ["SKIP_DIRS", "IgnoreRules", "walk"]
 # Never listed or searched unless asked for by name: VCS internals, dependency and cache trees.
 SKIP_DIRS = frozenset(
     {
-        ".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv", "venv", ".tox", ".nox",
-        ".mypy_cache", ".pytest_cache", ".ruff_cache", ".DS_Store", ".idea", ".gradle",
+        ".git",
+        ".hg",
+        ".svn",
+        "node_modules",
+        "__pycache__",
+        ".venv",
+        "venv",
+        ".tox",
+        ".nox",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".DS_Store",
+        ".idea",
+        ".gradle",
     }
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,7 @@ _NO_ANSWER = (
     "[Locus] Your last turn ended inside your reasoning, without an answer or a tool call. "
     "Continue: call a tool, or end your reasoning with </think> and give your final answer."
 )
-_NO_ANSWER_EVENT = (
-    "the model's turn had reasoning only (no answer, no tool call); asked it to go on"
-)
+_NO_ANSWER_EVENT = "the model's turn had reasoning only (no answer, no tool call); asked it to go on"
 
 
 class AgentError(Exception):
@@ -151,11 +149,16 @@ class Agent:
             except (CheckpointError, OSError) as e:
                 self._checkpoint_error = str(e)
         self.tracker = FileTracker()
-        self.toolbox = Toolbox(self.root, self.tracker, self.sandbox, limits=self.config.limits,
-                               allow_network=self.config.allow_network,
-                               use_ripgrep=self.config.use_ripgrep,
-                               env_allow=tuple(self.config.env_allow),
-                               hidden=(str(self.data_dir),))  # fmt: skip
+        self.toolbox = Toolbox(
+            self.root,
+            self.tracker,
+            self.sandbox,
+            limits=self.config.limits,
+            allow_network=self.config.allow_network,
+            use_ripgrep=self.config.use_ripgrep,
+            env_allow=tuple(self.config.env_allow),
+            hidden=(str(self.data_dir),),
+        )
         self.watcher: TreeWatcher | None = None
         self._cancel = threading.Event()
         self.run_id: str | None = None
@@ -175,15 +178,19 @@ class Agent:
             raise AgentError("the task is empty")
         self._reset()
         settings = {
-            "max_steps": self.config.max_steps, "token_budget": self.config.token_budget,
-            "context_tokens": self.config.context_tokens, "sandbox": self.sandbox.kind,
+            "max_steps": self.config.max_steps,
+            "token_budget": self.config.token_budget,
+            "context_tokens": self.config.context_tokens,
+            "sandbox": self.sandbox.kind,
             "allow_network": self.config.allow_network,
-        }  # fmt: skip
-        self.run_id = self.store.create_run(str(self.root.path), task,
-                                            model=self.backend.name, settings=settings)  # fmt: skip
+        }
+        self.run_id = self.store.create_run(
+            str(self.root.path), task, model=self.backend.name, settings=settings
+        )
         self._start_events(task, resumed=False)
-        self._add_message({"role": "system",
-                           "content": system_prompt(self.root.path.name, self.config.system_prompt)})  # fmt: skip
+        self._add_message(
+            {"role": "system", "content": system_prompt(self.root.path.name, self.config.system_prompt)}
+        )
         self._add_message({"role": "user", "content": task_message(task)})
         return self._run_loop()
 
@@ -202,9 +209,7 @@ class Agent:
         if not messages:
             raise AgentError(f"run {run_id} has no messages to resume from")
         if rec.status == "answered" and not (message and message.strip()):
-            raise AgentError(
-                f"run {run_id} already finished with an answer; give a follow-up message"
-            )
+            raise AgentError(f"run {run_id} already finished with an answer; give a follow-up message")
         self._reset()
         self.run_id = run_id
         self.messages = messages
@@ -217,9 +222,16 @@ class Agent:
         self._start_events(rec.task, resumed=True)
         # Calls whose results were never stored: the process died while they ran.
         for call_id, name in self._unanswered():
-            self._add_message({"role": "tool", "tool_call_id": call_id, "content": (
-                f"Error: Locus stopped before this {name} call finished, so its result was lost "
-                "and its effect is unknown. Check the state before continuing.")})  # fmt: skip
+            self._add_message(
+                {
+                    "role": "tool",
+                    "tool_call_id": call_id,
+                    "content": (
+                        f"Error: Locus stopped before this {name} call finished, so its result was lost "
+                        "and its effect is unknown. Check the state before continuing."
+                    ),
+                }
+            )
         note = self._changed_note(after_restart=True)
         parts = [p for p in (message and message.strip(), note) if p]
         if parts:
@@ -270,10 +282,18 @@ class Agent:
             if not watching:
                 self._emit("warning", message=self.watcher.error or "cannot watch the project")
                 self.watcher = None
-        self._emit("run_started", run_id=self.run_id, project=str(self.root.path), task=task,
-                   resumed=resumed, sandbox=self.sandbox.kind, sandbox_note=self.sandbox.describe(),
-                   checkpoints=self.checkpoints is not None, watching=watching,
-                   backend=self.backend.name)  # fmt: skip
+        self._emit(
+            "run_started",
+            run_id=self.run_id,
+            project=str(self.root.path),
+            task=task,
+            resumed=resumed,
+            sandbox=self.sandbox.kind,
+            sandbox_note=self.sandbox.describe(),
+            checkpoints=self.checkpoints is not None,
+            watching=watching,
+            backend=self.backend.name,
+        )
         if not self.sandbox.active:
             self._emit("warning", message=self.sandbox.describe())
         if self._checkpoint_error:
@@ -286,17 +306,9 @@ class Agent:
         nudged = False  # the model was told its last turn had neither answer nor call
         try:
             while True:
-                if self._cancel.is_set():
-                    status = "stopped"
-                    break
-                if self._session_steps >= cfg.max_steps:
-                    status = "step_limit"
-                    break
-                if cfg.token_budget is not None and self.completion_tokens >= cfg.token_budget:
-                    status = "token_budget"
-                    break
-                if not self._fit_context():
-                    status = "context_full"
+                limit = self._limit_reached()
+                if limit is not None:
+                    status = limit
                     break
                 self.steps += 1
                 self._session_steps += 1
@@ -315,10 +327,16 @@ class Agent:
                 self._record_turn(step, turn)
                 if not turn.items:
                     if done.finish_reason == "length":
-                        self._add_message({"role": "user", "content": (
-                            f"[Locus] Your reply was cut off at the {cfg.turn_tokens}-token limit "
-                            "of one turn. Continue more briefly: call a tool, or give your final "
-                            "answer.")})  # fmt: skip
+                        self._add_message(
+                            {
+                                "role": "user",
+                                "content": (
+                                    f"[Locus] Your reply was cut off at the {cfg.turn_tokens}-token limit "
+                                    "of one turn. Continue more briefly: call a tool, or give your final "
+                                    "answer."
+                                ),
+                            }
+                        )
                         continue
                     if not turn.text.strip() and not nudged:
                         # Reasoning only: say so once, rather than end with an empty answer.
@@ -338,25 +356,65 @@ class Agent:
             if self.watcher is not None:
                 self.watcher.stop()
                 self.watcher = None
-        elapsed = time.monotonic() - t0
-        result = RunResult(self.run_id or "", status, answer, self.steps, self.prompt_tokens,
-                           self.completion_tokens, elapsed, error)  # fmt: skip
+        return self._finish_run(status, answer, error, time.monotonic() - t0)
+
+    def _limit_reached(self) -> str | None:
+        """The status that ends the run before another model turn (None: go on)."""
+        cfg = self.config
+        if self._cancel.is_set():
+            return "stopped"
+        if self._session_steps >= cfg.max_steps:
+            return "step_limit"
+        if cfg.token_budget is not None and self.completion_tokens >= cfg.token_budget:
+            return "token_budget"
+        if not self._fit_context():
+            return "context_full"
+        return None
+
+    def _finish_run(self, status: str, answer: str | None, error: str | None, elapsed: float) -> RunResult:
+        """Store the run's outcome, announce it ("done") and return it."""
+        result = RunResult(
+            self.run_id or "",
+            status,
+            answer,
+            self.steps,
+            self.prompt_tokens,
+            self.completion_tokens,
+            elapsed,
+            error,
+        )
         self.store.update_run(
-            self.run_id or "", status=status, answer=answer, error=error, steps=self.steps,
-            prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
-            state=self._state(), finished=time.time(), pid=None,
-        )  # fmt: skip
-        self._emit("done", step=self.steps, status=status, answer=answer, steps=self.steps,
-                   prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
-                   elapsed=round(elapsed, 3), error=error)  # fmt: skip
+            self.run_id or "",
+            status=status,
+            answer=answer,
+            error=error,
+            steps=self.steps,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            state=self._state(),
+            finished=time.time(),
+            pid=None,
+        )
+        self._emit(
+            "done",
+            step=self.steps,
+            status=status,
+            answer=answer,
+            steps=self.steps,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            elapsed=round(elapsed, 3),
+            error=error,
+        )
         return result
 
     def _model_turn(self, step: int) -> _Turn:
         t = _Turn()
         reasoning: list[str] = []
         text: list[str] = []
-        events = self.backend.turn(self._view(), TOOLS, max_tokens=self.config.turn_tokens,
-                                   cancel=self._cancel)  # fmt: skip
+        events = self.backend.turn(
+            self._view(), TOOLS, max_tokens=self.config.turn_tokens, cancel=self._cancel
+        )
         for ev in events:
             if isinstance(ev, ReasoningDelta):
                 reasoning.append(ev.text)
@@ -386,34 +444,46 @@ class Agent:
         bad = [c for c in turn.items if isinstance(c, ToolCallError)]
         content = turn.text
         if bad:  # keep what the model wrote, so it can see its malformed call
-            content = (content.rstrip() + "\n\n" if content.strip() else "") + "\n".join(
-                b.raw for b in bad
-            )
-        msg: dict[str, Any] = {"role": "assistant", "content": content,
-                               "reasoning_content": turn.reasoning}  # fmt: skip
+            content = (content.rstrip() + "\n\n" if content.strip() else "") + "\n".join(b.raw for b in bad)
+        msg: dict[str, Any] = {"role": "assistant", "content": content, "reasoning_content": turn.reasoning}
         if calls:
             msg["tool_calls"] = [
                 {"type": "function", "id": c.id, "function": {"name": c.name, "arguments": c.arguments}}
                 for c in calls
-            ]  # fmt: skip
+            ]
         self._add_message(msg)
         u = turn.usage
         self._emit(
-            "assistant", step=step, reasoning=turn.reasoning, text=turn.text,
+            "assistant",
+            step=step,
+            reasoning=turn.reasoning,
+            text=turn.text,
             tool_calls=[{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls],
             malformed=[{"message": b.message, "raw": b.raw} for b in bad],
             finish_reason=turn.done.finish_reason if turn.done else None,
-            usage={"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                   "cached_tokens": u.cached_tokens} if u else None,
-        )  # fmt: skip
+            usage={
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+                "cached_tokens": u.cached_tokens,
+            }
+            if u
+            else None,
+        )
 
     def _run_tools(self, step: int, items: list[ToolCall | ToolCallError]) -> None:
         for i, item in enumerate(items):
             if isinstance(item, ToolCallError):
                 call_id = f"malformed_{step}_{i}"
                 ok, content, details = False, f"Error: {item.message}", {}
-                self._emit("tool_result", step=step, call_id=call_id, name=item.name, ok=False,
-                           content=content, details={"raw": item.raw})  # fmt: skip
+                self._emit(
+                    "tool_result",
+                    step=step,
+                    call_id=call_id,
+                    name=item.name,
+                    ok=False,
+                    content=content,
+                    details={"raw": item.raw},
+                )
             else:
                 call_id = item.id
                 if self._cancel.is_set():
@@ -424,8 +494,15 @@ class Agent:
                     )
                 else:
                     ok, content, details = self._execute(step, item)
-                self._emit("tool_result", step=step, call_id=call_id, name=item.name, ok=ok,
-                           content=content, details=details)  # fmt: skip
+                self._emit(
+                    "tool_result",
+                    step=step,
+                    call_id=call_id,
+                    name=item.name,
+                    ok=ok,
+                    content=content,
+                    details=details,
+                )
             if i == len(items) - 1:
                 note = self._changed_note()
                 if note:
@@ -456,10 +533,17 @@ class Agent:
                     {"rejected": True},
                 )
             req = ApprovalRequest(
-                call.id, name, args, plan.summary, step, plan.diff, plan.command,
+                call.id,
+                name,
+                args,
+                plan.summary,
+                step,
+                plan.diff,
+                plan.command,
                 sandboxed=self.sandbox.active or plan.command is None,
-                unsandboxed_by_choice=not self.sandbox.broken, sandbox_note=self.sandbox.reason,
-            )  # fmt: skip
+                unsandboxed_by_choice=not self.sandbox.broken,
+                sandbox_note=self.sandbox.reason,
+            )
             decision = self.approvals.rule(req)
             if decision is None:
                 self._emit("approval_needed", step=step, request=req.to_dict())
@@ -478,9 +562,11 @@ class Agent:
             if name == "run_command":
                 changed = self.tracker.changed_since_seen(self.toolbox.current)
                 if changed:
-                    content += "\n\n[Files you had read that changed while this command ran: " + \
-                        ", ".join(f"{p} ({how})" for p, how in changed) + \
-                        ". Read them again before editing them.]"  # fmt: skip
+                    content += (
+                        "\n\n[Files you had read that changed while this command ran: "
+                        + ", ".join(f"{p} ({how})" for p, how in changed)
+                        + ". Read them again before editing them.]"
+                    )
             ok = details.get("exit_code", 0) == 0 if name == "run_command" else True
             return ok, content, details
         except ToolError as e:
@@ -494,13 +580,12 @@ class Agent:
         try:
             return self.checkpoints.snapshot(include=paths)
         except (CheckpointError, OSError, TimeoutError) as e:
-            self._emit(
-                "warning", step=step, message=f"checkpoint failed, this step cannot be undone: {e}"
-            )
+            self._emit("warning", step=step, message=f"checkpoint failed, this step cannot be undone: {e}")
             return None
 
-    def _checkpoint(self, step: int, call: ToolCall, summary: str, paths: list[str],
-                    before: str | None) -> None:  # fmt: skip
+    def _checkpoint(
+        self, step: int, call: ToolCall, summary: str, paths: list[str], before: str | None
+    ) -> None:
         if self.checkpoints is None or before is None:
             return
         after = self._snapshot(paths, step)
@@ -517,9 +602,7 @@ class Agent:
         cap = 200_000
         if len(patch) > cap:
             patch = patch[:cap] + f"\n[... diff cut at {cap} characters ...]\n"
-        self._emit(
-            "diff", step=step, call_id=call.id, checkpoint=cp.id, files=cp.files, patch=patch
-        )
+        self._emit("diff", step=step, call_id=call.id, checkpoint=cp.id, files=cp.files, patch=patch)
 
     def _changed_note(self, after_restart: bool = False) -> str:
         """Tell the model which files it read changed since; report external changes as events."""
@@ -581,11 +664,14 @@ class Agent:
         if before <= budget:
             return True
         # Keep the newest round of tool results; older ones go first.
-        last_assistant = max((i for i, m in enumerate(self.messages) if m["role"] == "assistant"),
-                             default=len(self.messages))  # fmt: skip
-        candidates = [i for i, m in enumerate(self.messages[:last_assistant])
-                      if m["role"] == "tool" and i not in self._compacted
-                      and len(m.get("content") or "") > 200]  # fmt: skip
+        last_assistant = max(
+            (i for i, m in enumerate(self.messages) if m["role"] == "assistant"), default=len(self.messages)
+        )
+        candidates = [
+            i
+            for i, m in enumerate(self.messages[:last_assistant])
+            if m["role"] == "tool" and i not in self._compacted and len(m.get("content") or "") > 200
+        ]
         dropped = 0
         now = before
         for i in candidates:
@@ -596,8 +682,7 @@ class Agent:
             if now <= budget:
                 break
         if dropped:
-            self._emit("compacted", step=self.steps, messages=dropped, tokens_before=before,
-                       tokens_after=now)  # fmt: skip
+            self._emit("compacted", step=self.steps, messages=dropped, tokens_before=before, tokens_after=now)
         return now <= budget
 
     # -- persistence --------------------------------------------------------------------------------------
@@ -609,16 +694,24 @@ class Agent:
         return {"tracker": self.tracker.to_state(), "approvals": self.approvals.to_state()}
 
     def _save_progress(self) -> None:
-        self.store.update_run(self.run_id or "", steps=self.steps, prompt_tokens=self.prompt_tokens,
-                              completion_tokens=self.completion_tokens, state=self._state())  # fmt: skip
+        self.store.update_run(
+            self.run_id or "",
+            steps=self.steps,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            state=self._state(),
+        )
 
     def _unanswered(self) -> list[tuple[str, str]]:
         answered = {m.get("tool_call_id") for m in self.messages if m.get("role") == "tool"}
         last = next((m for m in reversed(self.messages) if m.get("role") == "assistant"), None)
         if last is None:
             return []
-        return [(c["id"], c["function"]["name"]) for c in last.get("tool_calls") or []
-                if c.get("id") not in answered]  # fmt: skip
+        return [
+            (c["id"], c["function"]["name"])
+            for c in last.get("tool_calls") or []
+            if c.get("id") not in answered
+        ]
 
     def _emit(self, type: str, step: int | None = None, **data: Any) -> None:
         step = self.steps if step is None else step

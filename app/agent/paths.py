@@ -73,9 +73,7 @@ class ProjectRoot:
         if p.is_absolute():
             inside = self._lexical_rel(p)
             if inside is None:
-                raise PathError(
-                    f"{path!r} is outside the project; use a path relative to the project root"
-                )
+                raise PathError(f"{path!r} is outside the project; use a path relative to the project root")
             parts = list(inside)
         else:
             parts = list(p.parts)
@@ -270,9 +268,7 @@ def _case_insensitive(path: Path) -> bool:
     name = path.name
     swapped = name.swapcase()
     if swapped == name:
-        return (
-            sys.platform == "darwin"
-        )  # macOS disks are case-insensitive unless formatted otherwise
+        return sys.platform == "darwin"  # macOS disks are case-insensitive unless formatted otherwise
     try:
         return os.path.samefile(path, path.with_name(swapped))
     except OSError:

@@ -86,9 +86,13 @@ class Sandbox:
         )
 
     def wrap(
-        self, command: str, root: Path, *, allow_network: bool = False,
+        self,
+        command: str,
+        root: Path,
+        *,
+        allow_network: bool = False,
         rules: SandboxRules | None = None,
-    ) -> list[str]:  # fmt: skip
+    ) -> list[str]:
         """The argv that runs `command` with /bin/sh in `root` under this sandbox."""
         shell = ["/bin/sh", "-c", command]
         if self.kind == "none":
@@ -159,10 +163,7 @@ def _self_check(sb: Sandbox) -> tuple[bool, str]:
         proj, outside = base / "project", base / "outside.txt"
         (proj / ".git").mkdir(parents=True)
         outside.write_text("untouched")
-        script = (
-            f"echo ok > inside.txt; echo x > .git/planted; echo x > {shlex.quote(str(outside))};"
-            " exit 0"
-        )
+        script = f"echo ok > inside.txt; echo x > .git/planted; echo x > {shlex.quote(str(outside))}; exit 0"
         ok, why = _probe(sb.wrap(script, proj))
         if not ok:
             return False, why
@@ -176,9 +177,11 @@ def _self_check(sb: Sandbox) -> tuple[bool, str]:
 
 
 def sandbox_rules_report(
-    project: str | os.PathLike[str] | None = None, *, network: bool = False,
+    project: str | os.PathLike[str] | None = None,
+    *,
+    network: bool = False,
     extra_env: Iterable[str] = (),
-) -> tuple[SandboxRules, str]:  # fmt: skip
+) -> tuple[SandboxRules, str]:
     """The sandbox rules for `project` (default: the current directory) and a readable
     rendering of them, headed by which sandbox enforces them here."""
     rules = build_rules(project or os.getcwd(), network=network, extra_env=extra_env)
@@ -198,9 +201,7 @@ def sandbox_self_check() -> tuple[bool, str]:
 
 def _probe(argv: list[str]) -> tuple[bool, str]:
     try:
-        r = subprocess.run(
-            argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL
-        )
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, str(e)
     return r.returncode == 0, (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
@@ -278,9 +279,15 @@ def run_command(
     cmd_env[_TAG] = tag
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        argv, cwd=root, env=cmd_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-    )  # fmt: skip
+        argv,
+        cwd=root,
+        env=cmd_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        close_fds=True,
+    )
     _LIVE[proc.pid] = tag
     try:
         return _supervise(proc, tag, t0, timeout, output_cap, cancel)
@@ -290,9 +297,13 @@ def run_command(
 
 
 def _supervise(
-    proc: subprocess.Popen[bytes], tag: str, t0: float, timeout: float, output_cap: int,
+    proc: subprocess.Popen[bytes],
+    tag: str,
+    t0: float,
+    timeout: float,
+    output_cap: int,
     cancel: threading.Event | None,
-) -> CommandResult:  # fmt: skip
+) -> CommandResult:
     cap = _Capture(output_cap)
     assert proc.stdout is not None
     stdout = proc.stdout
@@ -370,9 +381,12 @@ def _start_watchdog_locked() -> None:
     try:
         _watchdog = subprocess.Popen(
             ["/bin/sh", "-c", _WATCHDOG, "locus-watchdog", _TAG, _SESSION],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        )
     except OSError:
         _watchdog = None
 

@@ -28,48 +28,142 @@ __all__ = [
 
 # Directories of the OS and package managers that commands read (never write).
 SYSTEM_DIRS = (
-    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/nix",
-    "/gnu", "/snap", "/run/current-system",
-)  # fmt: skip
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc",
+    "/opt",
+    "/nix",
+    "/gnu",
+    "/snap",
+    "/run/current-system",
+)
 # System files with secrets of their own, hidden even though /etc is readable.
 SYSTEM_HIDDEN = (
-    "/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers",
-    "/etc/sudoers.d", "/etc/ssl/private", "/etc/ssh/ssh_host_*_key",
-)  # fmt: skip
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/shadow-",
+    "/etc/gshadow-",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/etc/ssl/private",
+    "/etc/ssh/ssh_host_*_key",
+)
 # Toolchains installed in the home folder, readable when they exist; the rest of home is hidden.
 HOME_TOOLCHAIN_DIRS = (
-    ".cargo", ".rustup", ".npm", ".pyenv", ".local/bin", ".local/lib", ".local/share/uv",
-    ".nvm", ".bun", ".deno", "go", ".volta", ".rbenv", ".gem", ".sdkman", ".m2", ".gradle",
-    ".elan", ".ghcup", ".cabal", ".opam", ".juliaup", ".conda", "miniconda3", "miniforge3",
-    "anaconda3", ".asdf", ".local/share/mise", ".pixi", ".nix-profile",
-)  # fmt: skip
+    ".cargo",
+    ".rustup",
+    ".npm",
+    ".pyenv",
+    ".local/bin",
+    ".local/lib",
+    ".local/share/uv",
+    ".nvm",
+    ".bun",
+    ".deno",
+    "go",
+    ".volta",
+    ".rbenv",
+    ".gem",
+    ".sdkman",
+    ".m2",
+    ".gradle",
+    ".elan",
+    ".ghcup",
+    ".cabal",
+    ".opam",
+    ".juliaup",
+    ".conda",
+    "miniconda3",
+    "miniforge3",
+    "anaconda3",
+    ".asdf",
+    ".local/share/mise",
+    ".pixi",
+    ".nix-profile",
+)
 # Credentials, keychains, browser profiles: hidden wherever they would otherwise be visible
 # (inside an allowed toolchain dir, inside the project, or on macOS where home stays readable).
 ALWAYS_HIDDEN_HOME = (
-    ".ssh", ".aws", ".azure", ".config/gcloud", ".gnupg", ".netrc", ".docker", ".kube",
-    ".password-store", ".git-credentials", ".config/gh", ".pypirc", ".npmrc", ".yarnrc",
-    ".cargo/credentials", ".cargo/credentials.toml", ".config/hub", ".terraform.d",
-    "Library/Keychains", "Library/Cookies", "Library/Safari", "Library/Application Support/Google",
-    "Library/Application Support/Firefox", "Library/Application Support/BraveSoftware",
-    "Library/Application Support/Microsoft Edge", ".mozilla", ".config/google-chrome",
-    ".config/chromium", ".config/BraveSoftware", ".config/microsoft-edge",
-)  # fmt: skip
+    ".ssh",
+    ".aws",
+    ".azure",
+    ".config/gcloud",
+    ".gnupg",
+    ".netrc",
+    ".docker",
+    ".kube",
+    ".password-store",
+    ".git-credentials",
+    ".config/gh",
+    ".pypirc",
+    ".npmrc",
+    ".yarnrc",
+    ".cargo/credentials",
+    ".cargo/credentials.toml",
+    ".config/hub",
+    ".terraform.d",
+    "Library/Keychains",
+    "Library/Cookies",
+    "Library/Safari",
+    "Library/Application Support/Google",
+    "Library/Application Support/Firefox",
+    "Library/Application Support/BraveSoftware",
+    "Library/Application Support/Microsoft Edge",
+    ".mozilla",
+    ".config/google-chrome",
+    ".config/chromium",
+    ".config/BraveSoftware",
+    ".config/microsoft-edge",
+)
 # Variables that carry toolchain locations; these dirs are readable when they exist.
 TOOLCHAIN_ENV = (
-    "VIRTUAL_ENV", "CONDA_PREFIX", "PYENV_ROOT", "CARGO_HOME", "RUSTUP_HOME", "GOPATH", "GOROOT",
-    "NVM_DIR", "JAVA_HOME", "BUN_INSTALL", "DENO_DIR",
-)  # fmt: skip
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "PYENV_ROOT",
+    "CARGO_HOME",
+    "RUSTUP_HOME",
+    "GOPATH",
+    "GOROOT",
+    "NVM_DIR",
+    "JAVA_HOME",
+    "BUN_INSTALL",
+    "DENO_DIR",
+)
 # What commands inherit from Locus's environment; everything else (tokens, URLs with passwords,
 # webhooks) stays out. Users add names with `--env NAME` or the `agent_env` setting.
 ENV_ALLOWLIST = (
-    "PATH", "HOME", "LANG", "LANGUAGE", "LC_*", "TERM", "TMPDIR", "USER", "LOGNAME", "SHELL", "TZ",
-    "PYENV_VERSION", "RUSTUP_TOOLCHAIN", "GOBIN", "NVM_BIN", *TOOLCHAIN_ENV,
-)  # fmt: skip
+    "PATH",
+    "HOME",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TERM",
+    "TMPDIR",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "TZ",
+    "PYENV_VERSION",
+    "RUSTUP_TOOLCHAIN",
+    "GOBIN",
+    "NVM_BIN",
+    *TOOLCHAIN_ENV,
+)
 # Set for every command: no pagers or prompts waiting on input that never comes.
 ENV_FIXED = {
-    "PAGER": "cat", "GIT_PAGER": "cat", "GIT_TERMINAL_PROMPT": "0", "TERM": "dumb",
-    "NO_COLOR": "1", "PYTHONUNBUFFERED": "1", "LOCUS_AGENT": "1",
-}  # fmt: skip
+    "PAGER": "cat",
+    "GIT_PAGER": "cat",
+    "GIT_TERMINAL_PROMPT": "0",
+    "TERM": "dumb",
+    "NO_COLOR": "1",
+    "PYTHONUNBUFFERED": "1",
+    "LOCUS_AGENT": "1",
+}
 
 
 @dataclass(frozen=True)
@@ -170,15 +264,18 @@ def build_rules(
         if os.path.lexists(h) and h not in hidden and not _under(root, h):
             hidden.append(h)
     return SandboxRules(
-        project=root, writable=(root,), read_only=tuple(read_only), hidden=tuple(hidden),
-        private=("/tmp", "/var/tmp", home), home=home, network=network,
+        project=root,
+        writable=(root,),
+        read_only=tuple(read_only),
+        hidden=tuple(hidden),
+        private=("/tmp", "/var/tmp", home),
+        home=home,
+        network=network,
         env_allowlist=tuple(dict.fromkeys([*ENV_ALLOWLIST, *extra_env])),
-    )  # fmt: skip
+    )
 
 
-def command_env(
-    allow: Iterable[str] = ENV_ALLOWLIST, env: Mapping[str, str] | None = None
-) -> dict[str, str]:
+def command_env(allow: Iterable[str] = ENV_ALLOWLIST, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a command gets: only allowlisted names (a trailing `*` is a prefix),
     then the fixed settings that turn pagers and prompts off."""
     src = os.environ if env is None else env
@@ -193,8 +290,12 @@ def command_env(
 def render_bwrap(rules: SandboxRules) -> list[str]:
     """bubblewrap arguments (before `--`) enforcing `rules`: later mounts cover earlier ones."""
     args = [
-        "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-    ]  # fmt: skip
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+    ]
     if not rules.network:
         args.append("--unshare-net")
     private = [p for p in rules.private if p != "/" and not any(_under(p, s) for s in SYSTEM_DIRS)]

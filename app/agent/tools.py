@@ -45,7 +45,10 @@ TOOLS: list[dict[str, Any]] = [
         "root; directories end with '/'). Respects .gitignore; skips binary files and "
         "dependency/cache trees.",
         {
-            "path": {"type": "string", "description": "Directory, relative to the project root. Default: the root."},
+            "path": {
+                "type": "string",
+                "description": "Directory, relative to the project root. Default: the root.",
+            },
             "depth": {"type": "integer", "description": "How many levels to descend (1-6, default 2)."},
         },
         [],
@@ -67,8 +70,14 @@ TOOLS: list[dict[str, Any]] = [
         "path:line: text. Respects .gitignore.",
         {
             "pattern": {"type": "string", "description": "Regular expression."},
-            "path": {"type": "string", "description": "Directory or file to search. Default: the whole project."},
-            "glob": {"type": "string", "description": "Only files whose name matches this glob, e.g. '*.py'."},
+            "path": {
+                "type": "string",
+                "description": "Directory or file to search. Default: the whole project.",
+            },
+            "glob": {
+                "type": "string",
+                "description": "Only files whose name matches this glob, e.g. '*.py'.",
+            },
             "ignore_case": {"type": "boolean", "description": "Case-insensitive match."},
         },
         ["pattern"],
@@ -106,7 +115,7 @@ TOOLS: list[dict[str, Any]] = [
         },
         ["command"],
     ),
-]  # fmt: skip
+]
 TOOL_NAMES = [t["function"]["name"] for t in TOOLS]
 
 _BINARY_EXT = frozenset(
@@ -183,8 +192,12 @@ def _decode(data: bytes) -> tuple[str, str | None]:
         )
 
 
-_KIND_NAMES: dict[Any, str] = {int: "an integer", str: "a string", bool: "true or false",
-                               (int, float): "a number"}  # fmt: skip
+_KIND_NAMES: dict[Any, str] = {
+    int: "an integer",
+    str: "a string",
+    bool: "true or false",
+    (int, float): "a number",
+}
 
 
 def _arg(args: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
@@ -206,10 +219,18 @@ def _arg(args: dict[str, Any], key: str, kind: type | tuple[type, ...], default:
 class Toolbox:
     """The tools, bound to one project root, file tracker and sandbox."""
 
-    def __init__(self, root: ProjectRoot, tracker: FileTracker, sandbox: Sandbox, *,
-                 limits: Limits | None = None, allow_network: bool = False,
-                 use_ripgrep: bool = True, env_allow: tuple[str, ...] = (),
-                 hidden: tuple[str, ...] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: ProjectRoot,
+        tracker: FileTracker,
+        sandbox: Sandbox,
+        *,
+        limits: Limits | None = None,
+        allow_network: bool = False,
+        use_ripgrep: bool = True,
+        env_allow: tuple[str, ...] = (),
+        hidden: tuple[str, ...] = (),
+    ) -> None:
         self.root = root
         self.env_allow = env_allow  # extra environment names commands get
         self.hidden = hidden  # extra paths the sandbox hides (the agent's data dir)
@@ -248,17 +269,16 @@ class Toolbox:
         r = self._resolve(args.get("path"), default=".")
         depth = max(1, min(_arg(args, "depth", int, 2), 6))
         if not os.path.isdir(r.real):
-            raise ToolError(
-                f"{r.rel} is not a directory" if r.exists() else f"{r.rel}: no such directory"
-            )
+            raise ToolError(f"{r.rel} is not a directory" if r.exists() else f"{r.rel}: no such directory")
         rules = IgnoreRules(self.root.path)
         collapsed: list[tuple[str, str]] = []
         lines: list[str] = []
         binary = 0
         more = 0
         lim = self.limits
-        for e in walk(self.root.path, r.rel, rules=rules, max_depth=depth,
-                      too_many=lim.dir_expand, collapsed=collapsed):  # fmt: skip
+        for e in walk(
+            self.root.path, r.rel, rules=rules, max_depth=depth, too_many=lim.dir_expand, collapsed=collapsed
+        ):
             if not e.is_dir and Path(e.rel).suffix.lower() in _BINARY_EXT:
                 binary += 1
                 continue
@@ -323,9 +343,7 @@ class Toolbox:
         for i in range(start, last + 1):
             line = lines[i - 1]
             if len(line) > lim.line_chars:
-                line = (
-                    line[: lim.line_chars] + f" [... {len(line) - lim.line_chars} more characters]"
-                )
+                line = line[: lim.line_chars] + f" [... {len(line) - lim.line_chars} more characters]"
             row = f"{i:>6}\t{line}"
             if used + len(row) > lim.read_chars and out:
                 break
@@ -372,10 +390,20 @@ class Toolbox:
             rows.append(f"[{total - len(rows)} more matches not shown; narrow the search]")
         return "\n".join(rows)
 
-    def _search_rg(self, pattern: str, r: Resolved, glob: str | None,
-                   icase: bool) -> tuple[list[tuple[str, int, str]], int]:  # fmt: skip
-        cmd = [self.rg or "rg", "--json", "--no-config", "--no-require-git", "--hidden",
-               "--max-filesize", str(self.limits.search_file_bytes), "--max-columns", "2000"]  # fmt: skip
+    def _search_rg(
+        self, pattern: str, r: Resolved, glob: str | None, icase: bool
+    ) -> tuple[list[tuple[str, int, str]], int]:
+        cmd = [
+            self.rg or "rg",
+            "--json",
+            "--no-config",
+            "--no-require-git",
+            "--hidden",
+            "--max-filesize",
+            str(self.limits.search_file_bytes),
+            "--max-columns",
+            "2000",
+        ]
         if glob:
             cmd += ["-g", glob]
         for d in sorted(SKIP_DIRS):  # later globs win: these exclusions override the filter
@@ -384,8 +412,14 @@ class Toolbox:
             cmd.append("-i")
         cmd += ["-e", pattern, "--", r.rel]
         try:
-            p = subprocess.run(cmd, cwd=self.root.path, capture_output=True, timeout=60,
-                               stdin=subprocess.DEVNULL, env={**os.environ, "RIPGREP_CONFIG_PATH": ""})  # fmt: skip
+            p = subprocess.run(
+                cmd,
+                cwd=self.root.path,
+                capture_output=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "RIPGREP_CONFIG_PATH": ""},
+            )
         except subprocess.TimeoutExpired:
             raise ToolError("search took over 60 seconds; narrow it with path or glob") from None
         if p.returncode not in (0, 1):
@@ -424,8 +458,9 @@ class Toolbox:
         except PathError:
             return False
 
-    def _search_py(self, rx: re.Pattern[str], r: Resolved,
-                   glob: str | None) -> tuple[list[tuple[str, int, str]], int]:  # fmt: skip
+    def _search_py(
+        self, rx: re.Pattern[str], r: Resolved, glob: str | None
+    ) -> tuple[list[tuple[str, int, str]], int]:
         import fnmatch
 
         if os.path.isdir(r.real):
@@ -526,8 +561,15 @@ class Toolbox:
         new = (b"\xef\xbb\xbf" if bom else b"") + new_text.encode("utf-8")
         first = text[: text.find(o)].count("\n") + 1
         times = f"{count} occurrences" if replace_all and count > 1 else f"line {first}"
-        return Plan("edit_file", f"edit {r.rel} ({times})", [r.rel],
-                    diff=_unified(r.rel, data, new), target=r, old=data, new=new)  # fmt: skip
+        return Plan(
+            "edit_file",
+            f"edit {r.rel} ({times})",
+            [r.rel],
+            diff=_unified(r.rel, data, new),
+            target=r,
+            old=data,
+            new=new,
+        )
 
     def _prepare_write(self, args: dict[str, Any]) -> Plan:
         r = self._resolve(args.get("path"))
@@ -536,15 +578,20 @@ class Toolbox:
             raise ToolError("write_file needs content")
         new = content.encode("utf-8")
         if len(new) > self.limits.write_bytes:
-            raise ToolError(
-                f"content is {_size(len(new))}; the limit is {_size(self.limits.write_bytes)}"
-            )
+            raise ToolError(f"content is {_size(len(new))}; the limit is {_size(self.limits.write_bytes)}")
         if os.path.isdir(r.real):
             raise ToolError(f"{r.rel} is a directory")
         old = self._fresh(r)
         verb = "create" if old is None else "overwrite"
-        return Plan("write_file", f"{verb} {r.rel}", [r.rel], diff=_unified(r.rel, old, new),
-                    target=r, old=old, new=new)  # fmt: skip
+        return Plan(
+            "write_file",
+            f"{verb} {r.rel}",
+            [r.rel],
+            diff=_unified(r.rel, old, new),
+            target=r,
+            old=old,
+            new=new,
+        )
 
     def _prepare_command(self, args: dict[str, Any]) -> Plan:
         cmd = _arg(args, "command", str)
@@ -555,21 +602,28 @@ class Toolbox:
         t = float(max(1, min(t, lim.max_command_timeout)))
         return Plan("run_command", f"run: {cmd}", command=cmd, timeout=t)
 
-    def apply(
-        self, plan: Plan, cancel: threading.Event | None = None
-    ) -> tuple[str, dict[str, Any]]:
+    def apply(self, plan: Plan, cancel: threading.Event | None = None) -> tuple[str, dict[str, Any]]:
         """Perform a prepared change; returns the result text and structured details."""
         if plan.tool == "run_command":
             assert plan.command is not None
-            res = run_command(plan.command, self.root.path, sandbox=self.sandbox,
-                              timeout=plan.timeout, output_cap=self.limits.output_chars,
-                              allow_network=self.allow_network, cancel=cancel,
-                              env_allow=self.env_allow, hidden=self.hidden)  # fmt: skip
+            res = run_command(
+                plan.command,
+                self.root.path,
+                sandbox=self.sandbox,
+                timeout=plan.timeout,
+                output_cap=self.limits.output_chars,
+                allow_network=self.allow_network,
+                cancel=cancel,
+                env_allow=self.env_allow,
+                hidden=self.hidden,
+            )
             return _command_text(res, plan.timeout), {
-                "exit_code": res.exit_code, "timed_out": res.timed_out,
-                "cancelled": res.cancelled, "elapsed": round(res.elapsed, 3),
+                "exit_code": res.exit_code,
+                "timed_out": res.timed_out,
+                "cancelled": res.cancelled,
+                "elapsed": round(res.elapsed, 3),
                 "output_chars": res.total_chars,
-            }  # fmt: skip
+            }
         r = plan.target
         assert r is not None and plan.new is not None
         # The user may have edited the file while the approval card was open.

@@ -18,10 +18,15 @@ if TYPE_CHECKING:
 # Imported on first use, so `locus --help` (which reads the defaults in .config) skips FastAPI
 # and the engine.
 _WHERE = {
-    "create_app": "app", "DEFAULT_HOST": "config", "DEFAULT_PORT": "config",
-    "ServerConfig": "config", "api_key_from_keyring": "config", "APIError": "errors",
-    "ServerThread": "runner", "make_server": "runner",
-}  # fmt: skip
+    "create_app": "app",
+    "DEFAULT_HOST": "config",
+    "DEFAULT_PORT": "config",
+    "ServerConfig": "config",
+    "api_key_from_keyring": "config",
+    "APIError": "errors",
+    "ServerThread": "runner",
+    "make_server": "runner",
+}
 
 __all__ = [
     "DEFAULT_HOST",

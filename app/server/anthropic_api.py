@@ -176,10 +176,12 @@ def _marked(content: str | list[Any] | None) -> bool:
 def convert_tools(tools: list[Tool] | None) -> list[dict[str, Any]]:
     """Anthropic tool definitions as the chat template's function specs."""
     return [
-        {"type": "function",
-         "function": {"name": t.name, "description": t.description, "parameters": t.input_schema}}
+        {
+            "type": "function",
+            "function": {"name": t.name, "description": t.description, "parameters": t.input_schema},
+        }
         for t in tools or []
-    ]  # fmt: skip
+    ]
 
 
 def _thinking(req: CountTokensRequest) -> tuple[bool, int | None]:
@@ -190,9 +192,7 @@ def _thinking(req: CountTokensRequest) -> tuple[bool, int | None]:
     budget = thinking.budget_tokens
     max_tokens = getattr(req, "max_tokens", None)
     if max_tokens is not None and budget >= max_tokens:
-        raise invalid(
-            f"max_tokens ({max_tokens}) must be greater than thinking.budget_tokens ({budget})"
-        )
+        raise invalid(f"max_tokens ({max_tokens}) must be greater than thinking.budget_tokens ({budget})")
     return True, budget
 
 
@@ -294,8 +294,12 @@ def signature(thinking: str) -> str:
 def usage_dict(usage: Usage | None, prompt_tokens: int) -> dict[str, int]:
     """Anthropic's usage: input_tokens counts only what was not read from the prompt cache."""
     if usage is None:
-        return {"input_tokens": prompt_tokens, "output_tokens": 0,
-                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}  # fmt: skip
+        return {
+            "input_tokens": prompt_tokens,
+            "output_tokens": 0,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
     cached = min(usage.cached_tokens, usage.prompt_tokens)
     # Anthropic's three input counts add up to the prompt: read, written to the cache, the rest.
     written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
@@ -311,8 +315,12 @@ def start_usage(job: Job) -> dict[str, int]:
     """message_start's usage: the prompt split into new and cache-read tokens, as message_delta."""
     cached = min(job.cached_tokens, job.prompt_tokens)
     written = min(job.cache_write_tokens, job.prompt_tokens - cached)  # planned; final in the delta
-    return {"input_tokens": job.prompt_tokens - cached - written, "output_tokens": 0,
-            "cache_creation_input_tokens": written, "cache_read_input_tokens": cached}  # fmt: skip
+    return {
+        "input_tokens": job.prompt_tokens - cached - written,
+        "output_tokens": 0,
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": cached,
+    }
 
 
 def stop_reason(fin: Finished, used_tools: bool) -> str:
@@ -417,8 +425,7 @@ class _Blocks:
             self.used_tools = True
             block = {"type": "tool_use", "id": tool_use_id(ev), "name": ev.name, "input": {}}
             out += self.open("tool_use", block)
-            out.append(self.delta({"type": "input_json_delta",
-                                   "partial_json": json.dumps(ev.arguments)}))  # fmt: skip
+            out.append(self.delta({"type": "input_json_delta", "partial_json": json.dumps(ev.arguments)}))
             out += self.close()
         return out
 
@@ -431,16 +438,20 @@ async def stream(job: Job, model: str, ping_interval: float) -> AsyncIterator[st
     first = await next_event(job, ping_interval)
     pending = None if isinstance(first, Started) else first
     start = {
-        "id": message_id(), "type": "message", "role": "assistant", "model": model,
-        "content": [], "stop_reason": None, "stop_sequence": None,
+        "id": message_id(),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
         "usage": {**start_usage(job), "output_tokens": 1},
-    }  # fmt: skip
+    }
     yield _event("message_start", {"message": start})
     yield _event("ping", {})
     blocks = _Blocks()
     while True:
-        ev, pending = (pending, None) if pending is not None else (
-            await next_event(job, ping_interval), None)  # fmt: skip
+        ev, pending = (pending, None) if pending is not None else (await next_event(job, ping_interval), None)
         if ev is None:  # a long prefill or a quiet spell: keep proxies from closing the stream
             yield _event("ping", {})
             continue
@@ -452,9 +463,7 @@ async def stream(job: Job, model: str, ping_interval: float) -> AsyncIterator[st
     for c in blocks.close():
         yield c
     if fin.finish_reason == "error":
-        status_kind = (
-            fin.error_kind if fin.error_kind in ("invalid_request_error",) else "api_error"
-        )
+        status_kind = fin.error_kind if fin.error_kind in ("invalid_request_error",) else "api_error"
         yield error_event(status_kind, fin.error or "generation failed")
         return
     delta = {"stop_reason": stop_reason(fin, blocks.used_tools), "stop_sequence": fin.stop_sequence}

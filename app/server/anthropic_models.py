@@ -136,8 +136,7 @@ class ToolResultBlock(Block):
 
 
 _IN_ASSISTANT = {
-    t: f"{t} blocks belong in assistant messages"
-    for t in ("thinking", "redacted_thinking", "tool_use")
+    t: f"{t} blocks belong in assistant messages" for t in ("thinking", "redacted_thinking", "tool_use")
 }
 _IN_USER = {t: f"{t} blocks belong in user messages" for t in ("image", "tool_result", "document")}
 UserBlock = one_of(
@@ -202,9 +201,7 @@ Message = one_of(
 
 def _custom_tool(value: Any) -> str | None:
     # Anthropic's server tools (web search, code execution) have a type and no input_schema.
-    if isinstance(value, dict) and (
-        value.get("type") in (None, "custom") or "input_schema" in value
-    ):
+    if isinstance(value, dict) and (value.get("type") in (None, "custom") or "input_schema" in value):
         return "custom"
     return None
 

@@ -31,8 +31,13 @@ REQUEST_MODELS = {
     "/v1/chat/completions": ChatRequest,
     "/v1/responses": ResponsesRequest,
 }
-_HTTP_KINDS = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-               405: "invalid_request_error", 413: "request_too_large"}  # fmt: skip
+_HTTP_KINDS = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+}
 
 
 def _error_response(request: Request, err: APIError) -> JSONResponse:
@@ -111,25 +116,42 @@ def _add_info_routes(api: FastAPI, service: Service) -> None:
         pc = getattr(service.backend, "prompt_cache", None)  # a local engine's
         ranks = getattr(service.backend, "rank_layers", None)  # a pipeline's processes and layers
         ranks = [list(r) for r in ranks] if isinstance(ranks, list | tuple) else []
-        return {"status": "ok", "model_loaded": loaded, "active": s.active,
-                "waiting": s.waiting, "finished": dict(service.finished),
-                "prompt_cache": pc.budget() if pc is not None else None,
-                "draft_tokens": service.drafts["draft_tokens"],
-                "draft_accepted": service.drafts["draft_accepted"],
-                "ranks": max(1, len(ranks)), "rank_layers": ranks}  # fmt: skip
+        return {
+            "status": "ok",
+            "model_loaded": loaded,
+            "active": s.active,
+            "waiting": s.waiting,
+            "finished": dict(service.finished),
+            "prompt_cache": pc.budget() if pc is not None else None,
+            "draft_tokens": service.drafts["draft_tokens"],
+            "draft_accepted": service.drafts["draft_accepted"],
+            "ranks": max(1, len(ranks)),
+            "rank_layers": ranks,
+        }
 
     def model_entry(model_id: str) -> dict[str, Any]:
         # Both SDKs' shapes at once: Anthropic's type/display_name/created_at, OpenAI's object/created.
-        return {"id": model_id, "type": "model", "display_name": model_id,
-                "created_at": "2026-01-01T00:00:00Z", "object": "model",
-                "created": service.model_created, "owned_by": "locus",
-                "context_length": service.context_limit()}  # fmt: skip
+        return {
+            "id": model_id,
+            "type": "model",
+            "display_name": model_id,
+            "created_at": "2026-01-01T00:00:00Z",
+            "object": "model",
+            "created": service.model_created,
+            "owned_by": "locus",
+            "context_length": service.context_limit(),
+        }
 
     @api.get("/v1/models")
     async def models() -> dict[str, Any]:
         name = service.model_name
-        return {"object": "list", "data": [model_entry(name)], "has_more": False,
-                "first_id": name, "last_id": name}  # fmt: skip
+        return {
+            "object": "list",
+            "data": [model_entry(name)],
+            "has_more": False,
+            "first_id": name,
+            "last_id": name,
+        }
 
     @api.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> dict[str, Any]:
@@ -163,8 +185,9 @@ def _add_generation_routes(api: FastAPI, service: Service) -> None:
     @api.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         req = ChatRequest.parse(await _body(request))
-        plan = openai_api.to_plan(req, vocab_size=service.vocab_size, preset=config.preset,
-                                  default_max=config.default_max_tokens)  # fmt: skip
+        plan = openai_api.to_plan(
+            req, vocab_size=service.vocab_size, preset=config.preset, default_max=config.default_max_tokens
+        )
         include_usage = req.stream_options is not None and req.stream_options.include_usage
         model_name = req.model
         job = await service.start(plan, request)

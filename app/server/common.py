@@ -14,8 +14,7 @@ from .errors import invalid
 
 IMAGE_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF", "image/webp": "WEBP"}
 NO_REMOTE = (
-    "remote image URLs are not fetched: nothing leaves this machine. Send the image inline as "
-    "base64 instead"
+    "remote image URLs are not fetched: nothing leaves this machine. Send the image inline as base64 instead"
 )
 # Claude Code starts its system prompt with a per-request attribution line whose `cch=` nonce
 # changes every time; left in, it would make every prompt differ from the last at token ~10.
@@ -61,9 +60,7 @@ def data_url_image(url: str, where: str) -> dict[str, Any]:
     return image_part(data, media, where)
 
 
-def sampling_for(
-    preset: str | None, thinking: bool, vocab_size: int, **given: Any
-) -> SamplingParams:
+def sampling_for(preset: str | None, thinking: bool, vocab_size: int, **given: Any) -> SamplingParams:
     """The model card's preset for the mode (or the server's), with the request's own values."""
     base = PRESETS[preset or ("thinking" if thinking else "instruct")]
     top_k = given.pop("top_k", None)

@@ -28,8 +28,7 @@ def keychain_hint(system: str | None = None) -> str:
     if system == "darwin":
         return f"`security add-generic-password -s {KEYRING_SERVICE} -a {KEYRING_USER} -w`"
     # keyring's Secret Service backend looks items up by these two attributes.
-    return (f"`secret-tool store --label='Locus API key' service {KEYRING_SERVICE} "
-            f"username {KEYRING_USER}`")  # fmt: skip
+    return f"`secret-tool store --label='Locus API key' service {KEYRING_SERVICE} username {KEYRING_USER}`"
 
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
@@ -115,9 +114,7 @@ def api_key_from_keyring() -> str:
             f"machine); {_NO_KEYCHAIN}"
         ) from e
     except KeyringError as e:
-        raise RuntimeError(
-            f"could not read the API key from the OS keychain: {e}; or {_NO_KEYCHAIN}"
-        ) from e
+        raise RuntimeError(f"could not read the API key from the OS keychain: {e}; or {_NO_KEYCHAIN}") from e
     if not key:
         raise RuntimeError(f"no API key in the OS keychain; store one first: {keychain_hint()}")
     return key

@@ -43,8 +43,11 @@ log = logging.getLogger("locus.server")
 __all__ = ["BUDGET_NOTE", "Finished", "Job", "Plan", "Scheduler", "Started"]
 
 # The engine's error kinds as Anthropic error types (the default: api_error).
-_ERROR_TYPES = {"invalid_request": "invalid_request_error", "context_length": "invalid_request_error",
-                "unavailable": "overloaded_error"}  # fmt: skip
+_ERROR_TYPES = {
+    "invalid_request": "invalid_request_error",
+    "context_length": "invalid_request_error",
+    "unavailable": "overloaded_error",
+}
 
 
 @dataclass
@@ -114,24 +117,36 @@ def context_note(backend: Backend, configured: int | None) -> str:
     if served is None:
         return "Context: no limit known (the model's config has no max_position_embeddings)"
     if configured and model and configured > model:
-        return (f"Context: {served:,} tokens: --context {configured:,} is more than this model's "
-                f"max_position_embeddings ({model:,}), so the model's maximum is served")  # fmt: skip
+        return (
+            f"Context: {served:,} tokens: --context {configured:,} is more than this model's "
+            f"max_position_embeddings ({model:,}), so the model's maximum is served"
+        )
     if configured and configured < model:
-        return (f"Context: {served:,} tokens (--context; the model takes up to {model:,}: raise "
-                "--context for longer conversations, at the cost of memory)")  # fmt: skip
+        return (
+            f"Context: {served:,} tokens (--context; the model takes up to {model:,}: raise "
+            "--context for longer conversations, at the cost of memory)"
+        )
     return f"Context: {served:,} tokens (the model's max_position_embeddings)"
 
 
 def build_request(plan: Plan, max_tokens: int = 1) -> GenerationRequest:
     """The engine request for a plan (the reply's prefix, tool_choice and budget included)."""
     return GenerationRequest(
-        messages=plan.messages, tools=plan.tools or None, enable_thinking=plan.enable_thinking,
-        preserve_thinking=True, sampling=plan.sampling, max_tokens=max_tokens, stop=plan.stop,
-        template_kwargs=plan.template_kwargs, session=plan.session,
-        cache_breakpoints=plan.cache_breakpoints, mtp=plan.mtp, prefix=plan.prefix,
+        messages=plan.messages,
+        tools=plan.tools or None,
+        enable_thinking=plan.enable_thinking,
+        preserve_thinking=True,
+        sampling=plan.sampling,
+        max_tokens=max_tokens,
+        stop=plan.stop,
+        template_kwargs=plan.template_kwargs,
+        session=plan.session,
+        cache_breakpoints=plan.cache_breakpoints,
+        mtp=plan.mtp,
+        prefix=plan.prefix,
         tool_choice=plan.tool_choice,
         thinking_budget=plan.thinking_budget if plan.enable_thinking else None,
-    )  # fmt: skip
+    )
 
 
 def count_tokens(backend: Backend, plan: Plan) -> int:
@@ -354,9 +369,11 @@ class Job:
             # The prefix is not part of the client's prompt.
             n = self.prompt_tokens
             usage = dataclasses.replace(
-                usage, prompt_tokens=n, cached_tokens=min(usage.cached_tokens, n),
+                usage,
+                prompt_tokens=n,
+                cached_tokens=min(usage.cached_tokens, n),
                 cache_write_tokens=min(usage.cache_write_tokens, max(0, n - usage.cached_tokens)),
-            )  # fmt: skip
+            )
         return self._finish(done, usage)
 
     def _drain(self, handle: Any) -> tuple[Usage | None, Done]:
@@ -381,8 +398,7 @@ class Job:
     def _finish(self, done: Done, usage: Usage | None) -> Finished:
         if done.finish_reason == "error":
             kind = _ERROR_TYPES.get(done.error_kind or "", "api_error")
-            return Finished("error", usage=usage, error=done.error or "generation failed",
-                            error_kind=kind)  # fmt: skip
+            return Finished("error", usage=usage, error=done.error or "generation failed", error_kind=kind)
         return Finished(done.finish_reason, done.stop_sequence, usage)
 
     def record(self, status: int = 200) -> RequestRecord:
@@ -391,14 +407,20 @@ class Job:
         usage = fin.usage if fin else None
         ttft = self.first_token_at - self.arrived if self.first_token_at is not None else None
         return RequestRecord(
-            time=self.arrived_wall, client=self.client, method=self.method,
-            endpoint=self.endpoint, model=self.model_name, status=status,
+            time=self.arrived_wall,
+            client=self.client,
+            method=self.method,
+            endpoint=self.endpoint,
+            model=self.model_name,
+            status=status,
             prompt_tokens=usage.prompt_tokens if usage else self.prompt_tokens,
             cached_tokens=usage.cached_tokens if usage else self.cached_tokens,
-            ttft_s=ttft, output_tokens=usage.completion_tokens if usage else 0,
-            finish_reason=fin.finish_reason if fin else "", error=(fin.error or "") if fin else "",
+            ttft_s=ttft,
+            output_tokens=usage.completion_tokens if usage else 0,
+            finish_reason=fin.finish_reason if fin else "",
+            error=(fin.error or "") if fin else "",
             duration_s=time.monotonic() - self.arrived,
-        )  # fmt: skip
+        )
 
     def describe(self, request: Any, model: str = "") -> None:
         """Note who sent this job and where (for the request log)."""

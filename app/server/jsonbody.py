@@ -115,6 +115,12 @@ def _lone_surrogate(value: Any) -> str | None:
 
 
 def _kind(value: Any) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-             list: "an array", dict: "an object"}  # fmt: skip
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "an array",
+        dict: "an object",
+    }
     return "null" if value is None else names.get(type(value), type(value).__name__)

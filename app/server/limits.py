@@ -51,8 +51,9 @@ def _macos_max_files() -> int:
     try:
         import subprocess
 
-        out = subprocess.run(["sysctl", "-n", "kern.maxfilesperproc"], capture_output=True,
-                             text=True, timeout=5, check=False).stdout  # fmt: skip
+        out = subprocess.run(
+            ["sysctl", "-n", "kern.maxfilesperproc"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout
         return int(out.strip())
     except (OSError, ValueError, subprocess.SubprocessError):
         return 10240  # OPEN_MAX
@@ -127,13 +128,14 @@ class Limits:
             victim = next((c for c in self.waiting if c is not conn), None)
             if victim is None:  # every other connection is mid-request: refuse the newcomer
                 self.refused += 1
-                log.warning("connection limit (%d) reached: refusing a new connection",
-                            self.max_connections)  # fmt: skip
+                log.warning("connection limit (%d) reached: refusing a new connection", self.max_connections)
                 self._close(conn)
                 return
             self.evicted += 1
-            log.warning("connection limit (%d) reached: closing the connection that waited "
-                        "longest for a request", self.max_connections)  # fmt: skip
+            log.warning(
+                "connection limit (%d) reached: closing the connection that waited longest for a request",
+                self.max_connections,
+            )
             self._close(victim)
 
     def _idle(self, conn: Any, arm: bool) -> None:
@@ -156,8 +158,7 @@ class Limits:
         cycle = conn.cycle
         if conn in self.waiting and (cycle is None or cycle.response_complete):
             self.timed_out += 1
-            log.info("closing a connection that sent no complete request headers in %gs",
-                     self.header_timeout)  # fmt: skip
+            log.info("closing a connection that sent no complete request headers in %gs", self.header_timeout)
             self._close(conn)
 
     def _close(self, conn: Any) -> None:
@@ -193,8 +194,7 @@ class RepeatFilter(logging.Filter):
             if len(self._seen) > 1000:  # forget old keys
                 self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window}
         if dropped:
-            record.msg = f"{record.msg} [{dropped} similar messages suppressed in the last " \
-                f"{self.window:g}s]"  # fmt: skip
+            record.msg = f"{record.msg} [{dropped} similar messages suppressed in the last {self.window:g}s]"
         return True
 
 

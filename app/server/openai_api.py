@@ -25,9 +25,17 @@ from .validation import stop_list
 
 # chat_template_kwargs the server sets itself; passing them again would clash.
 _RESERVED_KWARGS = {
-    "messages", "conversation", "tools", "documents", "tokenize", "add_generation_prompt",
-    "chat_template", "return_dict", "continue_final_message", "tokenizer",
-}  # fmt: skip
+    "messages",
+    "conversation",
+    "tools",
+    "documents",
+    "tokenize",
+    "add_generation_prompt",
+    "chat_template",
+    "return_dict",
+    "continue_final_message",
+    "tokenizer",
+}
 
 
 def _text(content: str | list[TextPart] | None) -> str:
@@ -59,10 +67,13 @@ def _assistant(m: AssistantMessage) -> dict[str, Any]:
         msg["reasoning_content"] = reasoning
     if m.tool_calls:
         msg["tool_calls"] = [
-            {"id": c.id, "type": "function",
-             "function": {"name": c.function.name, "arguments": c.function.arguments}}
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.function.name, "arguments": c.function.arguments},
+            }
             for c in m.tool_calls
-        ]  # fmt: skip
+        ]
     return msg
 
 
@@ -72,17 +83,13 @@ def convert_messages(raw: list[Any]) -> list[dict[str, Any]]:
     for i, m in enumerate(raw):
         if isinstance(m, SystemMessage):
             text = _text(m.content)
-            out.append(
-                {"role": "system", "content": strip_billing_header(text) if i == 0 else text}
-            )
+            out.append({"role": "system", "content": strip_billing_header(text) if i == 0 else text})
         elif isinstance(m, UserMessage):
             out.append({"role": "user", "content": _user_content(m.content, f"messages[{i}]")})
         elif isinstance(m, AssistantMessage):
             out.append(_assistant(m))
         else:
-            out.append(
-                {"role": "tool", "tool_call_id": m.tool_call_id, "content": _text(m.content)}
-            )
+            out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": _text(m.content)})
     return out
 
 
@@ -131,11 +138,15 @@ def forced_call(choice: Any, tools: list[dict[str, Any]]) -> tuple[list[dict[str
 
 def _sampling(req: ChatRequest) -> dict[str, Any]:
     return {
-        "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k,
-        "min_p": req.min_p, "presence_penalty": req.presence_penalty,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "top_k": req.top_k,
+        "min_p": req.min_p,
+        "presence_penalty": req.presence_penalty,
         "frequency_penalty": req.frequency_penalty,
-        "repetition_penalty": req.repetition_penalty, "seed": req.seed,
-    }  # fmt: skip
+        "repetition_penalty": req.repetition_penalty,
+        "seed": req.seed,
+    }
 
 
 def to_plan(req: ChatRequest, *, vocab_size: int, preset: str | None, default_max: int) -> Plan:
@@ -243,9 +254,7 @@ def completion(events: list[Any], fin: Finished, job: Job, model: str) -> dict[s
     }
 
 
-async def stream(
-    job: Job, model: str, ping_interval: float, include_usage: bool
-) -> AsyncIterator[str]:
+async def stream(job: Job, model: str, ping_interval: float, include_usage: bool) -> AsyncIterator[str]:
     """Chat completion chunks as server-sent events, ending with `data: [DONE]`."""
     from .service import next_event
 
@@ -253,8 +262,14 @@ async def stream(
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        body = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                "model": model, "choices": [choice], **extra}  # fmt: skip
+        body = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [choice],
+            **extra,
+        }
         return f"data: {json.dumps(body)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
@@ -283,7 +298,13 @@ async def stream(
     yield chunk({}, finish_reason(fin, calls > 0))
     if include_usage:
         usage = usage_dict(fin.usage, job.prompt_tokens)
-        body = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                "model": model, "choices": [], "usage": usage}  # fmt: skip
+        body = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": usage,
+        }
         yield f"data: {json.dumps(body)}\n\n"
     yield "data: [DONE]\n\n"

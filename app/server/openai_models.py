@@ -66,9 +66,7 @@ def _content(parts: Any) -> Any:
 
 
 TextContent = _content(one_of(type_of, {"text": TextPart}, _text_only))
-UserContent = _content(
-    one_of(type_of, {"text": TextPart, "image_url": ImagePart}, _user_part_refused)
-)
+UserContent = _content(one_of(type_of, {"text": TextPart, "image_url": ImagePart}, _user_part_refused))
 
 
 class FunctionCall(RequestModel):
@@ -114,9 +112,7 @@ def _role(value: Any) -> Any:
 def _role_refused(value: Any) -> Any:
     if not isinstance(value, dict):
         return "expected an object with role and content"
-    return "role", (
-        f"expected system, developer, user, assistant or tool (got {value.get('role')!r})"
-    )
+    return "role", (f"expected system, developer, user, assistant or tool (got {value.get('role')!r})")
 
 
 Message = one_of(

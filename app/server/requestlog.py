@@ -41,13 +41,19 @@ class RequestRecord:
 
     def line(self) -> str:
         """The record as one log line."""
-        parts = [f"{self.method} {self.endpoint} {self.status}", f"model={self.model or '-'}",
-                 f"client={self.client or '-'!r}"]  # fmt: skip
+        parts = [
+            f"{self.method} {self.endpoint} {self.status}",
+            f"model={self.model or '-'}",
+            f"client={self.client or '-'!r}",
+        ]
         if self.prompt_tokens or self.finish_reason:
             ttft = f"{self.ttft_s:.2f}s" if self.ttft_s is not None else "-"
-            parts += [f"prompt={self.prompt_tokens} (cached {self.cached_tokens}, "
-                      f"new {self.new_tokens})", f"ttft={ttft}", f"out={self.output_tokens}",
-                      f"finish={self.finish_reason or '-'}"]  # fmt: skip
+            parts += [
+                f"prompt={self.prompt_tokens} (cached {self.cached_tokens}, new {self.new_tokens})",
+                f"ttft={ttft}",
+                f"out={self.output_tokens}",
+                f"finish={self.finish_reason or '-'}",
+            ]
         parts.append(f"took={self.duration_s:.2f}s")
         if self.error:
             parts.append(f"reason={self.error!r}")
@@ -79,8 +85,12 @@ def error_record(request: Any, status: int, message: str) -> RequestRecord:
     """The record of a request answered with an error before any generation ran."""
     started = getattr(request.state, "locus_arrived", None)
     return RequestRecord(
-        time=time.time(), client=request.headers.get("user-agent", ""), method=request.method,
-        endpoint=request.url.path, model=getattr(request.state, "locus_model", "") or "",
-        status=status, error=message,
+        time=time.time(),
+        client=request.headers.get("user-agent", ""),
+        method=request.method,
+        endpoint=request.url.path,
+        model=getattr(request.state, "locus_model", "") or "",
+        status=status,
+        error=message,
         duration_s=time.monotonic() - started if started is not None else 0.0,
-    )  # fmt: skip
+    )

@@ -268,10 +268,13 @@ def usage_dict(fin: Finished, job: Job, reasoning_tokens: int) -> dict[str, Any]
     p = u.prompt_tokens if u else job.prompt_tokens
     c = u.completion_tokens if u else 0
     cached = min(u.cached_tokens, p) if u else job.cached_tokens
-    return {"input_tokens": p, "input_tokens_details": {"cached_tokens": cached},
-            "output_tokens": c,
-            "output_tokens_details": {"reasoning_tokens": min(reasoning_tokens, c)},
-            "total_tokens": p + c}  # fmt: skip
+    return {
+        "input_tokens": p,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": c,
+        "output_tokens_details": {"reasoning_tokens": min(reasoning_tokens, c)},
+        "total_tokens": p + c,
+    }
 
 
 class Builder:
@@ -286,23 +289,36 @@ class Builder:
         self.reasoning_tokens = 0
         self.final: dict[str, Any] | None = None  # the finished response, once streamed
 
-    def response(self, status: str, usage: dict[str, Any] | None = None,
-                 error: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    def response(
+        self, status: str, usage: dict[str, Any] | None = None, error: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         b = self.body
         reasoning = b.get("reasoning") if isinstance(b.get("reasoning"), dict) else {}
         return {
-            "id": self.id, "object": "response", "created_at": self.created, "status": status,
-            "error": error, "incomplete_details": None,
-            "instructions": b.get("instructions"), "max_output_tokens": b.get("max_output_tokens"),
-            "model": self.model, "output": self.output if status != "in_progress" else [],
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created,
+            "status": status,
+            "error": error,
+            "incomplete_details": None,
+            "instructions": b.get("instructions"),
+            "max_output_tokens": b.get("max_output_tokens"),
+            "model": self.model,
+            "output": self.output if status != "in_progress" else [],
             "parallel_tool_calls": b.get("parallel_tool_calls", True),
             "previous_response_id": b.get("previous_response_id"),
             "reasoning": {"effort": reasoning.get("effort"), "summary": None},
-            "store": b.get("store", True), "temperature": b.get("temperature"),
-            "text": {"format": {"type": "text"}}, "tool_choice": b.get("tool_choice", "auto"),
-            "tools": b.get("tools") or [], "top_p": b.get("top_p"), "truncation": "disabled",
-            "usage": usage, "user": b.get("user"), "metadata": b.get("metadata") or {},
-        }  # fmt: skip
+            "store": b.get("store", True),
+            "temperature": b.get("temperature"),
+            "text": {"format": {"type": "text"}},
+            "tool_choice": b.get("tool_choice", "auto"),
+            "tools": b.get("tools") or [],
+            "top_p": b.get("top_p"),
+            "truncation": "disabled",
+            "usage": usage,
+            "user": b.get("user"),
+            "metadata": b.get("metadata") or {},
+        }
 
     def conversation_tail(self) -> dict[str, Any]:
         """This response's output as the assistant message of the next request's history."""
@@ -313,17 +329,26 @@ class Builder:
             elif item["type"] == "message":
                 msg["content"] = item["content"][0]["text"]
             elif item["type"] == "function_call":
-                msg.setdefault("tool_calls", []).append({
-                    "id": item["call_id"], "type": "function",
-                    "function": {"name": item["name"], "arguments": json.loads(item["arguments"])},
-                })  # fmt: skip
+                msg.setdefault("tool_calls", []).append(
+                    {
+                        "id": item["call_id"],
+                        "type": "function",
+                        "function": {"name": item["name"], "arguments": json.loads(item["arguments"])},
+                    }
+                )
         return msg
 
 
 def _call_item(call: ToolCall) -> dict[str, Any]:
     cid = call.id if call.id.startswith("call_") else "call_" + call.id.replace("-", "")[:24]
-    return {"type": "function_call", "id": _id("fc"), "call_id": cid, "name": call.name,
-            "arguments": json.dumps(call.arguments), "status": "completed"}  # fmt: skip
+    return {
+        "type": "function_call",
+        "id": _id("fc"),
+        "call_id": cid,
+        "name": call.name,
+        "arguments": json.dumps(call.arguments),
+        "status": "completed",
+    }
 
 
 def _finish(b: Builder, fin: Finished, job: Job) -> dict[str, Any]:
@@ -350,12 +375,21 @@ def answer(events: list[Any], fin: Finished, job: Job, b: Builder) -> dict[str, 
     b.reasoning_tokens = len(reasoning)
     if reasoning:
         content = [{"type": "reasoning_text", "text": "".join(reasoning)}]
-        b.output.append({"type": "reasoning", "id": _id("rs"), "summary": [],
-                         "status": "completed", "content": content})  # fmt: skip
+        b.output.append(
+            {"type": "reasoning", "id": _id("rs"), "summary": [], "status": "completed", "content": content}
+        )
     if text or not calls:
-        b.output.append({"type": "message", "id": _id("msg"), "status": "completed",
-                         "role": "assistant", "content": [{"type": "output_text",
-                         "text": "".join(text), "annotations": [], "logprobs": []}]})  # fmt: skip
+        b.output.append(
+            {
+                "type": "message",
+                "id": _id("msg"),
+                "status": "completed",
+                "role": "assistant",
+                "content": [
+                    {"type": "output_text", "text": "".join(text), "annotations": [], "logprobs": []}
+                ],
+            }
+        )
     b.output += calls
     return _finish(b, fin, job)
 
@@ -386,15 +420,35 @@ class _Items:
         out = []
         if item["type"] == "reasoning":
             item["content"] = [{"type": "reasoning_text", "text": text}]
-            out.append(ev("response.reasoning_text.done", item_id=item["id"], output_index=idx,
-                          content_index=0, text=text))  # fmt: skip
+            out.append(
+                ev(
+                    "response.reasoning_text.done",
+                    item_id=item["id"],
+                    output_index=idx,
+                    content_index=0,
+                    text=text,
+                )
+            )
         else:
             part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
             item["content"] = [part]
-            out += [ev("response.output_text.done", item_id=item["id"], output_index=idx,
-                       content_index=0, text=text, logprobs=[]),
-                    ev("response.content_part.done", item_id=item["id"], output_index=idx,
-                       content_index=0, part=part)]  # fmt: skip
+            out += [
+                ev(
+                    "response.output_text.done",
+                    item_id=item["id"],
+                    output_index=idx,
+                    content_index=0,
+                    text=text,
+                    logprobs=[],
+                ),
+                ev(
+                    "response.content_part.done",
+                    item_id=item["id"],
+                    output_index=idx,
+                    content_index=0,
+                    part=part,
+                ),
+            ]
         item["status"] = "completed"
         out.append(ev("response.output_item.done", output_index=idx, item=item))
         self.open_item = None
@@ -406,18 +460,35 @@ class _Items:
             return []
         out = self.close()
         if kind == "reasoning":
-            item = {"type": "reasoning", "id": _id("rs"), "summary": [], "content": [],
-                    "status": "in_progress"}  # fmt: skip
+            item = {
+                "type": "reasoning",
+                "id": _id("rs"),
+                "summary": [],
+                "content": [],
+                "status": "in_progress",
+            }
         else:
-            item = {"type": "message", "id": _id("msg"), "status": "in_progress",
-                    "role": "assistant", "content": []}  # fmt: skip
+            item = {
+                "type": "message",
+                "id": _id("msg"),
+                "status": "in_progress",
+                "role": "assistant",
+                "content": [],
+            }
         self.b.output.append(item)
         self.open_item = item
         out.append(self.ev("response.output_item.added", output_index=self.index, item=dict(item)))
         if kind == "message":
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            out.append(self.ev("response.content_part.added", item_id=item["id"],
-                               output_index=self.index, content_index=0, part=part))  # fmt: skip
+            out.append(
+                self.ev(
+                    "response.content_part.added",
+                    item_id=item["id"],
+                    output_index=self.index,
+                    content_index=0,
+                    part=part,
+                )
+            )
         return out
 
     def delta(self, kind: str, text: str) -> list[str]:
@@ -437,14 +508,26 @@ class _Items:
         idx, ev = self.index, self.ev
         return [
             *out,
-            ev("response.output_item.added", output_index=idx,
-               item={**item, "arguments": "", "status": "in_progress"}),
-            ev("response.function_call_arguments.delta", item_id=item["id"],
-               output_index=idx, delta=item["arguments"]),
-            ev("response.function_call_arguments.done", item_id=item["id"],
-               output_index=idx, name=item["name"], arguments=item["arguments"]),
+            ev(
+                "response.output_item.added",
+                output_index=idx,
+                item={**item, "arguments": "", "status": "in_progress"},
+            ),
+            ev(
+                "response.function_call_arguments.delta",
+                item_id=item["id"],
+                output_index=idx,
+                delta=item["arguments"],
+            ),
+            ev(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=idx,
+                name=item["name"],
+                arguments=item["arguments"],
+            ),
             ev("response.output_item.done", output_index=idx, item=item),
-        ]  # fmt: skip
+        ]
 
 
 async def stream(job: Job, b: Builder, ping_interval: float) -> AsyncIterator[str]:
@@ -477,8 +560,10 @@ async def stream(job: Job, b: Builder, ping_interval: float) -> AsyncIterator[st
         yield c
     if fin.finish_reason == "error":
         err = error_body("openai", fin.error_kind, fin.error or "generation failed")["error"]
-        yield items.ev("response.failed", response=b.response("failed", error={
-            "code": err["code"], "message": err["message"]}))  # fmt: skip
+        yield items.ev(
+            "response.failed",
+            response=b.response("failed", error={"code": err["code"], "message": err["message"]}),
+        )
         return
     final = _finish(b, fin, job)
     kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
@@ -496,8 +581,9 @@ def add_routes(api: Any, service: Any, store: ResponseStore) -> None:
     config = service.config
 
     def missing(rid: str) -> APIError:
-        return APIError("not_found_error", f"no stored response with id {rid!r}",
-                        param="previous_response_id")  # fmt: skip
+        return APIError(
+            "not_found_error", f"no stored response with id {rid!r}", param="previous_response_id"
+        )
 
     @api.post("/v1/responses")
     async def create(request: Request) -> Response:
@@ -511,8 +597,13 @@ def add_routes(api: Any, service: Any, store: ResponseStore) -> None:
             if found is None:
                 raise missing(req.previous_response_id)
             history = found[1]
-        plan, conversation = to_plan(req, vocab_size=service.vocab_size, preset=config.preset,
-                                     default_max=config.default_max_tokens, history=history)  # fmt: skip
+        plan, conversation = to_plan(
+            req,
+            vocab_size=service.vocab_size,
+            preset=config.preset,
+            default_max=config.default_max_tokens,
+            history=history,
+        )
         b = Builder(body, plan.model)
         job = await service.start(plan, request)
 

@@ -136,39 +136,64 @@ class Guard:
     ) -> list[tuple[bytes, bytes]] | None:
         """Check Host, Origin and the API key; the CORS headers to add, or None once answered."""
         if not self.host_ok(headers.get("host")):
-            await self._refuse(send, path, 403, "permission_error",
-                               f"Host {headers.get('host')!r} is not served here: only loopback "
-                               "names and the configured host are (DNS rebinding protection); "
-                               "add more with --allow-host")  # fmt: skip
+            await self._refuse(
+                send,
+                path,
+                403,
+                "permission_error",
+                f"Host {headers.get('host')!r} is not served here: only loopback "
+                "names and the configured host are (DNS rebinding protection); "
+                "add more with --allow-host",
+            )
             return None
         origin = headers.get("origin")
         cors: list[tuple[bytes, bytes]] = []
         if origin is not None:
             if not self.origin_ok(origin):
-                await self._refuse(send, path, 403, "permission_error",
-                                   f"cross-origin requests from {origin!r} are refused; allow an "
-                                   "origin with --allow-origin")  # fmt: skip
+                await self._refuse(
+                    send,
+                    path,
+                    403,
+                    "permission_error",
+                    f"cross-origin requests from {origin!r} are refused; allow an origin with --allow-origin",
+                )
                 return None
-            cors = [(b"access-control-allow-origin", origin.encode("latin-1")),
-                    (b"vary", b"Origin")]  # fmt: skip
+            cors = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
             if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
-                await send({"type": "http.response.start", "status": 204, "headers": [
-                    *cors, (b"access-control-allow-methods", _CORS_METHODS.encode()),
-                    (b"access-control-allow-headers", _CORS_HEADERS.encode()),
-                    (b"access-control-max-age", b"600")]})  # fmt: skip
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 204,
+                        "headers": [
+                            *cors,
+                            (b"access-control-allow-methods", _CORS_METHODS.encode()),
+                            (b"access-control-allow-headers", _CORS_HEADERS.encode()),
+                            (b"access-control-max-age", b"600"),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": b""})
                 return None
         if not self.key_ok(headers):
-            await self._refuse(send, path, 401, "authentication_error",
-                               "invalid API key: send it as x-api-key or Authorization: Bearer",
-                               cors)  # fmt: skip
+            await self._refuse(
+                send,
+                path,
+                401,
+                "authentication_error",
+                "invalid API key: send it as x-api-key or Authorization: Bearer",
+                cors,
+            )
             return None
         return cors
 
     async def _read_body(
-        self, receive: Receive, send: Send, headers: dict[str, str], path: str,
+        self,
+        receive: Receive,
+        send: Send,
+        headers: dict[str, str],
+        path: str,
         cors: list[tuple[bytes, bytes]],
-    ) -> tuple[bytes, int] | None:  # fmt: skip
+    ) -> tuple[bytes, int] | None:
         """The whole body, read up front within the size and time limits (None once answered).
         It is replayed to the app; later receive() calls still reach the server, so handlers
         hear about a client that disconnects."""
@@ -187,9 +212,14 @@ class Guard:
             try:
                 msg = await asyncio.wait_for(receive(), self.config.body_timeout)
             except TimeoutError:
-                await self._refuse(send, path, 408, "invalid_request_error",
-                                   f"no part of the request body arrived for "
-                                   f"{self.config.body_timeout:g} s", cors)  # fmt: skip
+                await self._refuse(
+                    send,
+                    path,
+                    408,
+                    "invalid_request_error",
+                    f"no part of the request body arrived for {self.config.body_timeout:g} s",
+                    cors,
+                )
                 return None
             if msg["type"] == "http.disconnect":
                 return None
@@ -203,11 +233,24 @@ class Guard:
                 return b"".join(chunks), size
 
     async def _refuse(
-        self, send: Send, path: str, status: int, kind: str, message: str,
+        self,
+        send: Send,
+        path: str,
+        status: int,
+        kind: str,
+        message: str,
         extra: list[tuple[bytes, bytes]] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         body = json.dumps(error_body(flavor_of(path), kind, message)).encode()
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()), *(extra or [])]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    *(extra or []),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -59,9 +59,10 @@ class Service:
             return self.backend.info
         except EngineError as e:
             raise APIError(
-                "api_error", f"{e}: start the server with a model (locus serve --model PATH)",
+                "api_error",
+                f"{e}: start the server with a model (locus serve --model PATH)",
                 status=503,
-            ) from e  # fmt: skip
+            ) from e
 
     @property
     def model_name(self) -> str:
@@ -207,8 +208,11 @@ class EventStream(StreamingResponse):
     def __init__(
         self, content: AsyncIterator[str], on_close: Callable[[], None], headers: dict[str, str]
     ) -> None:
-        super().__init__(content, media_type="text/event-stream", headers={
-            "cache-control": "no-cache", "x-accel-buffering": "no", **headers})  # fmt: skip
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no", **headers},
+        )
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

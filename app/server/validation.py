@@ -96,9 +96,7 @@ def type_of(value: Any, default: str | None = None) -> Any:
 Refusal = str | tuple[str, str]
 
 
-def one_of(
-    pick: Callable[[Any], Any], branches: dict[str, Any], refuse: Callable[[Any], Refusal]
-) -> Any:
+def one_of(pick: Callable[[Any], Any], branches: dict[str, Any], refuse: Callable[[Any], Refusal]) -> Any:
     """A union whose branch `pick(value)` names (a key of `branches`); a value it names no branch
     for is refused with `refuse(value)`: a message, or (field, message) to name a field of it."""
 

@@ -15,8 +15,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def locus(*args: str, stdin: str | None = None, env: dict | None = None, timeout: int = 300):
     e = {**os.environ, "NO_COLOR": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, input=stdin,
-                          capture_output=True, text=True, timeout=timeout, env=e)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=e,
+    )
 
 
 def test_help_lists_commands():
@@ -29,8 +36,18 @@ def test_help_lists_commands():
 def test_generate_json_with_prompt_ids(tiny_dir):
     model = tiny_dir("mlx", 4)
     eos = json.loads((model / "generation_config.json").read_text())["eos_token_id"]
-    r = locus("generate", "--model", str(model), "--prompt-ids", "5,17,33,2",
-              "--max-tokens", "6", "--temperature", "0", "--json")  # fmt: skip
+    r = locus(
+        "generate",
+        "--model",
+        str(model),
+        "--prompt-ids",
+        "5,17,33,2",
+        "--max-tokens",
+        "6",
+        "--temperature",
+        "0",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     done = lines[-1]
@@ -59,8 +76,20 @@ def test_generate_mtp_gives_the_same_tokens_and_counts_drafts(tiny_dir):
     model = tiny_dir("mlx", 4)
     runs = []
     for k in ("0", "3"):
-        r = locus("generate", "--model", str(model), "--prompt-ids", "5,17,33,2",
-                  "--max-tokens", "8", "--temperature", "0", "--json", "--mtp", k)  # fmt: skip
+        r = locus(
+            "generate",
+            "--model",
+            str(model),
+            "--prompt-ids",
+            "5,17,33,2",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+            "--json",
+            "--mtp",
+            k,
+        )
         assert r.returncode == 0, r.stderr
         runs.append(json.loads(r.stdout.splitlines()[-1]))
     assert runs[0]["token_ids"] == runs[1]["token_ids"]
@@ -74,19 +103,44 @@ def test_generate_matches_engine_greedy(tiny_dir):
     from engine import Engine, GenerationRequest, SamplingParams
 
     path = str(tiny_dir("per_expert"))
-    r = locus("generate", "--model", path, "--prompt", "Hello there", "--max-tokens", "8",
-              "--temperature", "0", "--json")  # fmt: skip
+    r = locus(
+        "generate",
+        "--model",
+        path,
+        "--prompt",
+        "Hello there",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     cli_ids = json.loads(r.stdout.splitlines()[-1])["token_ids"]
     with Engine.from_path(path) as eng:
-        res = eng.generate(GenerationRequest(messages=[{"role": "user", "content": "Hello there"}],
-                                             sampling=SamplingParams(temperature=0), max_tokens=8))  # fmt: skip
+        res = eng.generate(
+            GenerationRequest(
+                messages=[{"role": "user", "content": "Hello there"}],
+                sampling=SamplingParams(temperature=0),
+                max_tokens=8,
+            )
+        )
     assert cli_ids == res.token_ids
 
 
 def test_generate_text_output_and_stdin(tiny_dir):
-    r = locus("generate", "--model", str(tiny_dir("mlx", 4)), "--prompt", "-", "--max-tokens", "5",
-              "--seed", "3", stdin="Hi from stdin")  # fmt: skip
+    r = locus(
+        "generate",
+        "--model",
+        str(tiny_dir("mlx", 4)),
+        "--prompt",
+        "-",
+        "--max-tokens",
+        "5",
+        "--seed",
+        "3",
+        stdin="Hi from stdin",
+    )
     assert r.returncode == 0, r.stderr
     assert "[reasoning]" in r.stdout  # the thinking template opens a reasoning block
     assert "prompt tokens" in r.stderr and "generated" in r.stderr
@@ -104,19 +158,21 @@ def test_generate_text_output_and_stdin(tiny_dir):
 def test_generate_errors_are_clear(tiny_dir, args, needle):
     if "--model" not in args and args != []:
         args = ["--model", str(tiny_dir("mlx", 4)), *args]
-    r = (
-        locus("generate", "--prompt", "x", *args)
-        if "--prompt-ids" not in args
-        else locus("generate", *args)
-    )
+    r = locus("generate", "--prompt", "x", *args) if "--prompt-ids" not in args else locus("generate", *args)
     assert r.returncode == 1
     assert "locus: error:" in r.stderr and needle in r.stderr
     assert "Traceback" not in r.stderr
 
 
 def test_memory_refusal_is_clear(tiny_dir):
-    r = locus("generate", "--model", str(tiny_dir("mlx", 4)), "--prompt", "x",
-              env={"LOCUS_MEMORY_LIMIT_GB": "0.0001"})  # fmt: skip
+    r = locus(
+        "generate",
+        "--model",
+        str(tiny_dir("mlx", 4)),
+        "--prompt",
+        "x",
+        env={"LOCUS_MEMORY_LIMIT_GB": "0.0001"},
+    )
     assert r.returncode == 1
     assert "not enough memory" in r.stderr and "GB" in r.stderr
 
@@ -127,9 +183,7 @@ def test_convert_then_generate(tiny_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["quantization"]["bits"] == 8
-    r = locus(
-        "generate", "--model", str(out), "--prompt-ids", "1,2,3", "--max-tokens", "3", "--json"
-    )
+    r = locus("generate", "--model", str(out), "--prompt-ids", "1,2,3", "--max-tokens", "3", "--json")
     assert r.returncode == 0, r.stderr
     r = locus("convert", str(tiny_dir("fused")), str(out))
     assert r.returncode == 1 and "not empty" in r.stderr
@@ -157,8 +211,18 @@ def test_chat_session(tiny_dir):
 
 
 def test_prompt_cache_survives_between_runs(tiny_dir, tmp_path):
-    args = ["generate", "--model", str(tiny_dir("mlx", 4)), "--prompt", "Same question again",
-            "--max-tokens", "4", "--temperature", "0", "--json"]  # fmt: skip
+    args = [
+        "generate",
+        "--model",
+        str(tiny_dir("mlx", 4)),
+        "--prompt",
+        "Same question again",
+        "--max-tokens",
+        "4",
+        "--temperature",
+        "0",
+        "--json",
+    ]
     env = {"LOCUS_CACHE_DIR": str(tmp_path)}
     first = json.loads(locus(*args, env=env).stdout.splitlines()[-1])
     second = json.loads(locus(*args, env=env).stdout.splitlines()[-1])
@@ -172,12 +236,13 @@ def test_prompt_cache_survives_between_runs(tiny_dir, tmp_path):
 
 def test_help_imports_neither_the_engine_nor_the_server():
     # `locus --help` answers at once: mlx-lm (and transformers, torch) and FastAPI load lazily.
-    code = ("import sys, contextlib, io\nsys.argv = ['locus', '--help']\nimport app.cli\n"
-            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
-            "    app.cli.main(['--help'])\n"
-            "print(sorted(m for m in ('mlx_lm', 'fastapi', 'transformers', 'engine.engine') "
-            "if m in sys.modules))")  # fmt: skip
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       timeout=60)  # fmt: skip
+    code = (
+        "import sys, contextlib, io\nsys.argv = ['locus', '--help']\nimport app.cli\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    app.cli.main(['--help'])\n"
+        "print(sorted(m for m in ('mlx_lm', 'fastapi', 'transformers', 'engine.engine') "
+        "if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"

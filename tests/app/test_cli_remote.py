@@ -22,8 +22,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def locus(*args: str, stdin: str | None = None, env: dict | None = None, cwd: Path = ROOT):
     e = {**os.environ, "NO_COLOR": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=cwd, input=stdin,
-                          capture_output=True, text=True, timeout=120, env=e)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=e,
+    )
 
 
 @pytest.fixture
@@ -80,8 +87,15 @@ def test_agent_remote_edits_the_project(server, tmp_path):
         answer("Wrote NOTE.txt."),
     )
     project = make_project(tmp_path / "proj")
-    r = locus("agent", str(project), "write a note", "--remote", url, "--yes",
-              env={"LOCUS_DATA_DIR": str(tmp_path / "data")})  # fmt: skip
+    r = locus(
+        "agent",
+        str(project),
+        "write a note",
+        "--remote",
+        url,
+        "--yes",
+        env={"LOCUS_DATA_DIR": str(tmp_path / "data")},
+    )
     assert r.returncode == 0, r.stderr + r.stdout
     assert (project / "NOTE.txt").read_text() == "from afar\n"
     assert "Wrote NOTE.txt." in r.stdout
@@ -102,8 +116,9 @@ def test_locate_remote(tmp_path):
 
     img = tmp_path / "pic.png"
     Image.new("RGB", (200, 100), (255, 0, 0)).save(img)
-    srv = Fake(sse(chunk({"content": '[{"bbox_2d": [100, 200, 500, 800], "label": "cat"}]'}),
-                   chunk({}, "stop")))  # fmt: skip
+    srv = Fake(
+        sse(chunk({"content": '[{"bbox_2d": [100, 200, 500, 800], "label": "cat"}]'}), chunk({}, "stop"))
+    )
     try:
         r = locus("locate", str(img), "cat", "--remote", srv.url, "--json", "--no-draw")
     finally:
@@ -139,8 +154,16 @@ def test_api_key_from_an_environment_variable(server):
     assert r.returncode == 1 and "401" in r.stderr
     r = locus("generate", "--remote", url, "--remote-key-env", "MY_KEY", "--prompt", "hi")
     assert r.returncode == 1 and "MY_KEY" in r.stderr and "not set" in r.stderr
-    r = locus("generate", "--remote", url, "--remote-key-env", "MY_KEY", "--prompt", "hi",
-              env={"MY_KEY": "s3cret-key"})  # fmt: skip
+    r = locus(
+        "generate",
+        "--remote",
+        url,
+        "--remote-key-env",
+        "MY_KEY",
+        "--prompt",
+        "hi",
+        env={"MY_KEY": "s3cret-key"},
+    )
     assert r.returncode == 0, r.stderr
     assert "authorised" in r.stdout and "s3cret-key" not in r.stdout + r.stderr
 
@@ -169,9 +192,13 @@ def test_serve_remote_reserves_the_model(server):
 
     url, eng = server("Why not.\n</think>\n\nRelayed answer.")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--remote", url,
-                             "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--remote", url, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -190,13 +217,23 @@ def test_serve_remote_reserves_the_model(server):
         assert out.choices[0].message.content == "Relayed answer."
         assert out.usage.prompt_tokens > 0
         assert eng.requests[-1].messages[-1] == {"role": "user", "content": "relay this"}
-        anth = httpx.post(f"http://127.0.0.1:{port}/v1/messages", timeout=30, json={
-            "model": "claude", "max_tokens": 2000, "messages": [{"role": "user", "content": "hi"}],
-            "thinking": {"type": "enabled", "budget_tokens": 1024}}).json()  # fmt: skip
+        anth = httpx.post(
+            f"http://127.0.0.1:{port}/v1/messages",
+            timeout=30,
+            json={
+                "model": "claude",
+                "max_tokens": 2000,
+                "messages": [{"role": "user", "content": "hi"}],
+                "thinking": {"type": "enabled", "budget_tokens": 1024},
+            },
+        ).json()
         kinds = [b["type"] for b in anth.get("content", [anth])]
         assert kinds == ["thinking", "text"] and anth["content"][1]["text"] == "Relayed answer."
-        count = httpx.post(f"http://127.0.0.1:{port}/v1/messages/count_tokens", timeout=30,
-                           json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+        count = httpx.post(
+            f"http://127.0.0.1:{port}/v1/messages/count_tokens",
+            timeout=30,
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert count.status_code == 200 and count.json()["input_tokens"] > 0
     finally:
         proc.terminate()

@@ -18,8 +18,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_cli_doctor_passes_here_and_prints_json():
-    out = subprocess.run([sys.executable, "-m", "app.cli", "doctor", "--json"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "doctor", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     checks = {c["name"]: c for c in json.loads(out.stdout)}
     assert list(checks) == [name for name, _ in doctor.CHECKS]
@@ -33,8 +38,10 @@ def test_cli_doctor_passes_here_and_prints_json():
 def test_text_report_shows_fixes_and_exit_code(monkeypatch, capsys):
     from app import cli
 
-    fake = [doctor.Check("metal", "fail", "Metal is not available", "use a Mac"),
-            doctor.Check("git", "pass", "git 2")]  # fmt: skip
+    fake = [
+        doctor.Check("metal", "fail", "Metal is not available", "use a Mac"),
+        doctor.Check("git", "pass", "git 2"),
+    ]
     monkeypatch.setattr(doctor, "run_checks", lambda skip=(): fake)
     assert cli.main(["doctor"]) == 1
     text = capsys.readouterr().out
@@ -58,12 +65,14 @@ def test_old_macos_fails_with_the_fix():
 
 
 def test_no_metal_fails():
-    c = doctor.check_metal(system="darwin", metal_available=lambda: False,
-                           metallib=lambda: Path("/app/mlx/lib/mlx.metallib"))  # fmt: skip
+    c = doctor.check_metal(
+        system="darwin", metal_available=lambda: False, metallib=lambda: Path("/app/mlx/lib/mlx.metallib")
+    )
     assert c.status == "fail" and c.detail.startswith("Metal is not available")
     assert "Apple Silicon" in c.fix
-    ok = doctor.check_metal(system="darwin", metal_available=lambda: True,
-                            metallib=lambda: Path("/app/mlx/lib/mlx.metallib"))  # fmt: skip
+    ok = doctor.check_metal(
+        system="darwin", metal_available=lambda: True, metallib=lambda: Path("/app/mlx/lib/mlx.metallib")
+    )
     assert ok.status == "pass" and "/app/mlx/lib/mlx.metallib" in ok.detail
 
 
@@ -94,8 +103,11 @@ def test_git_stub_is_detected_before_it_is_run():
 
 def test_git_with_command_line_tools_and_missing_git():
     def run(argv: list[str]) -> tuple[int, str]:
-        return (0, "/Library/Developer/CommandLineTools") if argv[0] == "xcode-select" else (
-            0, "git version 2.39.5 (Apple Git-154)")  # fmt: skip
+        return (
+            (0, "/Library/Developer/CommandLineTools")
+            if argv[0] == "xcode-select"
+            else (0, "git version 2.39.5 (Apple Git-154)")
+        )
 
     c = doctor.check_git(system="darwin", which=lambda _: "/usr/bin/git", run=run)
     assert c.status == "pass" and "2.39.5" in c.detail
@@ -106,12 +118,12 @@ def test_git_with_command_line_tools_and_missing_git():
 
 
 def test_memory_small_machine_warns_and_reports_wired_limit():
-    c = doctor.check_memory(system="darwin", total=16 * doctor.GB,
-                            recommended=11 * doctor.GB, wired_mb=0)  # fmt: skip
+    c = doctor.check_memory(system="darwin", total=16 * doctor.GB, recommended=11 * doctor.GB, wired_mb=0)
     assert c.status == "warn" and "16.0 GB total" in c.detail and "working set 11.0" in c.detail
     assert "smaller model" in c.fix
-    big = doctor.check_memory(system="darwin", total=64 * doctor.GB,
-                              recommended=48 * doctor.GB, wired_mb=40000)  # fmt: skip
+    big = doctor.check_memory(
+        system="darwin", total=64 * doctor.GB, recommended=48 * doctor.GB, wired_mb=40000
+    )
     assert big.status == "pass" and "wired limit 40000 MB" in big.detail
 
 
@@ -143,15 +155,25 @@ def test_doctor_shows_the_sandbox_rules_as_data(tmp_path):
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
     env = {**__import__("os").environ, "HOME": str(home)}
-    r = subprocess.run([sys.executable, "-m", "app.cli", "doctor", "--quick", "--json",
-                        "--sandbox-rules"], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "doctor", "--quick", "--json", "--sandbox-rules"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = json.loads(r.stdout)
     assert {c["name"] for c in out["checks"]} >= {"sandbox", "git"}
     rules = out["sandbox_rules"]
     assert str(home / ".ssh") in rules["hidden"]
     assert "PATH" in rules["env_allowlist"]
-    text = subprocess.run([sys.executable, "-m", "app.cli", "doctor", "--quick",
-                           "--sandbox-rules"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300).stdout  # fmt: skip
+    text = subprocess.run(
+        [sys.executable, "-m", "app.cli", "doctor", "--quick", "--sandbox-rules"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
     assert "Command sandbox, for a project in this folder:" in text and "~/.ssh" in text

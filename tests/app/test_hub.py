@@ -25,8 +25,7 @@ def test_download_shows_progress_and_completes(tiny_dir, tmp_path, monkeypatch, 
         monkeypatch.setenv("HF_ENDPOINT", fake.url)
         seen: list[hub.DownloadProgress] = []
         d = hub.Downloader(REPO, cache_dir=tmp_path / "hf")
-        out = d.download(on_progress=lambda p: seen.append(hub.DownloadProgress(**vars(p))),
-                         interval=0)  # fmt: skip
+        out = d.download(on_progress=lambda p: seen.append(hub.DownloadProgress(**vars(p))), interval=0)
     total = sum(len(b) for b in files.values())
     # The standard Hugging Face cache layout: models--owner--name/snapshots/<commit>.
     assert out.parent.parent == tmp_path / "hf" / "models--tester--tiny-model"
@@ -122,8 +121,7 @@ def test_token_lives_in_keyring_and_is_sent(tmp_path, monkeypatch, memory_keyrin
         with pytest.raises(hub.HubError, match="needs a Hugging Face token"):
             hub.Downloader(REPO, cache_dir=tmp_path / "n").download()
     assert (out / "config.json").read_bytes() == b"{}"
-    assert not any("hf_secret" in p.read_text(errors="ignore")
-                   for p in tmp_path.rglob("*") if p.is_file())  # fmt: skip
+    assert not any("hf_secret" in p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file())
     with pytest.raises(hub.HubError):
         hub.set_token("   ")
 

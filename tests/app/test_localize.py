@@ -95,7 +95,10 @@ def test_parse_response_table(text, want):
 
 
 def test_points():
-    text = '[{"point_2d": [500, 250], "label": "eye"}, {"bbox_2d": [0,0,100,100], "point_2d": [50, 50], "label": "x"}]'
+    text = (
+        '[{"point_2d": [500, 250], "label": "eye"}, '
+        '{"bbox_2d": [0,0,100,100], "point_2d": [50, 50], "label": "x"}]'
+    )
     eye, x = parse_response(text, W, H)
     assert eye.point == (400, 150) and eye.area == 0 and (eye.x1, eye.y1) == (400, 150)
     assert x.point == (40, 30) and x.area > 0
@@ -103,8 +106,9 @@ def test_points():
 
 def test_absolute_coordinates_use_the_resized_size():
     # Qwen2.5-VL style: pixels in the image the model saw (here 640×480 for an 800×600 original)
-    (b,) = parse_response('[{"bbox_2d": [64, 48, 320, 240], "label": "a"}]', W, H,
-                          coords="absolute", model_size=(640, 480))  # fmt: skip
+    (b,) = parse_response(
+        '[{"bbox_2d": [64, 48, 320, 240], "label": "a"}]', W, H, coords="absolute", model_size=(640, 480)
+    )
     assert np.allclose(b.xyxy, (80, 60, 400, 300))
     with pytest.raises(ValueError, match="model_size"):
         parse_response("[]", W, H, coords="absolute")
@@ -124,9 +128,7 @@ def test_exif_rotated_image_maps_to_upright_pixels(tmp_path):
     stored.save(path, exif=exif.tobytes())
     loaded = load_image(path)
     assert loaded.original_size == (200, 400) == open_image(path).size
-    (b,) = parse_response(
-        '[{"bbox_2d": [0, 0, 500, 250], "label": "top-left"}]', *loaded.original_size
-    )
+    (b,) = parse_response('[{"bbox_2d": [0, 0, 500, 250], "label": "top-left"}]', *loaded.original_size)
     assert np.allclose(b.xyxy, (0, 0, 100, 100))
 
 
@@ -181,14 +183,10 @@ def test_locate_through_the_engine(tiny_dir):
 
     eng = Engine.from_path(str(tiny_dir("mlx", 4)))
     try:
-        img = Image.fromarray(
-            (np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)
-        )
+        img = Image.fromarray((np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8))
         buf = io.BytesIO()
         img.save(buf, "PNG")
-        res = locate(
-            eng, buf.getvalue(), "cats", max_tokens=8, sampling=SamplingParams(temperature=0)
-        )
+        res = locate(eng, buf.getvalue(), "cats", max_tokens=8, sampling=SamplingParams(temperature=0))
     finally:
         eng.close()
     assert (res.width, res.height) == (120, 90)
@@ -200,15 +198,31 @@ def test_locate_through_the_engine(tiny_dir):
 
 def locus(*args: str, stdin: str | None = None, cwd: Path = ROOT):
     env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=cwd, input=stdin,
-                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def test_cli_locate_with_saved_response(tmp_path):
     Image.new("RGB", (800, 600), "white").save(tmp_path / "room.png")
     answer = 'Here:\n```json\n[{"bbox_2d": [100, 200, 300, 400], "label": "cat"},\n{"bbox_2d": [5'
-    r = locus("locate", str(tmp_path / "room.png"), "cats", "--response", "-", "--json",
-              "--out", str(tmp_path / "out.png"), stdin=answer)  # fmt: skip
+    r = locus(
+        "locate",
+        str(tmp_path / "room.png"),
+        "cats",
+        "--response",
+        "-",
+        "--json",
+        "--out",
+        str(tmp_path / "out.png"),
+        stdin=answer,
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["width"] == 800 and doc["boxes"] == [{"label": "cat", "bbox": [80, 120, 240, 240]}]
@@ -229,23 +243,43 @@ def test_cli_locate_coco_and_text(tmp_path, capsys, monkeypatch):
     Image.new("RGB", (800, 600), "white").save(tmp_path / "room.png")
     answer = '[{"bbox_2d": [100, 200, 300, 400], "label": "cat"}, {"point_2d": [500, 500]}]'
     img = str(tmp_path / "room.png")
-    rc, out, _ = in_process(capsys, monkeypatch, "locate", img, "cats", "--response", "-",
-                            "--coco", "--no-draw", stdin=answer)  # fmt: skip
+    rc, out, _ = in_process(
+        capsys, monkeypatch, "locate", img, "cats", "--response", "-", "--coco", "--no-draw", stdin=answer
+    )
     assert rc == 0
     coco = json.loads(out)
     assert coco["annotations"][0]["bbox"] == [80, 120, 160, 120]
     assert coco["images"][0]["file_name"] == "room.png"
-    rc, out, err = in_process(capsys, monkeypatch, "locate", img, "cats", "--response", "-",
-                              "--out", str(tmp_path / "o.jpg"), stdin=answer)  # fmt: skip
+    rc, out, err = in_process(
+        capsys,
+        monkeypatch,
+        "locate",
+        img,
+        "cats",
+        "--response",
+        "-",
+        "--out",
+        str(tmp_path / "o.jpg"),
+        stdin=answer,
+    )
     assert rc == 0 and "cat: (80, 120) – (240, 240)" in out and "point (400, 300)" in out
     assert "Wrote" in err and Image.open(tmp_path / "o.jpg").size == (800, 600)
 
 
 def test_cli_locate_runs_the_model(tiny_dir, tmp_path):
     Image.new("RGB", (64, 48), "red").save(tmp_path / "red.png")
-    r = locus("locate", str(tmp_path / "red.png"), "the red square", "--model",
-              str(tiny_dir("mlx", 4)), "--max-tokens", "4", "--temperature", "0",
-              cwd=tmp_path)  # fmt: skip
+    r = locus(
+        "locate",
+        str(tmp_path / "red.png"),
+        "the red square",
+        "--model",
+        str(tiny_dir("mlx", 4)),
+        "--max-tokens",
+        "4",
+        "--temperature",
+        "0",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "found nothing" in r.stderr  # random weights never answer with boxes
     assert Image.open(tmp_path / "red.boxes.png").size == (64, 48)
@@ -258,21 +292,39 @@ def test_cli_locate_bad_inputs(tmp_path, capsys, monkeypatch):
     assert rc == 1 and "notes.png" in err and "not an image" in err
     rc, _, err = in_process(capsys, monkeypatch, "locate", str(tmp_path / "missing.jpg"), *args)
     assert rc == 1 and "not found" in err
-    rc, _, err = in_process(
-        capsys, monkeypatch, "locate", str(tmp_path / "notes.png"), " ", "--demo"
-    )
+    rc, _, err = in_process(capsys, monkeypatch, "locate", str(tmp_path / "notes.png"), " ", "--demo")
     assert rc == 1 and "what to locate" in err
     Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
-    rc, _, err = in_process(capsys, monkeypatch, "locate", str(tmp_path / "ok.png"), "cats",
-                            "--response", "-", "--out", str(tmp_path / "x.txt"))  # fmt: skip
+    rc, _, err = in_process(
+        capsys,
+        monkeypatch,
+        "locate",
+        str(tmp_path / "ok.png"),
+        "cats",
+        "--response",
+        "-",
+        "--out",
+        str(tmp_path / "x.txt"),
+    )
     assert rc == 1 and ".png" in err
 
 
 def test_cli_generate_with_images(tiny_dir, tmp_path, capsys, monkeypatch):
     for name, color in (("a.png", "red"), ("b.png", "blue")):
         Image.new("RGB", (64, 64), color).save(tmp_path / name)
-    common = ["generate", "--model", str(tiny_dir("mlx", 4)), "--prompt", "what is this?",
-              "--max-tokens", "2", "--temperature", "0", "--json", "--no-prompt-cache"]  # fmt: skip
+    common = [
+        "generate",
+        "--model",
+        str(tiny_dir("mlx", 4)),
+        "--prompt",
+        "what is this?",
+        "--max-tokens",
+        "2",
+        "--temperature",
+        "0",
+        "--json",
+        "--no-prompt-cache",
+    ]
 
     def prompt_tokens(*extra: str) -> int:
         rc, out, err = in_process(capsys, monkeypatch, *common, *extra)

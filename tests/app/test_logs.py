@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _run(code: str, log_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "LOCUS_LOG_DIR": str(log_dir), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_without_a_terminal_uncaught_errors_land_in_the_log(tmp_path):
@@ -36,8 +37,11 @@ def test_without_a_terminal_uncaught_errors_land_in_the_log(tmp_path):
 
 
 def test_a_hard_crash_leaves_a_traceback(tmp_path):
-    out = _run("import faulthandler\nfrom app.logs import setup_logging\n"
-               "setup_logging(to_file=True)\nfaulthandler._sigsegv()\n", tmp_path)  # fmt: skip
+    out = _run(
+        "import faulthandler\nfrom app.logs import setup_logging\n"
+        "setup_logging(to_file=True)\nfaulthandler._sigsegv()\n",
+        tmp_path,
+    )
     assert out.returncode != 0
     assert "Fatal Python error" in (tmp_path / "locus-crash.log").read_text()
 
@@ -57,8 +61,9 @@ def test_log_dir_per_platform(monkeypatch):
 def test_login_shell_path_goes_first_on_macos(tmp_path):
     shell = tmp_path / "fakesh"
     # rc files may print banners around the value: only what sits between the markers counts.
-    shell.write_text("#!/bin/sh\necho 'Welcome!'\n"
-                     "printf '__LOCUS_PATH__/opt/homebrew/bin:/usr/bin__LOCUS_PATH__'\n")  # fmt: skip
+    shell.write_text(
+        "#!/bin/sh\necho 'Welcome!'\nprintf '__LOCUS_PATH__/opt/homebrew/bin:/usr/bin__LOCUS_PATH__'\n"
+    )
     shell.chmod(0o755)
     env = {"PATH": "/usr/bin:/bin"}
     new = logs.apply_login_shell_path(system="darwin", env=env, shell=str(shell))

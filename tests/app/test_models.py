@@ -40,9 +40,7 @@ class Recorder:
 
     def wait_for(self, kind, n: int = 1, timeout: float = 120):
         with self.cond:
-            ok = self.cond.wait_for(
-                lambda: sum(isinstance(e, kind) for e in self.events) >= n, timeout
-            )
+            ok = self.cond.wait_for(lambda: sum(isinstance(e, kind) for e in self.events) >= n, timeout)
         assert ok, f"no {kind.__name__} in {self.events}"
         return [e for e in self.events if isinstance(e, kind)][n - 1]
 
@@ -95,8 +93,13 @@ def test_second_load_unloads_the_first_before_loading(tiny_dir):
         second = rec.wait_for(ModelLoaded, 2)
         assert second.path == b and m.backend is opened[1] and m.path == b
         assert first_closed_when_second_opened == [True]
-        assert rec.kinds() == ["LoadingStarted", "ModelLoaded", "LoadingStarted",
-                               "ModelUnloaded", "ModelLoaded"]  # fmt: skip
+        assert rec.kinds() == [
+            "LoadingStarted",
+            "ModelLoaded",
+            "LoadingStarted",
+            "ModelUnloaded",
+            "ModelLoaded",
+        ]
         unloaded = rec.events[[type(e) for e in rec.events].index(ModelUnloaded)]
         assert unloaded.path == a
         assert released(opened[0])
@@ -151,8 +154,7 @@ def test_cancel_stops_load_model_between_shards(four_shards):
         calls.append(done)
 
     with pytest.raises(LoadCancelled):
-        load_model(four_shards, context_tokens=CTX, progress=progress,
-                   should_stop=lambda: len(calls) >= 3)  # fmt: skip
+        load_model(four_shards, context_tokens=CTX, progress=progress, should_stop=lambda: len(calls) >= 3)
     assert calls == [0, 1, 2]
 
 
@@ -249,8 +251,10 @@ def _refused_url() -> str:
 def test_load_remote_keeps_the_local_model_until_the_server_answers(manager, tiny_dir):
     from tests.fakeopenai import Fake, chunk, sse
 
-    fake = Fake(sse(chunk({"content": "Hi from afar."}), chunk(finish="stop")),
-                models={"data": [{"id": "first"}, {"id": "big", "max_model_len": 65536}]})  # fmt: skip
+    fake = Fake(
+        sse(chunk({"content": "Hi from afar."}), chunk(finish="stop")),
+        models={"data": [{"id": "first"}, {"id": "big", "max_model_len": 65536}]},
+    )
     rec = Recorder()
     manager.add_listener(rec)
     try:
@@ -291,8 +295,9 @@ def test_load_remote_keeps_the_local_model_until_the_server_answers(manager, tin
         remote = manager.backend
         from engine import GenerationRequest
 
-        result = remote.generate(GenerationRequest(messages=[{"role": "user", "content": "hi"}],
-                                                   max_tokens=20))  # fmt: skip
+        result = remote.generate(
+            GenerationRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=20)
+        )
         assert result.text == "Hi from afar."
         sent = fake.posts()[-1]
         assert sent["model"] == "big"

@@ -32,12 +32,16 @@ def test_conversation_lifecycle(store: Store) -> None:
     b = store.create_thread("chat", "Rust lifetimes")
     assert [t.id for t in store.threads("chat")] == [b, a]  # newest first
     store.add_message(a, {"role": "user", "content": "How long to boil penne?"})
-    n = store.add_message(a, {"role": "assistant", "content": "About 11 minutes.",
-                              "reasoning_content": "Penne: 10-12 min."})  # fmt: skip
+    n = store.add_message(
+        a, {"role": "assistant", "content": "About 11 minutes.", "reasoning_content": "Penne: 10-12 min."}
+    )
     assert n == 2
     assert [t.id for t in store.threads()] == [a, b]  # a message moves it to the top
-    assert store.messages(a)[1] == {"role": "assistant", "content": "About 11 minutes.",
-                                    "reasoning_content": "Penne: 10-12 min."}  # fmt: skip
+    assert store.messages(a)[1] == {
+        "role": "assistant",
+        "content": "About 11 minutes.",
+        "reasoning_content": "Penne: 10-12 min.",
+    }
     store.rename_thread(a, "Penne")
     assert store.thread(a).title == "Penne" and store.thread(a).model == "qwen"
     store.delete_thread(a)
@@ -81,18 +85,22 @@ def test_bad_input_errors(store: Store, tmp_path: Path) -> None:
 
 
 def test_runs_and_events(store: Store) -> None:
-    r1 = store.create_run(
-        "/p", "fix the bug\nmore detail", model="replay", settings={"max_steps": 3}
-    )
+    r1 = store.create_run("/p", "fix the bug\nmore detail", model="replay", settings={"max_steps": 3})
     r2 = store.create_run("/q", "other")
     rec = store.run(r1)
     assert rec.status == "running" and rec.alive and rec.settings == {"max_steps": 3}
     assert store.thread(r1).title == "fix the bug" and store.thread(r1).kind == "agent"
-    store.update_run(r1, status="answered", steps=4, answer="done", state={"k": [1]}, pid=None,
-                     finished=time.time())  # fmt: skip
+    store.update_run(
+        r1, status="answered", steps=4, answer="done", state={"k": [1]}, pid=None, finished=time.time()
+    )
     rec = store.run(r1)
-    assert (rec.status, rec.steps, rec.answer, rec.state, rec.alive) == ("answered", 4, "done",
-                                                                         {"k": [1]}, False)  # fmt: skip
+    assert (rec.status, rec.steps, rec.answer, rec.state, rec.alive) == (
+        "answered",
+        4,
+        "done",
+        {"k": [1]},
+        False,
+    )
     assert [r.id for r in store.runs("/p")] == [r1]
     assert {r.id for r in store.runs()} == {r1, r2}
     assert store.add_event(r1, "step", {}, 1) == 1
@@ -105,8 +113,11 @@ def test_runs_and_events(store: Store) -> None:
 
 
 def test_dead_process_run_is_not_alive(store: Store) -> None:
-    pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                             capture_output=True, text=True).stdout)  # fmt: skip
+    pid = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        ).stdout
+    )
     r = store.create_run("/p", "t")
     store.update_run(r, pid=pid)
     assert not store.run(r).alive
@@ -122,8 +133,9 @@ def test_wal_durability_across_connections_and_processes(tmp_path: Path) -> None
             "import sys; from app.store import Store; s = Store(sys.argv[1]); "
             "print(s.messages(sys.argv[2])[0]['content'])"
         )
-        out = subprocess.run([sys.executable, "-c", code, str(db), t], capture_output=True,
-                             text=True, timeout=60)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(db), t], capture_output=True, text=True, timeout=60
+        )
         assert out.stdout.strip() == "kept", out.stderr
     raw = sqlite3.connect(db)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -141,9 +153,7 @@ def test_newer_schema_refused(tmp_path: Path) -> None:
         Store(db)
 
 
-def test_default_location_follows_locus_data_dir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_default_location_follows_locus_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOCUS_DATA_DIR", str(tmp_path / "d"))
     assert default_data_dir() == tmp_path / "d"
     with Store() as s:

@@ -26,12 +26,14 @@ def main(path: str) -> int:
     greedy = SamplingParams(temperature=0.0)
 
     def run(ids: list[int], n: int) -> dict:
-        r = backend.submit(
-            GenerationRequest(prompt_ids=ids, sampling=greedy, max_tokens=n)
-        ).result()
-        return {"tokens": r.token_ids, "finish": r.finish_reason, "error": r.error,
-                "cached": r.usage.cached_tokens if r.usage else None,
-                "ranks": r.usage.ranks if r.usage else None}  # fmt: skip
+        r = backend.submit(GenerationRequest(prompt_ids=ids, sampling=greedy, max_tokens=n)).result()
+        return {
+            "tokens": r.token_ids,
+            "finish": r.finish_reason,
+            "error": r.error,
+            "cached": r.usage.cached_tokens if r.usage else None,
+            "ranks": r.usage.ranks if r.usage else None,
+        }
 
     first = list(range(20, 60))
     out: dict = {"first": run(first, 16)}
@@ -39,8 +41,7 @@ def main(path: str) -> int:
     second = first + out["first"]["tokens"] + list(range(100, 130))
     out["second"] = run(second, 16)
     # Cancel after the first text; every rank stops on the same token.
-    h = backend.submit(GenerationRequest(prompt_ids=list(range(200, 240)), sampling=greedy,
-                                         max_tokens=400))  # fmt: skip
+    h = backend.submit(GenerationRequest(prompt_ids=list(range(200, 240)), sampling=greedy, max_tokens=400))
     for ev in h.events():
         if isinstance(ev, TextDelta):
             h.cancel()

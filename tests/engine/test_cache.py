@@ -28,8 +28,11 @@ def test_next_turn_reuses_prompt_and_reply_tokens(tiny_model):
         r1 = eng.generate(req)
         assert r1.token_ids == reply_ids and r1.usage.cached_tokens == 0
         p1, _ = eng.encode(req)
-        msgs2 = [*msgs, {"role": "assistant", "content": r1.text, "reasoning_content": r1.reasoning},
-                 {"role": "user", "content": "And then?"}]  # fmt: skip
+        msgs2 = [
+            *msgs,
+            {"role": "assistant", "content": r1.text, "reasoning_content": r1.reasoning},
+            {"role": "user", "content": "And then?"},
+        ]
         req2 = GenerationRequest(messages=msgs2, sampling=G, session="s1")
         p2, _ = eng.encode(req2)
         assert p2[: len(p1) + len(reply_ids)] == p1 + reply_ids  # the template re-renders exactly
@@ -51,8 +54,11 @@ def test_reply_reuse_refused_when_tokens_differ(tiny_model):
         r1 = eng.generate(req)
         p1, _ = eng.encode(req)
         # The client edits the reply: its tokens no longer match what the model generated.
-        edited = [*msgs, {"role": "assistant", "content": "Answer!!", "reasoning_content": r1.reasoning},
-                  {"role": "user", "content": "next"}]  # fmt: skip
+        edited = [
+            *msgs,
+            {"role": "assistant", "content": "Answer!!", "reasoning_content": r1.reasoning},
+            {"role": "user", "content": "next"},
+        ]
         req2 = GenerationRequest(messages=edited, sampling=G)
         script("x\n</think>\n\ny", req2)
         r2 = eng.generate(req2)
@@ -82,8 +88,11 @@ def _conversation(eng, turns, use_cache=True, session="c"):
     outs = []
     for i in range(turns):
         msgs.append({"role": "user", "content": f"Question number {i}: why?"})
-        r = eng.generate(GenerationRequest(messages=list(msgs), sampling=G, max_tokens=12,
-                                           use_cache=use_cache, session=session))  # fmt: skip
+        r = eng.generate(
+            GenerationRequest(
+                messages=list(msgs), sampling=G, max_tokens=12, use_cache=use_cache, session=session
+            )
+        )
         outs.append((r.token_ids, r.usage.cached_tokens))
         msgs.append({"role": "assistant", "content": r.text, "reasoning_content": r.reasoning})
     return outs
@@ -183,9 +192,7 @@ def test_cancel_mid_prefill_leaves_no_broken_snapshot(tiny_dir):
         assert h.done.finish_reason == "cancelled"
         # Whatever snapshots exist must be consistent: cached and uncached runs agree.
         r_cached = eng.generate(GenerationRequest(messages=msgs, sampling=G, max_tokens=8))
-        r_plain = eng.generate(
-            GenerationRequest(messages=msgs, sampling=G, max_tokens=8, use_cache=False)
-        )
+        r_plain = eng.generate(GenerationRequest(messages=msgs, sampling=G, max_tokens=8, use_cache=False))
         assert r_cached.token_ids == r_plain.token_ids
     finally:
         eng.close()
@@ -218,16 +225,24 @@ def _starts(tokenizer, ids, role):
 def test_new_session_resumes_after_system_and_tools(tiny_model):
     eng, script = forced_engine(tiny_model)
     try:
-        req = GenerationRequest(messages=chat({"role": "user", "content": "Fix the bug."}),
-                                tools=TOOLS, sampling=G, session="agent-1")  # fmt: skip
+        req = GenerationRequest(
+            messages=chat({"role": "user", "content": "Fix the bug."}),
+            tools=TOOLS,
+            sampling=G,
+            session="agent-1",
+        )
         script("ok\n</think>\n\ndone", req)
         r1 = eng.generate(req)
         p1, _ = eng.encode(req)
         system_end = _starts(tiny_model.tokenizer, p1, "user")[0]
         assert r1.usage.cache_write_tokens == len(p1)  # the reply snapshot covers the prompt
         # Another session (another API key): same system prompt and tools, its own question.
-        req2 = GenerationRequest(messages=chat({"role": "user", "content": "Add a test please."}),
-                                 tools=TOOLS, sampling=G, session="agent-2")  # fmt: skip
+        req2 = GenerationRequest(
+            messages=chat({"role": "user", "content": "Add a test please."}),
+            tools=TOOLS,
+            sampling=G,
+            session="agent-2",
+        )
         script("x\n</think>\n\ny", req2)
         r2 = eng.generate(req2)
         p2, _ = eng.encode(req2)
@@ -292,8 +307,7 @@ def test_marked_breakpoint_is_a_snapshot(tiny_model):
         users = _starts(tok, eng.encode(req)[0], "user")
         assert mark == users[1] and mark not in (users[0], users[-1])  # no other boundary's
         # The conversation is forked after the marked message.
-        req2 = GenerationRequest(messages=[*convo[:3], {"role": "user", "content": "Other."}],
-                                 sampling=G)  # fmt: skip
+        req2 = GenerationRequest(messages=[*convo[:3], {"role": "user", "content": "Other."}], sampling=G)
         script("c\n</think>\n\nd", req2)
         r2 = eng.generate(req2)
         assert r2.usage.cached_tokens == mark
@@ -331,9 +345,14 @@ def test_reply_rendered_back_differently_is_reused_whole(tiny_model, kind):
         r1 = eng.generate(req)
         p1, _ = eng.encode(req)
         # The client returns the calls with their arguments in another key order.
-        calls = [{"id": f"c{i}", "type": "function",
-                  "function": {"name": c.name, "arguments": dict(reversed(c.arguments.items()))}}
-                 for i, c in enumerate(r1.tool_calls)]  # fmt: skip
+        calls = [
+            {
+                "id": f"c{i}",
+                "type": "function",
+                "function": {"name": c.name, "arguments": dict(reversed(c.arguments.items()))},
+            }
+            for i, c in enumerate(r1.tool_calls)
+        ]
         back = {"role": "assistant", "content": r1.text, "reasoning_content": r1.reasoning}
         tail = [{"role": "user", "content": "Thanks, next."}]
         if calls:
@@ -401,9 +420,14 @@ def test_spliced_replies_survive_a_restart(tiny_model, tmp_path):
     eng2, _ = forced_engine(tiny_model, prompt_cache=PromptCache(disk_dir=tmp_path))
     try:
         c = r1.tool_calls[0]
-        back = {"role": "assistant", "content": r1.text, "reasoning_content": r1.reasoning,
-                "tool_calls": [{"id": "c", "type": "function",
-                                "function": {"name": c.name, "arguments": c.arguments}}]}  # fmt: skip
+        back = {
+            "role": "assistant",
+            "content": r1.text,
+            "reasoning_content": r1.reasoning,
+            "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            ],
+        }
         req2 = GenerationRequest(
             messages=[*msgs, back, {"role": "tool", "tool_call_id": "c", "content": "x"}],
             tools=TOOLS,

@@ -10,20 +10,39 @@ from transformers import AutoTokenizer
 from engine import ChatTemplateError, render_prompt, supports_preserve_thinking
 from engine.chat import opens_reasoning
 
-TOOLS = [{"type": "function", "function": {"name": "read_file", "description": "Read a file",
-          "parameters": {"type": "object", "properties": {"path": {"type": "string"},
-                         "limit": {"type": "integer"}}, "required": ["path"]}}}]  # fmt: skip
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "read_file",
+            "description": "Read a file",
+            "parameters": {
+                "type": "object",
+                "properties": {"path": {"type": "string"}, "limit": {"type": "integer"}},
+                "required": ["path"],
+            },
+        },
+    }
+]
 
 CONVERSATION = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Open main.py"},
-    {"role": "assistant", "content": "Reading it.", "reasoning_content": "Need the file.",
-     "tool_calls": [{"type": "function", "function": {"name": "read_file",
-                     "arguments": {"path": "main.py", "limit": 20}}}]},
+    {
+        "role": "assistant",
+        "content": "Reading it.",
+        "reasoning_content": "Need the file.",
+        "tool_calls": [
+            {
+                "type": "function",
+                "function": {"name": "read_file", "arguments": {"path": "main.py", "limit": 20}},
+            }
+        ],
+    },
     {"role": "tool", "content": "print('hi')"},
     {"role": "assistant", "content": "It prints hi.", "reasoning_content": "Simple."},
     {"role": "user", "content": "Thanks. And <b>tags</b>?"},
-]  # fmt: skip
+]
 
 
 def _with_string_args(messages):
@@ -43,11 +62,21 @@ def hf_tok(tiny_dir):
 @pytest.mark.parametrize("preserve_thinking", [True, False])
 @pytest.mark.parametrize("tools", [None, TOOLS])
 def test_render_equals_transformers(tiny_model, hf_tok, enable_thinking, preserve_thinking, tools):
-    ours = render_prompt(tiny_model.tokenizer, _with_string_args(CONVERSATION), tools=tools,
-                         enable_thinking=enable_thinking, preserve_thinking=preserve_thinking)  # fmt: skip
-    ref = hf_tok.apply_chat_template(CONVERSATION, tools=tools, tokenize=False,
-                                     add_generation_prompt=True, enable_thinking=enable_thinking,
-                                     preserve_thinking=preserve_thinking)  # fmt: skip
+    ours = render_prompt(
+        tiny_model.tokenizer,
+        _with_string_args(CONVERSATION),
+        tools=tools,
+        enable_thinking=enable_thinking,
+        preserve_thinking=preserve_thinking,
+    )
+    ref = hf_tok.apply_chat_template(
+        CONVERSATION,
+        tools=tools,
+        tokenize=False,
+        add_generation_prompt=True,
+        enable_thinking=enable_thinking,
+        preserve_thinking=preserve_thinking,
+    )
     assert ours == ref
     assert ("Need the file." in ours) == preserve_thinking  # older reasoning kept only if asked
     assert opens_reasoning(ours) == enable_thinking
@@ -58,9 +87,7 @@ def test_preserve_thinking_makes_next_prompt_extend_the_last(tiny_model):
     turn1 = CONVERSATION[:2]
     p1 = render_prompt(tok, turn1, preserve_thinking=True)
     reply = {"role": "assistant", "content": "Done.", "reasoning_content": "Thinking hard."}
-    p2 = render_prompt(
-        tok, [*turn1, reply, {"role": "user", "content": "more"}], preserve_thinking=True
-    )
+    p2 = render_prompt(tok, [*turn1, reply, {"role": "user", "content": "more"}], preserve_thinking=True)
     assert p2.startswith(p1)
     p2_lost = render_prompt(tok, [*turn1, reply, {"role": "user", "content": "more"}])
     assert not p2_lost.startswith(p1)  # without it the template drops the old think block
@@ -75,8 +102,17 @@ def test_bad_conversations_raise(tiny_model):
     with pytest.raises(ChatTemplateError, match="No user query"):
         render_prompt(tok, [{"role": "assistant", "content": "x"}])
     with pytest.raises(ChatTemplateError, match="not valid JSON"):
-        render_prompt(tok, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "",
-                      "tool_calls": [{"function": {"name": "f", "arguments": "{oops"}}]}])  # fmt: skip
+        render_prompt(
+            tok,
+            [
+                {"role": "user", "content": "x"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [{"function": {"name": "f", "arguments": "{oops"}}],
+                },
+            ],
+        )
 
 
 def test_model_without_template(tiny_model):

@@ -50,16 +50,22 @@ def test_greedy_is_deterministic_and_reports_length(engine):
 
 def test_seeded_sampling_reproduces_and_differs_across_seeds(engine):
     s = SamplingParams(temperature=1.0, top_p=1.0, top_k=0)
-    runs = [run(engine, prompt_ids=PROMPT, sampling=s.with_(seed=k), max_tokens=24)[1].token_ids
-            for k in (1, 1, 2)]  # fmt: skip
+    runs = [
+        run(engine, prompt_ids=PROMPT, sampling=s.with_(seed=k), max_tokens=24)[1].token_ids
+        for k in (1, 1, 2)
+    ]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
 
 
 def test_penalties_change_greedy_output(engine):
     _, plain = run(engine, prompt_ids=PROMPT, sampling=GREEDY, max_tokens=24)
-    _, pen = run(engine, prompt_ids=PROMPT, max_tokens=24,
-                 sampling=GREEDY.with_(repetition_penalty=3.0, presence_penalty=2.0))  # fmt: skip
+    _, pen = run(
+        engine,
+        prompt_ids=PROMPT,
+        max_tokens=24,
+        sampling=GREEDY.with_(repetition_penalty=3.0, presence_penalty=2.0),
+    )
     assert plain.token_ids != pen.token_ids
     # with a strong presence penalty over the context, greedy output repeats fewer tokens
     assert len(set(pen.token_ids)) >= len(set(plain.token_ids))
@@ -121,16 +127,16 @@ def test_engine_survives_errors(engine):
 
 
 def test_chat_request_starts_in_reasoning(engine):
-    events, done = run(engine, messages=[{"role": "user", "content": "Hello"}], sampling=GREEDY,
-                       max_tokens=8)  # fmt: skip
+    events, done = run(engine, messages=[{"role": "user", "content": "Hello"}], sampling=GREEDY, max_tokens=8)
     assert done.finish_reason in ("length", "stop")
     first = next(e for e in events if isinstance(e, ReasoningDelta | TextDelta))
     assert isinstance(first, ReasoningDelta)  # the template opened <think>
 
 
 def test_no_thinking_prompt_starts_with_text(engine):
-    ids, reasoning = engine.encode(GenerationRequest(messages=[{"role": "user", "content": "Hi"}],
-                                                     enable_thinking=False))  # fmt: skip
+    ids, reasoning = engine.encode(
+        GenerationRequest(messages=[{"role": "user", "content": "Hi"}], enable_thinking=False)
+    )
     assert not reasoning
     text = engine.model.tokenizer.decode(ids)
     assert text.endswith("<think>\n\n</think>\n\n")
@@ -138,9 +144,19 @@ def test_no_thinking_prompt_starts_with_text(engine):
 
 # -- the loop with a scripted model: exact outputs through the real tokenizer and parser --------
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
-    "required": ["city"]}}}]  # fmt: skip
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
 SCRIPT = (
     "I should check the weather.\n</think>\n\nLet me look.\n<tool_call>\n<function=get_weather>\n"
     "<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n</parameter>\n</function>\n"
@@ -201,7 +217,10 @@ def test_scripted_reasoning_text_and_tool_call(tiny_model):
 
 
 def test_scripted_malformed_call_is_an_error_event(tiny_model):
-    bad = "ok\n</think>\n\n<tool_call>\n<function=get_weather>\n<parameter=days>\nsoon\n</parameter>\n</function>\n</tool_call>"
+    bad = (
+        "ok\n</think>\n\n<tool_call>\n<function=get_weather>\n<parameter=days>\nsoon\n"
+        "</parameter>\n</function>\n</tool_call>"
+    )
     events, done, _ = _scripted_run(tiny_model, bad, tools=TOOLS)
     errs = [e for e in events if isinstance(e, ToolCallError)]
     assert not [e for e in events if isinstance(e, ToolCall)]
@@ -210,9 +229,7 @@ def test_scripted_malformed_call_is_an_error_event(tiny_model):
 
 
 def test_scripted_stop_string_cuts_text(tiny_model):
-    events, done, _ = _scripted_run(
-        tiny_model, "r\n</think>\n\nalpha beta STOP gamma", stop=["STOP"]
-    )
+    events, done, _ = _scripted_run(tiny_model, "r\n</think>\n\nalpha beta STOP gamma", stop=["STOP"])
     text = "".join(e.text for e in events if isinstance(e, TextDelta))
     assert text == "alpha beta "
     assert done.finish_reason == "stop"

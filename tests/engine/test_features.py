@@ -22,10 +22,23 @@ from tests.scripted import scripted_engine
 
 GREEDY = SamplingParams(temperature=0)
 MESSAGES = [{"role": "user", "content": "Weather in Paris?"}]
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
-    {"type": "function", "function": {"name": "get_time", "parameters": {
-    "type": "object", "properties": {}}}}]  # fmt: skip
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+    },
+]
 
 
 def _run(tiny_model, script: str, then: str | None = None, **kw):
@@ -80,8 +93,9 @@ def test_prefix_held_back_by_the_parser_is_never_emitted(tiny_model):
 
 def test_prefix_opening_a_tool_call_is_parsed_with_the_reply(tiny_model):
     script = "get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"
-    events, _, _ = _run(tiny_model, script, tools=TOOLS, enable_thinking=False,
-                        prefix="<tool_call>\n<function=")  # fmt: skip
+    events, _, _ = _run(
+        tiny_model, script, tools=TOOLS, enable_thinking=False, prefix="<tool_call>\n<function="
+    )
     (call,) = [e for e in events if isinstance(e, ToolCall)]
     assert call.name == "get_weather" and call.arguments == {"city": "Paris"}
     assert call.raw.startswith("<tool_call>\n<function=get_weather>")
@@ -91,12 +105,17 @@ def test_prefix_and_thinking_budget_with_an_image(tiny_model):
     # The real tiny model (it has a vision tower); its words are random, the mechanics are not.
     from engine import Engine
 
-    msgs = [{"role": "user", "content": [{"type": "image", "image": _png()},
-                                         {"type": "text", "text": "What is it?"}]}]  # fmt: skip
+    msgs = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": _png()}, {"type": "text", "text": "What is it?"}],
+        }
+    ]
     eng = Engine(tiny_model)
     try:
-        req = GenerationRequest(messages=msgs, sampling=GREEDY, max_tokens=10, prefix="It is a",
-                                enable_thinking=False)  # fmt: skip
+        req = GenerationRequest(
+            messages=msgs, sampling=GREEDY, max_tokens=10, prefix="It is a", enable_thinking=False
+        )
         prepared = eng.prepare(req)
         assert prepared.prefix_tokens == len(tiny_model.tokenizer.encode("It is a"))
         assert tiny_model.tokenizer.decode(eng.encode(req)[0]).endswith("</think>\n\nIt is a")
@@ -117,8 +136,7 @@ def test_prefix_and_thinking_budget_with_an_image(tiny_model):
 
 def test_tool_choice_required_and_named_force_a_call(tiny_model):
     body = "<parameter=city>\nRome\n</parameter>\n</function>\n</tool_call>"
-    events, prepared, eng = _run(tiny_model, "get_weather>\n" + body, tools=TOOLS,
-                                 tool_choice="required")  # fmt: skip
+    events, prepared, eng = _run(tiny_model, "get_weather>\n" + body, tools=TOOLS, tool_choice="required")
     (call,) = [e for e in events if isinstance(e, ToolCall)]
     assert (call.name, call.arguments) == ("get_weather", {"city": "Rome"})
     assert not prepared.opens_reasoning  # a forced call renders the prompt without thinking
@@ -128,17 +146,16 @@ def test_tool_choice_required_and_named_force_a_call(tiny_model):
     (call,) = [e for e in events if isinstance(e, ToolCall)]
     assert (call.name, call.arguments) == ("get_weather", {"city": "Rome"})
     assert _prompt_text(tiny_model, eng, prepared.request).endswith("<function=get_weather>\n")
-    assert prepared.prefix_tokens == len(
-        tiny_model.tokenizer.encode("<tool_call>\n<function=get_weather>\n")
-    )
+    assert prepared.prefix_tokens == len(tiny_model.tokenizer.encode("<tool_call>\n<function=get_weather>\n"))
 
 
 def test_tool_choice_none_leaves_the_tools_out_of_the_prompt(tiny_model):
     eng, _ = scripted_engine(tiny_model, "x")
     try:
         auto = _prompt_text(tiny_model, eng, GenerationRequest(messages=MESSAGES, tools=TOOLS))
-        none = _prompt_text(tiny_model, eng, GenerationRequest(messages=MESSAGES, tools=TOOLS,
-                                                               tool_choice="none"))  # fmt: skip
+        none = _prompt_text(
+            tiny_model, eng, GenerationRequest(messages=MESSAGES, tools=TOOLS, tool_choice="none")
+        )
         bare = _prompt_text(tiny_model, eng, GenerationRequest(messages=MESSAGES))
     finally:
         eng.close()
@@ -168,8 +185,9 @@ def test_bad_feature_fields_are_refused(engine, kw, needle):
 
 
 def test_thinking_budget_closes_the_reasoning_on_the_same_cache(tiny_model):
-    events, prepared, _ = _run(tiny_model, "hmm " * 200, then="The answer.",
-                                 thinking_budget=20, max_tokens=400)  # fmt: skip
+    events, prepared, _ = _run(
+        tiny_model, "hmm " * 200, then="The answer.", thinking_budget=20, max_tokens=400
+    )
     done = events[-1]
     assert isinstance(done, Done) and done.finish_reason == "stop"
     reasoning = _said(events, ReasoningDelta)
@@ -195,8 +213,7 @@ def test_thinking_budget_not_reached_or_not_thinking_changes_nothing(tiny_model)
 
 
 def test_thinking_budget_applies_after_a_prefix_in_the_reasoning(tiny_model):
-    events, _, _ = _run(tiny_model, "la " * 100, then="Yes.", prefix="Let me think:",
-                        thinking_budget=5)  # fmt: skip
+    events, _, _ = _run(tiny_model, "la " * 100, then="Yes.", prefix="Let me think:", thinking_budget=5)
     reasoning = _said(events, ReasoningDelta)
     assert "Let me think" not in reasoning and reasoning.endswith(BUDGET_NOTE)
     assert _said(events, TextDelta) == "Yes."
@@ -248,8 +265,7 @@ def test_thinking_budget_output_is_identical_with_mtp(engine):
     # The continuation after the note restarts decoding on the same cache, drafting included.
     runs = {}
     for k in (0, 2):
-        req = GenerationRequest(messages=MESSAGES, sampling=GREEDY, max_tokens=14,
-                                thinking_budget=3, mtp=k)  # fmt: skip
+        req = GenerationRequest(messages=MESSAGES, sampling=GREEDY, max_tokens=14, thinking_budget=3, mtp=k)
         res = engine.generate(req)
         assert res.error is None and res.reasoning.endswith(BUDGET_NOTE)
         assert (res.usage.draft_tokens > 0) == (k > 0)

@@ -168,9 +168,7 @@ def test_greedy_ids_match_through_engine(tiny_model, hf_greedy_ids):
     eng = Engine(tiny_model)
     try:
         res = eng.generate(
-            GenerationRequest(
-                prompt_ids=PROMPT, sampling=SamplingParams(temperature=0), max_tokens=N_NEW
-            )
+            GenerationRequest(prompt_ids=PROMPT, sampling=SamplingParams(temperature=0), max_tokens=N_NEW)
         )
     finally:
         eng.close()

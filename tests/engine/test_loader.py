@@ -300,9 +300,7 @@ def test_missing_weight(ckpt):
 )
 def test_missing_expert(ckpt, expert):
     for proj in ("gate_proj", "up_proj", "down_proj"):
-        rewrite_tensor(
-            ckpt, f"model.language_model.layers.1.mlp.experts.{expert}.{proj}.weight", None
-        )
+        rewrite_tensor(ckpt, f"model.language_model.layers.1.mlp.experts.{expert}.{proj}.weight", None)
     msg = load_error(ckpt)
     assert str(ckpt) in msg, msg
     assert "layer 1" in msg and "expert" in msg and f"[{expert}]" in msg, msg
@@ -364,9 +362,7 @@ def qwen36_info(tmp_path: Path) -> CheckpointInfo:
         )
         for i in range(40)
     }
-    tensors["mtp.fc.weight"] = TensorInfo(
-        "model.safetensors", "BF16", (2048, 4096), 2048 * 4096 * 2
-    )
+    tensors["mtp.fc.weight"] = TensorInfo("model.safetensors", "BF16", (2048, 4096), 2048 * 4096 * 2)
     return CheckpointInfo(tmp_path, make_config(cfg), [], tensors, "fused", None)
 
 
@@ -549,11 +545,21 @@ def test_config_rejected_by_transformers_is_not_blamed_on_the_tokenizer(ckpt):
 
 
 def test_llama_config_over_qwen_weights_is_one_line(ckpt):
-    (ckpt / "config.json").write_text(json.dumps({
-        "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
-        "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "rms_norm_eps": 1e-5, "vocab_size": 512, "max_position_embeddings": 4096,
-    }))  # fmt: skip
+    (ckpt / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "hidden_size": 64,
+                "num_hidden_layers": 2,
+                "intermediate_size": 128,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "rms_norm_eps": 1e-5,
+                "vocab_size": 512,
+                "max_position_embeddings": 4096,
+            }
+        )
+    )
     msg = load_error(ckpt)
     assert "\n" not in msg and len(msg) < 400, msg
     assert "'llama'" in msg and "do not match" in msg and "qwen3_5_moe" in msg

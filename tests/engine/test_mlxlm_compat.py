@@ -158,9 +158,14 @@ def test_deltanet_steps_reproduce_mlx_lm_forward(with_state):
     from mlx_lm.models.cache import ArraysCache
 
     args = qwen3_5.TextModelArgs(
-        hidden_size=64, linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=32,
-        linear_value_head_dim=16, linear_conv_kernel_dim=4, num_attention_heads=4,
-    )  # fmt: skip
+        hidden_size=64,
+        linear_num_value_heads=4,
+        linear_num_key_heads=2,
+        linear_key_head_dim=32,
+        linear_value_head_dim=16,
+        linear_conv_kernel_dim=4,
+        num_attention_heads=4,
+    )
     mx.random.seed(1)
     layer = qwen3_5.GatedDeltaNet(args)
     x = mx.random.normal((1, 5, 64))
@@ -199,9 +204,7 @@ def _own_attributes(tree: ast.AST) -> set[str]:
     own: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef):
-            own |= {
-                n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-            }
+            own |= {n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
         elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
             if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
                 own.add(node.attr)
@@ -222,8 +225,7 @@ def test_no_engine_module_but_the_compat_module_uses_mlx_lm_private_names():
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mlx_lm"):
-                problems += [f"{f.name}: imports {a.name}" for a in node.names
-                             if a.name.startswith("_")]  # fmt: skip
+                problems += [f"{f.name}: imports {a.name}" for a in node.names if a.name.startswith("_")]
             used = None
             if isinstance(node, ast.Attribute):
                 used = node.attr

@@ -94,8 +94,7 @@ def reference_mtp_logits(w, cfg, tc, hidden, next_ids, positions):
             b = h[i] @ w[f"{m}experts.{e}.up_proj.weight"].T
             out[i] += g * ((a * b) @ w[f"{m}experts.{e}.down_proj.weight"].T)
     sh = (
-        _silu(h @ w[m + "shared_expert.gate_proj.weight"].T)
-        * (h @ w[m + "shared_expert.up_proj.weight"].T)
+        _silu(h @ w[m + "shared_expert.gate_proj.weight"].T) * (h @ w[m + "shared_expert.up_proj.weight"].T)
     ) @ w[m + "shared_expert.down_proj.weight"].T
     sg = 1 / (1 + np.exp(-(h @ w[m + "shared_expert_gate.weight"].T)))
     x = x + out + sg * sh
@@ -169,8 +168,9 @@ def test_checkpoint_without_a_head_decodes_without_drafting(tiny_dir, tmp_path, 
         arrays = mx.load(str(dst / shard))
         keep = {k: v for k, v in arrays.items() if not k.startswith("mtp.") or k == "mtp.fc.weight"}
         mx.save_safetensors(str(dst / shard), keep, metadata={"format": "pt"})
-    index["weight_map"] = {k: v for k, v in index["weight_map"].items()
-                           if not k.startswith("mtp.") or k == "mtp.fc.weight"}  # fmt: skip
+    index["weight_map"] = {
+        k: v for k, v in index["weight_map"].items() if not k.startswith("mtp.") or k == "mtp.fc.weight"
+    }
     (dst / "model.safetensors.index.json").write_text(json.dumps(index))
     with caplog.at_level("WARNING"):
         eng = Engine.from_path(str(dst), mtp=3)
@@ -200,8 +200,7 @@ def noisy_oracle(truth, right=0.7, seed=0):
 
     def draft(tokens, k):
         n = len(tokens)
-        return [truth[n + i] if n + i < len(truth) and rng.random() < right else 1
-                for i in range(k)]  # fmt: skip
+        return [truth[n + i] if n + i < len(truth) and rng.random() < right else 1 for i in range(k)]
 
     return draft
 
@@ -215,8 +214,9 @@ def test_rollback_keeps_greedy_output_and_cache_exact(tiny_model, k):
     truth = PROMPT + ref
     stats = DraftStats()
     cache = model.make_cache()
-    steps = speculative_step(model, PROMPT, cache, params=GREEDY, draft_tokens=k, stats=stats,
-                             drafter=noisy_oracle(truth, seed=k))  # fmt: skip
+    steps = speculative_step(
+        model, PROMPT, cache, params=GREEDY, draft_tokens=k, stats=stats, drafter=noisy_oracle(truth, seed=k)
+    )
     out = [next(steps) for _ in range(27)]
     steps.close()
     assert out == ref[:27]
@@ -224,8 +224,7 @@ def test_rollback_keeps_greedy_output_and_cache_exact(tiny_model, k):
     n = len(PROMPT) + 27
     assert cache[3].offset == n
     # Continue plainly from that cache: same tokens as never having drafted.
-    more = generate_step(model, truth[: n + 1], cache, sampler=lambda lp: mx.argmax(lp, axis=-1),
-                         start=n)  # fmt: skip
+    more = generate_step(model, truth[: n + 1], cache, sampler=lambda lp: mx.argmax(lp, axis=-1), start=n)
     assert [next(more) for _ in range(6)] == ref[28:34]
     more.close()
 
@@ -237,8 +236,7 @@ def test_engine_greedy_is_identical_with_mtp_in_every_layout(tiny_dir, layout, b
     try:
         runs = {}
         for k in (0, 1, 2, 3, 4):
-            r = eng.generate(GenerationRequest(prompt_ids=PROMPT, sampling=GREEDY, max_tokens=16,
-                                               mtp=k))  # fmt: skip
+            r = eng.generate(GenerationRequest(prompt_ids=PROMPT, sampling=GREEDY, max_tokens=16, mtp=k))
             runs[k] = r.token_ids
             assert len(r.token_ids) == 16 and r.finish_reason == "length"
             # Every round drafts k tokens; a random head's drafts are rarely accepted.
@@ -255,20 +253,33 @@ def test_image_prompt_is_identical_with_mtp(tiny_dir):
     eng = Engine.from_path(str(tiny_dir("per_expert")), prompt_cache=PromptCache(memory_bytes=0))
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    msgs = [{"role": "user", "content": [{"type": "image", "image": img},
-                                         {"type": "text", "text": "what is this"}]}]  # fmt: skip
+    msgs = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": img}, {"type": "text", "text": "what is this"}],
+        }
+    ]
     try:
-        outs = [eng.generate(GenerationRequest(messages=msgs, sampling=GREEDY, max_tokens=12,
-                                               enable_thinking=False, mtp=k)).token_ids
-                for k in (0, 3)]  # fmt: skip
+        outs = [
+            eng.generate(
+                GenerationRequest(messages=msgs, sampling=GREEDY, max_tokens=12, enable_thinking=False, mtp=k)
+            ).token_ids
+            for k in (0, 3)
+        ]
         assert outs[0] == outs[1] and len(outs[0]) > 0
         # The rollback path after an image (M-RoPE positions shifted by the prompt's delta).
         lm = eng.model
         inputs = eng.prepare(GenerationRequest(messages=msgs, enable_thinking=False)).inputs
         bound = lm.model.with_images(inputs)
         ref = plain(bound, inputs.ids, 20)
-        steps = speculative_step(bound, inputs.ids, bound.make_cache(), params=GREEDY,
-                                 draft_tokens=3, drafter=noisy_oracle(inputs.ids + ref))  # fmt: skip
+        steps = speculative_step(
+            bound,
+            inputs.ids,
+            bound.make_cache(),
+            params=GREEDY,
+            draft_tokens=3,
+            drafter=noisy_oracle(inputs.ids + ref),
+        )
         assert [next(steps) for _ in range(20)] == ref
         steps.close()
     finally:
@@ -285,10 +296,8 @@ def test_prompt_cache_resume_is_identical_with_mtp(tiny_dir):
         a1 = cold.generate(GenerationRequest(messages=turn1, sampling=GREEDY, max_tokens=10))
         b1 = warm.generate(GenerationRequest(messages=turn1, sampling=GREEDY, max_tokens=10))
         assert a1.token_ids == b1.token_ids and b1.usage.draft_tokens > 0
-        reply = cold.model.tokenizer.decode(a1.token_ids[:-1] if a1.finish_reason == "stop"
-                                            else a1.token_ids)  # fmt: skip
-        turn2 = [*turn1, {"role": "assistant", "content": reply},
-                 {"role": "user", "content": "and again"}]  # fmt: skip
+        reply = cold.model.tokenizer.decode(a1.token_ids[:-1] if a1.finish_reason == "stop" else a1.token_ids)
+        turn2 = [*turn1, {"role": "assistant", "content": reply}, {"role": "user", "content": "and again"}]
         a2 = cold.generate(GenerationRequest(messages=turn2, sampling=GREEDY, max_tokens=10))
         b2 = warm.generate(GenerationRequest(messages=turn2, sampling=GREEDY, max_tokens=10))
         assert b2.usage.cached_tokens > 0  # resumed from a snapshot taken while drafting
@@ -302,8 +311,7 @@ def test_prompt_cache_resume_is_identical_with_mtp(tiny_dir):
 def test_cancel_stop_and_max_tokens_behave_as_without_mtp(tiny_dir):
     eng = Engine.from_path(str(tiny_dir("per_expert")), prompt_cache=PromptCache(memory_bytes=0))
     try:
-        h = eng.submit(GenerationRequest(prompt_ids=PROMPT, sampling=GREEDY, max_tokens=10000,
-                                         mtp=3))  # fmt: skip
+        h = eng.submit(GenerationRequest(prompt_ids=PROMPT, sampling=GREEDY, max_tokens=10000, mtp=3))
         n = 0
         for ev in h.events():
             if getattr(ev, "type", "") == "text":
@@ -315,12 +323,14 @@ def test_cancel_stop_and_max_tokens_behave_as_without_mtp(tiny_dir):
         base = eng.generate(GenerationRequest(prompt_ids=PROMPT, sampling=GREEDY, max_tokens=30))
         stop = base.text[8:11]
         for k in (0, 2):
-            r = eng.generate(GenerationRequest(prompt_ids=PROMPT, sampling=GREEDY, max_tokens=7,
-                                               mtp=k))  # fmt: skip
+            r = eng.generate(GenerationRequest(prompt_ids=PROMPT, sampling=GREEDY, max_tokens=7, mtp=k))
             assert r.token_ids == base.token_ids[:7] and r.finish_reason == "length"
-        with_stop = [eng.generate(GenerationRequest(prompt_ids=PROMPT, sampling=GREEDY,
-                                                    max_tokens=30, stop=[stop], mtp=k))
-                     for k in (0, 4)]  # fmt: skip
+        with_stop = [
+            eng.generate(
+                GenerationRequest(prompt_ids=PROMPT, sampling=GREEDY, max_tokens=30, stop=[stop], mtp=k)
+            )
+            for k in (0, 4)
+        ]
         assert with_stop[0].text == with_stop[1].text == base.text[: base.text.find(stop)]
         assert with_stop[0].token_ids == with_stop[1].token_ids
     finally:
@@ -372,8 +382,14 @@ def test_sampled_generation_runs_and_counts_drafts(tiny_model):
     model = tiny_model.model
     stats = DraftStats()
     mx.random.seed(3)
-    steps = speculative_step(model, PROMPT, model.make_cache(), stats=stats, draft_tokens=2,
-                             params=SamplingParams(temperature=0.8, top_k=20, top_p=0.95))  # fmt: skip
+    steps = speculative_step(
+        model,
+        PROMPT,
+        model.make_cache(),
+        stats=stats,
+        draft_tokens=2,
+        params=SamplingParams(temperature=0.8, top_k=20, top_p=0.95),
+    )
     out = [next(steps) for _ in range(12)]
     steps.close()
     assert len(out) == 12 and all(0 <= t < 512 for t in out)
@@ -387,12 +403,20 @@ def test_penalties_see_the_same_history_with_drafts(tiny_model):
     model = tiny_model.model
     params = SamplingParams(temperature=0, presence_penalty=1.5, repetition_penalty=1.3)
     procs = make_logits_processors(params)
-    steps = generate_step(model, PROMPT, model.make_cache(), logits_processors=procs,
-                          sampler=lambda lp: mx.argmax(lp, axis=-1))  # fmt: skip
+    steps = generate_step(
+        model, PROMPT, model.make_cache(), logits_processors=procs, sampler=lambda lp: mx.argmax(lp, axis=-1)
+    )
     ref = [next(steps) for _ in range(30)]
     steps.close()
     assert ref != plain(model, PROMPT, 30)  # the penalties change the output
-    spec = speculative_step(model, PROMPT, model.make_cache(), params=params, draft_tokens=3,
-                            logits_processors=procs, drafter=noisy_oracle(PROMPT + ref))  # fmt: skip
+    spec = speculative_step(
+        model,
+        PROMPT,
+        model.make_cache(),
+        params=params,
+        draft_tokens=3,
+        logits_processors=procs,
+        drafter=noisy_oracle(PROMPT + ref),
+    )
     assert [next(spec) for _ in range(30)] == ref
     spec.close()

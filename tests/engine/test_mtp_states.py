@@ -69,16 +69,14 @@ def _noisy_oracle(truth, right=0.6, seed=0):
 
     def draft(tokens, k):
         n = len(tokens)
-        return [truth[n + i] if n + i < len(truth) and rng.random() < right else 1
-                for i in range(k)]  # fmt: skip
+        return [truth[n + i] if n + i < len(truth) and rng.random() < right else 1 for i in range(k)]
 
     return draft
 
 
 def _counted_run(model, monkeypatch, k, n):
     """`n` tokens of a noisy-oracle speculative run; (tokens, stats, main-model forwards, cache)."""
-    ref_steps = generate_step(model, PROMPT, model.make_cache(),
-                              sampler=lambda lp: mx.argmax(lp, axis=-1))  # fmt: skip
+    ref_steps = generate_step(model, PROMPT, model.make_cache(), sampler=lambda lp: mx.argmax(lp, axis=-1))
     ref = [next(ref_steps) for _ in range(n + 10)]
     ref_steps.close()
     calls = {"n": 0}
@@ -91,8 +89,15 @@ def _counted_run(model, monkeypatch, k, n):
     monkeypatch.setattr(Model, "__call__", counting)
     stats = DraftStats()
     cache = model.make_cache()
-    steps = speculative_step(model, PROMPT, cache, params=GREEDY, draft_tokens=k, stats=stats,
-                             drafter=_noisy_oracle(PROMPT + ref, seed=k))  # fmt: skip
+    steps = speculative_step(
+        model,
+        PROMPT,
+        cache,
+        params=GREEDY,
+        draft_tokens=k,
+        stats=stats,
+        drafter=_noisy_oracle(PROMPT + ref, seed=k),
+    )
     out = [next(steps) for _ in range(n)]
     steps.close()
     monkeypatch.undo()
@@ -110,8 +115,7 @@ def test_a_rejection_does_not_re_advance_the_model(tiny_model, monkeypatch, k):
     assert forwards == 2 + stats.rounds
     n = len(PROMPT) + 23
     assert all(c.offset == n for c in cache[:-1] if hasattr(c, "keys"))
-    more = generate_step(model, PROMPT + ref[:24], cache, start=n,
-                         sampler=lambda lp: mx.argmax(lp, axis=-1))  # fmt: skip
+    more = generate_step(model, PROMPT + ref[:24], cache, start=n, sampler=lambda lp: mx.argmax(lp, axis=-1))
     assert [next(more) for _ in range(5)] == ref[24:29]
     more.close()
 

@@ -308,8 +308,10 @@ def test_multiline_value_with_angle_brackets_and_lookalikes():
 
 
 def test_value_whitespace_strip_exactly_one_newline():
-    text = "<tool_call>\n<function=write_file>\n<parameter=path>\n\n  x  \n\n</parameter>\n" \
-        "<parameter=content>inline</parameter>\n</function>\n</tool_call>"  # fmt: skip
+    text = (
+        "<tool_call>\n<function=write_file>\n<parameter=path>\n\n  x  \n\n</parameter>\n"
+        "<parameter=content>inline</parameter>\n</function>\n</tool_call>"
+    )
     tc = only_call(whole(text, TOOLS, reasoning=False))
     assert tc.arguments == {"path": "\n  x  \n", "content": "inline"}
 
@@ -359,8 +361,16 @@ def test_string_in_union_keeps_non_matching_text():
 
 
 def test_untyped_values_use_json_only_when_it_looks_like_json():
-    text = call("anything", n="42", flag="false", arr="[1, 2]", s="hello", addr="123 Main St",
-                broken="{not json", nul="null")  # fmt: skip
+    text = call(
+        "anything",
+        n="42",
+        flag="false",
+        arr="[1, 2]",
+        s="hello",
+        addr="123 Main St",
+        broken="{not json",
+        nul="null",
+    )
     tc = only_call(whole(text, reasoning=False))
     assert tc.arguments == {
         "n": 42,
@@ -379,13 +389,7 @@ def test_unknown_parameter_of_a_known_tool_is_kept():
 
 
 def test_two_consecutive_calls_without_whitespace_text():
-    text = (
-        "Reading both.\n"
-        + call("read_file", path="a.py")
-        + "\n"
-        + call("read_file", path="b.py")
-        + "\n"
-    )
+    text = "Reading both.\n" + call("read_file", path="a.py") + "\n" + call("read_file", path="b.py") + "\n"
     events = whole(text, TOOLS, reasoning=False)
     assert [type(e) for e in events] == [TextDelta, ToolCall, ToolCall]
     assert events[0].text == "Reading both.\n"
@@ -415,8 +419,7 @@ MALFORMED = {
         "expected <function=NAME>",
     ),
     "bad_nesting": (
-        "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</function>\n</parameter>\n"
-        "</tool_call>",
+        "<tool_call>\n<function=read_file>\n<parameter=path>\na\n</function>\n</parameter>\n</tool_call>",
         "</function> comes before the </parameter> of 'path'",
     ),
     "unclosed_parameter": (
@@ -435,8 +438,7 @@ MALFORMED = {
         "after </function>",
     ),
     "function_tag_not_closed": (
-        "<tool_call>\n<function=read_file\n<parameter=path>\na\n</parameter>\n</function>\n"
-        "</tool_call>",
+        "<tool_call>\n<function=read_file\n<parameter=path>\na\n</parameter>\n</function>\n</tool_call>",
         "expected <function=NAME>",
     ),
     "empty_function_name": (
@@ -444,8 +446,7 @@ MALFORMED = {
         "expected <function=NAME>",
     ),
     "empty_parameter_name": (
-        "<tool_call>\n<function=read_file>\n<parameter=>\na\n</parameter>\n</function>\n"
-        "</tool_call>",
+        "<tool_call>\n<function=read_file>\n<parameter=>\na\n</parameter>\n</function>\n</tool_call>",
         "expected <parameter=NAME>",
     ),
     "duplicate_parameter": (
@@ -704,8 +705,11 @@ def test_bad_json_bodies_are_errors(body, fragment):
 
 def test_json_body_may_hold_the_closing_tag_in_a_string():
     content = "a </tool_call> b"
-    raw = "<tool_call>" + json.dumps({"name": "write_file",
-                                       "arguments": {"path": "x", "content": content}}) + "</tool_call>"  # fmt: skip
+    raw = (
+        "<tool_call>"
+        + json.dumps({"name": "write_file", "arguments": {"path": "x", "content": content}})
+        + "</tool_call>"
+    )
     assert only_call(by_char(raw, TOOLS, False)).arguments["content"] == content
 
 
@@ -722,8 +726,10 @@ def test_bare_function_block_is_a_call_only_at_a_line_start():
 
 
 def test_tag_split_by_chunk_boundaries_never_leaks():
-    text = "Sure.\n" + call("read_file", path="a") + "\n<function=read_file>\n<parameter=path>\nb\n" \
-        "</parameter>\n</function>"  # fmt: skip
+    text = (
+        "Sure.\n" + call("read_file", path="a") + "\n<function=read_file>\n<parameter=path>\nb\n"
+        "</parameter>\n</function>"
+    )
     for size in (1, 2, 3, 5, 7, 11):
         events = merged(run([text[i : i + size] for i in range(0, len(text), size)], TOOLS, False))
         assert texts(events, TextDelta) == "Sure.\n"
@@ -742,8 +748,10 @@ def test_json_call_inside_reasoning():
 
 
 def test_truncated_output_never_completes_an_open_value():
-    raw = "<tool_call>\n<function=write_file>\n<parameter=path>\na\n</parameter>\n" \
-        "<parameter=content>\nline one\n"  # fmt: skip
+    raw = (
+        "<tool_call>\n<function=write_file>\n<parameter=path>\na\n</parameter>\n"
+        "<parameter=content>\nline one\n"
+    )
     p = StreamParser(TOOLS, reasoning=False)
     assert p.feed(raw) == []
     err = p.finish(truncated=True)
@@ -762,9 +770,7 @@ def test_truncated_output_never_completes_an_open_value():
 
 
 def test_parameter_close_inside_a_value_and_code_newlines():
-    content = (
-        "\n\ndef f():\n    return '</parameter>'  # not the end\n</parameter> still the file\n\n"
-    )
+    content = "\n\ndef f():\n    return '</parameter>'  # not the end\n</parameter> still the file\n\n"
     text = call("write_file", path="x.py", content=content)
     for events in (whole(text, TOOLS, False), by_char(text, TOOLS, False)):
         assert only_call(events).arguments["content"] == content
@@ -795,7 +801,9 @@ def test_call_inside_reasoning_is_logged(caplog):
 
 def test_markup_value_with_closings_missing_at_the_end_of_generation():
     html = "<html>\n<p>a </parameter> b</p>\n</html>\n"
-    raw = f"<tool_call>\n<function=write_file>\n<parameter=path>\np.html\n</parameter>\n" \
-        f"<parameter=content>\n{html}\n"  # fmt: skip
+    raw = (
+        f"<tool_call>\n<function=write_file>\n<parameter=path>\np.html\n</parameter>\n"
+        f"<parameter=content>\n{html}\n"
+    )
     for events in (whole(raw, TOOLS, False), by_char(raw, TOOLS, False)):
         assert only_call(events).arguments == {"path": "p.html", "content": html}

@@ -12,9 +12,7 @@ import pytest
 from engine.events import ReasoningDelta, TextDelta, ToolCall, ToolCallError
 from engine.parser import StreamParser
 
-CORPUS = json.loads(
-    (Path(__file__).parent / "fixtures" / "tool_calls" / "corpus.json").read_text("utf-8")
-)
+CORPUS = json.loads((Path(__file__).parent / "fixtures" / "tool_calls" / "corpus.json").read_text("utf-8"))
 FIXTURES = {f["id"]: f for f in CORPUS["fixtures"]}
 
 

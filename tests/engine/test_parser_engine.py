@@ -7,9 +7,19 @@ from engine import GenerationRequest, SamplingParams, ToolCall, ToolCallError
 from engine.events import ReasoningDelta, TextDelta
 from tests.scripted import scripted_engine
 
-TOOLS = [{"type": "function", "function": {"name": "write_file", "parameters": {
-    "type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
-    "required": ["path", "content"]}}}]  # fmt: skip
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "write_file",
+            "parameters": {
+                "type": "object",
+                "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
+                "required": ["path", "content"],
+            },
+        },
+    }
+]
 OPEN_CALL = (
     "Write it.\n<tool_call>\n<function=write_file>\n<parameter=path>\na.html\n</parameter>\n"
     "<parameter=content>\n<p>x</parameter> y</p>\n"
@@ -19,8 +29,12 @@ OPEN_CALL = (
 def _run(tiny_model, text: str, *, eos: bool, max_tokens: int = 512) -> list:
     eng, model = scripted_engine(tiny_model, text, eos=eos)
     try:
-        req = GenerationRequest(messages=[{"role": "user", "content": "go"}], tools=TOOLS,
-                                sampling=SamplingParams(temperature=0), max_tokens=max_tokens)  # fmt: skip
+        req = GenerationRequest(
+            messages=[{"role": "user", "content": "go"}],
+            tools=TOOLS,
+            sampling=SamplingParams(temperature=0),
+            max_tokens=max_tokens,
+        )
         model.prompt_len = len(eng.encode(req)[0])
         return list(eng.submit(req).events(timeout=60))
     finally:

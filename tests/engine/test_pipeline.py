@@ -99,9 +99,22 @@ def test_two_process_pipeline_matches_one_process(tiny_dir, tiny_model, tmp_path
     if launch is None or not mx.distributed.is_available("ring"):
         pytest.skip("mlx.launch / the ring backend is not available")
     ref = _logits(tiny_model.model)
-    cmd = [launch, "--backend", "ring", "-n", "2", "--starting-port", str(_free_port()),
-           "--python", sys.executable, str(ROOT / "tests/engine/pipeline_worker.py"),
-           str(tiny_dir("per_expert")), str(tmp_path), ",".join(map(str, IDS)), str(NEXT)]  # fmt: skip
+    cmd = [
+        launch,
+        "--backend",
+        "ring",
+        "-n",
+        "2",
+        "--starting-port",
+        str(_free_port()),
+        "--python",
+        sys.executable,
+        str(ROOT / "tests/engine/pipeline_worker.py"),
+        str(tiny_dir("per_expert")),
+        str(tmp_path),
+        ",".join(map(str, IDS)),
+        str(NEXT),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

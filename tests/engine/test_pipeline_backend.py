@@ -55,15 +55,34 @@ def _ring_port() -> int:
 
 
 def _launch(*command: str, port: int | None = None) -> list[str]:
-    return [sys.executable, "-c", LAUNCH, "-n", "2", "--backend", "ring",
-            "--starting-port", str(port or _ring_port()), "--", sys.executable, *command]  # fmt: skip
+    return [
+        sys.executable,
+        "-c",
+        LAUNCH,
+        "-n",
+        "2",
+        "--backend",
+        "ring",
+        "--starting-port",
+        str(port or _ring_port()),
+        "--",
+        sys.executable,
+        *command,
+    ]
 
 
 def _run(cmd: list[str], tmp: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     """Run `cmd` in its own session; on timeout end every process of it (mlx.launch does not
     stop its ranks when it is killed)."""
-    proc = subprocess.Popen(cmd, env=_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        env=_env(tmp),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
@@ -89,9 +108,7 @@ def test_split_model_gives_each_rank_mlx_lms_share(tiny_dir, size):
     info = inspect_checkpoint(tiny_dir("mlx", 4))
     ranges = layer_split(info.config["text_config"]["num_hidden_layers"], size)
     assert ranges[-1][0] == 0 and ranges[0][1] == 4
-    assert (
-        sorted(ranges) == [(a, b) for a, b in sorted(ranges)] and sum(b - a for a, b in ranges) == 4
-    )
+    assert sorted(ranges) == [(a, b) for a, b in sorted(ranges)] and sum(b - a for a, b in ranges) == 4
     for rank in range(size):
         model = _load_qwen(info, lazy=True)
         group = SimpleNamespace(rank=lambda r=rank: r, size=lambda: size)
@@ -155,9 +172,23 @@ def test_locus_generate_under_mlx_launch_with_an_image(tiny_dir, tmp_path):
     img = tmp_path / "img.png"
     pixels = bytes(random.Random(0).randrange(256) for _ in range(40 * 56 * 3))
     Image.frombytes("RGB", (56, 40), pixels).save(img)
-    args = ["-m", "app.cli", "generate", "--model", str(tiny_dir("mlx", 4)), "--prompt",
-            "describe", "--no-memory-check", "--image", str(img), "--temperature", "0",
-            "--max-tokens", "10", "--json"]  # fmt: skip
+    args = [
+        "-m",
+        "app.cli",
+        "generate",
+        "--model",
+        str(tiny_dir("mlx", 4)),
+        "--prompt",
+        "describe",
+        "--no-memory-check",
+        "--image",
+        str(img),
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "10",
+        "--json",
+    ]
     one = _run([sys.executable, *args], tmp_path / "one")
     two = _run(_launch(*args), tmp_path / "two")
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
@@ -166,8 +197,9 @@ def test_locus_generate_under_mlx_launch_with_an_image(tiny_dir, tmp_path):
     assert done2["token_ids"] == done1["token_ids"] and len(done1["token_ids"]) == 10
     assert done2["usage"]["ranks"] == 2 and done2["usage"]["rank_layers"] == [[2, 4], [0, 2]]
     assert done1["usage"]["ranks"] == 1
-    text_only = _run([sys.executable, *args[:-7], "--temperature", "0", "--max-tokens", "10",
-                      "--json"], tmp_path / "one")  # fmt: skip
+    text_only = _run(
+        [sys.executable, *args[:-7], "--temperature", "0", "--max-tokens", "10", "--json"], tmp_path / "one"
+    )
     done0 = next(e for e in _json_lines(text_only.stdout) if e["type"] == "done")
     assert done0["token_ids"] != done1["token_ids"]  # the image did reach the model
 
@@ -179,8 +211,14 @@ class _Server:
         self.port = port
         self.log = tmp / "serve.log"
         tmp.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(cmd, env=_env(tmp), cwd=ROOT, stdout=subprocess.DEVNULL,
-                                     stderr=self.log.open("w"), start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd,
+            env=_env(tmp),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("w"),
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
@@ -200,10 +238,12 @@ class _Server:
             return json.loads(r.read())
 
     def chat(self, text: str, timeout: float = 60) -> tuple[int, dict]:
-        body = json.dumps({"model": "x", "messages": [{"role": "user", "content": text}],
-                           "max_tokens": 8, "temperature": 0}).encode()  # fmt: skip
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/chat/completions", body,
-                                     {"content-type": "application/json"})  # fmt: skip
+        body = json.dumps(
+            {"model": "x", "messages": [{"role": "user", "content": text}], "max_tokens": 8, "temperature": 0}
+        ).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/v1/chat/completions", body, {"content-type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, json.loads(r.read())
@@ -233,8 +273,19 @@ def test_serve_hosts_hung_rank_ends_requests_with_an_error(tiny_dir, tmp_path):
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text(json.dumps([{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}] * 2))
     port = _port()
-    cmd = [sys.executable, "-m", "app.cli", "serve", "--hosts", str(hostfile), "--model",
-           str(tiny_dir("mlx", 4)), "--port", str(port), "--no-memory-check"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "serve",
+        "--hosts",
+        str(hostfile),
+        "--model",
+        str(tiny_dir("mlx", 4)),
+        "--port",
+        str(port),
+        "--no-memory-check",
+    ]
     srv = _Server(cmd, tmp_path, port)
     try:
         assert srv.health["ranks"] == 2 and srv.health["rank_layers"] == [[2, 4], [0, 2]]
@@ -245,10 +296,7 @@ def test_serve_hosts_hung_rank_ends_requests_with_an_error(tiny_dir, tmp_path):
         status, body = srv.chat("hello again")
         took = time.monotonic() - t0
         assert status >= 500 and "pipeline is down" in body["error"]["message"], body
-        assert (
-            "pipeline rank 1" in body["error"]["message"]
-            and "not answered" in body["error"]["message"]
-        )
+        assert "pipeline rank 1" in body["error"]["message"] and "not answered" in body["error"]["message"]
         assert took < 15
         assert srv.get("/health")["status"] == "ok"
         t0 = time.monotonic()
@@ -264,8 +312,16 @@ def test_killed_rank_ends_the_request_in_flight_within_seconds(tiny_dir, tmp_pat
     """A rank killed while a request waits on it: the request ends with an error naming the
     lost rank within seconds (then mlx.launch stops the rest), never a hang."""
     port = _port()
-    args = ["-m", "app.cli", "serve", "--model", str(tiny_dir("mlx", 4)), "--port", str(port),
-            "--no-memory-check"]  # fmt: skip
+    args = [
+        "-m",
+        "app.cli",
+        "serve",
+        "--model",
+        str(tiny_dir("mlx", 4)),
+        "--port",
+        str(port),
+        "--no-memory-check",
+    ]
     srv = _Server(_launch(*args), tmp_path, port)
     try:
         assert srv.chat("hello")[0] == 200

@@ -36,9 +36,20 @@ from engine.remote import RemoteBackend, image_data_url
 from tests.fakeopenai import Fake, chunk, send_event, send_json, sse, start_sse
 
 GREEDY = SamplingParams(temperature=0.0)
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather.",
-          "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                         "required": ["city"]}}}]  # fmt: skip
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather.",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
 
 
 # -- a hand-written server ----------------------------------------------------------------------
@@ -71,14 +82,25 @@ def free_port() -> int:
 
 # -- the wire: what a server streams, as Locus's events -------------------------------------------
 def test_stream_becomes_events_reasoning_text_usage(fake):
-    srv = fake(sse(
-        chunk({"role": "assistant", "content": ""}),
-        chunk({"reasoning_content": "Let me "}), chunk({"reasoning": "think."}),
-        chunk({"content": "Hello"}), chunk({"content": ", world"}),
-        chunk({}, "stop", stop_reason="END"),
-        {"choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 4, "total_tokens": 34,
-                                  "prompt_tokens_details": {"cached_tokens": 12}}},
-    ))  # fmt: skip
+    srv = fake(
+        sse(
+            chunk({"role": "assistant", "content": ""}),
+            chunk({"reasoning_content": "Let me "}),
+            chunk({"reasoning": "think."}),
+            chunk({"content": "Hello"}),
+            chunk({"content": ", world"}),
+            chunk({}, "stop", stop_reason="END"),
+            {
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": 30,
+                    "completion_tokens": 4,
+                    "total_tokens": 34,
+                    "prompt_tokens_details": {"cached_tokens": 12},
+                },
+            },
+        )
+    )
     rb = RemoteBackend(srv.url)
     assert isinstance(rb, Backend)
     evs = events_of(rb, chat(stop=["END"]))
@@ -103,17 +125,38 @@ def test_request_body_carries_messages_tools_sampling_and_thinking(fake, tmp_pat
     req = GenerationRequest(
         messages=[
             {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": [{"type": "image", "image": str(path)},
-                                         {"type": "text", "text": "What colour?"}]},
-            {"role": "assistant", "content": "", "reasoning_content": "look",
-             "tool_calls": [{"type": "function", "id": "call_1",
-                             "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": str(path)}, {"type": "text", "text": "What colour?"}],
+            },
+            {
+                "role": "assistant",
+                "content": "",
+                "reasoning_content": "look",
+                "tool_calls": [
+                    {
+                        "type": "function",
+                        "id": "call_1",
+                        "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+                    }
+                ],
+            },
             {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
         ],
-        tools=TOOLS, enable_thinking=False, max_tokens=77, stop=["\n\n"],
-        sampling=SamplingParams(temperature=0.3, top_p=0.9, top_k=0, min_p=0.05,
-                                presence_penalty=1.5, repetition_penalty=1.1, seed=7),
-    )  # fmt: skip
+        tools=TOOLS,
+        enable_thinking=False,
+        max_tokens=77,
+        stop=["\n\n"],
+        sampling=SamplingParams(
+            temperature=0.3,
+            top_p=0.9,
+            top_k=0,
+            min_p=0.05,
+            presence_penalty=1.5,
+            repetition_penalty=1.1,
+            seed=7,
+        ),
+    )
     assert rb.submit(req).result().text == "ok"
     (_, headers, body), *_ = [r for r in srv.requests if r[0] == "/v1/chat/completions"]
     assert headers["Authorization"] == "Bearer sekrit"
@@ -153,39 +196,64 @@ def test_pil_and_rotated_images_are_sent_as_png():
 
 
 def test_tool_call_deltas_are_assembled_and_bad_json_is_an_error(fake):
-    srv = fake(sse(
-        chunk({"tool_calls": [{"index": 0, "id": "call_a", "type": "function",
-                               "function": {"name": "get_weather", "arguments": ""}}]}),
-        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"ci'}}]}),
-        chunk({"tool_calls": [{"index": 0, "function": {"arguments": 'ty": "Paris"}'}}]}),
-        chunk({"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
-                               "function": {"name": "get_weather", "arguments": '{"city": '}}]}),
-        chunk({}, "tool_calls"),
-    ))  # fmt: skip
+    srv = fake(
+        sse(
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_a",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": ""},
+                        }
+                    ]
+                }
+            ),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"ci'}}]}),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": 'ty": "Paris"}'}}]}),
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 1,
+                            "id": "call_b",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city": '},
+                        }
+                    ]
+                }
+            ),
+            chunk({}, "tool_calls"),
+        )
+    )
     res = RemoteBackend(srv.url).submit(chat(tools=TOOLS)).result()
     assert res.finish_reason == "stop"
     assert [(c.id, c.name, c.arguments) for c in res.tool_calls] == [
         ("call_a", "get_weather", {"city": "Paris"})
     ]
     (err,) = res.tool_call_errors
-    assert (
-        err.name == "get_weather" and "not valid JSON" in err.message and '{\\"city\\": ' in err.raw
-    )
+    assert err.name == "get_weather" and "not valid JSON" in err.message and '{\\"city\\": ' in err.raw
 
 
 def test_tool_calls_left_in_the_text_are_parsed_by_locus(fake):
     # A server that does not parse Qwen's tool-call XML passes it on as text.
-    xml = "<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n</parameter>\n</function>\n</tool_call>"
-    srv = fake(sse(chunk({"content": "Checking.\n\n" + xml[:20]}), chunk({"content": xml[20:]}),
-                   chunk({}, "stop")))  # fmt: skip
+    xml = (
+        "<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n</parameter>\n</function>\n</tool_call>"
+    )
+    srv = fake(
+        sse(chunk({"content": "Checking.\n\n" + xml[:20]}), chunk({"content": xml[20:]}), chunk({}, "stop"))
+    )
     res = RemoteBackend(srv.url).submit(chat(tools=TOOLS)).result()
     assert res.text.strip() == "Checking."
     assert [(c.name, c.arguments) for c in res.tool_calls] == [("get_weather", {"city": "Oslo"})]
 
 
 def test_finish_reason_length_and_info_from_models(fake):
-    srv = fake(sse(chunk({"content": "abc"}, "length")),
-               models={"data": [{"id": "Qwen/Qwen3.6-35B-A3B", "max_model_len": 131072}]})  # fmt: skip
+    srv = fake(
+        sse(chunk({"content": "abc"}, "length")),
+        models={"data": [{"id": "Qwen/Qwen3.6-35B-A3B", "max_model_len": 131072}]},
+    )
     rb = RemoteBackend(srv.url)
     info = rb.info
     assert (info.name, info.context_tokens, info.remote) == (
@@ -224,9 +292,14 @@ def test_count_tokens_uses_tokenize_or_a_one_token_request(fake):
         if h.path == "/tokenize":
             send_json(h, 404, {"error": {"message": "not found"}})
         else:
-            send_json(h, 200, {"choices": [{"index": 0, "message": {"content": "a"},
-                                            "finish_reason": "length"}],
-                               "usage": {"prompt_tokens": 17, "completion_tokens": 1}})  # fmt: skip
+            send_json(
+                h,
+                200,
+                {
+                    "choices": [{"index": 0, "message": {"content": "a"}, "finish_reason": "length"}],
+                    "usage": {"prompt_tokens": 17, "completion_tokens": 1},
+                },
+            )
 
     srv2 = fake(plain)
     rb2 = RemoteBackend(srv2.url)
@@ -238,13 +311,34 @@ def test_count_tokens_uses_tokenize_or_a_one_token_request(fake):
 
 
 def test_a_server_that_does_not_stream(fake):
-    srv = fake(lambda h, b: send_json(h, 200, {
-        "object": "chat.completion",
-        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-            "role": "assistant", "content": "Sure.", "reasoning_content": "hm",
-            "tool_calls": [{"id": "c1", "type": "function", "function": {
-                "name": "get_weather", "arguments": '{"city": "Rome"}'}}]}}],
-        "usage": {"prompt_tokens": 9, "completion_tokens": 5}}))  # fmt: skip
+    srv = fake(
+        lambda h, b: send_json(
+            h,
+            200,
+            {
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "tool_calls",
+                        "message": {
+                            "role": "assistant",
+                            "content": "Sure.",
+                            "reasoning_content": "hm",
+                            "tool_calls": [
+                                {
+                                    "id": "c1",
+                                    "type": "function",
+                                    "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'},
+                                }
+                            ],
+                        },
+                    }
+                ],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 5},
+            },
+        )
+    )
     res = RemoteBackend(srv.url).generate(chat(tools=TOOLS))
     assert (res.reasoning, res.text, res.finish_reason) == ("hm", "Sure.", "stop")
     assert [(c.id, c.arguments) for c in res.tool_calls] == [("c1", {"city": "Rome"})]
@@ -277,28 +371,39 @@ def test_connection_refused_is_unavailable():
 
 
 def test_server_error_is_unavailable_with_its_message(fake):
-    srv = fake(lambda h, b: send_json(h, 500, {"error": {"message": "CUDA out of memory",
-                                                          "type": "server_error"}}))  # fmt: skip
+    srv = fake(
+        lambda h, b: send_json(h, 500, {"error": {"message": "CUDA out of memory", "type": "server_error"}})
+    )
     done, _ = _error(RemoteBackend(srv.url))
     assert done.error_kind == "unavailable"
     assert "HTTP 500" in done.error and "CUDA out of memory" in done.error
 
 
 def test_client_errors_are_invalid_request_or_context_length(fake):
-    srv = fake(lambda h, b: send_json(h, 400, {"error": {"message": "temperature is too hot",
-                                                          "type": "BadRequestError"}}))  # fmt: skip
+    srv = fake(
+        lambda h, b: send_json(
+            h, 400, {"error": {"message": "temperature is too hot", "type": "BadRequestError"}}
+        )
+    )
     done, _ = _error(RemoteBackend(srv.url))
     assert done.error_kind == "invalid_request" and "temperature is too hot" in done.error
-    long = ("This model's maximum context length is 4096 tokens. However, you requested 9000 "
-            "tokens in the messages.")  # fmt: skip
+    long = (
+        "This model's maximum context length is 4096 tokens. However, you requested 9000 "
+        "tokens in the messages."
+    )
     srv2 = fake(lambda h, b: send_json(h, 400, {"object": "error", "message": long}))
     done2, _ = _error(RemoteBackend(srv2.url))
     assert done2.error_kind == "context_length" and "4096" in done2.error
 
 
 def test_error_event_in_the_stream(fake):
-    srv = fake(sse(chunk({"content": "par"}),
-                   {"error": {"message": "the engine died", "type": "server_error"}}, done=False))  # fmt: skip
+    srv = fake(
+        sse(
+            chunk({"content": "par"}),
+            {"error": {"message": "the engine died", "type": "server_error"}},
+            done=False,
+        )
+    )
     evs = events_of(RemoteBackend(srv.url), chat())
     assert [e.text for e in evs if isinstance(e, TextDelta)] == ["par"]
     assert evs[-1].error_kind == "unavailable" and "the engine died" in evs[-1].error
@@ -377,9 +482,12 @@ def test_bad_requests_fail_before_sending(fake):
 
 @pytest.mark.parametrize(
     ("choice", "sent"),
-    [("required", "required"), ("none", "none"),
-     ("get_weather", {"type": "function", "function": {"name": "get_weather"}})],
-)  # fmt: skip
+    [
+        ("required", "required"),
+        ("none", "none"),
+        ("get_weather", {"type": "function", "function": {"name": "get_weather"}}),
+    ],
+)
 def test_tool_choice_is_sent_and_a_prefill_refused(fake, choice, sent):
     srv = fake(sse(chunk({"content": "ok"}, "stop")))
     rb = RemoteBackend(srv.url)
@@ -498,10 +606,22 @@ def test_locus_server_cancel_stops_its_generation(locus_server):
 
 def _start_locus_serve(model_dir: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--model", str(model_dir), "--port", str(port),
-         "--no-prompt-cache"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--no-prompt-cache",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     _wait_for(proc, f"http://127.0.0.1:{port}/v1/models")
     return proc
 
@@ -536,10 +656,9 @@ def test_greedy_text_equals_the_local_engine(tiny_dir, engine):
         rb = RemoteBackend(f"http://127.0.0.1:{port}/v1")
         assert rb.info.remote and rb.info.context_tokens > 0
         for req in (
-            chat("Tell me about the cat on the mat.", sampling=GREEDY, max_tokens=24,
-                 use_cache=False),
+            chat("Tell me about the cat on the mat.", sampling=GREEDY, max_tokens=24, use_cache=False),
             chat("Hello", sampling=GREEDY, max_tokens=16, enable_thinking=False, use_cache=False),
-        ):  # fmt: skip
+        ):
             here = engine.generate(req)
             assert here.reasoning or here.text  # something to compare
             there = rb.generate(req)
@@ -563,8 +682,11 @@ def test_mlx_lm_server_chat(tiny_dir, tmp_path):
     (tmp_path / "hf").mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlx_lm.server", "--model", str(model_dir), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         _wait_for(proc, f"http://127.0.0.1:{port}/v1/models")
         rb = RemoteBackend(f"http://127.0.0.1:{port}/v1")
@@ -593,38 +715,51 @@ def test_mlx_lm_server_chat(tiny_dir, tmp_path):
 
 @pytest.mark.slow
 def test_mlx_lm_server_tool_calls(tiny_dir, tmp_path):
-    script = ("Let me look it up.\n</think>\n\nChecking.\n\n<tool_call>\n<function=get_weather>\n"
-              "<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>")  # fmt: skip
+    script = (
+        "Let me look it up.\n</think>\n\nChecking.\n\n<tool_call>\n<function=get_weather>\n"
+        "<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"
+    )
     port = free_port()
     (tmp_path / "hf").mkdir()
     launcher = Path(__file__).resolve().parents[1] / "forced_mlx_server.py"
     proc = subprocess.Popen(
         [sys.executable, str(launcher), script, "--model", str(tiny_dir("mlx")), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf")},
-    )  # fmt: skip
+    )
     try:
         _wait_for(proc, f"http://127.0.0.1:{port}/v1/models")
         rb = RemoteBackend(f"http://127.0.0.1:{port}/v1")
-        req = chat("Weather in Paris?", tools=TOOLS, max_tokens=200,
-                   sampling=SamplingParams(temperature=0.0, seed=1))  # fmt: skip
+        req = chat(
+            "Weather in Paris?", tools=TOOLS, max_tokens=200, sampling=SamplingParams(temperature=0.0, seed=1)
+        )
         res = rb.generate(req)
         assert res.finish_reason == "stop", res.error
         assert res.reasoning.strip() == "Let me look it up."
         assert res.text.strip() == "Checking."
-        assert [(c.name, c.arguments) for c in res.tool_calls] == [
-            ("get_weather", {"city": "Paris"})
-        ]
+        assert [(c.name, c.arguments) for c in res.tool_calls] == [("get_weather", {"city": "Paris"})]
         assert res.tool_calls[0].id and not res.tool_call_errors
         # The call goes back as the next turn's history, and the server takes it.
-        follow = chat("Weather in Paris?", tools=TOOLS, max_tokens=200,
-                      sampling=SamplingParams(temperature=0.0, seed=1))  # fmt: skip
+        follow = chat(
+            "Weather in Paris?", tools=TOOLS, max_tokens=200, sampling=SamplingParams(temperature=0.0, seed=1)
+        )
         follow.messages += [
-            {"role": "assistant", "content": res.text, "reasoning_content": res.reasoning,
-             "tool_calls": [{"type": "function", "id": res.tool_calls[0].id,
-                             "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+            {
+                "role": "assistant",
+                "content": res.text,
+                "reasoning_content": res.reasoning,
+                "tool_calls": [
+                    {
+                        "type": "function",
+                        "id": res.tool_calls[0].id,
+                        "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+                    }
+                ],
+            },
             {"role": "tool", "tool_call_id": res.tool_calls[0].id, "content": "sunny, 21 C"},
-        ]  # fmt: skip
+        ]
         again = rb.generate(follow)
         assert again.finish_reason == "stop", again.error
     finally:

@@ -37,8 +37,7 @@ def png_bytes(img: Image.Image) -> bytes:
 
 def user(*parts: object) -> dict:
     content = [
-        {"type": "text", "text": p} if isinstance(p, str) else {"type": "image", "image": p}
-        for p in parts
+        {"type": "text", "text": p} if isinstance(p, str) else {"type": "image", "image": p} for p in parts
     ]
     return {"role": "user", "content": content}
 
@@ -294,9 +293,7 @@ def test_greedy_ids_match_transformers_in_every_layout(tiny_dir, tiny_engine, hf
         assert got == ref_ids, layout
     eng = Engine(load_model(tiny_dir("mlx")))
     try:
-        res = eng.generate(
-            GenerationRequest(messages=TWO_IMAGES, sampling=GREEDY, max_tokens=len(ref_ids))
-        )
+        res = eng.generate(GenerationRequest(messages=TWO_IMAGES, sampling=GREEDY, max_tokens=len(ref_ids)))
     finally:
         eng.close()
     assert res.token_ids == ref_ids

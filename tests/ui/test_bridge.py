@@ -24,8 +24,9 @@ def test_events_and_result_arrive_on_the_ui_thread(qtbot):
 
     on_ui = lambda: QThread.currentThread() is QApplication.instance().thread()  # noqa: E731
     done: list[int] = []
-    t = run_in_background(work, 3, on_event=lambda e: seen.append((e, on_ui())),
-                          on_done=lambda r: done.append((r, on_ui())))  # fmt: skip
+    t = run_in_background(
+        work, 3, on_event=lambda e: seen.append((e, on_ui())), on_done=lambda r: done.append((r, on_ui()))
+    )
     qtbot.waitUntil(lambda: bool(done), timeout=5000)
     assert worker_threads == ["locus-ui-worker"]
     assert seen == [(0, True), (1, True), (2, True)]

@@ -71,8 +71,9 @@ def test_markdown_reasoning_and_copy(qtbot, store, loaded):
         blocks[0].copy_button.click()
         assert QGuiApplication.clipboard().text() == "print('hi')"
         # Regenerate replaces the reply (the scripted model writes the same again).
-        eng.model.model.prompt_len = len(eng.encode(GenerationRequest(
-            messages=v.history[:-1], enable_thinking=True))[0])  # fmt: skip
+        eng.model.model.prompt_len = len(
+            eng.encode(GenerationRequest(messages=v.history[:-1], enable_thinking=True))[0]
+        )
         with qtbot.waitSignal(v.reply_finished, timeout=30000):
             v.regenerate()
         assert [m.role for m in v._messages()] == ["user", "assistant"]
@@ -121,15 +122,15 @@ def test_conversations_list_rename_search_delete(qtbot, store, loaded, dialogs):
         with qtbot.waitSignal(v2.conversation_opened, timeout=10000):
             v2.open_conversation(tid)
         assert [(m.role, m.text) for m in v2._messages()] == [
-            ("user", "first question"), ("assistant", "Pineapple answer")]  # fmt: skip
+            ("user", "first question"),
+            ("assistant", "Pineapple answer"),
+        ]
         v2.rename_conversation(tid, "Fruit")
         assert v2.writer.flush(10)
         assert store.thread(tid).title == "Fruit"
         with qtbot.waitSignal(v2.list_filled, timeout=10000):
             v2.search.setText("pineapple")  # matches message text, not only titles
-        assert [v2.conversations.item(i).text() for i in range(v2.conversations.count())] == [
-            "Fruit"
-        ]
+        assert [v2.conversations.item(i).text() for i in range(v2.conversations.count())] == ["Fruit"]
         v2.search.setText("")
         dialogs.answer("Delete")
         v2.delete_conversation(tid)
@@ -174,7 +175,10 @@ def test_split_code_handles_streaming_fences():
     from ui.markdown import Segment, split_code
 
     assert split_code("a\n```py\nx = 1\n```\nb") == [
-        Segment("text", "a\n"), Segment("code", "x = 1", "py"), Segment("text", "\nb")]  # fmt: skip
+        Segment("text", "a\n"),
+        Segment("code", "x = 1", "py"),
+        Segment("text", "\nb"),
+    ]
     # A fence still being written is already shown as code.
     assert split_code("see:\n```js\nlet y") == [
         Segment("text", "see:\n"),

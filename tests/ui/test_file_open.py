@@ -53,8 +53,10 @@ def test_doctor_failure_opens_a_dialog_once_per_version(qtbot, monkeypatch):
 
     def fake_checks(skip=()):
         calls.append(1)
-        return [doctor.Check("metal", "fail", "Metal is not available: no GPU", "use a Mac"),
-                doctor.Check("git", "pass", "git 2")]  # fmt: skip
+        return [
+            doctor.Check("metal", "fail", "Metal is not available: no GPU", "use a Mac"),
+            doctor.Check("git", "pass", "git 2"),
+        ]
 
     monkeypatch.setattr(doctor, "run_checks", fake_checks)
     w = QWidget()

@@ -11,8 +11,11 @@ from PySide6.QtCore import Qt
 from app.localize import Box, parse_response
 from ui.locate_view import BoxItem, LocateView, label_color
 
-BOXES = [Box("cat", 10, 20, 110, 90), Box("red cup", 150.5, 40, 190, 140, (170, 90)),
-         Box("cat", 0, 0, 30, 30)]  # fmt: skip
+BOXES = [
+    Box("cat", 10, 20, 110, 90),
+    Box("red cup", 150.5, 40, 190, 140, (170, 90)),
+    Box("cat", 0, 0, 30, 30),
+]
 
 
 @pytest.fixture

@@ -19,9 +19,7 @@ def _view(qtbot) -> ModelsView:
     return v
 
 
-def test_download_shows_progress_and_completes(
-    qtbot, tiny_dir, monkeypatch, memory_keyring, dialogs
-):
+def test_download_shows_progress_and_completes(qtbot, tiny_dir, monkeypatch, memory_keyring, dialogs):
     src = tiny_dir("mlx", 4)
     files = {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()}
     with FakeHub({REPO: files}, delay=0.03) as fake:

@@ -40,8 +40,14 @@ def scripted(*replies: list[dict[str, Any]] | tuple[int, str]):
         start_sse(h)
         for c in reply:
             send_event(h, c)
-        send_event(h, {"object": "chat.completion.chunk", "choices": [],
-                       "usage": {"prompt_tokens": 12, "completion_tokens": 3}})  # fmt: skip
+        send_event(
+            h,
+            {
+                "object": "chat.completion.chunk",
+                "choices": [],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 3},
+            },
+        )
         send_event(h, "[DONE]")
 
     return respond
@@ -96,20 +102,17 @@ def _files_containing(secret: str, *dirs: Path) -> list[Path]:
     roots = [Path(os.environ[v]) for v in ("LOCUS_DATA_DIR", "LOCUS_CACHE_DIR", "LOCUS_LOG_DIR")]
     for root in [*roots, *dirs]:
         for p in root.rglob("*") if root.exists() else []:
-            if (
-                p.is_file()
-                and p.stat().st_size < 50 * 1024**2
-                and secret.encode() in p.read_bytes()
-            ):
+            if p.is_file() and p.stat().st_size < 50 * 1024**2 and secret.encode() in p.read_bytes():
                 hits.append(p)
     return hits
 
 
-def test_list_use_and_chat_with_a_remote_model(window, qtbot, servers, memory_keyring, caplog,
-                                               store):  # fmt: skip
+def test_list_use_and_chat_with_a_remote_model(window, qtbot, servers, memory_keyring, caplog, store):
     caplog.set_level(logging.DEBUG)
-    srv = servers(text("Hello from the server."),
-                  models={"data": [{"id": "qwen-a"}, {"id": "qwen-b", "max_model_len": 32768}]})  # fmt: skip
+    srv = servers(
+        text("Hello from the server."),
+        models={"data": [{"id": "qwen-a"}, {"id": "qwen-b", "max_model_len": 32768}]},
+    )
     local = window.engine
     assert local.info.remote is None and window.model_label.text() == "Model:"
     assert not srv.requests  # nothing is sent before the user asks
@@ -121,8 +124,7 @@ def test_list_use_and_chat_with_a_remote_model(window, qtbot, servers, memory_ke
     with qtbot.waitSignal(m.remote_listed, timeout=30000) as sig:
         m.list_remote_button.click()
     assert sig.args == [2]
-    assert [m.remote_picker.itemText(i) for i in range(m.remote_picker.count())] == [
-        "qwen-a", "qwen-b"]  # fmt: skip
+    assert [m.remote_picker.itemText(i) for i in range(m.remote_picker.count())] == ["qwen-a", "qwen-b"]
     # The key went to the keychain; the field is cleared and never shows it again.
     assert memory_keyring[(KEYRING_SERVICE, remote_key_account(srv.url))] == KEY
     assert m.remote_key.text() == "" and "saved" in m.remote_key.placeholderText()
@@ -134,8 +136,7 @@ def test_list_use_and_chat_with_a_remote_model(window, qtbot, servers, memory_ke
     assert sig.args == ["qwen-b"]
     remote = window.engine
     assert remote.info.remote == srv.url and remote.info.context_tokens == 32768
-    for view_engine in (window.chat.engine, window.agent.engine, window.locate.engine,
-                        window.server.engine):  # fmt: skip
+    for view_engine in (window.chat.engine, window.agent.engine, window.locate.engine, window.server.engine):
         assert view_engine is remote
     assert local.closed  # the local model is unloaded: only one model at a time
     # The window says plainly that the model runs elsewhere.
@@ -151,9 +152,7 @@ def test_list_use_and_chat_with_a_remote_model(window, qtbot, servers, memory_ke
         window.chat.send("hello over there")
     assert sig.args == ["stop"]
     reply = window.chat._messages()[-1]
-    assert (
-        reply.role == "assistant" and "Hello from the server." in window.chat.history[-1]["content"]
-    )
+    assert reply.role == "assistant" and "Hello from the server." in window.chat.history[-1]["content"]
     assert f"remote: qwen-b at {srv.url}" in reply.footer.text()
     assert "context 15/32768" in reply.footer.text()
     (sent,) = srv.posts()
@@ -256,8 +255,9 @@ def test_locate_and_agent_with_a_remote_model(qtbot, servers, tmp_path):
     assert sig.args == [1] and view.boxes[0].label == "cat"
     (sent,) = srv.posts()
     parts = sent["messages"][-1]["content"]
-    assert any(p.get("type") == "image_url" and p["image_url"]["url"].startswith("data:image/")
-               for p in parts)  # fmt: skip
+    assert any(
+        p.get("type") == "image_url" and p["image_url"]["url"].startswith("data:image/") for p in parts
+    )
     messages: list[str] = []
     view.message_for_user.connect(messages.append)
     view.locate()
@@ -278,12 +278,23 @@ def test_locate_and_agent_with_a_remote_model(qtbot, servers, tmp_path):
     project.mkdir()
     (project / "hello.py").write_text('print("hello")\n')
     agent_srv = servers(
-        [chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                                "function": {"name": "read_file",
-                                             "arguments": '{"path": "hello.py"}'}}]}),
-         chunk(finish="tool_calls")],
+        [
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "read_file", "arguments": '{"path": "hello.py"}'},
+                        }
+                    ]
+                }
+            ),
+            chunk(finish="tool_calls"),
+        ],
         text("hello.py prints hello."),
-    )  # fmt: skip
+    )
     agent = AgentView()
     qtbot.addWidget(agent)
     agent.open_project(project)
@@ -301,8 +312,7 @@ def test_locate_and_agent_with_a_remote_model(qtbot, servers, tmp_path):
         agent.shutdown()
 
 
-def test_locus_remote_opens_the_window_on_the_remote_model(qtbot, servers, memory_keyring,
-                                                          monkeypatch):  # fmt: skip
+def test_locus_remote_opens_the_window_on_the_remote_model(qtbot, servers, memory_keyring, monkeypatch):
     import app.logs
     import ui
     from app.backends import save_remote_key
@@ -355,12 +365,17 @@ def test_locus_remote_opens_the_window_on_the_remote_model(qtbot, servers, memor
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="macOS always has a display")
 def test_remote_without_display_falls_back_to_the_terminal_chat(servers):
     srv = servers(text("Hi from the server."))
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
     env.update(NO_COLOR="1", REMOTE_KEY=KEY)
-    r = subprocess.run([sys.executable, "-m", "ui.main", "--remote", srv.url, "--remote-key-env",
-                        "REMOTE_KEY"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                       env=env, input="hello\n")  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "ui.main", "--remote", srv.url, "--remote-key-env", "REMOTE_KEY"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        input="hello\n",
+    )
     assert r.returncode == 0, r.stderr
     assert "starting the terminal chat" in r.stderr and "Hi from the server." in r.stdout
     assert KEY not in r.stdout + r.stderr

@@ -104,13 +104,19 @@ def test_drop_never_accepts_move(window, tmp_path):
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(tmp_path))])
     move_or_copy = Qt.DropAction.MoveAction | Qt.DropAction.CopyAction
-    ev = QDragEnterEvent(QPoint(5, 5), move_or_copy, mime, Qt.MouseButton.LeftButton,
-                         Qt.KeyboardModifier.NoModifier)  # fmt: skip
+    ev = QDragEnterEvent(
+        QPoint(5, 5), move_or_copy, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    )
     ev.setDropAction(Qt.DropAction.MoveAction)
     QApplication.sendEvent(window, ev)
     assert ev.isAccepted() and ev.dropAction() == Qt.DropAction.CopyAction
-    only_move = QDragEnterEvent(QPoint(5, 5), Qt.DropAction.MoveAction, mime,
-                                Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)  # fmt: skip
+    only_move = QDragEnterEvent(
+        QPoint(5, 5),
+        Qt.DropAction.MoveAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
     QApplication.sendEvent(window, only_move)
     assert not only_move.isAccepted()
 
@@ -129,9 +135,7 @@ def test_agent_past_runs_and_undo_across_sessions(qtbot, store, tmp_path):
     v.open_project(proj)
     assert load_ui_settings()["last_project"] == str(proj.resolve())
     assert Path(load_ui_settings()["recent_projects"][0]) == proj.resolve()
-    v.backend_factory = lambda: ReplayBackend(
-        edit_replay("hello.py", 'print("hello")', 'print("hi")')
-    )
+    v.backend_factory = lambda: ReplayBackend(edit_replay("hello.py", 'print("hello")', 'print("hi")'))
     with qtbot.waitSignal(v.approval_shown, timeout=30000) as sig:
         v.start_run("greet")
     with qtbot.waitSignal(v.run_finished, timeout=30000):
@@ -275,9 +279,7 @@ def test_new_card_is_scrolled_into_view_at_a_small_size(qtbot, tmp_path):
     v.resize(640, 420)
     v.show()
     v.open_project(proj)
-    v.backend_factory = lambda: ReplayBackend(
-        edit_replay("hello.py", 'print("hello")', 'print("hi")')
-    )
+    v.backend_factory = lambda: ReplayBackend(edit_replay("hello.py", 'print("hello")', 'print("hi")'))
     with qtbot.waitSignal(v.approval_shown, timeout=30000) as sig:
         v.start_run("greet")
     card = sig.args[0]
@@ -398,13 +400,20 @@ def test_request_log_shows_records(qtbot):
 
     log = RequestLog(limit=2)
     qtbot.addWidget(log)
-    log.set_records([
-        {"time": 0, "method": "POST", "path": "/v1/messages", "status": 200, "duration_ms": 812.4,
-         "output_tokens": 31},
-        {"time": 1, "method": "GET", "path": "/v1/models", "status": 200, "duration": 0.003},
-        {"time": 2, "method": "POST", "path": "/v1/chat/completions", "status": 401,
-         "error": "bad key"},
-    ])  # fmt: skip
+    log.set_records(
+        [
+            {
+                "time": 0,
+                "method": "POST",
+                "path": "/v1/messages",
+                "status": 200,
+                "duration_ms": 812.4,
+                "output_tokens": 31,
+            },
+            {"time": 1, "method": "GET", "path": "/v1/models", "status": 200, "duration": 0.003},
+            {"time": 2, "method": "POST", "path": "/v1/chat/completions", "status": 401, "error": "bad key"},
+        ]
+    )
     rows = [[log.item(r, c).text() for c in range(5)] for r in range(log.rowCount())]
     assert [r[1] for r in rows] == ["GET /v1/models", "POST /v1/chat/completions"]  # newest 2
     assert rows[0][3] == "3 ms" and rows[1][2] == "401 bad key"

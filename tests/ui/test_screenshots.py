@@ -15,8 +15,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_demo_screenshots(tmp_path):
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    r = subprocess.run([sys.executable, "-m", "ui.main", "--demo", "--screenshot", str(tmp_path)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "ui.main", "--demo", "--screenshot", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert "RANDOM weights" in r.stderr  # the demo says what it is
     names = sorted(p.name for p in tmp_path.glob("*.png"))
@@ -33,20 +39,26 @@ def test_demo_screenshots(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="macOS always has a display")
 def test_no_display_gives_a_hint_instead_of_a_crash():
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}  # fmt: skip
-    r = subprocess.run([sys.executable, "-m", "ui.main"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120, env=env)  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    r = subprocess.run(
+        [sys.executable, "-m", "ui.main"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env
+    )
     assert r.returncode == 1
     assert "no display" in r.stderr and "locus --demo" in r.stderr
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="macOS always has a display")
 def test_demo_without_display_falls_back_to_the_terminal_chat():
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}  # fmt: skip
-    r = subprocess.run([sys.executable, "-m", "ui.main", "--demo"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120, env=env, input="hello\n")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    r = subprocess.run(
+        [sys.executable, "-m", "ui.main", "--demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        input="hello\n",
+    )
     assert r.returncode == 0, r.stderr
     assert "starting the terminal chat" in r.stderr and "RANDOM weights" in r.stderr
     assert "you>" in r.stdout and "tok/s" in r.stdout

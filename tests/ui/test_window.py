@@ -30,11 +30,13 @@ def _drop(window: MainWindow, paths: list[Path]) -> QDropEvent:
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
     action = Qt.DropAction.CopyAction
-    enter = QDragEnterEvent(QPoint(50, 50), action, mime, Qt.MouseButton.LeftButton,
-                            Qt.KeyboardModifier.NoModifier)  # fmt: skip
+    enter = QDragEnterEvent(
+        QPoint(50, 50), action, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    )
     QApplication.sendEvent(window, enter)
-    drop = QDropEvent(QPointF(50, 50), action, mime, Qt.MouseButton.LeftButton,
-                      Qt.KeyboardModifier.NoModifier)  # fmt: skip
+    drop = QDropEvent(
+        QPointF(50, 50), action, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    )
     QApplication.sendEvent(window, drop)
     drop.enter_accepted = enter.isAccepted()  # type: ignore[attr-defined]
     return drop
@@ -97,9 +99,7 @@ def test_load_failure_is_an_actionable_message(window, qtbot, tmp_path):
     window.load_model(str(tmp_path / "nope"))
     qtbot.waitUntil(lambda: window.loading_path is None, timeout=30000)
     assert window.engine is None
-    assert (
-        window.error_banner.isVisible() and "Could not load the model" in window.error_banner.text()
-    )
+    assert window.error_banner.isVisible() and "Could not load the model" in window.error_banner.text()
     assert "Traceback" not in window.error_banner.text()
 
 

@@ -43,8 +43,13 @@ def test_loading_another_model_replaces_the_first(window, qtbot, opened):
         window.load_model("/models/second")
     first, second = opened
     assert first.closed and not second.closed
-    for backend in (window.engine, window.chat.engine, window.agent.engine,
-                    window.locate.engine, window.server.engine):  # fmt: skip
+    for backend in (
+        window.engine,
+        window.chat.engine,
+        window.agent.engine,
+        window.locate.engine,
+        window.server.engine,
+    ):
         assert backend is second
     # What the toolbar shows comes from the manager and backend.info, not from engine internals.
     assert window.model_info.text() == "3.0 GB in memory · context 8K"

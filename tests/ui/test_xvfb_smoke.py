@@ -28,8 +28,10 @@ def _xvfb() -> tuple[subprocess.Popen, str]:
     r, w = os.pipe()
     proc = subprocess.Popen(
         ["Xvfb", "-displayfd", str(w), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
-        pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        pass_fds=(w,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(w)
     with os.fdopen(r) as f:
         number = f.readline().strip()
@@ -38,8 +40,9 @@ def _xvfb() -> tuple[subprocess.Popen, str]:
 
 
 def _xdo(display: str, *args: str) -> str:
-    out = subprocess.run(["xdotool", *args], env={**os.environ, "DISPLAY": display},
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        ["xdotool", *args], env={**os.environ, "DISPLAY": display}, capture_output=True, text=True, timeout=60
+    )
     return out.stdout.strip()
 
 
@@ -63,12 +66,23 @@ def _messages(db: Path) -> list[dict]:
 def test_window_under_xvfb(tmp_path):
     xvfb, display = _xvfb()
     data = tmp_path / "data"
-    env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb", "LOCUS_DATA_DIR": str(data),
-           "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "DISPLAY": display,
+        "QT_QPA_PLATFORM": "xcb",
+        "LOCUS_DATA_DIR": str(data),
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+    }
     err = tmp_path / "stderr.txt"
     with open(err, "w") as errf:
-        app = subprocess.Popen([sys.executable, "-m", "ui.main", "--demo"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=errf)  # fmt: skip
+        app = subprocess.Popen(
+            [sys.executable, "-m", "ui.main", "--demo"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=errf,
+        )
     try:
         wid = ""
         end = time.monotonic() + 120

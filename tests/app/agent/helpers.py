@@ -14,9 +14,7 @@ def call(name: str, reasoning: str = "", **params: Any) -> str:
         f"<parameter={k}>\n{v if isinstance(v, str) else json.dumps(v)}\n</parameter>\n"
         for k, v in params.items()
     )
-    return (
-        f"{reasoning}\n</think>\n\n<tool_call>\n<function={name}>\n{body}</function>\n</tool_call>"
-    )
+    return f"{reasoning}\n</think>\n\n<tool_call>\n<function={name}>\n{body}</function>\n</tool_call>"
 
 
 def answer(text: str, reasoning: str = "done") -> str:
@@ -25,8 +23,7 @@ def answer(text: str, reasoning: str = "done") -> str:
 
 def git(repo: Path, *args: str) -> str:
     env_args = ["-c", "user.name=Test", "-c", "user.email=t@example.com"]
-    out = subprocess.run(["git", *env_args, *args], cwd=repo, capture_output=True, text=True,
-                         check=True)  # fmt: skip
+    out = subprocess.run(["git", *env_args, *args], cwd=repo, capture_output=True, text=True, check=True)
     return out.stdout
 
 
@@ -35,8 +32,7 @@ def make_project(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "calc").mkdir()
     (root / "calc" / "__init__.py").write_text(
-        '"""Tiny calculator."""\n\n\ndef add(a, b):\n    return a - b\n\n\n'
-        "def mul(a, b):\n    return a * b\n"
+        '"""Tiny calculator."""\n\n\ndef add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n'
     )
     (root / "tests").mkdir()
     (root / "tests" / "test_calc.py").write_text(
@@ -68,5 +64,8 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 def git_state(root: Path) -> dict[str, bytes]:
     """The bytes of every file in the user's .git (to prove it is untouched)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted((root / ".git").rglob("*"))
-            if p.is_file()}  # fmt: skip
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted((root / ".git").rglob("*"))
+        if p.is_file()
+    }

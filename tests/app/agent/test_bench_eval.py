@@ -33,7 +33,7 @@ def test_replayed_solutions_pass(agent_eval, capsys, monkeypatch) -> None:  # ty
     assert all(r["steps"] >= 4 and r["status"] == "answered" for r in rows[:-1])
 
 
-def test_doing_nothing_fails_the_hidden_test(agent_eval, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_doing_nothing_fails_the_hidden_test(agent_eval, tmp_path: Path) -> None:  # type: ignore
     for task in sorted(agent_eval.TASKS.iterdir()):
         row = agent_eval.run_task(task, lambda t: ReplayBackend([answer("no idea")]), 5, tmp_path)
         assert row["status"] == "answered" and not row["passed"], row

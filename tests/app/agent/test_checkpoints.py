@@ -33,7 +33,11 @@ def test_undo_restores_exact_bytes_created_and_deleted(tmp_path: Path) -> None:
     cp1 = cps.record("run1", 1, "edit_file", "step one", b1, cps.snapshot())
     assert cp1 is not None
     assert {(f["status"], f["path"]) for f in cp1.files} == {
-        ("M", "calc/__init__.py"), ("D", "OLD.txt"), ("M", "crlf.txt"), ("A", "newdir/created.py")}  # fmt: skip
+        ("M", "calc/__init__.py"),
+        ("D", "OLD.txt"),
+        ("M", "crlf.txt"),
+        ("A", "newdir/created.py"),
+    }
     assert "-to be deleted" in cps.step_diff(cp1)
 
     b2 = cps.snapshot()
@@ -52,10 +56,7 @@ def test_undo_restores_exact_bytes_created_and_deleted(tmp_path: Path) -> None:
     assert os.stat(proj / "README.md").st_mode & 0o111  # mode kept
     assert (proj / "build" / "out.txt").read_text() == "ignored\n"  # ignored files left alone
     assert git_state(proj) == before_git
-    assert (
-        git(proj, "status", "--porcelain")
-        == " M README.md\n?? bin.dat\n?? crlf.txt\n?? untracked.txt\n"
-    )
+    assert git(proj, "status", "--porcelain") == " M README.md\n?? bin.dat\n?? crlf.txt\n?? untracked.txt\n"
     with pytest.raises(CheckpointError, match="nothing to undo"):
         cps.undo(1)
 

@@ -41,8 +41,15 @@ def _locus(*args: str, data: Path, cwd: Path, real: bool = False) -> _Result:
     """`locus agent ARGS`: in this process (fast), or as a real subprocess when `real`."""
     env = {**os.environ, "LOCUS_DATA_DIR": str(data), "NO_COLOR": "1"}
     if real:
-        p = subprocess.run([sys.executable, "-m", "app.cli", "agent", *args], cwd=cwd, env=env,
-                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
+        p = subprocess.run(
+            [sys.executable, "-m", "app.cli", "agent", *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
         return _Result(p.returncode, p.stdout, p.stderr)
     from app.cli import main
 
@@ -65,16 +72,25 @@ def test_fix_failing_test_then_diff_and_undo(tmp_path: Path) -> None:
     replay.write_text("".join(json.dumps(o) + "\n" for o in FIX))
     data = tmp_path / "data"
 
-    r = _locus(str(proj), "fix the failing test", "--replay", str(replay), "--yes", "--json",
-               data=data, cwd=tmp_path)  # fmt: skip
+    r = _locus(
+        str(proj), "fix the failing test", "--replay", str(replay), "--yes", "--json", data=data, cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr
     events = [json.loads(line) for line in r.stdout.splitlines()]
     types = [e["type"] for e in events]
     assert types[0] == "run_started" and types[-1] == "done"
     assert events[-1]["status"] == "answered" and events[-1]["steps"] == len(FIX)
     calls = [e["name"] for e in events if e["type"] == "tool_call"]
-    assert calls == ["list_dir", "search", "read_file", "edit_file", "write_file",
-                     "run_command", "run_command", "run_command"]  # fmt: skip
+    assert calls == [
+        "list_dir",
+        "search",
+        "read_file",
+        "edit_file",
+        "write_file",
+        "run_command",
+        "run_command",
+        "run_command",
+    ]
     results = [e for e in events if e["type"] == "tool_result"]
     assert all(e["ok"] for e in results), results
     assert "calc/__init__.py" in results[0]["content"] and "build/" not in results[0]["content"]
@@ -82,8 +98,7 @@ def test_fix_failing_test_then_diff_and_undo(tmp_path: Path) -> None:
     assert "1 passed" in results[-2]["content"]
     assert "2 passed" in results[-1]["content"]  # the fix works: the whole suite passes now
     diffs = [e for e in events if e["type"] == "diff"]
-    assert [f["path"] for d in diffs for f in d["files"]] == [
-        "calc/__init__.py", "calc/notes.txt", "OLD.txt"]  # fmt: skip
+    assert [f["path"] for d in diffs for f in d["files"]] == ["calc/__init__.py", "calc/notes.txt", "OLD.txt"]
     assert "+    return a + b" in diffs[0]["patch"]
 
     # The project is fixed, and the user's own repository did not see any of it.
@@ -111,8 +126,7 @@ def test_bad_input_gets_clear_errors(tmp_path: Path) -> None:
     assert r.returncode == 1 and "does not exist" in r.stderr
     r = _locus(str(tmp_path), "task", data=data, cwd=tmp_path)
     assert r.returncode == 1 and "--replay" in r.stderr
-    r = _locus(str(tmp_path), "task", "--replay", str(tmp_path / "nope.jsonl"), data=data,
-               cwd=tmp_path)  # fmt: skip
+    r = _locus(str(tmp_path), "task", "--replay", str(tmp_path / "nope.jsonl"), data=data, cwd=tmp_path)
     assert r.returncode == 1 and "replay file" in r.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
@@ -128,8 +142,7 @@ def test_headless_without_yes_rejects_edits_and_the_model_sees_why(tmp_path: Pat
     replay = tmp_path / "r.jsonl"
     outs = [call("write_file", path="x.txt", content="hi"), answer("could not write")]
     replay.write_text("".join(json.dumps(o) + "\n" for o in outs))
-    r = _locus(str(proj), "write x", "--replay", str(replay), "--json", data=tmp_path / "d",
-               cwd=tmp_path)  # fmt: skip
+    r = _locus(str(proj), "write x", "--replay", str(replay), "--json", data=tmp_path / "d", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     res = next(json.loads(x) for x in r.stdout.splitlines() if '"tool_result"' in x)
     assert not res["ok"] and "--yes" in res["content"]
@@ -141,13 +154,21 @@ def test_step_limit_then_resume_last_and_list_runs(tmp_path: Path) -> None:
     data = tmp_path / "data"
     r1 = tmp_path / "r1.jsonl"
     r1.write_text("".join(json.dumps(o) + "\n" for o in [call("list_dir"), call("list_dir")]))
-    r = _locus(str(proj), "explore", "--replay", str(r1), "--max-steps", "1", data=data,
-               cwd=tmp_path)  # fmt: skip
+    r = _locus(str(proj), "explore", "--replay", str(r1), "--max-steps", "1", data=data, cwd=tmp_path)
     assert r.returncode == 3 and "step_limit after 1 steps" in r.stderr and "--resume" in r.stderr
     r2 = tmp_path / "r2.jsonl"
     r2.write_text(json.dumps(answer("It is a calculator.")) + "\n")
-    r = _locus(str(proj), "and what is it?", "--resume", "last", "--replay", str(r2), "--json",
-               data=data, cwd=tmp_path)  # fmt: skip
+    r = _locus(
+        str(proj),
+        "and what is it?",
+        "--resume",
+        "last",
+        "--replay",
+        str(r2),
+        "--json",
+        data=data,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     events = [json.loads(x) for x in r.stdout.splitlines()]
     assert events[0]["resumed"] is True and events[-1]["answer"] == "It is a calculator."
@@ -165,11 +186,22 @@ def test_terminal_approval_prompt(monkeypatch) -> None:  # type: ignore[no-untyp
     from app.agent import ApprovalRequest
     from app.cli_agent import _ask_terminal
 
-    req = ApprovalRequest("c1", "run_command", {"command": "python -m pytest -q"}, "run: pytest",
-                          command="python -m pytest -q", sandboxed=False,
-                          unsandboxed_by_choice=True)  # fmt: skip
-    cases = {"y\n": ("approve", ""), "what\nn\ntoo slow\n": ("reject", "too slow"),
-             "a\n": ("allow_tool", ""), "p\n": ("allow_prefix", ""), "": ("reject", None)}  # fmt: skip
+    req = ApprovalRequest(
+        "c1",
+        "run_command",
+        {"command": "python -m pytest -q"},
+        "run: pytest",
+        command="python -m pytest -q",
+        sandboxed=False,
+        unsandboxed_by_choice=True,
+    )
+    cases = {
+        "y\n": ("approve", ""),
+        "what\nn\ntoo slow\n": ("reject", "too slow"),
+        "a\n": ("allow_tool", ""),
+        "p\n": ("allow_prefix", ""),
+        "": ("reject", None),
+    }
     for typed, (action, reason) in cases.items():
         monkeypatch.setattr(sys, "stdin", io.StringIO(typed))
         err = io.StringIO()
@@ -180,8 +212,9 @@ def test_terminal_approval_prompt(monkeypatch) -> None:  # type: ignore[no-untyp
             assert d.reason == reason
         assert "full permissions" in err.getvalue() and "python -m pytest" in err.getvalue()
     # A broken sandbox: only yes-once or no; "always" is not offered and is not taken.
-    broken = ApprovalRequest("c2", "run_command", {"command": "make"}, "run: make",
-                             command="make", sandboxed=False)  # fmt: skip
+    broken = ApprovalRequest(
+        "c2", "run_command", {"command": "make"}, "run: make", command="make", sandboxed=False
+    )
     monkeypatch.setattr(sys, "stdin", io.StringIO("a\np\ny\n"))
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):

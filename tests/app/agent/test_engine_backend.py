@@ -19,8 +19,9 @@ def test_random_tiny_model_garbage_ends_cleanly(engine: Any, tmp_path: Path) -> 
     events: list[AgentEvent] = []
     backend = EngineBackend(engine, sampling=SamplingParams(temperature=1.0, seed=7))
     cfg = AgentConfig(max_steps=3, max_turn_tokens=12, context_tokens=4096, watch=False)
-    with Agent(proj, backend, approvals=Approvals(), config=cfg, data_dir=tmp_path / "data",
-               on_event=events.append) as agent:  # fmt: skip
+    with Agent(
+        proj, backend, approvals=Approvals(), config=cfg, data_dir=tmp_path / "data", on_event=events.append
+    ) as agent:
         res = agent.run("fix the failing test")
     assert res.status in ("answered", "step_limit"), res
     assert res.error is None and not [e for e in events if e.type == "error"]
@@ -31,8 +32,7 @@ def test_random_tiny_model_garbage_ends_cleanly(engine: Any, tmp_path: Path) -> 
     assert {p: p.read_bytes() for p in before} == before
 
 
-def test_tool_round_trip_through_template_parser_and_prompt_cache(tiny_model: Any,
-                                                                  tmp_path: Path) -> None:  # fmt: skip
+def test_tool_round_trip_through_template_parser_and_prompt_cache(tiny_model: Any, tmp_path: Path) -> None:
     proj = make_project(tmp_path / "proj")
     eng, script = forced_engine(tiny_model, prompt_cache=PromptCache())
     outputs = [call("read_file", "The README first.", path="README.md"), answer("It is calc.")]
@@ -51,8 +51,7 @@ def test_tool_round_trip_through_template_parser_and_prompt_cache(tiny_model: An
     backend = Forced(eng, sampling=SamplingParams(temperature=0.0))
     try:
         cfg = AgentConfig(max_steps=4, max_turn_tokens=256, context_tokens=8192, watch=False)
-        with Agent(proj, backend, config=cfg, data_dir=tmp_path / "data",
-                   on_event=events.append) as agent:  # fmt: skip
+        with Agent(proj, backend, config=cfg, data_dir=tmp_path / "data", on_event=events.append) as agent:
             res = agent.run("what is this project?")
     finally:
         eng.close()

@@ -118,9 +118,7 @@ def test_whole_project_search_and_listing_do_not_leak(world: dict[str, Path]) ->
 def test_inside_paths_still_work(world: dict[str, Path]) -> None:
     tb = _toolbox(world["proj"])
     assert "x = 1" in tb.read_file({"path": "src/inner_link"})
-    assert "x = 1" in tb.read_file(
-        {"path": str(world["proj"] / "src" / "ok.py")}
-    )  # absolute, inside
+    assert "x = 1" in tb.read_file({"path": str(world["proj"] / "src" / "ok.py")})  # absolute, inside
     assert "x = 1" in tb.read_file({"path": "./src//ok.py"})
 
 

@@ -13,18 +13,23 @@ from tests.fakebackend import FakeBackend, Reply
 from .helpers import answer, call, make_project
 
 
-def _agent(proj: Path, backend: EngineBackend, tmp_path: Path, events: list[AgentEvent],
-           **cfg) -> Agent:  # fmt: skip
-    config = AgentConfig(**{"max_steps": 4, "max_turn_tokens": 256, "context_tokens": 8192,
-                            "watch": False, **cfg})  # fmt: skip
-    return Agent(proj, backend, approvals=Approvals(), config=config, data_dir=tmp_path / "data",
-                 on_event=events.append)  # fmt: skip
+def _agent(proj: Path, backend: EngineBackend, tmp_path: Path, events: list[AgentEvent], **cfg) -> Agent:
+    config = AgentConfig(
+        **{"max_steps": 4, "max_turn_tokens": 256, "context_tokens": 8192, "watch": False, **cfg}
+    )
+    return Agent(
+        proj,
+        backend,
+        approvals=Approvals(),
+        config=config,
+        data_dir=tmp_path / "data",
+        on_event=events.append,
+    )
 
 
 def test_tool_round_trip_over_the_fake(tmp_path: Path) -> None:
     proj = make_project(tmp_path / "proj")
-    fake = FakeBackend([call("read_file", "The README first.", path="README.md"),
-                        answer("It is calc.")])  # fmt: skip
+    fake = FakeBackend([call("read_file", "The README first.", path="README.md"), answer("It is calc.")])
     backend = EngineBackend(fake, sampling=SamplingParams(temperature=0.0), thinking_budget=64)
     events: list[AgentEvent] = []
     with _agent(proj, backend, tmp_path, events) as agent:
@@ -60,8 +65,9 @@ def test_forced_tool_choice_goes_to_every_turn(tmp_path: Path) -> None:
 
 def test_backend_error_ends_the_run_with_its_message(tmp_path: Path) -> None:
     proj = make_project(tmp_path / "proj")
-    fake = FakeBackend([Reply(finish_reason="error", error="the remote model went away",
-                              error_kind="unavailable")])  # fmt: skip
+    fake = FakeBackend(
+        [Reply(finish_reason="error", error="the remote model went away", error_kind="unavailable")]
+    )
     events: list[AgentEvent] = []
     with _agent(proj, EngineBackend(fake), tmp_path, events) as agent:
         res = agent.run("anything")
@@ -70,8 +76,9 @@ def test_backend_error_ends_the_run_with_its_message(tmp_path: Path) -> None:
 
 def test_cancel_stops_the_backend_turn(tmp_path: Path) -> None:
     proj = make_project(tmp_path / "proj")
-    slow = Reply(raw="thinking " * 400, chunk=4, delay=0.01,
-                 usage=Usage(prompt_tokens=10, completion_tokens=1))  # fmt: skip
+    slow = Reply(
+        raw="thinking " * 400, chunk=4, delay=0.01, usage=Usage(prompt_tokens=10, completion_tokens=1)
+    )
     fake = FakeBackend([slow])
     events: list[AgentEvent] = []
     agent = _agent(proj, EngineBackend(fake), tmp_path, events)

@@ -96,8 +96,9 @@ def test_sandboxed_command_cannot_plant_git_hooks_or_config(tmp_path: Path) -> N
         "chmod +x .git/hooks/pre-commit; git config core.fsmonitor 'touch /tmp/pwned'; "
         "echo '[core]\\n\\tfsmonitor = evil' >> .git/config; rm -f .git/HEAD; "
         "mkdir -p .git/hooks2; echo still-running",
-        proj, sb,
-    )  # fmt: skip
+        proj,
+        sb,
+    )
     assert "still-running" in res.output
     assert _tree_digest(proj / ".git") == before
     assert "fsmonitor" not in git(proj, "config", "--list")
@@ -140,11 +141,19 @@ def test_locus_environment_is_not_readable_from_proc(kind: str, tmp_path: Path) 
     elif not LINUX:
         pytest.skip("/proc is Linux's")
     proj = make_project(tmp_path / "proj")
-    cmd = ("tr '\\0' '\\n' < /proc/$PPID/environ; tr '\\0' '\\n' < /proc/1/environ; "
-           "cat /proc/[0-9]*/environ | tr '\\0' '\\n'; env; echo scanned")  # fmt: skip
+    cmd = (
+        "tr '\\0' '\\n' < /proc/$PPID/environ; tr '\\0' '\\n' < /proc/1/environ; "
+        "cat /proc/[0-9]*/environ | tr '\\0' '\\n'; env; echo scanned"
+    )
     extra = {**SECRETS, "LOCUS_DATA_DIR": str(tmp_path / "data")}
-    r = _locus_cli(proj, [call("run_command", command=cmd), answer("done")], tmp_path,
-                   "--yes", *(["--no-sandbox"] if kind == "none" else []), env=extra)  # fmt: skip
+    r = _locus_cli(
+        proj,
+        [call("run_command", command=cmd), answer("done")],
+        tmp_path,
+        "--yes",
+        *(["--no-sandbox"] if kind == "none" else []),
+        env=extra,
+    )
     out = _results(r.stdout)
     assert out and "scanned" in out[0]["content"], r.stdout + r.stderr
     assert "leak-" not in out[0]["content"]
@@ -153,12 +162,16 @@ def test_locus_environment_is_not_readable_from_proc(kind: str, tmp_path: Path) 
 def test_fake_home_secrets_are_hidden(outside_tmp: Path, tmp_path: Path, monkeypatch) -> None:
     sb = _bwrap()
     home = outside_tmp / "home"
-    for rel, text in {".ssh/id_rsa": "leak-ssh-key", ".aws/credentials": "leak-aws",
-                      ".config/gcloud/creds.json": "leak-gcloud", ".netrc": "leak-netrc",
-                      "notes/private.txt": "leak-notes",
-                      ".cargo/credentials.toml": "leak-cargo-token",
-                      ".cargo/bin/mytool": "#!/bin/sh\necho toolchain-ok\n",
-                      ".local/share/locus/locus.db": "leak-conversations"}.items():  # fmt: skip
+    for rel, text in {
+        ".ssh/id_rsa": "leak-ssh-key",
+        ".aws/credentials": "leak-aws",
+        ".config/gcloud/creds.json": "leak-gcloud",
+        ".netrc": "leak-netrc",
+        "notes/private.txt": "leak-notes",
+        ".cargo/credentials.toml": "leak-cargo-token",
+        ".cargo/bin/mytool": "#!/bin/sh\necho toolchain-ok\n",
+        ".local/share/locus/locus.db": "leak-conversations",
+    }.items():
         (home / rel).parent.mkdir(parents=True, exist_ok=True)
         (home / rel).write_text(text)
     (home / ".cargo/bin/mytool").chmod(0o755)
@@ -170,8 +183,9 @@ def test_fake_home_secrets_are_hidden(outside_tmp: Path, tmp_path: Path, monkeyp
     res = _run(
         f"cd {home}; cat .ssh/id_rsa .aws/credentials .config/gcloud/creds.json .netrc "
         "notes/private.txt .cargo/credentials.toml .local/share/locus/locus.db; ls -la; mytool",
-        proj, sb,
-    )  # fmt: skip
+        proj,
+        sb,
+    )
     assert "leak-" not in res.output, res.output
     assert "toolchain-ok" in res.output  # allowlisted toolchain dirs stay usable
     rules, text = sandbox_rules_report(proj)
@@ -213,7 +227,7 @@ def test_broken_sandbox_is_detected(broken_bwrap: Path) -> None:
     assert detect_sandbox("none").broken is False
 
 
-def _locus_in_process(proj: Path, outputs: list[str], tmp_path: Path, *flags: str):  # type: ignore[no-untyped-def]
+def _locus_in_process(proj: Path, outputs: list[str], tmp_path: Path, *flags: str):  # type: ignore
     """`locus agent ... --json` in this process (stdin is not a terminal under pytest)."""
     import contextlib
     import io
@@ -228,16 +242,32 @@ def _locus_in_process(proj: Path, outputs: list[str], tmp_path: Path, *flags: st
     return code, out.getvalue()
 
 
-def _locus_cli(proj: Path, outputs: list[str], tmp_path: Path, *flags: str,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def _locus_cli(
+    proj: Path, outputs: list[str], tmp_path: Path, *flags: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     replay = tmp_path / "replay.jsonl"
     replay.write_text("".join(json.dumps(o) + "\n" for o in outputs))
     full = {**os.environ, "LOCUS_DATA_DIR": str(tmp_path / "data"), "NO_COLOR": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", "agent", str(proj), "task", "--replay", str(replay),
-         "--json", *flags],
-        cwd=REPO, env=full, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "agent",
+            str(proj),
+            "task",
+            "--replay",
+            str(replay),
+            "--json",
+            *flags,
+        ],
+        cwd=REPO,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _results(stdout: str) -> list[dict]:
@@ -245,13 +275,17 @@ def _results(stdout: str) -> list[dict]:
     return [e for e in events if e["type"] == "tool_result"]
 
 
-def test_broken_sandbox_yes_does_not_run_commands_headless(broken_bwrap: Path, tmp_path: Path,
-                                                           monkeypatch) -> None:  # fmt: skip
+def test_broken_sandbox_yes_does_not_run_commands_headless(
+    broken_bwrap: Path, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setenv("LOCUS_DATA_DIR", str(tmp_path / "data"))
     assert not sys.stdin.isatty()
     proj = make_project(tmp_path / "proj")
-    outs = [call("run_command", command="touch ran.txt; cat ../secret.txt"),
-            call("write_file", path="edited.txt", content="fine\n"), answer("done")]  # fmt: skip
+    outs = [
+        call("run_command", command="touch ran.txt; cat ../secret.txt"),
+        call("write_file", path="edited.txt", content="fine\n"),
+        answer("done"),
+    ]
     code, out = _locus_in_process(proj, outs, tmp_path, "--yes")
     assert code == 0
     res = _results(out)
@@ -264,13 +298,13 @@ def test_broken_sandbox_yes_does_not_run_commands_headless(broken_bwrap: Path, t
     assert code == 0 and (proj / "ran.txt").exists(), out
     # --require-sandbox refuses them even then.
     (proj / "ran.txt").unlink()
-    code, out = _locus_in_process(proj, outs[:1] + outs[2:], tmp_path, "--yes", "--no-sandbox",
-                                  "--require-sandbox")  # fmt: skip
+    code, out = _locus_in_process(
+        proj, outs[:1] + outs[2:], tmp_path, "--yes", "--no-sandbox", "--require-sandbox"
+    )
     assert not (proj / "ran.txt").exists() and "require" in _results(out)[0]["content"]
 
 
-def test_broken_sandbox_asks_for_every_command_despite_yes(broken_bwrap: Path,
-                                                           tmp_path: Path) -> None:  # fmt: skip
+def test_broken_sandbox_asks_for_every_command_despite_yes(broken_bwrap: Path, tmp_path: Path) -> None:
     proj = make_project(tmp_path / "proj")
     asked: list = []
 
@@ -278,10 +312,18 @@ def test_broken_sandbox_asks_for_every_command_despite_yes(broken_bwrap: Path,
         asked.append(req)
         return Decision.allow_tool()  # "always" must not stick for unconfined commands
 
-    outs = [call("run_command", command="touch one.txt"),
-            call("run_command", command="touch two.txt"), answer("done")]  # fmt: skip
-    with Agent(proj, ReplayBackend(outs), approvals=Approvals(ask=ask, yes=True),
-               config=AgentConfig(watch=False), data_dir=tmp_path / "data") as agent:  # fmt: skip
+    outs = [
+        call("run_command", command="touch one.txt"),
+        call("run_command", command="touch two.txt"),
+        answer("done"),
+    ]
+    with Agent(
+        proj,
+        ReplayBackend(outs),
+        approvals=Approvals(ask=ask, yes=True),
+        config=AgentConfig(watch=False),
+        data_dir=tmp_path / "data",
+    ) as agent:
         assert agent.sandbox.broken
         agent.run("task")
     assert [r.command for r in asked] == ["touch one.txt", "touch two.txt"]
@@ -310,8 +352,7 @@ def test_forked_survivors_die_with_the_command(kind: str, tmp_path: Path, monkey
     proj.mkdir()
     res = _run(FORKERS, proj, sb)
     assert res.exit_code == 0 and "started" in res.output
-    res = _run("setsid sh -c 'sleep 2; touch late-timeout' >/dev/null 2>&1 & sleep 30", proj,
-               sb, timeout=1)  # fmt: skip
+    res = _run("setsid sh -c 'sleep 2; touch late-timeout' >/dev/null 2>&1 & sleep 30", proj, sb, timeout=1)
     assert res.timed_out and res.elapsed < 10
     time.sleep(3)
     assert sorted(p.name for p in proj.iterdir()) == []
@@ -338,10 +379,26 @@ def test_command_tree_dies_with_locus(kind: str, tmp_path: Path) -> None:
     replay = tmp_path / "replay.jsonl"
     replay.write_text(json.dumps(call("run_command", command=cmd, timeout=120)) + "\n")
     flags = ["--yes"] + (["--no-sandbox"] if kind == "none" else [])
-    p = subprocess.Popen([sys.executable, "-m", "app.cli", "agent", str(proj), "task", "--replay",
-                          str(replay), "--json", *flags], cwd=REPO, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                         stdin=subprocess.DEVNULL, text=True)  # fmt: skip
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "agent",
+            str(proj),
+            "task",
+            "--replay",
+            str(replay),
+            "--json",
+            *flags,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert p.stdout is not None
         for line in p.stdout:
@@ -436,8 +493,9 @@ def test_submodule_git_link_is_read_only(tmp_path: Path) -> None:
 
 
 def test_settings_require_sandbox_and_add_env_names(broken_bwrap: Path, tmp_path: Path) -> None:
-    cfg = AgentConfig.from_settings({"require_sandbox": True, "agent_env": ["MY_TOOL_HOME"]},
-                                    env_allow=("OTHER",), watch=False)  # fmt: skip
+    cfg = AgentConfig.from_settings(
+        {"require_sandbox": True, "agent_env": ["MY_TOOL_HOME"]}, env_allow=("OTHER",), watch=False
+    )
     assert cfg.require_sandbox and cfg.env_allow == ("MY_TOOL_HOME", "OTHER")
     assert AgentConfig.from_settings({"agent_env": "ONE"}).env_allow == ("ONE",)
     # the Preferences dialog saves the names as one line of text
@@ -450,7 +508,8 @@ def test_settings_require_sandbox_and_add_env_names(broken_bwrap: Path, tmp_path
     outs = [call("run_command", command="touch ran.txt"), answer("done")]
     asked: list = []
     approvals = Approvals(ask=lambda req, cancel: asked.append(req) or Decision.approve())
-    with Agent(proj, ReplayBackend(outs), approvals=approvals, config=cfg,
-               data_dir=tmp_path / "data") as agent:  # fmt: skip
+    with Agent(
+        proj, ReplayBackend(outs), approvals=approvals, config=cfg, data_dir=tmp_path / "data"
+    ) as agent:
         agent.run("task")
     assert not asked and not (proj / "ran.txt").exists()  # refused before anyone is asked

@@ -49,13 +49,25 @@ def proj(tmp_path: Path) -> Path:
     return make_project(tmp_path / "proj")
 
 
-def _agent(proj: Path, outputs: list[str] | ReplayBackend, *, yes: bool = True,
-           ask: Any = None, watch: bool = False, **cfg: Any) -> tuple[Agent, list[AgentEvent]]:  # fmt: skip
+def _agent(
+    proj: Path,
+    outputs: list[str] | ReplayBackend,
+    *,
+    yes: bool = True,
+    ask: Any = None,
+    watch: bool = False,
+    **cfg: Any,
+) -> tuple[Agent, list[AgentEvent]]:
     events: list[AgentEvent] = []
     backend = outputs if isinstance(outputs, ReplayBackend) else ReplayBackend(outputs)
-    agent = Agent(proj, backend, approvals=Approvals(ask=ask, yes=yes),
-                  config=AgentConfig(watch=watch, **cfg), data_dir=proj.parent / "data",
-                  on_event=events.append)  # fmt: skip
+    agent = Agent(
+        proj,
+        backend,
+        approvals=Approvals(ask=ask, yes=yes),
+        config=AgentConfig(watch=watch, **cfg),
+        data_dir=proj.parent / "data",
+        on_event=events.append,
+    )
     return agent, events
 
 
@@ -121,8 +133,7 @@ def test_session_with_every_call_shape_qwen_writes(proj: Path) -> None:
     assert res.status == "answered" and res.answer == "Done: page.html written.", res
     assert res.steps == 7
     r = _results(events)
-    assert [x["name"] for x in r] == ["read_file", "list_dir", "search", "write_file",
-                                      "read_file"]  # fmt: skip
+    assert [x["name"] for x in r] == ["read_file", "list_dir", "search", "write_file", "read_file"]
     assert all(x["ok"] for x in r), r
     assert "# calc" in r[0]["content"] and "calc" in r[1]["content"]
     assert "def add" in r[2]["content"]
@@ -166,11 +177,13 @@ def test_events_and_messages_are_persisted(proj: Path) -> None:
 
 def test_approval_paths(proj: Path) -> None:
     asked: list[ApprovalRequest] = []
-    answers = iter([
-        Decision.reject("use a clearer name"),
-        Decision.allow_tool(),
-        Decision.allow_prefix("echo"),
-    ])  # fmt: skip
+    answers = iter(
+        [
+            Decision.reject("use a clearer name"),
+            Decision.allow_tool(),
+            Decision.allow_prefix("echo"),
+        ]
+    )
 
     def ask(req: ApprovalRequest, cancel: threading.Event) -> Decision:
         asked.append(req)
@@ -208,8 +221,7 @@ def test_no_sandbox_allowing_run_command_does_not_stick(proj: Path) -> None:
         asked.append(req.command or "")
         return Decision.allow_tool()
 
-    outs = [call("run_command", command="true"), call("run_command", command="true"),
-            answer("ok")]  # fmt: skip
+    outs = [call("run_command", command="true"), call("run_command", command="true"), answer("ok")]
     agent, events = _agent(proj, outs, yes=False, ask=ask, sandbox="none")
     with agent:
         agent.run("run")
@@ -268,9 +280,7 @@ def test_compaction_drops_old_tool_outputs(proj: Path) -> None:
     comp = [e.data for e in events if e.type == "compacted"]
     assert comp and comp[0]["tokens_after"] < comp[0]["tokens_before"]
     last_view = backend.seen[-1]
-    elided = [
-        m for m in last_view if m["role"] == "tool" and "removed to save context" in m["content"]
-    ]
+    elided = [m for m in last_view if m["role"] == "tool" and "removed to save context" in m["content"]]
     assert elided and "read_file" in elided[0]["content"]
     assert "line 299" in [m for m in last_view if m["role"] == "tool"][-1]["content"]  # newest kept
     assert stored[3]["content"].count("line ") == 300  # the store keeps every output whole
@@ -289,14 +299,16 @@ def test_external_edit_noticed_and_stale_edit_refused(proj: Path) -> None:
 
     def external_edit() -> None:
         target.write_text(target.read_text().replace("a - b", "b - a"))
-        assert agent_ref[0].watcher is not None and agent_ref[0].watcher.wait_for(
-            "calc/__init__.py"
-        )
+        assert agent_ref[0].watcher is not None and agent_ref[0].watcher.wait_for("calc/__init__.py")
 
-    edit = call("edit_file", path="calc/__init__.py", old_string="return b - a",
-                new_string="return a + b")  # fmt: skip
-    outs = [call("read_file", path="calc/__init__.py"), edit,
-            call("read_file", path="calc/__init__.py"), edit, answer("fixed")]  # fmt: skip
+    edit = call("edit_file", path="calc/__init__.py", old_string="return b - a", new_string="return a + b")
+    outs = [
+        call("read_file", path="calc/__init__.py"),
+        edit,
+        call("read_file", path="calc/__init__.py"),
+        edit,
+        answer("fixed"),
+    ]
     backend = HookedReplay(outs, hooks={2: external_edit})
     agent, events = _agent(proj, backend, watch=True)
     agent_ref.append(agent)
@@ -316,8 +328,11 @@ def test_external_edit_noticed_and_stale_edit_refused(proj: Path) -> None:
 
 
 def test_command_changing_a_read_file_is_reported(proj: Path) -> None:
-    outs = [call("read_file", path="README.md"),
-            call("run_command", command="echo more >> README.md"), answer("ok")]  # fmt: skip
+    outs = [
+        call("read_file", path="README.md"),
+        call("run_command", command="echo more >> README.md"),
+        answer("ok"),
+    ]
     agent, events = _agent(proj, outs)
     with agent:
         agent.run("x")
@@ -334,20 +349,37 @@ def test_resume_after_restart(proj: Path, tmp_path: Path) -> None:
     run_id = res.run_id
     # Simulate a crash in the middle of the next step: a tool call stored without its result,
     # the run still marked running by a process that no longer exists.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     with Store(data / "locus.db") as store:
-        store.add_message(run_id, {"role": "assistant", "content": "", "reasoning_content": "r",
-                                   "tool_calls": [{"type": "function", "id": "call_lost",
-                                                   "function": {"name": "write_file",
-                                                                "arguments": {"path": "a"}}}]})  # fmt: skip
+        store.add_message(
+            run_id,
+            {
+                "role": "assistant",
+                "content": "",
+                "reasoning_content": "r",
+                "tool_calls": [
+                    {
+                        "type": "function",
+                        "id": "call_lost",
+                        "function": {"name": "write_file", "arguments": {"path": "a"}},
+                    }
+                ],
+            },
+        )
         store.update_run(run_id, status="running", pid=int(dead))
     (proj / "README.md").write_text("# calc, edited while Locus was down\n")
 
     events: list[AgentEvent] = []
-    agent2 = Agent(proj, ReplayBackend([answer("It is a calculator.")]),
-                   approvals=Approvals(yes=True), config=AgentConfig(watch=False),
-                   data_dir=data, on_event=events.append)  # fmt: skip
+    agent2 = Agent(
+        proj,
+        ReplayBackend([answer("It is a calculator.")]),
+        approvals=Approvals(yes=True),
+        config=AgentConfig(watch=False),
+        data_dir=data,
+        on_event=events.append,
+    )
     with agent2:
         res2 = agent2.resume(run_id)
         msgs = agent2.store.messages(run_id)
@@ -358,8 +390,7 @@ def test_resume_after_restart(proj: Path, tmp_path: Path) -> None:
     note = msgs[-2]["content"]
     assert msgs[-2]["role"] == "user" and "README.md (modified)" in note and "not running" in note
 
-    agent3 = Agent(proj, ReplayBackend([answer("more")]), data_dir=data,
-                   config=AgentConfig(watch=False))  # fmt: skip
+    agent3 = Agent(proj, ReplayBackend([answer("more")]), data_dir=data, config=AgentConfig(watch=False))
     with agent3:
         with pytest.raises(AgentError, match="already finished"):
             agent3.resume(run_id)
@@ -385,8 +416,11 @@ def test_resume_refuses_a_run_alive_elsewhere(proj: Path) -> None:
 
 def test_undo_through_the_agent(proj: Path) -> None:
     before = (proj / "README.md").read_bytes()
-    outs = [call("read_file", path="README.md"),
-            call("write_file", path="README.md", content="new"), answer("ok")]  # fmt: skip
+    outs = [
+        call("read_file", path="README.md"),
+        call("write_file", path="README.md", content="new"),
+        answer("ok"),
+    ]
     agent, events = _agent(proj, outs)
     with agent:
         agent.run("rewrite")

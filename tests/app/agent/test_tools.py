@@ -19,8 +19,9 @@ from app.agent.watch import FileTracker
 
 
 def _tb(root: Path, **limits: object) -> Toolbox:
-    return Toolbox(ProjectRoot(root), FileTracker(), Sandbox("none"), limits=Limits(**limits),
-                   use_ripgrep=False)  # fmt: skip
+    return Toolbox(
+        ProjectRoot(root), FileTracker(), Sandbox("none"), limits=Limits(**limits), use_ripgrep=False
+    )
 
 
 @pytest.fixture
@@ -141,8 +142,11 @@ def test_edit_file_exact_unique(proj: Path) -> None:
     assert "Edited src/pkg/a.py" in text and "     6\t    return 2" in text
     assert (proj / "src/pkg/a.py").read_text().endswith("def g():\n    return 2\n")
     # replace_all, on the tracker's fresh view after our own write
-    tb.apply(tb.prepare("edit_file", {**args, "old_string": "return", "new_string": "yield",
-                                      "replace_all": "true"}))  # fmt: skip
+    tb.apply(
+        tb.prepare(
+            "edit_file", {**args, "old_string": "return", "new_string": "yield", "replace_all": "true"}
+        )
+    )
     assert (proj / "src/pkg/a.py").read_text().count("yield") == 2
 
 
@@ -150,8 +154,7 @@ def test_edit_keeps_crlf_and_bom(proj: Path) -> None:
     (proj / "w.txt").write_bytes(b"\xef\xbb\xbfone\r\ntwo\r\n")
     tb = _tb(proj)
     tb.read_file({"path": "w.txt"})
-    tb.apply(tb.prepare("edit_file", {"path": "w.txt", "old_string": "one\ntwo",
-                                      "new_string": "one\nTWO"}))  # fmt: skip
+    tb.apply(tb.prepare("edit_file", {"path": "w.txt", "old_string": "one\ntwo", "new_string": "one\nTWO"}))
     assert (proj / "w.txt").read_bytes() == b"\xef\xbb\xbfone\r\nTWO\r\n"
 
 
@@ -187,8 +190,9 @@ def test_run_command_exit_code_and_cwd(proj: Path) -> None:
 
 def test_run_command_timeout_kills_the_process_group(proj: Path) -> None:
     t0 = time.monotonic()
-    res = run_command("sleep 30 & echo started; wait", proj, sandbox=Sandbox("none"), timeout=1,
-                      output_cap=1000)  # fmt: skip
+    res = run_command(
+        "sleep 30 & echo started; wait", proj, sandbox=Sandbox("none"), timeout=1, output_cap=1000
+    )
     assert res.timed_out and res.exit_code is None and "started" in res.output
     assert time.monotonic() - t0 < 10
 
@@ -196,8 +200,7 @@ def test_run_command_timeout_kills_the_process_group(proj: Path) -> None:
 def test_run_command_cancel(proj: Path) -> None:
     cancel = threading.Event()
     threading.Timer(0.3, cancel.set).start()
-    res = run_command("sleep 30", proj, sandbox=Sandbox("none"), timeout=60, output_cap=100,
-                      cancel=cancel)  # fmt: skip
+    res = run_command("sleep 30", proj, sandbox=Sandbox("none"), timeout=60, output_cap=100, cancel=cancel)
     assert res.cancelled and res.elapsed < 10
 
 
@@ -210,8 +213,15 @@ def test_run_command_output_cap_keeps_head_and_tail(proj: Path) -> None:
 
 
 def test_environment_scrubbed(proj: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for k in ("OPENAI_API_KEY", "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "MY_PASSWORD",
-              "HF_TOKEN", "GIT_DIR", "SSH_AUTH_SOCK"):  # fmt: skip
+    for k in (
+        "OPENAI_API_KEY",
+        "GITHUB_TOKEN",
+        "AWS_SECRET_ACCESS_KEY",
+        "MY_PASSWORD",
+        "HF_TOKEN",
+        "GIT_DIR",
+        "SSH_AUTH_SOCK",
+    ):
         monkeypatch.setenv(k, "leak-" + k)
     monkeypatch.setenv("HARMLESS_SETTING", "fine")
     env = scrub_env()
@@ -219,8 +229,9 @@ def test_environment_scrubbed(proj: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert "HARMLESS_SETTING" not in env and env["GIT_TERMINAL_PROMPT"] == "0"
     assert env["PATH"] == os.environ["PATH"]
     assert scrub_env(allow=["HARMLESS_SETTING"])["HARMLESS_SETTING"] == "fine"
-    res = run_command("env", proj, sandbox=Sandbox("none"), timeout=30, output_cap=100000,
-                      env_allow=["HARMLESS_SETTING"])  # fmt: skip
+    res = run_command(
+        "env", proj, sandbox=Sandbox("none"), timeout=30, output_cap=100000, env_allow=["HARMLESS_SETTING"]
+    )
     assert "leak-" not in res.output and "HARMLESS_SETTING=fine" in res.output
 
 
@@ -241,8 +252,7 @@ def test_sandbox_detection() -> None:
 def test_bwrap_confines_writes(proj: Path, tmp_path: Path) -> None:
     sb = detect_sandbox("auto")
     outside = tmp_path / "outside.txt"
-    run_command(f"echo hi > {outside}; echo in > inside.txt", proj, sandbox=sb, timeout=30,
-                      output_cap=10000)  # fmt: skip
+    run_command(f"echo hi > {outside}; echo in > inside.txt", proj, sandbox=sb, timeout=30, output_cap=10000)
     assert not outside.exists() and (proj / "inside.txt").exists()
 
 
@@ -257,8 +267,9 @@ def test_bwrap_keeps_tools_under_tmp_visible(proj: Path, monkeypatch) -> None:
         i = argv.index(str(tools.resolve()))
         assert argv[i - 1] == "--ro-bind" and argv.index("--tmpfs") < i < argv.index("--bind")
         if detect_sandbox("auto").kind == "bwrap":
-            res = run_command("hello-tool; touch /tmp/x", proj, sandbox=detect_sandbox("auto"),
-                              timeout=30, output_cap=10000)  # fmt: skip
+            res = run_command(
+                "hello-tool; touch /tmp/x", proj, sandbox=detect_sandbox("auto"), timeout=30, output_cap=10000
+            )
             assert "tool-ran" in res.output
             assert not (tools / "x").exists()
     finally:
@@ -267,8 +278,9 @@ def test_bwrap_keeps_tools_under_tmp_visible(proj: Path, monkeypatch) -> None:
 
 def test_process_group_is_killed_even_when_shell_exits(proj: Path) -> None:
     marker = proj / "late.txt"
-    res = run_command(f"(sleep 1; touch {marker}) &", proj, sandbox=Sandbox("none"), timeout=30,
-                      output_cap=100)  # fmt: skip
+    res = run_command(
+        f"(sleep 1; touch {marker}) &", proj, sandbox=Sandbox("none"), timeout=30, output_cap=100
+    )
     assert res.exit_code == 0
     time.sleep(1.5)
     assert not marker.exists()  # the background child did not outlive the command
@@ -279,6 +291,9 @@ def test_process_group_is_killed_even_when_shell_exits(proj: Path) -> None:
 def test_search_ripgrep_agrees_with_python(proj: Path) -> None:
     rg = Toolbox(ProjectRoot(proj), FileTracker(), Sandbox("none"), use_ripgrep=True)
     assert rg.rg is not None
-    for args in ({"pattern": r"def \w+"}, {"pattern": "HELLO", "ignore_case": True},
-                 {"pattern": "return", "glob": "*.py"}):  # fmt: skip
+    for args in (
+        {"pattern": r"def \w+"},
+        {"pattern": "HELLO", "ignore_case": True},
+        {"pattern": "return", "glob": "*.py"},
+    ):
         assert sorted(rg.search(args).splitlines()) == sorted(_tb(proj).search(args).splitlines())

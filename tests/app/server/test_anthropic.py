@@ -25,17 +25,17 @@ CALL = (
 
 
 def client(srv, **kw) -> anthropic.Anthropic:
-    return anthropic.Anthropic(
-        base_url=srv.url, api_key=kw.pop("api_key", "x"), max_retries=0, **kw
-    )
+    return anthropic.Anthropic(base_url=srv.url, api_key=kw.pop("api_key", "x"), max_retries=0, **kw)
 
 
 def test_plain_message_with_the_tiny_model(serve, engine):
     srv = serve(engine)
     msg = client(srv).messages.create(
-        model="claude-sonnet-4-6", max_tokens=8, extra_body={"temperature": 0},
+        model="claude-sonnet-4-6",
+        max_tokens=8,
+        extra_body={"temperature": 0},
         messages=[{"role": "user", "content": "Hello"}],
-    )  # fmt: skip
+    )
     assert msg.type == "message" and msg.role == "assistant"
     assert msg.model == "claude-sonnet-4-6"
     assert msg.stop_reason in ("end_turn", "max_tokens")
@@ -52,9 +52,11 @@ def test_thinking_and_text_blocks(serve, scripted):
     eng = scripted("I should greet.\n</think>\n\nHello there!")
     srv = serve(eng)
     msg = client(srv).messages.create(
-        model="m", max_tokens=100, thinking={"type": "enabled", "budget_tokens": 50},
+        model="m",
+        max_tokens=100,
+        thinking={"type": "enabled", "budget_tokens": 50},
         messages=[{"role": "user", "content": "Hi"}],
-    )  # fmt: skip
+    )
     assert [b.type for b in msg.content] == ["thinking", "text"]
     assert msg.content[0].thinking.strip() == "I should greet."
     assert msg.content[0].signature
@@ -66,9 +68,7 @@ def test_thinking_and_text_blocks(serve, scripted):
 def test_thinking_disabled_renders_an_empty_think_block(serve, scripted):
     eng = scripted("Just text.")
     srv = serve(eng)
-    msg = client(srv).messages.create(
-        model="m", max_tokens=50, messages=[{"role": "user", "content": "Hi"}]
-    )
+    msg = client(srv).messages.create(model="m", max_tokens=50, messages=[{"role": "user", "content": "Hi"}])
     assert [b.type for b in msg.content] == ["text"] and msg.content[0].text == "Just text."
     assert eng.requests[0].enable_thinking is False
 
@@ -79,22 +79,30 @@ def test_tool_use_round_trip(serve, scripted):
     c = client(srv)
     history = [{"role": "user", "content": "Weather in Paris?"}]
     first = c.messages.create(
-        model="m", max_tokens=200, tools=TOOLS, messages=history,
+        model="m",
+        max_tokens=200,
+        tools=TOOLS,
+        messages=history,
         thinking={"type": "enabled", "budget_tokens": 100},
-    )  # fmt: skip
+    )
     assert first.stop_reason == "tool_use"
     use = next(b for b in first.content if b.type == "tool_use")
     assert use.name == "get_weather" and use.input == {"city": "Paris", "days": 2}
     assert use.id.startswith("toolu_")
     history += [
         {"role": "assistant", "content": [b.model_dump() for b in first.content]},
-        {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": use.id, "content": "sunny, 24C"}]},
-    ]  # fmt: skip
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny, 24C"}],
+        },
+    ]
     second = c.messages.create(
-        model="m", max_tokens=200, tools=TOOLS, messages=history,
+        model="m",
+        max_tokens=200,
+        tools=TOOLS,
+        messages=history,
         thinking={"type": "enabled", "budget_tokens": 100},
-    )  # fmt: skip
+    )
     assert second.stop_reason == "end_turn"
     assert second.content[-1].text == "It is sunny in Paris."
     # The thinking given back went to the template as reasoning, and the tool result as a tool turn.
@@ -112,9 +120,11 @@ def test_streaming_text_and_final_message(serve, scripted):
     eng = scripted("Plan.\n</think>\n\nHello stream!")
     srv = serve(eng)
     with client(srv).messages.stream(
-        model="m", max_tokens=100, thinking={"type": "enabled", "budget_tokens": 50},
+        model="m",
+        max_tokens=100,
+        thinking={"type": "enabled", "budget_tokens": 50},
         messages=[{"role": "user", "content": "Hi"}],
-    ) as s:  # fmt: skip
+    ) as s:
         texts = list(s.text_stream)
         final = s.get_final_message()
     assert "".join(texts) == "Hello stream!"
@@ -127,15 +137,29 @@ def test_streaming_event_sequence_is_anthropics(serve, scripted):
     eng = scripted(f"Think.\n</think>\n\nCalling.\n{CALL}")
     srv = serve(eng)
     with client(srv).messages.stream(
-        model="m", max_tokens=300, tools=TOOLS, thinking={"type": "enabled", "budget_tokens": 50},
+        model="m",
+        max_tokens=300,
+        tools=TOOLS,
+        thinking={"type": "enabled", "budget_tokens": 50},
         messages=[{"role": "user", "content": "Weather?"}],
-    ) as s:  # fmt: skip
+    ) as s:
         events = list(s)
         final = s.get_final_message()
     kinds = [e.type for e in events]
     # The SDK also fires its own convenience events (text, thinking, signature, input_json).
-    raw = [k for k in kinds if k in ("message_start", "content_block_start", "content_block_delta",
-                                     "content_block_stop", "message_delta", "message_stop")]  # fmt: skip
+    raw = [
+        k
+        for k in kinds
+        if k
+        in (
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        )
+    ]
     assert raw[0] == "message_start" and raw[-2:] == ["message_delta", "message_stop"]
     starts = [e.content_block.type for e in events if e.type == "content_block_start"]
     assert starts == ["thinking", "text", "tool_use"]
@@ -173,15 +197,23 @@ def test_errors_are_sdk_exceptions(serve, engine):
     assert "max_tokens" in e.value.message
     with pytest.raises(anthropic.BadRequestError, match="unknown content block type"):
         c.messages.create(
-            model="m", max_tokens=5,
+            model="m",
+            max_tokens=5,
             messages=[{"role": "user", "content": [{"type": "video", "x": 1}]}],
-        )  # fmt: skip
+        )
     with pytest.raises(anthropic.BadRequestError, match="nothing leaves this machine"):
         c.messages.create(
-            model="m", max_tokens=5,
-            messages=[{"role": "user", "content": [
-                {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]}],
-        )  # fmt: skip
+            model="m",
+            max_tokens=5,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+                    ],
+                }
+            ],
+        )
     with pytest.raises(anthropic.NotFoundError):
         c.get("/v1/nothing", cast_to=object)
 
@@ -191,8 +223,13 @@ def test_raw_sse_matches_anthropics_wire_format(serve, scripted):
 
     eng = scripted("Hm.\n</think>\n\nHi!")
     srv = serve(eng)
-    body = {"model": "m", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "x"}],
-            "thinking": {"type": "enabled", "budget_tokens": 10}}  # fmt: skip
+    body = {
+        "model": "m",
+        "max_tokens": 50,
+        "stream": True,
+        "messages": [{"role": "user", "content": "x"}],
+        "thinking": {"type": "enabled", "budget_tokens": 10},
+    }
     with httpx.stream("POST", srv.url + "/v1/messages", json=body, timeout=30) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         raw = r.read().decode()
@@ -203,17 +240,21 @@ def test_raw_sse_matches_anthropics_wire_format(serve, scripted):
         name = event_line.removeprefix("event: ")
         data = json.loads(data_line.removeprefix("data: "))
         assert data["type"] == name
-        names.append(
-            (name, data.get("delta", {}).get("type") or data.get("content_block", {}).get("type"))
-        )
+        names.append((name, data.get("delta", {}).get("type") or data.get("content_block", {}).get("type")))
     collapsed = [n for i, n in enumerate(names) if i == 0 or n != names[i - 1]]
     assert collapsed == [
-        ("message_start", None), ("ping", None),
-        ("content_block_start", "thinking"), ("content_block_delta", "thinking_delta"),
-        ("content_block_delta", "signature_delta"), ("content_block_stop", None),
-        ("content_block_start", "text"), ("content_block_delta", "text_delta"),
-        ("content_block_stop", None), ("message_delta", None), ("message_stop", None),
-    ]  # fmt: skip
+        ("message_start", None),
+        ("ping", None),
+        ("content_block_start", "thinking"),
+        ("content_block_delta", "thinking_delta"),
+        ("content_block_delta", "signature_delta"),
+        ("content_block_stop", None),
+        ("content_block_start", "text"),
+        ("content_block_delta", "text_delta"),
+        ("content_block_stop", None),
+        ("message_delta", None),
+        ("message_stop", None),
+    ]
 
 
 def test_base64_images_reach_the_vision_model(serve, engine):
@@ -230,12 +271,8 @@ def test_base64_images_reach_the_vision_model(serve, engine):
     text = {"type": "text", "text": "What is this?"}
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}}
     plain = c.messages.count_tokens(model="m", messages=[{"role": "user", "content": [text]}])
-    seen = c.messages.create(
-        model="m", max_tokens=2, messages=[{"role": "user", "content": [image, text]}]
-    )
-    counted = c.messages.count_tokens(
-        model="m", messages=[{"role": "user", "content": [image, text]}]
-    )
+    seen = c.messages.create(model="m", max_tokens=2, messages=[{"role": "user", "content": [image, text]}])
+    counted = c.messages.count_tokens(model="m", messages=[{"role": "user", "content": [image, text]}])
     u = seen.usage
     used = u.input_tokens + u.cache_creation_input_tokens + u.cache_read_input_tokens
     assert used == counted.input_tokens >= plain.input_tokens + 3
@@ -275,10 +312,14 @@ def test_cache_control_breakpoints_and_cache_usage(serve, engine):
     fork = [*history[:3], {"role": "assistant", "content": "Other."}, ask]
     two = c.messages.create(model="m", max_tokens=1, system=system, messages=fork)
     tok = engine.model.tokenizer
-    upto = [{"role": "system", "content": "You are terse."}, *history[:2],
-            {"role": "user", "content": "Second?"}]  # fmt: skip
-    text = render_prompt(tok, upto, enable_thinking=False, preserve_thinking=True,
-                         add_generation_prompt=False)  # fmt: skip
+    upto = [
+        {"role": "system", "content": "You are terse."},
+        *history[:2],
+        {"role": "user", "content": "Second?"},
+    ]
+    text = render_prompt(
+        tok, upto, enable_thinking=False, preserve_thinking=True, add_generation_prompt=False
+    )
     assert two.usage.cache_read_input_tokens == len(tok.encode(text, add_special_tokens=False))
     health = httpx.get(srv.url + "/health").json()["prompt_cache"]
     assert health["memory_bytes"] > 0 and 0 < health["memory_used_bytes"] <= health["memory_bytes"]

@@ -7,8 +7,13 @@ import pytest
 
 from app.server.jobs import BUDGET_NOTE
 
-TOOLS = [{"name": "lookup", "description": "Look up", "input_schema": {
-    "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}]  # fmt: skip
+TOOLS = [
+    {
+        "name": "lookup",
+        "description": "Look up",
+        "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+    }
+]
 USER = [{"role": "user", "content": "hi"}]
 
 
@@ -34,38 +39,54 @@ def test_thinking_budget_closes_the_reasoning_and_answers(serve, scripted):
 
 
 def test_tool_choice_any_and_tool_force_a_call(serve, scripted):
-    eng = scripted("lookup>\n<parameter=q>\ncats\n</parameter>\n</function>\n</tool_call>",
-                   "<parameter=q>\ndogs\n</parameter>\n</function>\n</tool_call>")  # fmt: skip
+    eng = scripted(
+        "lookup>\n<parameter=q>\ncats\n</parameter>\n</function>\n</tool_call>",
+        "<parameter=q>\ndogs\n</parameter>\n</function>\n</tool_call>",
+    )
     srv = serve(eng)
     c = client(srv)
-    any_ = c.messages.create(model="m", max_tokens=100, messages=USER, tools=TOOLS,
-                             tool_choice={"type": "any"})  # fmt: skip
+    any_ = c.messages.create(
+        model="m", max_tokens=100, messages=USER, tools=TOOLS, tool_choice={"type": "any"}
+    )
     assert any_.stop_reason == "tool_use" and any_.content[0].input == {"q": "cats"}
-    one = c.messages.create(model="m", max_tokens=100, messages=USER, tools=TOOLS,
-                            tool_choice={"type": "tool", "name": "lookup"})  # fmt: skip
+    one = c.messages.create(
+        model="m", max_tokens=100, messages=USER, tools=TOOLS, tool_choice={"type": "tool", "name": "lookup"}
+    )
     assert one.content[0].name == "lookup" and one.content[0].input == {"q": "dogs"}
     with pytest.raises(anthropic.BadRequestError, match="Thinking may not be enabled"):
-        c.messages.create(model="m", max_tokens=100, messages=USER, tools=TOOLS,
-                          tool_choice={"type": "any"},
-                          thinking={"type": "enabled", "budget_tokens": 10})  # fmt: skip
+        c.messages.create(
+            model="m",
+            max_tokens=100,
+            messages=USER,
+            tools=TOOLS,
+            tool_choice={"type": "any"},
+            thinking={"type": "enabled", "budget_tokens": 10},
+        )
     with pytest.raises(anthropic.BadRequestError, match="no tool named 'nope'"):
-        c.messages.create(model="m", max_tokens=100, messages=USER, tools=TOOLS,
-                          tool_choice={"type": "tool", "name": "nope"})  # fmt: skip
+        c.messages.create(
+            model="m",
+            max_tokens=100,
+            messages=USER,
+            tools=TOOLS,
+            tool_choice={"type": "tool", "name": "nope"},
+        )
 
 
 def test_tool_choice_none_hides_the_tools(serve, scripted):
     eng = scripted("No tools.")
     srv = serve(eng)
-    client(srv).messages.create(model="m", max_tokens=50, messages=USER, tools=TOOLS,
-                                tool_choice={"type": "none"})  # fmt: skip
+    client(srv).messages.create(
+        model="m", max_tokens=50, messages=USER, tools=TOOLS, tool_choice={"type": "none"}
+    )
     assert eng.requests[0].tools is None
 
 
 def test_prefill_continues_the_assistant_message(serve, scripted):
     eng = scripted('"blue"}')
     srv = serve(eng)
-    msg = client(srv).messages.create(model="m", max_tokens=50, messages=[
-        *USER, {"role": "assistant", "content": '{"color":'}])  # fmt: skip
+    msg = client(srv).messages.create(
+        model="m", max_tokens=50, messages=[*USER, {"role": "assistant", "content": '{"color":'}]
+    )
     assert msg.content[0].text == '"blue"}'
     assert eng.prompt_text(0).endswith('{"color":')
 
@@ -73,8 +94,9 @@ def test_prefill_continues_the_assistant_message(serve, scripted):
 def test_stop_sequences(serve, scripted):
     eng = scripted("one two STOP three")
     srv = serve(eng)
-    msg = client(srv).messages.create(model="m", max_tokens=50, messages=USER,
-                                      stop_sequences=["STOP", "never"])  # fmt: skip
+    msg = client(srv).messages.create(
+        model="m", max_tokens=50, messages=USER, stop_sequences=["STOP", "never"]
+    )
     assert msg.stop_reason == "stop_sequence" and msg.stop_sequence == "STOP"
     assert msg.content[0].text == "one two "
 
@@ -107,13 +129,22 @@ def test_prefill_and_thinking_budget_with_an_image(serve, engine):
     ask = {"role": "user", "content": [image, {"type": "text", "text": "What is this?"}]}
     c = client(serve(engine))
     counted = c.messages.count_tokens(model="m", messages=[ask]).input_tokens
-    msg = c.messages.create(model="m", max_tokens=3, extra_body={"temperature": 0},
-                            messages=[ask, {"role": "assistant", "content": "It is"}])  # fmt: skip
+    msg = c.messages.create(
+        model="m",
+        max_tokens=3,
+        extra_body={"temperature": 0},
+        messages=[ask, {"role": "assistant", "content": "It is"}],
+    )
     u = msg.usage
     # The prefill is the reply's start, not the client's prompt.
     assert u.input_tokens + u.cache_creation_input_tokens + u.cache_read_input_tokens == counted
     assert not msg.content or not msg.content[0].text.startswith("It is")
-    msg = c.messages.create(model="m", max_tokens=12, messages=[ask], extra_body={"temperature": 0},
-                            thinking={"type": "enabled", "budget_tokens": 2})  # fmt: skip
+    msg = c.messages.create(
+        model="m",
+        max_tokens=12,
+        messages=[ask],
+        extra_body={"temperature": 0},
+        thinking={"type": "enabled", "budget_tokens": 2},
+    )
     assert msg.content[0].type == "thinking" and msg.content[0].thinking.endswith(BUDGET_NOTE)
     assert msg.usage.output_tokens <= 12

@@ -20,16 +20,27 @@ def _plan(messages, **kw):
 
 
 def test_mid_conversation_system_messages_fold_into_the_next_user_turn():
-    plan = _plan([
-        {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": [
-            {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "ls"}}]},
-        {"role": "system", "content": "The date changed."},
-        {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "a.txt"},
-            {"type": "text", "text": "go on"}]},
-        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
-    ], system="You are Claude Code.")  # fmt: skip
+    plan = _plan(
+        [
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "ls"}}
+                ],
+            },
+            {"role": "system", "content": "The date changed."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "a.txt"},
+                    {"type": "text", "text": "go on"},
+                ],
+            },
+            {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        ],
+        system="You are Claude Code.",
+    )
     roles = [m["role"] for m in plan.messages]
     assert roles == ["system", "user", "assistant", "tool", "user", "user"]
     # After the tool result (which must follow the call), before the user's own text.
@@ -39,11 +50,22 @@ def test_mid_conversation_system_messages_fold_into_the_next_user_turn():
     assert plan.messages[5]["content"] == "<system-reminder>\nBe brief.\n</system-reminder>"
     # The same history renders the same way every time, so the next turn's prompt extends it.
     again = _plan(
-        [{"role": "user", "content": "hi"}, {"role": "system", "content": "x"},
-         {"role": "user", "content": "y"}])  # fmt: skip
-    assert again.messages == _plan(
-        [{"role": "user", "content": "hi"}, {"role": "system", "content": "x"},
-         {"role": "user", "content": "y"}]).messages  # fmt: skip
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": "x"},
+            {"role": "user", "content": "y"},
+        ]
+    )
+    assert (
+        again.messages
+        == _plan(
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "system", "content": "x"},
+                {"role": "user", "content": "y"},
+            ]
+        ).messages
+    )
     with pytest.raises(Exception, match="expected 'user', 'assistant' or 'system'"):
         _plan([{"role": "tool", "content": "x"}])
 
@@ -52,11 +74,21 @@ def test_claude_codes_first_request_shape_is_answered(serve, engine):
     # The real template refuses a system turn after the first; Claude Code sends one anyway
     # (anthropic-beta: mid-conversation-system-2026-04-07).
     srv = serve(engine)
-    body = {"model": "qwen3.6", "max_tokens": 4, "system": [{"type": "text", "text": "Be Claude."}],
-            "messages": [{"role": "user", "content": "hi"},
-                         {"role": "system", "content": "<env>cwd: /tmp</env>"}]}  # fmt: skip
-    r = httpx.post(srv.url + "/v1/messages", json=body, timeout=60,
-                   headers={"anthropic-beta": "mid-conversation-system-2026-04-07"})  # fmt: skip
+    body = {
+        "model": "qwen3.6",
+        "max_tokens": 4,
+        "system": [{"type": "text", "text": "Be Claude."}],
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": "<env>cwd: /tmp</env>"},
+        ],
+    }
+    r = httpx.post(
+        srv.url + "/v1/messages",
+        json=body,
+        timeout=60,
+        headers={"anthropic-beta": "mid-conversation-system-2026-04-07"},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["type"] == "message"
 
@@ -82,14 +114,16 @@ def test_message_start_reports_the_cache_split_like_message_delta(serve, engine)
 def test_each_request_leaves_one_record(serve, scripted, caplog):
     srv = serve(scripted("Hello!"))
     service = srv.app.service
-    c = anthropic.Anthropic(base_url=srv.url, api_key="x", max_retries=0,
-                            default_headers={"user-agent": "claude-cli/2.1.197 (external, cli)"})  # fmt: skip
+    c = anthropic.Anthropic(
+        base_url=srv.url,
+        api_key="x",
+        max_retries=0,
+        default_headers={"user-agent": "claude-cli/2.1.197 (external, cli)"},
+    )
     with caplog.at_level("DEBUG", logger="locus.server.requests"):
-        c.messages.create(model="qwen3.6", max_tokens=20,
-                          messages=[{"role": "user", "content": "hi"}])  # fmt: skip
+        c.messages.create(model="qwen3.6", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
         with pytest.raises(anthropic.BadRequestError):
-            c.messages.create(model="qwen3.6", max_tokens=0,
-                              messages=[{"role": "user", "content": "hi"}])  # fmt: skip
+            c.messages.create(model="qwen3.6", max_tokens=0, messages=[{"role": "user", "content": "hi"}])
     ok, bad = service.requests.records()
     assert (ok.endpoint, ok.model, ok.status, ok.finish_reason) == (
         "/v1/messages",

@@ -21,9 +21,26 @@ def _args(*argv: str):
 
 
 def test_options_become_the_config():
-    cfg = config_from_args(_args("--host", "0.0.0.0", "--port", "9000", "--max-queue", "3",
-                                 "--allow-origin", "http://localhost:3000", "--allow-host", "box",
-                                 "--preset", "coding", "--context", "8192", "--max-body-mb", "1"))  # fmt: skip
+    cfg = config_from_args(
+        _args(
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "9000",
+            "--max-queue",
+            "3",
+            "--allow-origin",
+            "http://localhost:3000",
+            "--allow-host",
+            "box",
+            "--preset",
+            "coding",
+            "--context",
+            "8192",
+            "--max-body-mb",
+            "1",
+        )
+    )
     assert (cfg.host, cfg.port, cfg.max_queue, cfg.preset) == ("0.0.0.0", 9000, 3, "coding")
     assert cfg.allowed_origins == ("http://localhost:3000",) and cfg.allowed_hosts == ("box",)
     assert cfg.context_tokens == 8192 and cfg.max_body_bytes == 1024 * 1024
@@ -54,8 +71,11 @@ def test_serve_process_answers_and_stops_on_ctrl_c():
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--demo", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -67,9 +87,15 @@ def test_serve_process_answers_and_stops_on_ctrl_c():
                 assert time.monotonic() < deadline, "server did not start"
                 time.sleep(0.3)
         assert r.status_code == 200 and r.json()["data"][0]["owned_by"] == "locus"
-        answer = httpx.post(f"http://127.0.0.1:{port}/v1/messages", timeout=60, json={
-            "model": "claude-sonnet-4-6", "max_tokens": 3,
-            "messages": [{"role": "user", "content": "hi"}]}).json()  # fmt: skip
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/messages",
+            timeout=60,
+            json={
+                "model": "claude-sonnet-4-6",
+                "max_tokens": 3,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        ).json()
         assert answer["type"] == "message" and answer["usage"]["output_tokens"] >= 1
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
@@ -90,7 +116,9 @@ def test_port_in_use_is_a_clear_error():
         port = busy.getsockname()[1]
         proc = subprocess.run(
             [sys.executable, "-m", "app.cli", "serve", "--demo", "--port", str(port)],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 1
     assert f"could not listen on 127.0.0.1:{port}" in proc.stderr

@@ -71,15 +71,14 @@ def _sockets(pid: int) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.path.isdir("/proc/self/fd"), reason="counts the server's sockets in /proc"
-)
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts the server's sockets in /proc")
 def test_half_open_connections_neither_starve_nor_stay(tmp_path):
     _raise_own_limit(HALF_OPEN + 1024)
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen([sys.executable, "-c", _SERVER], stdout=subprocess.PIPE,
-                                stderr=log_file, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVER], stdout=subprocess.PIPE, stderr=log_file, text=True
+        )
     socks: list[socket.socket] = []
     try:
         line = proc.stdout.readline()
@@ -113,8 +112,7 @@ def test_half_open_connections_neither_starve_nor_stay(tmp_path):
             r = httpx.get(url, timeout=10)
             times.append(time.monotonic() - t0)
             assert r.status_code == 200 and r.json()["status"] == "ok"
-        print(f"\n/health beside {HALF_OPEN} half-open connections: "
-              f"{', '.join(f'{t:.3f}s' for t in times)}")  # fmt: skip
+        print(f"\n/health beside {HALF_OPEN} half-open connections: {', '.join(f'{t:.3f}s' for t in times)}")
 
         # The server closes every connection that sent no complete headers within 2 s (those
         # that finish connecting late get their own 2 s): its descriptors fall back to the few it
@@ -177,8 +175,13 @@ def _read_response(s: socket.socket) -> bytes:
         assert chunk, "closed before answering"
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
-    size = int(next(v for k, _, v in (h.partition(b":") for h in head.split(b"\r\n"))
-                    if k.strip().lower() == b"content-length"))  # fmt: skip
+    size = int(
+        next(
+            v
+            for k, _, v in (h.partition(b":") for h in head.split(b"\r\n"))
+            if k.strip().lower() == b"content-length"
+        )
+    )
     while len(rest) < size:
         rest += s.recv(65536)
     return head

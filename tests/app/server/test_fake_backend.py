@@ -17,13 +17,26 @@ import pytest
 from engine import BackendInfo, Usage
 from tests.fakebackend import FakeBackend, Reply
 
-TOOLS = [{"name": "lookup", "description": "Look up", "input_schema": {
-    "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}]  # fmt: skip
-OA_TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {
-    "type": "object", "properties": {"q": {"type": "string"}}}}}]  # fmt: skip
+TOOLS = [
+    {
+        "name": "lookup",
+        "description": "Look up",
+        "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+    }
+]
+OA_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
+    }
+]
 USER = [{"role": "user", "content": "hi"}]
-INFO = BackendInfo(name="org/fake-model", context_tokens=4096, vocab_size=500, model_id="f1",
-                   created=1700000000)  # fmt: skip
+INFO = BackendInfo(
+    name="org/fake-model", context_tokens=4096, vocab_size=500, model_id="f1", created=1700000000
+)
 
 
 def ac(srv) -> anthropic.Anthropic:
@@ -46,15 +59,16 @@ def test_models_come_from_backend_info(serve):
 
 
 def test_reply_events_reach_both_sdks(serve):
-    reply = Reply(reasoning="Let me see.", text="The answer.",
-                  usage=Usage(prompt_tokens=0, completion_tokens=7))  # fmt: skip
+    reply = Reply(
+        reasoning="Let me see.", text="The answer.", usage=Usage(prompt_tokens=0, completion_tokens=7)
+    )
     fake = FakeBackend([reply])
     srv = serve(fake)
-    msg = ac(srv).messages.create(model="m", max_tokens=50, messages=USER,
-                                  thinking={"type": "enabled", "budget_tokens": 20})  # fmt: skip
+    msg = ac(srv).messages.create(
+        model="m", max_tokens=50, messages=USER, thinking={"type": "enabled", "budget_tokens": 20}
+    )
     thinking, text = msg.content
-    assert (thinking.thinking, text.text, msg.stop_reason) == ("Let me see.", "The answer.",
-                                                               "end_turn")  # fmt: skip
+    assert (thinking.thinking, text.text, msg.stop_reason) == ("Let me see.", "The answer.", "end_turn")
     assert msg.usage.output_tokens == 7
     r = oc(srv).chat.completions.create(model="m", messages=USER, max_tokens=50)
     assert r.choices[0].message.content == "The answer." and r.choices[0].finish_reason == "stop"
@@ -65,8 +79,10 @@ def test_reply_events_reach_both_sdks(serve):
 
 
 def test_raw_tool_call_is_parsed_and_streamed(serve):
-    raw = "ok</think>\n\n<tool_call>\n<function=lookup>\n<parameter=q>\ncats\n</parameter>\n" \
-          "</function>\n</tool_call>"  # fmt: skip
+    raw = (
+        "ok</think>\n\n<tool_call>\n<function=lookup>\n<parameter=q>\ncats\n</parameter>\n"
+        "</function>\n</tool_call>"
+    )
     srv = serve(FakeBackend([raw]))
     with ac(srv).messages.stream(model="m", max_tokens=50, messages=USER, tools=TOOLS) as s:
         final = s.get_final_message()
@@ -77,8 +93,7 @@ def test_raw_tool_call_is_parsed_and_streamed(serve):
 def test_stop_sequence_comes_from_done(serve):
     fake = FakeBackend([Reply(text="one two ", stop_sequence="STOP")])
     srv = serve(fake)
-    msg = ac(srv).messages.create(model="m", max_tokens=50, messages=USER,
-                                  stop_sequences=["never", "STOP"])  # fmt: skip
+    msg = ac(srv).messages.create(model="m", max_tokens=50, messages=USER, stop_sequences=["never", "STOP"])
     assert msg.stop_reason == "stop_sequence" and msg.stop_sequence == "STOP"
     assert fake.requests[0].stop == ["never", "STOP"]
     r = oc(srv).chat.completions.create(model="m", messages=USER, stop=["STOP"])
@@ -110,21 +125,21 @@ def test_tool_choice_and_prefill_reach_the_request(serve):
     fake = FakeBackend(["<parameter=q>\ndogs\n</parameter>\n</function>\n</tool_call>"])
     srv = serve(fake)
     c = ac(srv)
-    one = c.messages.create(model="m", max_tokens=50, messages=USER, tools=TOOLS,
-                            tool_choice={"type": "tool", "name": "lookup"})  # fmt: skip
+    one = c.messages.create(
+        model="m", max_tokens=50, messages=USER, tools=TOOLS, tool_choice={"type": "tool", "name": "lookup"}
+    )
     assert one.content[0].name == "lookup" and one.content[0].input == {"q": "dogs"}
     assert fake.requests[-1].tool_choice == "lookup" and fake.requests[-1].prefix == ""
     fake.replies = ["lookup>\n<parameter=q>\nx\n</parameter>\n</function>\n</tool_call>"]
-    c.messages.create(model="m", max_tokens=50, messages=USER, tools=TOOLS,
-                      tool_choice={"type": "any"})  # fmt: skip
+    c.messages.create(model="m", max_tokens=50, messages=USER, tools=TOOLS, tool_choice={"type": "any"})
     assert fake.requests[-1].tool_choice == "required"
-    r = oc(srv).chat.completions.create(model="m", messages=USER, tools=OA_TOOLS,
-                                        tool_choice="required")  # fmt: skip
+    r = oc(srv).chat.completions.create(model="m", messages=USER, tools=OA_TOOLS, tool_choice="required")
     assert json.loads(r.choices[0].message.tool_calls[0].function.arguments) == {"q": "x"}
     assert fake.requests[-1].tool_choice == "required"
     fake.replies = ['"blue"}']
-    msg = c.messages.create(model="m", max_tokens=50, messages=[
-        *USER, {"role": "assistant", "content": '{"color":'}])  # fmt: skip
+    msg = c.messages.create(
+        model="m", max_tokens=50, messages=[*USER, {"role": "assistant", "content": '{"color":'}]
+    )
     assert msg.content[0].text == '"blue"}' and fake.requests[-1].prefix == '{"color":'
 
 
@@ -132,11 +147,13 @@ def test_prefix_tokens_are_not_the_clients_prompt(serve):
     fake = FakeBackend(["fine"])
     srv = serve(fake)
     plain = ac(srv).messages.create(model="m", max_tokens=50, messages=USER)
-    prefilled = ac(srv).messages.create(model="m", max_tokens=50, messages=[
-        *USER, {"role": "assistant", "content": "Well, " * 8 + "it"}])  # fmt: skip
+    prefilled = ac(srv).messages.create(
+        model="m", max_tokens=50, messages=[*USER, {"role": "assistant", "content": "Well, " * 8 + "it"}]
+    )
     assert prefilled.usage.input_tokens == plain.usage.input_tokens
-    counted = ac(srv).messages.count_tokens(model="m", messages=[
-        *USER, {"role": "assistant", "content": "Well, " * 8 + "it"}])  # fmt: skip
+    counted = ac(srv).messages.count_tokens(
+        model="m", messages=[*USER, {"role": "assistant", "content": "Well, " * 8 + "it"}]
+    )
     assert counted.input_tokens == plain.usage.input_tokens
     req, bound = fake.counted[-1]
     assert req.prefix == "" and bound is None

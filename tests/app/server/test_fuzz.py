@@ -17,38 +17,59 @@ from hypothesis.configuration import set_hypothesis_home_dir
 set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "locus-hypothesis"))
 
 ANTHROPIC = {
-    "model": "m", "max_tokens": 4, "system": "s", "stop_sequences": ["x"], "temperature": 0.5,
+    "model": "m",
+    "max_tokens": 4,
+    "system": "s",
+    "stop_sequences": ["x"],
+    "temperature": 0.5,
     "messages": [
         {"role": "user", "content": [{"type": "text", "text": "hi"}]},
-        {"role": "assistant", "content": [
-            {"type": "thinking", "thinking": "t", "signature": "s"},
-            {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": 1}}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "t", "signature": "s"},
+                {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": 1}},
+            ],
+        },
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "r"}]},
     ],
     "tools": [{"name": "f", "description": "d", "input_schema": {"type": "object"}}],
-    "tool_choice": {"type": "auto"}, "thinking": {"type": "enabled", "budget_tokens": 2},
+    "tool_choice": {"type": "auto"},
+    "thinking": {"type": "enabled", "budget_tokens": 2},
     "metadata": {"user_id": "u"},
-}  # fmt: skip
+}
 OPENAI = {
-    "model": "m", "max_tokens": 4, "stop": "x", "temperature": 0.5, "seed": 1,
+    "model": "m",
+    "max_tokens": 4,
+    "stop": "x",
+    "temperature": 0.5,
+    "seed": 1,
     "messages": [
         {"role": "system", "content": "s"},
         {"role": "user", "content": [{"type": "text", "text": "hi"}]},
-        {"role": "assistant", "content": None, "reasoning_content": "t", "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "reasoning_content": "t",
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "r"},
     ],
     "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
-    "tool_choice": "auto", "chat_template_kwargs": {"enable_thinking": True},
-}  # fmt: skip
-ENDPOINTS = [("/v1/messages", ANTHROPIC), ("/v1/messages/count_tokens", ANTHROPIC),
-             ("/v1/chat/completions", OPENAI)]  # fmt: skip
+    "tool_choice": "auto",
+    "chat_template_kwargs": {"enable_thinking": True},
+}
+ENDPOINTS = [
+    ("/v1/messages", ANTHROPIC),
+    ("/v1/messages/count_tokens", ANTHROPIC),
+    ("/v1/chat/completions", OPENAI),
+]
 
 JUNK = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
 
@@ -78,8 +99,7 @@ def _mutate(body, path, value, delete):
 
 
 def check(srv, path: str, payload: bytes) -> None:
-    r = httpx.post(srv.url + path, content=payload, timeout=60,
-                   headers={"content-type": "application/json"})  # fmt: skip
+    r = httpx.post(srv.url + path, content=payload, timeout=60, headers={"content-type": "application/json"})
     assert r.status_code < 500, r.text
     if r.status_code >= 400:
         err = r.json()
@@ -144,9 +164,7 @@ def test_openapi_schema_fuzz_has_no_5xx(fuzz_server):
     assert {op.path for op in ops} >= {"/v1/messages", "/v1/chat/completions", "/v1/models"}
     for op in ops:
 
-        @settings(
-            max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck)
-        )
+        @settings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(case=op.as_strategy())
         def run(case):
             response = case.call(timeout=60)

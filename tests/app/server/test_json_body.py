@@ -12,13 +12,9 @@ from app.server.errors import flavor_of
 
 NESTED = b"[" * 100_000 + b"]" * 100_000
 NESTED_OBJECTS = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
-LONE_SURROGATE = (
-    b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "\\ud800"}]}'
-)
+LONE_SURROGATE = b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "\\ud800"}]}'
 LOW_SURROGATE_KEY = b'{"model": "m", "max_tokens": 5, "messages": [], "\\udc00": 1}'
-INVALID_UTF8 = (
-    b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "\xff\xfe"}]}'
-)
+INVALID_UTF8 = b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "\xff\xfe"}]}'
 HUGE_INT = b'{"model": "m", "max_tokens": 1' + b"0" * 5000 + b"}"
 BAD = {
     "nested arrays": NESTED,
@@ -38,8 +34,10 @@ class Conn:
         self.buf = b""
 
     def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, dict, bytes]:
-        head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
         self.sock.sendall(head.encode() + body)
         while b"\r\n\r\n" not in self.buf:
             self._read()
@@ -149,8 +147,6 @@ def test_openapi_documents_the_errors(server):
         assert {"400", "401", "403", "405", "413"} <= set(responses), (path, sorted(responses))
         assert "422" not in responses
         schema = responses["400"]["content"]["application/json"]["schema"]
-        assert schema["required"] == (
-            ["error"] if flavor_of(path) == "openai" else ["type", "error"]
-        )
+        assert schema["required"] == (["error"] if flavor_of(path) == "openai" else ["type", "error"])
         assert "Allow" in responses["405"]["headers"]
     assert "404" in paths["/v1/models/{model_id}"]["get"]["responses"]

@@ -30,18 +30,18 @@ CALL = (
 
 
 def client(srv, **kw) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=srv.url + "/v1", api_key=kw.pop("api_key", "x"), max_retries=0, **kw
-    )
+    return openai.OpenAI(base_url=srv.url + "/v1", api_key=kw.pop("api_key", "x"), max_retries=0, **kw)
 
 
 def test_plain_completion_with_the_tiny_model(serve, engine):
     srv = serve(engine)
     r = client(srv).chat.completions.create(
-        model="gpt-4o", max_tokens=6, temperature=0,
+        model="gpt-4o",
+        max_tokens=6,
+        temperature=0,
         messages=[{"role": "user", "content": "Hello"}],
         extra_body={"chat_template_kwargs": {"enable_thinking": False}},
-    )  # fmt: skip
+    )
     assert r.object == "chat.completion" and r.model == "gpt-4o"
     assert r.choices[0].finish_reason in ("stop", "length")
     assert r.usage.prompt_tokens > 5 and 1 <= r.usage.completion_tokens <= 6
@@ -55,14 +55,16 @@ def test_cached_tokens_reported_on_the_next_turn(serve, tiny_dir, tmp_path):
     try:
         srv = serve(eng)
         c = client(srv)
-        msgs = [{"role": "system", "content": "You are terse. " * 20},
-                {"role": "user", "content": "Hello"}]  # fmt: skip
+        msgs = [{"role": "system", "content": "You are terse. " * 20}, {"role": "user", "content": "Hello"}]
         first = c.chat.completions.create(model="m", max_tokens=4, messages=msgs, seed=1)
         msgs += [
-            {"role": "assistant", "content": first.choices[0].message.content or "",
-             "reasoning_content": first.choices[0].message.reasoning_content or ""},
+            {
+                "role": "assistant",
+                "content": first.choices[0].message.content or "",
+                "reasoning_content": first.choices[0].message.reasoning_content or "",
+            },
             {"role": "user", "content": "Again"},
-        ]  # fmt: skip
+        ]
         second = c.chat.completions.create(model="m", max_tokens=4, messages=msgs, seed=1)
         assert first.usage.prompt_tokens_details.cached_tokens == 0
         assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
@@ -83,10 +85,14 @@ def test_reasoning_content_and_tool_calls(serve, scripted):
     assert call.function.name == "get_weather" and call.id.startswith("call_")
     assert json.loads(call.function.arguments) == {"city": "Paris", "days": 2}
     msgs += [
-        {"role": "assistant", "content": m.content, "reasoning_content": m.reasoning_content,
-         "tool_calls": [call.model_dump()]},
+        {
+            "role": "assistant",
+            "content": m.content,
+            "reasoning_content": m.reasoning_content,
+            "tool_calls": [call.model_dump()],
+        },
         {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
-    ]  # fmt: skip
+    ]
     r2 = c.chat.completions.create(model="m", messages=msgs, tools=TOOLS, max_tokens=300)
     assert r2.choices[0].message.content == "Sunny in Paris."
     assert r2.choices[0].finish_reason == "stop"
@@ -100,10 +106,14 @@ def test_streaming_with_tool_calls_and_usage(serve, scripted):
     srv = serve(eng)
     chunks = list(
         client(srv).chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "Weather?"}], tools=TOOLS,
-            max_tokens=300, stream=True, stream_options={"include_usage": True},
+            model="m",
+            messages=[{"role": "user", "content": "Weather?"}],
+            tools=TOOLS,
+            max_tokens=300,
+            stream=True,
+            stream_options={"include_usage": True},
         )
-    )  # fmt: skip
+    )
     deltas = [c.choices[0].delta for c in chunks if c.choices]
     assert deltas[0].role == "assistant"
     reasoning = "".join(getattr(d, "reasoning_content", None) or "" for d in deltas)
@@ -122,9 +132,12 @@ def test_forced_tool_choice(serve, scripted):
     eng = scripted("<parameter=city>\nOslo\n</parameter>\n</function>\n</tool_call>")
     srv = serve(eng)
     r = client(srv).chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "Weather?"}], tools=TOOLS, max_tokens=100,
+        model="m",
+        messages=[{"role": "user", "content": "Weather?"}],
+        tools=TOOLS,
+        max_tokens=100,
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
-    )  # fmt: skip
+    )
     call = r.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments) == {"city": "Oslo"}
@@ -135,9 +148,11 @@ def test_chat_template_kwargs_turn_thinking_off(serve, scripted):
     eng = scripted("Plain answer.")
     srv = serve(eng)
     r = client(srv).chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "Hi"}], max_tokens=50,
+        model="m",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=50,
         extra_body={"chat_template_kwargs": {"enable_thinking": False}},
-    )  # fmt: skip
+    )
     assert r.choices[0].message.content == "Plain answer."
     assert eng.requests[0].enable_thinking is False
 
@@ -188,11 +203,27 @@ def test_errors_are_sdk_exceptions(serve, engine):
         c.chat.completions.create(model="m", messages=user, temperature=5)
     assert e.value.body["type"] == "invalid_request_error" and "temperature" in e.value.message
     with pytest.raises(openai.BadRequestError, match="nothing leaves this machine"):
-        c.chat.completions.create(model="m", messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])  # fmt: skip
+        c.chat.completions.create(
+            model="m",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}],
+                }
+            ],
+        )
     with pytest.raises(openai.BadRequestError, match="could not be decoded"):
-        c.chat.completions.create(model="m", messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}]}])  # fmt: skip
+        c.chat.completions.create(
+            model="m",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}
+                    ],
+                }
+            ],
+        )
     with pytest.raises(openai.BadRequestError, match="prompt is too long"):
         c.chat.completions.create(model="m", messages=[{"role": "user", "content": "word " * 5000}])
     models = c.models.list()
@@ -203,8 +234,14 @@ def test_frequency_penalty_is_taken_and_counts_generated_tokens(serve, engine):
     srv = serve(engine)
     c = client(srv)
     user = [{"role": "user", "content": "count the cats"}]
-    kw = {"model": "m", "messages": user, "max_tokens": 24, "temperature": 0, "presence_penalty": 0,
-          "extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}  # fmt: skip
+    kw = {
+        "model": "m",
+        "messages": user,
+        "max_tokens": 24,
+        "temperature": 0,
+        "presence_penalty": 0,
+        "extra_body": {"chat_template_kwargs": {"enable_thinking": False}},
+    }
     plain = c.chat.completions.create(**kw).choices[0].message.content
     # A negative penalty favours tokens already generated: the answer starts repeating itself.
     pen = c.chat.completions.create(frequency_penalty=-2.0, **kw).choices[0].message.content

@@ -47,8 +47,11 @@ def test_ten_megabyte_prompt_beside_a_small_one(serve, scripted):
     eng = scripted("fine", delay=0.01)
     srv = serve(eng)
     url = srv.url
-    big = {"model": "m", "max_tokens": 5,
-           "messages": [{"role": "user", "content": "lorem ipsum dolor " * 580_000}]}  # fmt: skip
+    big = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "lorem ipsum dolor " * 580_000}],
+    }
     small = {"model": "m", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
     assert len(big["messages"][0]["content"]) > 10_000_000
     httpx.post(f"{url}/v1/messages", json=small, timeout=60).raise_for_status()  # warm up
@@ -69,8 +72,10 @@ def test_ten_megabyte_prompt_beside_a_small_one(serve, scripted):
         small_s = time.monotonic() - t0
         thread.join(120)
     big_r = results["big"]
-    print(f"\nsmall request {small_s:.3f}s beside the 10 MB one ({results['big_s']:.2f}s); "
-          f"RSS grew {rss.growth_mb:.0f} MB")  # fmt: skip
+    print(
+        f"\nsmall request {small_s:.3f}s beside the 10 MB one ({results['big_s']:.2f}s); "
+        f"RSS grew {rss.growth_mb:.0f} MB"
+    )
     assert r.status_code == 200 and r.json()["object"] == "chat.completion"
     assert small_s < 1.0
     assert big_r.status_code == 400, big_r.text

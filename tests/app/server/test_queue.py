@@ -50,8 +50,11 @@ def test_disconnect_cancels_a_non_streaming_generation(serve, scripted):
     eng = scripted("la la la", eos=False)
     srv = serve(eng)
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(srv.url + "/v1/chat/completions", timeout=1.0,
-                   json={"model": "m", "max_tokens": 100000, "messages": USER})  # fmt: skip
+        httpx.post(
+            srv.url + "/v1/chat/completions",
+            timeout=1.0,
+            json={"model": "m", "max_tokens": 100000, "messages": USER},
+        )
     svc = srv.app.service
     _wait(lambda: svc.finished["cancelled"] == 1)
     assert eng.handles[0].cancelled
@@ -65,8 +68,11 @@ def test_queue_full_is_overloaded_and_waiters_run_in_order(serve, scripted):
     next(lines)
     results: list[str] = []
     body = {"model": "m", "max_tokens": 3, "messages": USER}
-    waiter = threading.Thread(target=lambda: results.append(
-        httpx.post(srv.url + "/v1/messages", json=body, timeout=30).json()["stop_reason"]))  # fmt: skip
+    waiter = threading.Thread(
+        target=lambda: results.append(
+            httpx.post(srv.url + "/v1/messages", json=body, timeout=30).json()["stop_reason"]
+        )
+    )
     waiter.start()
     _wait(lambda: svc.scheduler.waiting == 1)
     with pytest.raises(anthropic.OverloadedError, match="max-queue"):
@@ -103,8 +109,9 @@ def test_fifty_concurrent_streaming_clients(serve, engine):
     c = anthropic.Anthropic(base_url=srv.url, api_key="x", max_retries=0, timeout=120)
 
     def one(i: int) -> tuple[str, int]:
-        with c.messages.stream(model="m", max_tokens=3,
-                               messages=[{"role": "user", "content": f"Client {i}"}]) as s:  # fmt: skip
+        with c.messages.stream(
+            model="m", max_tokens=3, messages=[{"role": "user", "content": f"Client {i}"}]
+        ) as s:
             final = s.get_final_message()
         return final.stop_reason, final.usage.output_tokens
 
@@ -121,8 +128,17 @@ def test_health_reports_the_queue(serve, engine):
     h = httpx.get(srv.url + "/health").json()
     pc = h.pop("prompt_cache")
     assert pc["memory_bytes"] == engine.prompt_cache.memory_bytes > 0
-    assert h == {"status": "ok", "model_loaded": True, "active": 0, "waiting": 0, "finished": {},
-                 "draft_tokens": 0, "draft_accepted": 0, "ranks": 1, "rank_layers": []}  # fmt: skip
+    assert h == {
+        "status": "ok",
+        "model_loaded": True,
+        "active": 0,
+        "waiting": 0,
+        "finished": {},
+        "draft_tokens": 0,
+        "draft_accepted": 0,
+        "ranks": 1,
+        "rank_layers": [],
+    }
     json.dumps(h)
 
 

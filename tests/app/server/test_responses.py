@@ -8,10 +8,7 @@ import io
 import openai
 import pytest
 
-CALL = (
-    "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
-    "</function>\n</tool_call>"
-)
+CALL = "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"
 TOOLS = [
     {
         "type": "function",
@@ -33,8 +30,9 @@ def client(srv, key: str = "x") -> openai.OpenAI:
 def test_plain_response_with_instructions_and_reasoning(serve, scripted):
     eng = scripted("Thinking it over.\n</think>\n\nHello from Locus!")
     srv = serve(eng)
-    r = client(srv).responses.create(model="qwen3.6", instructions="Be brief.", input="Hi",
-                                     reasoning={"effort": "medium"})  # fmt: skip
+    r = client(srv).responses.create(
+        model="qwen3.6", instructions="Be brief.", input="Hi", reasoning={"effort": "medium"}
+    )
     assert r.status == "completed" and r.output_text == "Hello from Locus!"
     assert [o.type for o in r.output] == ["reasoning", "message"]
     assert r.output[0].content[0].text.strip() == "Thinking it over."
@@ -58,12 +56,18 @@ def test_streamed_events_follow_the_documented_sequence(serve, scripted):
     assert kinds[-1] == "response.completed"
     collapsed = [k for i, k in enumerate(kinds) if i == 0 or k != kinds[i - 1]]
     assert collapsed[2:] == [
-        "response.output_item.added", "response.reasoning_text.delta",
-        "response.reasoning_text.done", "response.output_item.done",
-        "response.output_item.added", "response.content_part.added",
-        "response.output_text.delta", "response.output_text.done",
-        "response.content_part.done", "response.output_item.done", "response.completed",
-    ]  # fmt: skip
+        "response.output_item.added",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert final.output_text == "Streamed answer."
     assert final.usage.output_tokens > 0
 
@@ -72,14 +76,21 @@ def test_forced_function_call_then_its_output_chained(serve, scripted):
     eng = scripted(CALL[len("<tool_call>\n<function=get_weather>\n") :], "It is sunny in Paris.")
     srv = serve(eng)
     c = client(srv)
-    r = c.responses.create(model="m", input="Weather in Paris?", tools=TOOLS,
-                           tool_choice={"type": "function", "name": "get_weather"})  # fmt: skip
+    r = c.responses.create(
+        model="m",
+        input="Weather in Paris?",
+        tools=TOOLS,
+        tool_choice={"type": "function", "name": "get_weather"},
+    )
     (call,) = [o for o in r.output if o.type == "function_call"]
     assert call.name == "get_weather" and call.arguments == '{"city": "Paris"}'
     r2 = c.responses.create(
-        model="m", previous_response_id=r.id, tools=TOOLS, reasoning={"effort": "none"},
+        model="m",
+        previous_response_id=r.id,
+        tools=TOOLS,
+        reasoning={"effort": "none"},
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
-    )  # fmt: skip
+    )
     assert r2.output_text == "It is sunny in Paris." and r2.previous_response_id == r.id
     msgs = eng.requests[-1].messages
     assert [m["role"] for m in msgs] == ["user", "assistant", "tool"]
@@ -90,8 +101,7 @@ def test_forced_function_call_then_its_output_chained(serve, scripted):
 
 def test_store_false_and_other_keys_cannot_chain(serve, scripted):
     srv = serve(scripted("ok"))
-    r = client(srv).responses.create(model="m", input="Hi", store=False,
-                                     reasoning={"effort": "none"})  # fmt: skip
+    r = client(srv).responses.create(model="m", input="Hi", store=False, reasoning={"effort": "none"})
     with pytest.raises(openai.NotFoundError, match="no stored response"):
         client(srv).responses.create(model="m", input="again", previous_response_id=r.id)
     kept = client(srv).responses.create(model="m", input="Hi", reasoning={"effort": "none"})
@@ -110,22 +120,41 @@ def test_image_input_and_unsupported_features(serve, engine):
     url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
     srv = serve(engine)
     c = client(srv)
-    r = c.responses.create(model="m", max_output_tokens=2, reasoning={"effort": "none"}, input=[
-        {"role": "user", "content": [{"type": "input_text", "text": "What is it?"},
-                                     {"type": "input_image", "image_url": url}]}])  # fmt: skip
+    r = c.responses.create(
+        model="m",
+        max_output_tokens=2,
+        reasoning={"effort": "none"},
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "What is it?"},
+                    {"type": "input_image", "image_url": url},
+                ],
+            }
+        ],
+    )
     assert r.status in ("completed", "incomplete") and r.usage.input_tokens > 10
     with pytest.raises(openai.BadRequestError, match="is not supported") as e:
         c.responses.create(model="m", input="x", tools=[{"type": "web_search"}])
     assert e.value.body["type"] == "invalid_request_error"
     with pytest.raises(openai.BadRequestError, match="nothing leaves this machine"):
-        c.responses.create(model="m", input=[{"role": "user", "content": [
-            {"type": "input_image", "image_url": "https://example.com/a.png"}]}])  # fmt: skip
+        c.responses.create(
+            model="m",
+            input=[
+                {
+                    "role": "user",
+                    "content": [{"type": "input_image", "image_url": "https://example.com/a.png"}],
+                }
+            ],
+        )
 
 
 def test_streamed_function_call_is_accumulated_by_the_sdk(serve, scripted):
     srv = serve(scripted("I will check.\n\n" + CALL))
-    with client(srv).responses.stream(model="m", input="Weather?", tools=TOOLS,
-                                      reasoning={"effort": "none"}) as s:  # fmt: skip
+    with client(srv).responses.stream(
+        model="m", input="Weather?", tools=TOOLS, reasoning={"effort": "none"}
+    ) as s:
         kinds = [ev.type for ev in s]
         final = s.get_final_response()
     assert "response.function_call_arguments.done" in kinds
@@ -140,12 +169,11 @@ def test_the_store_is_bounded_per_key_and_survives_a_restart(tmp_path):
     path = tmp_path / "responses.sqlite3"
     store = ResponseStore(path, keep=3)
     for i in range(5):
-        store.put("a", {"id": f"resp_{i}"}, [{"role": "user", "content": [
-            {"type": "image", "image": b"\x89PNG"}]}])  # fmt: skip
+        store.put(
+            "a", {"id": f"resp_{i}"}, [{"role": "user", "content": [{"type": "image", "image": b"\x89PNG"}]}]
+        )
     store.put("b", {"id": "resp_b"}, [])
     again = ResponseStore(path, keep=3)
-    assert [again.get("a", f"resp_{i}") is not None for i in range(5)] == [False, False] + [
-        True
-    ] * 3
+    assert [again.get("a", f"resp_{i}") is not None for i in range(5)] == [False, False] + [True] * 3
     assert again.get("a", "resp_4")[1][0]["content"][0]["image"] == b"\x89PNG"
     assert again.get("b", "resp_b") is not None and again.get("a", "resp_b") is None

@@ -160,9 +160,7 @@ def test_bodies_valid_by_the_served_schema_are_taken(operations, path):
     model = REQUEST_MODELS[path]
     op = operations[path]
 
-    @settings(
-        max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck)
-    )
+    @settings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(data=st.data())
     def check(data):
         body = data.draw(op.as_strategy()).body

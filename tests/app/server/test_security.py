@@ -33,14 +33,14 @@ def test_cross_origin_requests_are_refused_unless_allowed(serve, engine):
     r = httpx.get(srv.url + "/v1/models", headers={"origin": "https://evil.example"})
     assert r.status_code == 403 and "cross-origin" in r.json()["error"]["message"]
     srv2 = serve(engine, allowed_origins=("http://localhost:3000",))
-    pre = httpx.options(srv2.url + "/v1/messages", headers={
-        "origin": "http://localhost:3000", "access-control-request-method": "POST"})  # fmt: skip
+    pre = httpx.options(
+        srv2.url + "/v1/messages",
+        headers={"origin": "http://localhost:3000", "access-control-request-method": "POST"},
+    )
     assert pre.status_code == 204
     assert pre.headers["access-control-allow-origin"] == "http://localhost:3000"
     r = httpx.get(srv2.url + "/v1/models", headers={"origin": "http://localhost:3000"})
-    assert (
-        r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
-    )
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
     r = httpx.get(srv2.url + "/v1/models", headers={"origin": "http://localhost:4000"})
     assert r.status_code == 403
 
@@ -58,9 +58,7 @@ def test_api_key_from_the_keychain(serve, engine, memory_keyring):
         anthropic.Anthropic(api_key="wrong", **kw).messages.create(**MSG)
     with pytest.raises(anthropic.AuthenticationError):
         anthropic.Anthropic(auth_token="wrong", **kw).messages.create(**MSG)
-    assert (
-        anthropic.Anthropic(api_key="sk-local-123", **kw).messages.create(**MSG).content is not None
-    )
+    assert anthropic.Anthropic(api_key="sk-local-123", **kw).messages.create(**MSG).content is not None
     # Claude Code's ANTHROPIC_AUTH_TOKEN goes out as Authorization: Bearer.
     assert anthropic.Anthropic(auth_token="sk-local-123", **kw).models.list().data
     oa = openai.OpenAI(base_url=srv.url + "/v1", api_key="sk-local-123", max_retries=0)
@@ -84,9 +82,7 @@ def test_body_size_limit(serve, engine):
             yield b"y" * 500
         yield b'"}], "max_tokens": 1}'
 
-    r = httpx.post(
-        srv.url + "/v1/messages", content=chunks(), headers={"content-type": "application/json"}
-    )
+    r = httpx.post(srv.url + "/v1/messages", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
 
 
@@ -96,12 +92,14 @@ def test_claude_codes_billing_line_is_dropped(serve, scripted):
     c = anthropic.Anthropic(base_url=srv.url, api_key="x", max_retries=0)
     for nonce in ("a1b2c", "zz999"):
         c.messages.create(
-            model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "hi"}],
+            model="claude-sonnet-4-6",
+            max_tokens=5,
+            messages=[{"role": "user", "content": "hi"}],
             system=[
                 {"type": "text", "text": f"x-anthropic-billing-header: cc_version=2.1.3; cch={nonce};"},
                 {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}},
             ],
-        )  # fmt: skip
+        )
     first, second = (eng.encode(r)[0] for r in eng.requests)
     assert first == second
     assert eng.requests[0].messages[0] == {"role": "system", "content": "You are Claude Code."}
@@ -112,9 +110,7 @@ def test_host_rules_for_wildcard_and_named_hosts():
     from app.server.security import Guard
 
     local = Guard(None, ServerConfig())
-    assert (
-        local.host_ok("[::1]:8723") and local.host_ok("127.0.0.2") and local.host_ok("localhost.")
-    )
+    assert local.host_ok("[::1]:8723") and local.host_ok("127.0.0.2") and local.host_ok("localhost.")
     assert not local.host_ok("192.168.1.5:8723") and not local.host_ok(None)
     assert not local.host_ok("localhost.evil.example")
     # Every interface: any IP literal (DNS cannot rebind those), but still no foreign names.
