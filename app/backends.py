@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 def open_local(
     path: str,
     *,
-    context_tokens: int,
+    context_tokens: int | None = None,
     memory_check: bool = True,
     prompt_cache: PromptCache | None = None,
     mtp: int = 0,
@@ -28,6 +28,9 @@ def open_local(
     `progress(done, total)` reports those steps.
     """
     from engine import Engine
+    from engine.loader import DEFAULT_CONTEXT_TOKENS
+
+    context_tokens = context_tokens or DEFAULT_CONTEXT_TOKENS
 
     eng = Engine(prompt_cache=prompt_cache, mtp=mtp)
     try:
