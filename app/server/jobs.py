@@ -159,9 +159,17 @@ def count_tokens(backend: Backend, plan: Plan) -> int:
     try:
         return backend.count_tokens(req)
     except EngineError as e:
-        raise invalid(str(e)) from e
+        raise refused(e) from e
     except UnicodeError as e:
         raise invalid(f"the request holds text that is not valid Unicode ({e})") from e
+
+
+def refused(e: EngineError) -> APIError:
+    """The API error for a request the backend would not take: the model out of reach (a remote
+    server down, a pipeline rank lost) is "overloaded" (503/529, try again), the rest a bad request."""
+    if e.kind == "unavailable":
+        return APIError("overloaded_error", str(e))
+    return invalid(str(e))
 
 
 def check_length(backend: Backend, plan: Plan, limit: int | None) -> None:
@@ -173,7 +181,7 @@ def check_length(backend: Backend, plan: Plan, limit: int | None) -> None:
     try:
         n = backend.count_tokens(build_request(_without_images(plan)), stop_above=limit - 1)
     except EngineError as e:
-        raise invalid(str(e)) from e
+        raise refused(e) from e
     except UnicodeError as e:
         raise invalid(f"the request holds text that is not valid Unicode ({e})") from e
     if n >= limit:
@@ -317,7 +325,7 @@ class Job:
                 raise invalid(str(e)) from e
             raise invalid(too_long(e.tokens, limit or e.limit)) from e
         except EngineError as e:
-            raise invalid(str(e)) from e
+            raise refused(e) from e
         except UnicodeError as e:
             raise invalid(f"the request holds text that is not valid Unicode ({e})") from e
         n = prepared.prompt_tokens  # the reply's prefix included: it takes room in the context

@@ -192,3 +192,22 @@ def test_cancel_reaches_the_backend_when_the_client_leaves(serve):
             break
         time.sleep(0.02)
     assert fake.handles[0].cancelled and fake.handles[0].done.finish_reason == "cancelled"
+
+
+class _Unreachable(FakeBackend):
+    """A backend whose model cannot be reached (a remote server down, a pipeline rank lost)."""
+
+    def prepare(self, request):  # type: ignore[no-untyped-def]
+        from engine import BackendUnavailableError
+
+        raise BackendUnavailableError("the model server at http://10.0.0.9:8000/v1 refused the connection")
+
+
+def test_an_unreachable_model_is_overloaded_not_a_bad_request(serve):
+    srv = serve(_Unreachable(info=INFO))
+    with pytest.raises(openai.APIStatusError) as e:
+        oc(srv).chat.completions.create(model="m", messages=USER, max_tokens=5)
+    assert e.value.status_code == 503 and "refused the connection" in str(e.value)
+    with pytest.raises(anthropic.APIStatusError) as a:
+        ac(srv).messages.create(model="m", max_tokens=5, messages=USER)
+    assert a.value.status_code == 529 and a.value.body["error"]["type"] == "overloaded_error"
