@@ -24,7 +24,6 @@ import dataclasses
 import json
 import logging
 import os
-import pickle
 import queue
 import secrets
 import socket
@@ -39,12 +38,15 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .backend import BackendInfo, PreparedRequest
 from .cache import PromptCache
 from .engine import Engine, GenerationRequest, RequestHandle, _Solo
 from .errors import BackendUnavailableError
 from .events import Done, Event, Usage
-from .image import PromptInputs
+from .image import ImageSpan, PreparedImage, PromptInputs
+from .sampling import SamplingParams
 
 log = logging.getLogger("locus.engine.pipeline")
 
@@ -105,6 +107,82 @@ class _Job:
     request: GenerationRequest
     inputs: PromptInputs
     kinds: dict[int, str]
+
+
+# Fields of the worker's request that travel (the rest stay at their defaults there).
+_REQUEST_FIELDS = ("prompt_ids", "tools", "max_tokens", "stop", "session", "use_cache", "skip_special_tokens")
+_PIXEL_DTYPES = {"<f4", "<f2"}
+
+
+def pack_job(job: _Job) -> bytes:
+    """A job as bytes a worker can read without running anything: a JSON header (the request's
+    fields, the prompt's ids and image spans, snapshot points), then each image's raw pixels."""
+    r = job.request
+    pixels = [np.ascontiguousarray(p.pixel_values) for p in job.inputs.prepared]
+    head = {
+        "request": {k: getattr(r, k) for k in _REQUEST_FIELDS},
+        "sampling": dataclasses.asdict(r.sampling),
+        "ids": list(job.inputs.ids),
+        "reasoning": job.inputs.reasoning,
+        "spans": [dataclasses.asdict(sp) for sp in job.inputs.images],
+        "images": [
+            {
+                "dtype": a.dtype.str,
+                "shape": list(a.shape),
+                "grid": list(p.grid),
+                "hash": p.hash,
+                "size": list(p.size),
+                "resized": list(p.resized),
+                "merge_size": p.merge_size,
+            }
+            for a, p in zip(pixels, job.inputs.prepared, strict=True)
+        ],
+        "kinds": [[int(k), v] for k, v in job.kinds.items()],
+    }
+    h = json.dumps(head).encode()
+    return struct.pack(">I", len(h)) + h + b"".join(a.tobytes() for a in pixels)
+
+
+def unpack_job(data: bytes) -> _Job:
+    """The job `pack_job` wrote; ValueError for anything else (data is never executed)."""
+    try:
+        (n,) = struct.unpack(">I", data[:4])
+        head = json.loads(data[4 : 4 + n])
+        req = GenerationRequest(
+            **{k: head["request"][k] for k in _REQUEST_FIELDS},
+            sampling=SamplingParams(**head["sampling"]),
+            mtp=0,
+        )
+        spans = [
+            ImageSpan(int(d["start"]), int(d["length"]), str(d["hash"]), tuple(d["grid"]))
+            for d in head["spans"]
+        ]
+        prepared, at = [], 4 + n
+        for d in head["images"]:
+            if d["dtype"] not in _PIXEL_DTYPES:
+                raise ValueError(f"pixel dtype {d['dtype']!r}")
+            shape = tuple(int(x) for x in d["shape"])
+            size = int(np.prod(shape)) * np.dtype(d["dtype"]).itemsize
+            if at + size > len(data):
+                raise ValueError("truncated pixels")
+            a = np.frombuffer(data[at : at + size], dtype=np.dtype(d["dtype"])).reshape(shape)
+            at += size
+            prepared.append(
+                PreparedImage(
+                    a,
+                    tuple(d["grid"]),
+                    str(d["hash"]),
+                    tuple(d["size"]),
+                    tuple(d["resized"]),
+                    int(d["merge_size"]),
+                )
+            )
+        if at != len(data):
+            raise ValueError("trailing bytes")
+        inputs = PromptInputs([int(i) for i in head["ids"]], bool(head["reasoning"]), spans, prepared)
+        return _Job(req, inputs, {int(k): str(v) for k, v in head["kinds"]})
+    except (KeyError, TypeError, ValueError, struct.error) as e:
+        raise ValueError(f"not a pipeline job ({type(e).__name__}: {e})") from None
 
 
 def _rank0_host() -> str:
@@ -244,7 +322,11 @@ class Link:
                 return
             p.seen = time.monotonic()
             if kind == b"R":
-                self.jobs.put(pickle.loads(payload))
+                try:
+                    self.jobs.put(unpack_job(payload))
+                except ValueError as e:
+                    self._fail(f"{who} sent a request this rank cannot read: {e}")
+                    return
             elif kind == b"Q":
                 self._closing = True
                 self.jobs.put(None)
@@ -269,7 +351,7 @@ class Link:
             time.sleep(HEARTBEAT)
 
     def send_job(self, job: _Job) -> None:
-        data = pickle.dumps(job)
+        data = pack_job(job)
         for p in self.peers:
             p.send(b"R", data)
 

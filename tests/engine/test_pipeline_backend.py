@@ -339,3 +339,42 @@ def test_killed_rank_ends_the_request_in_flight_within_seconds(tiny_dir, tmp_pat
         assert took < 5
     finally:
         srv.stop()
+
+
+def test_a_job_travels_as_data_and_nothing_else_is_read(engine):
+    # Workers read requests from the network: JSON and raw pixels only, never pickle.
+    import pickle
+
+    import numpy as np
+    from PIL import Image
+
+    from engine import GenerationRequest, SamplingParams
+    from engine.pipeline import _Job, pack_job, unpack_job
+
+    msgs = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": Image.new("RGB", (40, 28), "red")},
+                {"type": "text", "text": "what?"},
+            ],
+        }
+    ]
+    inputs = engine.prepare(GenerationRequest(messages=msgs)).inputs
+    req = GenerationRequest(
+        prompt_ids=inputs.ids,
+        tools=[{"type": "function", "function": {"name": "f"}}],
+        sampling=SamplingParams(temperature=0.5, seed=3),
+        max_tokens=9,
+        stop=["x"],
+        session="s",
+    )
+    job = unpack_job(pack_job(_Job(req, inputs, {5: "boundary"})))
+    assert job.request.prompt_ids == inputs.ids and job.request.sampling == req.sampling
+    assert (job.request.tools, job.request.max_tokens, job.request.stop) == (req.tools, 9, ["x"])
+    assert job.inputs.images == inputs.images and job.kinds == {5: "boundary"}
+    (a,), (b,) = job.inputs.prepared, inputs.prepared
+    assert np.array_equal(a.pixel_values, b.pixel_values) and (a.grid, a.hash) == (b.grid, b.hash)
+    for bad in (pickle.dumps(job), pack_job(job)[:-4], b"\x00\x00\x00\x02{}", pack_job(job) + b"x"):
+        with pytest.raises(ValueError, match="not a pipeline job"):
+            unpack_job(bad)
