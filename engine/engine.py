@@ -12,7 +12,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -174,6 +174,38 @@ class GenerationResult:
     usage: Usage | None
     error: str | None = None
 
+    @classmethod
+    def of(cls, events: Iterable[Event]) -> GenerationResult:
+        """The result of a request's whole event stream (which ends with Done)."""
+        text: list[str] = []
+        reasoning: list[str] = []
+        calls: list[ToolCall] = []
+        errs: list[ToolCallError] = []
+        done: Done | None = None
+        for ev in events:
+            if isinstance(ev, TextDelta):
+                text.append(ev.text)
+            elif isinstance(ev, ReasoningDelta):
+                reasoning.append(ev.text)
+            elif isinstance(ev, ToolCall):
+                calls.append(ev)
+            elif isinstance(ev, ToolCallError):
+                errs.append(ev)
+            elif isinstance(ev, Done):
+                done = ev
+        if done is None:
+            raise EngineError("the request's events ended without Done")
+        return cls(
+            "".join(text),
+            "".join(reasoning),
+            calls,
+            errs,
+            done.finish_reason,
+            done.token_ids,
+            done.usage,
+            done.error,
+        )
+
 
 class RequestHandle:
     """A submitted request: iterate its events (ending with Done), or cancel it."""
@@ -206,30 +238,7 @@ class RequestHandle:
 
     def result(self) -> GenerationResult:
         """Wait for the request to finish and collect its events."""
-        text, reasoning, calls, errs = [], [], [], []
-        done: Done | None = None
-        for ev in self.events():
-            if isinstance(ev, TextDelta):
-                text.append(ev.text)
-            elif isinstance(ev, ReasoningDelta):
-                reasoning.append(ev.text)
-            elif isinstance(ev, ToolCall):
-                calls.append(ev)
-            elif isinstance(ev, ToolCallError):
-                errs.append(ev)
-            elif isinstance(ev, Done):
-                done = ev
-        assert done is not None
-        return GenerationResult(
-            "".join(text),
-            "".join(reasoning),
-            calls,
-            errs,
-            done.finish_reason,
-            done.token_ids,
-            done.usage,
-            done.error,
-        )
+        return GenerationResult.of(self.events())
 
     def _put(self, ev: Event) -> None:
         self._queue.put(ev)

@@ -40,7 +40,6 @@ from engine import (
     StreamParser,
     TextDelta,
     ToolCall,
-    ToolCallError,
     Usage,
 )
 
@@ -123,30 +122,7 @@ class FakeHandle:
 
     def result(self) -> GenerationResult:
         """Wait for the end and collect the events."""
-        text, reasoning, calls, errs = [], [], [], []
-        done: Done | None = None
-        for ev in self.events():
-            if isinstance(ev, TextDelta):
-                text.append(ev.text)
-            elif isinstance(ev, ReasoningDelta):
-                reasoning.append(ev.text)
-            elif isinstance(ev, ToolCall):
-                calls.append(ev)
-            elif isinstance(ev, ToolCallError):
-                errs.append(ev)
-            elif isinstance(ev, Done):
-                done = ev
-        assert done is not None
-        return GenerationResult(
-            "".join(text),
-            "".join(reasoning),
-            calls,
-            errs,
-            done.finish_reason,
-            done.token_ids,
-            done.usage,
-            done.error,
-        )
+        return GenerationResult.of(self.events())
 
 
 class FakeBackend:
