@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QCoreApplication, Qt, QTimer, Signal
 from PySide6.QtGui import QKeyEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -642,6 +642,8 @@ class ChatView(QWidget):
         if self.task is not None and self.task.running:
             self.task.cancel()
             self.task.wait(5)
+        # The reply's last events (Done, which stores it) are still queued for this thread.
+        QCoreApplication.sendPostedEvents()
         if self._own_writer:
             self.writer.close()
         else:

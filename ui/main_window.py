@@ -40,6 +40,7 @@ from app.models import (
     ModelLoaded,
     ModelManager,
     ModelUnloaded,
+    remote_model_path,
 )
 from app.settings import load_ui_settings, save_ui_settings
 from app.store import Store
@@ -489,6 +490,8 @@ class MainWindow(QMainWindow):
         if self.chat.busy:
             self.show_message("Stop the reply before loading another model.")
             return
+        if self._already_loading(str(path)):
+            return
         from app.settings import preference
 
         self.loading_path = str(path)
@@ -503,6 +506,8 @@ class MainWindow(QMainWindow):
         if self.chat.busy:
             self.show_message("Stop the reply before switching to another model.")
             return
+        if self._already_loading(remote_model_path(url, model or None)):
+            return
         self._loading_url = url
         self.models.remote_url.setText(url)  # where a failure's reason is shown, with the fields
         self.models.remote_picker.setEditText(model)
@@ -511,6 +516,10 @@ class MainWindow(QMainWindow):
         self.load_progress.setRange(0, 0)
         self._loading(True)
         self._set_label()
+
+    def _already_loading(self, path: str) -> bool:
+        # Asking again for the model being loaded (a second click) must not restart its load.
+        return self.loading_path == path and self.manager.loading == path
 
     def _loading(self, on: bool) -> None:
         # Widgets in a toolbar are shown and hidden through their actions.

@@ -77,3 +77,45 @@ def test_finished_reply_is_stored_when_the_window_closes_at_once(qtbot, store, w
     assert [m["role"] for m in msgs] == ["user", "assistant"]
     assert msgs[1]["content"].strip() == "Hello from the fake."
     assert store.thread(tid).title == "keep this"
+
+
+def test_a_reply_still_streaming_at_quit_is_stored(qtbot, store):
+    # Closing the window mid-reply stops it; what was written is kept, marked stopped.
+    slow = FakeBackend([Reply(text="one two three four five six seven eight", chunk=4, delay=0.05)])
+    manager = ModelManager(opener=lambda path, **kw: slow, measure=lambda p, c: 0, available=lambda: 0)
+    w = MainWindow(store, demo=True, manager=manager)
+    qtbot.addWidget(w)
+    w.show()
+    with qtbot.waitSignal(w.model_loaded, timeout=30000):
+        w.load_model("/models/slow")
+    w.chat.send("count for me")
+    qtbot.waitUntil(lambda: "one" in w.chat._text, timeout=10000)
+    tid = w.chat.thread_id
+    w.close()
+    msgs = store.messages(tid)
+    assert [m["role"] for m in msgs] == ["user", "assistant"]
+    assert msgs[1]["content"].startswith("one") and "eight" not in msgs[1]["content"]
+
+
+def test_asking_again_for_the_model_being_loaded_does_not_restart_it(qtbot, store):
+    import threading
+
+    gate, calls = threading.Event(), []
+
+    def opener(path: str, **kw) -> FakeBackend:
+        calls.append(path)
+        gate.wait(10)  # a slow load: the user clicks again meanwhile
+        return FakeBackend([Reply(text="hi")])
+
+    manager = ModelManager(opener=opener, measure=lambda p, c: 0, available=lambda: 0)
+    w = MainWindow(store, demo=True, manager=manager)
+    qtbot.addWidget(w)
+    w.show()
+    w.load_model("/models/big")
+    qtbot.waitUntil(lambda: calls == ["/models/big"], timeout=10000)
+    w.load_model("/models/big")
+    assert w.loading_path == "/models/big" and w.cancel_load_button.isVisibleTo(w)
+    with qtbot.waitSignal(w.model_loaded, timeout=30000):
+        gate.set()
+    assert calls == ["/models/big"] and w.manager.path == "/models/big"
+    w.shutdown()
