@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -220,6 +221,10 @@ def run(args: argparse.Namespace) -> int:
 
     if getattr(args, "hosts", None) and not in_pipeline():
         return launch_hosts(args.hosts, sys.argv[1:])
+    if in_pipeline() and os.environ.get("MLX_RANK", "0") != "0":
+        # A worker rank serves no HTTP: it needs neither the API key nor the server's settings.
+        open_backend(args)  # runs rank 0's requests until rank 0 closes the pipeline, then exits
+        return 0
 
     try:
         config = config_from_args(args)

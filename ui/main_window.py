@@ -487,8 +487,7 @@ class MainWindow(QMainWindow):
 
     def load_model(self, path: str) -> None:
         """Load in the background (the loaded model is unloaded first); Cancel stops the load."""
-        if self.chat.busy:
-            self.show_message("Stop the reply before loading another model.")
+        if self._busy("loading another model"):
             return
         if self._already_loading(str(path)):
             return
@@ -503,8 +502,7 @@ class MainWindow(QMainWindow):
     def load_remote(self, url: str, model: str = "", api_key: str | None = None) -> None:
         """Use the model of the OpenAI-compatible server at `url` (connecting in the background);
         the loaded model stays until the server answers."""
-        if self.chat.busy:
-            self.show_message("Stop the reply before switching to another model.")
+        if self._busy("switching to another model"):
             return
         if self._already_loading(remote_model_path(url, model or None)):
             return
@@ -516,6 +514,14 @@ class MainWindow(QMainWindow):
         self.load_progress.setRange(0, 0)
         self._loading(True)
         self._set_label()
+
+    def _busy(self, what: str) -> bool:
+        # The model in use is closed before the next one loads: never under a running reply or task.
+        agent = self.agent.task
+        if self.chat.busy or (agent is not None and agent.running):
+            self.show_message(f"Stop the reply or the agent's task before {what}.")
+            return True
+        return False
 
     def _already_loading(self, path: str) -> bool:
         # Asking again for the model being loaded (a second click) must not restart its load.

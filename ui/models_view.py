@@ -155,7 +155,8 @@ class ModelsView(QWidget):
         saved = load_ui_settings()
         self.remote_url = QLineEdit(str(saved.get("remote_url") or ""))
         self.remote_url.setPlaceholderText("OpenAI-compatible base URL, e.g. http://host:8000/v1")
-        self.remote_url.textChanged.connect(lambda *_: self._show_key_state())
+        # Once the URL is typed, not per keystroke: a keychain lookup can block (D-Bus on Linux).
+        self.remote_url.editingFinished.connect(self._show_key_state)
         urow.addWidget(self.remote_url, 2)
         self.remote_key = QLineEdit(echoMode=QLineEdit.EchoMode.Password)
         self.remote_key.setToolTip("Sent as Authorization: Bearer; kept in the system keychain")

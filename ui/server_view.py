@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from typing import TYPE_CHECKING, Any
 
@@ -191,6 +192,10 @@ class ServerView(QWidget):
     def set_engine(self, engine: Backend | None, model_name: str = "") -> None:
         self.engine = engine
         self.model_name = model_name
+        service = getattr(self.asgi, "service", None)
+        if service is not None:  # a running server serves the model loaded now, not the one before
+            service.backend = engine
+            service.config = dataclasses.replace(service.config, model_name=model_name or None)
         self._update_env()
 
     def _update_env(self, *_: Any) -> None:

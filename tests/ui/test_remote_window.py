@@ -219,9 +219,11 @@ def test_a_url_is_needed_and_a_key_can_be_forgotten(window, memory_keyring, serv
     assert "URL first" in m.remote_status.text() and window.loading_path is None
     srv = servers()
     m.remote_url.setText(srv.url)
+    m.remote_url.editingFinished.emit()  # the user leaves the field (not looked up per keystroke)
     assert not m.forget_remote_key_button.isEnabled()
     memory_keyring[(KEYRING_SERVICE, remote_key_account(srv.url))] = KEY
     m.remote_url.setText(srv.url + "/")  # the same server: its key is found
+    m.remote_url.editingFinished.emit()
     assert m.forget_remote_key_button.isEnabled() and "saved" in m.remote_key.placeholderText()
     m.forget_remote_key()
     assert memory_keyring == {} and not m.forget_remote_key_button.isEnabled()

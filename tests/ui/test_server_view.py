@@ -95,3 +95,25 @@ def test_request_log_shows_the_servers_requests(qtbot, engine):
     assert f"of {b['memory_bytes'] / 1024 / 1024:,.0f} MB" in v.cache_status.text()
     with qtbot.waitSignal(v.state_changed, timeout=20000):
         v.stop_button.click()
+
+
+def test_a_running_server_follows_the_loaded_model(qtbot):
+    from engine import BackendInfo
+    from tests.fakebackend import FakeBackend
+
+    first = FakeBackend(info=BackendInfo(name="first", context_tokens=4096))
+    second = FakeBackend(info=BackendInfo(name="second", context_tokens=4096))
+    v = ServerView()
+    qtbot.addWidget(v)
+    v.set_engine(first, "first")
+    v.port.setValue(_free_port())
+    with qtbot.waitSignal(v.state_changed):
+        v.start_button.click()
+    qtbot.waitUntil(lambda: v.server is not None and v.server.started, timeout=20000)
+    url = f"http://127.0.0.1:{v.port.value()}/v1/models"
+    assert httpx.get(url, timeout=10).json()["data"][0]["id"] == "first"
+    first.close()  # the window unloads it, then loads the next
+    v.set_engine(second, "second")
+    assert httpx.get(url, timeout=10).json()["data"][0]["id"] == "second"
+    with qtbot.waitSignal(v.state_changed, timeout=20000):
+        v.stop_button.click()
