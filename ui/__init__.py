@@ -58,6 +58,8 @@ def _window(
         last = load_ui_settings().get("last_model")
         model = last if last and Path(last).exists() else None
     if remote:  # only when asked for: nothing leaves the machine otherwise
+        if remote_key:  # List models and Use send it too
+            win.models.session_key(remote, remote_key)
         win.load_remote(remote, remote_model or "", remote_key)
     elif model:
         win.load_model(model)

@@ -376,6 +376,11 @@ class ModelsView(QWidget):
             return None
         return url
 
+    def session_key(self, url: str, key: str) -> None:
+        """Send `key` to `url` for this session (a key from --remote-key-env; never stored)."""
+        self._typed_keys[url.strip()] = key
+        self._show_key_state()
+
     def _api_key(self, url: str) -> str | None:
         """The key to send to `url`: one just typed (saved to the keychain, then cleared from the
         field), else one typed earlier this session, else the keychain's."""

@@ -383,3 +383,30 @@ def test_remote_without_display_falls_back_to_the_terminal_chat(servers):
     assert KEY not in r.stdout + r.stderr
     chat_auth = [h.get("Authorization") for p, h, _ in srv.requests if p == "/v1/chat/completions"]
     assert chat_auth == [f"Bearer {KEY}"]
+
+
+def test_a_key_from_the_environment_is_sent_by_list_models_too(qtbot, servers, memory_keyring, monkeypatch):
+    import ui
+    from app.cli import main as cli_main
+    from ui.main import window_options
+
+    srv = servers(models={"data": [{"id": "one"}]})
+    monkeypatch.setenv("REMOTE_KEY", KEY)
+    built: list[Any] = []
+
+    def open_window(args: Any) -> int:
+        built.append(ui._window(**window_options(args)))
+        qtbot.addWidget(built[-1])
+        return 0
+
+    assert cli_main(["--remote", srv.url, "--remote-key-env", "REMOTE_KEY"], open_window=open_window) == 0
+    (win,) = built
+    try:
+        qtbot.waitUntil(lambda: win.engine is not None, timeout=30000)
+        n = len(srv.requests)
+        with qtbot.waitSignal(win.models.remote_listed, timeout=30000):
+            win.models.list_remote_models()
+        assert [r[1].get("Authorization") for r in srv.requests[n:]] == [f"Bearer {KEY}"]
+        assert memory_keyring == {}  # a key from the environment is never stored
+    finally:
+        win.shutdown()
