@@ -37,6 +37,8 @@ class LoadCancelled(EngineError):
 class ChatTemplateError(EngineError):
     """The conversation could not be rendered with the model's chat template."""
 
+    kind = "invalid_request"  # the template refuses what the conversation holds
+
 
 class RequestError(EngineError):
     """A generation request is invalid (bad sampling values, empty prompt, too long)."""

@@ -110,7 +110,20 @@ class _Job:
 
 
 # Fields of the worker's request that travel (the rest stay at their defaults there).
-_REQUEST_FIELDS = ("prompt_ids", "tools", "max_tokens", "stop", "session", "use_cache", "skip_special_tokens")
+# Every field that steers decoding is here: each rank decides alone, on the same tokens, when to
+# stop or close the reasoning, so the ranks make the same collective calls in the same order.
+_REQUEST_FIELDS = (
+    "prompt_ids",
+    "tools",
+    "max_tokens",
+    "stop",
+    "session",
+    "use_cache",
+    "skip_special_tokens",
+    "prefix",
+    "tool_choice",
+    "thinking_budget",
+)
 _PIXEL_DTYPES = {"<f4", "<f2"}
 
 
@@ -201,14 +214,20 @@ def _rank0_host() -> str:
     return "127.0.0.1"
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
+def _recv_exact(sock: socket.socket, n: int, alive: Callable[[], None] | None = None) -> bytes:
+    """`n` bytes (in linear time); `alive()` after each chunk, so a large frame (a request with
+    images) still counts as a sign of life while it arrives."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], min(n - got, 1 << 20))
+        if not k:
             raise ConnectionError("connection closed")
-        buf += chunk
-    return buf
+        got += k
+        if alive is not None:
+            alive()
+    return bytes(buf)
 
 
 class _Peer:
@@ -223,7 +242,10 @@ class _Peer:
 
     def recv(self) -> tuple[bytes, bytes]:
         kind, n = struct.unpack(">cI", _recv_exact(self.sock, 5))
-        return kind, _recv_exact(self.sock, n) if n else b""
+        return kind, _recv_exact(self.sock, n, self._alive) if n else b""
+
+    def _alive(self) -> None:
+        self.seen = time.monotonic()
 
 
 class Link:
@@ -406,6 +428,9 @@ class _Lockstep(_Solo):
                 session=r.session,
                 use_cache=r.use_cache,
                 skip_special_tokens=r.skip_special_tokens,
+                prefix=r.prefix,
+                tool_choice=r.tool_choice,
+                thinking_budget=r.thinking_budget,
                 mtp=0,
             )
             eng.link.send_job(_Job(worker_req, self.inputs, dict(kinds)))
@@ -562,8 +587,8 @@ class PipelineBackend:
             raise BackendUnavailableError(self.broken)
         return self.engine.prepare(request)
 
-    def count_tokens(self, request: GenerationRequest) -> int:
-        return self.engine.count_tokens(request)
+    def count_tokens(self, request: GenerationRequest, *, stop_above: int | None = None) -> int:
+        return self.engine.count_tokens(request, stop_above=stop_above)
 
     def submit(self, request: GenerationRequest | PreparedRequest) -> RequestHandle:
         with self._lock:

@@ -233,6 +233,10 @@ class RemoteBackend:
         msg = _error_message(body) or http.client.responses.get(status, "")
         if status in (408, 429) or status >= 500:
             return RemoteError(f"the model server at {self.url} failed (HTTP {status}): {msg}")
+        if status in (401, 403):  # Locus's configuration (the API key), not the client's request
+            return RemoteError(
+                f"the model server at {self.url} refused Locus's API key (HTTP {status}): {msg}"
+            )
         low = msg.lower()
         if "context length" in low or "maximum context" in low or "context window" in low:
             return RemoteError(f"the model server refused the request: {msg}", "context_length")
@@ -336,6 +340,8 @@ class RemoteBackend:
         if not req.skip_special_tokens:
             body["skip_special_tokens"] = False  # vLLM's and SGLang's extension
         if req.messages is None:
+            if req.reply_prefix:  # a raw prompt carries its continuation itself
+                raise RequestError("a prefix or a forced tool_choice needs messages with a remote model")
             body["prompt"] = req.prompt if req.prompt is not None else list(req.prompt_ids or [])
             return f"{self._base}/completions", body
         if req.prefix:
@@ -494,12 +500,16 @@ class RemoteBackend:
                 _shut(*handle._link)
         if handle.cancelled and reason != "error":
             reason = "cancelled"
-        for ev in stream.finish(truncated=reason != "stop"):
-            handle._put(ev)
-        usage = stream.usage(t0, time.perf_counter())
-        if usage is not None:
-            handle._put(usage)
-        stop = stream.stop_sequence if reason == "stop" else None
+        usage, stop = None, None
+        try:
+            for ev in stream.finish(truncated=reason != "stop"):
+                handle._put(ev)
+            usage = stream.usage(t0, time.perf_counter())
+            if usage is not None:
+                handle._put(usage)
+            stop = stream.stop_sequence if reason == "stop" else None
+        except Exception as e:  # whatever the server sent, the request still ends with Done
+            reason, error, kind = "error", f"the model server's answer cannot be read: {e!r:.300}", "internal"
         handle._put(Done(reason, [], usage, error, stop, kind))
 
 

@@ -42,6 +42,10 @@ class SamplingParams:
                 -2 <= self.frequency_penalty <= 2,
                 f"frequency_penalty must be in [-2, 2] (got {self.frequency_penalty})",
             ),
+            (
+                self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**64),
+                f"seed must be an integer in [0, 2**64) (got {self.seed!r})",
+            ),
             (self.repetition_penalty > 0, f"repetition_penalty must be > 0 (got {self.repetition_penalty})"),
         ]
         for ok, msg in checks:

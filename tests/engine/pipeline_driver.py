@@ -25,8 +25,13 @@ def main(path: str) -> int:
             return serve_worker(backend)  # type: ignore[arg-type]
     greedy = SamplingParams(temperature=0.0)
 
-    def run(ids: list[int], n: int) -> dict:
-        r = backend.submit(GenerationRequest(prompt_ids=ids, sampling=greedy, max_tokens=n)).result()
+    def run(ids: list[int], n: int, **kw: object) -> dict:
+        req = (
+            GenerationRequest(prompt_ids=ids, sampling=greedy, max_tokens=n)
+            if ids
+            else GenerationRequest(**kw)
+        )
+        r = backend.submit(req).result()
         return {
             "tokens": r.token_ids,
             "finish": r.finish_reason,
@@ -48,6 +53,10 @@ def main(path: str) -> int:
     assert h.done is not None
     out["cancelled"] = {"finish": h.done.finish_reason, "n": len(h.done.token_ids)}
     out["after"] = run(list(range(300, 330)), 12)  # the ranks are still in step
+    # A thinking budget: every rank closes the reasoning on the same token, by itself.
+    chat = [{"role": "user", "content": "Think, then say hi."}]
+    out["budget"] = run([], 0, messages=chat, sampling=greedy, max_tokens=30, thinking_budget=3)
+    out["after_budget"] = run(list(range(300, 330)), 12)
     info = backend.info
     out["info"] = {"ranks": info.ranks, "rank_layers": [list(r) for r in info.rank_layers]}
     print(json.dumps(out), flush=True)

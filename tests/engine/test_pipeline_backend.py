@@ -132,13 +132,14 @@ def test_two_processes_decode_like_one(tiny_dir, tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     (alone,) = _json_lines(one.stdout)
     (piped,) = _json_lines(two.stdout)  # only rank 0 prints
-    for key in ("first", "second", "after"):
+    for key in ("first", "second", "after", "budget", "after_budget"):
         assert piped[key]["error"] is None
         assert piped[key]["tokens"] == alone[key]["tokens"], key
         assert piped[key]["finish"] == alone[key]["finish"]
         assert (alone[key]["ranks"], piped[key]["ranks"]) == (1, 2)
     second = len(range(20, 60)) + len(alone["first"]["tokens"])
     assert alone["second"]["cached"] == piped["second"]["cached"] == second
+    assert alone["budget"]["finish"] == "length" and len(alone["budget"]["tokens"]) > 30  # the note too
     assert piped["cancelled"]["finish"] == "cancelled"
     assert alone["info"] == {"ranks": 1, "rank_layers": []}
     assert piped["info"] == {"ranks": 2, "rank_layers": [[2, 4], [0, 2]]}
@@ -378,3 +379,21 @@ def test_a_job_travels_as_data_and_nothing_else_is_read(engine):
     for bad in (pickle.dumps(job), pack_job(job)[:-4], b"\x00\x00\x00\x02{}", pack_job(job) + b"x"):
         with pytest.raises(ValueError, match="not a pipeline job"):
             unpack_job(bad)
+
+
+def test_a_large_frame_counts_as_a_sign_of_life_while_it_arrives():
+    # A request with images can take seconds to arrive: heartbeats must not time the rank out.
+    from engine.pipeline import _recv_exact
+
+    a, b = socket.socketpair()
+    data = os.urandom(3 << 20)
+    sender = threading.Thread(target=a.sendall, args=(data,))
+    sender.start()
+    beats: list[int] = []
+    try:
+        assert _recv_exact(b, len(data), lambda: beats.append(1)) == data
+    finally:
+        sender.join()
+        a.close()
+        b.close()
+    assert len(beats) >= 3  # at most 1 MB between two signs of life

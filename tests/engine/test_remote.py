@@ -764,3 +764,18 @@ def test_mlx_lm_server_tool_calls(tiny_dir, tmp_path):
         assert again.finish_reason == "stop", again.error
     finally:
         _stop(proc)
+
+
+def test_a_refused_api_key_is_the_servers_setup_not_a_bad_request(fake):
+    srv = fake(lambda h, b: send_json(h, 401, {"error": {"message": "Incorrect API key provided"}}))
+    done, _ = _error(RemoteBackend(srv.url))
+    assert done.error_kind == "unavailable" and "API key" in done.error
+
+
+def test_an_unreadable_answer_still_ends_the_request(fake):
+    # Usage the server fills with nonsense must not leave the request waiting forever.
+    srv = fake(
+        sse(chunk({"content": "hi"}), chunk({}, "stop"), {"choices": [], "usage": {"prompt_tokens": "n/a"}})
+    )
+    res = RemoteBackend(srv.url).submit(chat()).result()
+    assert res.finish_reason == "error" and "cannot be read" in res.error

@@ -153,3 +153,9 @@ def test_a_vanishing_top_p_keeps_the_top_token(top_p):
     logits = mx.array([[0.1, 2.5, -1.0, 2.4]])
     kept = filter_logits(logits, SamplingParams(temperature=1.0, top_p=top_p, top_k=0))
     assert np.isfinite(np.array(kept)).tolist() == [[False, True, False, False]]
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 1.5])
+def test_a_seed_out_of_range_is_a_request_error(seed):
+    with pytest.raises(RequestError, match="seed"):
+        SamplingParams(seed=seed).validate()
