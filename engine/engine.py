@@ -409,6 +409,10 @@ class Engine:
                 fut.set_exception(e)
 
         self._jobs.put(job)
+        return self._wait(fut)
+
+    def _wait(self, fut: Future[T]) -> T:
+        """The result of a job handed to the worker thread (a pipeline gives up on a dead one)."""
         return fut.result()
 
     # -- public API ---------------------------------------------------------------------------

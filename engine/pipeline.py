@@ -517,20 +517,9 @@ class PipelineEngine(Engine):
 
         self.load(path, context_tokens=context_tokens, memory_check=False, split=split)
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` on the MLX thread; once the pipeline is down (that thread may be stuck in a
-        recv for good) raise BackendUnavailableError instead of waiting forever."""
-        if threading.current_thread() is self._thread:
-            return fn()
-        fut: Future[Any] = Future()
-
-        def job() -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as e:  # handed back to the caller's thread
-                fut.set_exception(e)
-
-        self._jobs.put(job)
+    def _wait(self, fut: Future[Any]) -> Any:
+        """Once the pipeline is down (the MLX thread may be stuck in a recv for good) raise
+        BackendUnavailableError instead of waiting forever."""
         while True:
             if self.broken is not None:
                 raise BackendUnavailableError(self.broken)
