@@ -158,6 +158,7 @@ class Agent:
             use_ripgrep=self.config.use_ripgrep,
             env_allow=tuple(self.config.env_allow),
             hidden=(str(self.data_dir),),
+            quarantine=self.data_dir / "quarantine",
         )
         self.watcher: TreeWatcher | None = None
         self._cancel = threading.Event()
@@ -560,6 +561,8 @@ class Agent:
                 content, details = self.toolbox.apply(plan, self._cancel)
             self._checkpoint(step, call, plan.summary, plan.paths, before)
             if name == "run_command":
+                for what in details.get("git_changes") or ():
+                    self._emit("warning", step=step, message=f"a command changed a git folder; {what}")
                 changed = self.tracker.changed_since_seen(self.toolbox.current)
                 if changed:
                     content += (

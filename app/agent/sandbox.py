@@ -24,9 +24,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .gitguard import GitChange, GitRefused, GitScan, neutralise
+from .gitguard import scan as scan_git
 from .sandbox_rules import (
     ENV_ALLOWLIST,
     SandboxRules,
@@ -34,11 +36,14 @@ from .sandbox_rules import (
     command_env,
     describe_rules,
     render_bwrap,
+    render_limits,
     render_seatbelt,
+    render_ulimit,
 )
 
 __all__ = [
     "CommandResult",
+    "GitRefused",
     "Sandbox",
     "detect_sandbox",
     "run_command",
@@ -93,15 +98,25 @@ class Sandbox:
         allow_network: bool = False,
         rules: SandboxRules | None = None,
     ) -> list[str]:
-        """The argv that runs `command` with /bin/sh in `root` under this sandbox."""
+        """The argv that runs `command` with /bin/sh in `root` under this sandbox, with the rules'
+        per-command limits (prlimit on Linux, ulimit on macOS)."""
+        if rules is None:  # unconfined: nothing is mounted, so the git layout cannot refuse it
+            nothing = GitScan(os.path.realpath(root)) if self.kind == "none" else None
+            rules = build_rules(root, network=allow_network, git=nothing)
         shell = ["/bin/sh", "-c", command]
         if self.kind == "none":
-            return [*_tree_guard(), *shell]
-        rules = rules or build_rules(root, network=allow_network)
+            return [*_limits_prefix(rules), *_tree_guard(), *shell]
         if self.kind == "bwrap":
-            return [self.executable or "bwrap", *render_bwrap(rules), "--", *shell]
+            return [*_limits_prefix(rules), self.executable or "bwrap", *render_bwrap(rules), "--", *shell]
         profile = render_seatbelt(rules, (tempfile.gettempdir(),))
-        return [self.executable or "sandbox-exec", "-p", profile, *shell]
+        limited = ["/bin/sh", "-c", render_ulimit(rules) + '; exec /bin/sh -c "$1"', "locus-limits", command]
+        return [self.executable or "sandbox-exec", "-p", profile, *limited]
+
+
+def _limits_prefix(rules: SandboxRules) -> list[str]:
+    """prlimit's argv prefix on Linux, or nothing where it is missing (doctor says so)."""
+    exe = shutil.which("prlimit") if sys.platform.startswith("linux") else None
+    return render_limits(rules, exe) if exe else []
 
 
 @functools.lru_cache(maxsize=1)
@@ -156,23 +171,30 @@ def _detect(kind: str, exe: str | None) -> Sandbox:
 
 
 def _self_check(sb: Sandbox) -> tuple[bool, str]:
-    """Run a probe in `sb` on a scratch project: it must write there, not into its .git, and
-    (bwrap) not outside it."""
+    """Run a probe in `sb` on a scratch project: it must write there, not into its .git (not even
+    after trying to unmount it), not (bwrap) outside it, and hold no capabilities."""
     with tempfile.TemporaryDirectory(prefix="locus-sandbox-check-") as d:
         base = Path(os.path.realpath(d))
         proj, outside = base / "project", base / "outside.txt"
         (proj / ".git").mkdir(parents=True)
         outside.write_text("untouched")
-        script = f"echo ok > inside.txt; echo x > .git/planted; echo x > {shlex.quote(str(outside))}; exit 0"
+        script = (
+            "echo ok > inside.txt; umount -l .git 2>/dev/null; umount .git 2>/dev/null; "
+            f"echo x > .git/planted; echo x > {shlex.quote(str(outside))}; "
+            "grep '^CapEff:' /proc/self/status > caps.txt 2>/dev/null; exit 0"
+        )
         ok, why = _probe(sb.wrap(script, proj))
         if not ok:
             return False, why
         if not (proj / "inside.txt").exists():
             return False, "the project is not writable inside the sandbox"
         if (proj / ".git" / "planted").exists():
-            return False, "the project's .git is writable inside the sandbox"
+            return False, "the project's .git is writable inside the sandbox (or could be unmounted)"
         if sb.kind == "bwrap" and outside.read_text() != "untouched":
             return False, "a file outside the project is writable inside the sandbox"
+        caps = (proj / "caps.txt").read_text().split() if (proj / "caps.txt").exists() else []
+        if sb.kind == "bwrap" and (len(caps) != 2 or int(caps[1], 16) != 0):
+            return False, f"commands keep capabilities inside the sandbox ({' '.join(caps) or 'unknown'})"
     return True, "ok"
 
 
@@ -184,9 +206,16 @@ def sandbox_rules_report(
 ) -> tuple[SandboxRules, str]:
     """The sandbox rules for `project` (default: the current directory) and a readable
     rendering of them, headed by which sandbox enforces them here."""
-    rules = build_rules(project or os.getcwd(), network=network, extra_env=extra_env)
+    root = project or os.getcwd()
+    git = scan_git(root)
+    refusal = "; ".join(git.problems)
+    git.problems.clear()  # show the rules anyway, and say commands would be refused
+    rules = build_rules(root, network=network, extra_env=extra_env, git=git)
     sb = detect_sandbox("auto")
-    return rules, f"sandbox: {sb.kind} — {sb.describe()}\n" + describe_rules(rules)
+    head = f"sandbox: {sb.kind} — {sb.describe()}\n"
+    if refusal:
+        head += f"commands are refused in this project: {refusal}\n"
+    return rules, head + describe_rules(rules)
 
 
 def sandbox_self_check() -> tuple[bool, str]:
@@ -215,6 +244,7 @@ class CommandResult:
     elapsed: float
     timed_out: bool = False
     cancelled: bool = False
+    git_changes: list[GitChange] = field(default_factory=list)  # git folders undone after it ran
 
     @property
     def truncated(self) -> bool:
@@ -264,13 +294,18 @@ def run_command(
     env: Mapping[str, str] | None = None,
     env_allow: Iterable[str] = (),
     hidden: Iterable[str | os.PathLike[str]] = (),
+    quarantine: Path | None = None,
 ) -> CommandResult:
     """Run `command` in `root`; at the timeout or a cancel, and when the shell ends, every
     process it started is killed (process group, PID namespace, and a tag in the environment
-    that setsid and double forks keep). `hidden` adds paths the sandbox must hide."""
-    rules = None
-    if sandbox.active:
-        rules = build_rules(root, network=allow_network, extra_env=env_allow, extra_hidden=hidden)
+    that setsid and double forks keep). `hidden` adds paths the sandbox must hide.
+
+    Git folders the command created, replaced or re-pointed are undone before this returns (moved
+    into `quarantine`, default Locus's data dir) and listed in `git_changes`. Raises GitRefused
+    when the project's git layout cannot be protected (a symlinked .git)."""
+    before = scan_git(root)
+    git = before if sandbox.active else GitScan(before.root)
+    rules = build_rules(root, network=allow_network, extra_env=env_allow, extra_hidden=hidden, git=git)
     argv = sandbox.wrap(command, root, allow_network=allow_network, rules=rules)
     tag = f"{_SESSION}-{secrets.token_hex(6)}"
     if not sandbox.active:
@@ -290,10 +325,18 @@ def run_command(
     )
     _LIVE[proc.pid] = tag
     try:
-        return _supervise(proc, tag, t0, timeout, output_cap, cancel)
+        result = _supervise(proc, tag, t0, timeout, output_cap, cancel)
     finally:
         _LIVE.pop(proc.pid, None)
         _kill_tree(proc.pid, tag)
+    result.git_changes = neutralise(before, scan_git(root), quarantine or _default_quarantine())
+    return result
+
+
+def _default_quarantine() -> Path:
+    from ..settings import data_dir
+
+    return Path(data_dir()) / "quarantine"
 
 
 def _supervise(

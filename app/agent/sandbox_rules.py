@@ -14,16 +14,22 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from .gitguard import GitScan
+from .gitguard import scan as scan_git
+
 __all__ = [
     "ALWAYS_HIDDEN_HOME",
     "ENV_ALLOWLIST",
     "HOME_TOOLCHAIN_DIRS",
+    "Limits",
     "SandboxRules",
     "build_rules",
     "command_env",
     "describe_rules",
     "render_bwrap",
+    "render_limits",
     "render_seatbelt",
+    "render_ulimit",
 ]
 
 # Directories of the OS and package managers that commands read (never write).
@@ -119,6 +125,29 @@ ALWAYS_HIDDEN_HOME = (
     ".config/chromium",
     ".config/BraveSoftware",
     ".config/microsoft-edge",
+    # Credentials kept inside the toolchain folders that are otherwise readable.
+    ".cargo/config",
+    ".cargo/config.toml",
+    ".gradle/gradle.properties",
+    ".m2/settings.xml",
+    ".m2/settings-security.xml",
+    ".gem/credentials",
+    ".local/share/uv/credentials",
+    ".npm/_authToken",
+    ".conda/.condarc",
+    ".cabal/config",
+)
+# Credential files a toolchain keeps at its top (CARGO_HOME=/opt/cargo has /opt/cargo/credentials.toml).
+TOOLCHAIN_SECRETS = (
+    "credentials",
+    "credentials.toml",
+    "config.toml",
+    "gradle.properties",
+    "settings.xml",
+    "settings-security.xml",
+    ".condarc",
+    ".netrc",
+    ".npmrc",
 )
 # Variables that carry toolchain locations; these dirs are readable when they exist.
 TOOLCHAIN_ENV = (
@@ -134,6 +163,22 @@ TOOLCHAIN_ENV = (
     "BUN_INSTALL",
     "DENO_DIR",
 )
+# The locale variables POSIX and glibc define (a `LC_*` pattern would let any LC_SECRET through).
+LOCALE_ENV = (
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_COLLATE",
+    "LC_MESSAGES",
+    "LC_MONETARY",
+    "LC_NUMERIC",
+    "LC_TIME",
+    "LC_ADDRESS",
+    "LC_IDENTIFICATION",
+    "LC_MEASUREMENT",
+    "LC_NAME",
+    "LC_PAPER",
+    "LC_TELEPHONE",
+)
 # What commands inherit from Locus's environment; everything else (tokens, URLs with passwords,
 # webhooks) stays out. Users add names with `--env NAME` or the `agent_env` setting.
 ENV_ALLOWLIST = (
@@ -141,7 +186,7 @@ ENV_ALLOWLIST = (
     "HOME",
     "LANG",
     "LANGUAGE",
-    "LC_*",
+    *LOCALE_ENV,
     "TERM",
     "TMPDIR",
     "USER",
@@ -166,6 +211,34 @@ ENV_FIXED = {
 }
 
 
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one command (and everything it starts) may use. Enforced with rlimits (prlimit on
+    Linux, ulimit on macOS) and sized tmpfs mounts; 0 means no limit."""
+
+    processes: int = 512  # more processes (threads count) than the user already runs
+    memory: int = 4 * GiB  # writable memory of each process (RLIMIT_DATA)
+    file_size: int = 4 * GiB  # largest file a command may write (RLIMIT_FSIZE)
+    tmpfs: int = 1 * GiB  # size of each private tmpfs: /tmp, /var/tmp, home
+
+    def describe(self, root: bool) -> list[str]:
+        def size(n: int) -> str:
+            return "no limit" if not n else f"{n / GiB:g} GiB"
+
+        procs = f"{self.processes} more than the user already runs" if self.processes else "no limit"
+        if root and self.processes:
+            procs += " (not enforced for root: the kernel exempts uid 0)"
+        return [
+            f"  processes: {procs}",
+            f"  memory per process: {size(self.memory)}",
+            f"  file size: {size(self.file_size)}",
+            f"  each private tmpfs: {size(self.tmpfs)}",
+        ]
+
+
 @dataclass(frozen=True)
 class SandboxRules:
     """What a sandboxed command can reach. Paths are absolute and resolved."""
@@ -178,6 +251,7 @@ class SandboxRules:
     home: str
     network: bool = False
     env_allowlist: tuple[str, ...] = field(default=ENV_ALLOWLIST)
+    limits: Limits = field(default_factory=Limits)
 
 
 def _real(p: str | os.PathLike[str]) -> str:
@@ -221,21 +295,17 @@ def _tool_dirs(home: str, env: Mapping[str, str], project: str) -> list[str]:
     return out
 
 
-def _git_dirs(root: str) -> list[str]:
-    """The project's `.git` and its submodules' (`.gitmodules` paths): git runs their hooks and
-    follows their config, so commands must not write them."""
-    out = [os.path.join(root, ".git")]
-    try:
-        with open(os.path.join(root, ".gitmodules"), encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition("=")
-                if key.strip() == "path" and value.strip():
-                    sub = os.path.normpath(os.path.join(root, value.strip(), ".git"))
-                    if _under(sub, root) and ".." not in os.path.relpath(sub, root).split(os.sep):
-                        out.append(sub)
-    except OSError:
-        pass
-    return [g for g in dict.fromkeys(out) if os.path.lexists(g)]
+def _hidden(cands: Iterable[str], root: str) -> list[str]:
+    """Existing paths to mask. A link is masked at its target (bwrap cannot mount over a link and
+    Seatbelt matches resolved paths), never where it would cover the project itself."""
+    out: list[str] = []
+    for h in cands:
+        h = os.path.abspath(h)
+        if os.path.islink(h):
+            h = os.path.realpath(h)
+        if os.path.lexists(h) and h not in out and not _under(root, h):
+            out.append(h)
+    return out
 
 
 def build_rules(
@@ -245,24 +315,26 @@ def build_rules(
     extra_env: Iterable[str] = (),
     extra_hidden: Iterable[str | os.PathLike[str]] = (),
     env: Mapping[str, str] | None = None,
+    git: GitScan | None = None,
+    limits: Limits | None = None,
 ) -> SandboxRules:
     """The rules for commands run in `project`, from the environment `env` (default: this
-    process's). `extra_hidden` adds paths (e.g. the agent's data dir) to hide."""
+    process's). `extra_hidden` adds paths (e.g. the agent's data dir) to hide; `git` is a scan of
+    the project's git folders (taken now if not given). Raises GitRefused when the project's git
+    folders are laid out so they cannot be protected (a symlinked .git)."""
     env = os.environ if env is None else env
     root = _real(project)
     home = _home(env)
     tools = _tool_dirs(home, env, root)
-    read_only = [d for d in SYSTEM_DIRS if os.path.lexists(d)] + tools
-    read_only += _git_dirs(root)
+    git = git if git is not None else scan_git(root)
+    git.refuse_if_unsafe()
+    read_only = [d for d in SYSTEM_DIRS if os.path.lexists(d)] + tools + git.protect
     hidden_cands = [os.path.join(home, h) for h in ALWAYS_HIDDEN_HOME]
+    hidden_cands += [os.path.join(t, h) for t in tools for h in TOOLCHAIN_SECRETS]
     hidden_cands += [g for pat in SYSTEM_HIDDEN for g in glob.glob(pat)]
     hidden_cands += _locus_dirs(env) + [_real(h) for h in extra_hidden]
     hidden_cands += [os.path.join(t, ".git") for t in tools]  # other repos' hooks and config
-    hidden: list[str] = []
-    for h in hidden_cands:
-        h = os.path.abspath(h)  # not resolved: a symlink is hidden where it is
-        if os.path.lexists(h) and h not in hidden and not _under(root, h):
-            hidden.append(h)
+    hidden = _hidden(hidden_cands, root)
     return SandboxRules(
         project=root,
         writable=(root,),
@@ -272,6 +344,7 @@ def build_rules(
         home=home,
         network=network,
         env_allowlist=tuple(dict.fromkeys([*ENV_ALLOWLIST, *extra_env])),
+        limits=limits or Limits(),
     )
 
 
@@ -288,13 +361,17 @@ def command_env(allow: Iterable[str] = ENV_ALLOWLIST, env: Mapping[str, str] | N
 
 
 def render_bwrap(rules: SandboxRules) -> list[str]:
-    """bubblewrap arguments (before `--`) enforcing `rules`: later mounts cover earlier ones."""
+    """bubblewrap arguments (before `--`) enforcing `rules`: later mounts cover earlier ones. Every
+    bound path comes from the rules (lstat-checked by the git scan), and every mask is applied last,
+    whatever was mounted, so nothing inside the project can widen what a command sees."""
     args = [
         "--die-with-parent",
         "--new-session",
         "--unshare-pid",
         "--unshare-ipc",
         "--unshare-uts",
+        "--cap-drop",  # as root bwrap keeps every capability otherwise (umount, mount, ptrace...)
+        "ALL",
     ]
     if not rules.network:
         args.append("--unshare-net")
@@ -303,7 +380,6 @@ def render_bwrap(rules: SandboxRules) -> list[str]:
     def in_private(d: str) -> bool:
         return any(_under(d, p) for p in private)
 
-    visible: list[str] = []
     for d in rules.read_only:
         if _under(d, rules.project) or in_private(d):
             continue  # bound later, on top of the project or of the private dir
@@ -311,32 +387,65 @@ def render_bwrap(rules: SandboxRules) -> list[str]:
             args += ["--symlink", os.readlink(d), d]  # merged /usr: /bin -> usr/bin
         else:
             args += ["--ro-bind", d, d]
-        visible.append(d)
     if rules.network and os.path.isdir("/run/systemd/resolve"):  # resolv.conf may point here
         args += ["--ro-bind", "/run/systemd/resolve", "/run/systemd/resolve"]
     args += ["--dev", "/dev", "--proc", "/proc"]
     for p in private:
-        args += ["--tmpfs", p]
+        args += (["--size", str(rules.limits.tmpfs)] if rules.limits.tmpfs else []) + ["--tmpfs", p]
     # Tools under a private dir (~/.cargo, a venv in /tmp) come back read-only on top of it.
     for d in rules.read_only:
         if in_private(d) and not _under(d, rules.project):
             args += ["--ro-bind", d, d]
-            visible.append(d)
     for w in rules.writable:
         args += ["--bind", w, w]
-        visible.append(w)
     for d in rules.read_only:
         if _under(d, rules.project):
             args += ["--ro-bind", d, d]
     for h in rules.hidden:
-        if not any(_under(h, v) for v in visible):
-            continue  # not reachable anyway
-        if os.path.isdir(h) and not os.path.islink(h):
+        if os.path.isdir(h):
             args += ["--tmpfs", h, "--remount-ro", h]
         else:
             args += ["--ro-bind", "/dev/null", h]
     args += ["--chdir", rules.project, "--setenv", "TMPDIR", "/tmp"]
     return args
+
+
+def _user_tasks() -> int:
+    """Tasks (threads) this user runs now: RLIMIT_NPROC counts them all, not only the command's."""
+    uid, n = os.getuid(), 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                st = os.stat(f"/proc/{pid}/task")
+                n += st.st_nlink - 2 if st.st_uid == uid else 0
+            except OSError:
+                continue
+    return n
+
+
+def render_limits(rules: SandboxRules, prlimit: str = "prlimit") -> list[str]:
+    """A `prlimit` prefix (Linux) putting the rules' limits on a command and all it starts; the
+    process count is not given to root, whom the kernel exempts from it."""
+    lim = rules.limits
+    args = [prlimit, "--core=0"]
+    if lim.processes and os.getuid() != 0:
+        args.append(f"--nproc={_user_tasks() + lim.processes}")
+    if lim.memory:
+        args.append(f"--data={lim.memory}")
+    if lim.file_size:
+        args.append(f"--fsize={lim.file_size}")
+    return [*args, "--"]
+
+
+def render_ulimit(rules: SandboxRules) -> str:
+    """The same limits as `ulimit` lines for a POSIX shell (macOS, where there is no prlimit)."""
+    lim = rules.limits
+    out = ["ulimit -c 0"]
+    if lim.file_size:
+        out.append(f"ulimit -f {lim.file_size // 512}")  # 512-byte blocks in POSIX mode
+    if lim.memory:
+        out.append(f"ulimit -d {lim.memory // 1024}")
+    return "; ".join(o + " 2>/dev/null" for o in out)
 
 
 def _sb(s: str) -> str:
@@ -394,5 +503,7 @@ def describe_rules(rules: SandboxRules) -> str:
     out += [f"hidden: the rest of the disk, including the rest of {show(rules.home)}, and:"]
     out += [f"  {show(h)}" for h in rules.hidden]
     out.append("network: " + ("allowed" if rules.network else "off"))
+    out += ["limits, per command:", *rules.limits.describe(os.getuid() == 0)]
+    out.append("capabilities: none (all dropped, also when Locus runs as root)")
     out.append("environment: only " + ", ".join(rules.env_allowlist))
     return "\n".join(out)

@@ -21,7 +21,7 @@ from typing import Any
 
 from .ignore import SKIP_DIRS, IgnoreRules, walk
 from .paths import PathError, ProjectRoot, Resolved
-from .sandbox import CommandResult, Sandbox, run_command
+from .sandbox import CommandResult, GitRefused, Sandbox, run_command
 from .watch import FileTracker
 
 __all__ = ["TOOLS", "TOOL_NAMES", "Limits", "Plan", "ToolError", "Toolbox"]
@@ -230,8 +230,10 @@ class Toolbox:
         use_ripgrep: bool = True,
         env_allow: tuple[str, ...] = (),
         hidden: tuple[str, ...] = (),
+        quarantine: Path | None = None,
     ) -> None:
         self.root = root
+        self.quarantine = quarantine  # where git folders a command made are moved (not visible to it)
         self.env_allow = env_allow  # extra environment names commands get
         self.hidden = hidden  # extra paths the sandbox hides (the agent's data dir)
         self.tracker = tracker
@@ -606,23 +608,28 @@ class Toolbox:
         """Perform a prepared change; returns the result text and structured details."""
         if plan.tool == "run_command":
             assert plan.command is not None
-            res = run_command(
-                plan.command,
-                self.root.path,
-                sandbox=self.sandbox,
-                timeout=plan.timeout,
-                output_cap=self.limits.output_chars,
-                allow_network=self.allow_network,
-                cancel=cancel,
-                env_allow=self.env_allow,
-                hidden=self.hidden,
-            )
+            try:
+                res = run_command(
+                    plan.command,
+                    self.root.path,
+                    sandbox=self.sandbox,
+                    timeout=plan.timeout,
+                    output_cap=self.limits.output_chars,
+                    allow_network=self.allow_network,
+                    cancel=cancel,
+                    env_allow=self.env_allow,
+                    hidden=self.hidden,
+                    quarantine=self.quarantine,
+                )
+            except GitRefused as e:
+                raise ToolError(str(e)) from None
             return _command_text(res, plan.timeout), {
                 "exit_code": res.exit_code,
                 "timed_out": res.timed_out,
                 "cancelled": res.cancelled,
                 "elapsed": round(res.elapsed, 3),
                 "output_chars": res.total_chars,
+                "git_changes": [g.describe() for g in res.git_changes],
             }
         r = plan.target
         assert r is not None and plan.new is not None
@@ -722,6 +729,13 @@ def _command_text(res: CommandResult, timeout: float) -> str:
     out = res.output if res.output.strip() else "(no output)"
     if res.truncated:
         head += f" (output was {res.total_chars} bytes; the middle was cut)"
+    if res.git_changes:
+        out += (
+            "\n\n[Locus undid changes to git folders: git runs hooks and config from them, so commands "
+            "may not create, replace or re-point one. "
+            + "; ".join(g.describe() for g in res.git_changes)
+            + ". Ask the user to run git init or git clone themselves if the task needs it.]"
+        )
     return head + "\n" + out
 
 
