@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from .errors import ChatTemplateError
+from .literal import Prompt, Shield
 
 
 def template_text(tokenizer: Any) -> str:
@@ -62,6 +63,29 @@ def render_prompt(
     **template_kwargs: Any,
 ) -> str:
     """The prompt text the model's template renders for this conversation."""
+    return render_chat(
+        tokenizer,
+        messages,
+        tools=tools,
+        enable_thinking=enable_thinking,
+        preserve_thinking=preserve_thinking,
+        add_generation_prompt=add_generation_prompt,
+        **template_kwargs,
+    ).text
+
+
+def render_chat(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    enable_thinking: bool = True,
+    preserve_thinking: bool = False,
+    add_generation_prompt: bool = True,
+    **template_kwargs: Any,
+) -> Prompt:
+    """The rendered prompt, with the content's added-token strings (`<|im_end|>`, `<|image_pad|>`,
+    `<tool_call>`...) kept as plain text for tokenization (engine/literal.py)."""
     if not template_text(tokenizer):
         raise ChatTemplateError(
             "this model has no chat template (tokenizer_config.json or chat_template.jinja); "
@@ -69,10 +93,11 @@ def render_prompt(
         )
     if not messages:
         raise ChatTemplateError("the conversation has no messages")
+    shield = Shield(tokenizer)
     try:
-        return tokenizer.apply_chat_template(
-            _normalize(messages),
-            tools=tools or None,
+        text = tokenizer.apply_chat_template(
+            shield.messages(_normalize(messages)),
+            tools=shield.walk(tools) or None,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
             enable_thinking=enable_thinking,
@@ -83,6 +108,7 @@ def render_prompt(
         raise
     except Exception as e:  # jinja's TemplateError and the template's raise_exception
         raise ChatTemplateError(f"the chat template rejected this conversation: {e}") from e
+    return shield.prompt(text)
 
 
 def opens_reasoning(prompt: str) -> bool:

@@ -11,6 +11,8 @@ import re
 import time
 from typing import Any
 
+from .literal import Prompt, encode_plain
+
 # Characters per slice: small enough that a slice's encoding is a few MB, big enough that the
 # per-call cost is nothing.
 SLICE = 1 << 18
@@ -70,25 +72,40 @@ class PromptMeter:
         return int(len(text) // per) if per else 0
 
     # -- counting ------------------------------------------------------------------------------
-    def count(self, text: str, stop_above: int | None = None) -> tuple[int, int]:
+    def count(self, text: str | Prompt, stop_above: int | None = None) -> tuple[int, int]:
         """(tokens, at_least): `text`'s tokens counted slice by slice, and a lower bound allowing
         for slices cut mid-word. Counting stops once `at_least` passes `stop_above`, so a huge
-        text costs no more than the limit's worth of tokenization and memory."""
+        text costs no more than the limit's worth of tokenization and memory. A Prompt's plain
+        chunks (content holding added-token strings) are counted as the engine tokenizes them."""
+        prompt = Prompt.of(text) if isinstance(text, str) else text
+        total, slack = 0, 0
+        for chunk, plain in prompt.chunks:
+            encode = self._encode_plain if plain else self._encode
+            total, slack = self._count_chunk(chunk, encode, total, slack, stop_above)
+            if stop_above is not None and total - slack > stop_above:
+                break
+        return total, max(0, total - slack)
+
+    def _count_chunk(
+        self, text: str, encode: Any, total: int, slack: int, stop_above: int | None
+    ) -> tuple[int, int]:
         if len(text) <= SLICE or self.backend is None:
-            n = len(self._encode(text))
-            return n, n
-        total, slack, start = 0, 0, 0
+            return total + len(encode(text)), slack
+        start = 0
         while start < len(text):
             end = min(start + SLICE, len(text))
             if end < len(text):
                 m = _CUT.search(text, end, end + 4096)
                 end = m.start() if m is not None else end
                 slack += _EXACT_SLACK if m is not None else _FORCED_SLACK
-            total += len(self._encode(text[start:end]))
+            total += len(encode(text[start:end]))
             if stop_above is not None and total - slack > stop_above:
                 break
             start = end
-        return total, max(0, total - slack)
+        return total, slack
+
+    def _encode_plain(self, text: str) -> list[int]:
+        return encode_plain(self.tokenizer, text)
 
     def _encode(self, text: str) -> list[int]:
         be = self.backend

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from .backend import BackendInfo, PreparedRequest
 from .cache import PromptCache
-from .chat import opens_reasoning, render_prompt, supports_preserve_thinking
+from .chat import opens_reasoning, render_chat, supports_preserve_thinking
 from .errors import ContextLengthError, EngineError, RequestError
 from .events import (
     Done,
@@ -34,6 +34,8 @@ from .events import (
     Usage,
 )
 from .image import PromptInputs, build_prompt_inputs, image_parts
+from .literal import Prompt, assistant_text
+from .literal import encode as encode_prompt
 from .loader import DEFAULT_CONTEXT_TOKENS, LoadedModel, load_model
 from .mlxlm_compat import cache_class_name, keep_leading_space
 from .parser import THINK_CLOSE, StreamParser, tool_schemas
@@ -513,7 +515,7 @@ class Engine:
             inputs = self._prepare(req)
             self._check_context(len(inputs.ids))
             prefix = req.reply_prefix
-            n = len(self.model.tokenizer.encode(prefix, add_special_tokens=False)) if prefix else 0
+            n = len(encode_prompt(self.model.tokenizer, self._prefix(req))) if prefix else 0
             opens = _primed_parser(req, inputs.reasoning).in_reasoning
             return PreparedRequest(req, len(inputs.ids), opens, self.model.model_id, inputs, prefix_tokens=n)
 
@@ -535,7 +537,7 @@ class Engine:
                 meter = self._meter = PromptMeter(lm.tokenizer)
             try:
                 text = self._text(req)
-                if stop_above is not None and (bound := meter.lower_bound(text)) > stop_above:
+                if stop_above is not None and (bound := meter.lower_bound(text.text)) > stop_above:
                     return bound
                 n, at_least = meter.count(text, stop_above=stop_above)
                 return at_least if stop_above is not None and at_least > stop_above else n
@@ -580,28 +582,38 @@ class Engine:
             bad = [i for i in req.prompt_ids if not isinstance(i, int) or i < 0 or (vocab and i >= vocab)]
             if bad or not req.prompt_ids:
                 raise RequestError(f"prompt ids must be integers in [0, vocab size); bad: {bad[:5]}")
-            tail = tok.encode(prefix, add_special_tokens=False) if prefix else []
+            tail = encode_prompt(tok, self._prefix(req)) if prefix else []
             return list(req.prompt_ids) + tail, False
         if req.prompt is not None:
             if not req.prompt:
                 raise RequestError("the prompt is empty")
         text = self._text(req, with_prefix=False)
-        ids = self._splice(req, tok.encode(text + prefix, add_special_tokens=False))
-        return ids, req.prompt is None and opens_reasoning(text)
+        ids = self._splice(req, encode_prompt(tok, text + self._prefix(req)))
+        return ids, req.prompt is None and opens_reasoning(text.text)
 
-    def _text(self, req: GenerationRequest, with_prefix: bool = True) -> str:
-        """The prompt as text (a raw prompt, or the messages through the template)."""
-        text = req.prompt if req.prompt is not None else self._render(req, req.messages or [])
-        return text + req.reply_prefix if with_prefix else text
+    def _text(self, req: GenerationRequest, with_prefix: bool = True) -> Prompt:
+        """The prompt (a raw prompt as given, or the messages through the template, their content
+        kept as plain text), and the reply's prefix."""
+        if req.prompt is not None:
+            text = Prompt.of(req.prompt)
+        else:
+            text = self._render(req, req.messages or [])
+        return text + self._prefix(req) if with_prefix else text
 
-    def _render(self, req: GenerationRequest, messages: list[dict[str, Any]], gen: bool = True) -> str:
+    def _prefix(self, req: GenerationRequest) -> Prompt:
+        """The reply's prefix: the client's text (its role and image tokens plain), then a forced
+        call's opening."""
+        call = req.reply_prefix[len(req.prefix) :]
+        return assistant_text(self.model.tokenizer, req.prefix) + Prompt.of(call)
+
+    def _render(self, req: GenerationRequest, messages: list[dict[str, Any]], gen: bool = True) -> Prompt:
         tok = self.model.tokenizer
         preserve = req.preserve_thinking
         if preserve is None:
             preserve = supports_preserve_thinking(tok)
         # A forced call is the reply's start: no reasoning before it.
         think = req.enable_thinking and not req.forces_call
-        return render_prompt(
+        return render_chat(
             tok,
             messages,
             tools=req.rendered_tools,
@@ -650,7 +662,7 @@ class Engine:
             tok = lm.tokenizer
 
             def render(msgs: list[dict[str, Any]]) -> list[int]:
-                ids = tok.encode(self._render(req, msgs, gen=False), add_special_tokens=False)
+                ids = encode_prompt(tok, self._render(req, msgs, gen=False))
                 return self._splice(req, ids)
 
             for p in marked_positions(render, req.messages, req.cache_breakpoints, prompt):

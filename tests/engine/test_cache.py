@@ -9,6 +9,7 @@ import pytest
 
 from engine import Engine, GenerationRequest, SamplingParams
 from engine.cache import PromptCache
+from engine.literal import encode as encode_prompt
 from tests.scripted import forced_engine
 
 G = SamplingParams(temperature=0)
@@ -303,7 +304,7 @@ def test_marked_breakpoint_is_a_snapshot(tiny_model):
         req = GenerationRequest(messages=convo, sampling=G, cache_breakpoints=[2])
         script("a\n</think>\n\nb", req)
         eng.generate(req)
-        mark = len(tok.encode(eng._render(req, convo[:3], gen=False), add_special_tokens=False))
+        mark = len(encode_prompt(tok, eng._render(req, convo[:3], gen=False)))
         users = _starts(tok, eng.encode(req)[0], "user")
         assert mark == users[1] and mark not in (users[0], users[-1])  # no other boundary's
         # The conversation is forked after the marked message.
@@ -361,7 +362,7 @@ def test_reply_rendered_back_differently_is_reused_whole(tiny_model, kind):
         msgs2 = [*msgs, back, *tail]
         req2 = GenerationRequest(messages=msgs2, tools=TOOLS, sampling=G, session="s")
         # The template alone renders this reply differently from what was generated ...
-        plain = tiny_model.tokenizer.encode(eng._render(req2, msgs2), add_special_tokens=False)
+        plain = encode_prompt(tiny_model.tokenizer, eng._render(req2, msgs2))
         assert plain[: len(p1) + len(reply)] != p1 + reply
         script("n\n</think>\n\nok", req2)
         r2 = eng.generate(req2)
