@@ -66,6 +66,18 @@ class GitChange:
         return f"{self.path} was {self.what}: {self.action}"
 
 
+def _same(a: Entry | None, b: Entry | None) -> bool:
+    """Unchanged for git: a folder is the same folder (inode), a file the same bytes, a link the
+    same target."""
+    if a is None or b is None or a.kind != b.kind:
+        return a is b
+    if a.kind == "file":
+        return a.data == b.data
+    if a.kind == "link":
+        return a.link == b.link
+    return (a.dev, a.ino) == (b.dev, b.ino)
+
+
 def _entry(path: str) -> Entry | None:
     try:
         st = os.lstat(path)
@@ -197,7 +209,7 @@ def _restore_file(path: str, data: bytes) -> None:
 def _put_back(root: str, rel: str, old: Entry, after: GitScan) -> str | None:
     """Move an original git folder a command moved elsewhere in the project back to `rel`."""
     for other, e in after.entries.items():
-        if other != rel and (e.dev, e.ino) == (old.dev, old.ino) and e.kind == old.kind:
+        if other != rel and _same(e, old):
             dest = os.path.join(root, rel)
             if os.path.lexists(dest):
                 return None
@@ -231,7 +243,7 @@ def neutralise(before: GitScan, after: GitScan, quarantine: Path) -> list[GitCha
         if now.kind != "missing":
             where = _safe_undo(root, rel, None, now, after, quarantine)
             changes.append(GitChange(rel, "created (a gitdir: target)", where))
-    changed = [r for r in before.entries if after.entries.get(r) != before.entries[r]]
+    changed = [r for r in before.entries if not _same(after.entries.get(r), before.entries[r])]
     # Originals first, so one the command moved elsewhere goes back rather than into quarantine.
     for rel in sorted(changed):
         now = after.entries.pop(rel, None)
