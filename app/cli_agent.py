@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .textsafe import has_hidden, show_block, show_line, show_prose
+
 if TYPE_CHECKING:
     from engine import Backend
 
@@ -49,7 +51,8 @@ def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) 
         action="append",
         default=[],
         metavar="PREFIX",
-        help="approve commands starting with PREFIX, e.g. 'pytest' (repeatable)",
+        help="approve simple commands starting with PREFIX, e.g. 'pytest' (repeatable); a command "
+        "that chains, pipes, redirects, substitutes or sets variables is still asked about",
     )
     p.add_argument(
         "--max-steps", type=int, default=40, metavar="N", help="model turns before stopping (default 40)"
@@ -148,9 +151,9 @@ def _undo(args: argparse.Namespace) -> int:
         )
         return 0
     for c in reversed(res.steps):
-        print(f"undid step {c.id}: {c.summary}")
+        print(f"undid step {c.id}: {show_line(c.summary)}")
     for f in res.files:
-        print(f"  {f['status']} {f['path']}")
+        print(f"  {f['status']} {show_line(f['path'])}")
     return 0
 
 
@@ -175,7 +178,9 @@ def _diff(args: argparse.Namespace) -> int:
                 )
             )
         return 0
-    sys.stdout.write(cps.diff(chosen[0].before, chosen[-1].after))
+    patch = cps.diff(chosen[0].before, chosen[-1].after)
+    # Escaped on a terminal; redirected to a file it stays a patch that applies.
+    sys.stdout.write(show_block(patch) if sys.stdout.isatty() else patch)
     return 0
 
 
@@ -190,7 +195,7 @@ def _runs(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"id": r.id, "status": r.shown_status, "steps": r.steps, "task": r.task}))
         else:
-            first = (r.task.splitlines() or [""])[0][:60]
+            first = show_line((r.task.splitlines() or [""])[0][:60])
             print(f"{r.id}  {r.shown_status:<12} {r.steps:>3} steps  {first}")
     return 0
 
@@ -227,6 +232,11 @@ def _run_agent(args: argparse.Namespace) -> int:
         raise AgentError('give a task: locus agent DIR "what to do"')
     if args.max_steps < 1:
         raise AgentError("--max-steps must be at least 1")
+    from .agent.approvals import valid_prefix
+
+    for p in args.allow:
+        if not valid_prefix(p):
+            raise AgentError(f"--allow '{show_line(p)}' is not a plain command prefix (e.g. 'pytest')")
     config = AgentConfig.from_settings(
         max_steps=args.max_steps,
         token_budget=args.token_budget,
@@ -297,17 +307,23 @@ def _ask_terminal(req: Any, cancel: threading.Event) -> Any:
     from .agent.approvals import default_prefix
 
     bold, reset = (BOLD, RESET) if sys.stderr.isatty() else ("", "")
-    print(f"\n{bold}approval needed:{reset} {req.summary}", file=sys.stderr)
+    # All of it escaped: a control character in a command or diff must not hide what is approved.
+    summary, command = show_line(req.summary), show_line(req.command or "")
+    print(f"\n{bold}approval needed:{reset} {summary}", file=sys.stderr)
     if req.diff:
-        print(req.diff, file=sys.stderr)
+        print(show_block(req.diff), file=sys.stderr)
+    if req.command is not None and (req.needs_own_approval or command not in summary):
+        print(f"  command: {command}", file=sys.stderr)
+    if has_hidden(req.summary + (req.command or ""), keep="") or has_hidden(req.diff or ""):
+        print("  (control characters are shown escaped, like \\x1b)", file=sys.stderr)
     if req.command is not None and not req.sandboxed:
         print("  (no sandbox: this command runs with your full permissions)", file=sys.stderr)
     opts = "[y]es  [n]o  [a]lways allow this tool"
+    prefix = default_prefix(req.command) if req.command is not None else ""
     if req.needs_own_approval:
-        print(f"  command: {req.command}", file=sys.stderr)
         opts = "[y]es, run it unconfined this once  [n]o"  # fail closed: nothing sticks
-    elif req.command is not None:
-        opts += f"  [p]refix '{default_prefix(req.command)}'"
+    elif prefix:
+        opts += f"  [p]refix {prefix}"
     while not cancel.is_set():
         try:
             ans = _input(f"{opts} > ").strip().lower()
@@ -323,7 +339,7 @@ def _ask_terminal(req: Any, cancel: threading.Event) -> Any:
             return Decision.reject(reason)
         if ans in ("a", "always") and not req.needs_own_approval:
             return Decision.allow_tool()
-        if ans in ("p", "prefix") and req.command is not None and not req.needs_own_approval:
+        if ans in ("p", "prefix") and prefix and not req.needs_own_approval:
             return Decision.allow_prefix("")
     return Decision.reject("the run was stopped")
 
@@ -346,6 +362,7 @@ class _Printer:
         self._in_reasoning = False
 
     def _err(self, text: str, dim: bool = True) -> None:
+        text = show_block(text)  # escaped before our own colour codes are added
         if self.color and dim:
             text = DIM + text + RESET
         print(text, file=sys.stderr, flush=True)
@@ -356,7 +373,8 @@ class _Printer:
             return
         d, t = ev.data, ev.type
         if t == "reasoning":
-            sys.stderr.write((DIM if self.color else "") + d["text"] + (RESET if self.color else ""))
+            text = show_prose(d["text"])
+            sys.stderr.write((DIM if self.color else "") + text + (RESET if self.color else ""))
             sys.stderr.flush()
             self._in_reasoning = True
             return
@@ -364,7 +382,7 @@ class _Printer:
             sys.stderr.write("\n")
             self._in_reasoning = False
         if t == "text":
-            sys.stdout.write(d["text"])
+            sys.stdout.write(show_prose(d["text"]))
             sys.stdout.flush()
         elif t == "run_started":
             self._err(f"run {d['run_id']} in {d['project']} ({d['backend']})")
@@ -378,7 +396,7 @@ class _Printer:
         elif t == "approval" and d.get("auto") is False:
             self._err(f"  {d['action']}" + (f": {d['reason']}" if d.get("reason") else ""))
         elif t == "tool_result":
-            lines = str(d["content"]).splitlines()
+            lines = show_block(d["content"]).splitlines()
             head = "\n".join("  " + x for x in lines[:8])
             more = f"\n  … {len(lines) - 8} more lines" if len(lines) > 8 else ""
             self._err(("" if d["ok"] else "  ✗\n") + head + more)

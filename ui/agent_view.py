@@ -42,11 +42,13 @@ from app.agent import (
     default_prefix,
     detect_sandbox,
 )
+from app.agent.approvals import valid_prefix
 from app.agent.checkpoints import CheckpointError, Checkpoints
 from app.agent.ignore import walk
 from app.agent.watch import TreeWatcher
 from app.settings import data_dir, load_ui_settings, save_ui_settings
 from app.store import Store
+from app.textsafe import has_hidden, show_block, show_line, show_prose
 
 from .bridge import Task, run_in_background
 
@@ -80,14 +82,20 @@ class ApprovalCard(QFrame):
         self.req = req
         self.setObjectName("approvalCard")
         lay = QVBoxLayout(self)
-        title = QLabel(f"<b>Approve?</b> {_esc(req.summary)}")
-        title.setWordWrap(True)
-        title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        lay.addWidget(title)
+        # Everything shown is escaped: a control character must not hide what is approved.
+        self.title = QLabel(f"<b>Approve?</b> {_esc(show_line(req.summary))}")
+        self.title.setWordWrap(True)
+        self.title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        lay.addWidget(self.title)
         if not req.sandboxed and req.command is not None:
             warn = QLabel("This command runs WITHOUT a sandbox, with your full permissions.")
             warn.setObjectName("notice")
             lay.addWidget(warn)
+        self.hidden_note: QLabel | None = None
+        if has_hidden(req.summary + (req.command or ""), keep="") or has_hidden(req.diff or ""):
+            self.hidden_note = QLabel("Control characters are shown escaped, like \\x1b.")
+            self.hidden_note.setObjectName("notice")
+            lay.addWidget(self.hidden_note)
         # Buttons above the diff: at small window sizes they stay in view.
         self.buttons_row = QWidget()
         row = QHBoxLayout(self.buttons_row)
@@ -115,7 +123,7 @@ class ApprovalCard(QFrame):
         lay.addWidget(self.buttons_row)
         self.reason = QLineEdit(placeholderText="Reason (sent to the model if you reject)")
         lay.addWidget(self.reason)
-        body = req.diff or req.command or ""
+        body = show_block(req.diff) if req.diff else show_line(req.command or "")
         if body:
             self.diff_view = QPlainTextEdit(body, readOnly=True)
             self.diff_view.setFont(QFont("Menlo, Consolas, monospace"))
@@ -129,6 +137,9 @@ class ApprovalCard(QFrame):
         prefix = self.prefix.text().strip() if self.prefix is not None else ""
         if not prefix:
             self.outcome.setText("Type the start of the commands to allow, e.g. pytest")
+            return
+        if not valid_prefix(prefix):
+            self.outcome.setText("A prefix is a program and plain words, e.g. pytest (no ; | $ * …)")
             return
         self._decide(Decision.allow_prefix(prefix))
 
@@ -146,7 +157,7 @@ class ApprovalCard(QFrame):
                 "approve": "Approved",
                 "reject": "Rejected",
                 "allow_tool": "Allowed for this session",
-                "allow_prefix": f"Allowed: commands starting with {d.prefix!r}",
+                "allow_prefix": f"Allowed: commands starting with '{show_line(d.prefix)}'",
             }.get(d.action, d.action)
         )
         self.decided.emit(d)
@@ -330,8 +341,8 @@ class AgentView(QWidget):
         for r in runs:
             when = datetime.datetime.fromtimestamp(r.created).strftime("%Y-%m-%d %H:%M")
             title = r.task.strip().splitlines()[0][:80] if r.task.strip() else "agent run"
-            item = QListWidgetItem(f"{when} · {r.status} · {title}")
-            item.setToolTip(r.task)
+            item = QListWidgetItem(show_line(f"{when} · {r.status} · {title}"))
+            item.setToolTip(show_block(r.task))
             item.setData(256, r.id)
             self.runs.addItem(item)
         self.runs_listed.emit()
@@ -375,7 +386,7 @@ class AgentView(QWidget):
                 break
             parent = nodes.get(e.rel.rpartition("/")[0], root)
             name = e.rel.rpartition("/")[2]
-            item = QTreeWidgetItem(parent, [name + "/" if e.is_dir else name])
+            item = QTreeWidgetItem(parent, [show_line(name + "/" if e.is_dir else name)])
             if e.is_dir:
                 nodes[e.rel] = item
         root.setExpanded(True)
@@ -501,7 +512,7 @@ class AgentView(QWidget):
             return
         for c in cps.list():
             files = ", ".join(f["path"] for f in c.files)
-            self.steps.addItem(f"step {c.step}: {c.summary}" + (f" ({files})" if files else ""))
+            self.steps.addItem(show_line(f"step {c.step}: {c.summary}" + (f" ({files})" if files else "")))
 
     def _ask(self, req: ApprovalRequest, cancel: threading.Event) -> Decision:
         """Runs on the agent's thread: show a card on the UI thread and wait for the click."""
@@ -548,7 +559,7 @@ class AgentView(QWidget):
             self._append(f"<hr><b>Step {ev.step}</b><br>")
         elif t == "tool_call":
             self._append(
-                f"<b>→ {_esc(d.get('name', ''))}</b> <code>{_esc(str(d.get('arguments')))[:300]}</code>"
+                f"<b>→ {_esc(d.get('name', ''))}</b> <code>{_esc(str(d.get('arguments'))[:300])}</code>"
             )
         elif t == "tool_result":
             mark = "✓" if d.get("ok") else "✗"
@@ -562,14 +573,14 @@ class AgentView(QWidget):
             self._append(f"<span style='color:#ff453a'>{_esc(d.get('message', ''))}</span>")
         elif t == "done":
             answer = d.get("answer") or ""
-            self._append(f"<hr><b>Done ({_esc(d.get('status', ''))})</b><br>{_esc(answer)}")
+            self._append(f"<hr><b>Done ({_esc(d.get('status', ''))})</b><br>{_esc(answer, show_prose)}")
 
     def _stream(self, text: str, dim: bool) -> None:
         cur = self.transcript.textCursor()
         cur.movePosition(QTextCursor.MoveOperation.End)
         fmt = cur.charFormat()
         fmt.setFontItalic(dim)
-        cur.insertText(text, fmt)
+        cur.insertText(show_prose(text), fmt)
         self.transcript.setTextCursor(cur)
 
     def _append(self, html: str) -> None:
@@ -601,7 +612,8 @@ class AgentView(QWidget):
             self.agent.close()
 
 
-def _esc(s: Any) -> str:
+def _esc(s: Any, show: Any = show_block) -> str:
+    """HTML for the transcript, control characters escaped (newlines and tabs kept)."""
     import html
 
-    return html.escape(str(s))
+    return html.escape(show(s))

@@ -1,11 +1,13 @@
 """Approvals: read-only tools run freely; edits and commands ask the user first.
 
 The user can approve once, reject with a reason the model sees, allow a tool for the rest of the
-session, or allow commands starting with a prefix. Headless runs use `--yes` (approve everything)
-and `--allow PREFIX`. Fail closed: when the sandbox is missing or broken (not turned off by the
-user), every command is asked about, one at a time; `--yes`, prefixes and "always" do not cover
-it, and a run with nobody to ask refuses it. With the sandbox turned off on purpose
-(`--no-sandbox`), `--yes` and prefixes apply but "always allow run_command" still does not.
+session, or allow commands starting with a prefix: a prefix covers only a simple command (one
+program and its arguments, nothing the shell would chain, redirect or substitute). Headless runs
+use `--yes` (approve everything) and `--allow PREFIX`. Fail closed: when the sandbox is missing
+or broken (not turned off by the user), every command is asked about, one at a time; `--yes`,
+prefixes and "always" do not cover it, and a run with nobody to ask refuses it. With the sandbox
+turned off on purpose (`--no-sandbox`), `--yes` and prefixes apply but "always allow
+run_command" still does not.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ __all__ = [
     "ApprovalRequest",
     "Approvals",
     "Decision",
+    "SimpleCommand",
     "command_words",
+    "default_prefix",
     "prefix_matches",
+    "simple_command",
+    "valid_prefix",
 ]
 
 READ_ONLY_TOOLS = frozenset({"list_dir", "read_file", "search"})
@@ -99,29 +105,124 @@ class Decision:
         return {"action": self.action, "reason": self.reason, "prefix": self.prefix, "auto": self.auto}
 
 
-_OPERATORS = set(";&|<>()\n`")
+# Outside quotes these make a command more than one plain program with its arguments:
+# lists, pipes, redirections, subshells, substitutions and parameter expansion.
+_UNSAFE = frozenset(";&|<>()`$")
+# Unquoted, these expand to other words: globs, bash's braces, the home folder.
+_EXPANDS = frozenset("*?[{~")
+# A first word that is one of these is shell syntax, not a program.
+_RESERVED = frozenset(
+    "! { } [[ ]] case coproc do done elif else esac fi for function if in select then time until "
+    "while".split()
+)
+
+
+@dataclass(frozen=True)
+class SimpleCommand:
+    """A command that /bin/sh runs as one program with these words as its argv."""
+
+    words: tuple[str, ...]
+    literal: tuple[bool, ...]  # per word: False when the shell would expand it (glob, brace, ~)
+
+
+def _double_quoted(command: str, i: int, out: list[str]) -> int | None:
+    """Read a "..." string starting after its quote; the index past its end, or None if it
+    substitutes (`$`, backquote) or never ends."""
+    n = len(command)
+    while i < n:
+        c = command[i]
+        if c == '"':
+            return i + 1
+        if c in "$`":
+            return None
+        if c == "\\" and i + 1 < n and command[i + 1] in '$`"\\':
+            out.append(command[i + 1])  # sh's only escapes inside double quotes
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return None
+
+
+def _read_word(command: str, i: int) -> tuple[str, bool, int] | None:
+    """One word starting at `i`: its value after quote removal, whether it is literal, and the
+    index where it ends; None when it is not plain (an operator, a substitution, bad quoting)."""
+    out: list[str] = []
+    literal, n = True, len(command)
+    while i < n and command[i] != " ":
+        c = command[i]
+        if c == "'":
+            end = command.find("'", i + 1)
+            if end < 0:
+                return None
+            out.append(command[i + 1 : end])
+            i = end + 1
+        elif c == '"':
+            after = _double_quoted(command, i + 1, out)
+            if after is None:
+                return None
+            i = after
+        elif c == "\\":
+            if i + 1 >= n:
+                return None
+            out.append(command[i + 1])
+            i += 2
+        elif c in _UNSAFE:
+            return None
+        else:
+            literal = literal and c not in _EXPANDS
+            out.append(c)
+            i += 1
+    return "".join(out), literal, i
+
+
+def simple_command(command: str) -> SimpleCommand | None:
+    """The words of `command` if /bin/sh would run it as one plain program, else None.
+
+    Conservative: no operators, redirections, substitutions, `$`, comments, control characters
+    (newlines and tabs included), leading `NAME=value` assignments or reserved words.
+    """
+    if not command or any(c != " " and not c.isprintable() for c in command):
+        return None
+    words: list[str] = []
+    literal: list[bool] = []
+    i = 0
+    while i < len(command):
+        if command[i] == " ":
+            i += 1
+            continue
+        if command[i] == "#":
+            return None  # a comment: sh ignores the rest of the line
+        word = _read_word(command, i)
+        if word is None:
+            return None
+        words.append(word[0])
+        literal.append(word[1])
+        i = word[2]
+    if not words or "=" in words[0] or words[0] in _RESERVED:
+        return None
+    return SimpleCommand(tuple(words), tuple(literal))
 
 
 def command_words(command: str) -> list[str] | None:
-    """The words of a simple command, or None if it chains, pipes, redirects or substitutes."""
-    if any(c in command for c in "`\n\r") or "$(" in command:
-        return None
-    try:
-        lex = shlex.shlex(command, posix=True, punctuation_chars=";&|<>()")
-        lex.whitespace_split = True
-        words = list(lex)
-    except ValueError:
-        return None
-    if not words or any(w and set(w) <= _OPERATORS for w in words):
-        return None
-    return words
+    """The words of a simple command (see `simple_command`), or None."""
+    parsed = simple_command(command)
+    return list(parsed.words) if parsed else None
+
+
+def valid_prefix(prefix: str) -> bool:
+    """Whether `prefix` can be allowed: a simple command whose words the shell does not expand."""
+    parsed = simple_command(prefix)
+    return parsed is not None and all(parsed.literal)
 
 
 def prefix_matches(prefix: str, command: str) -> bool:
-    """Whether a simple command starts with the words of `prefix`."""
-    want = command_words(prefix)
-    have = command_words(command)
-    return bool(want and have and have[: len(want)] == want)
+    """Whether `command` is a simple command whose first words are exactly those of `prefix`."""
+    want, have = simple_command(prefix), simple_command(command)
+    if want is None or have is None or not all(want.literal):
+        return False
+    k = len(want.words)
+    return have.words[:k] == want.words and all(have.literal[:k])
 
 
 @dataclass
@@ -182,9 +283,11 @@ class Approvals:
             self.tools.add(req.tool)
         elif d.action == "allow_prefix":
             prefix = d.prefix.strip() or default_prefix(req.command or "")
-            if prefix and command_words(prefix):
+            if valid_prefix(prefix):
                 self.prefixes.append(prefix)
                 d = Decision("allow_prefix", d.reason, prefix)
+            else:
+                d = Decision("approve", d.reason)  # this once: no simple prefix to remember
         return d
 
     def to_state(self) -> dict[str, Any]:
@@ -197,15 +300,25 @@ class Approvals:
                 self.prefixes.append(p)
 
 
+# Programs that run whatever command their arguments name: allowing one by name allows anything.
+_RUNNERS = frozenset(
+    "sh bash dash zsh ksh fish env sudo doas su eval exec command builtin xargs nohup nice timeout "
+    "setsid stdbuf chroot unshare nsenter watch".split()
+)
+
+
 def default_prefix(command: str) -> str:
     """The prefix "allow commands like this" means: the first word, and a subcommand if any
-    (`git status`, `python -m pytest`, `npm test`)."""
-    words = command_words(command) or []
-    if not words:
+    (`git status`, `python -m pytest`, `npm test`); "" when there is none worth offering."""
+    parsed = simple_command(command)
+    if parsed is None or parsed.words[0].rsplit("/", 1)[-1] in _RUNNERS:
         return ""
+    words = parsed.words
     take = 1
-    if len(words) > 1 and words[0].rsplit("/", 1)[-1].startswith("python") and words[1] == "-m":
+    if len(words) > 2 and words[0].rsplit("/", 1)[-1].startswith("python") and words[1] == "-m":
         take = 3
     elif len(words) > 1 and re.fullmatch(r"[a-z][a-z0-9_-]*", words[1]):
         take = 2  # a subcommand word; a file name or path (a.txt, src/) is not one
+    if not all(parsed.literal[:take]):
+        return ""
     return shlex.join(words[:take])

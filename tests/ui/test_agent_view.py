@@ -144,3 +144,37 @@ def test_allow_command_prefix_skips_later_questions(view, qtbot, project):
     assert shown == []  # the second echo was allowed by the prefix, not asked about
     assert (project / "a.txt").exists() and (project / "b.txt").exists()
     assert "starting with 'touch'" in card.outcome.text()
+
+
+HIDING = "echo safe\x1b[2K\r\x1b]0;title\x07\x1b[8mrm -rf ~\x1b[0m\b\u202eexe.txt\u200b"
+
+
+def _no_controls(text: str) -> bool:
+    return not any(c in text for c in "\x1b\r\x07\b\u202e\u200b")
+
+
+def test_approval_cards_show_control_characters_escaped(view, qtbot, project):
+    def call(cmd: str) -> str:
+        return (
+            "Run it.\n</think>\n\n<tool_call>\n<function=run_command>\n<parameter=command>\n"
+            f"{cmd}\n</parameter>\n</function>\n</tool_call>"
+        )
+
+    card = _run(view, qtbot, [call(HIDING), *edit_replay("hello.py", "hello", "hi\x1b[8m hidden\x1b[0m")])
+    assert card.req.command == HIDING
+    for shown in (card.title.text(), card.diff_view.toPlainText()):
+        assert _no_controls(shown), ascii(shown)
+        assert "\\x1b[2K\\r\\x1b]0;title\\x07\\x1b[8mrm -rf ~" in shown and "\\u202eexe.txt\\u200b" in shown
+    assert card.hidden_note is not None and card.prefix.text() == ""
+    card.prefix.setText("echo;")
+    card.prefix_button.click()  # not a plain prefix: nothing is decided
+    assert "plain words" in card.outcome.text() and card.approve_button.isEnabled()
+    with qtbot.waitSignal(view.approval_shown, timeout=30000) as sig:
+        card.reject_button.click()
+    edit = sig.args[0]
+    assert _no_controls(edit.diff_view.toPlainText())
+    assert '+print("hi\\x1b[8m hidden\\x1b[0m")' in edit.diff_view.toPlainText()
+    with qtbot.waitSignal(view.run_finished, timeout=30000):
+        edit.approve_button.click()
+    text = view.transcript.toPlainText()
+    assert _no_controls(text) and "hidden\\x1b[0m" in text and "\\u202eexe.txt" in text
