@@ -18,7 +18,7 @@ from .config import ServerConfig
 from .errors import APIError, flavor_of
 from .jsonbody import parse_body
 from .openai_models import ChatRequest
-from .requestlog import error_record
+from .requestlog import error_record, escape_controls
 from .responses_models import ResponsesRequest
 from .security import ASGIApp, Guard
 from .service import ClientGone, EventStream, Service
@@ -64,7 +64,13 @@ def build_fastapi(service: Service) -> FastAPI:
     _add_error_handlers(api)
     _add_info_routes(api, service)
     _add_generation_routes(api, service)
-    responses_api.add_routes(api, service, responses_api.ResponseStore(config.responses_db))
+    store = responses_api.ResponseStore(
+        config.responses_db,
+        owner_bytes=config.responses_owner_bytes,
+        total_bytes=config.responses_total_bytes,
+    )
+    api.state.responses = store
+    responses_api.add_routes(api, service, store)
     return api
 
 
@@ -93,7 +99,7 @@ def _add_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error serving %s", request.url.path)
+        log.exception("unexpected error serving %s", escape_controls(request.url.path))
         err = APIError("api_error", f"internal server error ({type(exc).__name__}); see the log")
         return _error_response(request, err)
 

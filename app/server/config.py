@@ -50,14 +50,18 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()
     # Extra Host header values accepted besides loopback names and the configured host.
     allowed_hosts: tuple[str, ...] = ()
+    # Body bytes of one request (Anthropic's limit; a 256K-token prompt is ~1 MB of JSON) and of all
+    # requests being read or answered; past either, 413 before the rest is read.
     max_body_bytes: int = 32 * 1024 * 1024
-    # Connections open at once (fewer if the open-file limit is lower); at the cap, the one that
-    # has waited longest for a request is closed to make room.
+    body_budget_bytes: int = 256 * 1024 * 1024
+    # Connections open at once (fewer if the open-file limit is lower); at the cap, the one idle
+    # longest, else the one sending a body longest, is closed to make room.
     max_connections: int = 1000
-    # Seconds a connection has to send a request's headers, and the longest pause allowed
-    # between pieces of a request body.
+    # Seconds a connection has to send a request's headers, the longest pause allowed between
+    # pieces of a request body, and the longest a whole body may take (408 past either).
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    body_deadline: float = 120.0
     # Longest prompt + reply served, in tokens (None: the model's own maximum).
     context_tokens: int | None = None
     # Sampling preset used when a request sets no sampling values (None: "thinking" when the
@@ -72,6 +76,9 @@ class ServerConfig:
     log_level: str = "info"
     # SQLite file keeping Responses API answers for previous_response_id (None: in memory).
     responses_db: str | None = None
+    # Bytes of stored responses kept per API key and for all keys together (oldest dropped first).
+    responses_owner_bytes: int = 128 * 1024 * 1024
+    responses_total_bytes: int = 256 * 1024 * 1024
 
     @property
     def is_loopback(self) -> bool:

@@ -5,7 +5,9 @@ h11 and httptools wait forever for headers, and uvicorn accepts connections unti
 out of file descriptors, after which it can accept none (not even a legitimate client's) and logs
 "Too many open files" in a loop. Here a connection must deliver its headers within
 `header_timeout` seconds, and when `max_connections` are open the one that has waited longest for
-headers (never sent any, or idles between keep-alive requests) is closed to make room.
+headers (never sent any, or idles between keep-alive requests) is closed to make room; when there
+is none, the one that has been sending a request body longest (slow senders cannot hold the table).
+Only connections whose request is complete (being answered) are never closed for a newcomer.
 """
 
 from __future__ import annotations
@@ -79,14 +81,16 @@ def connection_cap(wanted: int, backlog: int) -> int:
 
 
 class Limits:
-    """Shared by every connection of one server: the cap, the header deadline and the connections
-    waiting for headers, oldest first."""
+    """Shared by every connection of one server: the cap, the header deadline, the connections
+    waiting for headers and those still sending a body, each oldest first."""
 
     def __init__(self, max_connections: int, header_timeout: float) -> None:
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.waiting: collections.OrderedDict[Any, None] = collections.OrderedDict()
+        self.receiving: collections.OrderedDict[Any, None] = collections.OrderedDict()
         self.evicted = 0
+        self.evicted_receiving = 0
         self.timed_out = 0
         self.refused = 0
 
@@ -105,7 +109,9 @@ class Limits:
                 cycle = self.cycle
                 super().data_received(data)
                 if self.cycle is not cycle:  # a request's headers arrived
-                    limits._busy(self)
+                    limits._started(self)
+                elif self in limits.receiving and not self.cycle.more_body:
+                    limits._busy(self)  # the body is complete: the request is being answered
                 elif self in limits.waiting and self._deadline is None:
                     limits._arm(self)  # the next keep-alive request has begun: headers due
 
@@ -126,26 +132,36 @@ class Limits:
         self._idle(conn, arm=True)
         while len(conn.connections) > self.max_connections:
             victim = next((c for c in self.waiting if c is not conn), None)
-            if victim is None:  # every other connection is mid-request: refuse the newcomer
+            what = "closing the connection that waited longest for a request"
+            if victim is None:
+                victim = next(iter(self.receiving), None)
+                what = "closing the connection that has been sending a request body longest"
+                self.evicted_receiving += victim is not None
+            if victim is None:  # every other connection is being answered: refuse the newcomer
                 self.refused += 1
                 log.warning("connection limit (%d) reached: refusing a new connection", self.max_connections)
                 self._close(conn)
                 return
             self.evicted += 1
-            log.warning(
-                "connection limit (%d) reached: closing the connection that waited longest for a request",
-                self.max_connections,
-            )
+            log.warning("connection limit (%d) reached: " + what, self.max_connections)
             self._close(victim)
 
     def _idle(self, conn: Any, arm: bool) -> None:
+        self.receiving.pop(conn, None)
         self.waiting[conn] = None
         self.waiting.move_to_end(conn)
         if arm:
             self._arm(conn)
 
+    def _started(self, conn: Any) -> None:
+        self._busy(conn)
+        cycle = conn.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_complete:
+            self.receiving[conn] = None  # the body deadline is the Guard's (security.py)
+
     def _busy(self, conn: Any) -> None:
         self.waiting.pop(conn, None)
+        self.receiving.pop(conn, None)
         if conn._deadline is not None:
             conn._deadline.cancel()
             conn._deadline = None

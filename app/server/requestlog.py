@@ -8,12 +8,60 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("locus.server.requests")
+
+# C0, DEL and C1 control characters, line and paragraph separators, bidirectional overrides:
+# what a client could use to move a terminal's cursor, recolour it or forge log lines.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape_one(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def escape_controls(text: str, keep: str = "") -> str:
+    """`text` with control characters written as \\xNN (\\uNNNN above U+00FF), but those in `keep`."""
+    if not _CONTROL.search(text):
+        return text
+    if keep:
+        return _CONTROL.sub(lambda m: m.group() if m.group() in keep else _escape_one(m), text)
+    return _CONTROL.sub(_escape_one, text)
+
+
+class EscapeFilter(logging.Filter):
+    """Escapes control characters in a record's message (and in its traceback, newlines aside)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format: leave it to the handler's own error report
+            return True
+        escaped = escape_controls(message)
+        if escaped is not message:
+            record.msg, record.args = escaped, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = escape_controls(record.exc_text, keep="\n")
+        return True
+
+
+_ESCAPED = ("asyncio", "uvicorn.error", "uvicorn.access", "locus.server", "locus.server.requests")
+
+
+def escape_logs() -> None:
+    """Install one EscapeFilter on the loggers that may echo what clients send (idempotent)."""
+    for name in _ESCAPED:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, EscapeFilter) for f in logger.filters):
+            logger.addFilter(EscapeFilter())
 
 
 @dataclass(frozen=True)
@@ -42,8 +90,8 @@ class RequestRecord:
     def line(self) -> str:
         """The record as one log line."""
         parts = [
-            f"{self.method} {self.endpoint} {self.status}",
-            f"model={self.model or '-'}",
+            f"{escape_controls(self.method)} {escape_controls(self.endpoint)} {self.status}",
+            f"model={escape_controls(self.model) or '-'}",
             f"client={self.client or '-'!r}",
         ]
         if self.prompt_tokens or self.finish_reason:

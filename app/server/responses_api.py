@@ -1,19 +1,21 @@
 """OpenAI Responses API (`POST /v1/responses`): input items to engine plans, answers and the
 streamed event sequence, and stored responses for `previous_response_id`.
 
-Stored responses live in a small SQLite table (bounded, per API key); `store: false` keeps none.
+Stored responses live in a small SQLite table (per API key, bounded per key and in all);
+`store: false` keeps none.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +40,11 @@ from .responses_models import (
     TextInput,
     UserMessageItem,
 )
+from .security import api_key_of
 
 KEEP_PER_KEY = 200  # stored responses kept per API key (oldest dropped first)
+OWNER_BYTES = 128 * 1024 * 1024  # and their bytes per key
+TOTAL_BYTES = 256 * 1024 * 1024  # and for all keys together
 
 
 # -- the store ---------------------------------------------------------------------------------
@@ -62,14 +67,24 @@ def _decode(text: str) -> Any:
 
 
 class ResponseStore:
-    """Responses kept for `previous_response_id` and GET, per API key, in SQLite (WAL)."""
+    """Responses kept for `previous_response_id` and GET, per API key, in SQLite (WAL).
 
-    def __init__(self, path: str | Path | None = None, keep: int = KEEP_PER_KEY) -> None:
+    Bounded three ways, oldest dropped first: `keep` responses and `owner_bytes` per key, and
+    `total_bytes` for all keys together (a response's size: its stored JSON text).
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        keep: int = KEEP_PER_KEY,
+        owner_bytes: int = OWNER_BYTES,
+        total_bytes: int = TOTAL_BYTES,
+    ) -> None:
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False)
         self._lock = threading.Lock()
-        self.keep = keep
+        self.keep, self.owner_bytes, self.total_bytes = keep, owner_bytes, total_bytes
         with self._lock, self._db:
             if path is not None:
                 self._db.execute("PRAGMA journal_mode=WAL")
@@ -78,18 +93,62 @@ class ResponseStore:
                 "created REAL NOT NULL, response TEXT NOT NULL, conversation TEXT NOT NULL)"
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS by_owner ON responses (owner, created)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS by_created ON responses (created)")
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(responses)")}
+            if "size" not in columns:  # a store written before sizes were kept
+                self._db.execute("ALTER TABLE responses ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
+                self._db.execute("UPDATE responses SET size = length(response) + length(conversation)")
+            self.bytes = self._db.execute("SELECT coalesce(sum(size), 0) FROM responses").fetchone()[0]
+            self._trim_total()
 
     def put(self, owner: str, response: dict[str, Any], conversation: list[Any]) -> None:
-        with self._lock, self._db:
+        text, conv = json.dumps(response), _encode(conversation)
+        size = len(text) + len(conv)
+        with self._lock, self._recount(), self._db:
+            self._drop("WHERE id = ?", (response["id"],))
             self._db.execute(
-                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
-                (response["id"], owner, time.time(), json.dumps(response), _encode(conversation)),
+                "INSERT INTO responses (id, owner, created, response, conversation, size) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (response["id"], owner, time.time(), text, conv, size),
             )
-            self._db.execute(
-                "DELETE FROM responses WHERE owner = ? AND id NOT IN (SELECT id FROM responses "
-                "WHERE owner = ? ORDER BY created DESC, rowid DESC LIMIT ?)",
-                (owner, owner, self.keep),
-            )
+            self.bytes += size
+            # Newest first, a running total: drop every row past the count or byte cap.
+            rows = self._db.execute(
+                "SELECT id, size FROM responses WHERE owner = ? ORDER BY created DESC, rowid DESC", (owner,)
+            ).fetchall()
+            kept = 0
+            for n, (rid, rsize) in enumerate(rows):
+                kept += rsize
+                if n >= self.keep or kept > self.owner_bytes:
+                    self._drop("WHERE id = ?", (rid,))
+            self._trim_total()
+
+    @contextlib.contextmanager
+    def _recount(self) -> Iterator[None]:
+        """Recount the bytes held when a change fails (its transaction is rolled back)."""
+        try:
+            yield
+        except sqlite3.Error:
+            self.bytes = self._db.execute("SELECT coalesce(sum(size), 0) FROM responses").fetchone()[0]
+            raise
+
+    def _trim_total(self) -> None:
+        """Drop the oldest responses (any key's) until all of them fit `total_bytes`."""
+        while self.bytes > self.total_bytes:
+            oldest = self._db.execute("SELECT id FROM responses ORDER BY created, rowid LIMIT 64").fetchall()
+            for (rid,) in oldest:
+                self._drop("WHERE id = ?", (rid,))
+                if self.bytes <= self.total_bytes:
+                    break
+
+    def _drop(self, where: str, args: tuple[Any, ...]) -> int:
+        """Delete the rows matching `where`, keeping the byte count; how many went."""
+        gone = self._db.execute(f"SELECT coalesce(sum(size), 0), count(*) FROM responses {where}", args)
+        size, count = gone.fetchone()
+        if count:
+            self._db.execute(f"DELETE FROM responses {where}", args)
+            self.bytes -= size
+        return int(count)
 
     def get(self, owner: str, rid: str) -> tuple[dict[str, Any], list[Any]] | None:
         with self._lock:
@@ -100,15 +159,14 @@ class ResponseStore:
         return (json.loads(row[0]), _decode(row[1])) if row else None
 
     def delete(self, owner: str, rid: str) -> bool:
-        with self._lock, self._db:
-            cur = self._db.execute("DELETE FROM responses WHERE owner = ? AND id = ?", (owner, rid))
-        return cur.rowcount > 0
+        with self._lock, self._recount(), self._db:
+            return self._drop("WHERE owner = ? AND id = ?", (owner, rid)) > 0
 
 
 def owner_of(headers: Any) -> str:
-    """Whose responses these are: a hash of the API key the client sent (never the key)."""
-    key = headers.get("x-api-key") or headers.get("authorization") or ""
-    key = key.removeprefix("Bearer ").strip()
+    """Whose responses these are: a hash of the API key the client sent (never the key), parsed
+    as the Guard parses it, so `Bearer  KEY`, `bearer KEY` and `x-api-key: KEY` are one owner."""
+    key = api_key_of(headers) or ""
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from .config import ServerConfig
 from .limits import Limits, connection_cap, rate_limit_logs
+from .requestlog import escape_logs
 
 log = logging.getLogger("locus.server")
 
@@ -21,6 +22,7 @@ def make_server(app: Any, config: ServerConfig) -> Any:
     import uvicorn
 
     rate_limit_logs()
+    escape_logs()  # after rate_limit_logs: its filter keys on the unformatted message
     # The accept loop takes up to `backlog` sockets at once before any is counted: keep it small.
     backlog = 64
     cap = connection_cap(config.max_connections, backlog)
@@ -32,7 +34,8 @@ def make_server(app: Any, config: ServerConfig) -> Any:
         log_level=config.log_level,
         http=limits.protocol(_http_protocol()),
         backlog=backlog,
-        # The Guard bounds bodies itself; Limits bounds connections and the wait for headers.
+        # The Guard bounds bodies itself (size, pauses, total time, all bodies together); Limits
+        # bounds connections and the wait for headers.
         # No limit_concurrency: it answers 503 to a real request once idle sockets fill the table.
         timeout_keep_alive=30,
         timeout_graceful_shutdown=5,

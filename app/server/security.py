@@ -1,4 +1,4 @@
-"""The server's front door: Host and Origin checks, API key, request body size limit.
+"""The server's front door: Host and Origin checks, API key, request body size and time limits.
 
 A pure ASGI middleware, so it runs before FastAPI parses anything and can refuse a request
 without reading its body.
@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -53,6 +54,41 @@ def _origin(value: str) -> str:
     return value.strip().rstrip("/").lower()
 
 
+def api_key_of(headers: Any) -> str | None:
+    """The API key a request carries: `x-api-key: KEY`, else `Authorization: Bearer KEY` (the
+    scheme in any case, blanks around either part ignored); None when it sends neither."""
+    given = (headers.get("x-api-key") or "").strip()
+    if given:
+        return given
+    parts = (headers.get("authorization") or "").split(None, 1)
+    if len(parts) == 2 and parts[0].lower() == "bearer" and parts[1].strip():
+        return parts[1].strip()
+    return None
+
+
+class BodyBudget:
+    """Request body bytes the server holds at once, counted as they arrive (never a declared
+    length), from a body's first byte until its request is answered; all on the event loop."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.held = 0
+        self.peak = 0
+        self.refused = 0
+
+    def take(self, n: int) -> bool:
+        """Count `n` more bytes; False (nothing counted) when they would pass the total."""
+        if self.held + n > self.total:
+            self.refused += 1
+            return False
+        self.held += n
+        self.peak = max(self.peak, self.held)
+        return True
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
 class Guard:
     """Refuses requests that fail the server's checks, in each API's error shape."""
 
@@ -67,6 +103,7 @@ class Guard:
         self.any_ip = is_wildcard_host(config.host)
         self.origins = {_origin(o) for o in config.allowed_origins}
         self.key = config.api_key.encode() if config.api_key else None
+        self.bodies = BodyBudget(max(config.body_budget_bytes, config.max_body_bytes))
 
     # -- checks -------------------------------------------------------------------------------
     def host_ok(self, host: str | None) -> bool:
@@ -81,11 +118,7 @@ class Guard:
     def key_ok(self, headers: dict[str, str]) -> bool:
         if self.key is None:
             return True
-        given = headers.get("x-api-key")
-        if given is None:
-            auth = headers.get("authorization", "")
-            scheme, _, token = auth.partition(" ")
-            given = token.strip() if scheme.lower() == "bearer" else None
+        given = api_key_of(headers)
         return given is not None and hmac.compare_digest(given.encode(), self.key)
 
     # -- ASGI ---------------------------------------------------------------------------------
@@ -98,7 +131,22 @@ class Guard:
         cors = await self._gate(scope, send, headers, path)
         if cors is None:
             return
-        got = await self._read_body(receive, send, headers, path, cors)
+        held = [0]  # body bytes counted in self.bodies, given back once the request is answered
+        try:
+            await self._serve(scope, receive, send, headers, cors, held)
+        finally:
+            self.bodies.give(held[0])
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[str, str],
+        cors: list[tuple[bytes, bytes]],
+        held: list[int],
+    ) -> None:
+        got = await self._read_body(receive, send, headers, scope.get("path", ""), cors, held)
         if got is None:
             return
         body, size = got
@@ -193,44 +241,57 @@ class Guard:
         headers: dict[str, str],
         path: str,
         cors: list[tuple[bytes, bytes]],
+        held: list[int],
     ) -> tuple[bytes, int] | None:
         """The whole body, read up front within the size and time limits (None once answered).
         It is replayed to the app; later receive() calls still reach the server, so handlers
-        hear about a client that disconnects."""
+        hear about a client that disconnects. Bytes are counted as they arrive, into `held`."""
         limit = self.config.max_body_bytes
-        too_large = f"request body is larger than the server's limit of {limit} bytes"
         try:
             declared = int(headers.get("content-length", "0") or 0)
         except ValueError:
             declared = 0
         if declared > limit:
-            await self._refuse(send, path, 413, "request_too_large", too_large, cors)
+            await self._refuse(send, path, 413, "request_too_large", self._too_large(False), cors)
             return None
         chunks: list[bytes] = []
-        size = 0
+        deadline = time.monotonic() + self.config.body_deadline
         while True:
-            try:
-                msg = await asyncio.wait_for(receive(), self.config.body_timeout)
-            except TimeoutError:
-                await self._refuse(
-                    send,
-                    path,
-                    408,
-                    "invalid_request_error",
-                    f"no part of the request body arrived for {self.config.body_timeout:g} s",
-                    cors,
-                )
+            msg = await self._next_piece(receive, deadline)
+            if isinstance(msg, str):
+                await self._refuse(send, path, 408, "invalid_request_error", msg, cors)
                 return None
             if msg["type"] == "http.disconnect":
                 return None
             chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await self._refuse(send, path, 413, "request_too_large", too_large, cors)
+            over = held[0] + len(chunk) > limit
+            if over or not self.bodies.take(len(chunk)):
+                await self._refuse(send, path, 413, "request_too_large", self._too_large(not over), cors)
                 return None
+            held[0] += len(chunk)
             chunks.append(chunk)
             if not msg.get("more_body", False):
-                return b"".join(chunks), size
+                return b"".join(chunks), held[0]
+
+    async def _next_piece(self, receive: Receive, deadline: float) -> Message | str:
+        """The next ASGI message, or why the body is cut off: it paused longer than body_timeout,
+        or has taken longer than body_deadline in all."""
+        left = deadline - time.monotonic()
+        wait = min(self.config.body_timeout, left)
+        try:
+            return await asyncio.wait_for(receive(), max(wait, 0.0))
+        except TimeoutError:
+            if wait < self.config.body_timeout:
+                return f"the request body did not arrive in full within {self.config.body_deadline:g} s"
+            return f"no part of the request body arrived for {self.config.body_timeout:g} s"
+
+    def _too_large(self, shared: bool) -> str:
+        if shared:  # this body fits alone, but not beside the others being held
+            return (
+                f"the server is already holding {self.bodies.held} bytes of request bodies (its limit "
+                f"for all requests together is {self.bodies.total} bytes); retry later or send less"
+            )
+        return f"request body is larger than the server's limit of {self.config.max_body_bytes} bytes"
 
     async def _refuse(
         self,
