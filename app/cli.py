@@ -16,7 +16,6 @@ from engine import (
     EngineError,
     PromptProgress,
     ReasoningDelta,
-    SamplingParams,
     TextDelta,
     ToolCall,
     ToolCallError,
@@ -24,8 +23,10 @@ from engine import (
     event_to_dict,
 )
 
+from .cli_common import open_backend, sampling_of
+
 if TYPE_CHECKING:
-    from engine import Backend, GenerationRequest
+    from engine import GenerationRequest
 
 DIM, RESET = "\033[2m", "\033[0m"
 
@@ -102,8 +103,8 @@ def _add_sampling_args(
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
     if thinking:
         p.add_argument("--no-thinking", action="store_true", help="answer without a reasoning block")
-    else:
-        p.set_defaults(no_thinking=True)
+    else:  # accepted, so generate's options all work here, but this command never thinks
+        p.add_argument("--no-thinking", action="store_true", default=True, help="the default: no reasoning")
 
 
 # Qt's standard options (QApplication/QGuiApplication): passed through to the window.
@@ -157,18 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `locus COMMAND --help` for a command's options.",
     )
     _add_window_args(parser)
+    from . import cli_agent, cli_locate, cli_mcp, cli_serve
+
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_generate_parser(sub)
     c = sub.add_parser("chat", help="chat in the terminal (Ctrl-C stops a reply, /reset, /think on|off)")
     _add_model_args(c)
     c.add_argument("--system", metavar="TEXT", help="system prompt")
+    c.add_argument("--mcp-config", action="append", default=[], metavar="FILE", help=cli_mcp.MCP_CONFIG_HELP)
     _add_sampling_args(c)
     _add_tool_parsers(sub)
     # Commands with their own modules: each adds its parser and sets `handler`, importing heavy
     # dependencies (FastAPI, Qt) only when run.
-    from . import cli_agent, cli_locate, cli_serve
-
-    for mod in (cli_serve, cli_agent, cli_locate):
+    for mod in (cli_serve, cli_agent, cli_locate, cli_mcp):
         mod.add_parser(sub, _add_model_args, _add_sampling_args)
     return parser
 
@@ -236,7 +238,13 @@ def _add_tool_parsers(sub: Any) -> None:
     v = sub.add_parser("convert", help="convert an HF Qwen3.5/3.6-MoE checkpoint to MLX (quantized)")
     v.add_argument("src", help="HF checkpoint directory (or cached repo id)")
     v.add_argument("dst", help="new output directory")
-    v.add_argument("--bits", type=int, default=4, help="4 (default) or 8; router and shared gate stay 8-bit")
+    v.add_argument(
+        "--bits",
+        type=int,
+        default=4,
+        choices=(4, 8),
+        help="4 (default) or 8; router and shared gate stay 8-bit",
+    )
     v.add_argument("--group-size", type=int, default=64)
     v.add_argument("--no-quantize", action="store_true", help="keep the weights' precision")
 
@@ -250,120 +258,11 @@ def _add_tool_parsers(sub: Any) -> None:
     )
 
 
-def _sampling(args: argparse.Namespace) -> SamplingParams:
-    name = args.preset or ("instruct" if args.no_thinking else "thinking")
-    return PRESETS[name].with_(
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        min_p=args.min_p,
-        presence_penalty=args.presence_penalty,
-        frequency_penalty=args.frequency_penalty,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-    )
-
-
-def _model_path(args: argparse.Namespace) -> str:
-    if getattr(args, "demo", False) or not args.model:
-        if not getattr(args, "demo", False):
-            raise EngineError("no model given: use --model PATH, or --demo for the tiny random model")
-        from .demo import DEMO_NOTICE, demo_model_dir
-
-        print(DEMO_NOTICE, file=sys.stderr)
-        return str(demo_model_dir())
-    return args.model
-
-
-def context_of(args: argparse.Namespace) -> int:
-    """--context, or its default: 32768 tokens, or the demo model's whole context (its cache is
-    tiny, and every client's prompt fits), or with --remote 0: the server's own."""
-    if getattr(args, "context", None):
-        return int(args.context)
-    if getattr(args, "remote", None):
-        return 0  # the remote server's own context
-    if getattr(args, "demo", False):
-        from engine.tiny import QWEN36_CONTEXT
-
-        return QWEN36_CONTEXT
-    return 32768
-
-
-def _remote_key(args: argparse.Namespace) -> str | None:
-    """The API key for --remote (never printed): from --remote-key-env or the keychain."""
-    from .backends import remote_key_from_keyring
-
-    name = getattr(args, "remote_key_env", None)
-    if name:
-        key = os.environ.get(name)
-        if not key:
-            raise EngineError(f"--remote-key-env {name}: the environment variable is not set")
-        return key
-    if getattr(args, "remote_key_from_keyring", False):
-        key = remote_key_from_keyring(args.remote)
-        if not key:
-            raise EngineError(
-                f"no API key for {args.remote} in the OS keychain (service "
-                f"'locus', user 'remote:{args.remote.rstrip('/')}')"
-            )
-        return key
-    return None
-
-
-def open_backend(args: argparse.Namespace) -> Backend:
-    """The model named by --model/--demo (loaded here) or --remote, reporting to stderr."""
-    from engine import inspect_checkpoint
-
-    from .backends import in_pipeline, open_local, open_pipeline, open_remote
-
-    if getattr(args, "remote", None):
-        if getattr(args, "mtp", 0):
-            raise EngineError("--mtp applies to a model loaded here, not to --remote")
-        print(f"Connecting to the remote model server at {args.remote}…", file=sys.stderr, flush=True)
-        backend = open_remote(args.remote, api_key=_remote_key(args), model=args.remote_model)
-        print(
-            f"Using the remote model {backend.info.name} at {args.remote} (prompts and replies "
-            "go through that server)",
-            file=sys.stderr,
-            flush=True,
-        )
-        return backend
-    for opt in ("remote_model", "remote_key_env", "remote_key_from_keyring"):
-        if getattr(args, opt, None):
-            raise EngineError(f"--{opt.replace('_', '-')} goes with --remote URL")
-    path = _model_path(args)
-    info = inspect_checkpoint(path)
-    print(
-        f"Loading {info.path.name} ({info.file_bytes / 1e9:.2f} GB, {info.layout} layout)…",
-        file=sys.stderr,
-        flush=True,
-    )
-    if in_pipeline():  # started by mlx.launch: this process holds a share of the layers
-        return open_pipeline(str(path), context_tokens=context_of(args), prompt_cache=_prompt_cache(args))
-    return open_local(
-        str(path),
-        context_tokens=context_of(args),
-        memory_check=not args.no_memory_check,
-        prompt_cache=_prompt_cache(args),
-        mtp=getattr(args, "mtp", 0),
-    )
-
-
-def _prompt_cache(args: argparse.Namespace):
-    from engine import PromptCache
-
-    from .settings import PROMPT_CACHE_DISK_BYTES, prompt_cache_dir
-
-    if getattr(args, "no_prompt_cache", False):
-        return PromptCache(memory_bytes=0)
-    return PromptCache(disk_dir=prompt_cache_dir(), disk_bytes=PROMPT_CACHE_DISK_BYTES)
-
-
 def _read_prompt(args: argparse.Namespace) -> GenerationRequest:
     from engine import GenerationRequest
 
     common: dict[str, Any] = dict(
-        sampling=_sampling(args),
+        sampling=sampling_of(args),
         max_tokens=args.max_tokens,
         stop=args.stop,
         enable_thinking=not args.no_thinking,
@@ -472,9 +371,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    from .cli_mcp import chat_hub
     from .terminal_chat import run_chat
 
-    return run_chat(args, open_backend(args), _sampling(args))
+    backend = open_backend(args)
+    hub = chat_hub(args)  # the MCP servers live as long as the chat
+    try:
+        return run_chat(args, backend, sampling_of(args), mcp=hub)
+    finally:
+        if hub is not None:
+            hub.close()
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

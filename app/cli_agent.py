@@ -81,6 +81,14 @@ def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) 
     )
     p.add_argument("--json", action="store_true", help="one JSON object per event per line")
     p.add_argument(
+        "--mcp-config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help='MCP servers as tools, in the common {"mcpServers": {...}} format (repeatable; added to '
+        "those in Locus's data folder, mcp.json). --allow mcp__SERVER approves all of a server's tools",
+    )
+    p.add_argument(
         "--resume",
         metavar="RUN",
         help="continue a stored run ('last' for this project's newest); TASK is an "
@@ -215,28 +223,24 @@ def _backend(args: argparse.Namespace) -> tuple[ModelBackend, Backend | None]:
         from .agent import AgentError
 
         raise AgentError("no model given: use --model PATH, --demo, --remote URL or --replay FILE")
-    from .cli import _sampling, open_backend
+    from .cli_common import open_backend, sampling_of
 
     if args.preset is None and not args.no_thinking:
         args.preset = "coding"  # Qwen3.6's card: thinking mode, precise coding
     engine = open_backend(args)
-    return EngineBackend(engine, sampling=_sampling(args), enable_thinking=not args.no_thinking), engine
+    return EngineBackend(engine, sampling=sampling_of(args), enable_thinking=not args.no_thinking), engine
 
 
 def _run_agent(args: argparse.Namespace) -> int:
     import os
 
-    from .agent import Agent, AgentConfig, AgentError, Approvals
+    from .agent import Agent, AgentConfig, AgentError
 
     if not args.resume and not (args.task and args.task.strip()):
         raise AgentError('give a task: locus agent DIR "what to do"')
     if args.max_steps < 1:
         raise AgentError("--max-steps must be at least 1")
-    from .agent.approvals import valid_prefix
-
-    for p in args.allow:
-        if not valid_prefix(p):
-            raise AgentError(f"--allow '{show_line(p)}' is not a plain command prefix (e.g. 'pytest')")
+    approvals = _approvals(args)
     config = AgentConfig.from_settings(
         max_steps=args.max_steps,
         token_budget=args.token_budget,
@@ -248,14 +252,13 @@ def _run_agent(args: argparse.Namespace) -> int:
     )
     if args.require_sandbox:
         config.require_sandbox = True
-    # A terminal is asked even with --yes: commands without a working sandbox need a person.
-    approvals = Approvals(
-        ask=_ask_terminal if sys.stdin.isatty() else None, yes=args.yes, prefixes=list(args.allow)
-    )
+    servers = _mcp_servers(args)
     backend, engine = _backend(args)
     printer = _Printer(args.json)
     try:
-        agent = Agent(args.project, backend, approvals=approvals, config=config, on_event=printer)
+        agent = Agent(
+            args.project, backend, approvals=approvals, config=config, on_event=printer, mcp_servers=servers
+        )
         with agent:
             result: list[Any] = []
             errors: list[BaseException] = []
@@ -274,18 +277,21 @@ def _run_agent(args: argparse.Namespace) -> int:
                         result.append(agent.run(args.task))
                 except BaseException as e:  # reported on the main thread
                     errors.append(e)
+                finally:
+                    finished.set()
 
             # The loop runs on a worker so Ctrl-C here can stop it cleanly (model, command, ask).
-            t = threading.Thread(target=work, name="locus-agent", daemon=True)
-            t.start()
+            # Waited on with an Event: Thread.join interrupted by Ctrl-C marks a live thread dead.
+            finished = threading.Event()
+            threading.Thread(target=work, name="locus-agent", daemon=True).start()
             try:
-                while t.is_alive():
-                    t.join(0.2)
+                while not finished.wait(0.2):
+                    pass
             except KeyboardInterrupt:
                 print("\nstopping…", file=sys.stderr)
                 agent.stop()
-                t.join(10)  # a thread blocked reading an approval answer cannot be woken
-                if t.is_alive():
+                # A thread blocked reading an approval answer cannot be woken.
+                if not finished.wait(10):
                     _fail("stopped while waiting for an approval; resume with --resume last")
                     return EXIT_STOPPED
             if errors:
@@ -301,6 +307,31 @@ def _run_agent(args: argparse.Namespace) -> int:
     )
 
 
+def _approvals(args: argparse.Namespace) -> Any:
+    """The run's approvals from --yes and --allow (each prefix checked)."""
+    from .agent import AgentError, Approvals
+    from .agent.approvals import valid_prefix
+
+    for p in args.allow:
+        if not valid_prefix(p):
+            raise AgentError(f"--allow '{show_line(p)}' is not a plain command prefix (e.g. 'pytest')")
+    # A terminal is asked even with --yes: commands without a working sandbox need a person.
+    return Approvals(
+        ask=_ask_terminal if sys.stdin.isatty() else None, yes=args.yes, prefixes=list(args.allow)
+    )
+
+
+def _mcp_servers(args: argparse.Namespace) -> dict[str, Any]:
+    """The MCP servers of the data folder's mcp.json and --mcp-config (AgentError when unusable)."""
+    from .agent import AgentError
+    from .mcp import McpConfigError, load_servers
+
+    try:
+        return load_servers(args.mcp_config)
+    except McpConfigError as e:
+        raise AgentError(str(e)) from None
+
+
 def _ask_terminal(req: Any, cancel: threading.Event) -> Any:
     """Ask on the terminal: approve, reject with a reason, allow the tool or a command prefix."""
     from .agent import Decision
@@ -310,15 +341,16 @@ def _ask_terminal(req: Any, cancel: threading.Event) -> Any:
     # All of it escaped: a control character in a command or diff must not hide what is approved.
     summary, command = show_line(req.summary), show_line(req.command or "")
     print(f"\n{bold}approval needed:{reset} {summary}", file=sys.stderr)
-    if req.diff:
-        print(show_block(req.diff), file=sys.stderr)
+    if req.diff or req.preview:
+        print(show_block(req.diff or req.preview), file=sys.stderr)
     if req.command is not None and (req.needs_own_approval or command not in summary):
         print(f"  command: {command}", file=sys.stderr)
     if has_hidden(req.summary + (req.command or ""), keep="") or has_hidden(req.diff or ""):
         print("  (control characters are shown escaped, like \\x1b)", file=sys.stderr)
     if req.command is not None and not req.sandboxed:
         print("  (no sandbox: this command runs with your full permissions)", file=sys.stderr)
-    opts = "[y]es  [n]o  [a]lways allow this tool"
+    where = " in this project" if req.tool.startswith("mcp__") else ""  # MCP choices are remembered
+    opts = f"[y]es  [n]o  [a]lways allow this tool{where}"
     prefix = default_prefix(req.command) if req.command is not None else ""
     if req.needs_own_approval:
         opts = "[y]es, run it unconfined this once  [n]o"  # fail closed: nothing sticks
@@ -386,6 +418,10 @@ class _Printer:
             sys.stdout.flush()
         elif t == "run_started":
             self._err(f"run {d['run_id']} in {d['project']} ({d['backend']})")
+        elif t == "mcp_servers":
+            for st in d["servers"]:
+                if st["state"] == "ready":
+                    self._err(f"MCP server {st['name']!r}: {len(st['tools'])} tools ({st['seconds']:.1f} s)")
         elif t == "warning":
             self._err(f"warning: {d['message']}", dim=False)
         elif t == "step":

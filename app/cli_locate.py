@@ -62,7 +62,7 @@ def _result(args: argparse.Namespace) -> Any:
                 raise ValueError(f"cannot read --response {args.response}: {e.strerror}") from None
         width, height = load_image(args.image).original_size
         return LocateResult(parse_response(text, width, height), text, width, height)
-    from .cli import _sampling, open_backend
+    from .cli_common import open_backend, sampling_of
 
     # Grounding answers are short and exact: no thinking, the non-thinking preset by default.
     if args.preset is None:
@@ -74,7 +74,7 @@ def _result(args: argparse.Namespace) -> Any:
             args.image,
             args.query,
             max_tokens=args.max_tokens,
-            sampling=_sampling(args),
+            sampling=sampling_of(args),
             prompt=args.prompt,
         )
     finally:

@@ -19,7 +19,8 @@ def add_parser(sub: Any, add_model_args: Callable, add_sampling_args: Callable) 
         description=(
             "Serve the model on this machine for Claude Code, Codex-style clients, the anthropic "
             "and openai SDKs and other tools: POST /v1/messages, /v1/messages/count_tokens, "
-            "/v1/chat/completions, /v1/responses, GET /v1/models, /v1/models/{name}, /health. Any "
+            "/v1/chat/completions, /v1/responses, GET and DELETE /v1/responses/{id}, GET /v1/models, "
+            "/v1/models/{name}, /health. Any "
             "model name in a request is served by the loaded model. --log-level debug logs one "
             "line per request."
         ),
@@ -121,7 +122,7 @@ def _add_limit_args(p: Any) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The ServerConfig for the command line; RuntimeError with advice for bad values."""
-    from app.cli import context_of
+    from app.cli_common import context_of
     from app.server.config import (
         ServerConfig,
         api_key_from_env,
@@ -215,7 +216,7 @@ def launch_hosts(hostfile: str, argv: list[str]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from app.backends import in_pipeline
-    from app.cli import open_backend
+    from app.cli_common import open_backend
     from app.server import create_app, make_server
     from app.server.jobs import context_note
 

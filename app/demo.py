@@ -10,7 +10,7 @@ from engine import write_tiny_checkpoint
 
 from .settings import cache_dir as default_cache_dir
 
-DEMO_VERSION = 3  # 2: the real model's 262,144-token context; 3: a complete MTP head
+DEMO_VERSION = 4  # 2: the real model's 262,144-token context; 3: a complete MTP head; 4: the head fitted
 DEMO_NOTICE = (
     "Demo mode: this is a tiny model with RANDOM weights, built on this machine. It runs every part "
     "of Locus for real, but its replies are gibberish. Load a real model with --model PATH."

@@ -359,6 +359,34 @@ def check_disk(
     return Check("disk", status, "; ".join(parts), fix)
 
 
+def check_mcp(*, start: Callable[[Any], list[Any]] | None = None) -> Check:
+    """The MCP servers configured in the data folder's mcp.json start (each within 20 s)."""
+    from .mcp import McpConfigError, default_config_path, load_servers
+
+    path = default_config_path()
+    try:
+        servers = {k: v for k, v in load_servers().items() if not v.disabled}
+    except McpConfigError as e:
+        return Check("mcp", "warn", str(e), f"fix {path}")
+    if not servers:
+        return Check("mcp", "pass", f"no MCP servers configured ({path})")
+    if start is None:
+        from .cli_mcp import open_hub
+
+        def start(servers: Any) -> list[Any]:
+            with open_hub(servers, start_timeout=20) as hub:
+                return hub.statuses()
+
+    statuses = start(servers)
+    bad = [st for st in statuses if st.state != "ready"]
+    detail = "; ".join(st.line() for st in statuses)
+    if bad:
+        names = ", ".join(st.name for st in bad)
+        fix = f'`locus mcp list` shows why; fix {names} or set "disabled": true in {path}'
+        return Check("mcp", "warn", detail, fix)
+    return Check("mcp", "pass", detail)
+
+
 CHECKS: list[tuple[str, Callable[[], Check]]] = [
     ("versions", check_versions),
     ("metal", check_metal),
@@ -369,6 +397,7 @@ CHECKS: list[tuple[str, Callable[[], Check]]] = [
     ("git", check_git),
     ("sandbox", check_sandbox),
     ("disk", check_disk),
+    ("mcp", check_mcp),
 ]
 
 

@@ -534,9 +534,34 @@ def _hub_error(repo_id: str, endpoint: str, e: Exception) -> HubError:
         if code in (401, 403):
             return HubError(f"{repo_id} needs a Hugging Face token with access: add one in Models → Token")
         return HubError(f"the Hub answered {code} for {repo_id}; try again later")
+    if _unreachable(e):
+        return HubError(
+            f"cannot reach {endpoint} to download {repo_id} ({e}): check the connection (or set "
+            "HF_ENDPOINT to a mirror), then press Resume to continue where it stopped"
+        )
     if isinstance(e, OSError) and "Consistency check" not in str(e):
         return HubError(f"cannot write the model to {hf_cache_dir()}: {e} (is the disk full?)")
     return HubError(
         f"download of {repo_id} failed ({e}); check your connection and press "
         "Resume to continue where it stopped"
     )
+
+
+def _unreachable(e: BaseException) -> bool:
+    """Whether `e` (or what caused it) says the Hub could not be reached: DNS, refused, offline."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    cur: BaseException | None = e
+    for _ in range(8):  # a bounded walk: exception chains can loop
+        if cur is None:
+            break
+        if isinstance(cur, LocalEntryNotFoundError | OfflineModeIsEnabled):
+            return True
+        if type(cur).__name__ in _CONNECT_ERRORS:
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+# httpx's and requests' names for "no connection" (huggingface-hub has used both).
+_CONNECT_ERRORS = {"ConnectError", "ConnectTimeout", "ConnectionError", "NameResolutionError"}

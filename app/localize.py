@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Box",
     "LocateResult",
+    "answer_text",
     "build_prompt",
     "categories_prompt",
     "draw_boxes",
@@ -468,7 +469,7 @@ def to_coco(boxes: list[Box], file_name: str, width: int, height: int) -> dict[s
 
 @dataclass
 class LocateResult:
-    """What `locate` found: boxes in upright-original pixels, the raw answer, and the image size."""
+    """What `locate` found: boxes in upright-original pixels, the answer shown, the image size."""
 
     boxes: list[Box]
     text: str
@@ -532,4 +533,16 @@ def locate(
     if res.finish_reason == "error":
         raise EngineError(res.error or "generation failed")
     boxes = parse_response(res.text, width, height)
-    return LocateResult(boxes, res.text, width, height, res.finish_reason, list(loaded.notes))
+    return LocateResult(boxes, answer_text(res.text), width, height, res.finish_reason, list(loaded.notes))
+
+
+# Qwen's grounding markup is how a box is written; its other special tokens (pads, separators)
+# are noise the request kept only so that this markup would come through.
+_GROUNDING_TAGS = frozenset(f"<|{n}_{e}|>" for n in ("object_ref", "box", "quad") for e in ("start", "end"))
+_SPECIAL_TAG = re.compile(r"<\|[a-z0-9_]+\|>")
+
+
+def answer_text(raw: str) -> str:
+    """The answer as shown to a person and in JSON: Qwen's special tokens removed except its box
+    markup, which `parse_response` reads again."""
+    return _SPECIAL_TAG.sub(lambda m: m.group(0) if m.group(0) in _GROUNDING_TAGS else "", raw)

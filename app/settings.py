@@ -140,6 +140,14 @@ PREFERENCES: list[Preference] = [
         "Names (comma or space separated) the agent's commands inherit beyond PATH, HOME, "
         "LANG and the like, e.g. CARGO_HOME GOPATH. Everything else is withheld.",
     ),
+    Preference(
+        "mcp_read_only",
+        "MCP: run tools marked read-only without asking",
+        "bool",
+        False,
+        "On: MCP tools their server annotates as read-only run without an approval (the "
+        "annotation is the server's claim). Servers are configured in mcp.json in the data folder.",
+    ),
 ]
 
 

@@ -1,7 +1,8 @@
 """Locus's inference engine: load Qwen3.5/3.6-MoE checkpoints on MLX and stream typed events.
 
 Everything not listed in `__all__` is internal. Names are imported on first use (PEP 562), so a
-front end that needs only `PRESETS` or the event types (`locus --help`) does not pay for mlx-lm.
+front end that needs only the request types, `PRESETS` or the event types (`locus --help`) loads
+no MLX (engine/request.py, engine/events.py).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .backend import Backend, BackendInfo, Handle, PreparedRequest
+    from .backend import Backend, BackendInfo, BackendStats, CacheStats, Handle
     from .cache import PromptCache
     from .chat import render_prompt, supports_preserve_thinking
     from .convert import convert
-    from .engine import BUDGET_NOTE, Engine, GenerationRequest, GenerationResult, RequestHandle
+    from .engine import BUDGET_NOTE, Engine
     from .errors import (
         BackendUnavailableError,
         ChatTemplateError,
@@ -51,14 +52,25 @@ if TYPE_CHECKING:
     from .parser import StreamParser, parse_tool_calls, tool_schemas
     from .pipeline import PipelineBackend, open_pipeline, pipeline_group, serve_worker
     from .remote import RemoteBackend
-    from .sampling import PRESETS, SamplingParams, preset
+    from .request import (
+        PRESETS,
+        GenerationRequest,
+        GenerationResult,
+        PreparedRequest,
+        ReplyAccumulator,
+        RequestHandle,
+        SamplingParams,
+        preset,
+    )
     from .tiny import write_checkpoint as write_tiny_checkpoint
 
 _WHERE = {
     "Backend": "backend",
     "BackendInfo": "backend",
+    "BackendStats": "backend",
+    "CacheStats": "backend",
     "Handle": "backend",
-    "PreparedRequest": "backend",
+    "PreparedRequest": "request",
     "RemoteBackend": "remote",
     "BackendUnavailableError": "errors",
     "ContextLengthError": "errors",
@@ -68,9 +80,10 @@ _WHERE = {
     "supports_preserve_thinking": "chat",
     "BUDGET_NOTE": "engine",
     "Engine": "engine",
-    "GenerationRequest": "engine",
-    "GenerationResult": "engine",
-    "RequestHandle": "engine",
+    "GenerationRequest": "request",
+    "GenerationResult": "request",
+    "RequestHandle": "request",
+    "ReplyAccumulator": "request",
     "ChatTemplateError": "errors",
     "EngineError": "errors",
     "InsufficientMemoryError": "errors",
@@ -102,9 +115,9 @@ _WHERE = {
     "StreamParser": "parser",
     "parse_tool_calls": "parser",
     "tool_schemas": "parser",
-    "PRESETS": "sampling",
-    "SamplingParams": "sampling",
-    "preset": "sampling",
+    "PRESETS": "request",
+    "SamplingParams": "request",
+    "preset": "request",
     "convert": "convert",
     "write_tiny_checkpoint": "tiny:write_checkpoint",
     "PipelineBackend": "pipeline",
@@ -135,6 +148,7 @@ __all__ = [
     "PromptInputs",
     "PromptProgress",
     "ReasoningDelta",
+    "ReplyAccumulator",
     "RequestError",
     "RequestHandle",
     "SamplingParams",
@@ -155,7 +169,7 @@ __all__ = [
     "tool_schemas",
 ]
 __all__ += ["convert", "write_tiny_checkpoint"]
-__all__ += ["Backend", "BackendInfo", "Handle", "PreparedRequest"]
+__all__ += ["Backend", "BackendInfo", "BackendStats", "CacheStats", "Handle", "PreparedRequest"]
 __all__ += ["BackendUnavailableError", "ContextLengthError", "ErrorKind"]
 __all__ += ["BUDGET_NOTE"]
 __all__ += ["LoadCancelled", "available_memory"]

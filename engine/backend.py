@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from .request import GenerationRequest, GenerationResult, PreparedRequest
 
 if TYPE_CHECKING:
-    from .engine import GenerationRequest, GenerationResult
     from .events import Done, Event
+
+__all__ = ["Backend", "BackendInfo", "BackendStats", "CacheStats", "Handle", "PreparedRequest"]
 
 
 @dataclass(frozen=True)
@@ -31,20 +34,30 @@ class BackendInfo:
     created: int = 0  # when the weights were written (Unix time; 0: not known)
 
 
-@dataclass
-class PreparedRequest:
-    """A request already rendered and tokenized by `Backend.prepare`: submitting it does not do
-    that work again. Its `request.max_tokens` may still be changed before it is submitted.
-    `prompt_tokens` counts the whole prompt (an assistant prefix included)."""
+@dataclass(frozen=True)
+class CacheStats:
+    """A prompt cache's budget and use (the keys of /health's "prompt_cache")."""
 
-    request: GenerationRequest
-    prompt_tokens: int
-    opens_reasoning: bool = False  # the output starts inside a <think> block (prefix included)
-    model_id: str = ""  # the model it was prepared for; another model prepares it again
-    inputs: Any = None  # backend-private (the engine's PromptInputs)
-    # Of `prompt_tokens`, those of the reply's prefix (`request.prefix` and a forced call's
-    # opening): a front end that reports the client's own prompt leaves them out.
-    prefix_tokens: int = 0
+    memory_bytes: int = 0
+    memory_used_bytes: int = 0
+    snapshots: int = 0
+    shared_snapshots: int = 0
+    disk_bytes: int = 0
+    disk_used_bytes: int = 0
+    disk_snapshots: int = 0
+    hits: int = 0
+    misses: int = 0
+    tokens_reused: int = 0
+    evictions: int = 0
+
+
+@dataclass(frozen=True)
+class BackendStats:
+    """What a backend reports about its running state (the server's /health, the window)."""
+
+    prompt_cache: CacheStats | None = None  # None: the backend keeps no prompt cache here
+    ranks: int = 1  # processes the model runs on
+    rank_layers: tuple[tuple[int, int], ...] = ()  # each rank's decoder layers [start, end)
 
 
 @runtime_checkable
@@ -77,6 +90,10 @@ class Backend(Protocol):
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
         """Render and tokenize `request`, raising RequestError (with an `kind`) when it cannot run."""
+        ...
+
+    def stats(self) -> BackendStats:
+        """The backend's running state; cheap, never raises, never waits for a request."""
         ...
 
     def count_tokens(self, request: GenerationRequest, *, stop_above: int | None = None) -> int:

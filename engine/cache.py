@@ -23,7 +23,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from .mlxlm_compat import ARRAYS_CACHE, KV_CACHE, cache_class_name
+from .mlxlm_compat import cache_class_name, is_kv_cache
 from .reuse import ReplyMemo
 
 log = logging.getLogger("locus.engine.cache")
@@ -58,18 +58,17 @@ def snapshot_state(cache: list[Any]) -> tuple[list[str], list[list[mx.array]]]:
     classes, states = [], []
     for c in cache:
         name = cache_class_name(c)
-        if name == KV_CACHE:
+        if name is None:
+            raise TypeError(f"prompt cache cannot snapshot {type(c).__name__}")
+        if is_kv_cache(c):
             if c.keys is None:
                 arrs = []
             else:
                 arrs = [_copy(c.keys[..., : c.offset, :]), _copy(c.values[..., : c.offset, :])]
-        elif name == ARRAYS_CACHE:
-            if any(x is None for x in c.cache):
-                arrs = []
-            else:
-                arrs = [_copy(x) for x in c.cache]
+        elif any(x is None for x in c.cache):
+            arrs = []
         else:
-            raise TypeError(f"prompt cache cannot snapshot {type(c).__name__}")
+            arrs = [_copy(x) for x in c.cache]
         classes.append(name)
         states.append(arrs)
     mx.eval(states)
@@ -83,7 +82,7 @@ def restore_state(fresh: list[Any], classes: list[str], states: list[list[mx.arr
     for c, arrs in zip(fresh, states, strict=True):
         if not arrs:
             continue
-        if cache_class_name(c) == KV_CACHE:
+        if is_kv_cache(c):
             # Sliced to their length, so the next update concatenates into a new buffer.
             c.keys, c.values = arrs
             c.offset = arrs[0].shape[2]

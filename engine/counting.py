@@ -2,16 +2,16 @@
 counting tokens in slices that stops once a limit is passed (`Engine.count_tokens`).
 
 The engine tokenizes on its one worker thread, so a 10 MB prompt used to hold every other request
-for the whole tokenization (30 s, 2 GB) before being refused as too long.
+for the whole tokenization (30 s, 2 GB) before being refused as too long. Counting runs on the
+caller's thread with its own copy of the Rust tokenizer: the two threads never share one object.
 """
 
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
-from .literal import Prompt, encode_plain
+from .literal import Prompt, plain_ids, plain_twin, vocab
 
 # Characters per slice: small enough that a slice's encoding is a few MB, big enough that the
 # per-call cost is nothing.
@@ -28,13 +28,29 @@ _COMPOSING = {"NFC", "NFKC"}
 _SAFE_NORMALIZERS = {"NFC", "NFKC", "NFD", "NFKD", "Lowercase", "Sequence"}
 
 
+def _own_copy(be: Any) -> Any:
+    """An independent copy of the Rust tokenizer `be`, set to encode as transformers does with no
+    truncation or padding (the worker changes those settings on its own object)."""
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(be.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
 class PromptMeter:
-    """Token counts of prompt text for one tokenizer (thread-safe: the tokenizer is only read)."""
+    """Token counts of prompt text for one tokenizer, on any thread while the engine's worker uses
+    that tokenizer: one Rust tokenizer used by two threads fails ("Already borrowed") or makes the
+    worker wait while the other thread encodes, so the meter encodes with copies of its own."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
+        self.vocab = vocab(tokenizer)
         # mlx-lm's TokenizerWrapper forwards it from the Hugging Face tokenizer it wraps
-        self.backend = getattr(tokenizer, "backend_tokenizer", None)
+        shared = getattr(tokenizer, "backend_tokenizer", None)
+        self.backend = _own_copy(shared) if shared is not None else None
+        self.plain = plain_twin(self.backend) if self.vocab.plain is not None else None
         self._chars_per_token: float | bool | None = False  # False: not computed yet
 
     # -- the cheap bound ------------------------------------------------------------------------
@@ -105,7 +121,7 @@ class PromptMeter:
         return total, slack
 
     def _encode_plain(self, text: str) -> list[int]:
-        return encode_plain(self.tokenizer, text)
+        return plain_ids(self.vocab, self.plain, self._encode, text)
 
     def _encode(self, text: str) -> list[int]:
         be = self.backend
@@ -113,9 +129,4 @@ class PromptMeter:
             return self.tokenizer.encode(text, add_special_tokens=False)
         # encode_batch lets go of the GIL (encode does not), so the server's loop keeps serving.
         batch = getattr(be, "encode_batch_fast", None) or be.encode_batch
-        for attempt in range(20):
-            try:
-                return batch([text], add_special_tokens=False)[0].ids
-            except RuntimeError:  # "Already borrowed": another thread is changing its settings
-                time.sleep(0.01 * (attempt + 1))
         return batch([text], add_special_tokens=False)[0].ids

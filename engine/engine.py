@@ -7,243 +7,40 @@ events on a per-request queue) → `Engine.generate` (the whole result at once).
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .backend import BackendInfo, PreparedRequest
+from .backend import BackendInfo, BackendStats, CacheStats
 from .cache import PromptCache
 from .chat import opens_reasoning, render_chat, supports_preserve_thinking
 from .errors import ContextLengthError, EngineError, RequestError
-from .events import (
-    Done,
-    ErrorKind,
-    Event,
-    FinishReason,
-    PromptProgress,
-    ReasoningDelta,
-    TextDelta,
-    ToolCall,
-    ToolCallError,
-    Usage,
-)
+from .events import Done, ErrorKind, Event, FinishReason, PromptProgress, ReasoningDelta, Usage
 from .image import PromptInputs, build_prompt_inputs, image_parts
 from .literal import Prompt, assistant_text
 from .literal import encode as encode_prompt
 from .loader import DEFAULT_CONTEXT_TOKENS, LoadedModel, load_model
 from .mlxlm_compat import cache_class_name, keep_leading_space
-from .parser import THINK_CLOSE, StreamParser, tool_schemas
+from .parser import THINK_CLOSE, THINK_OPEN, StreamParser
+from .request import GenerationRequest, GenerationResult, PreparedRequest, RequestHandle, check_mtp
 from .reuse import MIN_GAP, ChatTokens, boundaries, marked_positions
-from .sampling import SamplingParams, make_logits_processors, make_sampler
+from .sampling import make_logits_processors, make_sampler
 
 T = TypeVar("T")
+log = logging.getLogger("locus.engine")
 
-# A forced tool_choice starts the reply with the opening of a call (then the tool's name).
-CALL_PREFIX = "<tool_call>\n<function="
 # Said (as reasoning) when a thinking budget runs out, before the engine closes the reasoning.
 BUDGET_NOTE = "I have used my thinking budget, so I will answer now with what I have."
-# tool_choice values that do not name a tool.
-_CHOICES = ("auto", "none", "required")
 
 
 def _cacheable(cache: list[Any]) -> bool:
     # Snapshots understand the caches Qwen3.5/3.6 and most mlx-lm models use.
     return all(cache_class_name(c) is not None for c in cache)
-
-
-@dataclass
-class GenerationRequest:
-    """One generation: a conversation (rendered with the model's template), raw text, or raw ids.
-
-    A user message's content may be a list of parts; `{"type": "image", "image": X}` (X: bytes, a
-    file path, a `data:` URL or a PIL image) or OpenAI's `{"type": "image_url", ...}` puts an image
-    in the prompt (Qwen3.5/3.6 checkpoints with their vision tower).
-    """
-
-    messages: list[dict[str, Any]] | None = None
-    prompt: str | None = None
-    prompt_ids: list[int] | None = None
-    tools: list[dict[str, Any]] | None = None
-    enable_thinking: bool = True
-    # None: on when the template supports it, so each prompt extends the last exactly.
-    preserve_thinking: bool | None = None
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    max_tokens: int = 4096
-    stop: list[str] = field(default_factory=list)
-    template_kwargs: dict[str, Any] = field(default_factory=dict)
-    # Prompt-cache session (a conversation, an agent, a sub-agent): eviction spares each one's
-    # newest snapshot. `use_cache=False` neither reads nor writes the cache.
-    session: str | None = None
-    use_cache: bool = True
-    # Indices into `messages` whose end is worth a snapshot shared by later requests (Anthropic's
-    # `cache_control` breakpoints); at most 4 are used.
-    cache_breakpoints: list[int] = field(default_factory=list)
-    # Special tokens (<|box_start|>, <|vision_end|>, ...) are left out of the text; the parser's
-    # own tags (<think>, <tool_call>) are not special in Qwen's tokenizer and always stay.
-    skip_special_tokens: bool = True
-    # Speculative decoding: tokens the model's MTP head drafts per step (0 off; None: the
-    # engine's default). Output is the same as without; a model without the head ignores it.
-    mtp: int | None = None
-    # Text the reply must start with (an assistant prefill), put after the generation prompt. It
-    # is not emitted but parsed with the reply, so it may open a tool call or close the reasoning.
-    prefix: str = ""
-    # "auto"; "none" (the tools are not rendered); "required" (the reply is a tool call) or a
-    # tool's name (a call of that tool). A forced call starts the reply, so thinking is off.
-    tool_choice: str = "auto"
-    # Reasoning tokens allowed before the engine ends the reasoning (BUDGET_NOTE, `</think>`) and
-    # the model answers, on the same cache (None: no limit). The engine's tokens are not counted
-    # as completion tokens.
-    thinking_budget: int | None = None
-
-    def validate(self) -> None:
-        given = [x is not None for x in (self.messages, self.prompt, self.prompt_ids)]
-        if sum(given) != 1:
-            raise RequestError("give exactly one of messages, prompt or prompt_ids")
-        if self.max_tokens < 1:
-            raise RequestError(f"max_tokens must be >= 1 (got {self.max_tokens})")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise RequestError("stop strings must be non-empty strings")
-        if not isinstance(self.prefix, str):
-            raise RequestError(
-                f"prefix must be a string, the text the reply starts with (got {type(self.prefix).__name__})"
-            )
-        _check_tool_choice(self.tool_choice, self.tools)
-        b = self.thinking_budget
-        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
-            raise RequestError(
-                f"thinking_budget must be a positive number of reasoning tokens, or None for no "
-                f"limit (got {b!r})"
-            )
-        _check_mtp(self.mtp)
-        self.sampling.validate()
-
-    @property
-    def forces_call(self) -> bool:
-        """tool_choice makes the reply a tool call."""
-        return self.tool_choice not in ("auto", "none")
-
-    @property
-    def reply_prefix(self) -> str:
-        """What the reply starts with: `prefix`, then a forced call's opening."""
-        if not self.forces_call:
-            return self.prefix
-        name = "" if self.tool_choice == "required" else f"{self.tool_choice}>\n"
-        return self.prefix + CALL_PREFIX + name
-
-    @property
-    def rendered_tools(self) -> list[dict[str, Any]] | None:
-        """The tools the template shows the model (none for tool_choice "none")."""
-        return None if self.tool_choice == "none" else self.tools
-
-
-def _check_tool_choice(choice: Any, tools: list[dict[str, Any]] | None) -> None:
-    if choice in ("auto", "none"):
-        return
-    if not isinstance(choice, str) or not choice:
-        raise RequestError(
-            f"tool_choice must be 'auto', 'none', 'required' or a tool's name (got {choice!r})"
-        )
-    names = tool_schemas(tools)
-    if not names:
-        raise RequestError(f"tool_choice {choice!r} forces a tool call, but the request has no tools")
-    if choice not in _CHOICES and choice not in names:
-        raise RequestError(f"tool_choice {choice!r}: no tool of that name (the tools are {', '.join(names)})")
-
-
-def _check_mtp(k: int | None) -> None:
-    from .mtp import MAX_DRAFT
-
-    if k is not None and (not isinstance(k, int) or not 0 <= k <= MAX_DRAFT):
-        raise RequestError(f"mtp (draft tokens) must be an integer in 0..{MAX_DRAFT} (got {k!r})")
-
-
-@dataclass
-class GenerationResult:
-    """Everything one request produced (what `Engine.generate` returns)."""
-
-    text: str
-    reasoning: str
-    tool_calls: list[ToolCall]
-    tool_call_errors: list[ToolCallError]
-    finish_reason: FinishReason
-    token_ids: list[int]
-    usage: Usage | None
-    error: str | None = None
-
-    @classmethod
-    def of(cls, events: Iterable[Event]) -> GenerationResult:
-        """The result of a request's whole event stream (which ends with Done)."""
-        text: list[str] = []
-        reasoning: list[str] = []
-        calls: list[ToolCall] = []
-        errs: list[ToolCallError] = []
-        done: Done | None = None
-        for ev in events:
-            if isinstance(ev, TextDelta):
-                text.append(ev.text)
-            elif isinstance(ev, ReasoningDelta):
-                reasoning.append(ev.text)
-            elif isinstance(ev, ToolCall):
-                calls.append(ev)
-            elif isinstance(ev, ToolCallError):
-                errs.append(ev)
-            elif isinstance(ev, Done):
-                done = ev
-        if done is None:
-            raise EngineError("the request's events ended without Done")
-        return cls(
-            "".join(text),
-            "".join(reasoning),
-            calls,
-            errs,
-            done.finish_reason,
-            done.token_ids,
-            done.usage,
-            done.error,
-        )
-
-
-class RequestHandle:
-    """A submitted request: iterate its events (ending with Done), or cancel it."""
-
-    _ids = itertools.count(1)
-
-    def __init__(self) -> None:
-        self.id = next(self._ids)
-        self._queue: queue.Queue[Event] = queue.Queue()
-        self._cancel = threading.Event()
-        self.done: Done | None = None
-
-    def cancel(self) -> None:
-        """Stop the request; it ends within one token with finish_reason "cancelled"."""
-        self._cancel.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def events(self, timeout: float | None = None) -> Iterator[Event]:
-        """Yield events as they arrive, through the final Done."""
-        while True:
-            ev = self._queue.get(timeout=timeout)
-            if isinstance(ev, Done):  # set first: a reader may stop at Done without resuming
-                self.done = ev
-            yield ev
-            if isinstance(ev, Done):
-                return
-
-    def result(self) -> GenerationResult:
-        """Wait for the request to finish and collect its events."""
-        return GenerationResult.of(self.events())
-
-    def _put(self, ev: Event) -> None:
-        self._queue.put(ev)
 
 
 def display_name(path: Any) -> str:
@@ -277,6 +74,13 @@ def special_token_ids(tokenizer: Any) -> frozenset[int]:
     """Ids of the tokenizer's added tokens marked special (never text for a reader)."""
     added = getattr(tokenizer, "added_tokens_decoder", None) or {}
     return frozenset(int(i) for i, t in added.items() if getattr(t, "special", False))
+
+
+def think_tag_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of the `<think>` / `</think>` added tokens (Qwen does not mark them special)."""
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    tags = (THINK_OPEN, THINK_CLOSE)
+    return frozenset(int(i) for i, t in added.items() if getattr(t, "content", None) in tags)
 
 
 class _StopFilter:
@@ -368,8 +172,8 @@ class _Worker:
             job = self.jobs.get()
             try:
                 job()
-            except BaseException:  # jobs report their own errors; the worker must survive
-                pass
+            except BaseException:  # a job reports its own errors; the worker must survive, and say so
+                log.exception("a job on the MLX worker thread raised")
 
 
 class Engine:
@@ -384,7 +188,7 @@ class Engine:
         prompt_cache: PromptCache | None = None,
         mtp: int = 0,
     ):
-        _check_mtp(mtp)
+        check_mtp(mtp)
         self.prompt_cache = prompt_cache if prompt_cache is not None else PromptCache()
         self.mtp = mtp  # draft tokens for requests that do not say (0: no speculative decoding)
         self._worker = _Worker.get()
@@ -474,6 +278,11 @@ class Engine:
             created=created,
         )
 
+    def stats(self) -> BackendStats:
+        """The prompt cache's budget and use (engine.Backend); never waits for the worker."""
+        pc = self.prompt_cache
+        return BackendStats(prompt_cache=CacheStats(**pc.budget()) if pc is not None else None)
+
     def close(self) -> None:
         """Release the model once the requests already queued have run."""
         if self._closed:
@@ -535,14 +344,11 @@ class Engine:
                 from .counting import PromptMeter
 
                 meter = self._meter = PromptMeter(lm.tokenizer)
-            try:
-                text = self._text(req)
-                if stop_above is not None and (bound := meter.lower_bound(text.text)) > stop_above:
-                    return bound
-                n, at_least = meter.count(text, stop_above=stop_above)
-                return at_least if stop_above is not None and at_least > stop_above else n
-            except RuntimeError:  # a Rust tokenizer busy in another thread ("Already borrowed")
-                pass
+            text = self._text(req)
+            if stop_above is not None and (bound := meter.lower_bound(text.text)) > stop_above:
+                return bound
+            n, at_least = meter.count(text, stop_above=stop_above)
+            return at_least if stop_above is not None and at_least > stop_above else n
         return len(self._call(lambda: self._prepare(req)).ids)
 
     def submit(self, req: GenerationRequest | PreparedRequest) -> RequestHandle:
@@ -556,8 +362,22 @@ class Engine:
         except RequestError as e:
             handle._put(Done("error", error=str(e), error_kind=e.kind))  # type: ignore[arg-type]
             return handle
-        self._jobs.put(lambda: self._generate(request, handle, prepared))
+        self._jobs.put(lambda: self._run_job(request, handle, prepared))
         return handle
+
+    def _run_job(
+        self, req: GenerationRequest, handle: RequestHandle, prepared: PreparedRequest | None
+    ) -> None:
+        """Run a request on the worker; whatever raises, its handle ends with one Done (a reader
+        waits for it), and the worker logs the error."""
+        try:
+            self._generate(req, handle, prepared)
+        except BaseException as e:
+            handle._put(Done("error", error=f"{type(e).__name__}: {e}", error_kind="internal"))
+            raise
+        if not handle.ended:
+            log.error("request %d ended without Done", handle.id)
+            handle._put(Done("error", error="the request ended without finishing", error_kind="internal"))
 
     def generate(self, req: GenerationRequest) -> GenerationResult:
         """Run a request to the end and return everything it produced."""
@@ -731,7 +551,11 @@ class _Run:
             reason, error, kind = "error", str(e), e.kind  # type: ignore[assignment]
         except Exception as e:  # never let a request kill the worker thread
             reason, error, kind = "error", f"{type(e).__name__}: {e}", "internal"
-        self._finish(reason, error, kind)
+        try:
+            self._finish(reason, error, kind)
+        except Exception as e:  # the request still ends (handles drop a second Done)
+            log.exception("a request's finish failed")
+            self.handle._put(Done("error", self.tokens, None, f"{type(e).__name__}: {e}", None, "internal"))
 
     def _put(self, events: list[Event]) -> None:
         for ev in events:
@@ -759,6 +583,8 @@ class _Run:
         self.eos = set(lm.eos_token_ids)
         self.detok = _detokenizer(lm.tokenizer)
         self.special = special_token_ids(lm.tokenizer) - self.eos if req.skip_special_tokens else ()
+        # Once the answer has begun (or with thinking off), these tokens are markup, not text.
+        self.think_tags = think_tag_ids(lm.tokenizer) if req.skip_special_tokens else frozenset()
         self.parser = _primed_parser(req, inputs.reasoning)
         mx.reset_peak_memory()
         self.model = bind_images(lm.model, inputs)  # features and M-RoPE positions of the images
@@ -839,7 +665,7 @@ class _Run:
                 tokens.append(tok)
                 if self.sync.token_cancelled():
                     return "cancelled"
-                if tok in self.eos or (tok not in self.special and self._text(tok)):
+                if tok in self.eos or (tok not in self.special and not self._stray(tok) and self._text(tok)):
                     return "stop"
                 if len(tokens) - self.forced >= req.max_tokens:
                     return "length"
@@ -854,6 +680,10 @@ class _Run:
                             steps = self._close_reasoning()
         finally:
             steps.close()
+
+    def _stray(self, tok: int) -> bool:
+        """A `<think>`/`</think>` token in the answer; a leading `<think>` still opens reasoning."""
+        return tok in self.think_tags and not self.parser.in_reasoning and len(self.tokens) > 1
 
     def _close_reasoning(self) -> Iterator[int]:
         """The thinking budget is spent inside the reasoning: write the note and `</think>`, and

@@ -77,6 +77,8 @@ class Usage:
     # Processes the model ran on, and each one's decoder layers [start, end) (a pipeline).
     ranks: int = 1
     rank_layers: tuple[tuple[int, int], ...] = ()
+    # Of completion_tokens, those spent reasoning; None when the backend did not count them.
+    reasoning_tokens: int | None = None
     type: Literal["usage"] = "usage"
 
 

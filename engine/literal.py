@@ -18,7 +18,7 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,10 +82,9 @@ def _pattern(strings: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile("(" + "|".join(map(re.escape, alts)) + ")") if alts else None
 
 
-def _plain_twin(tokenizer: Any) -> Any:
-    """The Rust tokenizer's own normalizer, pre-tokenizer and model (shared, not copied) with no
-    added tokens: it spells `<|im_end|>` with the tokens any other text would get."""
-    be = getattr(tokenizer, "backend_tokenizer", None)
+def plain_twin(be: Any) -> Any:
+    """The Rust tokenizer `be`'s own normalizer, pre-tokenizer and model (shared, not copied) with
+    no added tokens: it spells `<|im_end|>` with the tokens any other text would get."""
     if be is None:
         return None
     try:
@@ -115,7 +114,7 @@ def vocab(tokenizer: Any) -> Vocab:
         every=_pattern(tokens),
         special=_pattern(s for s, special in tokens.items() if special),
         ids=frozenset(int(i) for i in added),
-        plain=_plain_twin(tokenizer) if tokens else None,
+        plain=plain_twin(getattr(tokenizer, "backend_tokenizer", None)) if tokens else None,
     )
     with _LOCK:
         _VOCABS[key] = (tokenizer, v)  # the tokenizer is held, so its id is not reused meanwhile
@@ -182,14 +181,19 @@ def assistant_text(tokenizer: Any, text: str) -> Prompt:
 def encode_plain(tokenizer: Any, text: str) -> list[int]:
     """`text`'s tokens with no added token matched, decoding back to `text`."""
     v = vocab(tokenizer)
-    if v.plain is not None:
+    return plain_ids(v, v.plain, lambda piece: tokenizer.encode(piece, add_special_tokens=False), text)
+
+
+def plain_ids(v: Vocab, plain: Any, encode: Callable[[str], list[int]], text: str) -> list[int]:
+    """`encode_plain` with a given plain twin and encoder (a token counter brings its own copies)."""
+    if plain is not None:
         # encode_batch lets go of the GIL (encode does not), so other threads keep running.
-        ids = v.plain.encode_batch([text], add_special_tokens=False)[0].ids
+        ids = plain.encode_batch([text], add_special_tokens=False)[0].ids
         if v.ids.isdisjoint(ids):  # a vocabulary may also hold an added token as a regular entry
             return ids
     out: list[int] = []
     for piece in _cut(text, v.every):
-        out += tokenizer.encode(piece, add_special_tokens=False)
+        out += encode(piece)
     return out
 
 

@@ -133,7 +133,8 @@ def resolve_model_path(path_or_repo: str | os.PathLike[str]) -> Path:
         except Exception as e:  # the hub raises several types for "not cached"
             raise ModelLoadError(
                 f"model {text!r} is not in the local Hugging Face cache ({type(e).__name__}). "
-                f"Download it first (`huggingface-cli download {text}`), or give a directory."
+                f"Download it first with `hf download {text}` (the `hf` command comes with "
+                "huggingface-hub and needs the network), or give a directory."
             ) from e
     raise ModelLoadError(f"model directory not found: {p}")
 
@@ -234,8 +235,12 @@ def inspect_checkpoint(path_or_repo: str | os.PathLike[str]) -> CheckpointInfo:
 
 
 def estimate_memory(info: CheckpointInfo, context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> MemoryEstimate:
-    """Weights + KV cache for `context_tokens` + recurrent state + a working margin."""
+    """Weights + KV cache for `context_tokens` + recurrent state + a working margin. A context
+    above the model's max_position_embeddings is capped there, as it is served."""
     tc = text_config(info.config)
+    most = int(tc.get("max_position_embeddings") or 0)
+    if most:
+        context_tokens = min(context_tokens, most)
     layers = int(tc.get("num_hidden_layers", 0))
     interval = int(tc.get("full_attention_interval", 4)) if info.is_qwen_moe else 1
     n_full = layers // interval if interval else layers
@@ -290,7 +295,7 @@ def check_memory(info: CheckpointInfo, context_tokens: int = DEFAULT_CONTEXT_TOK
         raise InsufficientMemoryError(
             est.total,
             avail,
-            f"weights {est.weights / GB:.1f} GB + {context_tokens}-token context "
+            f"weights {est.weights / GB:.1f} GB + {est.context_tokens}-token context "
             f"{est.cache / GB:.1f} GB + margin {est.overhead / GB:.1f} GB",
         )
     return est

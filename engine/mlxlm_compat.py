@@ -33,6 +33,13 @@ def cache_class_name(cache: Any) -> str | None:
     return None
 
 
+def is_kv_cache(cache: Any) -> bool:
+    """Whether `cache` keeps keys and values per position (mlx-lm's KVCache family, rotating and
+    quantized ones too): it rolls back by trimming its `offset`. The others (ArraysCache) hold a
+    recurrent state that must be saved and restored instead. The one test of this in Locus."""
+    return hasattr(cache, "keys") and hasattr(cache, "offset")
+
+
 def keep_leading_space(detokenizer: Any) -> Any:
     """Stop mlx-lm's streaming detokenizer from dropping the reply's leading space.
 

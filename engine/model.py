@@ -22,7 +22,7 @@ from mlx_lm.models import qwen3_5, qwen3_5_moe
 from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.qwen3_next import Qwen3NextAttention
 
-from .mlxlm_compat import deltanet_steps, rope_frequencies, rope_mscale
+from .mlxlm_compat import deltanet_steps, is_kv_cache, rope_frequencies, rope_mscale
 from .mrope import apply_rotary, mrope_cos_sin, rope_index, section_axes
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class PositionStates:
     def covers(self, caches: list[Any]) -> bool:
         """Whether every recurrent (not KV) cache among `caches` was recorded."""
         seen = {id(c) for c, _ in self.entries}
-        return all(id(c) in seen for c in caches if not hasattr(c, "keys"))
+        return all(id(c) in seen for c in caches if not is_kv_cache(c))
 
     def keep(self, n: int) -> None:
         """Set each recorded cache to its (conv, recurrent) state after the first n positions."""

@@ -32,10 +32,10 @@ from mlx_lm.models import qwen3_5
 from mlx_lm.models.base import create_attention_mask
 
 from .generate import PREFILL_STEP, Cancelled
+from .mlxlm_compat import is_kv_cache
 from .model import ImagePrompt, MRopeAttention, PositionStates, _RopeState
+from .request import MAX_DRAFT
 from .sampling import LogitsProcessor, SamplingParams
-
-MAX_DRAFT = 8
 
 
 class MTPHead(nn.Module):
@@ -161,11 +161,7 @@ class DraftStats:
 def _save(cache: list[Any]) -> list[Any]:
     # KV caches: their offset (trimmed later); recurrent caches: references to their arrays, which
     # updates replace rather than write into.
-    return [c.offset if _is_kv(c) else list(c.cache) for c in cache]
-
-
-def _is_kv(c: Any) -> bool:
-    return hasattr(c, "offset") and hasattr(c, "keys")
+    return [c.offset if is_kv_cache(c) else list(c.cache) for c in cache]
 
 
 def _restore(cache: list[Any], saved: list[Any]) -> None:
@@ -355,7 +351,7 @@ class _Speculator:
             return
         rnd.states.keep(n)
         for c in self.main:
-            if _is_kv(c):
+            if is_kv_cache(c):
                 c.trim(c.offset - (rnd.pos + n))
 
     def finish(self, rnd: _Round) -> list[int]:

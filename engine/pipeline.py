@@ -40,13 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from .backend import BackendInfo, PreparedRequest
+from .backend import BackendInfo, BackendStats
 from .cache import PromptCache
-from .engine import Engine, GenerationRequest, RequestHandle, _Solo
+from .engine import Engine, _Solo
 from .errors import BackendUnavailableError
 from .events import Done, Event, Usage
 from .image import ImageSpan, PreparedImage, PromptInputs
-from .sampling import SamplingParams
+from .request import DECODING_FIELDS, GenerationRequest, PreparedRequest, RequestHandle, SamplingParams
 
 log = logging.getLogger("locus.engine.pipeline")
 
@@ -109,22 +109,18 @@ class _Job:
     kinds: dict[int, str]
 
 
-# Fields of the worker's request that travel (the rest stay at their defaults there).
-# Every field that steers decoding is here: each rank decides alone, on the same tokens, when to
-# stop or close the reasoning, so the ranks make the same collective calls in the same order.
-_REQUEST_FIELDS = (
-    "prompt_ids",
-    "tools",
-    "max_tokens",
-    "stop",
-    "session",
-    "use_cache",
-    "skip_special_tokens",
-    "prefix",
-    "tool_choice",
-    "thinking_budget",
-)
 _PIXEL_DTYPES = {"<f4", "<f2"}
+
+
+# The request's fields that travel are DECODING_FIELDS: each rank decides alone, on the same tokens,
+# when to stop or close the reasoning, so the ranks make the same collective calls in the same order.
+# The prompt travels as its token ids; the fields that only shaped it stay at their defaults.
+def _field_out(value: Any) -> Any:
+    return dataclasses.asdict(value) if isinstance(value, SamplingParams) else value
+
+
+def _field_in(name: str, value: Any) -> Any:
+    return SamplingParams(**value) if name == "sampling" else value
 
 
 def pack_job(job: _Job) -> bytes:
@@ -133,8 +129,7 @@ def pack_job(job: _Job) -> bytes:
     r = job.request
     pixels = [np.ascontiguousarray(p.pixel_values) for p in job.inputs.prepared]
     head = {
-        "request": {k: getattr(r, k) for k in _REQUEST_FIELDS},
-        "sampling": dataclasses.asdict(r.sampling),
+        "request": {k: _field_out(getattr(r, k)) for k in DECODING_FIELDS},
         "ids": list(job.inputs.ids),
         "reasoning": job.inputs.reasoning,
         "spans": [dataclasses.asdict(sp) for sp in job.inputs.images],
@@ -161,11 +156,8 @@ def unpack_job(data: bytes) -> _Job:
     try:
         (n,) = struct.unpack(">I", data[:4])
         head = json.loads(data[4 : 4 + n])
-        req = GenerationRequest(
-            **{k: head["request"][k] for k in _REQUEST_FIELDS},
-            sampling=SamplingParams(**head["sampling"]),
-            mtp=0,
-        )
+        fields = {k: _field_in(k, head["request"][k]) for k in DECODING_FIELDS}
+        req = GenerationRequest(prompt_ids=[int(i) for i in head["ids"]], **fields)
         spans = [
             ImageSpan(int(d["start"]), int(d["length"]), str(d["hash"]), tuple(d["grid"]))
             for d in head["spans"]
@@ -417,23 +409,8 @@ class _Lockstep(_Solo):
         import mlx.core as mx
 
         eng = self.engine
-        if self.root:
-            r = self.req
-            worker_req = GenerationRequest(
-                prompt_ids=list(self.inputs.ids),
-                tools=r.tools,
-                sampling=r.sampling,
-                max_tokens=r.max_tokens,
-                stop=list(r.stop),
-                session=r.session,
-                use_cache=r.use_cache,
-                skip_special_tokens=r.skip_special_tokens,
-                prefix=r.prefix,
-                tool_choice=r.tool_choice,
-                thinking_budget=r.thinking_budget,
-                mtp=0,
-            )
-            eng.link.send_job(_Job(worker_req, self.inputs, dict(kinds)))
+        if self.root:  # the request's DECODING_FIELDS travel, and the prompt as token ids
+            eng.link.send_job(_Job(self.req, self.inputs, dict(kinds)))
         else:
             kinds = dict(eng.job.kinds) if eng.job is not None else {}
         self.begun = True
@@ -545,7 +522,6 @@ class PipelineBackend:
 
     def __init__(self, engine: PipelineEngine):
         self.engine = engine
-        self.prompt_cache = engine.prompt_cache
         self._open: weakref.WeakSet[RequestHandle] = weakref.WeakSet()
         self._lock = threading.Lock()
         self.broken: str | None = None
@@ -571,6 +547,10 @@ class PipelineBackend:
         e = self.engine
         return dataclasses.replace(e.info, ranks=e.size, rank_layers=tuple(e.rank_layers))
 
+    def stats(self) -> BackendStats:
+        e = self.engine
+        return dataclasses.replace(e.stats(), ranks=e.size, rank_layers=tuple(e.rank_layers))
+
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
         if self.broken:
             raise BackendUnavailableError(self.broken)
@@ -591,12 +571,6 @@ class PipelineBackend:
 
     def generate(self, request: GenerationRequest) -> Any:
         return self.submit(request).result()
-
-    def __getattr__(self, name: str) -> Any:
-        # Front ends not yet on engine.Backend read the Engine's own attributes (model, encode).
-        if name.startswith("_") or name == "engine":
-            raise AttributeError(name)
-        return getattr(self.engine, name)
 
     def close(self) -> None:
         """Finish queued requests, then tell the workers to exit."""

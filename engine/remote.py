@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .backend import BackendInfo, PreparedRequest
-from .engine import GenerationRequest, GenerationResult, RequestHandle
+from .backend import BackendInfo, BackendStats
 from .errors import ContextLengthError, EngineError, RequestError
 from .events import (
     Done,
@@ -38,6 +37,7 @@ from .events import (
 )
 from .image import ImageError, _read_source, load_image
 from .parser import StreamParser
+from .request import GenerationRequest, GenerationResult, PreparedRequest, RequestHandle
 
 DEFAULT_TIMEOUT = 300.0  # seconds of silence before a request is given up (a long prefill sends none)
 CONNECT_TIMEOUT = 10.0
@@ -58,6 +58,16 @@ _FINISH: dict[str, FinishReason] = {
     "abort": "cancelled",
     "cancelled": "cancelled",
     "error": "error",
+}
+
+
+# The fields that steer decoding (request.DECODING_FIELDS) which `_body` does not send, and why; each
+# other one is sent or refused (tests check that every field is one or the other).
+NOT_SENT = {
+    "session": "the server keeps its own prompt cache",
+    "use_cache": "the server keeps its own prompt cache",
+    "mtp": "the server decides on speculative decoding",
+    "thinking_budget": "OpenAI's API has no such field",
 }
 
 
@@ -357,7 +367,7 @@ class RemoteBackend:
                 body["tool_choice"] = (
                     req.tool_choice if mode else {"type": "function", "function": {"name": req.tool_choice}}
                 )
-        # A thinking budget is not sent: OpenAI's API has no such field (the server decides).
+        # A thinking budget is not sent (NOT_SENT).
         think = req.enable_thinking and not req.forces_call
         kwargs = {**req.template_kwargs, "enable_thinking": think}
         if req.preserve_thinking is not None:
@@ -454,6 +464,10 @@ class RemoteBackend:
     def generate(self, request: GenerationRequest) -> GenerationResult:
         """Run a request to the end and return everything it produced."""
         return self.submit(request).result()
+
+    def stats(self) -> BackendStats:
+        """Nothing runs here: the server keeps its own prompt cache (engine.Backend)."""
+        return BackendStats()
 
     def close(self) -> None:
         """Refuse new requests (those running finish); the server keeps its model."""
@@ -688,6 +702,8 @@ class _Stream:
         completion = int(u.get("completion_tokens") or self.chunks)
         details = u.get("prompt_tokens_details") if isinstance(u.get("prompt_tokens_details"), dict) else {}
         cached = int(details.get("cached_tokens") or 0)
+        out = u.get("completion_tokens_details")
+        thought = out.get("reasoning_tokens") if isinstance(out, dict) else None
         t_first = self.t_first or t_end
         return Usage(
             prompt_tokens=prompt,
@@ -695,6 +711,7 @@ class _Stream:
             cached_tokens=min(cached, prompt),
             prompt_tps=(prompt - cached) / max(t_first - t0, 1e-9) if completion else 0.0,
             generation_tps=(completion - 1) / max(t_end - t_first, 1e-9) if completion > 1 else 0.0,
+            reasoning_tokens=thought if isinstance(thought, int) and not isinstance(thought, bool) else None,
         )
 
 

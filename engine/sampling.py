@@ -1,84 +1,13 @@
-"""Sampling settings, the model card's presets, and the MLX sampler/processors they build."""
+"""The MLX sampler and logits processors that `SamplingParams` (engine/request.py) build."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
 
 import mlx.core as mx
 
-from .errors import RequestError
-
-# Temperatures below this choose greedily (logits / t would overflow float32 to inf - inf).
-GREEDY_BELOW = 1e-5
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How the next token is chosen. temperature 0 means greedy; top_k 0 and top_p 1 disable them."""
-
-    temperature: float = 1.0
-    top_p: float = 0.95
-    top_k: int = 20
-    min_p: float = 0.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-
-    def validate(self) -> SamplingParams:
-        """Raise RequestError naming the first out-of-range value."""
-        checks = [
-            (self.temperature >= 0, f"temperature must be >= 0 (got {self.temperature})"),
-            (0 < self.top_p <= 1, f"top_p must be in (0, 1] (got {self.top_p})"),
-            (self.top_k >= 0, f"top_k must be >= 0 (got {self.top_k})"),
-            (0 <= self.min_p <= 1, f"min_p must be in [0, 1] (got {self.min_p})"),
-            (
-                -2 <= self.presence_penalty <= 2,
-                f"presence_penalty must be in [-2, 2] (got {self.presence_penalty})",
-            ),
-            (
-                -2 <= self.frequency_penalty <= 2,
-                f"frequency_penalty must be in [-2, 2] (got {self.frequency_penalty})",
-            ),
-            (
-                self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**64),
-                f"seed must be an integer in [0, 2**64) (got {self.seed!r})",
-            ),
-            (self.repetition_penalty > 0, f"repetition_penalty must be > 0 (got {self.repetition_penalty})"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise RequestError(msg)
-        return self
-
-    @property
-    def greedy(self) -> bool:
-        """Whether the choice is the most likely token: temperature 0, or one so small that
-        dividing by it overflows float32 (vLLM treats temperatures below 1e-5 the same way)."""
-        return self.temperature < GREEDY_BELOW
-
-    def with_(self, **changes: Any) -> SamplingParams:
-        """A copy with the given fields changed; None values are ignored."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-
-# The three profiles of Qwen3.6's model card.
-PRESETS: dict[str, SamplingParams] = {
-    "thinking": SamplingParams(temperature=1.0, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=1.5),
-    "coding": SamplingParams(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=0.0),
-    "instruct": SamplingParams(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0, presence_penalty=1.5),
-}
-
-
-def preset(name: str) -> SamplingParams:
-    """A named preset: thinking (general), coding (precise coding) or instruct (no thinking)."""
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise RequestError(f"unknown sampling preset {name!r}; choose one of {sorted(PRESETS)}") from None
-
+# The settings live with the request (engine/request.py, no MLX); still importable from here.
+from .request import SamplingParams as SamplingParams
 
 Sampler = Callable[[mx.array], mx.array]
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]

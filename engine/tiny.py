@@ -2,13 +2,14 @@
 
 Used by `locus --demo` (no real weights can be downloaded everywhere) and by the tests. The weights are
 random: the model talks nonsense, but every code path (loader, layouts, MoE experts, linear and full
-attention, the template, streaming) runs for real.
+attention, the template, streaming) runs for real. Only the MTP head is fitted to the model (in about
+two seconds), so that speculative decoding both accepts and rejects its drafts.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -332,6 +333,90 @@ def _mtp_weights(cfg: TinyConfig, rng: np.random.Generator) -> dict[str, np.ndar
     return out
 
 
+# -- a fitted MTP head -----------------------------------------------------------------------------
+# A random head drafts nothing the model accepts, so speculative decoding would only ever take its
+# reject path; the head written with the checkpoint is fitted to the main model instead.
+MTP_FC_GAIN = 3.0  # fc's output outweighs the head layer's random attention and experts, not drowns them
+_FITTED: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+
+
+def checkpoint_weights(cfg: TinyConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """What `write_checkpoint` writes: `make_weights` with the MTP head fitted (once per process
+    for a config and seed; the same arrays every time)."""
+    key = (json.dumps(asdict(cfg), sort_keys=True), seed)
+    if key not in _FITTED:
+        weights = make_weights(cfg, seed)
+        weights.update(fit_mtp_head(cfg, weights, seed))
+        _FITTED[key] = weights
+    return dict(_FITTED[key])
+
+
+def fit_mtp_head(cfg: TinyConfig, weights: dict[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarray]:
+    """`mtp.fc.weight` and `mtp.norm.weight` (HF names) fitted to the main model in `weights`.
+
+    On the model's greedy continuations of random prompts, and on random text, least squares maps
+    the head's input pairs (h_i, t_{i+1}) to the model's next hidden state h_{i+1} (before its final
+    norm's weight), whose logits are those of t_{i+2}; the head's norm gets the final norm's weight.
+    Its attention and MoE layer keep their random weights. A random model's next token is chaotic,
+    so the head guesses about one in five: drafts are accepted and rejected.
+    """
+    import mlx.core as mx
+
+    model = _main_model(cfg, weights)
+    seq = _fit_text(model, cfg, np.random.default_rng(seed + 2))
+    hidden = model(seq, hidden=True)
+    head, embed = model.mtp_head, model.language_model.model.embed_tokens
+    pairs = mx.concatenate(
+        [head.pre_fc_norm_embedding(embed(seq[:, 1:])), head.pre_fc_norm_hidden(hidden[:, :-1])], axis=-1
+    )
+    goal = hidden[:, 1:] / model.language_model.model.norm.weight
+    x = np.array(pairs, dtype=np.float64).reshape(-1, pairs.shape[-1])
+    y = np.array(goal, dtype=np.float64).reshape(-1, goal.shape[-1])
+    fc = np.linalg.solve(x.T @ x + 0.1 * np.eye(x.shape[1]), x.T @ y).T * MTP_FC_GAIN
+    return {
+        "mtp.fc.weight": fc.astype(np.float32),
+        "mtp.norm.weight": weights["model.language_model.norm.weight"].copy(),
+    }
+
+
+def _main_model(cfg: TinyConfig, weights: dict[str, np.ndarray]) -> Any:
+    """The text model with its MTP head, built in memory from HF-layout weights, as the loader would."""
+    import mlx.core as mx
+    from mlx.utils import tree_unflatten
+
+    from .model import Model
+    from .mtp import attach_head
+
+    model = Model(make_config(cfg))
+    sane = model.sanitize({k: mx.array(v) for k, v in weights.items() if not k.startswith("model.visual.")})
+    lm = "language_model."
+    model.language_model.update(
+        tree_unflatten([(k[len(lm) :], v) for k, v in sane.items() if k.startswith(lm)])
+    )
+    problems = attach_head(model, {k[4:]: v for k, v in sane.items() if k.startswith("mtp.")}, None, None)
+    if problems:
+        raise RuntimeError(f"tiny MTP head: {problems}")
+    model.eval()
+    return model
+
+
+def _fit_text(model: Any, cfg: TinyConfig, rng: np.random.Generator) -> Any:
+    """(96, 40) token ids: 32 random prompts of 16 regular tokens with 24 greedy tokens after each
+    (what decoding sees), and 64 rows of random tokens (what a sampled reply looks like)."""
+    import mlx.core as mx
+
+    regular = min(_special_ids(cfg.vocab_size).values())
+    seq = mx.array(rng.integers(0, regular, (32, 16)), dtype=mx.uint32)
+    cache = model.make_cache()
+    logits = model(seq, cache=cache)[:, -1]
+    for _ in range(24):
+        tok = mx.argmax(logits, axis=-1).astype(mx.uint32)[:, None]
+        seq = mx.concatenate([seq, tok], axis=1)
+        logits = model(tok, cache=cache)[:, -1]
+    noise = mx.array(rng.integers(0, regular, (64, 40)), dtype=mx.uint32)
+    return mx.concatenate([seq, noise])
+
+
 def fuse_experts(weights: dict[str, np.ndarray], num_layers: int) -> dict[str, np.ndarray]:
     """Per-expert keys → the fused `experts.gate_up_proj` / `experts.down_proj` layout."""
     out = dict(weights)
@@ -467,7 +552,7 @@ def write_checkpoint(
     # Small pixel bounds keep the tiny model's image prompts short (the real processor uses
     # 65536 to 16777216 pixels); the rest is Qwen3.6's processor config.
     (path / "preprocessor_config.json").write_text(json.dumps(TINY_PROCESSOR, indent=2))
-    weights = make_weights(cfg, seed)
+    weights = checkpoint_weights(cfg, seed)
     if layout == "mlx":
         (path / "config.json").write_text(json.dumps(config, indent=2))
         mx.save_safetensors(

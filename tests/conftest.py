@@ -54,6 +54,19 @@ def engine(tiny_dir):
     eng.close()
 
 
+@pytest.fixture(autouse=True)
+def _end_process_trees():
+    """Every process group a test started (tests/proctree.py) ends with the test: passed,
+    failed or interrupted (pytest tears fixtures down after Ctrl-C too)."""
+    from tests import proctree
+
+    since = proctree.mark()
+    try:
+        yield
+    finally:
+        proctree.end_all(since)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _clean_test_dirs():
     yield

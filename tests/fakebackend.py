@@ -2,7 +2,7 @@
 
 Front ends (server, agent, CLI, window) depend on `engine.Backend` alone, so their tests can drive
 them with this fake and say exactly what the model "writes", how the request ends and what the
-backend reports about itself. It keeps the engine's contract where a front end could tell:
+backend reports about itself (`info`, `stats`). It keeps the engine's contract where a front end could tell:
 
 - `prepare` validates the request (RequestError) and refuses a prompt past `info.context_tokens`
   (ContextLengthError with tokens and limit); `submit` never raises: a bad request ends in Done
@@ -26,6 +26,7 @@ from typing import Any
 
 from engine import (
     BackendInfo,
+    BackendStats,
     ContextLengthError,
     Done,
     ErrorKind,
@@ -149,7 +150,7 @@ class FakeBackend:
         self.handles: list[FakeHandle] = []
         self.counted: list[tuple[GenerationRequest, int | None]] = []
         self.closed = False
-        self.prompt_cache = None  # a local engine's; the server's /health reads it if present
+        self.stats_reported = BackendStats()  # what `stats()` says (a test may set a prompt cache's)
 
     @property
     def info(self) -> BackendInfo:
@@ -158,6 +159,10 @@ class FakeBackend:
 
             raise EngineError("no model is loaded")
         return self._info
+
+    def stats(self) -> BackendStats:
+        """`stats_reported` (none of its own: no prompt cache, one process)."""
+        return self.stats_reported
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
         """Validate and count `request`; ContextLengthError past `info.context_tokens`."""

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests import proctree
+
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "locus-ran-this"
 # Qwen3-Coder's tool-call XML, as the real model writes it.
@@ -141,7 +143,7 @@ def _demo(work: Path) -> dict[str, Any]:
     port = _free_port()
     env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache"), "HOME": str(work / "serverhome")}
     log = open(work / "serve.log", "w")  # closed below
-    server = subprocess.Popen(
+    server = proctree.popen(
         [sys.executable, "-m", "app.cli", "serve", "--demo", "--port", str(port), "--log-level", "debug"],
         cwd=ROOT,
         env=env,
@@ -192,7 +194,7 @@ def _demo(work: Path) -> dict[str, Any]:
 def run_isolated(mode: str, out: Path, timeout: float = 600) -> dict[str, Any]:
     """Run `mode` inside a loopback-only network namespace; its results."""
     script = 'ip link set lo up && exec "$0" -m tests.realclients "$1" "$2"'
-    subprocess.run(
+    proctree.run(
         ["unshare", "-n", "sh", "-c", script, sys.executable, mode, str(out)],
         cwd=ROOT,
         timeout=timeout,

@@ -67,3 +67,90 @@ def test_the_layering_check_catches_an_engine_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import engine\nfrom engine import Engine, Done\nx = engine.load_model\n")
     assert engine_model_names(bad) == {"Engine", "load_model"}
+
+
+# -- import cycles ----------------------------------------------------------------------------------
+def module_imports(top: tuple[str, ...]) -> dict[str, set[str]]:
+    """Each module under `top` and the modules of `top` it imports anywhere (module level, inside
+    functions, under TYPE_CHECKING): a lazy import still ties the two modules together."""
+    files = {}
+    for t in top:
+        for path in (ROOT / t).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                deps |= {_known(a.name, files) for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = f"{up}.{base}" if base else up
+                # `from pkg import mod` imports the module pkg.mod, `from mod import name` mod itself.
+                deps |= {_known(f"{base}.{a.name}", files) or _known(base, files) for a in node.names}
+        graph[name] = deps - {None, name}
+    return graph
+
+
+def _known(name: str, files: dict) -> str | None:
+    while name and name not in files:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None and w not in index:
+                index[w] = low[w] = len(index)
+                stack.append(w)
+                work.append((w, iter(sorted(graph[w]))))
+            elif w is not None:
+                if w in stack:
+                    low[v] = min(low[v], index[w])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[v])
+                if low[v] == index[v]:
+                    group = stack[stack.index(v) :]
+                    del stack[stack.index(v) :]
+                    if len(group) > 1:
+                        cycles.append(sorted(group))
+    return cycles
+
+
+def test_no_module_of_engine_or_app_imports_itself_through_others():
+    cycles = import_cycles(module_imports(("engine", "app")))
+    assert not cycles, f"import cycles (move what both need into a module of its own): {cycles}"
+
+
+def test_the_cycle_check_finds_a_cycle_and_follows_relative_imports(tmp_path, monkeypatch):
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert import_cycles(graph) == [["a", "b", "c"]]
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "one.py").write_text("def f():\n    from .two import g\n")
+    (pkg / "two.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import one\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert module_imports(("pkg",))["pkg.one"] == {"pkg.two"}
+    assert import_cycles(module_imports(("pkg",))) == [["pkg.one", "pkg.two"]]

@@ -46,6 +46,7 @@ from app.agent.approvals import valid_prefix
 from app.agent.checkpoints import CheckpointError, Checkpoints
 from app.agent.ignore import walk
 from app.agent.watch import TreeWatcher
+from app.mcp import McpConfigError, load_servers
 from app.settings import data_dir, load_ui_settings, save_ui_settings
 from app.store import Store
 from app.textsafe import has_hidden, show_block, show_line, show_prose
@@ -123,7 +124,8 @@ class ApprovalCard(QFrame):
         lay.addWidget(self.buttons_row)
         self.reason = QLineEdit(placeholderText="Reason (sent to the model if you reject)")
         lay.addWidget(self.reason)
-        body = show_block(req.diff) if req.diff else show_line(req.command or "")
+        text = req.diff or req.preview  # an edit's diff, or an MCP tool's arguments
+        body = show_block(text) if text else show_line(req.command or "")
         if body:
             self.diff_view = QPlainTextEdit(body, readOnly=True)
             self.diff_view.setFont(QFont("Menlo, Consolas, monospace"))
@@ -179,7 +181,7 @@ class AgentView(QWidget):
         self.store = store
         self.data_dir = data_dir()
         self.checkpoints: Checkpoints | None = None  # the project's steps, from any session
-        self.engine: Backend | None = None  # the loaded model
+        self.backend: Backend | None = None  # the loaded model
         self.backend_factory: Any = None  # tests: a callable returning a ModelBackend
         self.project: Path | None = None
         self.agent: Agent | None = None
@@ -273,8 +275,8 @@ class AgentView(QWidget):
         lay.addWidget(split, 1)
 
     # -- project ------------------------------------------------------------------------------------
-    def set_engine(self, engine: Backend | None) -> None:
-        self.engine = engine
+    def set_backend(self, backend: Backend | None) -> None:
+        self.backend = backend
 
     def open_project(self, path: str | Path) -> None:
         p = Path(path).expanduser().resolve()
@@ -414,8 +416,8 @@ class AgentView(QWidget):
     def _backend(self) -> ModelBackend | None:
         if self.backend_factory is not None:
             return self.backend_factory()
-        if self.engine is not None:
-            return EngineBackend(self.engine)
+        if self.backend is not None:
+            return EngineBackend(self.backend)
         return None
 
     def start_run(self, task: str | None = None) -> None:
@@ -447,6 +449,11 @@ class AgentView(QWidget):
         def work(task: Task) -> Any:  # the bridge passes its Task by this name
             # Built here, not on the UI thread: it probes the sandbox and opens the checkpoint repo.
             config = AgentConfig.from_settings(watch=True)
+            try:
+                servers = load_servers()  # the MCP servers of the data folder's mcp.json
+            except McpConfigError as e:
+                servers = {}
+                self.message_for_user.emit(f"MCP servers not used: {e}")
             agent = Agent(
                 project,
                 backend,
@@ -455,6 +462,7 @@ class AgentView(QWidget):
                 on_event=task.emit_event,
                 store=self.store,
                 data_dir=self.data_dir,
+                mcp_servers=servers,
             )
             self.agent, self._emit = agent, task.emit_event
             return agent.run(text)

@@ -58,7 +58,7 @@ class Task(QObject):
 
     def emit_event(self, item: Any) -> None:
         """Called from the worker: hand one item to the UI thread."""
-        self.event.emit(item)
+        _emit(self.event, item)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -82,11 +82,11 @@ class Task(QObject):
                 traceback.print_exc()
             self.error = user_message(e)
             self._ended.set()
-            self.failed.emit(self.error)
+            _emit(self.failed, self.error)
         else:
             self._ended.set()
-            self.done.emit(self.result)
-        self.finished.emit()
+            _emit(self.done, self.result)
+        _emit(self.finished)
 
     @Slot()
     def _release(self) -> None:
@@ -104,7 +104,17 @@ class Relay(QObject):
         self.item.connect(fn, Qt.ConnectionType.QueuedConnection)
 
     def __call__(self, item: Any) -> None:
-        self.item.emit(item)
+        _emit(self.item, item)
+
+
+def _emit(signal: Any, *args: Any) -> None:
+    """Emit from any thread; a source already deleted (the window closed while a worker ran
+    on, e.g. at exit) has no one left to tell, so that is not an error."""
+    try:
+        signal.emit(*args)
+    except RuntimeError as e:
+        if "deleted" not in str(e):
+            raise
 
 
 def to_ui_thread(fn: Callable[[Any], None], parent: QObject | None = None) -> Relay:

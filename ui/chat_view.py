@@ -1,8 +1,9 @@
-"""Chat: conversations persisted in the store, streaming replies from the engine on a worker."""
+"""Chat: a view of app.chat_session.ChatSession (conversations in the store, replies streamed from
+the backend on a worker)."""
 
 from __future__ import annotations
 
-import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QCoreApplication, Qt, QTimer, Signal
@@ -28,19 +29,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.store import Store, StoreWriter, ThreadRecord, new_thread_id
-from engine import (
-    PRESETS,
-    Done,
-    GenerationRequest,
-    PromptProgress,
-    ReasoningDelta,
-    TextDelta,
-    ToolCall,
-    ToolCallError,
-    Usage,
-    preset,
-)
+from app.chat_session import ChatSession, ChatSettings, Conversation, ReplyEnd, ReplyUpdate
+from app.store import Store, StoreWriter, ThreadRecord
+from engine import PRESETS, ReasoningDelta, ReplyAccumulator, TextDelta, ToolCall, ToolCallError
 
 from .bridge import Task, run_in_background, stream_in_background, to_ui_thread, user_message
 from .dialogs import confirm
@@ -50,9 +41,6 @@ if TYPE_CHECKING:
     from engine import Backend
 
 __all__ = ["ChatView", "Composer", "MessageWidget"]
-
-# Keys a message's dict may carry for the window only; never sent to the model.
-_UI_KEYS = ("meta",)
 
 
 class Composer(QPlainTextEdit):
@@ -138,7 +126,10 @@ class MessageWidget(QFrame):
 
 
 class ChatView(QWidget):
-    """Conversations list on the left; transcript, composer and controls on the right."""
+    """Conversations list on the left; transcript, composer and controls on the right.
+
+    It renders an `app.chat_session.ChatSession` (history, settings, replies, storage) and turns
+    the user's clicks into its calls; replies stream on a worker thread."""
 
     reply_finished = Signal(str)  # finish_reason, for tests and the status bar
     list_filled = Signal()  # the conversation list shows the latest search
@@ -157,29 +148,55 @@ class ChatView(QWidget):
         # SQLite runs on the writer's thread, in order: reads see every earlier write.
         self.writer = writer or StoreWriter(store)
         self._own_writer = writer is None
-        self._write_failed = to_ui_thread(self._on_write_failed, self)
+        self.session = ChatSession(self.writer)
         self._list_gen = 0  # the newest list request; older answers are dropped
-        self._opening: str | None = None  # a conversation being read from the store
         self.dark = dark
-        self.engine: Backend | None = None  # the loaded model
-        self._context_tokens = 0
-        self._remote: str | None = None  # the server's URL when the model runs elsewhere
-        self.model_name = ""
-        self.thread_id: str | None = None
-        self.history: list[dict[str, Any]] = []
         self.task: Task | None = None
         self._handle: Any = None
         self._current: MessageWidget | None = None
-        self._text = self._reasoning = ""
-        self._usage: Usage | None = None
-        self._started = 0.0
-        self._tokens = 0
-        self.max_tokens = 2048
         # Streamed deltas are coalesced and painted at most every 40 ms.
         self._paint = QTimer(self, interval=40, singleShot=True)
         self._paint.timeout.connect(self._repaint_current)
         self._build()
+        self._subscribe()
         self.refresh_list()
+
+    def _subscribe(self) -> None:
+        ev = self.session.events
+        ev.store_failed.connect(to_ui_thread(self._on_write_failed, self))
+        ev.conversation.connect(self._show_conversation)
+        ev.settings.connect(self._show_settings)
+        ev.message_added.connect(lambda m: self._add_message("user").set_content(str(m.get("content") or "")))
+        ev.reply_removed.connect(self._remove_last_reply)
+        ev.reply_started.connect(lambda _: self._reply_started())
+        ev.prompt_progress.connect(lambda p: self.stats.setText(f"Reading prompt {p.processed}/{p.total}"))
+        ev.reply_changed.connect(self._reply_changed)
+        ev.reply_finished.connect(self._reply_ended)
+
+    # The session's state, under the names the window and tests use.
+    @property
+    def backend(self) -> Backend | None:
+        return self.session.backend
+
+    @property
+    def model_name(self) -> str:
+        return self.session.model_name
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.session.history
+
+    @property
+    def thread_id(self) -> str | None:
+        return self.session.thread_id
+
+    @property
+    def max_tokens(self) -> int:
+        return self.session.settings.max_tokens
+
+    @max_tokens.setter
+    def max_tokens(self, n: int) -> None:
+        self.session.settings = replace(self.session.settings, max_tokens=n)
 
     # -- layout ---------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -230,7 +247,6 @@ class ChatView(QWidget):
         ub.addWidget(self.undo_delete_button)
         self.undo_bar.setVisible(False)
         ll.addWidget(self.undo_bar)
-        self._deleted: tuple[Any, list[dict[str, Any]]] | None = None
         return left
 
     def _build_transcript(self) -> QWidget:
@@ -285,18 +301,12 @@ class ChatView(QWidget):
         return right
 
     # -- conversations ------------------------------------------------------------------------------
-    def _write(self, fn: Any, *args: Any, **kwargs: Any) -> None:
-        """Queue a store write (committed in order on the writer thread; flushed at shutdown)."""
-        fut = self.writer.submit(fn, *args, **kwargs)
-        fut.add_done_callback(lambda f: f.exception() and self._write_failed(f.exception()))
-
     def _on_write_failed(self, e: BaseException) -> None:
         self.message_for_user.emit(f"Could not save the conversation: {user_message(e)}")
 
     def _read(self, fn: Any, *args: Any, on_done: Any) -> Task:
-        """Run a store read after every earlier write, off the UI thread; `on_done` gets it."""
+        """Run a store read (after every earlier write) off the UI thread; `on_done` gets it."""
         return run_in_background(
-            self.writer.call,
             fn,
             *args,
             on_done=on_done,
@@ -307,9 +317,7 @@ class ChatView(QWidget):
         """List the conversations matching the search (titles and message text)."""
         self._list_gen += 1
         gen, query = self._list_gen, self.search.text().strip()
-        self._read(
-            self.store.search, query, "chat", 500, on_done=lambda threads: self._fill_list(gen, threads)
-        )
+        self._read(self.session.search, query, on_done=lambda threads: self._fill_list(gen, threads))
 
     def _fill_list(self, gen: int, threads: list[ThreadRecord]) -> None:
         if gen != self._list_gen:
@@ -326,10 +334,7 @@ class ChatView(QWidget):
     def new_conversation(self) -> None:
         if self.busy:
             return
-        self.thread_id, self.history, self._opening = None, [], None
-        self.profile.setCurrentText(getattr(self, "default_profile", "thinking"))
-        self._clear_transcript()
-        self.stats.setText("")  # the last conversation's speed is not this one's
+        self.session.new_conversation()
         self.refresh_list()
         self.input.setFocus()
 
@@ -338,40 +343,35 @@ class ChatView(QWidget):
         if self.busy:
             self.message_for_user.emit("Stop the reply before switching conversations.")
             return
-        self.thread_id, self.history, self._opening = thread_id, [], thread_id
-        self._clear_transcript()
-        self._read(self._load, thread_id, on_done=self._show_conversation)
+        self.session.begin_open(thread_id)
+        self._read(self.session.load, thread_id, on_done=self.session.finish_open)
 
-    def _load(self, thread_id: str) -> tuple[ThreadRecord, list[dict[str, Any]]]:
-        return self.store.thread(thread_id), self.store.messages(thread_id)
-
-    def _show_conversation(self, loaded: tuple[ThreadRecord, list[dict[str, Any]]]) -> None:
-        t, messages = loaded
-        if t.id != self._opening:  # another conversation was opened meanwhile
-            return
-        self._opening = None
-        self.history = messages
-        self.profile.blockSignals(True)
-        self.thinking.blockSignals(True)
-        self.profile.setCurrentText(t.meta.get("preset", "thinking"))
-        self.thinking.setChecked(bool(t.meta.get("thinking", True)))
-        self.profile.blockSignals(False)
-        self.thinking.blockSignals(False)
+    def _show_conversation(self, c: Conversation) -> None:
+        """Draw the session's conversation: a new one, one being read, or one read."""
+        self._show_settings(c.settings)
         self._clear_transcript()
-        footer = ""
-        for m in self.history:
+        for m in c.messages:
             if m.get("role") in ("user", "assistant"):
                 w = self._add_message(m["role"])
                 w.set_content(str(m.get("content") or ""), str(m.get("reasoning_content") or ""))
                 meta = m.get("meta") if isinstance(m.get("meta"), dict) else {}
                 if m["role"] == "assistant":
-                    footer = str(meta.get("footer") or "")
-                    w.set_footer(footer)
-        self.stats.setText(footer if not footer.startswith("Error") else "")
-        self.conversation_opened.emit(t.id)
+                    w.set_footer(str(meta.get("footer") or ""))
+        if not c.loading:
+            self.stats.setText(c.footer)  # the last conversation's speed is not this one's
+        if c.thread_id is not None and not c.loading:
+            self.conversation_opened.emit(c.thread_id)
+
+    def _show_settings(self, s: ChatSettings) -> None:
+        self.profile.blockSignals(True)
+        self.thinking.blockSignals(True)
+        self.profile.setCurrentText(s.preset)
+        self.thinking.setChecked(s.thinking)
+        self.profile.blockSignals(False)
+        self.thinking.blockSignals(False)
 
     def rename_conversation(self, thread_id: str, title: str) -> None:
-        self._write(self.store.rename_thread, thread_id, title.strip() or "Untitled")
+        self.session.rename(thread_id, title)
         self.refresh_list()
 
     def delete_conversation(self, thread_id: str, ask: bool = True) -> bool:
@@ -380,19 +380,17 @@ class ChatView(QWidget):
             self.message_for_user.emit("Stop the reply before deleting this conversation.")
             return False
         # What the question and Undo need, read after every queued write (a short wait).
-        t, msgs = self.writer.call(self._load, thread_id)
+        loaded = self.session.load(thread_id)
+        t, msgs = loaded
         title = t.title or "New conversation"
         if ask and not confirm(
             self, "Delete conversation", f"Delete “{title}” and its {len(msgs)} messages?", "Delete"
         ):
             return False
-        self._write(self.store.delete_thread, thread_id)
-        self._deleted = (t, msgs)
+        self.session.delete(loaded)
         self.undo_label.setText(f"Deleted “{title}”")
         self.undo_label.setToolTip(title)
         self.undo_bar.setVisible(True)
-        if thread_id == self.thread_id:
-            self.new_conversation()
         self.refresh_list()
         return True
 
@@ -405,17 +403,13 @@ class ChatView(QWidget):
 
     def undo_delete(self) -> None:
         """Put the last deleted conversation back, with its id, title, settings and messages."""
-        if self._deleted is None:
-            return
-        t, msgs = self._deleted
-        self._deleted = None
+        tid = self.session.undo_delete()
         self.undo_bar.setVisible(False)
-        self._write(self.store.create_thread, t.kind, t.title, model=t.model, meta=t.meta, id=t.id)
-        for m in msgs:
-            self._write(self.store.add_message, t.id, m)
+        if tid is None:
+            return
         self.refresh_list()
         if not self.busy:
-            self.open_conversation(t.id)
+            self.open_conversation(tid)
 
     def _list_menu(self, pos: Any) -> None:
         item = self.conversations.itemAt(pos)
@@ -434,25 +428,17 @@ class ChatView(QWidget):
             self.delete_conversation(tid)
 
     def _save_meta(self, *_: Any) -> None:
-        if self.thread_id:
-            self._write(self.store.set_thread_meta, self.thread_id, self._meta())
-
-    def _meta(self) -> dict[str, Any]:
-        return {"preset": self.profile.currentText(), "thinking": self.thinking.isChecked()}
+        self.session.update_settings(preset=self.profile.currentText(), thinking=self.thinking.isChecked())
 
     def set_default_profile(self, name: str) -> None:
         """The sampling profile a new conversation starts with (Preferences)."""
-        self.default_profile = name if name in PRESETS else "thinking"
+        self.session.default_preset = name if name in PRESETS else "thinking"
         if self.thread_id is None:
-            self.profile.setCurrentText(self.default_profile)
+            self.profile.setCurrentText(self.session.default_preset)
 
     # -- generation ---------------------------------------------------------------------------------
-    def set_engine(self, engine: Backend | None, model_name: str = "") -> None:
-        self.engine = engine
-        self.model_name = model_name
-        # Read once: a reply that ends after the model is unloaded still shows its footer.
-        self._context_tokens = engine.info.context_tokens if engine is not None else 0
-        self._remote = engine.info.remote if engine is not None else None
+    def set_backend(self, backend: Backend | None, model_name: str = "") -> None:
+        self.session.set_backend(backend, model_name)
 
     @property
     def busy(self) -> bool:
@@ -460,66 +446,39 @@ class ChatView(QWidget):
 
     def send(self, text: str | None = None) -> None:
         text = (text if isinstance(text, str) else self.input.toPlainText()).strip()
-        if not text or self.busy or self._opening:
+        if not text or self.busy or self.session.opening:
             return
-        if self.engine is None:
+        if self.backend is None:
             self.message_for_user.emit("No model is loaded: load one in Models (or run locus --demo).")
             return
-        if self.thread_id is None:
-            self.thread_id = new_thread_id()
-            self._write(
-                self.store.create_thread,
-                "chat",
-                text.splitlines()[0][:60],
-                model=self.model_name,
-                meta=self._meta(),
-                id=self.thread_id,
-            )
-        msg = {"role": "user", "content": text}
-        self._write(self.store.add_message, self.thread_id, msg)
-        self.history.append(msg)
-        self._add_message("user").set_content(text)
+        self.session.add_user(text)
         self.input.clear()
         self.refresh_list()
         self._generate()
 
     def regenerate(self) -> None:
         """Drop the last reply (from view and memory) and answer the last user message again."""
-        if self.busy or not self.history or self.engine is None:
+        if self.busy or not self.history or self.backend is None:
             return
-        if self.history[-1].get("role") == "assistant":
-            self.history.pop()
-            last = self._messages()[-1] if self._messages() else None
-            if last is not None and last.role == "assistant":
-                self._remove(last)
-            if self.thread_id:
-                self._write(self.store.pop_message, self.thread_id)  # the stored reply goes too
-        if self.history and self.history[-1].get("role") == "user":
+        if self.session.drop_last_reply():
             self._generate()
+
+    def _remove_last_reply(self, _msg: dict[str, Any]) -> None:
+        last = self._messages()[-1] if self._messages() else None
+        if last is not None and last.role == "assistant":
+            self._remove(last)
 
     def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
 
     def _generate(self) -> None:
-        thinking = self.thinking.isChecked()
-        messages = [{k: v for k, v in m.items() if k not in _UI_KEYS} for m in self.history]
-        req = GenerationRequest(
-            messages=messages,
-            enable_thinking=thinking,
-            sampling=preset(self.profile.currentText()),
-            max_tokens=self.max_tokens,
-            session=f"chat-{self.thread_id}",
-        )
-        self._current = self._add_message("assistant")
-        self._text = self._reasoning = ""
-        self._usage = None
-        self._tokens = 0
-        self._started = time.monotonic()
-        engine = self.engine
+        req = self.session.start_reply()
+        backend = self.backend
+        assert backend is not None
 
         def make() -> Any:
-            self._handle = engine.submit(req)
+            self._handle = backend.submit(req)
             return self._handle.events()
 
         def cancel() -> None:
@@ -529,83 +488,38 @@ class ChatView(QWidget):
         self.send_button.setEnabled(False)
         self.regen_button.setEnabled(False)
         self.stop_button.setEnabled(True)
-        self.stats.setText("Thinking…" if thinking else "Generating…")
+        self.stats.setText("Thinking…" if req.enable_thinking else "Generating…")
         self.task = stream_in_background(
-            make, on_event=self._on_event, on_error=self._on_error, on_cancel=cancel
+            make, on_event=self.session.add_event, on_error=self.session.fail, on_cancel=cancel
         )
 
-    def _on_event(self, ev: Any) -> None:
-        if isinstance(ev, ReasoningDelta):
-            self._reasoning += ev.text
-            self._tokens += 1
-        elif isinstance(ev, TextDelta):
-            self._text += ev.text
-            self._tokens += 1
-        elif isinstance(ev, ToolCall):
-            self._text += f"\n\n`tool call: {ev.name}`"
-        elif isinstance(ev, ToolCallError):
-            self._text += f"\n\n(malformed tool call: {ev.message})"
-        elif isinstance(ev, PromptProgress):
-            self.stats.setText(f"Reading prompt {ev.processed}/{ev.total}")
-        elif isinstance(ev, Usage):
-            self._usage = ev
-        elif isinstance(ev, Done):
-            self._finish(ev)
-            return
-        if isinstance(ev, ReasoningDelta | TextDelta):
-            dt = max(time.monotonic() - self._started, 1e-6)
-            self.stats.setText(f"{self._tokens / dt:.1f} tok/s")
+    def _reply_started(self) -> None:
+        self._current = self._add_message("assistant")
+
+    def _reply_changed(self, u: ReplyUpdate) -> None:
+        if isinstance(u.event, ReasoningDelta | TextDelta):
+            self.stats.setText(f"{self.session.rate():.1f} tok/s")
         if not self._paint.isActive():
             self._paint.start()
 
     def _repaint_current(self) -> None:
-        if self._current is not None:
-            self._current.set_content(self._text, self._reasoning)
+        reply = self.session.reply
+        if self._current is not None and reply is not None:
+            self._current.set_content(shown_text(reply), reply.reasoning)
             bar = self.scroll.verticalScrollBar()
             bar.setValue(bar.maximum())
 
-    def _finish(self, done: Done) -> None:
+    def _reply_ended(self, end: ReplyEnd) -> None:
         self._paint.stop()
         self._repaint_current()
-        reason = done.finish_reason
-        u = self._usage or done.usage
-        footer = ""
-        if u is not None:
-            limit = self._context_tokens
-            ctx = u.prompt_tokens + u.completion_tokens
-            footer = f"{u.generation_tps:.1f} tok/s · context {ctx}" + (f"/{limit}" if limit else "")
-            if u.draft_tokens:  # speculative decoding: how many drafts the model kept
-                footer += f" · drafts {u.draft_accepted}/{u.draft_tokens}"
-            self.stats.setText(footer)
-        if self._remote and reason != "error":  # which replies left the machine, kept with them
-            footer = (footer + f" · remote: {self.model_name} at {self._remote}").strip(" ·")
-        if reason == "cancelled":
-            footer = (footer + " · stopped").strip(" ·")
-        elif reason == "error":
-            footer = f"Error: {done.error}"
-            self.message_for_user.emit(f"Generation failed: {done.error}")
-        elif reason == "length":
-            footer += " · hit the token limit"
+        if end.stats:
+            self.stats.setText(end.stats)
+        if end.error is not None:
+            self.message_for_user.emit(f"Generation failed: {end.error}")
         if self._current is not None:
-            self._current.set_footer(footer)
-        if self._text or self._reasoning:
-            msg: dict[str, Any] = {"role": "assistant", "content": self._text}
-            if self._reasoning:
-                msg["reasoning_content"] = self._reasoning
-            # The footer (speed, context, "stopped") comes back with the conversation.
-            msg["meta"] = {"footer": footer, "finish_reason": reason}
-            self.history.append(msg)
-            if self.thread_id:
-                self._write(self.store.add_message, self.thread_id, msg)
+            self._current.set_footer(end.footer)
         self._reset_buttons()
-        self.reply_finished.emit(reason)
-
-    def _on_error(self, message: str) -> None:
-        self._reset_buttons()
-        if self._current is not None:
-            self._current.set_footer(f"Error: {message}")
-        self.message_for_user.emit(f"Generation failed: {message}")
-        self.reply_finished.emit("error")
+        self.reply_finished.emit(end.finish_reason)
 
     def _reset_buttons(self) -> None:
         self.send_button.setEnabled(True)
@@ -648,3 +562,16 @@ class ChatView(QWidget):
             self.writer.close()
         else:
             self.writer.flush()
+
+
+def shown_text(reply: ReplyAccumulator) -> str:
+    """The answer as the transcript shows it: each tool call, or malformed call, named in place."""
+    out = []
+    for p in reply.parts:
+        if isinstance(p, TextDelta):
+            out.append(p.text)
+        elif isinstance(p, ToolCall):
+            out.append(f"\n\n`tool call: {p.name}`")
+        elif isinstance(p, ToolCallError):
+            out.append(f"\n\n(malformed tool call: {p.message})")
+    return "".join(out)

@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (
 )
 
 from app import localize
-from engine import Done, GenerationRequest, TextDelta
+from engine import Done, GenerationRequest, ReplyAccumulator
 
 from .bridge import Task, stream_in_background
 from .dialogs import save_file
@@ -128,12 +128,12 @@ class LocateView(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.engine: Backend | None = None  # the loaded model
+        self.backend: Backend | None = None  # the loaded model
         self.image_path: Path | None = None
         self.image_size = (0, 0)
         self.boxes: list[Any] = []
         self.box_items: list[BoxItem] = []
-        self.raw_output = ""
+        self.reply = ReplyAccumulator()  # the answer being read
         self.max_tokens = 1024
         self.task: Task | None = None
         self.scene = QGraphicsScene(self)
@@ -187,8 +187,8 @@ class LocateView(QWidget):
         split.setSizes([700, 240])
         lay.addWidget(split, 1)
 
-    def set_engine(self, engine: Backend | None) -> None:
-        self.engine = engine
+    def set_backend(self, backend: Backend | None) -> None:
+        self.backend = backend
 
     # -- image and boxes ----------------------------------------------------------------------------
     def open_image(self, path: str | Path) -> bool:
@@ -256,12 +256,12 @@ class LocateView(QWidget):
         if not query:
             self.message_for_user.emit("Type what to find, e.g. “cats, the red cup”.")
             return
-        if self.engine is None:
+        if self.backend is None:
             self.message_for_user.emit("No model is loaded: load one in Models.")
             return
         if self.task is not None and self.task.running:
             return
-        info = self.engine.info
+        info = self.backend.info
         if not info.images:  # a remote model that may not read images says so itself, on trying
             self.message_for_user.emit(
                 f"The loaded model ({info.name}) does not read images: load a vision model "
@@ -269,14 +269,14 @@ class LocateView(QWidget):
             )
             return
         req = self.request(query)
-        engine = self.engine
+        backend = self.backend
         holder: dict[str, Any] = {}
 
         def make() -> Any:
-            holder["h"] = engine.submit(req)
+            holder["h"] = backend.submit(req)
             return holder["h"].events()
 
-        self.raw_output = ""
+        self.reply = ReplyAccumulator()
         self.status.setText("Looking…")
         self.locate_button.setEnabled(False)
         self.stop_button.setEnabled(True)
@@ -295,10 +295,14 @@ class LocateView(QWidget):
         if self.task is not None:
             self.task.cancel()
 
+    @property
+    def raw_output(self) -> str:
+        """The model's answer so far (the boxes are parsed from it)."""
+        return self.reply.text
+
     def _on_event(self, ev: Any) -> None:
-        if isinstance(ev, TextDelta):
-            self.raw_output += ev.text
-        elif isinstance(ev, Done):
+        self.reply.add(ev)
+        if isinstance(ev, Done):
             self.locate_button.setEnabled(True)
             self.stop_button.setEnabled(False)
             if ev.finish_reason == "error":

@@ -135,7 +135,7 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.resize(1200, 780)
         self.store = store or Store()
-        self.engine: Backend | None = None  # the loaded model, as every view has it
+        self.backend: Backend | None = None  # the loaded model, as every view has it
         self.model_name = ""
         self.loading_path: str | None = None  # the model being loaded (None: no load)
         self._loading_url = ""  # the server connected to, when loading_path is a remote model
@@ -354,7 +354,7 @@ class MainWindow(QMainWindow):
             self.model_picker.addItem("Choose a model…", "")
         seen = set()
         if self.model_path:
-            remote = self.engine is not None and self.engine.info.remote
+            remote = self.backend is not None and self.backend.info.remote
             self.model_picker.addItem(self.model_name + (" (remote)" if remote else ""), self.model_path)
             seen.add(str(Path(self.model_path).resolve()))
         for m in self.models.models:
@@ -450,18 +450,18 @@ class MainWindow(QMainWindow):
 
     # -- the model ----------------------------------------------------------------------------------
     # The ModelManager (app/models.py) owns the model; its events reach `_model_event` on this thread.
-    def set_engine(self, engine: Backend | None, name: str) -> None:
+    def set_backend(self, backend: Backend | None, name: str) -> None:
         """Use an already open backend (the one loaded before is unloaded first)."""
-        self.manager.adopt(engine, name)
-        self._show_backend(engine, name, self.manager.path, self.manager.memory_in_use)
+        self.manager.adopt(backend, name)
+        self._show_backend(backend, name, self.manager.path, self.manager.memory_in_use)
 
     def _show_backend(self, backend: Backend | None, name: str, path: str, memory: int) -> None:
-        self.engine, self.model_name = backend, name
+        self.backend, self.model_name = backend, name
         self.model_path = path if backend is not None else ""
-        self.chat.set_engine(backend, name)
-        self.agent.set_engine(backend)
-        self.locate.set_engine(backend)
-        self.server.set_engine(backend, name)
+        self.chat.set_backend(backend, name)
+        self.agent.set_backend(backend)
+        self.locate.set_backend(backend)
+        self.server.set_backend(backend, name)
         self._set_label()
         self.model_info.setText(_describe_model(backend, memory) if backend is not None else "")
         remote = backend.info.remote if backend is not None else None
@@ -480,8 +480,8 @@ class MainWindow(QMainWindow):
                 self.model_label.setText(f"Connecting to {self._loading_url}…")
             else:
                 self.model_label.setText(f"Loading {Path(self.loading_path).name}…")
-        elif self.engine is not None:
-            self.model_label.setText("Remote model:" if self.engine.info.remote else "Model:")
+        elif self.backend is not None:
+            self.model_label.setText("Remote model:" if self.backend.info.remote else "Model:")
         else:
             self.model_label.setText("No model loaded")
 
@@ -553,7 +553,7 @@ class MainWindow(QMainWindow):
                     save_ui_settings({"remote_url": self._loading_url, "remote_model": ev.name})
                 elif not self.demo:  # the next plain `locus` opens with this model again
                     save_ui_settings({"last_model": ev.path})
-            if m.backend is not self.engine or isinstance(ev, ModelLoaded):
+            if m.backend is not self.backend or isinstance(ev, ModelLoaded):
                 self._show_backend(m.backend, m.name, m.path, m.memory_in_use)
             if mine and isinstance(ev, ModelLoaded):
                 self.model_loaded.emit(ev.name)
@@ -587,4 +587,4 @@ class MainWindow(QMainWindow):
         for v in (self.chat, self.agent, self.server):
             v.shutdown()
         self.manager.close()
-        self.engine = None
+        self.backend = None

@@ -39,6 +39,9 @@ class PreferencesDialog(QDialog):
             self.fields[p.key] = w
             form.addRow(p.label, holder)
         lay.addLayout(form)
+        mcp = QPushButton("MCP servers…")  # the agent's and the chat's tool servers (mcp.json)
+        mcp.clicked.connect(self.edit_mcp_servers)
+        lay.addWidget(mcp)
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
         )
@@ -68,6 +71,11 @@ class PreferencesDialog(QDialog):
                 row.addWidget(pick)
                 return w, holder
         return w, w
+
+    def edit_mcp_servers(self) -> None:
+        from .mcp_editor import McpServersDialog
+
+        McpServersDialog(self).exec()
 
     def _choose_folder(self, edit: QLineEdit) -> None:
         path = QFileDialog.getExistingDirectory(self, "Choose a folder", edit.text())

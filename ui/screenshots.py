@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +62,33 @@ def _sample_image(path: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _scratch() -> Iterator[Path]:
+    """A temporary folder that is also the data folder while the views render, so the sample
+    project, its checkpoints and the window's settings never reach the user's; removed after."""
+    work = Path(tempfile.mkdtemp(prefix="locus-shots-"))
+    before = os.environ.get("LOCUS_DATA_DIR")
+    os.environ["LOCUS_DATA_DIR"] = str(work / "data")
+    try:
+        yield work
+    finally:
+        if before is None:
+            os.environ.pop("LOCUS_DATA_DIR", None)
+        else:
+            os.environ["LOCUS_DATA_DIR"] = before
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def render_all(out_dir: Path, *, demo: bool = True, model: str | None = None) -> list[Path]:
     """Load the model, fill each view with real content, grab each to OUT_DIR/<view>.png."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _scratch() as work:
+        return _render(out_dir, work, demo, model)
+
+
+def _render(out_dir: Path, work: Path, demo: bool, model: str | None) -> list[Path]:
     from app.agent import ReplayBackend
+    from app.store import Store
 
     from . import _app
     from .main_window import VIEWS, MainWindow
@@ -69,11 +96,8 @@ def render_all(out_dir: Path, *, demo: bool = True, model: str | None = None) ->
 
     app = _app()
     dark = apply_theme(app)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="locus-shots-"))
-    from app.store import Store
-
-    win = MainWindow(Store(work / "locus.db"), dark=dark, demo=demo)
+    store = Store(work / "locus.db")
+    win = MainWindow(store, dark=dark, demo=demo)
     win.resize(1280, 800)
     win.show()
     if demo:
@@ -84,9 +108,9 @@ def render_all(out_dir: Path, *, demo: bool = True, model: str | None = None) ->
     try:
         if model:
             win.load_model(model)
-            if not wait_until(lambda: win.engine is not None or win.loading_path is None, 300):
+            if not wait_until(lambda: win.backend is not None or win.loading_path is None, 300):
                 raise RuntimeError("the model did not load within 5 minutes")
-        if win.engine is not None:
+        if win.backend is not None:
             win.chat.send("Write a Python function that reverses a string.")
             wait_until(lambda: not win.chat.busy, 120)
         proj = work / "project"
@@ -117,4 +141,5 @@ def render_all(out_dir: Path, *, demo: bool = True, model: str | None = None) ->
     finally:
         win.shutdown()  # stops the agent, which rejects the pending card
         win.close()
+        store.close()
     return written

@@ -29,7 +29,7 @@ from .bridge import Task, run_in_background
 from .dialogs import machine_name
 
 if TYPE_CHECKING:
-    from engine import Backend
+    from engine import Backend, CacheStats
 
 __all__ = ["RequestLog", "ServerView", "cache_summary", "claude_code_env"]
 
@@ -49,17 +49,16 @@ def claude_code_env(host: str, port: int, api_key: str, model: str = "") -> str:
     return "\n".join(lines)
 
 
-def cache_summary(pc: Any) -> str:
+def cache_summary(b: CacheStats | None) -> str:
     """One line on the prompt cache's budget (as /health reports it)."""
-    if pc is None:
+    if b is None:
         return "Prompt cache: off."
-    b = pc.budget()
     mb = 1024 * 1024
     return (
-        f"Prompt cache: {b['memory_used_bytes'] / mb:,.0f} of {b['memory_bytes'] / mb:,.0f} MB "
-        f"in memory ({b['snapshots']} snapshots, {b['shared_snapshots']} shared), "
-        f"{b['disk_used_bytes'] / mb:,.0f} MB on disk; {b['hits']} hits, "
-        f"{b['tokens_reused']:,} tokens reused, {b['evictions']} evictions."
+        f"Prompt cache: {b.memory_used_bytes / mb:,.0f} of {b.memory_bytes / mb:,.0f} MB "
+        f"in memory ({b.snapshots} snapshots, {b.shared_snapshots} shared), "
+        f"{b.disk_used_bytes / mb:,.0f} MB on disk; {b.hits} hits, "
+        f"{b.tokens_reused:,} tokens reused, {b.evictions} evictions."
     )
 
 
@@ -130,7 +129,7 @@ class ServerView(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.engine: Backend | None = None  # the loaded model
+        self.backend: Backend | None = None  # the loaded model
         self.model_name = ""
         self.server: Any = None
         self.asgi: Any = None
@@ -189,12 +188,12 @@ class ServerView(QWidget):
         self.port.setValue(int(remembered.get("server_port") or DEFAULT_PORT))
         self._update_env()
 
-    def set_engine(self, engine: Backend | None, model_name: str = "") -> None:
-        self.engine = engine
+    def set_backend(self, backend: Backend | None, model_name: str = "") -> None:
+        self.backend = backend
         self.model_name = model_name
         service = getattr(self.asgi, "service", None)
         if service is not None:  # a running server serves the model loaded now, not the one before
-            service.backend = engine
+            service.backend = backend
             service.config = dataclasses.replace(service.config, model_name=model_name or None)
         self._update_env()
 
@@ -219,7 +218,7 @@ class ServerView(QWidget):
     def start(self) -> None:
         if self.running:
             return
-        if self.engine is None:
+        if self.backend is None:
             self.message_for_user.emit("No model is loaded: load one in Models first.")
             return
         from app.server import ServerConfig, create_app, make_server
@@ -232,7 +231,7 @@ class ServerView(QWidget):
             log_level="warning",
         )
         try:
-            self.asgi = create_app(self.engine, cfg)
+            self.asgi = create_app(self.backend, cfg)
         except Exception as e:  # configuration the server refuses: tell the user why
             self.message_for_user.emit(f"Cannot start the server: {e}")
             return
@@ -250,7 +249,7 @@ class ServerView(QWidget):
         service = getattr(self.asgi, "service", None)
         if service is None:
             return
-        self.cache_status.setText(cache_summary(getattr(self.engine, "prompt_cache", None)))
+        self.cache_status.setText(cache_summary(self.backend.stats().prompt_cache if self.backend else None))
         records = service.requests.records()
         mark = (len(records), records[-1].time if records else 0)
         if mark != self._shown:

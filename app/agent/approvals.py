@@ -51,6 +51,8 @@ class ApprovalRequest:
     sandboxed: bool = True  # False: a command would run with the user's full permissions
     unsandboxed_by_choice: bool = False  # the user turned the sandbox off (--no-sandbox)
     sandbox_note: str = ""  # why there is no sandbox, for the prompt and the refusal
+    preview: str | None = None  # for an MCP tool: the arguments it would send, as JSON
+    read_only: bool = False  # an MCP tool its server annotates as read-only (a hint)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +66,8 @@ class ApprovalRequest:
             "sandboxed": self.sandboxed,
             "unsandboxed_by_choice": self.unsandboxed_by_choice,
             "sandbox_note": self.sandbox_note,
+            "preview": self.preview,
+            "read_only": self.read_only,
         }
 
     @property
@@ -246,6 +250,10 @@ class Approvals:
             return None  # fail closed: no flag or rule approves an unconfined command
         if self.yes:
             return Decision("approve", reason="--yes", auto=True)
+        if req.tool.startswith("mcp__"):  # --allow mcp__SERVER (all its tools) or one tool's name
+            for p in self.prefixes:
+                if req.tool == p or req.tool.startswith(p + "__"):
+                    return Decision("approve", reason=f"{p} allowed", auto=True)
         if req.command is not None:
             for p in self.prefixes:
                 if prefix_matches(p, req.command):

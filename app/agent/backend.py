@@ -52,7 +52,12 @@ def estimate_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] 
     """About four characters per token: for budgeting when no tokenizer is at hand."""
     n = len(json.dumps(tools or [], ensure_ascii=False))
     for m in messages:
-        n += len(str(m.get("content") or "")) + len(str(m.get("reasoning_content") or "")) + 12
+        content = m.get("content") or ""
+        if isinstance(content, list):  # an image (from an MCP tool) is about a thousand tokens
+            n += sum(len(str(p.get("text", ""))) if p.get("type") == "text" else 4000 for p in content)
+        else:
+            n += len(str(content))
+        n += len(str(m.get("reasoning_content") or "")) + 12
         for c in m.get("tool_calls") or []:
             n += len(json.dumps(c, ensure_ascii=False))
     return n // 4 + 1

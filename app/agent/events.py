@@ -4,6 +4,7 @@
 |---|---|
 | run_started | run_id, project, task, resumed, sandbox, sandbox_note, checkpoints, watching, backend |
 | warning | message |
+| mcp_servers | servers [ServerStatus.to_dict()]: the MCP servers as they started (once per session) |
 | step | (a model turn begins; `step` is its number) |
 | prompt_progress | processed, total (not stored) |
 | reasoning | text: a piece of the model's reasoning (not stored) |

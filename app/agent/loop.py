@@ -11,40 +11,37 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine import Done, PromptProgress, ReasoningDelta, TextDelta, ToolCall, ToolCallError, Usage
+from engine import PromptProgress, ReasoningDelta, ReplyAccumulator, TextDelta
 
-from ..store import Store, StoreError, default_data_dir
-from .approvals import READ_ONLY_TOOLS, ApprovalRequest, Approvals, Decision
-from .backend import ModelBackend, estimate_tokens
+from ..store import Store, default_data_dir
+from .approvals import Approvals
+from .backend import ModelBackend
 from .checkpoints import CheckpointError, Checkpoints, UndoResult
-from .events import STREAM_ONLY, AgentEvent
+from .context import ContextWindow
+from .events import AgentEvent
 from .paths import PathError, ProjectRoot
 from .prompt import SYSTEM_PROMPT, system_prompt, task_message
+from .runlog import AgentError, RunLog, RunResult
 from .sandbox import Sandbox, detect_sandbox
-from .tools import TOOL_NAMES, TOOLS, Limits, Toolbox, ToolError
+from .steps import StepRunner
+from .tools import TOOLS, Limits, Toolbox
 from .watch import FileTracker, TreeWatcher
 
-__all__ = ["Agent", "AgentConfig", "AgentError", "RunResult"]
+if TYPE_CHECKING:
+    from ..mcp import McpHub, ServerConfig
 
-_ELIDED = (
-    "[Output of {name} ({chars} characters) removed to save context. Call the tool again if you "
-    "still need it.]"
-)
+__all__ = ["Agent", "AgentConfig", "AgentError", "RunResult"]
 
 _NO_ANSWER = (
     "[Locus] Your last turn ended inside your reasoning, without an answer or a tool call. "
     "Continue: call a tool, or end your reasoning with </think> and give your final answer."
 )
 _NO_ANSWER_EVENT = "the model's turn had reasoning only (no answer, no tool call); asked it to go on"
-
-
-class AgentError(Exception):
-    """The run cannot start or resume (bad project, unknown run, run busy elsewhere)."""
 
 
 @dataclass
@@ -64,6 +61,8 @@ class AgentConfig:
     use_ripgrep: bool = True
     limits: Limits = field(default_factory=Limits)
     system_prompt: str = SYSTEM_PROMPT
+    mcp_start_timeout: float = 30.0  # seconds the MCP servers get to start, together
+    mcp_read_only: bool = False  # MCP tools a server annotates read-only run without asking
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any] | None = None, **kw: Any) -> AgentConfig:
@@ -77,6 +76,7 @@ class AgentConfig:
         env = env if isinstance(env, list) else []
         base: dict[str, Any] = {
             "require_sandbox": bool(s.get("require_sandbox", False)),
+            "mcp_read_only": s.get("mcp_read_only") is True,
             "env_allow": tuple(str(n) for n in env if isinstance(n, str) and n.strip()),
         }
         if "env_allow" in kw:
@@ -90,32 +90,13 @@ class AgentConfig:
         return max(1024, min(self.context_tokens // 4, 32768))
 
 
-@dataclass
-class RunResult:
-    run_id: str
-    status: str
-    answer: str | None
-    steps: int
-    prompt_tokens: int
-    completion_tokens: int
-    elapsed: float
-    error: str | None = None
-
-
-@dataclass
-class _Turn:
-    reasoning: str = ""
-    text: str = ""
-    items: list[ToolCall | ToolCallError] = field(default_factory=list)
-    usage: Usage | None = None
-    done: Done | None = None
-
-
 class Agent:
     """Runs tasks in one project directory with one model backend.
 
     `on_event(AgentEvent)` is called on the agent's thread for every event. Approvals that need
     the user go to `approvals.ask` on the same thread; `stop()` may be called from any thread.
+    Its parts: `context` (what the model sees, fitted to the context), `runner` (each step's
+    tool calls: approvals, sandbox, checkpoints) and `log` (the run in the store).
     """
 
     def __init__(
@@ -128,6 +109,7 @@ class Agent:
         config: AgentConfig | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         on_event: Callable[[AgentEvent], None] | None = None,
+        mcp_servers: Mapping[str, ServerConfig] | Iterable[ServerConfig] | None = None,
     ) -> None:
         try:
             self.root = ProjectRoot(project)
@@ -149,28 +131,40 @@ class Agent:
             except (CheckpointError, OSError) as e:
                 self._checkpoint_error = str(e)
         self.tracker = FileTracker()
-        self.toolbox = Toolbox(
-            self.root,
-            self.tracker,
-            self.sandbox,
-            limits=self.config.limits,
-            allow_network=self.config.allow_network,
-            use_ripgrep=self.config.use_ripgrep,
-            env_allow=tuple(self.config.env_allow),
-            hidden=(str(self.data_dir),),
-            quarantine=self.data_dir / "quarantine",
-        )
+        self.toolbox = self._toolbox()
         self.watcher: TreeWatcher | None = None
         self._cancel = threading.Event()
         self.run_id: str | None = None
         self.messages: list[dict[str, Any]] = []
-        self._compacted: set[int] = set()
         self.steps = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
-        self._last_prompt = 0  # prompt tokens of the last turn, for context budgeting
-        self._last_len = 0  # messages in that prompt
         self._session_steps = 0
+        self.log = RunLog(self)
+        self.runner = StepRunner(self)
+        self.context = ContextWindow(
+            self.config.context_tokens,
+            self.config.turn_tokens,
+            messages=lambda: self.messages,
+            tools=self.tools,
+            count=self.backend.count_tokens,
+            emit=self.log.emit,
+        )
+        self.mcp: McpHub | None = self._mcp_hub(mcp_servers) if mcp_servers else None
+
+    def _toolbox(self) -> Toolbox:
+        cfg = self.config
+        return Toolbox(
+            self.root,
+            self.tracker,
+            self.sandbox,
+            limits=cfg.limits,
+            allow_network=cfg.allow_network,
+            use_ripgrep=cfg.use_ripgrep,
+            env_allow=tuple(cfg.env_allow),
+            hidden=(str(self.data_dir),),
+            quarantine=self.data_dir / "quarantine",
+        )
 
     # -- public API ----------------------------------------------------------------------------------
     def run(self, task: str) -> RunResult:
@@ -178,39 +172,18 @@ class Agent:
         if not task or not task.strip():
             raise AgentError("the task is empty")
         self._reset()
-        settings = {
-            "max_steps": self.config.max_steps,
-            "token_budget": self.config.token_budget,
-            "context_tokens": self.config.context_tokens,
-            "sandbox": self.sandbox.kind,
-            "allow_network": self.config.allow_network,
-        }
-        self.run_id = self.store.create_run(
-            str(self.root.path), task, model=self.backend.name, settings=settings
-        )
+        self.run_id = self.log.create(task)
         self._start_events(task, resumed=False)
-        self._add_message(
+        self.log.add_message(
             {"role": "system", "content": system_prompt(self.root.path.name, self.config.system_prompt)}
         )
-        self._add_message({"role": "user", "content": task_message(task)})
+        self.log.add_message({"role": "user", "content": task_message(task)})
         return self._run_loop()
 
     def resume(self, run_id: str, message: str | None = None) -> RunResult:
         """Continue a stored run (after a restart, a stop or a limit), optionally with a new
         user message; a finished run needs one."""
-        try:
-            rec = self.store.run(run_id)
-        except StoreError as e:
-            raise AgentError(str(e)) from None
-        if os.path.realpath(rec.project) != str(self.root.path):
-            raise AgentError(f"run {run_id} belongs to {rec.project}, not {self.root.path}")
-        if rec.alive and rec.pid != os.getpid():
-            raise AgentError(f"run {run_id} is still running (process {rec.pid})")
-        messages = self.store.messages(run_id)
-        if not messages:
-            raise AgentError(f"run {run_id} has no messages to resume from")
-        if rec.status == "answered" and not (message and message.strip()):
-            raise AgentError(f"run {run_id} already finished with an answer; give a follow-up message")
+        rec, messages = self.log.reopen(run_id, message)
         self._reset()
         self.run_id = run_id
         self.messages = messages
@@ -222,8 +195,8 @@ class Agent:
         self.store.update_run(run_id, status="running", pid=os.getpid(), finished=None, error=None)
         self._start_events(rec.task, resumed=True)
         # Calls whose results were never stored: the process died while they ran.
-        for call_id, name in self._unanswered():
-            self._add_message(
+        for call_id, name in self.log.unanswered():
+            self.log.add_message(
                 {
                     "role": "tool",
                     "tool_call_id": call_id,
@@ -233,12 +206,12 @@ class Agent:
                     ),
                 }
             )
-        note = self._changed_note(after_restart=True)
+        note = self.runner.changed_note(after_restart=True)
         parts = [p for p in (message and message.strip(), note) if p]
         if parts:
-            self._add_message({"role": "user", "content": "\n\n".join(parts)})
+            self.log.add_message({"role": "user", "content": "\n\n".join(parts)})
         elif self.messages[-1].get("role") == "assistant":
-            self._add_message({"role": "user", "content": "Continue."})
+            self.log.add_message({"role": "user", "content": "Continue."})
         return self._run_loop()
 
     def stop(self) -> None:
@@ -252,6 +225,8 @@ class Agent:
         return self.checkpoints.undo(steps)
 
     def close(self) -> None:
+        if self.mcp is not None:
+            self.mcp.close()
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
@@ -268,22 +243,22 @@ class Agent:
     def _reset(self) -> None:
         self._cancel.clear()
         self.messages = []
-        self._compacted = set()
+        self.context.reset()
         self.steps = self._session_steps = 0
         self.prompt_tokens = self.completion_tokens = 0
-        self._last_prompt = self._last_len = 0
         self.tracker = FileTracker()
         self.toolbox.tracker = self.tracker
 
     def _start_events(self, task: str, resumed: bool) -> None:
+        emit = self.log.emit
         watching = False
         if self.config.watch:
             self.watcher = TreeWatcher(self.root.path)
             watching = self.watcher.start()
             if not watching:
-                self._emit("warning", message=self.watcher.error or "cannot watch the project")
+                emit("warning", message=self.watcher.error or "cannot watch the project")
                 self.watcher = None
-        self._emit(
+        emit(
             "run_started",
             run_id=self.run_id,
             project=str(self.root.path),
@@ -296,68 +271,65 @@ class Agent:
             backend=self.backend.name,
         )
         if not self.sandbox.active:
-            self._emit("warning", message=self.sandbox.describe())
+            emit("warning", message=self.sandbox.describe())
         if self._checkpoint_error:
-            self._emit("warning", message=f"steps cannot be undone: {self._checkpoint_error}")
+            emit("warning", message=f"steps cannot be undone: {self._checkpoint_error}")
+        if self.mcp is not None:
+            self._start_mcp()
 
     def _run_loop(self) -> RunResult:
         t0 = time.monotonic()
-        cfg = self.config
         status, answer, error = "error", None, None
         nudged = False  # the model was told its last turn had neither answer nor call
         try:
-            while True:
-                limit = self._limit_reached()
-                if limit is not None:
-                    status = limit
-                    break
+            while (limit := self._limit_reached()) is None:
                 self.steps += 1
                 self._session_steps += 1
                 step = self.steps
-                self._emit("step", step=step)
+                self.log.emit("step", step=step)
                 turn = self._model_turn(step)
                 done = turn.done
                 if done is None or done.finish_reason == "error":
                     error = (done.error if done else None) or "the model stopped without a reason"
-                    self._emit("error", step=step, message=f"model error: {error}")
-                    status = "error"
+                    self.log.emit("error", step=step, message=f"model error: {error}")
                     break
                 if done.finish_reason == "cancelled" or self._cancel.is_set():
                     status = "stopped"
                     break
                 self._record_turn(step, turn)
-                if not turn.items:
-                    if done.finish_reason == "length":
-                        self._add_message(
-                            {
-                                "role": "user",
-                                "content": (
-                                    f"[Locus] Your reply was cut off at the {cfg.turn_tokens}-token limit "
-                                    "of one turn. Continue more briefly: call a tool, or give your final "
-                                    "answer."
-                                ),
-                            }
-                        )
-                        continue
-                    if not turn.text.strip() and not nudged:
-                        # Reasoning only: say so once, rather than end with an empty answer.
-                        nudged = True
-                        self._emit("warning", step=step, message=_NO_ANSWER_EVENT)
-                        self._add_message({"role": "user", "content": _NO_ANSWER})
-                        continue
-                    status, answer = "answered", turn.text.strip()
-                    break
+                self.log.save_progress()  # a crash in this step's tools still shows the step
+                if not turn.calls:
+                    if done.finish_reason != "length" and (turn.text.strip() or nudged):
+                        status, answer = "answered", turn.text.strip()
+                        break
+                    nudged = nudged or done.finish_reason != "length"
+                    self._go_on(step, done.finish_reason)
+                    continue
                 nudged = False
-                self._run_tools(step, turn.items)
-                self._save_progress()
+                self.runner.run(step, turn.calls)
+                self.log.save_progress()
+            else:
+                status = limit
         except Exception as e:  # a bug must end the run cleanly, with the trace stored
             status, error = "error", f"internal error: {type(e).__name__}: {e}"
-            self._emit("error", step=self.steps, message=error, trace=traceback.format_exc())
+            self.log.emit("error", step=self.steps, message=error, trace=traceback.format_exc())
         finally:
             if self.watcher is not None:
                 self.watcher.stop()
                 self.watcher = None
-        return self._finish_run(status, answer, error, time.monotonic() - t0)
+        return self.log.finish(status, answer, error, time.monotonic() - t0)
+
+    def _go_on(self, step: int, finish_reason: str) -> None:
+        """Ask the model to go on after a turn with neither a call nor an answer."""
+        if finish_reason == "length":
+            text = (
+                f"[Locus] Your reply was cut off at the {self.config.turn_tokens}-token limit "
+                "of one turn. Continue more briefly: call a tool, or give your final answer."
+            )
+        else:  # reasoning only: say so once, rather than end with an empty answer
+            self.log.emit("warning", step=step, message=_NO_ANSWER_EVENT)
+            text = _NO_ANSWER
+        self.log.add_message({"role": "user", "content": text})
 
     def _limit_reached(self) -> str | None:
         """The status that ends the run before another model turn (None: go on)."""
@@ -368,81 +340,33 @@ class Agent:
             return "step_limit"
         if cfg.token_budget is not None and self.completion_tokens >= cfg.token_budget:
             return "token_budget"
-        if not self._fit_context():
+        if not self.context.fit(self.steps):
             return "context_full"
         return None
 
-    def _finish_run(self, status: str, answer: str | None, error: str | None, elapsed: float) -> RunResult:
-        """Store the run's outcome, announce it ("done") and return it."""
-        result = RunResult(
-            self.run_id or "",
-            status,
-            answer,
-            self.steps,
-            self.prompt_tokens,
-            self.completion_tokens,
-            elapsed,
-            error,
-        )
-        self.store.update_run(
-            self.run_id or "",
-            status=status,
-            answer=answer,
-            error=error,
-            steps=self.steps,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            state=self._state(),
-            finished=time.time(),
-            pid=None,
-        )
-        self._emit(
-            "done",
-            step=self.steps,
-            status=status,
-            answer=answer,
-            steps=self.steps,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            elapsed=round(elapsed, 3),
-            error=error,
-        )
-        return result
-
-    def _model_turn(self, step: int) -> _Turn:
-        t = _Turn()
-        reasoning: list[str] = []
-        text: list[str] = []
+    def _model_turn(self, step: int) -> ReplyAccumulator:
+        turn = ReplyAccumulator()
+        self.mcp_problems(step)
         events = self.backend.turn(
-            self._view(), TOOLS, max_tokens=self.config.turn_tokens, cancel=self._cancel
+            self.context.view(), self.tools(), max_tokens=self.config.turn_tokens, cancel=self._cancel
         )
         for ev in events:
+            turn.add(ev)
             if isinstance(ev, ReasoningDelta):
-                reasoning.append(ev.text)
-                self._emit("reasoning", step=step, text=ev.text)
+                self.log.emit("reasoning", step=step, text=ev.text)
             elif isinstance(ev, TextDelta):
-                text.append(ev.text)
-                self._emit("text", step=step, text=ev.text)
-            elif isinstance(ev, ToolCall | ToolCallError):
-                t.items.append(ev)
-            elif isinstance(ev, Usage):
-                t.usage = ev
+                self.log.emit("text", step=step, text=ev.text)
             elif isinstance(ev, PromptProgress):
-                self._emit("prompt_progress", step=step, processed=ev.processed, total=ev.total)
-            elif isinstance(ev, Done):
-                t.done = ev
-                t.usage = t.usage or ev.usage
-        t.reasoning, t.text = "".join(reasoning), "".join(text)
-        if t.usage is not None:
-            self.prompt_tokens += t.usage.prompt_tokens
-            self.completion_tokens += t.usage.completion_tokens
-            self._last_prompt = t.usage.prompt_tokens + t.usage.completion_tokens
-            self._last_len = len(self.messages) + 1
-        return t
+                self.log.emit("prompt_progress", step=step, processed=ev.processed, total=ev.total)
+        u = turn.usage
+        if u is not None:
+            self.prompt_tokens += u.prompt_tokens
+            self.completion_tokens += u.completion_tokens
+            self.context.measured(u)
+        return turn
 
-    def _record_turn(self, step: int, turn: _Turn) -> None:
-        calls = [c for c in turn.items if isinstance(c, ToolCall)]
-        bad = [c for c in turn.items if isinstance(c, ToolCallError)]
+    def _record_turn(self, step: int, turn: ReplyAccumulator) -> None:
+        calls, bad = turn.tool_calls, turn.tool_call_errors
         content = turn.text
         if bad:  # keep what the model wrote, so it can see its malformed call
             content = (content.rstrip() + "\n\n" if content.strip() else "") + "\n".join(b.raw for b in bad)
@@ -452,16 +376,16 @@ class Agent:
                 {"type": "function", "id": c.id, "function": {"name": c.name, "arguments": c.arguments}}
                 for c in calls
             ]
-        self._add_message(msg)
+        self.log.add_message(msg)
         u = turn.usage
-        self._emit(
+        self.log.emit(
             "assistant",
             step=step,
             reasoning=turn.reasoning,
             text=turn.text,
             tool_calls=[{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls],
             malformed=[{"message": b.message, "raw": b.raw} for b in bad],
-            finish_reason=turn.done.finish_reason if turn.done else None,
+            finish_reason=turn.finish_reason,
             usage={
                 "prompt_tokens": u.prompt_tokens,
                 "completion_tokens": u.completion_tokens,
@@ -471,263 +395,41 @@ class Agent:
             else None,
         )
 
-    def _run_tools(self, step: int, items: list[ToolCall | ToolCallError]) -> None:
-        for i, item in enumerate(items):
-            if isinstance(item, ToolCallError):
-                call_id = f"malformed_{step}_{i}"
-                ok, content, details = False, f"Error: {item.message}", {}
-                self._emit(
-                    "tool_result",
-                    step=step,
-                    call_id=call_id,
-                    name=item.name,
-                    ok=False,
-                    content=content,
-                    details={"raw": item.raw},
-                )
-            else:
-                call_id = item.id
-                if self._cancel.is_set():
-                    ok, content, details = (
-                        False,
-                        "Error: the user stopped the run before this call ran.",
-                        {},
-                    )
-                else:
-                    ok, content, details = self._execute(step, item)
-                self._emit(
-                    "tool_result",
-                    step=step,
-                    call_id=call_id,
-                    name=item.name,
-                    ok=ok,
-                    content=content,
-                    details=details,
-                )
-            if i == len(items) - 1:
-                note = self._changed_note()
-                if note:
-                    content += "\n\n" + note
-            self._add_message({"role": "tool", "tool_call_id": call_id, "content": content})
+    # -- MCP servers ------------------------------------------------------------------------------------
+    def _mcp_hub(self, servers: Mapping[str, ServerConfig] | Iterable[ServerConfig]) -> McpHub:
+        """The session's MCP servers, to start in the same sandbox and environment as commands."""
+        from ..mcp import LaunchPlace, McpHub, RenderLimits, ToolAllowances
 
-    def _execute(self, step: int, call: ToolCall) -> tuple[bool, str, dict[str, Any]]:
-        name, args = call.name, dict(call.arguments)
-        self._emit("tool_call", step=step, call_id=call.id, name=name, arguments=args)
-        if name not in TOOL_NAMES:
-            return (
-                False,
-                f"Error: unknown tool {name!r}; available tools: {', '.join(TOOL_NAMES)}",
-                {},
-            )
-        try:
-            if name in READ_ONLY_TOOLS:
-                return True, getattr(self.toolbox, name)(args), {}
-            plan = self.toolbox.prepare(name, args)
-            if plan.command is not None and not self.sandbox.active and self.config.require_sandbox:
-                return (
-                    False,
-                    (
-                        "Error: commands are refused: no working sandbox ("
-                        f"{self.sandbox.reason or 'none'}) and the user requires one "
-                        "(--require-sandbox). Do the task without running commands."
-                    ),
-                    {"rejected": True},
-                )
-            req = ApprovalRequest(
-                call.id,
-                name,
-                args,
-                plan.summary,
-                step,
-                plan.diff,
-                plan.command,
-                sandboxed=self.sandbox.active or plan.command is None,
-                unsandboxed_by_choice=not self.sandbox.broken,
-                sandbox_note=self.sandbox.reason,
-            )
-            decision = self.approvals.rule(req)
-            if decision is None:
-                self._emit("approval_needed", step=step, request=req.to_dict())
-                decision = self.approvals.decide(req, self._cancel)
-                self._save_progress()
-            self._emit("approval", step=step, call_id=call.id, **decision.to_dict())
-            if not decision.approved:
-                return False, _rejected(name, decision), {"rejected": True}
-            before = self._snapshot(plan.paths, step)
-            if self.watcher is not None:
-                with self.watcher.agent_busy():
-                    content, details = self.toolbox.apply(plan, self._cancel)
-            else:
-                content, details = self.toolbox.apply(plan, self._cancel)
-            self._checkpoint(step, call, plan.summary, plan.paths, before)
-            if name == "run_command":
-                for what in details.get("git_changes") or ():
-                    self._emit("warning", step=step, message=f"a command changed a git folder; {what}")
-                changed = self.tracker.changed_since_seen(self.toolbox.current)
-                if changed:
-                    content += (
-                        "\n\n[Files you had read that changed while this command ran: "
-                        + ", ".join(f"{p} ({how})" for p, how in changed)
-                        + ". Read them again before editing them.]"
-                    )
-            ok = details.get("exit_code", 0) == 0 if name == "run_command" else True
-            return ok, content, details
-        except ToolError as e:
-            return False, f"Error: {e}", {}
-        except OSError as e:  # the disk, not the model, failed: report it and let the run go on
-            return False, f"Error: {name} failed: {e.strerror or e}", {"os_error": True}
-
-    def _snapshot(self, paths: list[str], step: int) -> str | None:
-        if self.checkpoints is None:
-            return None
-        try:
-            return self.checkpoints.snapshot(include=paths)
-        except (CheckpointError, OSError, TimeoutError) as e:
-            self._emit("warning", step=step, message=f"checkpoint failed, this step cannot be undone: {e}")
-            return None
-
-    def _checkpoint(
-        self, step: int, call: ToolCall, summary: str, paths: list[str], before: str | None
-    ) -> None:
-        if self.checkpoints is None or before is None:
-            return
-        after = self._snapshot(paths, step)
-        if after is None:
-            return
-        try:
-            cp = self.checkpoints.record(self.run_id or "", step, call.name, summary, before, after)
-            if cp is None:
-                return
-            patch = self.checkpoints.diff(before, after)
-        except CheckpointError as e:
-            self._emit("warning", step=step, message=f"checkpoint failed: {e}")
-            return
-        cap = 200_000
-        if len(patch) > cap:
-            patch = patch[:cap] + f"\n[... diff cut at {cap} characters ...]\n"
-        self._emit("diff", step=step, call_id=call.id, checkpoint=cp.id, files=cp.files, patch=patch)
-
-    def _changed_note(self, after_restart: bool = False) -> str:
-        """Tell the model which files it read changed since; report external changes as events."""
-        if self.watcher is not None:
-            external = sorted(p for p, own in self.watcher.drain().items() if not own)
-            if external:
-                self._emit("files_changed", step=self.steps, paths=external)
-        changed = self.tracker.changed_since_seen(self.toolbox.current)
-        if not changed:
-            return ""
-        when = "while Locus was not running" if after_restart else "outside your own edits"
-        files = ", ".join(f"{p} ({how})" for p, how in changed)
-        return (
-            f"[Locus: files you read have changed since, {when}: {files}. Read them again "
-            "before editing them.]"
+        self.mcp_allowed = ToolAllowances(self.data_dir)
+        place = LaunchPlace(
+            self.sandbox,
+            self.root.path,
+            env_allow=tuple(self.config.env_allow),
+            hidden=(str(self.data_dir),),
+            quarantine=self.data_dir / "quarantine",
+            require_sandbox=self.config.require_sandbox,
         )
+        limits = RenderLimits(text_chars=self.config.limits.output_chars)
+        return McpHub(servers, place, start_timeout=self.config.mcp_start_timeout, limits=limits)
 
-    # -- context --------------------------------------------------------------------------------------
-    def _view(self) -> list[dict[str, Any]]:
-        """The messages as sent: stored ones, with compacted tool outputs replaced."""
-        out = []
-        for i, m in enumerate(self.messages):
-            if i in self._compacted:
-                m = {
-                    **m,
-                    "content": _ELIDED.format(name=self._tool_name(i), chars=len(m["content"])),
-                }
-            out.append(m)
-        return out
+    def _start_mcp(self) -> None:
+        """Start the servers (once per session); each that fails is one warning, the run goes on."""
+        assert self.mcp is not None
+        fresh = not self.mcp.started
+        statuses = self.mcp.start()
+        if fresh:
+            self.log.emit("mcp_servers", servers=[st.to_dict() for st in statuses])
+            for st in statuses:
+                if st.state in ("failed", "crashed"):
+                    self.log.emit("warning", message=st.line())
+                elif st.transport == "stdio" and st.state == "ready" and not self.sandbox.active:
+                    self.log.emit("warning", message=f"MCP server {st.name!r} runs without a sandbox")
 
-    def _tool_name(self, index: int) -> str:
-        call_id = self.messages[index].get("tool_call_id")
-        for m in reversed(self.messages[:index]):
-            for c in m.get("tool_calls") or []:
-                if c.get("id") == call_id:
-                    return str(c["function"]["name"])
-        return "a tool"
+    def mcp_problems(self, step: int) -> None:
+        """Report servers that stopped since the last look (their tools are already withdrawn)."""
+        for line in self.mcp.take_problems() if self.mcp is not None else ():
+            self.log.emit("warning", step=step, message=line)
 
-    def _estimate(self) -> int:
-        """Prompt tokens of the next turn: the last prompt plus an estimate of what was added,
-        counted exactly by the backend once it gets close to the budget."""
-        view = self._view()
-        if self._last_prompt and self._last_len <= len(view):
-            est = self._last_prompt + estimate_tokens(view[self._last_len :], None)
-        else:
-            est = estimate_tokens(view, TOOLS)
-        if est > 0.7 * self._budget():
-            est = self.backend.count_tokens(view, TOOLS)
-        return est
-
-    def _budget(self) -> int:
-        cfg = self.config
-        return max(cfg.context_tokens - cfg.turn_tokens, cfg.context_tokens // 2)
-
-    def _fit_context(self) -> bool:
-        """Drop old tool outputs (oldest first) until the prompt fits; False if it cannot."""
-        budget = self._budget()
-        before = self._estimate()
-        if before <= budget:
-            return True
-        # Keep the newest round of tool results; older ones go first.
-        last_assistant = max(
-            (i for i, m in enumerate(self.messages) if m["role"] == "assistant"), default=len(self.messages)
-        )
-        candidates = [
-            i
-            for i, m in enumerate(self.messages[:last_assistant])
-            if m["role"] == "tool" and i not in self._compacted and len(m.get("content") or "") > 200
-        ]
-        dropped = 0
-        now = before
-        for i in candidates:
-            self._compacted.add(i)
-            dropped += 1
-            self._last_prompt = 0  # the prefix changed: count afresh
-            now = self._estimate()
-            if now <= budget:
-                break
-        if dropped:
-            self._emit("compacted", step=self.steps, messages=dropped, tokens_before=before, tokens_after=now)
-        return now <= budget
-
-    # -- persistence --------------------------------------------------------------------------------------
-    def _add_message(self, msg: dict[str, Any]) -> None:
-        self.messages.append(msg)
-        self.store.add_message(self.run_id or "", msg)
-
-    def _state(self) -> dict[str, Any]:
-        return {"tracker": self.tracker.to_state(), "approvals": self.approvals.to_state()}
-
-    def _save_progress(self) -> None:
-        self.store.update_run(
-            self.run_id or "",
-            steps=self.steps,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            state=self._state(),
-        )
-
-    def _unanswered(self) -> list[tuple[str, str]]:
-        answered = {m.get("tool_call_id") for m in self.messages if m.get("role") == "tool"}
-        last = next((m for m in reversed(self.messages) if m.get("role") == "assistant"), None)
-        if last is None:
-            return []
-        return [
-            (c["id"], c["function"]["name"])
-            for c in last.get("tool_calls") or []
-            if c.get("id") not in answered
-        ]
-
-    def _emit(self, type: str, step: int | None = None, **data: Any) -> None:
-        step = self.steps if step is None else step
-        seq = 0
-        if type not in STREAM_ONLY and self.run_id:
-            seq = self.store.add_event(self.run_id, type, data, step)
-        if self.on_event is not None:
-            self.on_event(AgentEvent(type, step, data, self.run_id or "", seq))
-
-
-def _rejected(name: str, d: Decision) -> str:
-    why = f": {d.reason.strip()}" if d.reason.strip() else " (no reason given)"
-    return (
-        f"The user rejected this {name} call{why}. It was not carried out. Adapt your approach; "
-        "do not repeat the same call unchanged."
-    )
+    def tools(self) -> list[dict[str, Any]]:
+        """The tools offered this turn: the built-in ones and the live MCP servers'."""
+        return TOOLS + (self.mcp.specs() if self.mcp is not None else [])

@@ -24,7 +24,7 @@ from .paths import PathError, ProjectRoot, Resolved
 from .sandbox import CommandResult, GitRefused, Sandbox, run_command
 from .watch import FileTracker
 
-__all__ = ["TOOLS", "TOOL_NAMES", "Limits", "Plan", "ToolError", "Toolbox"]
+__all__ = ["TOOLS", "TOOL_NAMES", "Limits", "ToolError", "ToolPlan", "Toolbox"]
 
 
 def _fn(name: str, description: str, props: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -150,7 +150,7 @@ class Limits:
 
 
 @dataclass
-class Plan:
+class ToolPlan:
     """A checked, previewed change waiting for approval."""
 
     tool: str
@@ -493,7 +493,7 @@ class Toolbox:
         return hits, total
 
     # -- mutating: prepare, then apply ----------------------------------------------------------------
-    def prepare(self, name: str, args: dict[str, Any]) -> Plan:
+    def prepare(self, name: str, args: dict[str, Any]) -> ToolPlan:
         if name == "edit_file":
             return self._prepare_edit(args)
         if name == "write_file":
@@ -518,7 +518,7 @@ class Toolbox:
             raise ToolError(why)
         return data
 
-    def _prepare_edit(self, args: dict[str, Any]) -> Plan:
+    def _prepare_edit(self, args: dict[str, Any]) -> ToolPlan:
         r = self._resolve(args.get("path"))
         old_s = _arg(args, "old_string", str)
         new_s = _arg(args, "new_string", str)
@@ -563,7 +563,7 @@ class Toolbox:
         new = (b"\xef\xbb\xbf" if bom else b"") + new_text.encode("utf-8")
         first = text[: text.find(o)].count("\n") + 1
         times = f"{count} occurrences" if replace_all and count > 1 else f"line {first}"
-        return Plan(
+        return ToolPlan(
             "edit_file",
             f"edit {r.rel} ({times})",
             [r.rel],
@@ -573,7 +573,7 @@ class Toolbox:
             new=new,
         )
 
-    def _prepare_write(self, args: dict[str, Any]) -> Plan:
+    def _prepare_write(self, args: dict[str, Any]) -> ToolPlan:
         r = self._resolve(args.get("path"))
         content = _arg(args, "content", str)
         if content is None:
@@ -585,7 +585,7 @@ class Toolbox:
             raise ToolError(f"{r.rel} is a directory")
         old = self._fresh(r)
         verb = "create" if old is None else "overwrite"
-        return Plan(
+        return ToolPlan(
             "write_file",
             f"{verb} {r.rel}",
             [r.rel],
@@ -595,16 +595,16 @@ class Toolbox:
             new=new,
         )
 
-    def _prepare_command(self, args: dict[str, Any]) -> Plan:
+    def _prepare_command(self, args: dict[str, Any]) -> ToolPlan:
         cmd = _arg(args, "command", str)
         if not cmd or not cmd.strip():
             raise ToolError("command is empty")
         lim = self.limits
         t = _arg(args, "timeout", (int, float), lim.command_timeout)
         t = float(max(1, min(t, lim.max_command_timeout)))
-        return Plan("run_command", f"run: {cmd}", command=cmd, timeout=t)
+        return ToolPlan("run_command", f"run: {cmd}", command=cmd, timeout=t)
 
-    def apply(self, plan: Plan, cancel: threading.Event | None = None) -> tuple[str, dict[str, Any]]:
+    def apply(self, plan: ToolPlan, cancel: threading.Event | None = None) -> tuple[str, dict[str, Any]]:
         """Perform a prepared change; returns the result text and structured details."""
         if plan.tool == "run_command":
             assert plan.command is not None

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from engine import ReasoningDelta, TextDelta, ToolCall, ToolCallError, Usage
+from engine import ReasoningDelta, ReplyAccumulator, TextDelta, ToolCall, ToolCallError, Usage
 
 from .anthropic_models import (
     AssistantMessage,
@@ -257,7 +257,7 @@ def to_plan(req: CountTokensRequest, *, vocab_size: int, preset: str | None) -> 
     if prefix is not None:
         think = False
     full = req if isinstance(req, MessagesRequest) else None
-    return Plan(
+    return Plan.of(
         model=req.model,
         messages=messages,
         tools=tools or None,
@@ -269,7 +269,6 @@ def to_plan(req: CountTokensRequest, *, vocab_size: int, preset: str | None) -> 
         tool_choice=choice,
         thinking_budget=budget,
         session=_session(req),
-        has_images=any(isinstance(m.get("content"), list) for m in messages),
         cache_breakpoints=marks[-4:],
         mtp=full.mtp if full else None,
     )
@@ -331,7 +330,7 @@ def stop_reason(fin: Finished, used_tools: bool) -> str:
     return STOP_REASONS.get(fin.finish_reason, "end_turn")
 
 
-def message(events: list[Any], fin: Finished, job: Job, model: str) -> dict[str, Any]:
+def message(reply: ReplyAccumulator, fin: Finished, job: Job, model: str) -> dict[str, Any]:
     """The non-streaming answer."""
     content: list[dict[str, Any]] = []
 
@@ -343,7 +342,7 @@ def message(events: list[Any], fin: Finished, job: Job, model: str) -> dict[str,
             content.append({"type": kind, key: text})
 
     used_tools = False
-    for ev in events:
+    for ev in reply.parts:
         if isinstance(ev, ReasoningDelta):
             add_text("thinking", ev.text)
         elif isinstance(ev, TextDelta):

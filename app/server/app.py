@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -10,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from engine import Backend
+from engine import Backend, BackendStats
 
 from . import anthropic_api, openai_api, openapi, responses_api
 from .anthropic_models import CountTokensRequest, MessagesRequest
@@ -119,19 +120,19 @@ def _add_info_routes(api: FastAPI, service: Service) -> None:
             loaded = service.loaded() is not None
         except APIError:
             loaded = False
-        pc = getattr(service.backend, "prompt_cache", None)  # a local engine's
-        ranks = getattr(service.backend, "rank_layers", None)  # a pipeline's processes and layers
-        ranks = [list(r) for r in ranks] if isinstance(ranks, list | tuple) else []
+        stats = service.backend.stats() if service.backend is not None else BackendStats()
+        pc = stats.prompt_cache  # a local engine's
+        ranks = [list(r) for r in stats.rank_layers]  # a pipeline's processes and layers
         return {
             "status": "ok",
             "model_loaded": loaded,
             "active": s.active,
             "waiting": s.waiting,
             "finished": dict(service.finished),
-            "prompt_cache": pc.budget() if pc is not None else None,
+            "prompt_cache": dataclasses.asdict(pc) if pc is not None else None,
             "draft_tokens": service.drafts["draft_tokens"],
             "draft_accepted": service.drafts["draft_accepted"],
-            "ranks": max(1, len(ranks)),
+            "ranks": stats.ranks,
             "rank_layers": ranks,
         }
 
@@ -178,9 +179,9 @@ def _add_generation_routes(api: FastAPI, service: Service) -> None:
         if req.stream:
             content = anthropic_api.stream(job, model_name, config.ping_interval)
             return EventStream(content, job.cancel, {})
-        events, fin = await service.collect(job, request)
+        reply, fin = await service.collect(job, request)
         anthropic_api.raise_if_error(fin)
-        return JSONResponse(anthropic_api.message(events, fin, job, model_name))
+        return JSONResponse(anthropic_api.message(reply, fin, job, model_name))
 
     @api.post("/v1/messages/count_tokens")
     async def count_tokens(request: Request) -> Response:
@@ -200,9 +201,9 @@ def _add_generation_routes(api: FastAPI, service: Service) -> None:
         if req.stream:
             content = openai_api.stream(job, model_name, config.ping_interval, include_usage)
             return EventStream(content, job.cancel, {})
-        events, fin = await service.collect(job, request)
+        reply, fin = await service.collect(job, request)
         anthropic_api.raise_if_error(fin)
-        return JSONResponse(openai_api.completion(events, fin, job, model_name))
+        return JSONResponse(openai_api.completion(reply, fin, job, model_name))
 
 
 def create_app(backend: Backend | None, config: ServerConfig | None = None) -> ASGIApp:

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from engine import (
@@ -30,7 +30,7 @@ from engine import (
     GenerationRequest,
     PreparedRequest,
     PromptProgress,
-    SamplingParams,
+    ReplyAccumulator,
     Usage,
 )
 
@@ -52,29 +52,28 @@ _ERROR_TYPES = {
 
 @dataclass
 class Plan:
-    """One request in engine terms, whichever API it came from."""
+    """One request in engine terms, whichever API it came from: the engine's own request, and what
+    only the API needs. `request.max_tokens` is settled against the context when the job is prepared."""
 
-    messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]] | None
-    enable_thinking: bool
-    sampling: SamplingParams
-    max_tokens: int | None
-    stop: list[str] = field(default_factory=list)
-    template_kwargs: dict[str, Any] = field(default_factory=dict)
-    # Text the answer must start with (an assistant prefill); it is appended after the generation
-    # prompt and not returned to the client.
-    prefix: str = ""
-    # The engine's tool_choice ("auto", "none", "required" or a tool's name).
-    tool_choice: str = "auto"
-    # Reasoning tokens allowed before the answer is forced to start (None: no limit).
-    thinking_budget: int | None = None
-    session: str | None = None
-    has_images: bool = False
-    # Indices into `messages` a client marked for caching (Anthropic's cache_control).
-    cache_breakpoints: list[int] = field(default_factory=list)
+    request: GenerationRequest
+    max_tokens: int | None = None  # the client's limit (None: what the context leaves)
     model: str = ""  # the name the client asked for (for the request log)
-    # Draft tokens for speculative decoding (the request's `mtp` extension; None: server default).
-    mtp: int | None = None
+
+    @classmethod
+    def of(cls, *, model: str = "", max_tokens: int | None = None, **fields: Any) -> Plan:
+        """A plan of GenerationRequest `fields`, with the server's rules: each prompt extends the
+        last one (preserve_thinking), no thinking budget without thinking, no empty tool list."""
+        fields.setdefault("preserve_thinking", True)
+        req = GenerationRequest(**fields)
+        req.tools = req.tools or None
+        if not req.enable_thinking:
+            req.thinking_budget = None
+        return cls(req, max_tokens, model)
+
+    @property
+    def has_images(self) -> bool:
+        """Some message has a list of parts (where images are)."""
+        return any(isinstance(m.get("content"), list) for m in self.request.messages or [])
 
 
 @dataclass(frozen=True)
@@ -130,23 +129,8 @@ def context_note(backend: Backend, configured: int | None) -> str:
 
 
 def build_request(plan: Plan, max_tokens: int = 1) -> GenerationRequest:
-    """The engine request for a plan (the reply's prefix, tool_choice and budget included)."""
-    return GenerationRequest(
-        messages=plan.messages,
-        tools=plan.tools or None,
-        enable_thinking=plan.enable_thinking,
-        preserve_thinking=True,
-        sampling=plan.sampling,
-        max_tokens=max_tokens,
-        stop=plan.stop,
-        template_kwargs=plan.template_kwargs,
-        session=plan.session,
-        cache_breakpoints=plan.cache_breakpoints,
-        mtp=plan.mtp,
-        prefix=plan.prefix,
-        tool_choice=plan.tool_choice,
-        thinking_budget=plan.thinking_budget if plan.enable_thinking else None,
-    )
+    """The plan's engine request (a copy) with `max_tokens`."""
+    return dataclasses.replace(plan.request, max_tokens=max_tokens)
 
 
 def count_tokens(backend: Backend, plan: Plan) -> int:
@@ -162,6 +146,22 @@ def count_tokens(backend: Backend, plan: Plan) -> int:
         raise refused(e) from e
     except UnicodeError as e:
         raise invalid(f"the request holds text that is not valid Unicode ({e})") from e
+
+
+def reasoning_tokens(backend: Backend, reply: ReplyAccumulator) -> int:
+    """Tokens a finished reply spent reasoning: as the backend reported them, else its reasoning
+    counted with the model's tokenizer (0 for a remote model that did not say: counting there
+    costs a generation). Never more than the completion tokens."""
+    usage = reply.usage
+    n = usage.reasoning_tokens if usage is not None else None
+    if n is None:
+        n = 0
+        try:
+            if reply.reasoning and not backend.info.remote:
+                n = backend.count_tokens(GenerationRequest(prompt=reply.reasoning, use_cache=False))
+        except (EngineError, UnicodeError):
+            log.warning("could not count the reasoning's tokens", exc_info=True)
+    return min(n, usage.completion_tokens) if usage is not None else n
 
 
 def refused(e: EngineError) -> APIError:
@@ -193,13 +193,13 @@ def _without_images(plan: Plan) -> Plan:
     if not plan.has_images:
         return plan
     messages = []
-    for m in plan.messages:
+    for m in plan.request.messages or []:
         content = m.get("content")
         if isinstance(content, list):
             kept = [p for p in content if p.get("type") != "image"]
             m = {**m, "content": kept or [{"type": "text", "text": ""}]}
         messages.append(m)
-    return dataclasses.replace(plan, messages=messages, has_images=False)
+    return dataclasses.replace(plan, request=dataclasses.replace(plan.request, messages=messages))
 
 
 class Scheduler:
@@ -273,7 +273,8 @@ class Job:
     """One generation: prepared (tokenized, checked) in a thread, then run by the backend.
 
     Read its events from `queue`: ReasoningDelta, TextDelta, ToolCall, ToolCallError, then one
-    Finished. `cancel()` stops the generation within a token and is safe from any thread.
+    Finished; `reply` holds them folded (complete once Finished is on the queue). `cancel()` stops
+    the generation within a token and is safe from any thread.
     """
 
     def __init__(self, backend: Backend, plan: Plan, context_tokens: int | None = None) -> None:
@@ -284,6 +285,7 @@ class Job:
         self.prompt_tokens = 0
         self.max_tokens = 0
         self.finished: Finished | None = None
+        self.reply = ReplyAccumulator()  # written by the job's thread only
         self._loop = asyncio.get_running_loop()
         self._prepared: PreparedRequest | None = None
         self._cancel = threading.Event()
@@ -372,7 +374,8 @@ class Job:
             self._handle = handle
         if self._cancel.is_set():
             handle.cancel()
-        usage, done = self._drain(handle)
+        done = self._drain(handle)
+        usage = self.reply.usage
         if usage is not None and prepared.prefix_tokens:
             # The prefix is not part of the client's prompt.
             n = self.prompt_tokens
@@ -384,20 +387,18 @@ class Job:
             )
         return self._finish(done, usage)
 
-    def _drain(self, handle: Any) -> tuple[Usage | None, Done]:
-        usage: Usage | None = None
+    def _drain(self, handle: Any) -> Done:
         for ev in handle.events():
+            self.reply.add(ev)
             if isinstance(ev, Done):
-                return ev.usage or usage, ev
-            if isinstance(ev, Usage):
-                usage = ev
-            elif isinstance(ev, PromptProgress):
+                return ev
+            if isinstance(ev, PromptProgress):
                 if self.started is None:  # the first one says what the prompt cache held
                     self.cached_tokens = min(ev.processed, self.prompt_tokens)
                     self.cache_write_tokens = ev.cache_write
                     self.started = Started(self.prompt_tokens, self.cached_tokens, ev.cache_write)
                     self._post(self.started)
-            else:
+            elif not isinstance(ev, Usage):
                 if self.first_token_at is None:
                     self.first_token_at = time.monotonic()
                 self._post(ev)

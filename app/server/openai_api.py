@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from engine import ReasoningDelta, TextDelta, ToolCall, ToolCallError, Usage
+from engine import ReasoningDelta, ReplyAccumulator, TextDelta, ToolCall, ToolCallError, Usage
 
 from .common import data_url_image, join_text, sampling_for, strip_billing_header
 from .errors import error_body, invalid
@@ -165,7 +165,7 @@ def to_plan(req: ChatRequest, *, vocab_size: int, preset: str | None, default_ma
         # A partial answer to continue, as with Anthropic's prefill.
         messages.pop()
         prefix, think = last["content"], False
-    return Plan(
+    return Plan.of(
         model=req.model,
         messages=messages,
         tools=tools or None,
@@ -177,7 +177,6 @@ def to_plan(req: ChatRequest, *, vocab_size: int, preset: str | None, default_ma
         prefix=prefix,
         tool_choice=choice,
         session=f"openai:{req.user}" if req.user else None,
-        has_images=any(isinstance(m.get("content"), list) for m in messages),
         mtp=req.mtp,
     )
 
@@ -220,21 +219,12 @@ def _call_dict(call: ToolCall, index: int | None = None) -> dict[str, Any]:
     return d if index is None else {"index": index, **d}
 
 
-def completion(events: list[Any], fin: Finished, job: Job, model: str) -> dict[str, Any]:
-    """The non-streaming answer."""
-    text, reasoning, calls = [], [], []
-    for ev in events:
-        if isinstance(ev, ReasoningDelta):
-            reasoning.append(ev.text)
-        elif isinstance(ev, TextDelta):
-            text.append(ev.text)
-        elif isinstance(ev, ToolCallError):
-            text.append(ev.raw)  # what the model wrote, rather than losing it
-        elif isinstance(ev, ToolCall):
-            calls.append(_call_dict(ev))
-    msg: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
-    if reasoning:
-        msg["reasoning_content"] = "".join(reasoning)
+def completion(reply: ReplyAccumulator, fin: Finished, job: Job, model: str) -> dict[str, Any]:
+    """The non-streaming answer (a malformed call's text stays in the content, not lost)."""
+    calls = [_call_dict(c) for c in reply.tool_calls]
+    msg: dict[str, Any] = {"role": "assistant", "content": reply.content or None}
+    if reply.reasoning:
+        msg["reasoning_content"] = reply.reasoning
     if calls:
         msg["tool_calls"] = calls
     return {

@@ -7,6 +7,7 @@ Stored responses live in a small SQLite table (per API key, bounded per key and 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -22,11 +23,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from engine import ReasoningDelta, TextDelta, ToolCall, ToolCallError
+from engine import ReasoningDelta, ReplyAccumulator, TextDelta, ToolCall, ToolCallError
 
 from .common import data_url_image, join_text, sampling_for
 from .errors import APIError, error_body, invalid
-from .jobs import Finished, Job, Plan
+from .jobs import Finished, Job, Plan, reasoning_tokens
 from .jsonbody import parse_body
 from .openai_api import forced_call
 from .responses_models import (
@@ -301,7 +302,7 @@ def to_plan(
     if not any(m["role"] in ("user", "tool") for m in messages):
         raise invalid("input: the conversation needs at least one user message", "input")
     given = {"temperature": req.temperature, "top_p": req.top_p}
-    plan = Plan(
+    plan = Plan.of(
         model=req.model,
         messages=messages,
         tools=tools or None,
@@ -309,7 +310,6 @@ def to_plan(
         sampling=sampling_for(preset, think, vocab_size, **given),
         max_tokens=req.max_output_tokens or default_max,
         tool_choice=choice,
-        has_images=any(isinstance(m.get("content"), list) for m in messages),
     )
     return plan, conversation
 
@@ -344,7 +344,7 @@ class Builder:
         self.body = body
         self.model = model
         self.output: list[dict[str, Any]] = []
-        self.reasoning_tokens = 0
+        self.reasoning_tokens = 0  # set from the finished reply (jobs.reasoning_tokens)
         self.final: dict[str, Any] | None = None  # the finished response, once streamed
 
     def response(
@@ -417,22 +417,12 @@ def _finish(b: Builder, fin: Finished, job: Job) -> dict[str, Any]:
     return resp
 
 
-def answer(events: list[Any], fin: Finished, job: Job, b: Builder) -> dict[str, Any]:
-    """The non-streaming answer."""
-    reasoning, text = [], []
-    calls = []
-    for ev in events:
-        if isinstance(ev, ReasoningDelta):
-            reasoning.append(ev.text)
-        elif isinstance(ev, TextDelta):
-            text.append(ev.text)
-        elif isinstance(ev, ToolCallError):
-            text.append(ev.raw)
-        elif isinstance(ev, ToolCall):
-            calls.append(_call_item(ev))
-    b.reasoning_tokens = len(reasoning)
-    if reasoning:
-        content = [{"type": "reasoning_text", "text": "".join(reasoning)}]
+def answer(reply: ReplyAccumulator, fin: Finished, job: Job, b: Builder) -> dict[str, Any]:
+    """The non-streaming answer (`b.reasoning_tokens` already counted)."""
+    calls = [_call_item(c) for c in reply.tool_calls]
+    text = reply.content  # a malformed call's text stays in the message
+    if reply.reasoning:
+        content = [{"type": "reasoning_text", "text": reply.reasoning}]
         b.output.append(
             {"type": "reasoning", "id": _id("rs"), "summary": [], "status": "completed", "content": content}
         )
@@ -443,9 +433,7 @@ def answer(events: list[Any], fin: Finished, job: Job, b: Builder) -> dict[str, 
                 "id": _id("msg"),
                 "status": "completed",
                 "role": "assistant",
-                "content": [
-                    {"type": "output_text", "text": "".join(text), "annotations": [], "logprobs": []}
-                ],
+                "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
             }
         )
     b.output += calls
@@ -606,7 +594,6 @@ async def stream(job: Job, b: Builder, ping_interval: float) -> AsyncIterator[st
             break
         chunks: list[str] = []
         if isinstance(e, ReasoningDelta):
-            b.reasoning_tokens += 1
             chunks = items.delta("reasoning", e.text)
         elif isinstance(e, TextDelta | ToolCallError):
             chunks = items.delta("message", e.text if isinstance(e, TextDelta) else e.raw)
@@ -623,6 +610,7 @@ async def stream(job: Job, b: Builder, ping_interval: float) -> AsyncIterator[st
             response=b.response("failed", error={"code": err["code"], "message": err["message"]}),
         )
         return
+    b.reasoning_tokens = await asyncio.to_thread(reasoning_tokens, job.backend, job.reply)
     final = _finish(b, fin, job)
     kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
     b.final = final
@@ -678,10 +666,11 @@ def add_routes(api: Any, service: Any, store: ResponseStore) -> None:
                     save(b.final)
 
             return EventStream(events(), job.cancel, {})
-        evs, fin = await service.collect(job, request)
+        reply, fin = await service.collect(job, request)
         if fin.finish_reason == "error":
             raise APIError(fin.error_kind, fin.error or "generation failed")
-        resp = answer(evs, fin, job, b)
+        b.reasoning_tokens = await asyncio.to_thread(reasoning_tokens, job.backend, reply)
+        resp = answer(reply, fin, job, b)
         save(resp)
         return JSONResponse(resp)
 

@@ -14,11 +14,11 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from engine import Backend, BackendInfo, EngineError, Event
+from engine import Backend, BackendInfo, EngineError, Event, ReplyAccumulator
 
 from .config import ServerConfig
 from .errors import APIError
-from .jobs import Finished, Job, Plan, Scheduler, Started, check_length, context_limit, count_tokens
+from .jobs import Finished, Job, Plan, Scheduler, check_length, context_limit, count_tokens
 from .requestlog import RequestLog
 
 log = logging.getLogger("locus.server")
@@ -122,17 +122,14 @@ class Service:
                 self.drafts["draft_accepted"] += u.draft_accepted
         self.scheduler.release()
 
-    async def collect(self, job: Job, request: Request) -> tuple[list[Event], Finished]:
-        """All of a job's events (for a non-streaming answer); cancels it if the client leaves."""
+    async def collect(self, job: Job, request: Request) -> tuple[ReplyAccumulator, Finished]:
+        """A job's whole reply, folded (for a non-streaming answer); cancels it if the client leaves."""
 
-        async def gather() -> tuple[list[Event], Finished]:
-            events: list[Event] = []
+        async def gather() -> tuple[ReplyAccumulator, Finished]:
             while True:
                 item = await job.queue.get()
                 if isinstance(item, Finished):
-                    return events, item
-                if not isinstance(item, Started):
-                    events.append(item)
+                    return job.reply, item  # the job's thread folded every event before this
 
         try:
             return await until_disconnect(request, gather())

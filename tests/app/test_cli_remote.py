@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import proctree
 from tests.app.agent.helpers import answer, call, make_project
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,16 +171,17 @@ def test_api_key_from_an_environment_variable(server):
 
 def test_api_key_from_the_keychain(server, memory_keyring):
     from app.backends import open_remote, remote_key_from_keyring, save_remote_key
-    from app.cli import _remote_key, build_parser
+    from app.cli import build_parser
+    from app.cli_common import remote_key
     from engine import GenerationRequest
 
     url, _ = server("Thought.\n</think>\n\nok", api_key="k")
     args = build_parser().parse_args(["chat", "--remote", url, "--remote-key-from-keyring"])
     with pytest.raises(Exception, match="no API key"):
-        _remote_key(args)
+        remote_key(args)
     save_remote_key(url + "/", "k")
-    assert remote_key_from_keyring(url) == "k" and _remote_key(args) == "k"
-    rb = open_remote(url, api_key=_remote_key(args))
+    assert remote_key_from_keyring(url) == "k" and remote_key(args) == "k"
+    rb = open_remote(url, api_key=remote_key(args))
     req = GenerationRequest(messages=[{"role": "user", "content": "hi"}])
     assert rb.submit(req).result().text == "ok"
     save_remote_key(url, None)
@@ -192,7 +194,7 @@ def test_serve_remote_reserves_the_model(server):
 
     url, eng = server("Why not.\n</think>\n\nRelayed answer.")
     port = free_port()
-    proc = subprocess.Popen(
+    proc = proctree.popen(
         [sys.executable, "-m", "app.cli", "serve", "--remote", url, "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -157,3 +157,19 @@ def test_list_and_delete(tiny_dir, tmp_path, monkeypatch):
     assert not (root / "owner--small").exists()
     with pytest.raises(hub.HubError, match="does not look like a model"):
         hub.delete_model(tmp_path)
+
+
+def test_unreachable_hub_says_so(tmp_path, memory_keyring):
+    # Offline, huggingface-hub says "Local entry not found… Name or service not known" (issue 31).
+    d = hub.Downloader("a/b", cache_dir=tmp_path / "x", endpoint="http://127.0.0.1:1")
+    with pytest.raises(hub.HubError, match=r"cannot reach http://127\.0\.0\.1:1 .*check the connection"):
+        d.download()
+
+
+def test_not_cached_message_names_the_hf_command():
+    # huggingface-hub >= 1.0 ships `hf`; `huggingface-cli` is gone.
+    from engine.errors import ModelLoadError
+    from engine.loader import resolve_model_path
+
+    with pytest.raises(ModelLoadError, match=r"`hf download nobody/not-cached-model`"):
+        resolve_model_path("nobody/not-cached-model")

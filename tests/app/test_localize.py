@@ -338,3 +338,18 @@ def test_cli_generate_with_images(tiny_dir, tmp_path, capsys, monkeypatch):
     two = prompt_tokens("--image", str(tmp_path / "a.png"), "--image", str(tmp_path / "b.png"))
     # 64×64 is the tiny processor's minimum area: 4×4 patches → 4 tokens, plus 2 markers each
     assert one - text == 6 and two - text == 12
+
+
+def test_special_tokens_never_reach_the_answer_shown(tmp_path):
+    # Locate keeps special tokens for Qwen's box markup; pads and separators reached users (issue 31).
+    from app.localize import locate
+    from tests.fakebackend import FakeBackend
+
+    Image.new("RGB", (100, 100), "white").save(tmp_path / "w.png")
+    noise = "nothing<|file_sep|> here<|vision_pad|><|image_pad|>"
+    res = locate(FakeBackend([noise]), tmp_path / "w.png", "cats")
+    assert (res.boxes, res.text) == ([], "nothing here")
+    boxed = "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(100,200),(300,400)<|box_end|><|im_start|>"
+    res = locate(FakeBackend([boxed]), tmp_path / "w.png", "cats")
+    assert res.text == boxed.removesuffix("<|im_start|>") and [b.label for b in res.boxes] == ["cat"]
+    assert parse_response(res.text, 100, 100) == res.boxes  # a saved answer re-parses the same

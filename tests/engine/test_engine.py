@@ -202,6 +202,20 @@ def test_special_tokens_never_reach_the_text(tiny_model):
     assert said.endswith("a<|box_start|>b")
 
 
+def test_think_tags_in_the_answer_are_not_text(tiny_model):
+    # With thinking off a client's content held a literal <think> (issue 31); a leading one still opens it.
+    cases = [
+        ("Hi<think> there</think>!", False, "", "Hi there!"),
+        ("r</think>\n\nHi<think> there</think>!", True, "r", "Hi there!"),
+        ("<think>\nplan</think>\n\nok", False, "plan", "ok"),
+    ]
+    for script, thinking, reasoning, answer in cases:
+        events, done, _ = _scripted_run(tiny_model, script, enable_thinking=thinking)
+        said = ["".join(e.text for e in events if isinstance(e, k)) for k in (ReasoningDelta, TextDelta)]
+        assert done.finish_reason == "stop"
+        assert [said[0].strip(), said[1]] == [reasoning, answer], script
+
+
 def test_scripted_reasoning_text_and_tool_call(tiny_model):
     events, done, model = _scripted_run(tiny_model, SCRIPT, tools=TOOLS)
     reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))

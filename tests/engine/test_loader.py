@@ -21,6 +21,7 @@ from engine import (
     load_model,
 )
 from engine.loader import TensorInfo, check_memory
+from engine.model import text_config
 from engine.tiny import QWEN36_TEXT_WIDTHS, TinyConfig, make_config, make_weights
 
 GB = 1024**3
@@ -563,3 +564,13 @@ def test_llama_config_over_qwen_weights_is_one_line(ckpt):
     msg = load_error(ckpt)
     assert "\n" not in msg and len(msg) < 400, msg
     assert "'llama'" in msg and "do not match" in msg and "qwen3_5_moe" in msg
+
+
+def test_memory_check_reserves_the_capped_context(tmp_path, monkeypatch):
+    # --context above max_position_embeddings is served as the maximum, so reserve only that (issue 31).
+    info = qwen36_info(tmp_path)
+    most = text_config(info.config)["max_position_embeddings"]
+    est = estimate_memory(info, most)
+    assert estimate_memory(info, 1_000_000).total == est.total
+    monkeypatch.setenv("LOCUS_MEMORY_LIMIT_GB", str(est.total / GB + 0.1))
+    assert check_memory(info, 1_000_000).context_tokens == most

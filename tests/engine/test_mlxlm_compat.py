@@ -47,6 +47,23 @@ def test_cache_classes_are_recognised_with_the_attributes_snapshots_use():
     assert compat.cache_class_name(object()) is None
 
 
+def test_one_test_says_what_is_a_kv_cache(tiny_model):
+    from mlx_lm.models.cache import ArraysCache, KVCache, QuantizedKVCache, RotatingKVCache
+
+    for kv in (KVCache(), RotatingKVCache(8), QuantizedKVCache()):
+        assert compat.is_kv_cache(kv)  # trimmed by moving the offset (speculative decoding)
+    assert not compat.is_kv_cache(ArraysCache(size=2)) and not compat.is_kv_cache(object())
+    # It agrees with the classes snapshots copy, on the model's own caches.
+    for c in tiny_model.model.make_cache():
+        assert compat.is_kv_cache(c) == (compat.cache_class_name(c) == compat.KV_CACHE)
+    # No other engine module tells KV caches apart by their attributes or classes.
+    for path in ENGINE.glob("*.py"):
+        if path.name == "mlxlm_compat.py":
+            continue
+        text = path.read_text()
+        assert 'hasattr(c, "keys")' not in text and "== KV_CACHE" not in text, path.name
+
+
 def test_locus_model_makes_only_snapshot_caches(tiny_model):
     names = [compat.cache_class_name(c) for c in tiny_model.model.make_cache()]
     assert set(names) == {compat.KV_CACHE, compat.ARRAYS_CACHE}

@@ -1,4 +1,7 @@
-"""The MTP head (against a numpy reference) and speculative decoding (exactness, rollback, stats)."""
+"""The MTP head (against a numpy reference) and speculative decoding (exactness, rollback, stats).
+
+The tiny checkpoints' head is fitted to their model (engine/tiny.py), so it drafts tokens the model
+accepts and tokens it rejects: the tests below run both paths with the real head."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from PIL import Image
 from engine import Engine, GenerationRequest, PromptCache, SamplingParams, load_model
 from engine.generate import generate_step
 from engine.mtp import DraftStats, speculative_accept, speculative_step
-from engine.tiny import TinyConfig, make_config, make_weights
+from engine.tiny import TinyConfig, checkpoint_weights, make_config, make_weights
 
 GREEDY = SamplingParams(temperature=0)
 PROMPT = [5, 17, 99, 3, 200, 45, 7, 8, 9, 10, 11, 300]
@@ -106,7 +109,7 @@ def test_head_logits_match_the_reference(tiny_dir, layout):
     from mlx_lm.models.cache import KVCache
 
     cfg = TinyConfig()
-    weights = make_weights(cfg)
+    weights = checkpoint_weights(cfg)
     tc = make_config(cfg)["text_config"]
     model = load_model(tiny_dir(layout)).model
     head = model.mtp_head
@@ -229,6 +232,138 @@ def test_rollback_keeps_greedy_output_and_cache_exact(tiny_model, k):
     more.close()
 
 
+def _rounds(monkeypatch):
+    """Each verification of speculative decoding as (position, block [y, d_1..d_K], accepted)."""
+    from engine import mtp
+
+    seen = []
+    verify = mtp._Speculator.verify
+
+    def recording(self, block_arr, q_rows):
+        rnd = verify(self, block_arr, q_rows)
+        seen.append((rnd.pos, list(rnd.block), rnd.accepted))
+        return rnd
+
+    monkeypatch.setattr(mtp._Speculator, "verify", recording)
+    return seen
+
+
+def head_from_scratch(model, ids, n):
+    """A fresh head cache over the pairs (h_i, ids[i+1]), i < n, at positions 0..n-1, where h is
+    the main model's hidden state over ids[:n] in one forward; (cache, head outputs)."""
+    from mlx_lm.models.cache import KVCache
+
+    h = model(mx.array([ids[:n]], dtype=mx.uint32), hidden=True)
+    cache = KVCache()
+    nxt = model.language_model.model.embed_tokens(mx.array([ids[1 : n + 1]], dtype=mx.uint32))
+    return cache, model.mtp_head(nxt, h, cache, model.text_positions(0, n))
+
+
+def test_the_fitted_head_drafts_tokens_the_model_accepts_and_rejects(tiny_model):
+    model = tiny_model.model
+    stats = DraftStats()
+    for i in range(3):
+        prompt = [(t + 29 * i) % 480 for t in PROMPT]
+        steps = speculative_step(
+            model, prompt, model.make_cache(), params=GREEDY, draft_tokens=1, stats=stats
+        )
+        out = [next(steps) for _ in range(24)]
+        steps.close()
+        assert out == plain(model, prompt, 24)
+    # A random head accepts none; the fitted one about a fifth (the tiny model is chaotic).
+    assert 0.08 < stats.accepted / stats.drafted < 0.9, stats
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_head_cache_after_a_stop_holds_exactly_the_reply(tiny_model, monkeypatch, k):
+    """Stopped inside a round with accepted drafts, at its end, and after rejections: the head's KV
+    cache holds one pair per position of prompt + reply, at the right positions (its keys equal a
+    from-scratch run's), and the main model's caches equal one forward over prompt + reply."""
+    model = tiny_model.model
+    P = len(PROMPT)
+    ref = plain(model, PROMPT, 32)
+    rounds = _rounds(monkeypatch)
+    steps = speculative_step(model, PROMPT, model.make_cache(), params=GREEDY, draft_tokens=k)
+    [next(steps) for _ in range(24)]
+    steps.close()
+    pos, _, a = next(r for r in rounds if r[2] > 0)
+    stops = sorted({pos - P + 1, pos - P + a + 1, 2, 9})  # inside, at the end of a round with drafts
+    for n in stops:
+        cache = model.make_cache()
+        steps = speculative_step(model, PROMPT, cache, params=GREEDY, draft_tokens=k)
+        assert [next(steps) for _ in range(n)] == ref[:n]
+        steps.close()
+        head = cache[-1]
+        assert head.offset == P + n == cache[3].offset, n
+        # Its last pair holds the next token (already decided, not yet handed out).
+        want, _ = head_from_scratch(model, PROMPT + ref, P + n)
+        for got, exp in zip(head.state[:2], want.state[:2], strict=True):
+            np.testing.assert_allclose(
+                np.array(got[..., : P + n, :]), np.array(exp[..., : P + n, :]), atol=1e-4
+            )
+        fresh = model.make_cache()
+        model(mx.array([PROMPT + ref[:n]], dtype=mx.uint32), cache=fresh, hidden=True)
+        for c, f in zip(cache[:-1], fresh[:-1], strict=True):
+            got = (
+                [c.keys[..., : c.offset, :], c.values[..., : c.offset, :]] if hasattr(c, "keys") else c.cache
+            )
+            exp = (
+                [f.keys[..., : f.offset, :], f.values[..., : f.offset, :]] if hasattr(f, "keys") else f.cache
+            )
+            for g, e in zip(got, exp, strict=True):
+                np.testing.assert_allclose(np.array(g), np.array(e), atol=1e-4)
+
+
+def _draft_outputs(monkeypatch):
+    """The head's outputs each round drafts from: the one left by the last round, then one per
+    draft fed back (appended per round)."""
+    from engine import mtp
+
+    chains = []
+    draft, run_head = mtp._Speculator.draft, mtp._Speculator.run_head
+
+    def drafting(self):
+        self.chain = [self.g]
+        try:
+            return draft(self)
+        finally:
+            chains.append(self.chain)
+            self.chain = None
+
+    def running(self, h, ids, pos):
+        out = run_head(self, h, ids, pos)
+        if getattr(self, "chain", None) is not None:
+            self.chain.append(out)
+        return out
+
+    monkeypatch.setattr(mtp._Speculator, "draft", drafting)
+    monkeypatch.setattr(mtp._Speculator, "run_head", running)
+    return chains
+
+
+def test_each_round_drafts_what_the_head_gives_from_scratch(tiny_model, monkeypatch):
+    """Every round's drafts, and the head outputs they come from, equal the head's chain run afresh
+    over prompt + reply so far: no draft pair is left in its cache, each pair sits at its position."""
+    model = tiny_model.model
+    embed = model.language_model.model.embed_tokens
+    k = 3
+    rounds, chains = _rounds(monkeypatch), _draft_outputs(monkeypatch)
+    steps = speculative_step(model, PROMPT, model.make_cache(), params=GREEDY, draft_tokens=k)
+    seq = PROMPT + [next(steps) for _ in range(20)]
+    steps.close()
+    assert sum(a for *_, a in rounds) > 0 and len(chains) == len(rounds)
+    for (pos, block, _), chain in zip(rounds, chains, strict=True):
+        assert block[0] == seq[pos]
+        cache, g = head_from_scratch(model, seq, pos)
+        g = g[:, -1:]
+        for r in range(k):
+            np.testing.assert_allclose(np.array(chain[r][:, -1:]), np.array(g), atol=1e-4, err_msg=f"{pos}")
+            assert block[1 + r] == int(mx.argmax(model.logits(g[:, -1]), axis=-1).item()), pos
+            if r < k - 1:
+                ids = mx.array([[block[1 + r]]], dtype=mx.uint32)
+                g = model.mtp_head(embed(ids), g, cache, model.text_positions(pos + r, 1))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("layout,bits", [("per_expert", None), ("fused", None), ("mlx", 4)])
 def test_engine_greedy_is_identical_with_mtp_in_every_layout(tiny_dir, layout, bits):
@@ -236,13 +371,13 @@ def test_engine_greedy_is_identical_with_mtp_in_every_layout(tiny_dir, layout, b
     try:
         runs = {}
         for k in (0, 1, 2, 3, 4):
-            r = eng.generate(GenerationRequest(prompt_ids=PROMPT, sampling=GREEDY, max_tokens=16, mtp=k))
+            r = eng.generate(GenerationRequest(prompt_ids=PROMPT, sampling=GREEDY, max_tokens=24, mtp=k))
             runs[k] = r.token_ids
-            assert len(r.token_ids) == 16 and r.finish_reason == "length"
-            # Every round drafts k tokens; a random head's drafts are rarely accepted.
+            assert len(r.token_ids) == 24 and r.finish_reason == "length"
             assert r.usage.draft_tokens % max(k, 1) == 0
             assert (r.usage.draft_tokens > 0) == (k > 0)
-            assert r.usage.draft_accepted <= r.usage.draft_tokens
+            if k:  # the fitted head's drafts: some accepted, some rejected, in every layout
+                assert 0 < r.usage.draft_accepted < r.usage.draft_tokens, (k, r.usage)
         assert all(v == runs[0] for v in runs.values())
     finally:
         eng.close()
@@ -390,10 +525,11 @@ def test_sampled_generation_runs_and_counts_drafts(tiny_model):
         draft_tokens=2,
         params=SamplingParams(temperature=0.8, top_k=20, top_p=0.95),
     )
-    out = [next(steps) for _ in range(12)]
+    out = [next(steps) for _ in range(40)]
     steps.close()
-    assert len(out) == 12 and all(0 <= t < 512 for t in out)
+    assert len(out) == 40 and all(0 <= t < 512 for t in out)
     assert stats.drafted == 2 * stats.rounds and stats.rounds >= 1
+    assert 0 < stats.accepted < stats.drafted  # min(1, p/q) accepts the fitted head's drafts at times
 
 
 def test_penalties_see_the_same_history_with_drafts(tiny_model):
@@ -420,3 +556,22 @@ def test_penalties_see_the_same_history_with_drafts(tiny_model):
     )
     assert [next(spec) for _ in range(30)] == ref
     spec.close()
+
+
+@pytest.mark.slow
+def test_locus_generate_demo_with_mtp_accepts_drafts():
+    """`locus generate --demo --mtp 3 --json`: the demo checkpoint's head drafts tokens the model
+    accepts (with the demo's default sampling), and the done event says how many."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cmd = [sys.executable, "-m", "app.cli", "generate", "--demo", "--mtp", "3", "--json"]
+    cmd += ["--prompt", "Tell me about the weather in Paris.", "--max-tokens", "48", "--seed", "0"]
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = json.loads(r.stdout.splitlines()[-1])
+    assert done["type"] == "done" and done["usage"]["draft_tokens"] > 0
+    assert 0 < done["usage"]["draft_accepted"] < done["usage"]["draft_tokens"], done["usage"]

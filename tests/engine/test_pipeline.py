@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from engine import load_model
+from tests import proctree
 
 IDS = [3, 77, 140, 9, 250, 31, 402, 18]
 NEXT = 5
@@ -116,7 +116,7 @@ def test_two_process_pipeline_matches_one_process(tiny_dir, tiny_model, tmp_path
         str(NEXT),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    proc = proctree.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "rank 1/2: layers 0..2" in proc.stdout and "rank 0/2: layers 2..4" in proc.stdout
     for rank in (0, 1):

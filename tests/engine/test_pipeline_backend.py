@@ -21,8 +21,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests import proctree
+
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("pipeline_driver.py")
+SAMPLING_DRIVER = Path(__file__).with_name("pipeline_sampling_driver.py")
 LAUNCH = "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())"
 
 
@@ -73,8 +76,8 @@ def _launch(*command: str, port: int | None = None) -> list[str]:
 
 def _run(cmd: list[str], tmp: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     """Run `cmd` in its own session; on timeout end every process of it (mlx.launch does not
-    stop its ranks when it is killed)."""
-    proc = subprocess.Popen(
+    stop its ranks when it is killed) and fail the test: ranks out of step hang in a collective."""
+    proc = proctree.popen(
         cmd,
         env=_env(tmp),
         stdout=subprocess.PIPE,
@@ -85,12 +88,20 @@ def _run(cmd: list[str], tmp: Path, timeout: float = 240) -> subprocess.Complete
     )
     try:
         out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd[-3:])} did not finish within {timeout:.0f} s (a hang):\n{err[-3000:]}")
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill_group(proc)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _json_lines(text: str) -> list[dict]:
@@ -145,6 +156,39 @@ def test_two_processes_decode_like_one(tiny_dir, tmp_path):
     assert piped["info"] == {"ranks": 2, "rank_layers": [[2, 4], [0, 2]]}
     assert 0 < piped["cancelled"]["n"] < 400
     assert re.search(r"Pipeline rank 1 of 2 \(pid \d+\): layers 0-1", two.stderr)
+
+
+@pytest.mark.slow
+def test_sampled_tokens_reach_every_rank(tiny_dir, tmp_path):
+    """Sampling (temperature > 0, no request seed) with a different RNG seed on each rank: only the
+    token rank 0 shares keeps the ranks in step. Both ranks emit the same tokens and text, and each
+    token is one the single-process model allows there (its top-k, teacher-forced)."""
+    import mlx.core as mx
+    import numpy as np
+
+    from engine import load_model
+
+    from .pipeline_sampling_driver import REQUESTS, TOP_K
+
+    path = tiny_dir("mlx", 4)
+    out = tmp_path / "out"
+    out.mkdir()
+    two = _run(_launch(str(SAMPLING_DRIVER), str(path), str(out)), tmp_path, timeout=150)
+    assert two.returncode == 0, two.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == len(REQUESTS)
+    for i, (a, b) in enumerate(zip(*ranks, strict=True)):
+        assert a["error"] is None and b["error"] is None, (a, b)
+        assert (a["tokens"], a["text"], a["finish"]) == (b["tokens"], b["text"], b["finish"]), f"request {i}"
+    assert ranks[0][0]["tokens"] != ranks[0][1]["tokens"]  # the same prompt drew anew: it sampled
+    model = load_model(path).model
+    for spec, run in zip(REQUESTS[:3], ranks[0], strict=False):
+        ids = spec["prompt_ids"] + run["tokens"]
+        logits = np.array(model(mx.array([ids], dtype=mx.uint32))[0].astype(mx.float32))
+        for j, tok in enumerate(run["tokens"]):
+            row = logits[len(spec["prompt_ids"]) - 1 + j]
+            kth = np.sort(row)[-TOP_K]
+            assert row[tok] >= kth - 1e-3, f"token {j} ({tok}) is outside the model's top {TOP_K}"
 
 
 @pytest.mark.slow
@@ -212,7 +256,7 @@ class _Server:
         self.port = port
         self.log = tmp / "serve.log"
         tmp.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
+        self.proc = proctree.popen(
             cmd,
             env=_env(tmp),
             cwd=ROOT,

@@ -33,6 +33,7 @@ from engine import (
     TextDelta,
 )
 from engine.remote import RemoteBackend, image_data_url
+from tests import proctree
 from tests.fakeopenai import Fake, chunk, send_event, send_json, sse, start_sse
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -97,6 +98,7 @@ def test_stream_becomes_events_reasoning_text_usage(fake):
                     "completion_tokens": 4,
                     "total_tokens": 34,
                     "prompt_tokens_details": {"cached_tokens": 12},
+                    "completion_tokens_details": {"reasoning_tokens": 2},
                 },
             },
         )
@@ -110,7 +112,7 @@ def test_stream_becomes_events_reasoning_text_usage(fake):
     assert isinstance(done, Done) and done.finish_reason == "stop" and done.error is None
     assert done.stop_sequence == "END"  # vLLM's stop_reason names the stop string
     u = done.usage
-    assert (u.prompt_tokens, u.completion_tokens, u.cached_tokens) == (30, 4, 12)
+    assert (u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.reasoning_tokens) == (30, 4, 12, 2)
 
 
 def test_request_body_carries_messages_tools_sampling_and_thinking(fake, tmp_path):
@@ -605,7 +607,7 @@ def test_locus_server_cancel_stops_its_generation(locus_server):
 
 
 def _start_locus_serve(model_dir: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
+    proc = proctree.popen(
         [
             sys.executable,
             "-m",
@@ -680,7 +682,7 @@ def test_mlx_lm_server_chat(tiny_dir, tmp_path):
     port = free_port()
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf")}  # its /v1/models scans this
     (tmp_path / "hf").mkdir()
-    proc = subprocess.Popen(
+    proc = proctree.popen(
         [sys.executable, "-m", "mlx_lm.server", "--model", str(model_dir), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -722,7 +724,7 @@ def test_mlx_lm_server_tool_calls(tiny_dir, tmp_path):
     port = free_port()
     (tmp_path / "hf").mkdir()
     launcher = Path(__file__).resolve().parents[1] / "forced_mlx_server.py"
-    proc = subprocess.Popen(
+    proc = proctree.popen(
         [sys.executable, str(launcher), script, "--model", str(tiny_dir("mlx")), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -72,3 +72,25 @@ def test_palettes(qtbot):
     assert not app_icon().isNull()
     assert "#sidebar" in app.styleSheet() and "@" not in app.styleSheet().split("*/", 1)[1]
     apply_theme(app, dark=False)
+
+
+def test_emits_after_the_window_is_gone_are_dropped(qtbot, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # `--screenshot` exits while workers still report: "Signal source has been deleted" (issue 31).
+    import shiboken6
+    from PySide6.QtCore import QObject
+
+    from ui.bridge import Relay, Task
+
+    parent = QObject()
+    relay = Relay(lambda item: None, parent)
+    shiboken6.delete(parent)
+    relay("late")  # no RuntimeError
+    crashes: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda a: crashes.append(a.exc_value))
+    go = threading.Event()
+    task = Task(lambda: go.wait(10)).start()
+    shiboken6.delete(task)
+    go.set()
+    assert task.wait(10)
+    qtbot.wait(100)  # done/finished are emitted just after the function returns
+    assert crashes == []

@@ -18,7 +18,7 @@ REPLY = (
 def _view(qtbot, store, engine) -> ChatView:
     v = ChatView(store)
     qtbot.addWidget(v)
-    v.set_engine(engine, "tiny")
+    v.set_backend(engine, "tiny")
     v.resize(900, 600)
     v.show()
     return v

@@ -117,7 +117,7 @@ def test_exif_rotation_is_applied(qtbot, tmp_path):
 def test_locate_runs_the_engine_with_the_image(view, qtbot, engine):
     """The real tiny model (vision tower included) gets the image; its answer is parsed and drawn,
     or, when it is not something the parser takes, reported; the view never hangs."""
-    view.set_engine(engine)
+    view.set_backend(engine)
     view.max_tokens = 24
     view.query.setText("thing")
     ids, _ = engine.encode(view.request("thing"))

@@ -113,7 +113,7 @@ def test_list_use_and_chat_with_a_remote_model(window, qtbot, servers, memory_ke
         text("Hello from the server."),
         models={"data": [{"id": "qwen-a"}, {"id": "qwen-b", "max_model_len": 32768}]},
     )
-    local = window.engine
+    local = window.backend
     assert local.info.remote is None and window.model_label.text() == "Model:"
     assert not srv.requests  # nothing is sent before the user asks
     m = window.models
@@ -134,10 +134,15 @@ def test_list_use_and_chat_with_a_remote_model(window, qtbot, servers, memory_ke
     with qtbot.waitSignal(window.model_loaded, timeout=30000) as sig:
         m.use_remote_button.click()
     assert sig.args == ["qwen-b"]
-    remote = window.engine
+    remote = window.backend
     assert remote.info.remote == srv.url and remote.info.context_tokens == 32768
-    for view_engine in (window.chat.engine, window.agent.engine, window.locate.engine, window.server.engine):
-        assert view_engine is remote
+    for view_backend in (
+        window.chat.backend,
+        window.agent.backend,
+        window.locate.backend,
+        window.server.backend,
+    ):
+        assert view_backend is remote
     assert local.closed  # the local model is unloaded: only one model at a time
     # The window says plainly that the model runs elsewhere.
     assert window.model_label.text() == "Remote model:"
@@ -176,7 +181,7 @@ def test_list_use_and_chat_with_a_remote_model(window, qtbot, servers, memory_ke
         assert again.models.remote_picker.currentText() == "qwen-b"
         assert again.models.remote_key.text() == ""  # never shown back
         qtbot.wait(300)
-        assert len(srv.requests) == asked and again.engine is None
+        assert len(srv.requests) == asked and again.backend is None
     finally:
         again.shutdown()
     stored = store.messages(window.chat.thread_id)
@@ -186,7 +191,7 @@ def test_list_use_and_chat_with_a_remote_model(window, qtbot, servers, memory_ke
 
 
 def test_a_refused_connection_is_a_clear_error_and_the_local_model_stays(window, qtbot):
-    local = window.engine
+    local = window.backend
     url = refused_url()
     m = window.models
     m.remote_url.setText(url)
@@ -201,7 +206,7 @@ def test_a_refused_connection_is_a_clear_error_and_the_local_model_stays(window,
     qtbot.waitUntil(lambda: m.remote_status.text().startswith("Error"), timeout=30000)
     assert "connection refused" in m.remote_status.text()
     qtbot.waitUntil(lambda: window.loading_path is None, timeout=30000)
-    assert window.engine is local and not local.closed and window.chat.engine is local
+    assert window.backend is local and not local.closed and window.chat.backend is local
     assert window.model_label.text() == "Model:" and "Remote" not in window.model_info.text()
     banner = window.error_banner.text()
     assert window.error_banner.isVisible() and "Could not use the remote model" in banner
@@ -249,7 +254,7 @@ def test_locate_and_agent_with_a_remote_model(qtbot, servers, tmp_path):
     assert backend.info.images  # a remote model may read images: Locate tries
     view = LocateView()
     qtbot.addWidget(view)
-    view.set_engine(backend)
+    view.set_backend(backend)
     assert view.open_image(img)
     view.query.setText("cat")
     with qtbot.waitSignal(view.located, timeout=30000) as sig:
@@ -269,7 +274,7 @@ def test_locate_and_agent_with_a_remote_model(qtbot, servers, tmp_path):
 
     # A remote model that says it reads no images: a plain message, nothing sent.
     no_images = FakeBackend([], info=BackendInfo(name="text-only", images=False, remote=srv.url))
-    view.set_engine(no_images)
+    view.set_backend(no_images)
     messages.clear()
     view.locate()
     assert "text-only" in messages[0] and "does not read images" in messages[0]
@@ -300,7 +305,7 @@ def test_locate_and_agent_with_a_remote_model(qtbot, servers, tmp_path):
     agent = AgentView()
     qtbot.addWidget(agent)
     agent.open_project(project)
-    agent.set_engine(open_remote(agent_srv.url))
+    agent.set_backend(open_remote(agent_srv.url))
     try:
         with qtbot.waitSignal(agent.run_finished, timeout=60000) as sig:
             agent.start_run("what does hello.py do?")
@@ -340,8 +345,8 @@ def test_locus_remote_opens_the_window_on_the_remote_model(qtbot, servers, memor
     assert cli_main(["--remote", srv.url, "--remote-model", "two"], open_window=open_window) == 0
     (win,) = built
     try:
-        qtbot.waitUntil(lambda: win.engine is not None, timeout=30000)
-        assert win.engine.info.remote == srv.url and win.engine.info.name == "two"
+        qtbot.waitUntil(lambda: win.backend is not None, timeout=30000)
+        assert win.backend.info.remote == srv.url and win.backend.info.name == "two"
         assert f"Remote: two at {srv.url}" in win.model_info.text()
         assert win.models.remote_url.text() == srv.url
         assert srv.requests[-1][1].get("Authorization") == f"Bearer {KEY}"  # the keychain's key
@@ -354,7 +359,7 @@ def test_locus_remote_opens_the_window_on_the_remote_model(qtbot, servers, memor
     try:
         qtbot.waitUntil(lambda: win.models.remote_status.text().startswith("Error"), timeout=30000)
         assert "connection refused" in win.models.remote_status.text()
-        assert win.models.remote_url.text() == url and win.engine is None
+        assert win.models.remote_url.text() == url and win.backend is None
         assert "Could not use the remote model" in win.error_banner.text()
     finally:
         win.shutdown()
@@ -402,7 +407,7 @@ def test_a_key_from_the_environment_is_sent_by_list_models_too(qtbot, servers, m
     assert cli_main(["--remote", srv.url, "--remote-key-env", "REMOTE_KEY"], open_window=open_window) == 0
     (win,) = built
     try:
-        qtbot.waitUntil(lambda: win.engine is not None, timeout=30000)
+        qtbot.waitUntil(lambda: win.backend is not None, timeout=30000)
         n = len(srv.requests)
         with qtbot.waitSignal(win.models.remote_listed, timeout=30000):
             win.models.list_remote_models()

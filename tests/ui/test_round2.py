@@ -189,7 +189,7 @@ def test_enter_sends_shift_enter_breaks_and_escape_stops(qtbot, store, loaded):
     try:
         v = ChatView(store)
         qtbot.addWidget(v)
-        v.set_engine(eng, "tiny")
+        v.set_backend(eng, "tiny")
         v.max_tokens = 4000
         v.show()
         v.input.setFocus()
@@ -200,7 +200,7 @@ def test_enter_sends_shift_enter_breaks_and_escape_stops(qtbot, store, loaded):
         qtbot.keyClick(v.input, Qt.Key.Key_Return)
         assert v.busy and v.writer.flush(10)
         assert store.messages(v.thread_id)[0]["content"] == "line one\nline two"
-        qtbot.waitUntil(lambda: v._tokens > 2, timeout=30000)
+        qtbot.waitUntil(lambda: v.session.reply.deltas > 2, timeout=30000)
         with qtbot.waitSignal(v.reply_finished, timeout=30000) as sig:
             qtbot.keyClick(v.input, Qt.Key.Key_Escape)
         assert sig.args[0] == "cancelled"
@@ -298,7 +298,7 @@ def test_stats_follow_the_conversation_and_footers_survive_restart(qtbot, store,
     try:
         v = ChatView(store)
         qtbot.addWidget(v)
-        v.set_engine(eng, "tiny")
+        v.set_backend(eng, "tiny")
         with qtbot.waitSignal(v.reply_finished, timeout=30000):
             v.send("q")
         tid, footer = v.thread_id, v.stats.text()
@@ -365,10 +365,10 @@ def test_close_is_fast_with_a_reply_running(qtbot, store, loaded):
     w = MainWindow(store)
     qtbot.addWidget(w)
     w.show()
-    w.set_engine(eng, "tiny")
+    w.set_backend(eng, "tiny")
     w.chat.max_tokens = 4000
     w.chat.send("go")
-    qtbot.waitUntil(lambda: w.chat._tokens > 2, timeout=30000)
+    qtbot.waitUntil(lambda: w.chat.session.reply.deltas > 2, timeout=30000)
     t = time.monotonic()
     w.close()
     assert time.monotonic() - t < 1.0 and not w.isVisible()

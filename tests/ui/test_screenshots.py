@@ -14,9 +14,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_screenshots(tmp_path):
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    data, tmp, shots = tmp_path / "data", tmp_path / "tmp", tmp_path / "shots"
+    tmp.mkdir()
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "LOCUS_DATA_DIR": str(data), "TMPDIR": str(tmp)}
     r = subprocess.run(
-        [sys.executable, "-m", "ui.main", "--demo", "--screenshot", str(tmp_path)],
+        [sys.executable, "-m", "ui.main", "--demo", "--screenshot", str(shots)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -25,6 +27,11 @@ def test_demo_screenshots(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "RANDOM weights" in r.stderr  # the demo says what it is
+    assert "Traceback" not in r.stderr and "RuntimeError" not in r.stderr, r.stderr
+    # The sample project stays out of the user's settings and data folder, and is removed.
+    assert not data.exists() or sorted(p.name for p in data.iterdir()) == [], list(data.rglob("*"))
+    assert list(tmp.glob("locus-shots-*")) == []
+    tmp_path = shots
     names = sorted(p.name for p in tmp_path.glob("*.png"))
     assert names == ["agent.png", "chat.png", "locate.png", "models.png", "server.png"]
     sizes = set()

@@ -21,7 +21,7 @@ def test_env_lines_follow_the_settings_and_copy(qtbot):
     qtbot.addWidget(v)
     v.port.setValue(9999)
     v.api_key.setText("sk-test")
-    v.set_engine(None, "qwen-tiny")
+    v.set_backend(None, "qwen-tiny")
     text = v.env.toPlainText()
     assert text == claude_code_env("127.0.0.1", 9999, "sk-test", "qwen-tiny")
     assert "export ANTHROPIC_BASE_URL=http://127.0.0.1:9999" in text.splitlines()
@@ -41,7 +41,7 @@ def test_start_without_model_is_a_message(qtbot):
 def test_start_and_stop(qtbot, engine):
     v = ServerView()
     qtbot.addWidget(v)
-    v.set_engine(engine, "tiny")
+    v.set_backend(engine, "tiny")
     v.port.setValue(_free_port())
     v.api_key.setText("sk-test")
     with qtbot.waitSignal(v.state_changed) as sig:
@@ -63,7 +63,7 @@ def test_port_in_use_is_a_message(qtbot, engine):
         busy.listen()
         v = ServerView()
         qtbot.addWidget(v)
-        v.set_engine(engine, "tiny")
+        v.set_backend(engine, "tiny")
         v.port.setValue(busy.getsockname()[1])
         with qtbot.waitSignal(v.state_changed, timeout=20000) as sig:
             v.start_button.click()
@@ -76,7 +76,7 @@ def test_port_in_use_is_a_message(qtbot, engine):
 def test_request_log_shows_the_servers_requests(qtbot, engine):
     v = ServerView()
     qtbot.addWidget(v)
-    v.set_engine(engine, "tiny")
+    v.set_backend(engine, "tiny")
     v.port.setValue(_free_port())
     with qtbot.waitSignal(v.state_changed):
         v.start_button.click()
@@ -105,7 +105,7 @@ def test_a_running_server_follows_the_loaded_model(qtbot):
     second = FakeBackend(info=BackendInfo(name="second", context_tokens=4096))
     v = ServerView()
     qtbot.addWidget(v)
-    v.set_engine(first, "first")
+    v.set_backend(first, "first")
     v.port.setValue(_free_port())
     with qtbot.waitSignal(v.state_changed):
         v.start_button.click()
@@ -113,7 +113,7 @@ def test_a_running_server_follows_the_loaded_model(qtbot):
     url = f"http://127.0.0.1:{v.port.value()}/v1/models"
     assert httpx.get(url, timeout=10).json()["data"][0]["id"] == "first"
     first.close()  # the window unloads it, then loads the next
-    v.set_engine(second, "second")
+    v.set_backend(second, "second")
     assert httpx.get(url, timeout=10).json()["data"][0]["id"] == "second"
     with qtbot.waitSignal(v.state_changed, timeout=20000):
         v.stop_button.click()

@@ -90,15 +90,15 @@ def test_demo_notice_and_model_loads_on_a_worker(window, qtbot, tiny_dir):
     assert window.demo_banner.isVisible() and "RANDOM" in window.demo_banner.text()
     with qtbot.waitSignal(window.model_loaded, timeout=60000):
         window.load_model(str(tiny_dir("mlx", 4)))
-        assert window.engine is None and "Loading" in window.model_label.text()
-    assert window.chat.engine is window.engine and window.locate.engine is window.engine
+        assert window.backend is None and "Loading" in window.model_label.text()
+    assert window.chat.backend is window.backend and window.locate.backend is window.backend
     assert window.model_label.text().startswith("Model:")
 
 
 def test_load_failure_is_an_actionable_message(window, qtbot, tmp_path):
     window.load_model(str(tmp_path / "nope"))
     qtbot.waitUntil(lambda: window.loading_path is None, timeout=30000)
-    assert window.engine is None
+    assert window.backend is None
     assert window.error_banner.isVisible() and "Could not load the model" in window.error_banner.text()
     assert "Traceback" not in window.error_banner.text()
 
@@ -138,7 +138,7 @@ def test_cancel_loading_drops_the_model(window, qtbot, tiny_dir):
     assert window.model_label.text() == "No model loaded"
     assert window.manager.wait_idle(60)
     qtbot.wait(50)  # events are delivered on the UI thread
-    assert window.engine is None and window.chat.engine is None
+    assert window.backend is None and window.chat.backend is None
     # The load itself stopped: it never finished, and nothing is held.
     assert isinstance(events[-1], LoadingCancelled) and window.manager.backend is None
     assert not any(isinstance(e, ModelLoaded) for e in events)

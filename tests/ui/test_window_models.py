@@ -44,11 +44,11 @@ def test_loading_another_model_replaces_the_first(window, qtbot, opened):
     first, second = opened
     assert first.closed and not second.closed
     for backend in (
-        window.engine,
-        window.chat.engine,
-        window.agent.engine,
-        window.locate.engine,
-        window.server.engine,
+        window.backend,
+        window.chat.backend,
+        window.agent.backend,
+        window.locate.backend,
+        window.server.backend,
     ):
         assert backend is second
     # What the toolbar shows comes from the manager and backend.info, not from engine internals.
@@ -89,7 +89,7 @@ def test_a_reply_still_streaming_at_quit_is_stored(qtbot, store):
     with qtbot.waitSignal(w.model_loaded, timeout=30000):
         w.load_model("/models/slow")
     w.chat.send("count for me")
-    qtbot.waitUntil(lambda: "one" in w.chat._text, timeout=10000)
+    qtbot.waitUntil(lambda: "one" in w.chat.session.reply.text, timeout=10000)
     tid = w.chat.thread_id
     w.close()
     msgs = store.messages(tid)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import proctree
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [
@@ -26,7 +28,7 @@ pytestmark = [
 def _xvfb() -> tuple[subprocess.Popen, str]:
     """Xvfb on a free display: it picks the number and writes it to a pipe (-displayfd)."""
     r, w = os.pipe()
-    proc = subprocess.Popen(
+    proc = proctree.popen(
         ["Xvfb", "-displayfd", str(w), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
         pass_fds=(w,),
         stdout=subprocess.DEVNULL,
@@ -76,7 +78,7 @@ def test_window_under_xvfb(tmp_path):
     }
     err = tmp_path / "stderr.txt"
     with open(err, "w") as errf:
-        app = subprocess.Popen(
+        app = proctree.popen(
             [sys.executable, "-m", "ui.main", "--demo"],
             cwd=ROOT,
             env=env,

@@ -27,6 +27,7 @@ from app.agent.sandbox import (
     sandbox_self_check,
 )
 from app.agent.sandbox_rules import ALWAYS_HIDDEN_HOME, build_rules
+from tests import proctree
 
 from .helpers import answer, call, git, make_project
 
@@ -375,39 +376,29 @@ def test_command_tree_dies_with_locus(kind: str, tmp_path: Path) -> None:
         (fake / "unshare").chmod(0o755)
         env["PATH"] = f"{fake}{os.pathsep}{env['PATH']}"
         kind = "none"
-    cmd = "setsid sh -c 'sleep 3; touch late-after-exit' >/dev/null 2>&1 & echo go; sleep 60"
+    # The marker proves the command really ran (a Locus that exits at once must fail, not pass).
+    cmd = "setsid sh -c 'sleep 3; touch late-after-exit' >/dev/null 2>&1 & touch started; sleep 60"
     replay = tmp_path / "replay.jsonl"
     replay.write_text(json.dumps(call("run_command", command=cmd, timeout=120)) + "\n")
     flags = ["--yes"] + (["--no-sandbox"] if kind == "none" else [])
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "app.cli",
-            "agent",
-            str(proj),
-            "task",
-            "--replay",
-            str(replay),
-            "--json",
-            *flags,
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
+    log = tmp_path / "agent.out"
+    argv = [sys.executable, "-m", "app.cli", "agent", str(proj), "task", "--replay", str(replay), "--json"]
+    with log.open("w") as out:
+        p = proctree.popen(
+            [*argv, *flags], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     try:
-        assert p.stdout is not None
-        for line in p.stdout:
-            if '"approval"' in line:
-                break
-        time.sleep(1.0)  # the command is running
+        deadline = time.monotonic() + 90
+        while not (proj / "started").exists():
+            assert p.poll() is None, f"locus agent exited ({p.returncode}) first:\n{log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"the command never started:\n{log.read_text()[-2000:]}"
+            time.sleep(0.05)
+        started = time.monotonic()
+        assert p.poll() is None, "Locus must still be running the command when it is killed"
         p.send_signal(signal.SIGKILL)
         p.wait(10)
-        time.sleep(3.5)
+        # A surviving `sleep 3; touch` would have written its file by now, with margin for a busy machine.
+        time.sleep(max(0.0, started + 6.0 - time.monotonic()))
         assert not (proj / "late-after-exit").exists()
     finally:
         p.kill()

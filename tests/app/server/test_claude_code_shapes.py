@@ -41,13 +41,13 @@ def test_mid_conversation_system_messages_fold_into_the_next_user_turn():
         ],
         system="You are Claude Code.",
     )
-    roles = [m["role"] for m in plan.messages]
+    roles = [m["role"] for m in plan.request.messages]
     assert roles == ["system", "user", "assistant", "tool", "user", "user"]
     # After the tool result (which must follow the call), before the user's own text.
-    assert plan.messages[4]["content"] == (
+    assert plan.request.messages[4]["content"] == (
         "<system-reminder>\nThe date changed.\n</system-reminder>\n\ngo on"
     )
-    assert plan.messages[5]["content"] == "<system-reminder>\nBe brief.\n</system-reminder>"
+    assert plan.request.messages[5]["content"] == "<system-reminder>\nBe brief.\n</system-reminder>"
     # The same history renders the same way every time, so the next turn's prompt extends it.
     again = _plan(
         [
@@ -57,14 +57,14 @@ def test_mid_conversation_system_messages_fold_into_the_next_user_turn():
         ]
     )
     assert (
-        again.messages
+        again.request.messages
         == _plan(
             [
                 {"role": "user", "content": "hi"},
                 {"role": "system", "content": "x"},
                 {"role": "user", "content": "y"},
             ]
-        ).messages
+        ).request.messages
     )
     with pytest.raises(Exception, match="expected 'user', 'assistant' or 'system'"):
         _plan([{"role": "tool", "content": "x"}])

@@ -14,6 +14,7 @@ import pytest
 
 from app.cli import build_parser, main
 from app.cli_serve import config_from_args, exposure_warning
+from tests import proctree
 
 
 def _args(*argv: str):
@@ -69,7 +70,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_serve_process_answers_and_stops_on_ctrl_c():
     port = _free_port()
-    proc = subprocess.Popen(
+    proc = proctree.popen(
         [sys.executable, "-m", "app.cli", "serve", "--demo", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

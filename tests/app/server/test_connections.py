@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from app.server.limits import RepeatFilter
+from tests import proctree
 
 # The server process: a 1024-descriptor limit (soft and hard, so raising it cannot help; set after
 # the imports, as mlx-lm sets its own when imported) and a short header deadline; it prints its
@@ -76,7 +77,7 @@ def test_half_open_connections_neither_starve_nor_stay(tmp_path):
     _raise_own_limit(HALF_OPEN + 1024)
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(
+        proc = proctree.popen(
             [sys.executable, "-c", _SERVER], stdout=subprocess.PIPE, stderr=log_file, text=True
         )
     socks: list[socket.socket] = []

@@ -211,3 +211,28 @@ def test_an_unreachable_model_is_overloaded_not_a_bad_request(serve):
     with pytest.raises(anthropic.APIStatusError) as a:
         ac(srv).messages.create(model="m", max_tokens=5, messages=USER)
     assert a.value.status_code == 529 and a.value.body["error"]["type"] == "overloaded_error"
+
+
+def _words(req):  # type: ignore[no-untyped-def]
+    """Counts a raw prompt by words (the reasoning the server counts), others as the fake does."""
+    from tests.fakebackend import estimate_tokens
+
+    return len(req.prompt.split()) if req.prompt is not None else estimate_tokens(req)
+
+
+def test_responses_reasoning_tokens_are_tokens_not_deltas(serve):
+    thought = " ".join(f"word{i}" for i in range(40))  # 40 "tokens", in about 90 deltas
+    usage = Usage(prompt_tokens=3, completion_tokens=60)
+    fake = FakeBackend([Reply(reasoning=thought, text="Done.", usage=usage, chunk=3)], count=_words)
+    srv = serve(fake)
+    r = oc(srv).responses.create(model="m", input="hi")
+    assert r.usage.output_tokens_details.reasoning_tokens == 40
+    with oc(srv).responses.stream(model="m", input="hi") as s:
+        for _ in s:
+            pass
+        final = s.get_final_response()
+    assert final.usage.output_tokens_details.reasoning_tokens == 40
+    # A backend that counted them itself is believed (and capped at the completion tokens).
+    reported = Usage(prompt_tokens=3, completion_tokens=60, reasoning_tokens=17)
+    srv = serve(FakeBackend([Reply(reasoning=thought, text="Done.", usage=reported)], count=_words))
+    assert oc(srv).responses.create(model="m", input="hi").usage.output_tokens_details.reasoning_tokens == 17

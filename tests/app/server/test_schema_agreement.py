@@ -83,7 +83,7 @@ def test_temperature_bounds_agree(document):
     schema = served(document, "/v1/messages")["properties"]["temperature"]
     top = next(s["maximum"] for s in schema["anyOf"] if "maximum" in s)
     assert top == 2
-    assert plan(temperature=top).sampling.temperature == top
+    assert plan(temperature=top).request.sampling.temperature == top
     with pytest.raises(APIError, match="temperature"):
         plan(temperature=top + 0.01)
 

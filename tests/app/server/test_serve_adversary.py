@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests import proctree
+
 pytestmark = pytest.mark.slow
 
 
@@ -27,13 +29,12 @@ def _free_port() -> int:
 def served(tmp_path) -> Iterator[tuple[int, subprocess.Popen[str]]]:  # type: ignore[no-untyped-def]
     port = _free_port()
     env = {**os.environ, "LOCUS_DATA_DIR": str(tmp_path / "data")}
-    proc = subprocess.Popen(
+    proc = proctree.popen(
         [sys.executable, "-m", "app.cli", "serve", "--demo", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / "serve.log", "w"),
         text=True,
         env=env,
-        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
