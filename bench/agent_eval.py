@@ -144,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             f"pass rate {passed}/{len(rows)} ({total['pass_rate']:.0%}), {total['steps']} steps, "
             f"{total['tokens']} tokens, {total['seconds']:.1f}s"
         )
-    return 0 if rows and passed == len(rows) else 1
+    from bench.verdict import finish
+
+    failed = [f"task {r['task']} failed its hidden test ({r['status']})" for r in rows if not r["passed"]]
+    return finish(failed if rows else ["no task ran"], json_mode=args.json)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import decode as _decode  # noqa: E402  (bench/decode.py: model builders shared by the benchmarks)
 
+from bench.verdict import finish  # noqa: E402
+
 log = _decode.log
+
+
+class SideFailed(RuntimeError):
+    """Locus or mlx_lm.server could not serve a turn: recorded, and the run exits non-zero."""
+
 
 TOOLS = [
     {
@@ -292,7 +299,7 @@ class LocusSide:
                 done = ev
         wall = time.perf_counter() - t0
         if done is None or done.finish_reason == "error" or usage is None:
-            raise SystemExit(f"Locus failed: {getattr(done, 'error', done)}")
+            raise SideFailed(f"request ended with {getattr(done, 'error', done)}")
         return Turn(
             usage.prompt_tokens,
             usage.prompt_tokens - usage.cached_tokens,
@@ -335,14 +342,14 @@ class MlxServerSide:
         deadline = time.time() + 300
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"mlx_lm.server exited; see {self.log.name}")
+                raise SideFailed(f"mlx_lm.server exited; see {self.log.name}")
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/v1/models", timeout=2).is_success:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        raise SystemExit(f"mlx_lm.server did not start; see {self.log.name}")
+        raise SideFailed(f"mlx_lm.server did not start; see {self.log.name}")
 
     def restart(self) -> None:
         self.close()
@@ -389,7 +396,7 @@ class MlxServerSide:
                     content.append(c_text)
         wall = time.perf_counter() - t0
         if usage is None:
-            raise SystemExit("mlx_lm.server sent no usage")
+            raise SideFailed("mlx_lm.server sent no usage")
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0) or 0
         return Turn(
             usage["prompt_tokens"],
@@ -791,6 +798,34 @@ def report(sc: Scenario, results: dict[str, SideResult]) -> dict[str, Any]:
     return out
 
 
+def run_sides(
+    sc: Scenario, args: argparse.Namespace, count: Counter, path: Path, cache_dir: Path, failures: list[str]
+) -> dict[str, SideResult]:
+    """One scenario on Locus, then on mlx_lm.server; a side that fails is added to `failures`."""
+    results: dict[str, SideResult] = {}
+    try:
+        loc = LocusSide(path, cache_dir)
+        try:
+            results["Locus"] = run_scenario(loc, sc, args, count)
+        finally:
+            loc.close()
+    except Exception as e:  # go on with the other scenarios; the run still exits non-zero
+        log(f"scenario {sc.key}: Locus failed: {e}")
+        failures.append(f"scenario {sc.key}: Locus failed: {e}")
+        return results
+    if not args.no_mlx and not sc.image:
+        try:
+            srv = MlxServerSide(path, args.reply_tokens)
+            try:
+                results["mlx_lm.server"] = run_scenario(srv, sc, args, count)
+            finally:
+                srv.close()
+        except Exception as e:
+            log(f"scenario {sc.key}: mlx_lm.server failed: {e}")
+            failures.append(f"scenario {sc.key}: mlx_lm.server failed: {e}")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="tiny", help="tiny, real-width, or a checkpoint directory")
@@ -810,33 +845,24 @@ def main(argv: list[str] | None = None) -> int:
     kept = restrict_output(base, path)
     log(f"model {label}: {path}" + (f" (output restricted to {kept} tokens)" if kept > 0 else ""))
 
-    all_out = []
+    all_out, failures = [], []
     count = Counter(path)
     work = Path(tempfile.mkdtemp(prefix="locus-bench-cache-"))
     try:
         for key in args.scenarios.upper():
             sc = SCENARIOS[key]
-            results: dict[str, SideResult] = {}
-            loc = LocusSide(path, work / key)
-            try:
-                results["Locus"] = run_scenario(loc, sc, args, count)
-            except Exception as e:  # E needs the vision tower; report instead of dying
-                log(f"scenario {key}: Locus failed: {e}")
-                continue
-            finally:
-                loc.close()
-            if not args.no_mlx and not sc.image:
-                srv = MlxServerSide(path, args.reply_tokens)
-                try:
-                    results["mlx_lm.server"] = run_scenario(srv, sc, args, count)
-                finally:
-                    srv.close()
-            all_out.append(report(sc, results))
+            results = run_sides(sc, args, count, path, work / key, failures)
+            if "Locus" in results:
+                out = report(sc, results)
+                missed = [name for name, ok in out["targets"].items() if not ok]
+                failures += [f"scenario {key}: {name} NOT met" for name in missed]
+                all_out.append(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": label, "scenarios": all_out}, indent=2))
-    return 0
+        doc = {"model": label, "scenarios": all_out, "failures": failures}
+        Path(args.json).write_text(json.dumps(doc, indent=2))
+    return finish(failures)
 
 
 if __name__ == "__main__":

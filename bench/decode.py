@@ -598,11 +598,35 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         ratios["load_peak"] = locus_load["peak_ratio"]
     report["ratios"] = ratios
     report["targets"] = {
-        "decode": TARGET_DECODE,
-        "prefill": TARGET_PREFILL,
-        "load_peak": TARGET_LOAD,
+        "decode": args.target_decode,
+        "prefill": args.target_prefill,
+        "load_peak": args.target_load,
     }
     return report
+
+
+def judge(report: dict[str, Any]) -> list[str]:
+    """Every missed target and every failed side of one report, as short sentences."""
+    from bench.verdict import at_least, at_most
+
+    r, t = report["ratios"], report["targets"]
+    fails = at_least("decode locus/mlx-lm", r["decode"], t["decode"])
+    fails += at_least("prefill locus/mlx-lm", r["prefill"], t["prefill"])
+    load = report.get("load")
+    if load is not None:
+        for name, d in load.items():
+            if "error" in d:
+                fails.append(f"{name} could not load the checkpoint: {d['error']}")
+        if "error" not in load.get("locus", {}):
+            fails += at_most("load peak / checkpoint bytes", r["load_peak"], t["load_peak"])
+    for side, same in report["outputs_identical"].items():
+        if not same:
+            div = report["first_divergence"][side]
+            fails.append(f"greedy tokens of {LABELS[side]} differ from Locus's from token {div}")
+    for side, n in report["gen_tokens_produced"].items():
+        if n != report["gen_tokens"]:
+            fails.append(f"{LABELS[side]} made {n} tokens, not {report['gen_tokens']}")
+    return fails
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -613,11 +637,11 @@ def _fmt_ratio(x: float | None) -> str:
 
 
 def final_lines(report: dict[str, Any]) -> list[str]:
-    r = report["ratios"]
+    r, t = report["ratios"], report["targets"]
     return [
-        f"ratio decode locus/mlx-lm = {_fmt_ratio(r['decode'])} (target >= {TARGET_DECODE:.2f})",
-        f"ratio prefill locus/mlx-lm = {_fmt_ratio(r['prefill'])} (target >= {TARGET_PREFILL:.2f})",
-        f"load peak / checkpoint bytes = {_fmt_ratio(r['load_peak'])} (target <= {TARGET_LOAD:.2f})",
+        f"ratio decode locus/mlx-lm = {_fmt_ratio(r['decode'])} (target >= {t['decode']:.2f})",
+        f"ratio prefill locus/mlx-lm = {_fmt_ratio(r['prefill'])} (target >= {t['prefill']:.2f})",
+        f"load peak / checkpoint bytes = {_fmt_ratio(r['load_peak'])} (target <= {t['load_peak']:.2f})",
     ]
 
 
@@ -731,6 +755,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-load", action="store_true", help="skip the load-memory measurement")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--target-decode", type=float, default=TARGET_DECODE, help="min decode ratio")
+    ap.add_argument("--target-prefill", type=float, default=TARGET_PREFILL, help="min prefill ratio")
+    ap.add_argument("--target-load", type=float, default=TARGET_LOAD, help="max load peak / checkpoint")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     ap.add_argument("--measure-load", metavar="PATH", help=argparse.SUPPRESS)
     ap.add_argument("--loader", choices=["locus", "mlx-lm"], default="locus", help=argparse.SUPPRESS)
@@ -741,13 +768,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.prompt_tokens < 2 or args.gen_tokens < 2 or args.runs < 1 or args.layers < 1:
         ap.error("--prompt-tokens and --gen-tokens must be >= 2, --runs and --layers >= 1")
+    from bench.verdict import finish
+
     report = benchmark(args)
+    report["failures"] = judge(report)
     if args.json:
         report["summary_lines"] = final_lines(report)
         print(json.dumps(report, indent=2))
     else:
         print_table(report)
-    return 0
+    return finish(report["failures"], json_mode=args.json)
 
 
 if __name__ == "__main__":

@@ -187,12 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     ap.add_argument("--vision-runs", type=int, default=1, metavar="N", help="timed runs (best)")
     ap.add_argument("--max-tokens", type=int, default=1024)
+    ap.add_argument("--min-accuracy", type=float, metavar="X", help="target: exit 1 below this accuracy")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args(argv)
     if args.model is None and not args.demo and args.replay is None and not args.vision_timing:
         ap.error("give --model PATH, --demo, --replay [FILE] or --vision-timing")
 
     from app.localize import locate, parse_response
+    from bench.verdict import finish
     from engine.image import load_image
 
     out: dict[str, Any] = {}
@@ -257,9 +259,22 @@ def main(argv: list[str] | None = None) -> int:
             f"(best of {len(v['runs'])})"
         )
         out["vision_tower"] = v
+    out["failures"] = judge(out, args.min_accuracy)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
-    return 0
+    return finish(out["failures"])
+
+
+def judge(out: dict[str, Any], min_accuracy: float | None) -> list[str]:
+    """No images scored is a failed run; below --min-accuracy (when given) a missed target."""
+    from bench.verdict import at_least
+
+    loc = out.get("localization")
+    if loc is None:
+        return []
+    if loc["images"] == 0:
+        return ["no images were scored"]
+    return [] if min_accuracy is None else at_least("accuracy", loc["accuracy"], min_accuracy)
 
 
 if __name__ == "__main__":

@@ -235,6 +235,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def judge(rep: dict[str, Any]) -> list[str]:
+    """Speculative decoding must hand out plain decoding's greedy tokens in every row."""
+    return [f"row {r['row']}: tokens differ from plain decoding" for r in rep["rows"] if not r["same"]]
+
+
 def print_table(rep: dict[str, Any]) -> None:
     print(f"# {rep['model']} — {rep['machine']}")
     print(
@@ -288,12 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    from bench.verdict import finish
+
     rep = run(args)
+    rep["failures"] = judge(rep)
     if args.json:
         print(json.dumps(rep, indent=2))
     else:
         print_table(rep)
-    return 0
+    return finish(rep["failures"], json_mode=args.json)
 
 
 if __name__ == "__main__":

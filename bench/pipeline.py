@@ -75,7 +75,7 @@ def child(args: argparse.Namespace) -> int:
     lm.tokenizer.eos_token_ids = set()
     if group is not None and group.rank() > 0:
         return serve_worker(engine)
-    vocab = lm.model.args.vocab_size
+    vocab = lm.model.language_model.args.vocab_size
     rng = random.Random(args.seed)
     greedy = SamplingParams(temperature=0.0)
 
@@ -107,7 +107,12 @@ def child(args: argparse.Namespace) -> int:
         dtype = lm.model.language_model.model.embed_tokens.scales.dtype
     print(
         json.dumps(
-            {"runs": runs, "hidden": lm.model.args.hidden_size, "itemsize": dtype.size, "dtype": str(dtype)}
+            {
+                "runs": runs,
+                "hidden": lm.model.language_model.args.hidden_size,
+                "itemsize": dtype.size,
+                "dtype": str(dtype),
+            }
         ),
         flush=True,
     )
@@ -131,6 +136,10 @@ def _free_port() -> int:
         if ok:
             return p
     raise RuntimeError("no free ports")
+
+
+class SideFailed(Exception):
+    """One configuration's processes failed: the benchmark ends with this as its verdict."""
 
 
 def configuration(args: argparse.Namespace, path: Path, ranks: int) -> dict[str, Any]:
@@ -167,6 +176,8 @@ def configuration(args: argparse.Namespace, path: Path, ranks: int) -> dict[str,
     proc = subprocess.Popen(me, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        raise SideFailed(f"the {ranks}-process configuration ran past --timeout {args.timeout:g} s") from None
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # mlx.launch leaves its ranks when killed
@@ -174,7 +185,7 @@ def configuration(args: argparse.Namespace, path: Path, ranks: int) -> dict[str,
             pass
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise SystemExit(f"{ranks} process(es) failed (exit {proc.returncode})")
+        raise SideFailed(f"the {ranks}-process configuration failed (exit {proc.returncode})")
     rep = json.loads(lines[-1])
     runs = rep["runs"]
     med = {
@@ -191,6 +202,11 @@ def configuration(args: argparse.Namespace, path: Path, ranks: int) -> dict[str,
         "itemsize": rep["itemsize"],
         "bytes_per_token": bytes_per_token(rep["hidden"], rep["itemsize"], ranks),
     }
+
+
+def judge(rep: dict[str, Any]) -> list[str]:
+    """Pipelining must not change the greedy tokens."""
+    return [] if rep["same_tokens"] else ["1 and 2 processes gave different greedy tokens"]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -249,12 +265,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         return child(args)
-    rep = run(args)
+    from bench.verdict import finish
+
+    try:
+        rep = run(args)
+    except SideFailed as e:
+        return finish([str(e)], json_mode=args.json)
+    rep["failures"] = judge(rep)
     if args.json:
         print(json.dumps(rep, indent=2))
     else:
         print_table(rep)
-    return 0
+    return finish(rep["failures"], json_mode=args.json)
 
 
 if __name__ == "__main__":

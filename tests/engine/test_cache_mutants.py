@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from engine.cache import PromptCache
 from engine.reuse import ReplyMemo, common_prefix, marked_positions
 
 
@@ -42,3 +44,32 @@ def test_an_empty_turn_is_not_remembered(tmp_path: Path) -> None:
     memo.remember("m", _Tok(), [1, 2])
     memo.save()
     assert (tmp_path / ReplyMemo.FILE).exists()
+
+
+def test_budget_reports_every_figure_under_its_name(tmp_path: Path) -> None:
+    assert PromptCache(memory_bytes=100, disk_bytes=50).budget() == {
+        "memory_bytes": 100,
+        "memory_used_bytes": 0,
+        "snapshots": 0,
+        "shared_snapshots": 0,
+        "disk_bytes": 0,
+        "disk_used_bytes": 0,
+        "disk_snapshots": 0,
+        "hits": 0,
+        "misses": 0,
+        "tokens_reused": 0,
+        "evictions": 0,
+    }
+    assert PromptCache(disk_dir=tmp_path, disk_bytes=50).budget()["disk_bytes"] == 50
+
+
+def test_unreadable_cache_files_are_counted_and_named(tmp_path: Path, caplog) -> None:  # type: ignore
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.locus-cache.safetensors").write_bytes(b"not a snapshot")
+    pc = PromptCache(disk_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="engine.cache"):
+        assert pc.lookup("m", [1, 2, 3], []) == ([], 0)
+    assert pc.stats.rejected_files == 2
+    warned = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("prompt cache: ignoring a.locus-cache.safetensors: ") for m in warned), warned
+    assert all(not m.endswith(": None") for m in warned)  # each says why
