@@ -163,7 +163,9 @@ def test_a_trickled_body_is_cut_at_the_deadline(serve, scripted):
         took = time.monotonic() - t0
         status, err = _answer(s, timeout=1)
     assert status == 408 and "did not arrive in full within 2 s" in err["error"]["message"]
-    assert 1.5 < took < 4
+    # Not before the deadline (bytes kept arriving, so not the 1 s idle timeout), and the loop ended
+    # on the server's answer rather than its own 6 s cutoff; no upper bound tied to this box's speed.
+    assert took > 1.5 and took < 6
     print(f"\ntrickled body cut after {took:.2f}s (deadline 2 s, idle timeout 1 s)")
 
 
