@@ -21,18 +21,21 @@ def open_local(
     mtp: int = 0,
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    kv_bits: int | None = None,
+    parallel: int | None = None,
 ) -> Backend:
     """Load the checkpoint at `path` into this process (raises ModelLoadError naming the problem).
 
     `should_stop` is polled between shards and layers read (LoadCancelled when it returns True);
-    `progress(done, total)` reports those steps.
+    `progress(done, total)` reports those steps. `kv_bits` (4 or 8) quantizes the KV cache. The
+    prompt cache then adopts the memory plan (engine/memplan.py) and, unless given, its budget.
     """
     from engine import Engine
     from engine.loader import DEFAULT_CONTEXT_TOKENS
 
     context_tokens = context_tokens or DEFAULT_CONTEXT_TOKENS
 
-    eng = Engine(prompt_cache=prompt_cache, mtp=mtp)
+    eng = Engine(prompt_cache=prompt_cache, mtp=mtp, **({"parallel": parallel} if parallel else {}))
     try:
         eng.load(
             path,
@@ -40,11 +43,33 @@ def open_local(
             memory_check=memory_check,
             should_stop=should_stop,
             progress=progress,
+            kv_bits=kv_bits,
         )
     except BaseException:
         eng.close()  # nothing half-loaded stays behind a cancelled or failed load
         raise
+    _plan(eng, context_tokens)
     return eng
+
+
+def _plan(eng: Any, context_tokens: int) -> None:
+    from engine import available_memory
+    from engine.memplan import plan_loaded
+
+    pc = eng.prompt_cache
+    if pc is None:
+        return
+    sched = getattr(eng, "scheduler", None)  # a batch: that many sequences' caches live at once
+    sequences = int(getattr(sched, "parallel", 1) or 1)
+    given = pc.memory_bytes if pc.budget_given else None
+    plan = plan_loaded(
+        eng.model,
+        free=available_memory(),
+        context_tokens=context_tokens,
+        sequences=sequences,
+        snapshot_budget=given,
+    )
+    pc.set_plan(plan)
 
 
 # The OS keychain entry holding a remote server's API key: service "locus", this user name.
@@ -64,6 +89,9 @@ def remote_key_from_keyring(url: str) -> str | None:
 
     from engine import EngineError
 
+    from .secret_store import install_fallback
+
+    install_fallback()  # no OS keychain: Locus's private file
     try:
         return keyring.get_password(KEYRING_SERVICE, remote_key_account(url)) or None
     except KeyringError as e:
@@ -75,6 +103,9 @@ def save_remote_key(url: str, key: str | None) -> None:
     import keyring
     from keyring.errors import PasswordDeleteError
 
+    from .secret_store import install_fallback
+
+    install_fallback()
     if key:
         keyring.set_password(KEYRING_SERVICE, remote_key_account(url), key)
         return

@@ -73,6 +73,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--no-prompt-cache", action="store_true", help="neither reuse nor save prompt-cache snapshots"
     )
     p.add_argument(
+        "--prompt-cache-gb",
+        type=float,
+        metavar="GB",
+        help="memory for prompt-cache snapshots (default: half of what stays free once the "
+        "model and its context are loaded)",
+    )
+    p.add_argument(
+        "--kv-bits",
+        type=int,
+        choices=[4, 8],
+        help="keep the full-attention layers' keys and values quantized to this many bits "
+        "(8: about half the KV memory; greedy output may differ slightly from 16-bit)",
+    )
+    p.add_argument(
         "--mtp",
         type=int,
         default=0,
@@ -230,6 +244,11 @@ def _add_generate_parser(sub: Any) -> None:
     )
     g.add_argument("--no-chat-template", action="store_true", help="feed --prompt as raw text")
     g.add_argument("--json", action="store_true", help="one JSON object per event per line")
+    g.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        help="the answer is JSON valid against this JSON schema file (the reasoning stays free)",
+    )
     _add_sampling_args(g)
 
 
@@ -258,6 +277,22 @@ def _add_tool_parsers(sub: Any) -> None:
     )
 
 
+def _schema_format(path: str | None) -> dict[str, Any] | None:
+    """`--json-schema FILE` as the request's response_format."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            schema = json.load(f)
+    except OSError as e:
+        raise EngineError(f"--json-schema {path}: cannot read it ({e.strerror})") from None
+    except ValueError as e:
+        raise EngineError(f"--json-schema {path}: not JSON ({e})") from None
+    if not isinstance(schema, dict):
+        raise EngineError(f"--json-schema {path}: a JSON schema is an object, not {type(schema).__name__}")
+    return {"type": "json_schema", "schema": schema}
+
+
 def _read_prompt(args: argparse.Namespace) -> GenerationRequest:
     from engine import GenerationRequest
 
@@ -266,6 +301,7 @@ def _read_prompt(args: argparse.Namespace) -> GenerationRequest:
         max_tokens=args.max_tokens,
         stop=args.stop,
         enable_thinking=not args.no_thinking,
+        response_format=_schema_format(args.json_schema),
     )
     if args.prompt_ids is not None:
         try:

@@ -85,8 +85,10 @@ def open_backend(args: argparse.Namespace) -> Backend:
     from .backends import in_pipeline, open_local, open_pipeline, open_remote
 
     if getattr(args, "remote", None):
-        if getattr(args, "mtp", 0):
-            raise EngineError("--mtp applies to a model loaded here, not to --remote")
+        for opt in ("mtp", "kv_bits", "prompt_cache_gb"):
+            if getattr(args, opt, None):
+                flag = "--" + opt.replace("_", "-")
+                raise EngineError(f"{flag} applies to a model loaded here, not to --remote")
         print(f"Connecting to the remote model server at {args.remote}…", file=sys.stderr, flush=True)
         backend = open_remote(args.remote, api_key=remote_key(args), model=args.remote_model)
         print(
@@ -108,12 +110,31 @@ def open_backend(args: argparse.Namespace) -> Backend:
     )
     if in_pipeline():  # started by mlx.launch: this process holds a share of the layers
         return open_pipeline(str(path), context_tokens=context_of(args), prompt_cache=prompt_cache_of(args))
-    return open_local(
+    backend = open_local(
         str(path),
         context_tokens=context_of(args),
         memory_check=not args.no_memory_check,
         prompt_cache=prompt_cache_of(args),
         mtp=getattr(args, "mtp", 0),
+        kv_bits=getattr(args, "kv_bits", None),
+        parallel=getattr(args, "parallel", None),
+    )
+    plan = backend.stats().prompt_cache
+    if plan is not None and plan.memory_plan:
+        print(f"Memory plan: {memory_plan_line(plan.memory_plan)}", file=sys.stderr, flush=True)
+    return backend
+
+
+def memory_plan_line(plan: dict[str, int]) -> str:
+    """The memory plan (engine.memplan.MemoryPlan.to_dict()) in one line for a person."""
+    gb = 1024**3
+    kv = f"{plan['kv_bits']}-bit KV" if plan.get("kv_bits") else "16-bit KV"
+    return (
+        f"weights {plan['weights_bytes'] / gb:.1f} GB, live caches {plan['live_cache_bytes'] / gb:.1f} GB "
+        f"({plan['sequences']} x {plan['context_tokens']:,} tokens, {kv}), prompt-cache snapshots "
+        f"{plan['snapshot_budget_bytes'] / gb:.1f} GB, free {plan['free_bytes'] / gb:.1f} GB: "
+        f"a context of {plan['context_fits_tokens']:,} tokens fits each sequence, "
+        f"{plan['context_fits_one_tokens']:,} one alone"
     )
 
 
@@ -125,4 +146,6 @@ def prompt_cache_of(args: argparse.Namespace) -> PromptCache:
 
     if getattr(args, "no_prompt_cache", False):
         return PromptCache(memory_bytes=0)
-    return PromptCache(disk_dir=prompt_cache_dir(), disk_bytes=PROMPT_CACHE_DISK_BYTES)
+    gb = getattr(args, "prompt_cache_gb", None)
+    memory = int(gb * 1024**3) if gb is not None else None  # None: derived from free memory at load
+    return PromptCache(memory_bytes=memory, disk_dir=prompt_cache_dir(), disk_bytes=PROMPT_CACHE_DISK_BYTES)

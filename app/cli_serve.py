@@ -88,7 +88,17 @@ def _add_access_args(p: Any) -> None:
 
 
 def _add_limit_args(p: Any) -> None:
-    """How much the server takes: queue, body size, connections, header time."""
+    """How much the server takes: sequences decoded at once, queue, body size, connections, header time."""
+    from engine.request import DEFAULT_PARALLEL
+
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=DEFAULT_PARALLEL,
+        metavar="N",
+        help="requests decoded together as one batch (continuous batching); more wait in the "
+        f"queue (default {DEFAULT_PARALLEL})",
+    )
     p.add_argument(
         "--max-queue",
         type=int,
@@ -135,6 +145,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise RuntimeError(f"--port must be between 0 and 65535 (got {args.port})")
     if args.max_queue < 0:
         raise RuntimeError(f"--max-queue must be >= 0 (got {args.max_queue})")
+    if args.parallel < 1:
+        raise RuntimeError(f"--parallel must be >= 1 (got {args.parallel})")
     if args.max_body_mb <= 0:
         raise RuntimeError("--max-body-mb must be positive")
     if args.max_connections < 1 or args.header_timeout <= 0:
@@ -152,6 +164,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         max_connections=args.max_connections,
         header_timeout=args.header_timeout,
         max_queue=args.max_queue,
+        max_active=args.parallel,
         allowed_origins=tuple(args.allow_origin),
         allowed_hosts=tuple(args.allow_host),
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),

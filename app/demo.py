@@ -17,16 +17,52 @@ DEMO_NOTICE = (
 )
 
 
+# Written into the demo checkpoint: whoever loads it (window, picker, a later plain `locus`) can tell
+# it holds random weights from the model itself, not from how Locus was started.
+DEMO_MARKER = "locus-demo.json"
+
+
+def is_demo_model(path: str | Path | None) -> bool:
+    """Whether the checkpoint at `path` is Locus's demo model (random weights)."""
+    if not path:
+        return False
+    p = Path(path)
+    try:
+        if (p / DEMO_MARKER).is_file():
+            return True
+        # Built before the marker existed: an older version's folder in the cache dir.
+        return (
+            p.name.startswith("demo-qwen3_5_moe-tiny-v")
+            and p.parent.resolve() == default_cache_dir().resolve()
+        )
+    except OSError:
+        return False
+
+
+def _write_marker(model: Path) -> None:
+    import json
+
+    (model / DEMO_MARKER).write_text(
+        json.dumps({"demo": True, "version": DEMO_VERSION, "weights": "random"}) + "\n", encoding="utf-8"
+    )
+
+
 def demo_model_dir(cache_dir: str | Path | None = None) -> Path:
     """Path of the demo checkpoint, creating it on first use (atomically, so a crash leaves none)."""
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / f"demo-qwen3_5_moe-tiny-v{DEMO_VERSION}"
     if (target / "config.json").exists():
+        if not is_demo_model(target):  # built before the marker existed
+            try:
+                _write_marker(target)
+            except OSError:
+                pass
         return target
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=root))
     try:
         write_tiny_checkpoint(tmp / "model", "mlx", bits=4)
+        _write_marker(tmp / "model")
         try:
             (tmp / "model").rename(target)
         except OSError:

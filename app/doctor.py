@@ -254,19 +254,62 @@ def check_memory(
     return Check("memory", "pass", ", ".join(parts))
 
 
+def check_memory_plan(*, free: int | None = None, context_tokens: int = 32_768) -> Check:
+    """Where Qwen3.6-35B-A3B's memory would go here: weights, the batch's live caches, the
+    prompt-cache budget, and the longest context that fits (16-bit and 8-bit KV)."""
+    from engine.memplan import QWEN36_4BIT_WEIGHTS, QWEN36_CONFIG, plan_memory
+
+    if free is None:
+        from engine import available_memory
+
+        free = available_memory()
+    try:
+        from engine.scheduler import DEFAULT_PARALLEL as sequences
+    except ImportError:  # an engine without a batch runs one sequence at a time
+        sequences = 1
+    left = max(0, free - QWEN36_4BIT_WEIGHTS)
+
+    def plan(bits: int | None, budget: int | None = None) -> Any:
+        return plan_memory(
+            QWEN36_CONFIG,
+            hybrid=True,
+            weights=QWEN36_4BIT_WEIGHTS,
+            free=left,
+            context_tokens=context_tokens,
+            kv_bits=bits,
+            sequences=sequences,
+            snapshot_budget=budget,
+        )
+
+    fp = plan(None)
+    q8 = plan(8, fp.snapshot_budget_bytes)  # the same budget, to compare the contexts
+    detail = (
+        f"Qwen3.6-35B-A3B 4-bit: {fp.summary()}; with --kv-bits 8: {q8.context_fits_tokens:,} "
+        f"and {q8.context_fits_one_tokens:,}"
+    )
+    if fp.context_fits_tokens < context_tokens:
+        fix = "use --kv-bits 8, a smaller --context or --prompt-cache-gb, or fewer parallel requests"
+        return Check("memory plan", "warn", detail, fix)
+    return Check("memory plan", "pass", detail)
+
+
 def check_keychain(*, backend: Any = None) -> Check:
     """The OS keychain (keyring) answers: where tokens and API keys are kept."""
     import keyring
     from keyring.errors import KeyringError
 
+    from .secret_store import FileKeyring, secrets_file
+
     kr = backend if backend is not None else keyring.get_keyring()
     name = f"{type(kr).__module__}.{type(kr).__name__}"
-    if "fail" in type(kr).__module__ or "null" in type(kr).__module__:
+    if isinstance(kr, FileKeyring) or "fail" in type(kr).__module__ or "null" in type(kr).__module__:
         return Check(
             "keychain",
             "warn",
-            f"no usable keychain ({name}): Hugging Face tokens and the API key cannot be stored",
-            "on Linux install and unlock a Secret Service keyring (gnome-keyring or KWallet)",
+            f"no system keychain: Hugging Face tokens and remote API keys are kept in a private "
+            f"file instead, {secrets_file()} (mode 600, only you can read it)",
+            "for the system keychain, on Linux install and unlock a Secret Service keyring "
+            "(gnome-keyring or KWallet)",
         )
     try:
         kr.get_password("locus", "doctor-probe")  # reading a missing item never prompts
@@ -393,6 +436,7 @@ CHECKS: list[tuple[str, Callable[[], Check]]] = [
     ("matmul", check_matmul),
     ("demo model", check_demo_tokens),
     ("memory", check_memory),
+    ("memory plan", check_memory_plan),
     ("keychain", check_keychain),
     ("git", check_git),
     ("sandbox", check_sandbox),

@@ -1,10 +1,12 @@
-"""Model manager without a window: local models and whether they fit, the recommended list,
-downloads from the Hugging Face Hub with progress, pause/resume and cancel, delete, and the token.
+"""Model manager without a window: local models and whether they fit, the recommended list, a
+search of the Hub's MLX models, downloads from the Hugging Face Hub with progress, pause/resume and
+cancel, delete, and the token.
 
-The Hugging Face token lives only in the OS keychain (keyring); it is passed to huggingface_hub and
-never logged or written to disk by Locus. Downloads use `huggingface_hub.snapshot_download` (retries,
-Xet, the standard cache that `hf` and mlx-lm share); Locus adds pause/cancel through the progress
-class, a progress report with speed, and a SHA-256 check of every file against the Hub's listing.
+The Hugging Face token lives only in the OS keychain (keyring), or where there is none in Locus's
+private 0600 file (app.secret_store); it is passed to huggingface_hub and never logged. Downloads
+use `huggingface_hub.snapshot_download` (retries, Xet, the standard cache that `hf` and mlx-lm
+share); Locus adds pause/cancel through the progress class, a progress report with speed, and a
+SHA-256 check of every file against the Hub's listing.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "DownloadProgress",
     "Downloader",
     "HubError",
+    "HubModel",
     "LocalModel",
     "RecommendedModel",
     "delete_model",
@@ -37,6 +40,7 @@ __all__ = [
     "list_local_models",
     "model_dir_for",
     "models_dir",
+    "search_models",
     "set_token",
 ]
 
@@ -207,12 +211,139 @@ def delete_model(model: LocalModel | Path) -> None:
         raise HubError(f"could not delete {target}: {e}") from None
 
 
+# -- finding models on the Hub ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HubModel:
+    """An MLX model on the Hub: its download size, quantization and whether it fits this machine."""
+
+    repo_id: str
+    size_bytes: int | None  # the weights' bytes (None: the Hub did not say)
+    quantization: str  # "4-bit", "8-bit", "bf16", … or "" when not known
+    downloads: int
+    needed_bytes: int | None  # the same estimate as for a local model (weights + context + margin)
+    available_bytes: int
+
+    @property
+    def fits(self) -> bool | None:
+        if self.needed_bytes is None or not self.available_bytes:
+            return None
+        return self.needed_bytes <= self.available_bytes
+
+
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2}
+
+
+def _weights_bytes(info: Any) -> int | None:
+    st = getattr(info, "safetensors", None)
+    params = getattr(st, "parameters", None)
+    if params:  # the Hub counts each tensor's elements by dtype: MLX packs 4-bit weights in U32
+        return int(sum(int(n) * _DTYPE_BYTES.get(str(d).upper(), 1) for d, n in params.items()))
+    used = getattr(info, "used_storage", None)
+    return int(used) if used else None
+
+
+def _quantization(repo_id: str, config: dict[str, Any] | None, tags: list[str]) -> str:
+    import re
+
+    q = (config or {}).get("quantization") or (config or {}).get("quantization_config")
+    if isinstance(q, dict) and q.get("bits"):
+        return f"{q['bits']}-bit"
+    text = " ".join([repo_id, *tags]).lower()
+    m = re.search(r"(\d+)[-_ ]?bits?\b", text)
+    if m:
+        return f"{m.group(1)}-bit"
+    for name in ("mxfp4", "nvfp4", "bf16", "fp16", "dwq"):
+        if name in text:
+            return name
+    return ""
+
+
+def _hub_fit(size: int | None, config: dict[str, Any] | None, context_tokens: int) -> int | None:
+    """The fit check of a local model (engine.estimate_memory) on what the Hub tells of one."""
+    from types import SimpleNamespace
+
+    from engine import estimate_memory
+
+    if not size:
+        return None
+    cfg = config if isinstance(config, dict) else {}
+    info = SimpleNamespace(config=cfg, is_qwen_moe=cfg.get("model_type") == "qwen3_5_moe", weight_bytes=size)
+    try:
+        return estimate_memory(info, context_tokens).total  # type: ignore[arg-type]
+    except Exception:  # a config the estimate cannot read: the weights and margin alone
+        return size + max(512 * 1024**2, size // 20)
+
+
+def search_models(
+    query: str,
+    *,
+    limit: int = 30,
+    endpoint: str | None = None,
+    token: str | None = None,
+    context_tokens: int = 32768,
+    available: int | None = None,
+) -> list[HubModel]:
+    """MLX conversions on the Hub whose name matches `query`, most downloaded first. HubError with
+    a reason for a person when the Hub cannot be asked."""
+    from huggingface_hub import HfApi
+
+    from engine import available_memory
+
+    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    avail = available_memory() if available is None else available
+    try:
+        tok = token if token is not None else get_token()
+        api = HfApi(endpoint=endpoint, token=tok or False)  # False: never another stored token
+        found = list(
+            api.list_models(
+                search=query.strip() or None,
+                filter="mlx",
+                sort="downloads",
+                limit=limit,
+                expand=["safetensors", "tags", "downloads", "config", "usedStorage"],
+            )
+        )
+    except Exception as e:
+        raise _search_error(endpoint, e) from None
+    out = []
+    for m in found:
+        size = _weights_bytes(m)
+        config = m.config if isinstance(getattr(m, "config", None), dict) else None
+        tags = list(getattr(m, "tags", None) or [])
+        out.append(
+            HubModel(
+                m.id,
+                size,
+                _quantization(m.id, config, tags),
+                int(getattr(m, "downloads", 0) or 0),
+                _hub_fit(size, config, context_tokens),
+                avail,
+            )
+        )
+    return out
+
+
+def _search_error(endpoint: str, e: Exception) -> HubError:
+    host = endpoint.split("://", 1)[-1]
+    if _unreachable(e):
+        return HubError(f"Cannot reach {host} to search for models: check the internet connection.")
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(e, HfHubHTTPError):
+        code = e.response.status_code if e.response is not None else "an error"
+        return HubError(f"{host} answered {code} to the search; try again later.")
+    return HubError(f"The search on {host} failed ({type(e).__name__}); try again later.")
+
+
 # -- the token ----------------------------------------------------------------------------------------
 def get_token() -> str | None:
-    """The Hugging Face token from the OS keychain, or None."""
+    """The Hugging Face token from the OS keychain (or Locus's private file without one), or None."""
     import keyring
     from keyring.errors import KeyringError
 
+    from .secret_store import install_fallback
+
+    install_fallback()
     try:
         return keyring.get_password(KEYRING_SERVICE, KEYRING_TOKEN_USER) or None
     except KeyringError:
@@ -220,10 +351,13 @@ def get_token() -> str | None:
 
 
 def set_token(token: str) -> None:
-    """Store the token in the OS keychain (the only place Locus keeps it)."""
+    """Store the token in the OS keychain (or, where there is none, Locus's private 0600 file)."""
     import keyring
     from keyring.errors import KeyringError
 
+    from .secret_store import install_fallback
+
+    install_fallback()
     token = token.strip()
     if not token:
         raise HubError("the token is empty")
@@ -240,6 +374,9 @@ def delete_token() -> None:
     import keyring
     from keyring.errors import KeyringError, PasswordDeleteError
 
+    from .secret_store import install_fallback
+
+    install_fallback()
     try:
         keyring.delete_password(KEYRING_SERVICE, KEYRING_TOKEN_USER)
     except PasswordDeleteError:
@@ -455,6 +592,12 @@ class Downloader:
                 "again, and check your network or proxy if it repeats"
             )
 
+    def discard(self) -> None:
+        """Remove what a stopped (failed or paused) download left behind; call it only when the
+        download is not running."""
+        self._remove_partial()
+        self.progress = DownloadProgress(self.repo_id)
+
     def _remove_partial(self) -> None:
         # The repo folder holds only this download unless another revision was downloaded before.
         root = self.repo_cache
@@ -535,9 +678,10 @@ def _hub_error(repo_id: str, endpoint: str, e: Exception) -> HubError:
             return HubError(f"{repo_id} needs a Hugging Face token with access: add one in Models → Token")
         return HubError(f"the Hub answered {code} for {repo_id}; try again later")
     if _unreachable(e):
+        host = endpoint.split("://", 1)[-1]
         return HubError(
-            f"cannot reach {endpoint} to download {repo_id} ({e}): check the connection (or set "
-            "HF_ENDPOINT to a mirror), then press Resume to continue where it stopped"
+            f"Cannot reach {host} to download {repo_id}: check the internet connection (or set "
+            "HF_ENDPOINT to a mirror), then try again; files already downloaded are kept"
         )
     if isinstance(e, OSError) and "Consistency check" not in str(e):
         return HubError(f"cannot write the model to {hf_cache_dir()}: {e} (is the disk full?)")
@@ -564,4 +708,12 @@ def _unreachable(e: BaseException) -> bool:
 
 
 # httpx's and requests' names for "no connection" (huggingface-hub has used both).
-_CONNECT_ERRORS = {"ConnectError", "ConnectTimeout", "ConnectionError", "NameResolutionError"}
+_CONNECT_ERRORS = {
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionError",
+    "NameResolutionError",
+    "NewConnectionError",
+    "gaierror",  # socket's "[Errno -2] Name or service not known"
+    "ConnectionRefusedError",
+}

@@ -93,10 +93,11 @@ PREFERENCES: list[Preference] = [
     ),
     Preference(
         "context_tokens",
-        "Context (tokens)",
+        "Context to load models with (tokens)",
         "int",
         32768,
-        "The context budget used to check that a model fits in memory.",
+        "Memory is planned (and checked) for this much context when a model loads; Models → "
+        "Context sets it too. The toolbar shows the context the model itself serves.",
         minimum=1024,
         maximum=262144,
     ),

@@ -6,7 +6,10 @@ The schema is versioned with `PRAGMA user_version` and migrated forward on open;
 written by a newer Locus is refused rather than damaged.
 
 A *thread* is one conversation: kind "chat" or "agent". Its messages are stored in order as the
-JSON dicts the engine takes. An agent run is a thread plus a row in `agent_runs` (project, task,
+JSON dicts the engine takes, as a tree (schema 2): each message names its parent, and the thread
+its `head`, so an edited or regenerated message keeps its earlier versions (siblings) and the path
+from the head up is the conversation shown. Images a message holds are rows of `attachments`,
+named in the message by their SHA-256. An agent run is a thread plus a row in `agent_runs` (project, task,
 status, totals, resumable state) and its events.
 """
 
@@ -30,6 +33,7 @@ T = TypeVar("T")
 
 __all__ = [
     "SCHEMA_VERSION",
+    "MessageNode",
     "RunRecord",
     "Store",
     "StoreError",
@@ -37,9 +41,10 @@ __all__ = [
     "ThreadRecord",
     "default_data_dir",
     "new_thread_id",
+    "path_to",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # MIGRATIONS[v] turns a version v-1 database into version v. Append; never edit a shipped one.
 MIGRATIONS: dict[int, list[str]] = {
@@ -92,6 +97,28 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX agent_runs_project ON agent_runs(project)",
         "CREATE INDEX threads_kind ON threads(kind, updated)",
     ],
+    # Message trees (versions and branches), images, and small app state (the last conversation).
+    2: [
+        "ALTER TABLE messages ADD COLUMN uid TEXT",
+        "ALTER TABLE messages ADD COLUMN parent TEXT",
+        "ALTER TABLE threads ADD COLUMN head TEXT",
+        "UPDATE messages SET uid = lower(hex(randomblob(8)))",
+        """UPDATE messages SET parent = (SELECT x.prev FROM (SELECT id, LAG(uid) OVER
+            (PARTITION BY thread_id ORDER BY seq) AS prev FROM messages) x WHERE x.id = messages.id)""",
+        """UPDATE threads SET head = (SELECT uid FROM messages m WHERE m.thread_id = threads.id
+            ORDER BY seq DESC LIMIT 1)""",
+        "CREATE UNIQUE INDEX messages_uid ON messages(uid)",
+        "CREATE INDEX messages_parent ON messages(thread_id, parent)",
+        """CREATE TABLE attachments (
+            thread_id TEXT NOT NULL REFERENCES threads(id) ON DELETE CASCADE,
+            sha256 TEXT NOT NULL,
+            media_type TEXT NOT NULL,
+            data BLOB NOT NULL,
+            created REAL NOT NULL,
+            PRIMARY KEY (thread_id, sha256)
+        )""",
+        "CREATE TABLE app_state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
 }
 
 
@@ -115,6 +142,16 @@ class ThreadRecord:
     created: float
     updated: float
     meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MessageNode:
+    """A stored message in its thread's tree: `uid`, the `parent` it answers (None: first)."""
+
+    uid: str
+    parent: str | None
+    message: dict[str, Any]
+    created: float
 
 
 @dataclass(frozen=True)
@@ -286,8 +323,11 @@ class Store:
         pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         sql = (
             "SELECT id FROM threads t WHERE (t.title LIKE ?1 ESCAPE '\\' OR EXISTS ("
-            "SELECT 1 FROM messages m WHERE m.thread_id = t.id "
-            "AND json_extract(m.body, '$.content') LIKE ?1 ESCAPE '\\'))"
+            "SELECT 1 FROM messages m WHERE m.thread_id = t.id AND ("
+            "(json_type(m.body, '$.content') = 'text' "
+            "AND json_extract(m.body, '$.content') LIKE ?1 ESCAPE '\\')"
+            " OR (json_type(m.body, '$.content') = 'array' AND EXISTS (SELECT 1 FROM "
+            "json_each(m.body, '$.content') j WHERE json_extract(j.value, '$.text') LIKE ?1 ESCAPE '\\')))))"
         )
         params: list[Any] = [pattern]
         if kind:
@@ -316,15 +356,18 @@ class Store:
                 raise StoreError(f"no conversation or run {thread_id!r}")
 
     def pop_message(self, thread_id: str) -> dict[str, Any] | None:
-        """Remove and return a thread's last message (e.g. a reply being regenerated)."""
+        """Remove and return a thread's head message (its parent becomes the head)."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT id, body FROM messages WHERE thread_id = ? ORDER BY seq DESC LIMIT 1", (thread_id,)
+                "SELECT m.id, m.body, m.parent FROM messages m JOIN threads t ON t.head = m.uid "
+                "WHERE t.id = ?",
+                (thread_id,),
             ).fetchone()
             if row is None:
                 return None
             db.execute("DELETE FROM messages WHERE id = ?", (row[0],))
-            db.execute("UPDATE threads SET updated = ? WHERE id = ?", (time.time(), thread_id))
+            now = time.time()
+            db.execute("UPDATE threads SET updated = ?, head = ? WHERE id = ?", (now, row[2], thread_id))
         return json.loads(row[1])
 
     def delete_thread(self, thread_id: str) -> None:
@@ -332,27 +375,147 @@ class Store:
         with self._tx() as db:
             db.execute("DELETE FROM threads WHERE id = ?", (thread_id,))
 
-    def add_message(self, thread_id: str, message: dict[str, Any]) -> int:
-        """Append a finished message (committed durably before returning); its sequence number."""
+    def add_message(
+        self, thread_id: str, message: dict[str, Any], *, uid: str | None = None, parent: str | None = "head"
+    ) -> int:
+        """Append a finished message (committed durably before returning) as a child of `parent`
+        (by default the head) and make it the head; its sequence number."""
         body = json.dumps(message, ensure_ascii=False)
         now = time.time()
         with self._tx() as db:
+            if parent == "head":
+                row = db.execute("SELECT head FROM threads WHERE id = ?", (thread_id,)).fetchone()
+                parent = row[0] if row is not None else None
             seq = db.execute(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE thread_id = ?", (thread_id,)
             ).fetchone()[0]
             db.execute(
-                "INSERT INTO messages (thread_id, seq, role, body, created) VALUES (?, ?, ?, ?, ?)",
-                (thread_id, seq, str(message.get("role", "")), body, now),
+                "INSERT INTO messages (thread_id, seq, role, body, created, uid, parent) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (thread_id, seq, str(message.get("role", "")), body, now, uid or new_thread_id(), parent),
             )
-            db.execute("UPDATE threads SET updated = ? WHERE id = ?", (now, thread_id))
+            db.execute(
+                "UPDATE threads SET updated = ?, "
+                "head = (SELECT uid FROM messages WHERE thread_id = ? AND seq = ?) WHERE id = ?",
+                (now, thread_id, seq, thread_id),
+            )
         return int(seq)
 
     def messages(self, thread_id: str) -> list[dict[str, Any]]:
+        """The conversation shown: the messages from the first to the head, in order."""
+        head, nodes = self.tree(thread_id)
+        return [n.message for n in path_to(head, nodes)]
+
+    def tree(self, thread_id: str) -> tuple[str | None, list[MessageNode]]:
+        """A thread's head and every message of every branch, oldest first."""
+        with self._lock:
+            row = self._db.execute("SELECT head FROM threads WHERE id = ?", (thread_id,)).fetchone()
+            rows = self._db.execute(
+                "SELECT uid, parent, body, created FROM messages WHERE thread_id = ? ORDER BY seq",
+                (thread_id,),
+            ).fetchall()
+        nodes = [MessageNode(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+        return (row[0] if row is not None else None), nodes
+
+    def set_head(self, thread_id: str, uid: str | None) -> None:
+        """Show another branch: the conversation becomes the path up from message `uid`."""
+        with self._tx() as db:
+            if (
+                uid is not None
+                and db.execute(
+                    "SELECT 1 FROM messages WHERE thread_id = ? AND uid = ?", (thread_id, uid)
+                ).fetchone()
+                is None
+            ):
+                raise StoreError(f"no message {uid!r} in conversation {thread_id!r}")
+            db.execute("UPDATE threads SET head = ? WHERE id = ?", (uid, thread_id))
+
+    def delete_message(self, thread_id: str, uid: str, head: str | None) -> None:
+        """Delete message `uid` (its replies then answer its parent); `head` is the head after."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT parent FROM messages WHERE thread_id = ? AND uid = ?", (thread_id, uid)
+            ).fetchone()
+            if row is None:
+                return
+            # Its replies now answer its parent: the conversation goes on without it.
+            db.execute(
+                "UPDATE messages SET parent = ? WHERE thread_id = ? AND parent = ?", (row[0], thread_id, uid)
+            )
+            db.execute("DELETE FROM messages WHERE thread_id = ? AND uid = ?", (thread_id, uid))
+            now = time.time()
+            db.execute("UPDATE threads SET head = ?, updated = ? WHERE id = ?", (head, now, thread_id))
+
+    # -- images -----------------------------------------------------------------------------------
+    def add_attachment(self, thread_id: str, sha256: str, media_type: str, data: bytes) -> None:
+        """Keep an image a message of `thread_id` names (stored once per thread)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO attachments (thread_id, sha256, media_type, data, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (thread_id, sha256, media_type, sqlite3.Binary(data), time.time()),
+            )
+
+    def attachments(self, thread_id: str) -> dict[str, tuple[str, bytes]]:
+        """A thread's images: sha256 -> (media type, bytes)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT body FROM messages WHERE thread_id = ? ORDER BY seq", (thread_id,)
+                "SELECT sha256, media_type, data FROM attachments WHERE thread_id = ?", (thread_id,)
             ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return {r[0]: (r[1], bytes(r[2])) for r in rows}
+
+    # -- whole threads (undo a delete) and app state -----------------------------------------------
+    def dump_thread(self, thread_id: str) -> dict[str, Any]:
+        """Everything stored of a thread, to put back with `restore_thread` (every branch and image)."""
+        t = self.thread(thread_id)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, role, body, created, uid, parent FROM messages WHERE thread_id = ? ORDER BY seq",
+                (thread_id,),
+            ).fetchall()
+            head = self._db.execute("SELECT head FROM threads WHERE id = ?", (thread_id,)).fetchone()[0]
+        return {
+            "thread": t,
+            "head": head,
+            "messages": [tuple(r) for r in rows],
+            "attachments": self.attachments(thread_id),
+        }
+
+    def restore_thread(self, dump: dict[str, Any]) -> str:
+        """Put back a thread `dump_thread` read (same id, title, times, messages and images)."""
+        t: ThreadRecord = dump["thread"]
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO threads (id, kind, title, model, created, updated, meta, head) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (t.id, t.kind, t.title, t.model, t.created, t.updated, json.dumps(t.meta), dump["head"]),
+            )
+            for seq, role, body, created, uid, parent in dump["messages"]:
+                db.execute(
+                    "INSERT INTO messages (thread_id, seq, role, body, created, uid, parent) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (t.id, seq, role, body, created, uid, parent),
+                )
+            for sha, (media, data) in dump["attachments"].items():
+                db.execute(
+                    "INSERT INTO attachments (thread_id, sha256, media_type, data, created) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (t.id, sha, media, sqlite3.Binary(data), time.time()),
+                )
+        return t.id
+
+    def state(self, key: str) -> str | None:
+        """A small piece of app state (e.g. the conversation open at quit)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM app_state WHERE key = ?", (key,)).fetchone()
+        return row[0] if row is not None else None
+
+    def set_state(self, key: str, value: str | None) -> None:
+        with self._tx() as db:
+            if value is None:
+                db.execute("DELETE FROM app_state WHERE key = ?", (key,))
+            else:
+                db.execute("INSERT OR REPLACE INTO app_state (key, value) VALUES (?, ?)", (key, value))
 
     # -- agent runs ----------------------------------------------------------------------------------
     def create_run(
@@ -441,6 +604,16 @@ def _integrity_message(e: sqlite3.IntegrityError) -> str:
     if "UNIQUE" in msg or "PRIMARY KEY" in msg:
         return "a conversation or run with that id already exists"
     return f"the store refused the change: {msg}"
+
+
+def path_to(head: str | None, nodes: list[MessageNode]) -> list[MessageNode]:
+    """The messages from the first to `head`, following parents."""
+    by_uid = {n.uid: n for n in nodes}
+    out: list[MessageNode] = []
+    while head is not None and head in by_uid and len(out) <= len(nodes):
+        out.append(by_uid[head])
+        head = by_uid[head].parent
+    return out[::-1]
 
 
 def new_thread_id() -> str:

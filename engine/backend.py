@@ -49,6 +49,12 @@ class CacheStats:
     misses: int = 0
     tokens_reused: int = 0
     evictions: int = 0
+    blocks: int = 0  # KV blocks in memory, each counted once however many snapshots hold it
+    shared_blocks: int = 0  # of them, held by more than one snapshot
+    disk_blocks: int = 0
+    block_tokens: int = 0
+    disk_written_bytes: int = 0  # snapshot and block files written since start
+    memory_plan: dict[str, int] | None = None  # engine.memplan.MemoryPlan.to_dict(), set at load
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,12 @@ class BackendStats:
     prompt_cache: CacheStats | None = None  # None: the backend keeps no prompt cache here
     ranks: int = 1  # processes the model runs on
     rank_layers: tuple[tuple[int, int], ...] = ()  # each rank's decoder layers [start, end)
+    # The engine's scheduler: sequences admitted, requests waiting for a place, the batch decoding
+    # now, and the most sequences it runs at once.
+    running: int = 0
+    queued: int = 0
+    batch_size: int = 0
+    parallel: int = 1
 
 
 @runtime_checkable

@@ -12,6 +12,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 from .backend import BackendInfo, BackendStats, CacheStats
 from .cache import PromptCache
 from .chat import opens_reasoning, render_chat, supports_preserve_thinking
+from .constrain import constrained
 from .errors import ContextLengthError, EngineError, RequestError
 from .events import Done, ErrorKind, Event, FinishReason, PromptProgress, ReasoningDelta, Usage
 from .image import PromptInputs, build_prompt_inputs, image_parts
@@ -29,7 +31,8 @@ from .mlxlm_compat import cache_class_name, keep_leading_space
 from .parser import THINK_CLOSE, THINK_OPEN, StreamParser
 from .request import GenerationRequest, GenerationResult, PreparedRequest, RequestHandle, check_mtp
 from .reuse import MIN_GAP, ChatTokens, boundaries, marked_positions
-from .sampling import make_logits_processors, make_sampler
+from .sampling import constraint_processors, make_logits_processors, make_sampler
+from .scheduler import CLOSE, DEFAULT_PARALLEL, Scheduler
 
 T = TypeVar("T")
 log = logging.getLogger("locus.engine")
@@ -154,6 +157,8 @@ class _Worker:
     def __init__(self) -> None:
         self.jobs: queue.Queue[Callable[[], None]] = queue.Queue()
         self.stream: Any = None
+        # Each engine's scheduler (engine/scheduler.py); those with requests step between jobs.
+        self.schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
         self.thread = threading.Thread(target=self._run, name="locus-mlx", daemon=True)
         self.thread.start()
 
@@ -169,17 +174,29 @@ class _Worker:
 
         self.stream = mx.new_stream(mx.default_device())
         while True:
-            job = self.jobs.get()
-            try:
-                job()
-            except BaseException:  # a job reports its own errors; the worker must survive, and say so
-                log.exception("a job on the MLX worker thread raised")
+            busy = [s for s in list(self.schedulers) if s.busy]
+            job: Callable[[], None] | None = None
+            if busy:  # one job at most between two steps of the running batches
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    pass
+            else:
+                job = self.jobs.get()
+            if job is not None:
+                try:
+                    job()
+                except BaseException:  # a job reports its own errors; the worker must survive, and say so
+                    log.exception("a job on the MLX worker thread raised")
+            for sched in busy:
+                sched.step()
 
 
 class Engine:
     """Owns a model; all its MLX work runs on the process's single MLX worker thread.
 
-    Thread-safe: submit from any thread. Requests of all engines run one at a time, in order.
+    Thread-safe: submit from any thread. Each engine's requests run as one continuous batch of up
+    to `parallel` sequences (engine/scheduler.py), between the worker's other jobs.
     """
 
     def __init__(
@@ -187,6 +204,7 @@ class Engine:
         loaded: LoadedModel | None = None,
         prompt_cache: PromptCache | None = None,
         mtp: int = 0,
+        parallel: int = DEFAULT_PARALLEL,
     ):
         check_mtp(mtp)
         self.prompt_cache = prompt_cache if prompt_cache is not None else PromptCache()
@@ -197,18 +215,25 @@ class Engine:
         self._loaded = loaded
         self._closed = False
         self._meter: Any = None  # counting.PromptMeter of the loaded tokenizer
+        # Requests run as one continuous batch of up to `parallel` sequences (engine/scheduler.py).
+        self.scheduler = Scheduler(self, parallel)
+        self._worker.schedulers.add(self.scheduler)
 
     @property
     def _stream(self) -> Any:
         return self._worker.stream
 
-    def _call(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on the worker thread and wait for its result."""
+    def _call(self, fn: Callable[[], T], idle: bool = False) -> T:
+        """Run `fn` on the worker thread and wait for its result; `idle`: once no request of this
+        engine is running or waiting (loading or releasing the model)."""
         if threading.current_thread() is self._thread:
             return fn()
         fut: Future[T] = Future()
 
         def job() -> None:
+            if idle and self.scheduler.busy:
+                self._jobs.put(job)  # again after the batch's next step
+                return
             try:
                 fut.set_result(fn())
             except BaseException as e:  # handed back to the caller's thread
@@ -231,9 +256,10 @@ class Engine:
         memory_check: bool = True,
         prompt_cache: PromptCache | None = None,
         mtp: int = 0,
+        parallel: int = DEFAULT_PARALLEL,
     ) -> Engine:
         """Start an engine and load the model at `path` on its worker thread."""
-        eng = cls(prompt_cache=prompt_cache, mtp=mtp)
+        eng = cls(prompt_cache=prompt_cache, mtp=mtp, parallel=parallel)
         eng.load(path, context_tokens=context_tokens, memory_check=memory_check)
         return eng
 
@@ -248,7 +274,7 @@ class Engine:
             self._loaded = load_model(path, **kwargs)
             return self._loaded
 
-        return self._call(job)
+        return self._call(job, idle=True)
 
     @property
     def model(self) -> LoadedModel:
@@ -281,7 +307,14 @@ class Engine:
     def stats(self) -> BackendStats:
         """The prompt cache's budget and use (engine.Backend); never waits for the worker."""
         pc = self.prompt_cache
-        return BackendStats(prompt_cache=CacheStats(**pc.budget()) if pc is not None else None)
+        s = self.scheduler.stats()
+        return BackendStats(
+            prompt_cache=CacheStats(**pc.budget()) if pc is not None else None,
+            running=s["active"],
+            queued=s["waiting"],
+            batch_size=s["batch"],
+            parallel=s["parallel"],
+        )
 
     def close(self) -> None:
         """Release the model once the requests already queued have run."""
@@ -300,7 +333,7 @@ class Engine:
             gc.collect()
             mx.clear_cache()
 
-        self._call(release)
+        self._call(release, idle=True)
 
     def __enter__(self) -> Engine:
         return self
@@ -362,7 +395,8 @@ class Engine:
         except RequestError as e:
             handle._put(Done("error", error=str(e), error_kind=e.kind))  # type: ignore[arg-type]
             return handle
-        self._jobs.put(lambda: self._run_job(request, handle, prepared))
+        sched = self.scheduler
+        self._jobs.put(lambda: sched.add(request, handle, prepared))
         return handle
 
     def _run_job(
@@ -478,6 +512,11 @@ class Engine:
         ct = ChatTokens.of(lm.tokenizer)
         if ct is not None:
             kinds = boundaries(ct, prompt)
+            # The last message's text less its last token (text added after it may merge with
+            # it): Claude Code's recovery after max_tokens resends that turn with text appended.
+            gen = max((p for p, k in kinds.items() if k == "generation"), default=0)
+            if gen > 3:
+                kinds.setdefault(gen - 3, "turn_end")
         if req.cache_breakpoints and req.messages and not images:
             tok = lm.tokenizer
 
@@ -487,6 +526,11 @@ class Engine:
 
             for p in marked_positions(render, req.messages, req.cache_breakpoints, prompt):
                 kinds[p] = "breakpoint"
+        # Where the client's last breakpoint ends: Anthropic's cache_creation counts up to it. A
+        # marked system prompt alone does not render (no user turn): it ends at its boundary.
+        marked = max((p for p, k in kinds.items() if k == "breakpoint"), default=0)
+        if 0 in req.cache_breakpoints and req.messages and req.messages[0].get("role") == "system":
+            marked = max(marked, next((p for p, k in kinds.items() if k == "system"), 0))
 
         def relookup(m: int) -> tuple[list[Any], int]:  # the longest snapshot of at most m tokens
             return pc.lookup(lm.model_id, prompt[: m + 1], lm.model.make_cache(), extra)
@@ -499,7 +543,9 @@ class Engine:
             for p, k in kinds.items()
             if cached < p < len(prompt) - 1 and (k == "breakpoint" or not cached or p - cached >= MIN_GAP)
         }
-        return _CacheTicket(pc, lm, req, prompt, cache, cached, kinds, extra)
+        ticket = _CacheTicket(pc, lm, req, prompt, cache, cached, kinds, extra)
+        ticket.marked = marked
+        return ticket
 
     def _lockstep(self, req: GenerationRequest, inputs: PromptInputs, handle: RequestHandle) -> _Solo:
         """What keeps this request in step with other processes (none: a plain engine)."""
@@ -516,6 +562,15 @@ class Engine:
         self, req: GenerationRequest, handle: RequestHandle, prepared: PreparedRequest | None = None
     ) -> None:
         _Run(self, req, handle).run(prepared)
+
+    def _batches(self) -> bool:
+        """Whether the scheduler may batch this engine's requests: not when a subclass runs them
+        its own way (the pipeline's, in lockstep with other processes)."""
+        return type(self)._generate is Engine._generate
+
+    def _new_run(self, req: GenerationRequest, handle: RequestHandle) -> _Run:
+        """A request's state on the worker, for the scheduler to drive step by step."""
+        return _Run(self, req, handle)
 
 
 class _Run:
@@ -538,24 +593,34 @@ class _Run:
         self.hit = False  # a stop string ended the text
 
     def run(self, prepared: PreparedRequest | None) -> None:
+        """The whole request, alone: prompt, decoding loop, Done."""
+        self.settle(lambda: self._generate(prepared))
+
+    def settle(self, body: Callable[[], FinishReason | None]) -> bool:
+        """Run `body` (a step of this request); if it ends the request (returns a reason, or raises),
+        end it with Done and return True. `body` returning None keeps the request going."""
         from .generate import Cancelled
 
-        reason: FinishReason = "stop"
+        reason: FinishReason | None = "stop"
         error: str | None = None
         kind: ErrorKind | None = None
         try:
-            reason = self._generate(prepared)
+            reason = body()
         except Cancelled:
             reason = "cancelled"
         except EngineError as e:
             reason, error, kind = "error", str(e), e.kind  # type: ignore[assignment]
         except Exception as e:  # never let a request kill the worker thread
+            log.exception("request %d failed", self.handle.id)
             reason, error, kind = "error", f"{type(e).__name__}: {e}", "internal"
+        if reason is None:
+            return False
         try:
             self._finish(reason, error, kind)
         except Exception as e:  # the request still ends (handles drop a second Done)
             log.exception("a request's finish failed")
             self.handle._put(Done("error", self.tokens, None, f"{type(e).__name__}: {e}", None, "internal"))
+        return True
 
     def _put(self, events: list[Event]) -> None:
         for ev in events:
@@ -563,6 +628,15 @@ class _Run:
             self.handle._put(ev)
 
     def _generate(self, prepared: PreparedRequest | None) -> FinishReason:
+        import mlx.core as mx
+
+        self.begin(prepared)
+        if self.req.sampling.seed is not None:  # batched requests draw from a key of their own
+            mx.random.seed(self.req.sampling.seed)
+        return self.end(self._loop())
+
+    def begin(self, prepared: PreparedRequest | None) -> None:
+        """Everything before the first token: the prompt, its cache, the parser (first progress)."""
         import mlx.core as mx
 
         from .generate import Cancelled
@@ -578,8 +652,6 @@ class _Run:
             inputs = eng._prepare(req)
         self.prompt = inputs.ids
         eng._check_context(len(self.prompt))
-        if req.sampling.seed is not None:
-            mx.random.seed(req.sampling.seed)
         self.eos = set(lm.eos_token_ids)
         self.detok = _detokenizer(lm.tokenizer)
         self.special = special_token_ids(lm.tokenizer) - self.eos if req.skip_special_tokens else ()
@@ -594,11 +666,20 @@ class _Run:
         self.cache, self.cached = ticket.cache, ticket.cached
         # First progress: how much of the prompt the cache already holds (servers report it
         # before the first token, e.g. in Anthropic's message_start).
-        planned = len(self.prompt) - self.cached if ticket.pc is not None else 0
+        planned = max(0, ticket.marked - self.cached) if ticket.pc is not None else 0
         self.handle._put(PromptProgress(self.cached, len(self.prompt), cache_write=planned))
         k = eng.mtp if req.mtp is None else req.mtp
         self.draft = k if k and getattr(lm.model, "mtp_head", None) is not None else 0
-        reason = self._loop()
+        self.budget = req.thinking_budget if self.parser.in_reasoning else None
+        if self.budget is None and self.parser.in_reasoning and constrained(req):
+            self.budget = max(1, req.max_tokens // 2)  # leave the constrained answer room to finish
+        self.opens_reasoning = self.parser.in_reasoning  # a constraint starts after `</think>`
+        self.thought = 0  # tokens generated inside the reasoning
+
+    def end(self, reason: FinishReason) -> FinishReason:
+        """After the last token: the reply's snapshot, the text held back, the parser's end."""
+        ticket = self.ticket
+        assert ticket is not None
         if self.tokens:  # the cache now holds prompt + tokens: the next turn may extend it
             ticket.reply(self.tokens)
         if not self.hit:  # text after a stop string is dropped; otherwise flush what was held
@@ -614,7 +695,7 @@ class _Run:
         req, ticket, handle = self.req, self.ticket, self.handle
         assert ticket is not None
         common: dict[str, Any] = dict(
-            logits_processors=make_logits_processors(req.sampling, len(self.prompt)),
+            logits_processors=self.processors(),
             progress=(lambda d, t: handle._put(PromptProgress(d, t))) if first else None,
             cancelled=self.sync.prefill_cancelled,
             stream=self.engine._stream,
@@ -638,6 +719,19 @@ class _Run:
             self.model, ids, self.cache, sampler=make_sampler(req.sampling), share=self.sync.share, **common
         )
 
+    def processors(self) -> list[Any]:
+        """This request's logits processors, fresh for a decoding run (penalties over its output,
+        then its constraint's mask, engine/constrain.py)."""
+        lm = self.engine.model
+        return make_logits_processors(self.req.sampling, len(self.prompt)) + constraint_processors(
+            self.req,
+            lm.tokenizer,
+            start=len(self.prompt),
+            reasoning=self.opens_reasoning,
+            vocab_size=self.engine.info.vocab_size or len(lm.tokenizer.vocab),
+            eos_ids=sorted(self.eos),
+        )
+
     def _text(self, tok: int) -> bool:
         """Feed one token's text through the stop strings and the parser; True at a stop."""
         self.detok.add_token(tok)
@@ -653,41 +747,50 @@ class _Run:
         return self.hit
 
     def _loop(self) -> FinishReason:
-        req, tokens = self.req, self.tokens
-        budget = req.thinking_budget if self.parser.in_reasoning else None
-        thought = 0  # tokens generated inside the reasoning
         steps = self._decode(self.prompt, self.cached, True)
         try:
             while True:
-                tok = next(steps)
-                if not tokens:
-                    self.t_first = time.perf_counter()
-                tokens.append(tok)
-                if self.sync.token_cancelled():
-                    return "cancelled"
-                if tok in self.eos or (tok not in self.special and not self._stray(tok) and self._text(tok)):
-                    return "stop"
-                if len(tokens) - self.forced >= req.max_tokens:
-                    return "length"
-                if budget is not None and self.parser.in_reasoning:
-                    thought += 1
-                    if thought >= budget:
-                        budget = None
-                        if self._flush():  # text held back may end the reasoning by itself
-                            return "stop"
-                        if self.parser.in_reasoning:
-                            steps.close()
-                            steps = self._close_reasoning()
+                out = self.accept(next(steps))
+                if out == CLOSE:
+                    steps.close()
+                    ids, start = self.closing()
+                    steps = self._decode(ids, start, False)
+                elif out is not None:
+                    return out
         finally:
             steps.close()
+
+    def accept(self, tok: int) -> FinishReason | str | None:
+        """Take one generated token (the cache already holds it): its text, stop strings, limits.
+        Returns why the request ends, CLOSE when the thinking budget closes the reasoning, or None."""
+        req, tokens = self.req, self.tokens
+        if not tokens:
+            self.t_first = time.perf_counter()
+        tokens.append(tok)
+        if self.sync.token_cancelled():
+            return "cancelled"
+        if tok in self.eos or (tok not in self.special and not self._stray(tok) and self._text(tok)):
+            return "stop"
+        if len(tokens) - self.forced >= req.max_tokens:
+            return "length"
+        if self.budget is not None and self.parser.in_reasoning:
+            self.thought += 1
+            if self.thought >= self.budget:
+                self.budget = None
+                if self._flush():  # text held back may end the reasoning by itself
+                    return "stop"
+                if self.parser.in_reasoning:
+                    return CLOSE
+        return None
 
     def _stray(self, tok: int) -> bool:
         """A `<think>`/`</think>` token in the answer; a leading `<think>` still opens reasoning."""
         return tok in self.think_tags and not self.parser.in_reasoning and len(self.tokens) > 1
 
-    def _close_reasoning(self) -> Iterator[int]:
+    def closing(self) -> tuple[list[int], int]:
         """The thinking budget is spent inside the reasoning: write the note and `</think>`, and
-        let the model answer, continuing on the same cache (it holds prompt + tokens)."""
+        let the model answer, continuing on the same cache (it holds prompt + tokens). Returns the
+        ids to continue from and how many of them the cache holds."""
         note = ("\n\n" if self.reasoned else "") + BUDGET_NOTE
         close = self.engine.model.tokenizer.encode(
             note + "\n" + THINK_CLOSE + "\n\n", add_special_tokens=False
@@ -697,7 +800,7 @@ class _Run:
         start = len(self.prompt) + len(self.tokens)
         self.tokens.extend(close)
         self.forced += len(close)
-        return self._decode(self.prompt + self.tokens, start, False)
+        return self.prompt + self.tokens, start
 
     def _finish(self, reason: FinishReason, error: str | None, kind: ErrorKind | None) -> None:
         import mlx.core as mx
@@ -741,6 +844,7 @@ class _CacheTicket:
         self.kinds, self.extra = kinds, extra
         self.session = req.session or "default"
         self.written_to = cached
+        self.marked = 0  # prompt tokens up to the client's last cache breakpoint (0: none)
 
     @property
     def written(self) -> int:

@@ -18,7 +18,8 @@ class PromptProgress:
     processed: int
     total: int
     type: Literal["prompt_progress"] = "prompt_progress"
-    # In the first event only: prompt tokens this request plans to write to new cache snapshots.
+    # In the first event only: prompt tokens up to the client's last cache breakpoint that the
+    # cache did not hold (Anthropic's cache_creation_input_tokens; 0 without breakpoints).
     cache_write: int = 0
 
 

@@ -234,9 +234,11 @@ def inspect_checkpoint(path_or_repo: str | os.PathLike[str]) -> CheckpointInfo:
     return CheckpointInfo(path, config, files, tensors, layout, q)
 
 
-def estimate_memory(info: CheckpointInfo, context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> MemoryEstimate:
-    """Weights + KV cache for `context_tokens` + recurrent state + a working margin. A context
-    above the model's max_position_embeddings is capped there, as it is served."""
+def estimate_memory(
+    info: CheckpointInfo, context_tokens: int = DEFAULT_CONTEXT_TOKENS, kv_bits: int | None = None
+) -> MemoryEstimate:
+    """Weights + KV cache for `context_tokens` (16-bit, or `kv_bits`) + recurrent state + a working
+    margin. A context above the model's max_position_embeddings is capped there, as it is served."""
     tc = text_config(info.config)
     most = int(tc.get("max_position_embeddings") or 0)
     if most:
@@ -249,6 +251,10 @@ def estimate_memory(info: CheckpointInfo, context_tokens: int = DEFAULT_CONTEXT_
     kv = int(tc.get("num_key_value_heads", heads))
     hd = int(tc.get("head_dim") or int(tc.get("hidden_size", 0)) // max(heads, 1))
     kv_bytes = 2 * n_full * kv * hd * 2 * context_tokens  # keys + values, 16-bit
+    if kv_bits and info.is_qwen_moe:  # quantized values plus their scales and biases
+        from .memplan import kv_bytes_per_token
+
+        kv_bytes = kv_bytes_per_token(info.config, True, kv_bits) * context_tokens
     state = 0
     if info.is_qwen_moe:
         dk, dv = int(tc.get("linear_key_head_dim", 0)), int(tc.get("linear_value_head_dim", 0))
@@ -287,9 +293,11 @@ def available_memory() -> int:
         return 0
 
 
-def check_memory(info: CheckpointInfo, context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> MemoryEstimate:
+def check_memory(
+    info: CheckpointInfo, context_tokens: int = DEFAULT_CONTEXT_TOKENS, kv_bits: int | None = None
+) -> MemoryEstimate:
     """Raise InsufficientMemoryError when the model cannot fit; return the estimate otherwise."""
-    est = estimate_memory(info, context_tokens)
+    est = estimate_memory(info, context_tokens, kv_bits)
     avail = available_memory()
     if avail and est.total > avail:
         raise InsufficientMemoryError(
@@ -640,6 +648,7 @@ def load_model(
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
     split: Callable[[Any], str] | None = None,
+    kv_bits: int | None = None,
 ) -> LoadedModel:
     """Load a model directory (or a cached Hugging Face repo id) for generation.
 
@@ -649,14 +658,18 @@ def load_model(
     it returns True); `progress(done, total)` reports those steps.
     `split(model)` keeps only this process's share of a Qwen model before any weight is read (a
     pipeline across processes) and returns what to add to the model id.
+    `kv_bits` (4 or 8) keeps the full-attention layers' keys and values quantized (mlx-lm's
+    QuantizedKVCache): about half the KV memory at 8 bits.
     """
+    if kv_bits not in (None, 0, 4, 8):
+        raise ModelLoadError(f"--kv-bits must be 4 or 8 (got {kv_bits})")
     info = inspect_checkpoint(path_or_repo)
     check_config(info.config, info.path / "config.json")
     if not info.model_type:
         raise ModelLoadError(f"{info.path / 'config.json'}: no model_type")
     if memory_check:
-        check_memory(info, context_tokens)
-    _configure_metal(estimate_memory(info, context_tokens))
+        check_memory(info, context_tokens, kv_bits)
+    _configure_metal(estimate_memory(info, context_tokens, kv_bits))
     steps = _Steps(should_stop, progress, total=len(info.files) + 1)
     steps.step()
     tokenizer = _load_tokenizer(info.path)
@@ -690,6 +703,17 @@ def load_model(
             ) from e
         steps.step()  # mlx-lm reads every shard in one call: a cancel counts before it starts
         model, kind = _load_other(info), "mlx_lm"
+    if kv_bits and kind == "qwen3_5_moe":
+        hd = int(text_config(info.config).get("head_dim") or 0)
+        if hd % 64:  # mlx-lm quantizes keys and values in groups of 64 along head_dim
+            msg = f"--kv-bits needs a head_dim that is a multiple of 64 (this model's is {hd})"
+            raise ModelLoadError(msg)
+        model.kv_bits = int(kv_bits)
+    elif kv_bits:
+        import logging
+
+        msg = "--kv-bits applies to Qwen3.5/3.6 models; %s keeps a 16-bit KV cache"
+        logging.getLogger("locus.engine").warning(msg, info.path.name)
     eos, gen = _eos_ids(info.path, info.config, tokenizer)
     tokenizer.eos_token_ids = set(eos)
     return LoadedModel(

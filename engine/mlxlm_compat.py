@@ -15,6 +15,7 @@ import numpy as np
 # stored under: KV caches (keys, values, offset) and recurrent-state caches (a list in `.cache`).
 KV_CACHE = "KVCache"
 ARRAYS_CACHE = "ArraysCache"
+QUANTIZED_KV_CACHE = "QuantizedKVCache"  # --kv-bits: keys and values as (data, scales, biases)
 
 
 def cache_class_name(cache: Any) -> str | None:
@@ -23,14 +24,45 @@ def cache_class_name(cache: Any) -> str | None:
     Exact classes, not subclasses: mlx-lm's ChunkedKVCache derives from KVCache but keeps a start
     offset a snapshot would lose.
     """
-    from mlx_lm.models.cache import ArraysCache, KVCache
+    from mlx_lm.models.cache import ArraysCache, KVCache, QuantizedKVCache
 
     t = type(cache)
     if t is KVCache:
         return KV_CACHE
     if t is ArraysCache:
         return ARRAYS_CACHE
+    if t is QuantizedKVCache:
+        return QUANTIZED_KV_CACHE
     return None
+
+
+def kv_parts(cache: Any, start: int, end: int) -> list[Any]:
+    """The arrays of a KVCache or QuantizedKVCache (`cache_class_name`) for positions [start, end):
+    [keys, values], or the quantized (data, scales, biases) of keys then of values."""
+    if cache.keys is None:
+        return []
+    pairs = (cache.keys, cache.values)
+    if isinstance(cache.keys, tuple | list):  # quantized: each part is sliced along positions alike
+        return [x[..., start:end, :] for part in pairs for x in part]
+    return [x[..., start:end, :] for x in pairs]
+
+
+def set_kv_parts(cache: Any, parts: list[Any], offset: int) -> None:
+    """Fill an empty KV cache of `kv_parts`'s kind with `parts` holding `offset` positions."""
+    if not parts:
+        return
+    if len(parts) == 6:
+        cache.keys, cache.values = tuple(parts[:3]), tuple(parts[3:])
+    else:
+        cache.keys, cache.values = parts
+    cache.offset = offset
+
+
+def quantized_kv_cache(bits: int, group_size: int = 64) -> Any:
+    """mlx-lm's QuantizedKVCache (its attention takes it through `scaled_dot_product_attention`)."""
+    from mlx_lm.models.cache import QuantizedKVCache
+
+    return QuantizedKVCache(group_size=group_size, bits=bits)
 
 
 def is_kv_cache(cache: Any) -> bool:
@@ -140,3 +172,32 @@ def deltanet_steps(layer: Any, inputs: Any, cache: Any) -> tuple[Any, list[tuple
     if layer.sharding_group is not None:
         out = mx.distributed.all_sum(out, group=layer.sharding_group)
     return out, steps
+
+
+# -- batching: the running batch's recurrent states (engine/batch.py) ------------------------------
+# mlx-lm's ArraysCache stacks states along the batch axis for its BatchGenerator; Locus uses the same
+# four methods. Each state array must be set (a sequence joins after its first forward).
+
+
+def merge_states(caches: list[Any]) -> Any:
+    """One ArraysCache holding the given batch-1 ArraysCaches' states as rows, in order."""
+    from mlx_lm.models.cache import ArraysCache
+
+    return ArraysCache.merge(caches)
+
+
+def extend_states(batch: Any, cache: Any) -> None:
+    """Append a batch-1 ArraysCache's states to `batch` as its last row (in place)."""
+    batch.extend(cache)
+
+
+def filter_states(batch: Any, rows: list[int]) -> None:
+    """Keep only `rows` of `batch`, in that order (in place)."""
+    import mlx.core as mx
+
+    batch.filter(mx.array(rows, dtype=mx.int32))
+
+
+def extract_state(batch: Any, row: int) -> Any:
+    """Row `row` of `batch` as a batch-1 ArraysCache of its own."""
+    return batch.extract(row)

@@ -22,7 +22,7 @@ from mlx_lm.models import qwen3_5, qwen3_5_moe
 from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.qwen3_next import Qwen3NextAttention
 
-from .mlxlm_compat import deltanet_steps, is_kv_cache, rope_frequencies, rope_mscale
+from .mlxlm_compat import deltanet_steps, is_kv_cache, quantized_kv_cache, rope_frequencies, rope_mscale
 from .mrope import apply_rotary, mrope_cos_sin, rope_index, section_axes
 
 if TYPE_CHECKING:
@@ -93,17 +93,22 @@ class MRopeAttention(Qwen3NextAttention):
         keys = self.k_norm(keys.reshape(B, L, self.num_key_value_heads, -1)).transpose(0, 2, 1, 3)
         values = values.reshape(B, L, self.num_key_value_heads, -1).transpose(0, 2, 1, 3)
         st = self._state
-        if st.positions is not None:
-            cos, sin = mrope_cos_sin(st.positions, self._inv_freq, self._axes)
-            queries = apply_rotary(queries, cos, sin, self._mscale)
-            keys = apply_rotary(keys, cos, sin, self._mscale)
+        if getattr(cache, "per_row", False):  # a batched decode step: each row its own KV (engine/batch.py)
+            out = cache.attend(self, queries, keys, values)
         else:
-            offset = (cache.offset if cache is not None else 0) + st.delta
-            queries = self.rope(queries, offset=offset)
-            keys = self.rope(keys, offset=offset)
-        if cache is not None:
-            keys, values = cache.update_and_fetch(keys, values)
-        out = scaled_dot_product_attention(queries, keys, values, cache=cache, scale=self.scale, mask=mask)
+            if st.positions is not None:
+                cos, sin = mrope_cos_sin(st.positions, self._inv_freq, self._axes)
+                queries = apply_rotary(queries, cos, sin, self._mscale)
+                keys = apply_rotary(keys, cos, sin, self._mscale)
+            else:
+                offset = (cache.offset if cache is not None else 0) + st.delta
+                queries = self.rope(queries, offset=offset)
+                keys = self.rope(keys, offset=offset)
+            if cache is not None:
+                keys, values = cache.update_and_fetch(keys, values)
+            out = scaled_dot_product_attention(
+                queries, keys, values, cache=cache, scale=self.scale, mask=mask
+            )
         out = out.transpose(0, 2, 1, 3).reshape(B, L, -1)
         return self.o_proj(out * mx.sigmoid(gate))
 
@@ -261,10 +266,14 @@ class Model(qwen3_5_moe.Model):
         """The multi-token-prediction head when the checkpoint has one (engine/mtp.py), else None."""
         return self.get("mtp")
 
+    kv_bits = 0  # bits of the full-attention layers' KV cache (0: 16-bit), set by the loader
+
     def make_cache(self) -> list[Any]:
         """One cache per layer, plus the MTP head's own KV cache last when it has one (so prompt
         cache snapshots carry it)."""
         cache = super().make_cache()
+        if self.kv_bits:  # --kv-bits: the full-attention layers keep quantized keys and values
+            cache = [quantized_kv_cache(self.kv_bits) if is_kv_cache(c) else c for c in cache]
         if self.mtp_head is not None:
             from mlx_lm.models.cache import KVCache
 

@@ -22,7 +22,14 @@ What real models write besides, and how it is read (README, "Tool calls"):
 
 A value is everything between `<parameter=KEY>` and the `</parameter>` that is followed by
 another `<parameter=`, `</function>` or the end of the call, less one leading and one trailing
-newline: so values may hold markup, including `</parameter>` followed by anything else.
+newline: so values may hold markup, including `</parameter>` followed by anything else. Spaces
+around a value on one line (`<parameter=q> two words </parameter>`) are kept in a string (as
+Qwen's own parser keeps them: indentation in an edit's old text matters) and ignored when the
+value is decoded as JSON (numbers, booleans, objects, arrays).
+
+`<tool_call>` starts a call where a call body (`<function=` or a JSON object) follows it, in the
+answer as in the reasoning, or where it opens a line of its own (then a bad body is reported):
+prose that names the tag mid-sentence keeps its text.
 """
 
 from __future__ import annotations
@@ -202,9 +209,7 @@ class StreamParser:
             return False
         i, tag = min(hits)
         if tag == CALL_OPEN:
-            self._emit(TextDelta, buf[:i])
-            self._start_call(buf[i:], bare=False)
-            return True
+            return self._answer_call_open(buf, i, final)
         if tag != FUNC_OPEN:  # the late `</think>` of a reasoning call, or a bare call's close
             self._emit(TextDelta, buf[:i])
             # Text on both sides of a dropped `</think>` stays two paragraphs.
@@ -226,6 +231,32 @@ class StreamParser:
             return False
         self._emit(TextDelta, buf[: i + len(FUNC_OPEN)])
         self._buf = buf[i + len(FUNC_OPEN) :]
+        return True
+
+    def _answer_call_open(self, buf: str, i: int, final: bool) -> bool:
+        """`<tool_call>` at `i` in the answer. A call body (`<function=` or a JSON object) makes it
+        a call anywhere, as in the reasoning; a tag opening its own line is a call whatever
+        follows on the next line or after it (a malformed one is reported); otherwise it is prose
+        that names the tag and stays text."""
+        k = _skip_ws(buf, i + len(CALL_OPEN))
+        rest = buf[k : k + len(FUNC_OPEN)]
+        strong = rest.startswith(FUNC_OPEN) or _JSON_START.match(buf, k) is not None
+        if not strong and not final and (k == len(buf) or FUNC_OPEN.startswith(rest) or rest == "{"):
+            self._emit(TextDelta, buf[:i])  # undecided until more arrives
+            self._buf = buf[i:]
+            return False
+        line = buf[buf.rfind("\n", 0, i) + 1 : i]
+        own_line = not line.strip() and (i > len(line) or self._line_start)
+        after = buf[i + len(CALL_OPEN) : k]
+        weak = k == len(buf) or "\n" in after or buf[k] in "<{"
+        cut = final and k == len(buf)  # the output ended at the tag: a call cut off
+        if strong or cut or (own_line and weak):
+            self._emit(TextDelta, buf[:i])
+            self._start_call(buf[i:], bare=False)
+            return True
+        log.debug("<tool_call> in the answer's prose (no call body follows): kept as text")
+        self._emit(TextDelta, buf[: i + len(CALL_OPEN)])
+        self._buf = buf[i + len(CALL_OPEN) :]
         return True
 
     def _start_call(self, text: str, *, bare: bool) -> None:

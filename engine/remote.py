@@ -13,6 +13,7 @@ import base64
 import http.client
 import io
 import json
+import logging
 import socket
 import ssl
 import threading
@@ -60,6 +61,8 @@ _FINISH: dict[str, FinishReason] = {
     "error": "error",
 }
 
+log = logging.getLogger(__name__)
+
 
 # The fields that steer decoding (request.DECODING_FIELDS) which `_body` does not send, and why; each
 # other one is sent or refused (tests check that every field is one or the other).
@@ -74,9 +77,10 @@ NOT_SENT = {
 class RemoteError(EngineError):
     """A remote request failed; `kind` says whose fault (events.ErrorKind)."""
 
-    def __init__(self, message: str, kind: ErrorKind = "unavailable") -> None:
+    def __init__(self, message: str, kind: ErrorKind = "unavailable", reached: bool = True) -> None:
         super().__init__(message)
         self.kind = kind
+        self.reached = reached  # False: no connection to the server was made at all
 
 
 @dataclass(frozen=True)
@@ -215,11 +219,13 @@ class RemoteBackend:
         if isinstance(e, RemoteError):
             return e
         if isinstance(e, ConnectionRefusedError):
-            return RemoteError(f"cannot reach {where}: connection refused (is the server running?)")
+            return RemoteError(
+                f"cannot reach {where}: connection refused (is the server running?)", reached=False
+            )
         if isinstance(e, TimeoutError | socket.timeout):
             return RemoteError(f"{where} did not answer within {self.timeout:g} s (timed out)")
         if isinstance(e, socket.gaierror):
-            return RemoteError(f"cannot reach {where}: unknown host {self._host!r}")
+            return RemoteError(f"cannot reach {where}: unknown host {self._host!r}", reached=False)
         if isinstance(e, ssl.SSLError):
             return RemoteError(f"cannot reach {where}: TLS failed ({e})")
         if isinstance(e, http.client.IncompleteRead | http.client.RemoteDisconnected):
@@ -288,9 +294,15 @@ class RemoteBackend:
         try:
             models = self.models()
         except RemoteError as e:
-            if e.kind != "invalid_request":
+            # A server without /v1/models still serves chat completions; one whose /v1/models
+            # fails (mlx_lm.server 0.32 drops the connection without an HF cache folder) serves
+            # the model named on the command line.
+            named = self._model is not None and e.reached and "refused Locus's API key" not in str(e)
+            if e.kind != "invalid_request" and not named:
                 raise
-            models = []  # a server without /v1/models still serves chat completions
+            if named:
+                log.warning("%s/models failed (%s): using the model named, %r", self.url, e, self._model)
+            models = []
         entry: dict[str, Any] = {}
         if self._model is not None:
             entry = next((m for m in models if m["id"] == self._model), {})
@@ -350,6 +362,8 @@ class RemoteBackend:
         if not req.skip_special_tokens:
             body["skip_special_tokens"] = False  # vLLM's and SGLang's extension
         if req.messages is None:
+            if req.response_format is not None or not req.parallel_tool_calls:
+                raise RequestError("a response_format needs messages with a remote model")
             if req.reply_prefix:  # a raw prompt carries its continuation itself
                 raise RequestError("a prefix or a forced tool_choice needs messages with a remote model")
             body["prompt"] = req.prompt if req.prompt is not None else list(req.prompt_ids or [])
@@ -367,6 +381,10 @@ class RemoteBackend:
                 body["tool_choice"] = (
                     req.tool_choice if mode else {"type": "function", "function": {"name": req.tool_choice}}
                 )
+            if not req.parallel_tool_calls:
+                body["parallel_tool_calls"] = False
+        if req.response_format is not None:
+            body["response_format"] = _response_format(req.response_format)
         # A thinking budget is not sent (NOT_SENT).
         think = req.enable_thinking and not req.forces_call
         kwargs = {**req.template_kwargs, "enable_thinking": think}
@@ -799,3 +817,11 @@ def image_data_url(source: Any) -> str:
     big = loaded.width * loaded.height > 2_000_000
     loaded.image.save(buf, format="JPEG" if big else "PNG", **({"quality": 95} if big else {}))
     return f"data:image/{'jpeg' if big else 'png'};base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def _response_format(fmt: dict[str, Any]) -> dict[str, Any]:
+    """The engine's response_format in OpenAI's chat-completions shape (the server enforces it)."""
+    if fmt.get("type") == "json_schema":
+        spec = {"name": "response", "schema": fmt.get("schema"), "strict": True}
+        return {"type": "json_schema", "json_schema": spec}
+    return {"type": fmt.get("type", "text")}

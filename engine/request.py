@@ -35,6 +35,10 @@ from .parser import tool_schemas
 GREEDY_BELOW = 1e-5
 # Most tokens the MTP head drafts per step (engine/mtp.py).
 MAX_DRAFT = 8
+# Scheduling classes, first served first (engine/scheduler.py).
+PRIORITIES = ("interactive", "background")
+# Sequences an engine decodes together by default (`locus serve --parallel`; bench/concurrency.py).
+DEFAULT_PARALLEL = 8
 # A forced tool_choice starts the reply with the opening of a call (then the tool's name).
 CALL_PREFIX = "<tool_call>\n<function="
 # tool_choice values that do not name a tool.
@@ -150,6 +154,14 @@ class GenerationRequest:
     # the model answers, on the same cache (None: no limit). The engine's tokens are not counted
     # as completion tokens.
     thinking_budget: int | None = None
+    # Who the engine's scheduler serves first: "interactive" (the window, the CLI) before
+    # "background" (the API server's requests); within one, the shortest prompt first.
+    priority: str = "interactive"
+    # What the answer must be (engine/constrain.py): {"type": "json_schema", "schema": {...}} or
+    # {"type": "json_object"} (None or {"type": "text"}: free). The reasoning stays free.
+    response_format: dict[str, Any] | None = None
+    # False: at most one tool call (a constrained call is then exactly one).
+    parallel_tool_calls: bool = True
 
     def validate(self) -> None:
         given = [x is not None for x in (self.messages, self.prompt, self.prompt_ids)]
@@ -171,7 +183,12 @@ class GenerationRequest:
                 f"limit (got {b!r})"
             )
         check_mtp(self.mtp)
+        if self.priority not in PRIORITIES:
+            raise RequestError(f"priority must be one of {', '.join(PRIORITIES)} (got {self.priority!r})")
         self.sampling.validate()
+        from .constrain import check_request  # llguidance loads only when a request has a constraint
+
+        check_request(self)
 
     @property
     def forces_call(self) -> bool:
@@ -202,6 +219,7 @@ PROMPT_FIELDS = (
     "preserve_thinking",
     "template_kwargs",
     "cache_breakpoints",
+    "priority",  # not the prompt, but no token either: only which request is served first
 )
 # Fields that steer decoding: when to stop, what the parser reads, when the reasoning closes, which
 # cache is used. A pipeline's ranks decide each alone, so every rank needs all of them.
@@ -217,6 +235,8 @@ DECODING_FIELDS = (
     "prefix",
     "tool_choice",
     "thinking_budget",
+    "response_format",
+    "parallel_tool_calls",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import mlx.core as mx
 
@@ -102,3 +103,20 @@ def make_logits_processors(params: SamplingParams, prompt_len: int = 0) -> list[
     if not (params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1.0):
         return []
     return [_Penalties(params, prompt_len)]
+
+
+def constraint_processors(
+    req: Any, tokenizer: Any, *, start: int, reasoning: bool, vocab_size: int, eos_ids: list[int]
+) -> list[LogitsProcessor]:
+    """The request's constraint (engine/constrain.py) as a stateful processor, or none. Applied
+    after the penalties and before sampling: the mask has the last word on which tokens may come.
+
+    `req` is the GenerationRequest, `start` the prompt tokens at the head of the history, and
+    `reasoning` whether the output starts inside `<think>` (the constraint then waits for `</think>`).
+    """
+    from .constrain import make_constraint
+
+    c = make_constraint(
+        req, tokenizer, start=start, reasoning=reasoning, vocab_size=vocab_size, eos_ids=eos_ids
+    )
+    return [c] if c is not None else []

@@ -245,9 +245,9 @@ class FakeBackend:
             out += [TextDelta(reply.text[i : i + c]) for i in range(0, len(reply.text), c)]
             for k, call in enumerate(reply.tool_calls):
                 if isinstance(call, dict):
-                    call = ToolCall(
-                        id=f"call_fake_{k}", name=call["name"], arguments=call.get("arguments", {}), raw=""
-                    )
+                    # Unique across requests, as a model's are (clients drop a repeated call id).
+                    cid = f"call_fake_{len(self.requests)}_{k}"
+                    call = ToolCall(id=cid, name=call["name"], arguments=call.get("arguments", {}), raw="")
                 out.append(call)
             written = len(reply.text) + len(reply.reasoning)
         usage = next((e for e in out if isinstance(e, Usage)), None)

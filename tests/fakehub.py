@@ -42,8 +42,11 @@ class FakeHub:
         delay: float = 0.0,
         token: str | None = None,
         corrupt: dict[str, bytes] | None = None,
+        listing: list[dict[str, Any]] | None = None,
     ) -> None:
         self.repos = repos
+        # /api/models: what a search lists (the Hub's JSON: id, tags, downloads, safetensors, config).
+        self.listing = list(listing or [])
         self.delay = delay
         self.token = token  # when set, requests must carry it
         self.corrupt = dict(corrupt or {})
@@ -71,6 +74,8 @@ class FakeHub:
                 if hub.token and self.headers.get("authorization") != f"Bearer {hub.token}":
                     return self._send(401, b'{"error": "gated"}', {"x-error-code": "GatedRepo"})
                 path = self.path.split("?", 1)[0]
+                if path.rstrip("/") == "/api/models":
+                    return self._search()
                 m = re.match(r"^/api/models/([^/]+/[^/]+)(?:/(revision|tree)/([^/]+))?/?$", path)
                 if m:
                     files = hub.repos.get(m.group(1))
@@ -92,6 +97,21 @@ class FakeHub:
                     files = hub.repos[m.group(1)]
                     return self._file(m.group(3), files, head)
                 self._send(404, b"not found", {"x-error-code": "EntryNotFound"})
+
+            def _search(self) -> None:
+                from urllib.parse import parse_qs, urlsplit
+
+                q = parse_qs(urlsplit(self.path).query)
+                words = (q.get("search") or [""])[0].lower()
+                tags = q.get("filter") or []
+                found = [
+                    m
+                    for m in hub.listing
+                    if words in m["id"].lower() and all(t in m.get("tags", []) for t in tags)
+                ]
+                found.sort(key=lambda m: -int(m.get("downloads", 0)))
+                limit = int((q.get("limit") or [len(found)])[0])
+                self._send(200, json.dumps(found[:limit]).encode())
 
             def _entry(self, name: str, data: bytes) -> dict:
                 e: dict[str, Any] = {"type": "file", "path": name, "size": len(data), "oid": _blob_id(data)}

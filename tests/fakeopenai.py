@@ -12,7 +12,8 @@ from typing import Any
 
 class Fake:
     """A real HTTP server on 127.0.0.1 (port 0) whose POST answers `respond(handler, body)` writes;
-    GET /v1/models lists one model. Records each request (path, headers, JSON body)."""
+    GET /v1/models lists one model (`models="drop"`: closes the connection without an answer).
+    Records each request (path, headers, JSON body)."""
 
     def __init__(self, respond: Callable[[Any, dict[str, Any]], None], models: Any = None):
         self.respond = respond
@@ -27,7 +28,9 @@ class Fake:
 
             def do_GET(self) -> None:
                 fake.requests.append((self.path, dict(self.headers), None))
-                if self.path.rstrip("/") == "/v1/models":
+                if self.path.rstrip("/") == "/v1/models" and fake.models == "drop":
+                    self.close_connection = True  # as mlx_lm.server 0.32 without an HF cache folder
+                elif self.path.rstrip("/") == "/v1/models":
                     send_json(self, 200, fake.models)
                 else:
                     send_json(self, 404, {"error": {"message": "no such path"}})

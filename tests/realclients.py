@@ -1,4 +1,4 @@
-"""Real clients (the Claude Code CLI) against a real Locus server, offline.
+"""Real clients (the Claude Code and Codex CLIs) against a real Locus server, offline.
 
 `run_isolated(mode, out)` runs this module inside a network namespace that has only loopback
 (`unshare -n`), so neither the server nor the client can reach anything else; the results come
@@ -6,11 +6,15 @@ back as JSON in `out`. Modes:
 
 - "scripted": the real FastAPI app and SSE over a scripted engine (tests.scripted.ReplyEngine on
   the tiny checkpoint) that calls Claude Code's Bash tool, then answers.
-- "demo": `locus serve --demo` as a subprocess (the tiny random model: the answer is gibberish).
+- "claude-full": `locus serve --demo` as a subprocess (the tiny random model: the answer is
+  gibberish) and Claude Code's real prompt (default tools and system prompt), in two sessions.
+- "codex-scripted", "codex-demo": the same two for the Codex CLI (`codex exec`, its default tools,
+  configured as the README says).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,10 @@ BASH_CALL = (
     "Write the proof file\n</parameter>\n</function>\n</tool_call>"
 )
 FINAL = "The command ran and printed the mark. Done."
+EXEC_CALL = (
+    "I will run it.\n\n<tool_call>\n<function=exec_command>\n<parameter=cmd>\n"
+    f"echo {MARK}\n</parameter>\n</function>\n</tool_call>"
+)
 
 
 def claude_env(url: str, home: str, **extra: str) -> dict[str, str]:
@@ -99,38 +108,122 @@ def _reply(req: Any) -> str:
     return think + "ok"  # side requests (titles, summaries)
 
 
-def _scripted(work: Path) -> dict[str, Any]:
+def codex_config(url: str, home: Path) -> Path:
+    """CODEX_HOME with the README's config.toml pointing Codex at `url`; the folder."""
+    codex_home = home / ".codex"
+    codex_home.mkdir(parents=True, exist_ok=True)
+    (codex_home / "config.toml").write_text(
+        'model = "qwen3.6"\nmodel_provider = "locus"\nmodel_context_window = 262144\n\n'
+        f'[model_providers.locus]\nname = "Locus"\nbase_url = "{url}/v1"\nwire_api = "responses"\n'
+    )
+    return codex_home
+
+
+def run_codex(
+    url: str, prompt: str, cwd: Path, home: Path, timeout: float, resume: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`codex exec PROMPT` with Codex's default tools and sandbox, against `url`; `resume`: as the
+    next turn of the last session (`codex exec resume --last`)."""
+    codex_home = codex_config(url, home)
+    keep = {k: os.environ[k] for k in ("PATH", "LANG", "TERM") if k in os.environ}
+    # Codex will not put its sandbox helper in a CODEX_HOME under the temp folder: name another.
+    tmp = home / "tmp"
+    tmp.mkdir(exist_ok=True)
+    env = {**keep, "HOME": str(home), "CODEX_HOME": str(codex_home), "TMPDIR": str(tmp), "RUST_LOG": "error"}
+    return subprocess.run(
+        [
+            "codex",
+            "exec",
+            "--skip-git-repo-check",
+            "--json",
+            *(["resume", "--last"] if resume else []),
+            prompt,
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _codex_reply(req: Any) -> str:
+    """The scripted model for Codex: run exec_command when offered it, answer after its output."""
+    think = "The user wants the mark printed.\n</think>\n\n" if req.enable_thinking else ""
+    if any(m.get("role") == "tool" for m in (req.messages or [])[-3:]):
+        return think + FINAL
+    if any(t["function"]["name"] == "exec_command" for t in req.tools or []):
+        return think + EXEC_CALL
+    return think + "ok"
+
+
+def _served(work: Path, reply: Any, client: Any, cache: bool = False) -> dict[str, Any]:
+    """`client(url, proj)` against the real app over a scripted engine; what both sides saw.
+    `cache`: the real tiny model runs (forced to the replies) with a real prompt cache."""
     from app.server import ServerConfig, ServerThread, create_app
-    from engine import load_model, write_tiny_checkpoint
+    from engine import PromptCache, load_model, write_tiny_checkpoint
     from tests.scripted import ReplyEngine
 
     write_tiny_checkpoint(work / "model", "mlx", bits=4)
-    eng = ReplyEngine(load_model(work / "model"), _reply)
+    eng = ReplyEngine(load_model(work / "model"), reply, prompt_cache=PromptCache() if cache else None)
     config = ServerConfig(port=0, log_level="warning")
     srv = ServerThread(create_app(eng, config), config).start()
     try:
         proj = work / "proj"
         proj.mkdir()
-        r = run_claude(srv.url, "Write the proof file with Bash.", proj, work / "home", 300)
+        r = client(srv.url, proj)
         tool_results = [
             m["content"] for req in eng.requests for m in req.messages or [] if m.get("role") == "tool"
         ]
         records = [
-            {"endpoint": x.endpoint, "status": x.status, "error": x.error, "client": x.client}
+            {
+                "endpoint": x.endpoint,
+                "status": x.status,
+                "error": x.error,
+                "client": x.client,
+                "note": x.note,
+                "prompt": x.prompt_tokens,
+                "cached": x.cached_tokens,
+                "out": x.output_tokens,
+            }
             for x in srv.app.service.requests.records()
         ]
+        tools = [t["function"]["name"] for t in (eng.requests[0].tools or [])] if eng.requests else []
     finally:
         srv.stop()
         eng.close()
-    proof = proj / "proof.txt"
     return {
         "rc": r.returncode,
         "stdout": r.stdout,
         "stderr": r.stderr[-4000:],
-        "proof": proof.read_text() if proof.exists() else None,
         "tool_results": tool_results,
         "requests": records,
+        "tools": tools,
+        "proof": (proj / "proof.txt").read_text() if (proj / "proof.txt").exists() else None,
     }
+
+
+def _scripted(work: Path) -> dict[str, Any]:
+    def claude(url: str, proj: Path) -> subprocess.CompletedProcess[str]:
+        return run_claude(url, "Write the proof file with Bash.", proj, work / "home", 300)
+
+    return _served(work, _reply, claude)
+
+
+def _codex_scripted(work: Path) -> dict[str, Any]:
+    def codex(url: str, proj: Path) -> subprocess.CompletedProcess[str]:
+        first = run_codex(url, "Print the mark with a shell command.", proj, work / "home", 300)
+        if first.returncode != 0:
+            return first
+        # A second turn of the same session: its prompt extends the first session's last one.
+        again = run_codex(url, "Say it once more.", proj, work / "home", 300, resume=True)
+        return subprocess.CompletedProcess(
+            again.args, again.returncode, first.stdout + again.stdout, again.stderr
+        )
+
+    # The real tiny model under the script, with a real prompt cache: the reuse is measured.
+    return _served(work, _codex_reply, codex, cache=True)
 
 
 def _free_port() -> int:
@@ -139,17 +232,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _demo(work: Path) -> dict[str, Any]:
+@contextlib.contextmanager
+def demo_server(work: Path, *flags: str) -> Iterator[str]:
+    """`locus serve --demo` (the tiny random model) as a subprocess; its URL while it runs."""
     port = _free_port()
     env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache"), "HOME": str(work / "serverhome")}
     log = open(work / "serve.log", "w")  # closed below
-    server = proctree.popen(
-        [sys.executable, "-m", "app.cli", "serve", "--demo", "--port", str(port), "--log-level", "debug"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    cmd = [sys.executable, "-m", "app.cli", "serve", "--demo", "--port", str(port), "--log-level", "debug"]
+    server = proctree.popen([*cmd, *flags], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         import httpx
@@ -164,30 +254,41 @@ def _demo(work: Path) -> dict[str, Any]:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("locus serve --demo did not start")
             time.sleep(0.5)
-        proj = work / "proj"
-        proj.mkdir()
-        # Kept short for CI: no tools and a one-line system prompt (the random model's prefill of
-        # Claude Code's full ~56K-token prompt takes minutes on two cores; the scripted run covers
-        # that prompt), and its replies bounded.
-        r = run_claude(
-            url,
-            "Say hello.",
-            proj,
-            work / "home",
-            300,
-            max_turns=1,
-            flags=("--tools", "", "--system-prompt", "Answer briefly."),
-            CLAUDE_CODE_MAX_OUTPUT_TOKENS="64",
-        )
+        yield url
     finally:
         server.terminate()
         server.wait(30)
         log.close()
+
+
+def _claude_full(work: Path) -> dict[str, Any]:
+    """Claude Code's real prompt (default tools and system prompt) against the demo model, twice:
+    the second session's prompt shares the first one's prefix."""
+    proj = work / "proj"
+    proj.mkdir()
+    runs = []
+    with demo_server(work) as url:
+        for prompt in ("Say hello.", "Say goodbye."):
+            r = run_claude(
+                url, prompt, proj, work / "home", 600, max_turns=1, CLAUDE_CODE_MAX_OUTPUT_TOKENS="16"
+            )
+            runs.append({"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-2000:]})
+    lines = (work / "serve.log").read_text().splitlines()
+    keep = ("locus.server.requests", "Context:", "ERROR", "Traceback")
+    return {"runs": runs, "serve_log": "\n".join(x for x in lines if any(k in x for k in keep))[-20000:]}
+
+
+def _codex_demo(work: Path) -> dict[str, Any]:
+    proj = work / "proj"
+    proj.mkdir()
+    # The random model's reply is bounded by the server's default (Codex sends no max_output_tokens).
+    with demo_server(work) as url:
+        r = run_codex(url, "Say hello.", proj, work / "home", 400)
     return {
         "rc": r.returncode,
         "stdout": r.stdout,
         "stderr": r.stderr[-4000:],
-        "serve_log": (work / "serve.log").read_text()[-6000:],
+        "serve_log": (work / "serve.log").read_text()[-12000:],
     }
 
 
@@ -215,7 +316,9 @@ def main(argv: list[str]) -> int:
     mode, out = argv
     work = Path(tempfile.mkdtemp(prefix="locus-realclient-"))
     try:
-        result = _scripted(work) if mode == "scripted" else _demo(work)
+        modes = {"scripted": _scripted, "claude-full": _claude_full, "codex-scripted": _codex_scripted}
+        modes["codex-demo"] = _codex_demo
+        result = modes[mode](work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     Path(out).write_text(json.dumps(result))

@@ -137,7 +137,8 @@ class ReplyEngine:
     Each reply is the raw text after the prompt (e.g. "thought</think>\\n\\nanswer"); `replies` may
     also be a function of the GenerationRequest. `eos=False` makes the model repeat the reply's
     last token until max_tokens or cancel. `then`: what the model writes once the engine itself
-    closes the reasoning (a thinking budget).
+    closes the reasoning (a thinking budget). With `prompt_cache`, the real model runs (real
+    cache, snapshots in `prompt_cache`) with its choices forced to the replies (ForcedModel).
     """
 
     def __new__(
@@ -147,13 +148,18 @@ class ReplyEngine:
         eos: bool = True,
         delay: float = 0.0,
         then: str | None = None,
+        prompt_cache: Any = None,
     ) -> Any:
         from engine import Engine
 
         tok = loaded.tokenizer
         vocab = int(loaded.config["text_config"]["vocab_size"])
-        scripted = _Scripted([loaded.eos_token_ids[0]], vocab, then=_then(loaded, then))
-        scripted.delay = delay
+        scripted: Any
+        if prompt_cache is not None:
+            scripted = ForcedModel(loaded.model, [loaded.eos_token_ids[0]])
+        else:
+            scripted = _Scripted([loaded.eos_token_ids[0]], vocab, then=_then(loaded, then))
+            scripted.delay = delay
 
         class _Engine(Engine):
             def submit(self, req: Any) -> Any:
@@ -179,7 +185,7 @@ class ReplyEngine:
                 """The prompt of the i-th request as the model was given it (prefix included)."""
                 return tok.decode(self._encode(self.requests[i])[0])
 
-        eng = _Engine(replace(loaded, model=scripted))
+        eng = _Engine(replace(loaded, model=scripted), prompt_cache=prompt_cache)
         eng.replies = replies if callable(replies) else list(replies)
         eng.eos = eos
         eng.requests = []

@@ -66,9 +66,8 @@ def _window(
     elif not project:
         win.show_view("Models")
     # `locus DIR` opens that project; otherwise the last one comes back (without switching view).
-    if project:
-        win.agent.open_project(project)
-        win.show_view("Agent")
+    if project:  # a folder opens in Agent, an image (`locus photo.png`) in Locate
+        win.open_paths([Path(project)])
     else:
         last = load_ui_settings().get("last_project")
         if isinstance(last, str) and Path(last).is_dir():

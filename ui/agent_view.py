@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QFont, QTextCursor
+from PySide6.QtGui import QColor, QFont, QSyntaxHighlighter, QTextCharFormat, QTextCursor, QTextDocument
 from PySide6.QtWidgets import (
     QFileDialog,
     QFrame,
@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QScrollArea,
     QSizePolicy,
     QSplitter,
+    QTabWidget,
     QTextBrowser,
     QToolButton,
     QTreeWidget,
@@ -56,10 +57,11 @@ from .bridge import Task, run_in_background
 if TYPE_CHECKING:
     from engine import Backend
 
-__all__ = ["AgentView", "ApprovalCard"]
+__all__ = ["AgentView", "ApprovalCard", "DiffHighlighter", "diff_html"]
 
 _MAX_TREE = 3000  # entries shown; a huge folder must not freeze the window
 _MAX_RECENT = 8
+_MAX_FILE_SHOWN = 512 * 1024  # bytes of a clicked file shown
 
 
 def recent_projects() -> list[Path]:
@@ -71,6 +73,43 @@ def recent_projects() -> list[Path]:
 def _remember_project(p: Path) -> None:
     items = [str(p)] + [str(x) for x in recent_projects() if x != p]
     save_ui_settings({"last_project": str(p), "recent_projects": items[:_MAX_RECENT]})
+
+
+# Added, removed and hunk lines, readable on light and dark themes alike.
+_DIFF_COLORS = {"+": "#2ea043", "-": "#e5534b", "@": "#539bf5"}
+
+
+def _diff_color(line: str) -> str | None:
+    if line.startswith(("+++", "---")):
+        return None
+    return _DIFF_COLORS.get(line[:1])
+
+
+def diff_html(patch: str) -> str:
+    """A unified diff as coloured HTML (escaped; control characters shown)."""
+    out = []
+    for line in show_block(patch).split("\n"):
+        color = _diff_color(line)
+        text = _esc(line, show=str)
+        out.append(f"<span style='color:{color}'>{text}</span>" if color else text)
+    return "<pre>" + "\n".join(out) + "</pre>"
+
+
+class DiffHighlighter(QSyntaxHighlighter):
+    """Colours a diff shown in a plain-text editor (an approval card's)."""
+
+    def __init__(self, doc: QTextDocument) -> None:
+        super().__init__(doc)
+        self.formats: dict[str, QTextCharFormat] = {}
+        for k, c in _DIFF_COLORS.items():
+            f = QTextCharFormat()
+            f.setForeground(QColor(c))
+            self.formats[k] = f
+
+    def highlightBlock(self, text: str) -> None:
+        color = _diff_color(text)
+        if color is not None:
+            self.setFormat(0, len(text), self.formats[text[:1]])
 
 
 class ApprovalCard(QFrame):
@@ -131,6 +170,9 @@ class ApprovalCard(QFrame):
             self.diff_view.setFont(QFont("Menlo, Consolas, monospace"))
             lines = body.count("\n") + 1
             self.diff_view.setFixedHeight(min(240, 20 + lines * 16))
+            if req.diff:
+                self.highlighter = DiffHighlighter(self.diff_view.document())
+                self.highlighter.rehighlight()  # now, not at the next event loop turn
             lay.addWidget(self.diff_view)
         self.outcome = QLabel()
         lay.addWidget(self.outcome)
@@ -152,6 +194,10 @@ class ApprovalCard(QFrame):
         for b in self._buttons:
             b.setEnabled(False)
         self.reason.setEnabled(False)
+        # A decided card shrinks to its title and outcome: the next one stays in view.
+        self.reason.setVisible(False)
+        if hasattr(self, "diff_view"):
+            self.diff_view.setVisible(False)
         if self.prefix is not None:
             self.prefix.setEnabled(False)
         self.outcome.setText(
@@ -189,6 +235,7 @@ class AgentView(QWidget):
         self.cards: list[ApprovalCard] = []
         self.watcher: TreeWatcher | None = None
         self._streaming = ""
+        self._answer_streamed = ""  # the answer text streamed live since the run started
         self._emit: Any = None
         self._tree_timer = QTimer(self, interval=300)
         self._tree_timer.timeout.connect(self._poll_tree)
@@ -237,6 +284,7 @@ class AgentView(QWidget):
         left = QSplitter(Qt.Orientation.Vertical)
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(["Project"])
+        self.tree.itemClicked.connect(lambda item, *_: self.show_file(self._item_path(item)))
         left.addWidget(self.tree)
         steps_box = QWidget()
         sl = QVBoxLayout(steps_box)
@@ -258,21 +306,32 @@ class AgentView(QWidget):
         left.addWidget(runs_box)
         left.setSizes([300, 150, 150])
         split.addWidget(left)
+        split.addWidget(self._build_right())
+        split.setSizes([240, 700])
+        lay.addWidget(split, 1)
+
+    def _build_right(self) -> QWidget:
+        """The transcript (and a clicked file) above the approval cards."""
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
         self.transcript = QTextBrowser()
         self.transcript.setOpenExternalLinks(False)
-        rl.addWidget(self.transcript, 3)
+        # A file clicked in the tree opens in its own tab, read-only, beside the transcript.
+        self.file_view = QPlainTextEdit(readOnly=True)
+        self.file_view.setFont(QFont("Menlo, Consolas, monospace"))
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.transcript, "Transcript")
+        self.tabs.addTab(self.file_view, "File")
+        self.tabs.setTabEnabled(1, False)
+        rl.addWidget(self.tabs, 3)
         self.cards_area = QScrollArea(widgetResizable=True)
         holder = QWidget()
         self.cards_layout = QVBoxLayout(holder)
         self.cards_layout.addStretch(1)
         self.cards_area.setWidget(holder)
         rl.addWidget(self.cards_area, 2)
-        split.addWidget(right)
-        split.setSizes([240, 700])
-        lay.addWidget(split, 1)
+        return right
 
     # -- project ------------------------------------------------------------------------------------
     def set_backend(self, backend: Backend | None) -> None:
@@ -367,6 +426,8 @@ class AgentView(QWidget):
         rec, events = loaded
         if self.task is not None and self.task.running:
             return
+        self._clear_cards()  # the last run's approvals are not this run's
+        self.tabs.setCurrentIndex(0)
         self.transcript.clear()
         self._append(f"<b>Task:</b> {_esc(rec.task)} <i>({_esc(rec.status)})</i>")
         for e in events:
@@ -391,7 +452,41 @@ class AgentView(QWidget):
             item = QTreeWidgetItem(parent, [show_line(name + "/" if e.is_dir else name)])
             if e.is_dir:
                 nodes[e.rel] = item
+            else:
+                item.setData(0, 256, e.rel)
         root.setExpanded(True)
+
+    @staticmethod
+    def _item_path(item: QTreeWidgetItem) -> str | None:
+        rel = item.data(0, 256)
+        return rel if isinstance(rel, str) else None
+
+    def show_file(self, rel: str | None) -> bool:
+        """Show a project file (clicked in the tree) in the File tab, read-only."""
+        if rel is None or self.project is None:
+            return False
+        path = (self.project / rel).resolve()
+        if not path.is_relative_to(self.project) or not path.is_file():
+            self.hint_for_user.emit(f"{show_line(rel)} is not a file in the project.")
+            return False
+        try:
+            with open(path, "rb") as f:
+                data = f.read(_MAX_FILE_SHOWN + 1)
+        except OSError as e:
+            self.hint_for_user.emit(f"Cannot read {show_line(rel)}: {e.strerror or e}")
+            return False
+        if b"\0" in data[:8192]:
+            text = f"{rel} is a binary file ({path.stat().st_size:,} bytes); not shown."
+        else:
+            text = show_block(data[:_MAX_FILE_SHOWN].decode("utf-8", "replace"))
+            if len(data) > _MAX_FILE_SHOWN:
+                text += f"\n… (the first {_MAX_FILE_SHOWN // 1024} KB shown)"
+        self.file_view.setPlainText(text)
+        self.tabs.setTabText(1, show_line(Path(rel).name))
+        self.tabs.setTabToolTip(1, show_line(rel))
+        self.tabs.setTabEnabled(1, True)
+        self.tabs.setCurrentIndex(1)
+        return True
 
     def tree_paths(self) -> list[str]:
         """Every path shown in the tree, relative and POSIX (for tests)."""
@@ -435,10 +530,9 @@ class AgentView(QWidget):
             self.message_for_user.emit("No model is loaded: load one in Models.")
             return
         self.transcript.clear()
-        for card in self.cards:  # cards of the last run go with its transcript
-            self.cards_layout.removeWidget(card)
-            card.deleteLater()
-        self.cards = []
+        self.tabs.setCurrentIndex(0)
+        self._clear_cards()  # cards of the last run go with its transcript
+        self._answer_streamed = ""
         self._append(f"<b>Task:</b> {_esc(task)}")
         approvals = Approvals(ask=self._ask)
         if self.agent is not None:
@@ -472,6 +566,12 @@ class AgentView(QWidget):
         self.task = run_in_background(
             work, on_event=self._on_event, on_error=self._failed, on_done=self._done
         )
+
+    def _clear_cards(self) -> None:
+        for card in self.cards:
+            self.cards_layout.removeWidget(card)
+            card.deleteLater()
+        self.cards = []
 
     def stop(self) -> None:
         if self.agent is not None:
@@ -552,35 +652,50 @@ class AgentView(QWidget):
             self._show_event(ev, live=True)
 
     def _reveal(self, card: ApprovalCard) -> None:
-        if card in self.cards:
-            self.cards_area.widget().adjustSize()
-            self.cards_area.ensureWidgetVisible(card.buttons_row, 0, 0)
+        if card not in self.cards:
+            return
+        # Size the holder for the new card now (the scroll area would do it at its next layout pass),
+        # then put the card's top at the top: its title, buttons and diff below, in view.
+        holder = self.cards_area.widget()
+        self.cards_layout.activate()
+        need = max(holder.sizeHint().height(), self.cards_area.viewport().height())
+        if holder.height() != need:
+            holder.resize(holder.width(), need)
+        self.cards_layout.activate()
+        self.cards_area.verticalScrollBar().setValue(card.y())
+        self.cards_area.ensureWidgetVisible(card.buttons_row, 0, 0)
 
     def _show_event(self, ev: AgentEvent, live: bool) -> None:
         d = ev.data
         t = ev.type
         if t in ("reasoning", "text"):
             self._stream(d.get("text", ""), dim=t == "reasoning")
+            if t == "text" and live:
+                self._answer_streamed += d.get("text", "")
             return
         self._streaming = ""
         if t == "step":
             self._append(f"<hr><b>Step {ev.step}</b><br>")
         elif t == "tool_call":
             self._append(
-                f"<b>→ {_esc(d.get('name', ''))}</b> <code>{_esc(str(d.get('arguments'))[:300])}</code>"
+                f"<b>→ {_esc(d.get('name', ''))}</b> <code>{_esc(_json(d.get('arguments'))[:300])}</code>"
             )
         elif t == "tool_result":
             mark = "✓" if d.get("ok") else "✗"
             self._append(f"{mark} <pre>{_esc(str(d.get('content', ''))[:2000])}</pre>")
         elif t == "diff":
-            self._append(f"<pre>{_esc(str(d.get('patch', ''))[:4000])}</pre>")
+            self._append(diff_html(str(d.get("patch", ""))[:4000]))
             if live:
                 self.refresh_tree()
                 self.refresh_steps()
         elif t in ("warning", "error"):
             self._append(f"<span style='color:#ff453a'>{_esc(d.get('message', ''))}</span>")
         elif t == "done":
-            answer = d.get("answer") or ""
+            answer = (d.get("answer") or "").strip()
+            # Live, the answer has just streamed in: it is not printed a second time.
+            if live and answer and answer in self._answer_streamed:
+                answer = ""
+            self._answer_streamed = ""
             self._append(f"<hr><b>Done ({_esc(d.get('status', ''))})</b><br>{_esc(answer, show_prose)}")
 
     def _stream(self, text: str, dim: bool) -> None:
@@ -625,3 +740,15 @@ def _esc(s: Any, show: Any = show_block) -> str:
     import html
 
     return html.escape(show(s))
+
+
+def _json(value: Any) -> str:
+    """Tool arguments as JSON (what the model wrote), not Python's repr."""
+    import json
+
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)

@@ -14,17 +14,21 @@ from PySide6.QtGui import (
     QDragMoveEvent,
     QDropEvent,
     QKeySequence,
-    QResizeEvent,
 )
 from PySide6.QtWidgets import (
     QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QMainWindow,
     QMessageBox,
+    QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
     QStackedWidget,
     QToolBar,
@@ -32,6 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.demo import is_demo_model
 from app.models import (
     LoadingCancelled,
     LoadingFailed,
@@ -55,7 +60,15 @@ from .server_view import ServerView
 if TYPE_CHECKING:
     from engine import Backend
 
-__all__ = ["VIEWS", "WINDOW_DEMO_NOTICE", "MainWindow", "log_path", "route_drop"]
+__all__ = [
+    "VIEWS",
+    "WINDOW_DEMO_NOTICE",
+    "MainWindow",
+    "context_words",
+    "log_path",
+    "model_context",
+    "route_drop",
+]
 
 VIEWS = ["Chat", "Agent", "Locate", "Models", "Server"]
 
@@ -85,16 +98,28 @@ def route_drop(paths: list[Path]) -> tuple[str, Path] | None:
     return None
 
 
-def _describe_model(backend: Backend, memory: int) -> str:
+def context_words(tokens: int) -> str:
+    """A context size as the toolbar and Preferences both say it: "256K", or "2000" when small."""
+    return f"{tokens // 1024}K" if tokens >= 4096 else str(tokens)
+
+
+def model_context(backend: Backend | None) -> int:
+    """The context the model in use serves (prompt + reply tokens); 0 when none or not known.
+    The one source for the toolbar and Preferences."""
+    return int(backend.info.context_tokens or 0) if backend is not None else 0
+
+
+def _describe_model(backend: Backend, memory: int, planned: int = 0) -> str:
     """The memory the loaded model takes (weights, context budget, margin) and its context; for a
     remote model, where it runs."""
     info = backend.info
-    ctx = info.context_tokens
+    ctx = model_context(backend)
     parts = [f"{human_bytes(memory)} in memory"] if memory else []
     if info.remote:
         parts.append(f"Remote: {info.name} at {info.remote}")
     if ctx:
-        parts.append(f"context {ctx // 1024}K" if ctx >= 4096 else f"context {ctx}")
+        plan = f" (memory planned for {context_words(planned)})" if memory and 0 < planned < ctx else ""
+        parts.append(f"context {context_words(ctx)}{plan}")
     return " · ".join(parts)
 
 
@@ -129,13 +154,15 @@ class MainWindow(QMainWindow):
         manager: ModelManager | None = None,
     ) -> None:
         super().__init__()
-        self.setWindowTitle("Locus" + (" — demo model" if demo else ""))
-        self.demo = demo
+        self.launched_demo = demo  # `locus --demo`: the demo model is not remembered as the last one
+        self.demo = False  # whether the model in use is the demo model (random weights)
         self.setUnifiedTitleAndToolBarOnMac(True)
         self.setAcceptDrops(True)
         self.resize(1200, 780)
         self.store = store or Store()
         self.backend: Backend | None = None  # the loaded model, as every view has it
+        self._planned_context = 0  # the context memory was planned for at the last load
+        self._next_context = 0
         self.model_name = ""
         self.loading_path: str | None = None  # the model being loaded (None: no load)
         self._loading_url = ""  # the server connected to, when loading_path is a remote model
@@ -143,6 +170,7 @@ class MainWindow(QMainWindow):
         self.manager.add_listener(to_ui_thread(self._model_event, self))
         self._build_toolbar()
         self._build_body(dark, demo)
+        self._set_demo(demo)  # until a model loads: the one --demo is loading
         self.model_path = ""
         self._hide_error = QTimer(self, singleShot=True, interval=12000)
         self._hide_error.timeout.connect(lambda: self.error_banner.setVisible(False))
@@ -155,6 +183,7 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(QByteArray.fromHex(geometry.encode()))
         self._fit_screen()
         QTimer.singleShot(0, self.models.refresh)  # the Models list is filled from the start
+        self._tell_where_secrets_go()
 
     def _build_toolbar(self) -> None:
         """The model label and picker, what is loaded, and the loading progress with Cancel."""
@@ -195,10 +224,11 @@ class MainWindow(QMainWindow):
         self.demo_banner.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.demo_banner.setVisible(demo)
         outer.addWidget(self.demo_banner)
-        # An overlay over the views' top edge: showing it never moves the layout under the mouse.
-        self.error_banner = QLabel(central)
+        # A row above the view, never an overlay: the view's own controls stay clickable under it.
+        self.error_banner = QLabel()
         self.error_banner.setObjectName("errorBanner")
         self.error_banner.setWordWrap(True)
+        self.error_banner.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.error_banner.setVisible(False)
         self.error_banner.setCursor(Qt.CursorShape.PointingHandCursor)
         self.error_banner.mousePressEvent = lambda *_: self.error_banner.setVisible(False)
@@ -209,22 +239,32 @@ class MainWindow(QMainWindow):
         self.sidebar.setFixedWidth(150)
         self.sidebar.addItems(VIEWS)
         body.addWidget(self.sidebar)
+        column = QVBoxLayout()
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(0)
+        column.addWidget(self.error_banner)
         self.stack = QStackedWidget()
         self.chat = ChatView(self.store, dark)
         self.agent = AgentView(store=self.store)
         self.locate = LocateView()
         self.models = ModelsView()
         self.server = ServerView()
-        for v in (self.chat, self.agent, self.locate, self.models, self.server):
-            self.stack.addWidget(v)
+        self.views = [self.chat, self.agent, self.locate, self.models, self.server]
+        for v in self.views:
+            self.stack.addWidget(_scrolling(v))
             v.message_for_user.connect(self.show_message)
         self.agent.hint_for_user.connect(self.show_hint)
-        body.addWidget(self.stack, 1)
+        self.models.hint_for_user.connect(self.show_hint)
+        column.addWidget(self.stack, 1)
+        body.addLayout(column, 1)
         outer.addLayout(body, 1)
         self.setCentralWidget(central)
         self.sidebar.currentRowChanged.connect(self.stack.setCurrentIndex)
+        # An error belongs to the view it came from: it never lies over the next one's controls.
+        self.sidebar.currentRowChanged.connect(lambda *_: self.error_banner.setVisible(False))
         self.sidebar.setCurrentRow(0)
         self.models.load_requested.connect(self.load_model)
+        self.models.unload_requested.connect(self.unload_model)
         self.models.remote_requested.connect(self.load_remote)
         self.models.models_listed.connect(lambda *_: self._fill_picker())
 
@@ -254,6 +294,9 @@ class MainWindow(QMainWindow):
         self.recent_menu = f.addMenu("Open Recent Project")
         self.recent_menu.aboutToShow.connect(lambda: self.agent.fill_recent_menu(self.recent_menu))
         self._action(f, "Open Image…", self._open_image, "Ctrl+Shift+O")
+        self.export_action = self._action(
+            f, "Export Conversation…", self._export_conversation, "Ctrl+Shift+S"
+        )
         f.addSeparator()
         self.preferences_action = self._action(
             f, "Preferences…", self.show_preferences, (K.Preferences, "Ctrl+,"), R.PreferencesRole
@@ -261,11 +304,15 @@ class MainWindow(QMainWindow):
         f.addSeparator()
         self.quit_action = self._action(f, "Quit Locus", self.close, (K.Quit, "Ctrl+Q"), R.QuitRole)
         e = bar.addMenu("&Edit")
-        self._action(e, "Delete Conversation…", self._delete_conversation)
-        self._action(e, "Undo Conversation Deletion", self.chat.undo_delete)
+        self.delete_conversation_action = self._action(e, "Delete Conversation…", self._delete_conversation)
+        self.undo_deletion_action = self._action(e, "Undo Conversation Deletion", self.chat.undo_delete)
         e.addSeparator()
-        self._action(e, "Undo Last Agent Step", lambda: self.agent.undo(1))
-        self._action(e, "Stop", self.stop_current)
+        self.undo_step_action = self._action(e, "Undo Last Agent Step", lambda: self.agent.undo(1))
+        self.stop_action = self._action(e, "Stop", self.stop_current)
+        # Items with nothing to act on are greyed out while the menu is open; enabled again when it
+        # closes, so a shortcut still reaches them (and says why nothing happens).
+        e.aboutToShow.connect(self.update_edit_menu)
+        e.aboutToHide.connect(lambda: QTimer.singleShot(0, self._enable_edit_menu))
         v = bar.addMenu("&View")
         self.view_actions = []
         for i, name in enumerate(VIEWS):
@@ -277,6 +324,28 @@ class MainWindow(QMainWindow):
         self._action(h, "Show Log", self.show_log)
         self.about_action = self._action(h, "About Locus", self.show_about, None, R.AboutRole)
 
+    def update_edit_menu(self) -> None:
+        """Grey out the Edit items that have nothing to act on right now."""
+        chat = self.chat
+        self.delete_conversation_action.setEnabled(
+            chat.thread_id is not None or chat.conversations.currentItem() is not None
+        )
+        # The session keeps the last deleted conversation for Undo (enabled where that is not known).
+        self.undo_deletion_action.setEnabled(getattr(chat.session, "_deleted", True) is not None)
+        cps = self.agent._steps_source()
+        self.undo_step_action.setEnabled(cps is not None and bool(cps.list()))
+        agent_busy = self.agent.task is not None and self.agent.task.running
+        self.stop_action.setEnabled(bool(chat.busy or agent_busy or self.locate_busy()))
+
+    def _enable_edit_menu(self) -> None:
+        for a in (self.delete_conversation_action, self.undo_deletion_action, self.undo_step_action):
+            a.setEnabled(True)
+        self.stop_action.setEnabled(True)
+
+    def locate_busy(self) -> bool:
+        task = getattr(self.locate, "task", None)
+        return task is not None and bool(getattr(task, "running", False))
+
     def _new_conversation(self) -> None:
         self.show_view("Chat")
         self.chat.new_conversation()
@@ -284,6 +353,10 @@ class MainWindow(QMainWindow):
     def _delete_conversation(self) -> None:
         self.show_view("Chat")
         self.chat.delete_selected_conversation()
+
+    def _export_conversation(self) -> None:
+        self.show_view("Chat")
+        self.chat.export_conversation()
 
     def _open_folder(self) -> None:
         self.show_view("Agent")
@@ -295,17 +368,30 @@ class MainWindow(QMainWindow):
 
     def stop_current(self) -> None:
         """Stop what the current view is doing (a reply, an agent run, a locate)."""
-        view = self.stack.currentWidget()
+        view = self.views[self.stack.currentIndex()]
+        busy = {
+            "Chat": self.chat.busy,
+            "Agent": self.agent.task is not None and self.agent.task.running,
+            "Locate": self.locate_busy(),
+        }
+        if self.current_view in busy and not busy[self.current_view]:
+            self.show_hint(f"Nothing to stop: the {self.current_view} view is not working on anything.")
+            return
         if hasattr(view, "stop"):
             view.stop()
 
     def show_log(self) -> bool:
-        """Help → Show Log: open the log file in the system's viewer (a hint when none yet)."""
+        """Help → Show Log: open the log in the system's viewer; where there is none (no desktop
+        opener), show its last lines in a dialog that says where the file is."""
         path = log_path()
         if not path.exists():
             self.show_hint(f"No log yet (it will be written to {path}).")
             return False
-        return QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+        if _has_opener() and QDesktopServices.openUrl(QUrl.fromLocalFile(str(path))):
+            return True
+        self.log_dialog = _LogDialog(path, self)
+        self.log_dialog.show()
+        return True
 
     def show_about(self) -> None:
         from importlib.metadata import PackageNotFoundError, version
@@ -339,6 +425,7 @@ class MainWindow(QMainWindow):
         self.chat.set_default_profile(str(preference("sampling_profile")))
         if not self.server.running:
             self.server.port.setValue(int(preference("server_port")))
+        self.models.show_context_choice()
 
     def _fit_screen(self) -> None:
         """Never larger than the screen (a saved geometry from a bigger display, say)."""
@@ -354,7 +441,8 @@ class MainWindow(QMainWindow):
             self.model_picker.addItem("Choose a model…", "")
         seen = set()
         if self.model_path:
-            remote = self.backend is not None and self.backend.info.remote
+            # Not backend.info: a backend the manager has just closed may still be shown here.
+            remote = self.model_path.startswith("remote:")
             self.model_picker.addItem(self.model_name + (" (remote)" if remote else ""), self.model_path)
             seen.add(str(Path(self.model_path).resolve()))
         for m in self.models.models:
@@ -388,26 +476,12 @@ class MainWindow(QMainWindow):
         self.error_banner.setText(short)
         self.error_banner.setToolTip(text)
         self.error_banner.setVisible(True)
-        self._place_banner()
-        self.error_banner.raise_()
         self.statusBar().showMessage(short.splitlines()[0] if short else "", 12000)
         self._hide_error.start()
 
     def show_hint(self, text: str) -> None:
         """Information, not an error: the status bar only."""
         self.statusBar().showMessage(text, 8000)
-
-    def _place_banner(self) -> None:
-        top = self.stack.geometry().top()
-        left = self.stack.geometry().left()
-        width = max(100, self.centralWidget().width() - left)
-        h = self.error_banner.heightForWidth(width)
-        self.error_banner.setGeometry(left, top, width, max(h, 24))
-
-    def resizeEvent(self, event: QResizeEvent) -> None:
-        super().resizeEvent(event)
-        if self.error_banner.isVisible():
-            self._place_banner()
 
     # -- drops --------------------------------------------------------------------------------------
     # Any local file is accepted while dragging, so an unsupported one gets a hint on drop.
@@ -463,7 +537,9 @@ class MainWindow(QMainWindow):
         self.locate.set_backend(backend)
         self.server.set_backend(backend, name)
         self._set_label()
-        self.model_info.setText(_describe_model(backend, memory) if backend is not None else "")
+        self.model_info.setText(
+            _describe_model(backend, memory, self._planned_context) if backend is not None else ""
+        )
         remote = backend.info.remote if backend is not None else None
         self.model_info.setToolTip(
             f"The model runs on {remote}: prompts, images and the files the agent reads are sent there."
@@ -472,7 +548,29 @@ class MainWindow(QMainWindow):
         )
         self.models.set_remote(remote, name)
         self.models.set_loaded(None if remote else self.model_path or None, memory)
+        self.models.set_model_in_use(backend is not None)
         self._fill_picker()
+        # Demo-ness is the model's own (a marker in its folder), not how Locus was started.
+        self._set_demo(backend is not None and not remote and is_demo_model(self.model_path))
+
+    def _set_demo(self, demo: bool) -> None:
+        self.demo = demo
+        self.demo_banner.setVisible(demo)
+        self.setWindowTitle("Locus" + (" — demo model" if demo else ""))
+
+    def _tell_where_secrets_go(self) -> None:
+        """Where there is no keychain, secrets go to a private file: said once, at the first start."""
+        from app import secret_store
+
+        if not secret_store.install_fallback():
+            return
+        self.models.show_secrets_place()
+        if not load_ui_settings().get("secrets_file_notice"):
+            save_ui_settings({"secrets_file_notice": True})
+            where = secret_store.secrets_file()
+            self.statusBar().showMessage(
+                f"No system keychain: tokens and API keys are kept in {where} (mode 600).", 30000
+            )
 
     def _set_label(self) -> None:
         if self.loading_path is not None:
@@ -497,7 +595,17 @@ class MainWindow(QMainWindow):
         self.load_progress.setRange(0, 0)  # busy until the first step is reported
         self._loading(True)
         self._set_label()
-        self.manager.load(str(path), context_tokens=int(preference("context_tokens")))
+        self._next_context = int(preference("context_tokens"))  # Models → Context chooses it
+        self.manager.load(str(path), context_tokens=self._next_context)
+
+    def unload_model(self) -> None:
+        """Eject: unload the model in use (on the manager's thread) and free its memory."""
+        if self.backend is None:
+            self.show_hint("No model is loaded.")
+            return
+        if self._busy("ejecting the model"):
+            return
+        self.manager.unload(wait=False)
 
     def load_remote(self, url: str, model: str = "", api_key: str | None = None) -> None:
         """Use the model of the OpenAI-compatible server at `url` (connecting in the background);
@@ -549,10 +657,11 @@ class MainWindow(QMainWindow):
             if mine and isinstance(ev, ModelLoaded):
                 self.loading_path = None
                 self._loading(False)
+                self._planned_context = 0 if ev.info.remote else self._next_context
                 if ev.info.remote:  # the Models view offers it again; never connected at start
                     save_ui_settings({"remote_url": self._loading_url, "remote_model": ev.name})
-                elif not self.demo:  # the next plain `locus` opens with this model again
-                    save_ui_settings({"last_model": ev.path})
+                elif not (self.launched_demo and is_demo_model(ev.path)):
+                    save_ui_settings({"last_model": ev.path})  # the next plain `locus` opens with it
             if m.backend is not self.backend or isinstance(ev, ModelLoaded):
                 self._show_backend(m.backend, m.name, m.path, m.memory_in_use)
             if mine and isinstance(ev, ModelLoaded):
@@ -588,3 +697,49 @@ class MainWindow(QMainWindow):
             v.shutdown()
         self.manager.close()
         self.backend = None
+
+
+def _scrolling(view: QWidget) -> QScrollArea:
+    """A view in a scroll area: the window can be made smaller than the view's own minimum."""
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # Tab and clicks go to the view's own widgets
+    area.setWidget(view)
+    return area
+
+
+def _has_opener() -> bool:
+    """Whether a desktop opener exists (always on macOS and Windows; xdg-open on Linux)."""
+    import shutil
+    import sys
+
+    return not sys.platform.startswith("linux") or shutil.which("xdg-open") is not None
+
+
+class _LogDialog(QDialog):
+    """The log's last lines, where the system has no viewer to open it with."""
+
+    def __init__(self, path: Path, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Locus log")
+        lay = QVBoxLayout(self)
+        where = QLabel(f"The log is written to {path}")
+        where.setWordWrap(True)
+        where.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        lay.addWidget(where)
+        self.text = QPlainTextEdit(readOnly=True)
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 200_000))  # the end is what matters; never a huge read
+                body = f.read().decode("utf-8", "replace")
+        except OSError as e:
+            body = f"Could not read the log: {e}"
+        self.text.setPlainText(body)
+        self.text.moveCursor(self.text.textCursor().MoveOperation.End)
+        lay.addWidget(self.text, 1)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
+        lay.addWidget(buttons)
+        self.resize(760, 480)

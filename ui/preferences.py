@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from PySide6.QtWidgets import (
@@ -12,6 +13,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
@@ -19,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.settings import PREFERENCES, Preference, preference, save_ui_settings
+from app.settings import PREFERENCES, Preference, data_dir, preference, save_ui_settings
 
 __all__ = ["PreferencesDialog"]
 
@@ -38,6 +40,9 @@ class PreferencesDialog(QDialog):
             w.setToolTip(p.help)
             self.fields[p.key] = w
             form.addRow(p.label, holder)
+        self.model_context = QLabel(self._context_words(parent))
+        self.model_context.setWordWrap(True)
+        form.addRow("Model in use", self.model_context)
         lay.addLayout(form)
         mcp = QPushButton("MCP servers…")  # the agent's and the chat's tool servers (mcp.json)
         mcp.clicked.connect(self.edit_mcp_servers)
@@ -61,6 +66,8 @@ class PreferencesDialog(QDialog):
             w = QCheckBox(checked=bool(value))
         else:
             w = QLineEdit(str(value))
+            if p.key == "data_folder":
+                self._data_folder_field(w)
             if p.kind == "folder":
                 holder = QWidget()
                 row = QHBoxLayout(holder)
@@ -72,10 +79,36 @@ class PreferencesDialog(QDialog):
                 return w, holder
         return w, w
 
+    @staticmethod
+    def _context_words(parent: QWidget | None) -> str:
+        """The context the model in use serves: the same source as the window's toolbar."""
+        from .main_window import context_words, model_context
+
+        backend = getattr(parent, "backend", None)
+        ctx = model_context(backend)
+        if backend is None:
+            return "No model loaded."
+        if not ctx:
+            return "Its context is not known."
+        planned = getattr(parent, "_planned_context", 0)
+        plan = f"; memory was planned for {context_words(planned)}" if 0 < planned < ctx else ""
+        return f"context {context_words(ctx)} ({ctx:,} tokens){plan}"
+
     def edit_mcp_servers(self) -> None:
         from .mcp_editor import McpServersDialog
 
         McpServersDialog(self).exec()
+
+    @staticmethod
+    def _data_folder_field(w: QLineEdit) -> None:
+        """Show the folder in use: LOCUS_DATA_DIR's (fixed while it is set), else the default."""
+        env = os.environ.get("LOCUS_DATA_DIR")
+        if env:
+            w.setText(env)
+            w.setReadOnly(True)
+            w.setToolTip(f"Set by LOCUS_DATA_DIR={env}; unset it to choose another folder here.")
+        else:
+            w.setPlaceholderText(str(data_dir()))  # empty: the default, shown greyed
 
     def _choose_folder(self, edit: QLineEdit) -> None:
         path = QFileDialog.getExistingDirectory(self, "Choose a folder", edit.text())
@@ -86,7 +119,9 @@ class PreferencesDialog(QDialog):
         out: dict[str, Any] = {}
         for p in PREFERENCES:
             w = self.fields[p.key]
-            if p.kind == "choice":
+            if p.key == "data_folder" and w.isReadOnly():  # LOCUS_DATA_DIR's: never saved as a choice
+                out[p.key] = preference(p.key)
+            elif p.kind == "choice":
                 out[p.key] = w.currentText()
             elif p.kind == "int":
                 out[p.key] = w.value()

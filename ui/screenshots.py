@@ -111,7 +111,11 @@ def _render(out_dir: Path, work: Path, demo: bool, model: str | None) -> list[Pa
             if not wait_until(lambda: win.backend is not None or win.loading_path is None, 300):
                 raise RuntimeError("the model did not load within 5 minutes")
         if win.backend is not None:
+            # An image in the message, and a regenerated reply (its ‹ 2/2 › versions).
+            win.chat.attachments.add([(_sample_image(work / "chat-shapes.png"), "shapes.png")])
             win.chat.send("Write a Python function that reverses a string.")
+            wait_until(lambda: not win.chat.busy, 120)
+            win.chat.regenerate()
             wait_until(lambda: not win.chat.busy, 120)
         proj = work / "project"
         proj.mkdir()

@@ -6,7 +6,7 @@ import dataclasses
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QTimer, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFont, QGuiApplication
 from PySide6.QtWidgets import (
     QFormLayout,
@@ -31,7 +31,7 @@ from .dialogs import machine_name
 if TYPE_CHECKING:
     from engine import Backend, CacheStats
 
-__all__ = ["RequestLog", "ServerView", "cache_summary", "claude_code_env"]
+__all__ = ["RequestLog", "ServerView", "batch_summary", "cache_summary", "claude_code_env"]
 
 DEFAULT_PORT = 8723
 
@@ -54,11 +54,31 @@ def cache_summary(b: CacheStats | None) -> str:
     if b is None:
         return "Prompt cache: off."
     mb = 1024 * 1024
-    return (
+    line = (
         f"Prompt cache: {b.memory_used_bytes / mb:,.0f} of {b.memory_bytes / mb:,.0f} MB "
-        f"in memory ({b.snapshots} snapshots, {b.shared_snapshots} shared), "
-        f"{b.disk_used_bytes / mb:,.0f} MB on disk; {b.hits} hits, "
+        f"in memory ({b.snapshots} snapshots, {b.shared_snapshots} shared; {b.blocks} KV blocks, "
+        f"{b.shared_blocks} shared), {b.disk_used_bytes / mb:,.0f} MB on disk; {b.hits} hits, "
         f"{b.tokens_reused:,} tokens reused, {b.evictions} evictions."
+    )
+    p = b.memory_plan
+    if p:  # the memory plan made at load
+        gb = 1024 * mb
+        kv = f"{p['kv_bits']}-bit KV" if p.get("kv_bits") else "16-bit KV"
+        line += (
+            f"\nMemory: weights {p['weights_bytes'] / gb:.1f} GB, live caches "
+            f"{p['live_cache_bytes'] / gb:.1f} GB ({p['sequences']} x {p['context_tokens']:,} tokens, {kv}), "
+            f"snapshots {p['snapshot_budget_bytes'] / gb:.1f} GB; a context of "
+            f"{p['context_fits_tokens']:,} tokens fits each sequence, "
+            f"{p['context_fits_one_tokens']:,} one alone."
+        )
+    return line
+
+
+def batch_summary(active: int, waiting: int, batch: int, parallel: int) -> str:
+    """One line on the requests being served (as /health reports them)."""
+    return (
+        f"Requests: {active} running (up to {parallel} decoded together), {waiting} waiting; "
+        f"batch of {batch} now."
     )
 
 
@@ -77,6 +97,12 @@ class RequestLog(QTableWidget):
         self.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.setColumnWidth(1, 260)
+        self.setColumnWidth(2, 220)
+
+    def detail(self, row: int) -> str:
+        """The whole of a row: an error's message in full (the Status cell may be cut short)."""
+        item = self.item(row, 2)
+        return item.toolTip() if item is not None else ""
 
     def set_records(self, records: list[Any]) -> None:
         """Show exactly `records` (e.g. a ring buffer's contents)."""
@@ -116,8 +142,11 @@ class RequestLog(QTableWidget):
             self.removeRow(0)
         row = self.rowCount()
         self.insertRow(row)
+        detail = f"{cells[1]} → {status or ''}" + (f": {err}" if err else "")
         for i, c in enumerate(cells):
-            self.setItem(row, i, QTableWidgetItem(c))
+            item = QTableWidgetItem(c)
+            item.setToolTip(detail)  # hovering any cell shows the message in full
+            self.setItem(row, i, item)
         self.scrollToBottom()
 
 
@@ -171,12 +200,21 @@ class ServerView(QWidget):
         self.copy_button = QPushButton("Copy")
         self.copy_button.clicked.connect(self.copy_env)
         lay.addWidget(self.copy_button)
+        self.batch_status = QLabel("")
+        lay.addWidget(self.batch_status)
         self.cache_status = QLabel("")
         self.cache_status.setWordWrap(True)
         lay.addWidget(self.cache_status)
         lay.addWidget(QLabel("Requests"))
         self.request_log = RequestLog()
         lay.addWidget(self.request_log, 1)
+        # The selected request in full: an error's message is readable without widening the column.
+        self.request_detail = QLabel("Select a request to read its details.")
+        self.request_detail.setWordWrap(True)
+        self.request_detail.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.request_detail.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.request_log.itemSelectionChanged.connect(self._show_request_detail)
+        lay.addWidget(self.request_detail)
         self._shown: Any = -1
         self._poll = QTimer(self, interval=1000)
         self._poll.timeout.connect(self.refresh_requests)
@@ -187,6 +225,11 @@ class ServerView(QWidget):
         self.host.setText(str(remembered.get("server_host") or "127.0.0.1"))
         self.port.setValue(int(remembered.get("server_port") or DEFAULT_PORT))
         self._update_env()
+
+    def _show_request_detail(self) -> None:
+        rows = self.request_log.selectionModel().selectedRows()
+        if rows:
+            self.request_detail.setText(self.request_log.detail(rows[0].row()))
 
     def set_backend(self, backend: Backend | None, model_name: str = "") -> None:
         self.backend = backend
@@ -229,6 +272,7 @@ class ServerView(QWidget):
             api_key=self.api_key.text().strip() or None,
             model_name=self.model_name or None,
             log_level="warning",
+            max_active=max(1, self.backend.stats().parallel) if self.backend is not None else 1,
         )
         try:
             self.asgi = create_app(self.backend, cfg)
@@ -249,7 +293,11 @@ class ServerView(QWidget):
         service = getattr(self.asgi, "service", None)
         if service is None:
             return
-        self.cache_status.setText(cache_summary(self.backend.stats().prompt_cache if self.backend else None))
+        stats = self.backend.stats() if self.backend else None
+        self.cache_status.setText(cache_summary(stats.prompt_cache if stats else None))
+        s = service.scheduler
+        batch = stats.batch_size if stats else 0
+        self.batch_status.setText(batch_summary(s.active, s.waiting, batch, s.max_active))
         records = service.requests.records()
         mark = (len(records), records[-1].time if records else 0)
         if mark != self._shown:

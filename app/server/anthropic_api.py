@@ -146,17 +146,25 @@ def convert_messages(req: CountTokensRequest) -> tuple[list[dict[str, Any]], lis
         if _marked(req.system):
             marks.append(0)
     reminders: list[str] = []  # mid-conversation system messages waiting for a user turn
+    after_user = False  # the last message was the user's (a system message joins that turn)
     for i, m in enumerate(req.messages):
         if isinstance(m, SystemMessage):
             # anthropic-beta mid-conversation-system: Qwen's template takes a system turn only
             # first, so fold it into the next user turn the way Claude Code itself does.
             text = system_text(_blocks(m.content))
-            if text:
+            if text and after_user and _plain_user(messages[-1]):
+                # Right after the user's text: into that turn, as Claude Code itself merges it when
+                # it resends the turn (its recovery after max_tokens), so that prompt extends this one.
+                messages[-1]["content"] = join_text([messages[-1]["content"] + "\n", reminder(text)])
+            elif text:
                 reminders.append(reminder(text))
+                after_user = False
         elif isinstance(m, UserMessage):
             _user(with_reminders(_blocks(m.content), reminders), f"messages[{i}]", messages)
             reminders = []
+            after_user = True
         else:
+            after_user = False
             if reminders:
                 messages.append({"role": "user", "content": join_text(reminders)})
                 reminders = []
@@ -166,6 +174,10 @@ def convert_messages(req: CountTokensRequest) -> tuple[list[dict[str, Any]], lis
     if reminders:
         messages.append({"role": "user", "content": join_text(reminders)})
     return messages, marks
+
+
+def _plain_user(message: dict[str, Any]) -> bool:
+    return message["role"] == "user" and isinstance(message["content"], str) and bool(message["content"])
 
 
 def _marked(content: str | list[Any] | None) -> bool:
@@ -178,7 +190,12 @@ def convert_tools(tools: list[Tool] | None) -> list[dict[str, Any]]:
     return [
         {
             "type": "function",
-            "function": {"name": t.name, "description": t.description, "parameters": t.input_schema},
+            "function": {
+                "name": t.name,
+                "description": t.description,
+                "parameters": t.input_schema,
+                **({"strict": True} if t.strict else {}),
+            },
         }
         for t in tools or []
     ]
@@ -271,7 +288,18 @@ def to_plan(req: CountTokensRequest, *, vocab_size: int, preset: str | None) -> 
         session=_session(req),
         cache_breakpoints=marks[-4:],
         mtp=full.mtp if full else None,
+        response_format=_output_format(full),
+        parallel_tool_calls=not getattr(req.tool_choice, "disable_parallel_tool_use", False),
     )
+
+
+def _output_format(req: MessagesRequest | None) -> dict[str, Any] | None:
+    """Structured outputs (`output_config.format`, or the beta's `output_format`) as the engine's."""
+    if req is None:
+        return None
+    fmt = req.output_config.format if req.output_config is not None else None
+    fmt = fmt or req.output_format
+    return {"type": "json_schema", "schema": fmt.schema_} if fmt is not None else None
 
 
 # -- answers ----------------------------------------------------------------------------------
@@ -290,8 +318,11 @@ def signature(thinking: str) -> str:
     return "locus-" + hashlib.sha256(thinking.encode()).hexdigest()[:32]
 
 
-def usage_dict(usage: Usage | None, prompt_tokens: int) -> dict[str, int]:
-    """Anthropic's usage: input_tokens counts only what was not read from the prompt cache."""
+def usage_dict(usage: Usage | None, prompt_tokens: int, creation: int = 0) -> dict[str, int]:
+    """Anthropic's usage, whose three input counts add up to the prompt: read from the cache,
+    `creation` (the tokens up to the client's last cache_control breakpoint that the cache did not
+    hold: Job.cache_write_tokens), and the rest, after the breakpoint, as input_tokens. Where
+    Locus itself snapshots is its own business (/health reports it)."""
     if usage is None:
         return {
             "input_tokens": prompt_tokens,
@@ -300,8 +331,7 @@ def usage_dict(usage: Usage | None, prompt_tokens: int) -> dict[str, int]:
             "cache_read_input_tokens": 0,
         }
     cached = min(usage.cached_tokens, usage.prompt_tokens)
-    # Anthropic's three input counts add up to the prompt: read, written to the cache, the rest.
-    written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
+    written = min(creation, usage.prompt_tokens - cached)
     return {
         "input_tokens": usage.prompt_tokens - cached - written,
         "output_tokens": usage.completion_tokens,
@@ -311,9 +341,9 @@ def usage_dict(usage: Usage | None, prompt_tokens: int) -> dict[str, int]:
 
 
 def start_usage(job: Job) -> dict[str, int]:
-    """message_start's usage: the prompt split into new and cache-read tokens, as message_delta."""
+    """message_start's usage: the prompt split as message_delta's (see usage_dict)."""
     cached = min(job.cached_tokens, job.prompt_tokens)
-    written = min(job.cache_write_tokens, job.prompt_tokens - cached)  # planned; final in the delta
+    written = min(job.cache_write_tokens, job.prompt_tokens - cached)
     return {
         "input_tokens": job.prompt_tokens - cached - written,
         "output_tokens": 0,
@@ -365,7 +395,7 @@ def message(reply: ReplyAccumulator, fin: Finished, job: Job, model: str) -> dic
         "content": content,
         "stop_reason": stop_reason(fin, used_tools),
         "stop_sequence": fin.stop_sequence,
-        "usage": usage_dict(fin.usage, job.prompt_tokens),
+        "usage": usage_dict(fin.usage, job.prompt_tokens, job.cache_write_tokens),
     }
 
 
@@ -466,7 +496,7 @@ async def stream(job: Job, model: str, ping_interval: float) -> AsyncIterator[st
         yield error_event(status_kind, fin.error or "generation failed")
         return
     delta = {"stop_reason": stop_reason(fin, blocks.used_tools), "stop_sequence": fin.stop_sequence}
-    usage = usage_dict(fin.usage, job.prompt_tokens)
+    usage = usage_dict(fin.usage, job.prompt_tokens, job.cache_write_tokens)
     yield _event("message_delta", {"delta": delta, "usage": usage})
     yield _event("message_stop", {})
 

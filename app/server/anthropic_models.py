@@ -220,6 +220,7 @@ class Tool(RequestModel):
     name: str
     description: str = ""
     input_schema: dict[str, Any]
+    strict: bool | None = None  # true: every call is valid by construction
 
 
 def _unique_names(tools: list[Tool]) -> list[Tool]:
@@ -231,10 +232,12 @@ def _unique_names(tools: list[Tool]) -> list[Tool]:
 
 class ToolChoiceAuto(RequestModel):
     type: Literal["auto"] = "auto"
+    disable_parallel_tool_use: bool = False
 
 
 class ToolChoiceAny(RequestModel):
     type: Literal["any"]
+    disable_parallel_tool_use: bool = False
 
 
 class ToolChoiceNone(RequestModel):
@@ -244,6 +247,7 @@ class ToolChoiceNone(RequestModel):
 class ToolChoiceTool(RequestModel):
     type: Literal["tool"]
     name: str
+    disable_parallel_tool_use: bool = False
 
 
 def _choice_refused(value: Any) -> Any:
@@ -302,6 +306,15 @@ class CountTokensRequest(RequestModel):
     thinking: Thinking | None = None
 
 
+class JsonOutputFormat(RequestModel):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(RequestModel):
+    format: JsonOutputFormat | None = None
+
+
 class MessagesRequest(CountTokensRequest):
     """`POST /v1/messages`."""
 
@@ -314,3 +327,6 @@ class MessagesRequest(CountTokensRequest):
     top_k: Annotated[int, Field(ge=0)] | None = None
     mtp: Annotated[int, Field(ge=0, le=8, description="Locus: draft tokens per step")] | None = None
     metadata: Metadata | None = None
+    # Structured outputs: `output_config.format`, or the beta's `output_format`.
+    output_config: OutputConfig | None = None
+    output_format: JsonOutputFormat | None = None

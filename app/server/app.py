@@ -128,8 +128,14 @@ def _add_info_routes(api: FastAPI, service: Service) -> None:
             "model_loaded": loaded,
             "active": s.active,
             "waiting": s.waiting,
+            # The engine's continuous batch: sequences admitted, decoding now, and at most at once.
+            "sequences": stats.running,
+            "batch_size": stats.batch_size,
+            "parallel": s.max_active,
             "finished": dict(service.finished),
             "prompt_cache": dataclasses.asdict(pc) if pc is not None else None,
+            # The memory plan made at load (weights, live caches, snapshot budget, context that fits).
+            "memory": pc.memory_plan if pc is not None else None,
             "draft_tokens": service.drafts["draft_tokens"],
             "draft_accepted": service.drafts["draft_accepted"],
             "ranks": stats.ranks,

@@ -44,7 +44,8 @@ class ServerConfig:
     api_key: str | None = None
     # Requests waiting for the model beyond those running; more get an "overloaded" error.
     max_queue: int = 32
-    # Requests handed to the engine at once; the engine runs them one after another anyway.
+    # Requests handed to the engine at once, which decodes them together as one batch (`locus serve
+    # --parallel`, the window's server: the engine's own `parallel`).
     max_active: int = 1
     # Browser origins (e.g. "http://localhost:3000") allowed to call the API; "*" allows any.
     allowed_origins: tuple[str, ...] = ()

@@ -1,11 +1,11 @@
 """Fair, bounded queueing of generations, and the thread that moves backend events to the loop.
 
-All engines in a process share one MLX worker that runs jobs in order, so the server hands the
-backend at most `max_active` requests at a time and keeps the rest waiting here, first come first
-served, refusing new ones once `max_queue` are waiting. A running request's events are moved by a
-small thread onto an unbounded asyncio queue, so a client that reads slowly (or not at all) never
-holds up the engine, and its slot is freed the moment the engine finishes, not when the client has
-read everything.
+The engine decodes up to `--parallel` requests together (engine/scheduler.py), so the server hands
+the backend at most `max_active` (= `--parallel`) requests at a time and keeps the rest waiting
+here, first come first served, refusing new ones once `max_queue` are waiting. A running request's
+events are moved by a small thread onto an unbounded asyncio queue, so a client that reads slowly
+(or not at all) never holds up the engine, and its slot is freed the moment the engine finishes,
+not when the client has read everything.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class Plan:
         """A plan of GenerationRequest `fields`, with the server's rules: each prompt extends the
         last one (preserve_thinking), no thinking budget without thinking, no empty tool list."""
         fields.setdefault("preserve_thinking", True)
+        fields.setdefault("priority", "background")  # the window's own requests go first
         req = GenerationRequest(**fields)
         req.tools = req.tools or None
         if not req.enable_thinking:
@@ -303,6 +304,7 @@ class Job:
         self.endpoint = ""
         self.method = "POST"
         self.model_name = ""
+        self.note = ""
 
     @property
     def cancelled(self) -> bool:
@@ -429,6 +431,7 @@ class Job:
             finish_reason=fin.finish_reason if fin else "",
             error=(fin.error or "") if fin else "",
             duration_s=time.monotonic() - self.arrived,
+            note=self.note,
         )
 
     def describe(self, request: Any, model: str = "") -> None:
@@ -437,3 +440,4 @@ class Job:
         self.endpoint = request.url.path
         self.method = request.method
         self.model_name = model
+        self.note = getattr(request.state, "locus_note", "") or ""

@@ -95,7 +95,7 @@ def convert_messages(raw: list[Any]) -> list[dict[str, Any]]:
 
 def convert_tools(tools: list[FunctionTool] | None) -> list[dict[str, Any]]:
     """Function tools as the chat template's function specs."""
-    return [{"type": "function", "function": t.function.model_dump()} for t in tools or []]
+    return [{"type": "function", "function": t.function.model_dump(exclude_none=True)} for t in tools or []]
 
 
 def _refuse_unsupported(req: ChatRequest) -> None:
@@ -134,6 +134,15 @@ def forced_call(choice: Any, tools: list[dict[str, Any]]) -> tuple[list[dict[str
         where = "tool_choice.function.name" if hasattr(choice, "function") else "tool_choice.name"
         raise invalid(f"{where}: no tool named {name!r} in tools")
     return tools, name
+
+
+def engine_format(fmt: Any) -> dict[str, Any] | None:
+    """OpenAI's response_format (chat completions; Responses' flat text.format too) as the
+    engine's: a JSON schema, any JSON object, or None for text. Enforced whether or not `strict`."""
+    kind = getattr(fmt, "type", "text")
+    if kind == "json_schema":
+        return {"type": "json_schema", "schema": getattr(fmt, "json_schema", fmt).schema_}
+    return {"type": "json_object"} if kind == "json_object" else None
 
 
 def _sampling(req: ChatRequest) -> dict[str, Any]:
@@ -176,6 +185,8 @@ def to_plan(req: ChatRequest, *, vocab_size: int, preset: str | None, default_ma
         template_kwargs=kwargs,
         prefix=prefix,
         tool_choice=choice,
+        response_format=engine_format(req.response_format),
+        parallel_tool_calls=req.parallel_tool_calls,
         session=f"openai:{req.user}" if req.user else None,
         mtp=req.mtp,
     )

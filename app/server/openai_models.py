@@ -131,6 +131,7 @@ class FunctionSpec(RequestModel):
     name: str
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    strict: bool | None = Field(None, description="true: every call is valid by construction")
 
 
 class FunctionTool(RequestModel):
@@ -171,13 +172,26 @@ class TextFormat(RequestModel):
     type: Literal["text"] = "text"
 
 
+class JsonSchemaSpec(RequestModel):
+    name: str = "response"
+    description: str = ""
+    schema_: dict[str, Any] = Field(default_factory=lambda: {"type": "object"}, alias="schema")
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(RequestModel):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+class JsonObjectFormat(RequestModel):
+    type: Literal["json_object"]
+
+
 ResponseFormat = one_of(
     lambda v: type_of(v, "text"),
-    {"text": TextFormat},
-    lambda v: (
-        "type",
-        f"{type_of(v)!r} is not supported: only free text; ask for JSON in the prompt instead",
-    ),
+    {"text": TextFormat, "json_schema": JsonSchemaFormat, "json_object": JsonObjectFormat},
+    lambda v: ("type", f"{type_of(v)!r} is not supported: text, json_schema or json_object"),
 )
 
 
@@ -195,6 +209,7 @@ class ChatRequest(RequestModel):
     messages: Annotated[list[Message], Field(min_length=1)]
     tools: list[Tool] | None = None
     tool_choice: ToolChoice = "auto"
+    parallel_tool_calls: bool = True
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Field(ge=1, le=1, description="only 1 choice is supported")] | None = None

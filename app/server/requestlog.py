@@ -81,6 +81,7 @@ class RequestRecord:
     finish_reason: str = ""  # stop | length | cancelled | error, or "" when nothing ran
     error: str = ""  # the message answered with a 4xx/5xx, or the generation's error
     duration_s: float = 0.0
+    note: str = ""  # what the server left out of the request (e.g. hosted tools it cannot run)
 
     @property
     def new_tokens(self) -> int:
@@ -105,6 +106,8 @@ class RequestRecord:
         parts.append(f"took={self.duration_s:.2f}s")
         if self.error:
             parts.append(f"reason={self.error!r}")
+        if self.note:
+            parts.append(f"note={self.note!r}")
         return " ".join(parts)
 
 

@@ -11,7 +11,9 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import hmac
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -29,11 +31,13 @@ from .common import data_url_image, join_text, sampling_for
 from .errors import APIError, error_body, invalid
 from .jobs import Finished, Job, Plan, reasoning_tokens
 from .jsonbody import parse_body
-from .openai_api import forced_call
+from .openai_api import engine_format, forced_call
 from .responses_models import (
     FunctionCallItem,
     FunctionCallOutputItem,
+    HostedTool,
     MessageItem,
+    NamespaceTool,
     ReasoningItem,
     RefusalPart,
     ResponsesFunctionTool,
@@ -197,19 +201,104 @@ def _text(content: str | list[Any]) -> str:
     return text if isinstance(text, str) else ""
 
 
-def _reasoning_text(item: ReasoningItem) -> str:
+# Reasoning handed to a `store: false` client as encrypted_content is sealed, not secret: the
+# text (the user's own model's output) with an HMAC under a key this server process holds, so a
+# value it did not write is never put in the prompt as the model's reasoning.
+_SEAL_KEY = secrets.token_bytes(32)
+_SEAL_PREFIX = "locus1."
+
+
+def seal_reasoning(text: str) -> str:
+    """The opaque encrypted_content of a reasoning item (see `open_reasoning`)."""
+    body = base64.urlsafe_b64encode(text.encode()).decode()
+    tag = hmac.new(_SEAL_KEY, body.encode(), hashlib.sha256).digest()[:16]
+    return f"{_SEAL_PREFIX}{body}.{base64.urlsafe_b64encode(tag).decode()}"
+
+
+def open_reasoning(sealed: str) -> str | None:
+    """The reasoning text this server sealed; None for a value it did not write (forged, altered,
+    or from before a restart: the key lives with the process)."""
+    if not sealed.startswith(_SEAL_PREFIX) or "." not in sealed[len(_SEAL_PREFIX) :]:
+        return None
+    body, _, tag = sealed[len(_SEAL_PREFIX) :].rpartition(".")
+    want = base64.urlsafe_b64encode(hmac.new(_SEAL_KEY, body.encode(), hashlib.sha256).digest()[:16])
+    if not hmac.compare_digest(want, tag.encode()):
+        return None
+    try:
+        return base64.urlsafe_b64decode(body).decode()
+    except (ValueError, UnicodeError):
+        return None
+
+
+def _reasoning_text(item: ReasoningItem, notes: list[str]) -> str:
+    """The reasoning an item carries: the sealed text this server returned, else its text."""
+    if item.encrypted_content:
+        text = open_reasoning(item.encrypted_content)
+        if text is not None:
+            return text
+        notes.append("reasoning with encrypted_content this server did not write was left out")
     texts = [c.text for c in item.content or []]
     if not any(texts):
         texts = [s.text for s in item.summary or []]
     return "".join(texts)
 
 
+class Toolset:
+    """The request's tools as the model sees them: functions, and those of namespace tools under
+    their own names (qualified `namespace.name` only where two would clash); hosted tools (web
+    search and the like, which OpenAI runs on its side) are left out and noted."""
+
+    def __init__(self, tools: list[Any] | None) -> None:
+        self.specs: list[dict[str, Any]] = []
+        self.spaces: dict[str, tuple[str, str]] = {}  # model's name -> (namespace, function)
+        self.hosted: list[str] = []
+        pairs: list[tuple[str | None, ResponsesFunctionTool]] = []
+        for t in tools or []:
+            if isinstance(t, NamespaceTool):
+                for inner in t.tools:
+                    if isinstance(inner, HostedTool):
+                        self.hosted.append(f"{t.name}.{inner.type}")
+                    else:
+                        pairs.append((t.name, inner))
+            elif isinstance(t, HostedTool):
+                self.hosted.append(t.type)
+            else:
+                pairs.append((None, t))
+        counts: dict[str, int] = {}
+        for _, f in pairs:
+            counts[f.name] = counts.get(f.name, 0) + 1
+        for space, f in pairs:
+            name = f.name if space is None or counts[f.name] == 1 else f"{space}.{f.name}"
+            if space is not None:
+                self.spaces[name] = (space, f.name)
+            spec = f.model_dump(include={"name", "description", "parameters", "strict"}, exclude_none=True)
+            self.specs.append({"type": "function", "function": {**spec, "name": name}})
+
+    def model_name(self, name: str, namespace: str | None) -> str:
+        """The name the model knows a (namespaced) function by."""
+        if namespace is None:
+            return name
+        for shown, pair in self.spaces.items():
+            if pair == (namespace, name):
+                return shown
+        return name
+
+    def note(self) -> str:
+        if not self.hosted:
+            return ""
+        return "hosted tools left out (Locus cannot run them): " + ", ".join(sorted(set(self.hosted)))
+
+
 class _Turns:
     """Input items gathered into the template's messages: the items of one model turn
     (reasoning, message, calls) come as consecutive items and make one assistant message."""
 
-    def __init__(self, out: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, out: list[dict[str, Any]], toolset: Toolset | None = None, notes: list[str] | None = None
+    ) -> None:
         self.out = out
+        self.toolset = toolset or Toolset(None)
+        self.notes = notes if notes is not None else []
         self.reasoning: list[str] = []
         # The assistant message items still add to (a stored history may end with one).
         self.open = out[-1] if out and out[-1]["role"] == "assistant" else None
@@ -234,7 +323,7 @@ class _Turns:
             msg = self.assistant()
             msg["content"] = join_text([msg["content"], _text(item.content)])
         elif isinstance(item, FunctionCallItem):
-            fn = {"name": item.name, "arguments": item.arguments}
+            fn = {"name": self.toolset.model_name(item.name, item.namespace), "arguments": item.arguments}
             call = {"id": item.call_id, "type": "function", "function": fn}
             self.assistant().setdefault("tool_calls", []).append(call)
         elif isinstance(item, FunctionCallOutputItem):
@@ -242,36 +331,38 @@ class _Turns:
             text = _text(item.output)
             self.out.append({"role": "tool", "tool_call_id": item.call_id, "content": text})
         else:
-            self.reasoning.append(_reasoning_text(item))
+            text = _reasoning_text(item, self.notes)
+            if text:
+                self.reasoning.append(text)
 
 
-def convert_input(raw: str | list[Any], out: list[dict[str, Any]]) -> None:
-    """Responses input (a string or items) appended to `out` as the template's messages."""
+def convert_input(
+    raw: str | list[Any],
+    out: list[dict[str, Any]],
+    toolset: Toolset | None = None,
+    notes: list[str] | None = None,
+) -> None:
+    """Responses input (a string or items) appended to `out` as the template's messages;
+    `notes` gets what was left out."""
     if isinstance(raw, str):
         out.append({"role": "user", "content": raw})
         return
-    turns = _Turns(out)
+    turns = _Turns(out, toolset, notes)
     for i, item in enumerate(raw):
         turns.add(item, f"input[{i}]")
 
 
-def convert_tools(tools: list[ResponsesFunctionTool] | None) -> list[dict[str, Any]]:
-    """Function tools as the chat template's function specs."""
-    return [
-        {
-            "type": "function",
-            "function": t.model_dump(include={"name", "description", "parameters"}),
-        }
-        for t in tools or []
-    ]
+def convert_tools(tools: list[Any] | None) -> list[dict[str, Any]]:
+    """Function tools (and those of namespace tools) as the chat template's function specs."""
+    return Toolset(tools).specs
 
 
 def _messages(
-    req: ResponsesRequest, history: list[dict[str, Any]] | None
+    req: ResponsesRequest, history: list[dict[str, Any]] | None, notes: list[str] | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The template's messages, and the conversation to store (without `instructions`)."""
     messages: list[dict[str, Any]] = [dict(m) for m in history or []]
-    convert_input(req.input, messages)
+    convert_input(req.input, messages, Toolset(req.tools), notes)
     conversation = list(messages)
     if req.instructions:  # not carried to the next response, as with OpenAI
         messages.insert(0, {"role": "system", "content": req.instructions})
@@ -290,12 +381,16 @@ def to_plan(
     preset: str | None,
     default_max: int,
     history: list[dict[str, Any]] | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[Plan, list[dict[str, Any]]]:
     """A validated Responses request as an engine plan, and the conversation to store with its
-    answer (without `instructions`); `history` is the previous response's stored conversation."""
+    answer (without `instructions`); `history` is the previous response's stored conversation,
+    `notes` gets what the plan leaves out (for the request log)."""
     if req.background:
         raise invalid("background responses are not supported", "background")
-    messages, conversation = _messages(req, history)
+    if "message.output_text.logprobs" in (req.include or []) or req.top_logprobs:
+        raise invalid("logprobs are not supported by this server", "include")
+    messages, conversation = _messages(req, history, notes)
     think = (req.reasoning.effort if req.reasoning else None) not in ("none", "minimal")
     tools, choice = forced_call(req.tool_choice, convert_tools(req.tools))
     think = think and choice == "auto"
@@ -310,11 +405,22 @@ def to_plan(
         sampling=sampling_for(preset, think, vocab_size, **given),
         max_tokens=req.max_output_tokens or default_max,
         tool_choice=choice,
+        response_format=engine_format(req.text.format if req.text else None),
+        parallel_tool_calls=req.parallel_tool_calls,
+        # Codex keys its requests by session: one conversation, one line in the prompt cache.
+        session=f"openai:{req.prompt_cache_key}" if req.prompt_cache_key else None,
     )
     return plan, conversation
 
 
 # -- answers -----------------------------------------------------------------------------------
+
+
+def _format(body: dict[str, Any]) -> dict[str, Any]:
+    """The request's text.format as the response echoes it."""
+    text = body.get("text")
+    fmt = text.get("format") if isinstance(text, dict) else None
+    return fmt if isinstance(fmt, dict) else {"type": "text"}
 
 
 def _id(prefix: str) -> str:
@@ -338,11 +444,15 @@ def usage_dict(fin: Finished, job: Job, reasoning_tokens: int) -> dict[str, Any]
 class Builder:
     """Output items of one response as events arrive (shared by the plain and streamed answers)."""
 
-    def __init__(self, body: dict[str, Any], model: str) -> None:
+    def __init__(self, body: dict[str, Any], model: str, toolset: Toolset | None = None) -> None:
         self.id = _id("resp")
         self.created = int(time.time())
         self.body = body
         self.model = model
+        self.toolset = toolset or Toolset(None)
+        include = body.get("include")
+        # Reasoning comes back sealed in encrypted_content when asked (Codex with store: false).
+        self.seal = isinstance(include, list) and "reasoning.encrypted_content" in include
         self.output: list[dict[str, Any]] = []
         self.reasoning_tokens = 0  # set from the finished reply (jobs.reasoning_tokens)
         self.final: dict[str, Any] | None = None  # the finished response, once streamed
@@ -368,7 +478,7 @@ class Builder:
             "reasoning": {"effort": reasoning.get("effort"), "summary": None},
             "store": b.get("store", True),
             "temperature": b.get("temperature"),
-            "text": {"format": {"type": "text"}},
+            "text": {"format": _format(b)},
             "tool_choice": b.get("tool_choice", "auto"),
             "tools": b.get("tools") or [],
             "top_p": b.get("top_p"),
@@ -387,19 +497,27 @@ class Builder:
             elif item["type"] == "message":
                 msg["content"] = item["content"][0]["text"]
             elif item["type"] == "function_call":
+                name = self.toolset.model_name(item["name"], item.get("namespace"))
                 msg.setdefault("tool_calls", []).append(
                     {
                         "id": item["call_id"],
                         "type": "function",
-                        "function": {"name": item["name"], "arguments": json.loads(item["arguments"])},
+                        "function": {"name": name, "arguments": json.loads(item["arguments"])},
                     }
                 )
         return msg
 
+    def reasoning_item(self, text: str, status: str = "completed") -> dict[str, Any]:
+        item: dict[str, Any] = {"type": "reasoning", "id": _id("rs"), "summary": [], "status": status}
+        item["content"] = [{"type": "reasoning_text", "text": text}] if status == "completed" else []
+        if self.seal and status == "completed":
+            item["encrypted_content"] = seal_reasoning(text)
+        return item
 
-def _call_item(call: ToolCall) -> dict[str, Any]:
+
+def _call_item(call: ToolCall, toolset: Toolset | None = None) -> dict[str, Any]:
     cid = call.id if call.id.startswith("call_") else "call_" + call.id.replace("-", "")[:24]
-    return {
+    item = {
         "type": "function_call",
         "id": _id("fc"),
         "call_id": cid,
@@ -407,6 +525,10 @@ def _call_item(call: ToolCall) -> dict[str, Any]:
         "arguments": json.dumps(call.arguments),
         "status": "completed",
     }
+    space = toolset.spaces.get(call.name) if toolset else None
+    if space is not None:  # a function of a namespace tool: named as the client defined it
+        item["namespace"], item["name"] = space
+    return item
 
 
 def _finish(b: Builder, fin: Finished, job: Job) -> dict[str, Any]:
@@ -419,13 +541,10 @@ def _finish(b: Builder, fin: Finished, job: Job) -> dict[str, Any]:
 
 def answer(reply: ReplyAccumulator, fin: Finished, job: Job, b: Builder) -> dict[str, Any]:
     """The non-streaming answer (`b.reasoning_tokens` already counted)."""
-    calls = [_call_item(c) for c in reply.tool_calls]
+    calls = [_call_item(c, b.toolset) for c in reply.tool_calls]
     text = reply.content  # a malformed call's text stays in the message
     if reply.reasoning:
-        content = [{"type": "reasoning_text", "text": reply.reasoning}]
-        b.output.append(
-            {"type": "reasoning", "id": _id("rs"), "summary": [], "status": "completed", "content": content}
-        )
+        b.output.append(b.reasoning_item(reply.reasoning))
     if text or not calls:
         b.output.append(
             {
@@ -465,7 +584,7 @@ class _Items:
         idx, text = self.index, "".join(self.buf)
         out = []
         if item["type"] == "reasoning":
-            item["content"] = [{"type": "reasoning_text", "text": text}]
+            item.update(self.b.reasoning_item(text), id=item["id"])
             out.append(
                 ev(
                     "response.reasoning_text.done",
@@ -506,13 +625,7 @@ class _Items:
             return []
         out = self.close()
         if kind == "reasoning":
-            item = {
-                "type": "reasoning",
-                "id": _id("rs"),
-                "summary": [],
-                "content": [],
-                "status": "in_progress",
-            }
+            item = self.b.reasoning_item("", status="in_progress")
         else:
             item = {
                 "type": "message",
@@ -549,7 +662,7 @@ class _Items:
 
     def call(self, e: ToolCall) -> list[str]:
         out = self.close()
-        item = _call_item(e)
+        item = _call_item(e, self.b.toolset)
         self.b.output.append(item)
         idx, ev = self.index, self.ev
         return [
@@ -637,6 +750,8 @@ def add_routes(api: Any, service: Any, store: ResponseStore) -> None:
         request.state.locus_model = body.get("model") if isinstance(body.get("model"), str) else ""
         req = ResponsesRequest.parse(body)
         owner = owner_of(request.headers)
+        toolset = Toolset(req.tools)
+        notes = [toolset.note()] if toolset.hosted else []
         history = None
         if req.previous_response_id:
             found = store.get(owner, req.previous_response_id)
@@ -649,8 +764,10 @@ def add_routes(api: Any, service: Any, store: ResponseStore) -> None:
             preset=config.preset,
             default_max=config.default_max_tokens,
             history=history,
+            notes=notes,
         )
-        b = Builder(body, plan.model)
+        request.state.locus_note = "; ".join(dict.fromkeys(notes))
+        b = Builder(body, plan.model, toolset)
         job = await service.start(plan, request)
 
         def save(resp: dict[str, Any]) -> None:

@@ -13,8 +13,10 @@ from .validation import Arguments, RequestModel, one_of, str_or_list, type_of
 __all__ = [
     "FunctionCallItem",
     "FunctionCallOutputItem",
+    "HostedTool",
     "ImageInput",
     "MessageItem",
+    "NamespaceTool",
     "ReasoningItem",
     "RefusalPart",
     "ResponsesFunctionTool",
@@ -105,6 +107,7 @@ class FunctionCallItem(RequestModel):
     type: Literal["function_call"]
     name: str
     call_id: str
+    namespace: str | None = Field(default=None, description="the namespace tool the function is in")
     arguments: Arguments = Field(default_factory=dict)
 
 
@@ -122,6 +125,9 @@ class ReasoningItem(RequestModel):
     type: Literal["reasoning"]
     content: list[ReasoningText] | None = None
     summary: list[ReasoningText] | None = None
+    encrypted_content: str | None = Field(
+        default=None, description="as this server returned it (include: reasoning.encrypted_content)"
+    )
 
 
 _ROLES = ("system", "developer", "assistant")
@@ -169,12 +175,46 @@ class ResponsesFunctionTool(RequestModel):
     name: str
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    strict: bool | None = Field(None, description="true: every call is valid by construction")
+
+
+class HostedTool(RequestModel):
+    """A tool OpenAI runs on its side (web_search, file_search, ...): Locus runs none, so it is
+    left out of the prompt (and the request log says so)."""
+
+    type: str
+
+
+def _tool_kind(value: Any) -> Any:
+    kind = type_of(value)
+    if kind in ("function", "namespace"):
+        return kind
+    return "hosted" if isinstance(kind, str) and kind else None
+
+
+def _tool_refused(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return "expected a tool object with a type"
+    return "type", "expected a string naming the tool's type"
+
+
+InnerTool = one_of(_tool_kind, {"function": ResponsesFunctionTool, "hosted": HostedTool}, _tool_refused)
+
+
+class NamespaceTool(RequestModel):
+    """Functions grouped under a name (Codex's `multi_agent_v1`): offered to the model one by
+    one; a call to one comes back with `namespace` set."""
+
+    type: Literal["namespace"]
+    name: Annotated[str, Field(min_length=1)]
+    description: str = ""
+    tools: list[InnerTool] = Field(default_factory=list)
 
 
 Tool = one_of(
-    type_of,
-    {"function": ResponsesFunctionTool},
-    lambda v: ("type", f"tool type {type_of(v)!r} is not supported (function only)"),
+    _tool_kind,
+    {"function": ResponsesFunctionTool, "namespace": NamespaceTool, "hosted": HostedTool},
+    _tool_refused,
 )
 
 
@@ -210,10 +250,22 @@ class TextFormat(RequestModel):
     type: Literal["text"] = "text"
 
 
+class JsonSchemaTextFormat(RequestModel):
+    type: Literal["json_schema"]
+    name: str = "response"
+    description: str = ""
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class JsonObjectTextFormat(RequestModel):
+    type: Literal["json_object"]
+
+
 Format = one_of(
     lambda v: type_of(v, "text"),
-    {"text": TextFormat},
-    lambda v: ("type", f"{type_of(v)!r} is not supported: only free text"),
+    {"text": TextFormat, "json_schema": JsonSchemaTextFormat, "json_object": JsonObjectTextFormat},
+    lambda v: ("type", f"{type_of(v)!r} is not supported: text, json_schema or json_object"),
 )
 
 
@@ -238,3 +290,10 @@ class ResponsesRequest(RequestModel):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    # Codex's defaults: `include` may ask for reasoning.encrypted_content (returned so a
+    # `store: false` client can send the reasoning back); the cache key keys the prompt cache.
+    include: list[str] | None = None
+    prompt_cache_key: str | None = None
+    parallel_tool_calls: bool = True
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    client_metadata: dict[str, Any] | None = None

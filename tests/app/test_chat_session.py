@@ -78,7 +78,7 @@ def test_a_turn_is_requested_folded_and_stored(writer):
         "Hi",
         "chat",
         "fake",
-        {"preset": "coding", "thinking": False},
+        {"preset": "coding", "thinking": False, "max_tokens": 64},
     )
 
 
@@ -168,7 +168,7 @@ def test_open_settings_delete_and_undo(writer):
     assert writer.flush(10) and [t.id for t in writer.store.threads("chat")] == [other]
     assert session.undo_delete() == tid and session.undo_delete() is None
     assert writer.flush(10) and [m["content"] for m in writer.store.messages(tid)] == ["q", "A"]
-    assert writer.store.thread(tid).meta == {"preset": "instruct", "thinking": False}
+    assert writer.store.thread(tid).meta == {"preset": "instruct", "thinking": False, "max_tokens": 2048}
 
 
 def test_tool_calls_and_results_without_a_store():
@@ -179,9 +179,10 @@ def test_tool_calls_and_results_without_a_store():
     session.set_backend(fake)
     session.add_user("2+2?")
     end = reply(session, fake)
-    call = {"id": "call_fake_0", "type": "function", "function": {"name": "add", "arguments": {"a": 2}}}
+    cid = end.message["tool_calls"][0]["id"] if end.message else ""  # the fake's id for the call
+    call = {"id": cid, "type": "function", "function": {"name": "add", "arguments": {"a": 2}}}
     assert end.message is not None and end.message["tool_calls"] == [call]
-    session.add_tool_results([{"role": "tool", "tool_call_id": "call_fake_0", "content": "4"}])
+    session.add_tool_results([{"role": "tool", "tool_call_id": cid, "content": "4"}])
     reply(session, fake)
     assert fake.requests[-1].tools == tools
     assert [m["role"] for m in fake.requests[-1].messages] == ["system", "user", "assistant", "tool"]
@@ -191,3 +192,101 @@ def test_tool_calls_and_results_without_a_store():
     assert session.history == [{"role": "system", "content": "Be brief."}] and session.thread_id is None
     with pytest.raises(RuntimeError, match="no store"):
         session.load("x")
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 24), (10, 200, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_images_files_and_settings_go_into_the_request_and_the_store(writer, tmp_path):
+    from app.chat_session import AttachmentError, make_attachment
+
+    fake = FakeBackend([Reply(text="A green square.", usage=USAGE)])
+    session = ChatSession(writer)
+    session.set_backend(fake)
+    session.update_settings(system="Be exact.", temperature=0.2, top_p=0.9, max_tokens=99)
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Notes\nmilk")
+    image, text_file = make_attachment(_png(), "sq.png"), make_attachment(notes)
+    assert (image.media_type, text_file.media_type, text_file.name) == ("image/png", "text/plain", "notes.md")
+    session.add_user("What is this?", [image, text_file])
+    reply(session, fake)
+    req = fake.requests[-1]
+    assert req.messages[0] == {"role": "system", "content": "Be exact."}
+    parts = req.messages[1]["content"]
+    assert parts[0] == {"type": "image", "image": image.data}  # the engine's (and API's) image part
+    assert parts[1]["type"] == "text" and "milk" in parts[1]["text"] and "file" not in parts[1]
+    assert parts[2] == {"type": "text", "text": "What is this?"}
+    assert (req.sampling.temperature, req.sampling.top_p, req.sampling.top_k, req.max_tokens) == (
+        0.2,
+        0.9,
+        20,
+        99,
+    )
+    assert writer.flush(10)
+    assert writer.store.attachments(session.thread_id) == {image.sha256: ("image/png", image.data)}
+    # A restart reads it back: images from the store, settings from the conversation.
+    other = ChatSession(writer)
+    other.begin_open(session.thread_id)
+    assert other.finish_open(other.load(session.thread_id))
+    assert other.request_messages()[:2] == req.messages and other.settings.temperature == 0.2
+    # Files that cannot be attached are said so.
+    for data, name, why in [
+        (b"", "e.png", "is empty"),
+        (b"\x00\xffnot an image", "x.bin", "cannot be attached"),
+    ]:
+        with pytest.raises(AttachmentError, match=why):
+            make_attachment(data, name)
+
+
+def test_stored_settings_that_do_not_fit_are_left_out():
+    s = ChatSettings().with_meta(
+        {"preset": "nope", "thinking": False, "max_tokens": -3, "temperature": 9, "top_p": "x", "system": 5}
+    )
+    assert (s.preset, s.thinking, s.max_tokens, s.temperature, s.top_p, s.system) == (
+        "thinking",
+        False,
+        2048,
+        None,
+        None,
+        "",
+    )
+    s = ChatSettings().with_meta({"preset": "coding", "temperature": 0.0, "top_p": 0.5})
+    assert s.effective_sampling == PRESETS["coding"].with_(temperature=0.0, top_p=0.5)
+
+
+def test_edit_regenerate_versions_and_delete(writer):
+    replies = ["Paris.", "Rome.", "Rome, Italy.", "ok"]
+    fake = FakeBackend([Reply(text=t, usage=USAGE) for t in replies])
+    session = ChatSession(writer)
+    session.set_backend(fake)
+    session.add_user("France?")
+    reply(session, fake)
+    session.edit_user(0, "Italy?")  # a new version of the question
+    reply(session, fake)
+    assert [m["content"] for m in session.history] == ["Italy?", "Rome."]
+    assert session.versions(0) == (2, 2) and session.versions(1) == (1, 1)
+    assert session.regenerate_at(1)
+    assert [m["content"] for m in session.history] == ["Italy?"]
+    reply(session, fake)
+    assert [m["content"] for m in session.history] == ["Italy?", "Rome, Italy."]
+    assert session.versions(1) == (2, 2)
+    assert session.switch_version(0, -1)  # the first question, with its own answer
+    assert [m["content"] for m in session.history] == ["France?", "Paris."] and session.versions(0) == (1, 2)
+    assert not session.switch_version(0, -1)
+    assert session.switch_version(0, +1)  # back: the branch as it was last left
+    assert [m["content"] for m in session.history] == ["Italy?", "Rome, Italy."]
+    session.add_user("Thanks")
+    reply(session, fake)
+    session.delete_message(1)
+    assert [m["content"] for m in session.history] == ["Italy?", "Thanks", "ok"]
+    assert writer.flush(10)
+    assert [m["content"] for m in writer.store.messages(session.thread_id)] == ["Italy?", "Thanks", "ok"]
+    _, nodes = writer.store.tree(session.thread_id)
+    assert len(nodes) == 6  # France?, Paris., Italy?, Rome., Thanks, ok: every earlier version kept

@@ -162,7 +162,7 @@ def test_list_and_delete(tiny_dir, tmp_path, monkeypatch):
 def test_unreachable_hub_says_so(tmp_path, memory_keyring):
     # Offline, huggingface-hub says "Local entry not found… Name or service not known" (issue 31).
     d = hub.Downloader("a/b", cache_dir=tmp_path / "x", endpoint="http://127.0.0.1:1")
-    with pytest.raises(hub.HubError, match=r"cannot reach http://127\.0\.0\.1:1 .*check the connection"):
+    with pytest.raises(hub.HubError, match=r"Cannot reach 127\.0\.0\.1:1 .*check the internet connection"):
         d.download()
 
 
@@ -173,3 +173,28 @@ def test_not_cached_message_names_the_hf_command():
 
     with pytest.raises(ModelLoadError, match=r"`hf download nobody/not-cached-model`"):
         resolve_model_path("nobody/not-cached-model")
+
+
+def test_search_lists_mlx_models_with_size_quantization_and_fit(memory_keyring):
+    from tests.fakehub import FakeHub
+
+    listing = [
+        {
+            "id": "mlx-community/Small-3bit",
+            "tags": ["mlx"],
+            "downloads": 10,
+            "safetensors": {"parameters": {"U32": 100, "F16": 50}, "total": 150},
+        },
+        {"id": "mlx-community/NoSize-mxfp4", "tags": ["mlx"], "downloads": 20},
+        {"id": "other/Small", "tags": ["pytorch"], "downloads": 99},
+    ]
+    with FakeHub({}, listing=listing) as fake:
+        found = hub.search_models("small", endpoint=fake.url, available=10**9)
+        assert [m.repo_id for m in found] == ["mlx-community/Small-3bit"]
+        assert found[0].size_bytes == 100 * 4 + 50 * 2 and found[0].quantization == "3-bit"
+        assert found[0].fits is True
+        found = hub.search_models("", endpoint=fake.url, available=10**9)
+        assert [m.repo_id for m in found] == ["mlx-community/NoSize-mxfp4", "mlx-community/Small-3bit"]
+        assert found[0].quantization == "mxfp4" and found[0].size_bytes is None and found[0].fits is None
+        # The token comes from Locus's keyring entry only, never from another stored HF token.
+        assert all("authorization" not in h for r, h in fake.requests)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -230,3 +231,100 @@ def test_writer_close_commits_everything_queued(tmp_path: Path) -> None:
     s.close()
     with Store(tmp_path / "w.db") as again:
         assert len(again.messages(tid)) == 200
+
+
+def _v1_database(path: Path) -> None:
+    """A database as Locus wrote it before message trees (schema 1), with chats and an agent run."""
+    from app.store import MIGRATIONS
+
+    db = sqlite3.connect(path)
+    for sql in MIGRATIONS[1]:
+        db.execute(sql)
+    db.execute("PRAGMA user_version = 1")
+    rows = [("c1", "chat", "Pasta"), ("c2", "chat", "Empty"), ("r1", "agent", "fix bug")]
+    for i, (tid, kind, title) in enumerate(rows):
+        db.execute(
+            "INSERT INTO threads (id, kind, title, model, created, updated, meta) "
+            "VALUES (?, ?, ?, 'q', ?, ?, ?)",
+            (tid, kind, title, 100.0 + i, 100.0 + i, '{"preset": "coding", "thinking": false}'),
+        )
+    bodies = [
+        ("c1", {"role": "user", "content": "How long to boil penne?"}),
+        ("c1", {"role": "assistant", "content": "11 min.", "meta": {"footer": "9 tok/s"}}),
+        ("c1", {"role": "user", "content": "And fusilli?"}),
+        ("r1", {"role": "user", "content": "fix it"}),
+    ]
+    for seq, (tid, body) in enumerate(bodies, start=1):
+        db.execute(
+            "INSERT INTO messages (thread_id, seq, role, body, created) VALUES (?, ?, ?, ?, ?)",
+            (tid, seq, body["role"], json.dumps(body), 200.0 + seq),
+        )
+    db.commit()
+    db.close()
+
+
+def test_schema_1_database_migrates_and_loses_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    _v1_database(db)
+    with Store(db) as s:
+        assert s.schema_version == SCHEMA_VERSION == 2
+        assert [m["content"] for m in s.messages("c1")] == [
+            "How long to boil penne?",
+            "11 min.",
+            "And fusilli?",
+        ]
+        assert s.messages("c1")[1]["meta"] == {"footer": "9 tok/s"}
+        assert s.messages("c2") == [] and [m["content"] for m in s.messages("r1")] == ["fix it"]
+        assert (
+            s.thread("c1").meta == {"preset": "coding", "thinking": False} and s.thread("c1").updated == 100.0
+        )
+        head, nodes = s.tree("c1")
+        assert [n.parent for n in nodes] == [None, nodes[0].uid, nodes[1].uid] and head == nodes[2].uid
+        # Old conversations go on as before: a new message follows the last one.
+        s.add_message("c1", {"role": "assistant", "content": "12 min."})
+        assert [m["content"] for m in s.messages("c1")][-2:] == ["And fusilli?", "12 min."]
+        assert [t.id for t in s.search("penne", "chat")] == ["c1"]
+    with Store(db) as s:  # and opening it again migrates nothing twice
+        assert s.schema_version == 2 and len(s.messages("c1")) == 4
+
+
+def test_versions_branches_images_and_undo(store: Store) -> None:
+    t = store.create_thread("chat", "Branches")
+    store.add_message(t, {"role": "user", "content": "q1"}, uid="u1", parent=None)
+    store.add_message(t, {"role": "assistant", "content": "a1"}, uid="a1")
+    store.add_message(t, {"role": "assistant", "content": "a1 again"}, uid="a2", parent="u1")  # regenerate
+    assert [m["content"] for m in store.messages(t)] == ["q1", "a1 again"]
+    store.set_head(t, "a1")  # ‹ 1/2
+    assert [m["content"] for m in store.messages(t)] == ["q1", "a1"]
+    with pytest.raises(StoreError, match="no message"):
+        store.set_head(t, "nope")
+    # Images: stored once per thread, found by hash; their bytes never match a text search.
+    png = b"\x89PNG fake image bytes pasta"
+    store.add_attachment(t, "abc", "image/png", png)
+    store.add_attachment(t, "abc", "image/png", png)
+    image_msg = {
+        "role": "user",
+        "content": [{"type": "image", "attachment": "abc"}, {"type": "text", "text": "see"}],
+    }
+    store.add_message(t, image_msg, uid="u2")
+    assert store.attachments(t) == {"abc": ("image/png", png)}
+    assert [x.id for x in store.search("see", "chat")] == [t] and store.search("attachment", "chat") == []
+    # Delete one message: what followed it now follows its parent.
+    store.delete_message(t, "a1", head="u2")
+    assert [m["content"] for m in store.messages(t)] == ["q1", image_msg["content"]]
+    # A whole thread comes back from its dump: every branch, image and time.
+    dump = store.dump_thread(t)
+    store.delete_thread(t)
+    assert store.attachments(t) == {} and store.messages(t) == []
+    store.restore_thread(dump)
+    assert store.dump_thread(t) == dump
+    assert store.pop_message(t) == image_msg and [m["content"] for m in store.messages(t)] == ["q1"]
+
+
+def test_app_state(store: Store) -> None:
+    assert store.state("last_chat") is None
+    store.set_state("last_chat", "abc")
+    store.set_state("last_chat", "def")
+    assert store.state("last_chat") == "def"
+    store.set_state("last_chat", None)
+    assert store.state("last_chat") is None

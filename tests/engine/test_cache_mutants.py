@@ -59,6 +59,12 @@ def test_budget_reports_every_figure_under_its_name(tmp_path: Path) -> None:
         "misses": 0,
         "tokens_reused": 0,
         "evictions": 0,
+        "blocks": 0,
+        "shared_blocks": 0,
+        "disk_blocks": 0,
+        "block_tokens": 256,
+        "disk_written_bytes": 0,
+        "memory_plan": None,
     }
     assert PromptCache(disk_dir=tmp_path, disk_bytes=50).budget()["disk_bytes"] == 50
 

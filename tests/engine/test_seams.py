@@ -42,6 +42,8 @@ SAMPLES: dict[str, Any] = {
     "prefix": "Sure",
     "tool_choice": "f",
     "thinking_budget": 5,
+    "response_format": {"type": "json_object"},
+    "parallel_tool_calls": False,
 }
 
 
@@ -98,9 +100,10 @@ def test_a_finish_that_raises_after_its_done_gives_one_done(engine, monkeypatch)
 
 
 def test_a_request_whose_run_raises_before_it_starts_still_ends(engine, monkeypatch, caplog):
-    from engine import Engine
+    from engine import engine as eng_mod
 
-    monkeypatch.setattr(Engine, "_generate", lambda self, *a: 1 / 0)
+    # Requests start in the scheduler (engine/scheduler.py) with `_Run.begin`.
+    monkeypatch.setattr(eng_mod._Run, "begin", lambda self, *a: 1 / 0)
     with caplog.at_level(logging.ERROR, logger="locus.engine"):
         done = _all_events(engine.submit(GenerationRequest(prompt_ids=[1, 2], max_tokens=2)))[-1]
         engine._call(lambda: None)

@@ -146,7 +146,7 @@ def test_no_model_is_a_message_not_a_crash(qtbot, store):
     qtbot.addWidget(v)
     with qtbot.waitSignal(v.message_for_user) as sig:
         v.send("hi")
-    assert "load one" in sig.args[0]
+    assert "No model is loaded" in sig.args[0] and "Models" in sig.args[0]
     assert store.threads("chat") == []
 
 
@@ -165,7 +165,7 @@ def test_profile_and_thinking_are_kept_per_conversation(qtbot, store, loaded):
         assert v.profile.currentText() == "thinking" and v.thinking.isChecked()
         with qtbot.waitSignal(v.conversation_opened, timeout=10000):
             v.open_conversation(store.threads("chat")[-1].id)
-        assert store.thread(v.thread_id).meta == {"preset": "coding", "thinking": False}
+        assert store.thread(v.thread_id).meta == {"preset": "coding", "thinking": False, "max_tokens": 2048}
         assert v.profile.currentText() == "coding" and not v.thinking.isChecked()
     finally:
         eng.close()

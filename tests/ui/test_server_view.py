@@ -93,6 +93,7 @@ def test_request_log_shows_the_servers_requests(qtbot, engine):
     b = engine.prompt_cache.budget()
     assert v.cache_status.text().startswith("Prompt cache: ")
     assert f"of {b['memory_bytes'] / 1024 / 1024:,.0f} MB" in v.cache_status.text()
+    assert v.batch_status.text().startswith("Requests: 0 running (up to 8 decoded together)")
     with qtbot.waitSignal(v.state_changed, timeout=20000):
         v.stop_button.click()
 

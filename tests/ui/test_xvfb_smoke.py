@@ -65,6 +65,73 @@ def _messages(db: Path) -> list[dict]:
         return [m for t in s.threads("chat") for m in s.messages(t.id)]
 
 
+def _wait_window(display: str, name: str, timeout: float = 30) -> str:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        found = _xdo(display, "search", "--onlyvisible", "--name", name).split("\n")[0]
+        if found:
+            return found
+        time.sleep(0.3)
+    raise AssertionError(f"no {name!r} window appeared")
+
+
+def _focus(display: str, wid: str) -> None:
+    """Give the window the keyboard (with no window manager, a closed dialog leaves it nowhere)."""
+    _xdo(display, "windowactivate", "--sync", wid)
+    _xdo(display, "windowfocus", "--sync", wid)
+    time.sleep(0.5)
+
+
+def _in_dialog(display: str, title: str, path: Path) -> None:
+    """Type a full path into Qt's file dialog (its name field has the focus) and accept it."""
+    dlg = _wait_window(display, title)
+    _focus(display, dlg)
+    _xdo(display, "key", "--window", dlg, "ctrl+a")
+    _xdo(display, "type", "--delay", "10", str(path))
+    time.sleep(0.5)
+    for _ in range(4):  # a first Return may only close the name field's completion list
+        _xdo(display, "key", "--window", dlg, "Return")
+        time.sleep(1)
+        if not _xdo(display, "search", "--onlyvisible", "--name", title):
+            return
+    raise AssertionError(f"the {title!r} dialog did not take {path}")
+
+
+def _image_into_chat_and_export(display: str, wid: str, db: Path, tmp_path: Path, err: Path) -> None:
+    """Attach an image (Ctrl+Shift+A, the file dialog), send it, then export the conversation."""
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (80, 60), (30, 120, 220)).save(photo)
+    _focus(display, wid)
+    _xdo(display, "type", "--delay", "20", "what is in it")  # the composer kept the focus
+    _xdo(display, "key", "ctrl+shift+a")
+    _in_dialog(display, "Attach images", photo)
+    _focus(display, wid)
+    end = time.monotonic() + 120
+    with_image: list[dict] = []
+    while time.monotonic() < end and not with_image:
+        _xdo(display, "key", "Return")
+        time.sleep(2)
+        msgs = _messages(db)
+        with_image = [m for m in msgs if isinstance(m.get("content"), list)]
+    assert with_image, err.read_text()[-2000:]
+    parts = with_image[0]["content"]
+    assert parts[0]["type"] == "image" and parts[0]["name"] == "photo.png"
+    assert parts[-1] == {"type": "text", "text": "what is in it"}
+    # Export as Markdown through File > Export Conversation (Ctrl+Shift+S).
+    out = tmp_path / "exported.md"
+    end = time.monotonic() + 60
+    while time.monotonic() < end and not out.exists():
+        _focus(display, wid)
+        _xdo(display, "key", "ctrl+shift+s")
+        _in_dialog(display, "Export Conversation", out)
+        time.sleep(1.5)
+    _focus(display, wid)
+    md = out.read_text()
+    assert "## You" in md and "what is in it" in md and "](data:image/png;base64," in md
+
+
 def test_window_under_xvfb(tmp_path):
     xvfb, display = _xvfb()
     data = tmp_path / "data"
@@ -107,6 +174,7 @@ def test_window_under_xvfb(tmp_path):
         msgs = _messages(db)
         assert msgs and msgs[0]["content"] == "hello from xdotool", err.read_text()[-2000:]
         assert any(m.get("role") == "assistant" for m in msgs)
+        _image_into_chat_and_export(display, wid, db, tmp_path, err)
         shots = []
         for i, name in enumerate(["chat", "agent", "locate", "models", "server"], start=1):
             _xdo(display, "key", "--window", wid, f"ctrl+{i}")

@@ -305,12 +305,6 @@ def test_cache_control_breakpoints_and_cache_usage(serve, engine):
     ask = {"role": "user", "content": "Third?"}
     n = c.messages.count_tokens(model="m", system=system, messages=[*history, ask]).input_tokens
     one = c.messages.create(model="m", max_tokens=1, system=system, messages=[*history, ask])
-    u = one.usage
-    assert u.cache_read_input_tokens == 0 and u.cache_creation_input_tokens == n
-    assert u.input_tokens == 0
-    # A fork after the marked message (another client, another question) reads up to its end.
-    fork = [*history[:3], {"role": "assistant", "content": "Other."}, ask]
-    two = c.messages.create(model="m", max_tokens=1, system=system, messages=fork)
     tok = engine.model.tokenizer
     upto = [
         {"role": "system", "content": "You are terse."},
@@ -320,6 +314,15 @@ def test_cache_control_breakpoints_and_cache_usage(serve, engine):
     text = render_prompt(
         tok, upto, enable_thinking=False, preserve_thinking=True, add_generation_prompt=False
     )
-    assert two.usage.cache_read_input_tokens == len(tok.encode(text, add_special_tokens=False))
+    marked = len(tok.encode(text, add_special_tokens=False))
+    # As Anthropic counts: written up to the last breakpoint; what follows it is input_tokens.
+    u = one.usage
+    assert u.cache_read_input_tokens == 0 and u.cache_creation_input_tokens == marked
+    assert u.input_tokens == n - marked > 0
+    # A fork after the marked message (another client, another question) reads up to its end.
+    fork = [*history[:3], {"role": "assistant", "content": "Other."}, ask]
+    two = c.messages.create(model="m", max_tokens=1, system=system, messages=fork)
+    assert two.usage.cache_read_input_tokens == marked
+    assert two.usage.cache_creation_input_tokens == 0 and two.usage.input_tokens > 0
     health = httpx.get(srv.url + "/health").json()["prompt_cache"]
     assert health["memory_bytes"] > 0 and 0 < health["memory_used_bytes"] <= health["memory_bytes"]

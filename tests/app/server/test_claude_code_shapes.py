@@ -42,12 +42,13 @@ def test_mid_conversation_system_messages_fold_into_the_next_user_turn():
         system="You are Claude Code.",
     )
     roles = [m["role"] for m in plan.request.messages]
-    assert roles == ["system", "user", "assistant", "tool", "user", "user"]
-    # After the tool result (which must follow the call), before the user's own text.
+    assert roles == ["system", "user", "assistant", "tool", "user"]
+    # After the tool result (which must follow the call), before the user's own text; one right
+    # after the user's text joins that turn, as Claude Code merges it when it resends the turn.
     assert plan.request.messages[4]["content"] == (
-        "<system-reminder>\nThe date changed.\n</system-reminder>\n\ngo on"
+        "<system-reminder>\nThe date changed.\n</system-reminder>\n\ngo on\n\n\n"
+        "<system-reminder>\nBe brief.\n</system-reminder>"
     )
-    assert plan.request.messages[5]["content"] == "<system-reminder>\nBe brief.\n</system-reminder>"
     # The same history renders the same way every time, so the next turn's prompt extends it.
     again = _plan(
         [
@@ -68,6 +69,44 @@ def test_mid_conversation_system_messages_fold_into_the_next_user_turn():
     )
     with pytest.raises(Exception, match="expected 'user', 'assistant' or 'system'"):
         _plan([{"role": "tool", "content": "x"}])
+
+
+def test_the_recovery_after_max_tokens_extends_the_turn_it_resends():
+    # Claude Code 2.1.197's shapes: a first request, then (its reply cut by max_tokens) the same
+    # turn resent as one user message, its system message merged in and the recovery appended.
+    env = "<system-reminder>\nAs you answer, use this context.\n</system-reminder>"
+    agents = "Available agent types for the Agent tool: claude."
+    first = _plan(
+        [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": env}, {"type": "text", "text": "Say hello."}],
+            },
+            {"role": "system", "content": agents},
+        ]
+    ).request.messages
+    recovery = [
+        {"type": "text", "text": env},
+        {"type": "text", "text": "Say hello.\n"},
+        {"type": "text", "text": f"<system-reminder>\n{agents}\n</system-reminder>\n"},
+        {"type": "text", "text": "Output token limit hit. Resume directly."},
+    ]
+    again = _plan([{"role": "user", "content": recovery}]).request.messages
+    assert len(first) == len(again) == 1
+    assert again[0]["content"].startswith(first[0]["content"])
+    # A normal next turn keeps the system message where it was: the first turn renders the same.
+    turn = _plan(
+        [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": env}, {"type": "text", "text": "Say hello."}],
+            },
+            {"role": "system", "content": agents},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Again."},
+        ]
+    ).request.messages
+    assert turn[0] == first[0]
 
 
 def test_claude_codes_first_request_shape_is_answered(serve, engine):

@@ -236,3 +236,14 @@ def test_responses_reasoning_tokens_are_tokens_not_deltas(serve):
     reported = Usage(prompt_tokens=3, completion_tokens=60, reasoning_tokens=17)
     srv = serve(FakeBackend([Reply(reasoning=thought, text="Done.", usage=reported)], count=_words))
     assert oc(srv).responses.create(model="m", input="hi").usage.output_tokens_details.reasoning_tokens == 17
+
+
+def test_scripted_call_ids_are_unique_across_requests(serve):
+    # Claude Code drops a tool call whose id it has seen before and loops: ids never repeat.
+    fake = FakeBackend([Reply(tool_calls=[{"name": "lookup", "arguments": {"q": "a"}}] * 2)], info=INFO)
+    c = anthropic.Anthropic(base_url=serve(fake).url, api_key="x", max_retries=0)
+    ids = []
+    for _ in range(2):
+        msg = c.messages.create(model="m", max_tokens=50, messages=USER, tools=TOOLS)
+        ids += [b.id for b in msg.content if b.type == "tool_use"]
+    assert len(ids) == 4 and len(set(ids)) == 4, ids

@@ -94,9 +94,9 @@ BAD = [
     ),
     (
         "/v1/chat/completions",
-        {"response_format": {"type": "json_object"}},
+        {"response_format": {"type": "yaml"}},
         "response_format.type",
-        "only free text",
+        "text, json_schema or json_object",
     ),
     ("/v1/responses", {"input": []}, "input", "at least 1"),
     (

@@ -1,0 +1,100 @@
+"""The running batch's caches: one model call decodes a token for every sequence at once.
+
+The Gated DeltaNet layers' recurrent states are stacked along the batch axis with mlx-lm's own
+`ArraysCache` merge/extend/filter/extract (through engine/mlxlm_compat.py). The full-attention
+layers keep each sequence's own `KVCache` (`RowKV`): the projections run batched, but rotary
+positions, the cache update and attention run per row. So a sequence's KV never moves (no left
+padding, no copy on join or leave), an image prompt's M-RoPE offset stays its own, and each row's
+attention is computed exactly as it would be alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.models.base import scaled_dot_product_attention
+
+from .mlxlm_compat import extend_states, extract_state, filter_states, is_kv_cache, merge_states
+
+
+class RowKV:
+    """The KV caches of one full-attention layer in a batched call, one per row, with each row's
+    rotary delta (an image prompt's M-RoPE shift past its prompt; 0 for text)."""
+
+    per_row = True  # engine/model.py's MRopeAttention hands such a cache the attention itself
+
+    def __init__(self) -> None:
+        self.caches: list[Any] = []
+        self.deltas: list[int] = []
+
+    def make_mask(self, n: int, **kwargs: Any) -> None:
+        # Decoding only (one token a row): no mask, as mlx-lm uses for a single position.
+        if n != 1:
+            raise ValueError("a batched call decodes one token per sequence")
+        return None
+
+    def attend(self, layer: Any, queries: mx.array, keys: mx.array, values: mx.array) -> mx.array:
+        """Each row's rotary positions, cache update and attention, as alone: (B, heads, 1, dim)."""
+        outs = []
+        for i, (c, d) in enumerate(zip(self.caches, self.deltas, strict=True)):
+            at = slice(i, i + 1)
+            q = layer.rope(queries[at], offset=c.offset + d)
+            k = layer.rope(keys[at], offset=c.offset + d)
+            k, v = c.update_and_fetch(k, values[at])
+            outs.append(scaled_dot_product_attention(q, k, v, cache=c, scale=layer.scale, mask=None))
+        return mx.concatenate(outs, axis=0)
+
+
+class BatchCache:
+    """Per layer, a `RowKV` or the stacked recurrent states of the rows, in row order. Cache
+    entries past the model's layers (the MTP head's) stay with each row untouched."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.n_layers = n_layers
+        self.layers: list[Any] = []
+        self.extras: list[list[Any]] = []  # per row: its cache entries past the layers
+
+    def __len__(self) -> int:
+        return len(self.extras)
+
+    def add(self, cache: list[Any], delta: int = 0) -> None:
+        """Append a sequence (its own batch-1 caches, every layer already holding state)."""
+        if not self.extras:
+            self.layers = [RowKV() if is_kv_cache(c) else None for c in cache[: self.n_layers]]
+        for j, c in enumerate(cache[: self.n_layers]):
+            layer = self.layers[j]
+            if isinstance(layer, RowKV):
+                layer.caches.append(c)
+                layer.deltas.append(int(delta))
+            elif layer is None:
+                self.layers[j] = merge_states([c])
+            else:
+                extend_states(layer, c)
+        self.extras.append(list(cache[self.n_layers :]))
+
+    def take(self, i: int) -> list[Any]:
+        """Row i's caches as a batch-1 list (for its snapshot or to prefill more tokens into); call
+        `keep` afterwards to drop the rows that leave."""
+        out = [
+            layer.caches[i] if isinstance(layer, RowKV) else extract_state(layer, i) for layer in self.layers
+        ]
+        return out + self.extras[i]
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only `rows` (indices, in their new order)."""
+        if not rows:
+            self.layers, self.extras = [], []
+            return
+        for j, layer in enumerate(self.layers):
+            if isinstance(layer, RowKV):
+                layer.caches = [layer.caches[r] for r in rows]
+                layer.deltas = [layer.deltas[r] for r in rows]
+            else:
+                filter_states(layer, rows)
+                self.layers[j] = layer
+        self.extras = [self.extras[r] for r in rows]
+
+    def logits(self, model: Any, tokens: mx.array) -> mx.array:
+        """The next-token logits (B, vocab) of every row, fed `tokens` (B,)."""
+        return model(tokens[:, None], cache=self.layers)[:, -1, :]

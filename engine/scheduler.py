@@ -1,0 +1,334 @@
+"""The engine's scheduler: many requests, one model call per decoded token for all of them.
+
+It runs on the MLX worker thread, one `step` at a time between the worker's other jobs. Each step
+(1) admits waiting requests up to `parallel` sequences, (2) prefills one chunk of one prompt (the
+policy: interactive before background, then the fewest prompt tokens left, then arrival), whose
+first token is sampled alone, after which the sequence joins the running batch, (3) runs ONE
+batched forward for every running sequence and samples each row with that sequence's own logits
+processors and sampler, and (4) hands each sequence its token (stop strings, parser, budget,
+cancel, max_tokens: the request's `_Run` in engine/engine.py) and lets finished ones leave.
+
+Decoding is pipelined as in mlx-lm: the next forward is queued before the tokens of the last one are
+read, so a sequence that ends has had its last token fed to its cache (its reply snapshot holds
+prompt + reply, as when it runs alone). Requests that draft with the MTP head run alone (drafting
+pays with one sequence); when others are running they join the batch without drafting.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from typing import Any
+
+import mlx.core as mx
+
+from .batch import BatchCache
+from .events import Done, PromptProgress
+from .generate import prefill
+from .request import DEFAULT_PARALLEL, PRIORITIES, GenerationRequest, PreparedRequest, RequestHandle
+from .sampling import LogitsProcessor, Sampler, filter_logits, make_sampler
+
+log = logging.getLogger("locus.engine")
+
+# What a request's `accept` says when its thinking budget closes the reasoning (tokens to feed).
+CLOSE = "close"
+
+# Prompt tokens prefilled per scheduler step: small enough that the running batch decodes between
+# chunks of a long prompt, large enough to keep prefill efficient.
+PREFILL_CHUNK = 512
+__all__ = ["CLOSE", "DEFAULT_PARALLEL", "PREFILL_CHUNK", "Scheduler"]
+
+
+def row_sampler(params: Any) -> Sampler:
+    """A sequence's sampler: a seeded request draws from its own key, so it gives the same text
+    alone or in a batch, whatever else is drawn meanwhile."""
+    if params.greedy or params.seed is None:
+        return make_sampler(params)
+    key = [mx.random.key(params.seed)]
+
+    def sample(logprobs: mx.array) -> mx.array:
+        key[0], sub = mx.random.split(key[0])
+        return mx.random.categorical(filter_logits(logprobs, params), key=sub)
+
+    return sample
+
+
+class _Seq:
+    """One request in the scheduler: its `_Run`, its prefill position, its sampling state."""
+
+    def __init__(self, run: Any, order: int) -> None:
+        self.run = run
+        self.order = order
+        self.ids: list[int] = []
+        self.pos = 0  # of `ids`, how many the cache holds
+        self.first = True  # prefilling the prompt (not a continuation after a closed budget)
+        self.checkpoints: list[int] = []
+        self.fresh = False  # its next token is the first of the reply
+        self.procs: list[LogitsProcessor] = []
+        self.history: mx.array | None = None
+        self.sampler: Sampler = row_sampler(run.req.sampling)
+        self.simple = run.req.sampling.greedy  # greedy without processors: sampled with the batch
+
+    def start(self, ids: list[int], start: int, first: bool) -> None:
+        """Prefill `ids` from `start` (the cache holds that many), then decode after them."""
+        self.ids, self.pos, self.first = ids, start, first
+        kinds = self.run.ticket.kinds if first else {}
+        self.checkpoints = sorted(p for p in kinds if start < p < len(ids))
+
+    @property
+    def rank(self) -> tuple[int, int, int]:
+        pri = PRIORITIES.index(self.run.req.priority)
+        return (pri, len(self.ids) - self.pos, self.order)
+
+    def sample(self, logits: mx.array, fed: mx.array | None) -> mx.array:
+        """The next token (1,) from this row's logits (1, vocab); `fed` is the token just fed."""
+        if self.procs:
+            if fed is not None:
+                self.history = mx.concatenate([self.history, fed]) if self.history is not None else fed
+            for proc in self.procs:
+                logits = proc(self.history, logits)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        return self.sampler(logprobs)
+
+
+class Scheduler:
+    """The requests of one Engine, run as a continuous batch on the MLX worker thread."""
+
+    def __init__(self, engine: Any, parallel: int = DEFAULT_PARALLEL) -> None:
+        self.engine = engine
+        self.parallel = max(1, int(parallel))
+        self.waiting: list[tuple[int, GenerationRequest, RequestHandle, PreparedRequest | None]] = []
+        self.prefilling: list[_Seq] = []
+        self.rows: list[_Seq] = []
+        self.batch: BatchCache | None = None
+        self.y: mx.array | None = None  # each row's token sampled last step, not yet handed over
+        self.steps = 0  # batched forwards run (tests, stats)
+        self.widest = 0  # the largest batch decoded so far
+        self._order = itertools.count()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.prefilling or self.rows)
+
+    @property
+    def active(self) -> int:
+        """Sequences admitted (prefilling or decoding)."""
+        return len(self.prefilling) + len(self.rows)
+
+    def add(self, req: GenerationRequest, handle: RequestHandle, prepared: PreparedRequest | None) -> None:
+        """Queue a request (worker thread)."""
+        self.waiting.append((next(self._order), req, handle, prepared))
+
+    # -- one step -------------------------------------------------------------------------------
+    def step(self) -> None:
+        """Admit, prefill one chunk, decode one token for every running sequence."""
+        try:
+            self._admit()
+            self._prefill()
+            if self.rows:
+                self._decode()
+        except Exception as e:  # a failed batched call ends every sequence in flight, not the worker
+            log.exception("a batched step failed")
+            self._fail_all(f"{type(e).__name__}: {e}")
+
+    def _fail_all(self, error: str) -> None:
+        seqs, self.prefilling, self.rows = self.prefilling + self.rows, [], []
+        self.batch, self.y = None, None
+        for seq in seqs:
+            seq.run.handle._put(Done("error", seq.run.tokens, None, error, None, "internal"))
+
+    def _waiting_rank(self, item: tuple[int, GenerationRequest, RequestHandle, Any]) -> tuple[int, int, int]:
+        order, req, _, prepared = item
+        pri = PRIORITIES.index(req.priority) if req.priority in PRIORITIES else 0
+        if prepared is not None:
+            n = prepared.prompt_tokens
+        else:  # not prepared: token ids say their length; text is taken as short
+            n = len(req.prompt_ids) if req.prompt_ids is not None else 0
+        return (pri, n, order)
+
+    def _admit(self) -> None:
+        while self.waiting and self.active < self.parallel:
+            item = min(self.waiting, key=self._waiting_rank)
+            order, req, handle, prepared = item
+            alone = self._alone(req)
+            if alone == "wait" or (alone == "solo" and self.active):
+                return  # it runs alone once those running have finished; nothing passes it
+            self.waiting.remove(item)
+            if alone == "solo":
+                self.engine._run_job(req, handle, prepared)  # the whole request, as before batching
+                continue
+            run = self.engine._new_run(req, handle)
+            seq = _Seq(run, order)
+            if run.settle(lambda r=run, p=prepared: r.begin(p)):
+                continue  # it ended before its first token (cancelled, a bad prompt)
+            run.draft = 0  # batched steps do not draft
+            seq.start(run.prompt, run.cached, True)
+            self.prefilling.append(seq)
+
+    def _alone(self, req: GenerationRequest) -> str:
+        """ "batch"; "solo" (drafts with the MTP head: alone when nothing else waits or runs);
+        "wait" (a model the batch cannot run: alone once the batch is empty)."""
+        from .model import Model
+
+        eng = self.engine
+        lm = eng._loaded
+        # An engine that runs requests its own way (the pipeline's, in lockstep with other
+        # processes), or a model the batch cannot drive, runs one request at a time.
+        if not eng._batches() or lm is None or not isinstance(lm.model, Model):
+            return "wait" if self.active else "solo"
+        k = eng.mtp if req.mtp is None else req.mtp
+        if k and lm.model.mtp_head is not None and len(self.waiting) == 1 and not self.active:
+            return "solo"
+        return "batch"
+
+    # -- prefill ----------------------------------------------------------------------------------
+    def _prefill(self) -> None:
+        """Prompt chunks by policy, up to PREFILL_CHUNK tokens a step (at least one chunk): several
+        short prompts start in one step, a long one goes on between decode steps of the batch. A
+        prompt whose prefill is done gets its first token and joins the batch."""
+        budget = PREFILL_CHUNK
+        while self.prefilling and budget > 0:
+            seq = min(self.prefilling, key=lambda s: s.rank)
+            n = self._prefill_one(seq, budget if budget < PREFILL_CHUNK else None)
+            if n is None:
+                return  # its next chunk waits for the next step
+            budget -= n
+
+    def _prefill_one(self, seq: _Seq, budget: int | None) -> int | None:
+        """One chunk of `seq` (its boundaries never depend on what else runs, so its numbers are
+        the same alone or not), or its first token; the tokens it took, None past `budget`."""
+        run = seq.run
+        if run.handle.cancelled:  # as alone: a prefill cut short keeps no reply snapshot
+            self.prefilling.remove(seq)
+            run.settle(_cancelled)
+            return 0
+        end = len(seq.ids) - 1  # the last id is fed by the first step
+        if seq.pos < end:
+            stop = next((p for p in seq.checkpoints if p > seq.pos), end)
+            n = min(PREFILL_CHUNK, stop - seq.pos)
+            if budget is not None and n > budget:
+                return None
+            chunk = mx.array(seq.ids[seq.pos : seq.pos + n], dtype=mx.uint32)
+            if run.settle(lambda: self._chunk(seq, chunk)):
+                self.prefilling.remove(seq)
+            return n
+        self.prefilling.remove(seq)
+        if not run.settle(lambda: self._first(seq)):
+            self.rows.append(seq)
+        return 1
+
+    def _chunk(self, seq: _Seq, chunk: mx.array) -> None:
+        run = seq.run
+        prefill(run.model, chunk, run.cache, step=chunk.shape[0], stream=self.engine._stream)
+        seq.pos += chunk.shape[0]
+        if seq.first:
+            run.handle._put(PromptProgress(seq.pos, len(seq.ids)))
+            if seq.pos in seq.checkpoints:
+                run.ticket.checkpoint(seq.pos)
+        return None
+
+    def _first(self, seq: _Seq) -> None:
+        """The first token, from the prompt's last id run alone; then the sequence joins the batch."""
+        run = seq.run
+        seq.procs = run.processors()
+        seq.simple = run.req.sampling.greedy and not seq.procs
+        seq.history = mx.array(seq.ids, dtype=mx.uint32) if seq.procs else None
+        with mx.stream(self.engine._stream):
+            last = mx.array(seq.ids[-1:], dtype=mx.uint32)
+            logits = run.model(last[None], cache=run.cache)[:, -1, :]
+            y0 = seq.sample(logits, None)
+        if self.batch is None:
+            self.batch = BatchCache(len(self.engine.model.model.layers))
+        self.batch.add(run.cache, getattr(run.model, "delta", 0))
+        self.y = y0 if self.y is None else mx.concatenate([self.y, y0])
+        seq.fresh = True
+        return None
+
+    # -- decode -----------------------------------------------------------------------------------
+    def _decode(self) -> None:
+        rows, y, batch = self.rows, self.y, self.batch
+        assert y is not None and batch is not None
+        with mx.stream(self.engine._stream):
+            logits = batch.logits(self.engine.model.model, y)
+            nxt = self._sample(rows, y, logits)
+        mx.async_eval(nxt)
+        self.steps += 1
+        self.widest = max(self.widest, len(rows))
+        if self.steps % 256 == 0:
+            mx.clear_cache()
+        outs = [
+            (i, seq, out)
+            for i, (seq, tok) in enumerate(zip(rows, y.tolist(), strict=True))
+            if (out := self._deliver(seq, tok)) is not None
+        ]
+        if outs:
+            nxt = self._leave(outs, nxt)
+        self.y = nxt
+        time.sleep(0)  # let the readers of the events just queued run (and cancel in time)
+
+    @staticmethod
+    def _sample(rows: list[_Seq], y: mx.array, logits: mx.array) -> mx.array:
+        """Each row's next token: greedy rows without processors together, the others each with
+        its own processors (over its own history) and sampler."""
+        if all(s.simple for s in rows):
+            return mx.argmax(logits - mx.logsumexp(logits, axis=-1, keepdims=True), axis=-1)
+        parts = []
+        for i, seq in enumerate(rows):
+            parts.append(seq.sample(logits[i : i + 1], y[i : i + 1]))
+        return mx.concatenate(parts)
+
+    def _deliver(self, seq: _Seq, tok: int) -> Any:
+        """Hand a row its token; what `_Run.accept` says (None: it goes on), "error" if it raised."""
+        run = seq.run
+        if seq.fresh:
+            seq.fresh = False
+            if seq.first:
+                run.handle._put(PromptProgress(len(seq.ids), len(seq.ids)))
+        said: list[Any] = []
+
+        def body() -> None:
+            said.append(run.accept(tok))
+            return None
+
+        if run.settle(body):  # it raised: the request has ended with an error
+            return "ended"
+        return said[0]
+
+    def _leave(self, outs: list[tuple[int, _Seq, Any]], nxt: mx.array) -> mx.array | None:
+        """Finished rows (and rows that must feed forced tokens) leave the batch with their caches."""
+        batch = self.batch
+        assert batch is not None
+        gone = {i for i, _, _ in outs}
+        for i, seq, _ in outs:
+            seq.run.cache[:] = batch.take(i)  # the ticket's list too: its reply snapshot reads it
+        keep = [i for i in range(len(self.rows)) if i not in gone]
+        batch.keep(keep)
+        self.rows = [self.rows[i] for i in keep]
+        for _, seq, out in outs:
+            run = seq.run
+            if out == CLOSE:
+                ids, start = run.closing()
+                seq.start(ids, start, False)
+                self.prefilling.append(seq)
+            elif out != "ended":
+                run.settle(lambda r=run, o=out: r.end(o))
+        if not keep:
+            self.batch = None
+            return None
+        return nxt[mx.array(keep, dtype=mx.int32)]
+
+    def stats(self) -> dict[str, int]:
+        """Waiting and admitted requests, and the batch decoding now (read from any thread)."""
+        return {
+            "waiting": len(self.waiting),
+            "active": self.active,
+            "batch": len(self.rows),
+            "parallel": self.parallel,
+        }
+
+
+def _cancelled() -> None:
+    from .generate import Cancelled
+
+    raise Cancelled

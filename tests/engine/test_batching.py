@@ -1,0 +1,293 @@
+"""Continuous batching (engine/scheduler.py, engine/batch.py): each request's output in a batch is
+its output alone, token for token, and the scheduler's policy is visible.
+
+"Alone" is the engine's single-request path (`generate.generate_step`, what ran every request
+before batching), so these tests also pin the batched path to it.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+
+from engine import Engine, GenerationRequest, PromptCache, PromptProgress, SamplingParams, TextDelta
+from engine.request import RequestHandle
+from engine.scheduler import PREFILL_CHUNK
+
+GREEDY = SamplingParams(temperature=0)
+
+
+def _ids(n: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(3, 240) for _ in range(n)]
+
+
+# Mixed lengths: one token, shorter than a chunk, across chunk boundaries.
+PROMPTS = [_ids(n, n) for n in (1, 9, 40, PREFILL_CHUNK + 7, 2 * PREFILL_CHUNK + 100, 3)]
+
+
+def alone(eng: Engine, req: GenerationRequest):
+    """The request on the old single-request path (generate_step), nothing else running."""
+    h = RequestHandle()
+    eng._jobs.put(lambda: eng._run_job(req, h, None))
+    return h.result()
+
+
+def together(eng: Engine, reqs: list[GenerationRequest]):
+    """The requests submitted at once (they join the batch over the first steps)."""
+    before = eng.scheduler.widest
+    eng.scheduler.widest = 0
+    handles = [eng.submit(r) for r in reqs]
+    out = [h.result() for h in handles]
+    widest, eng.scheduler.widest = eng.scheduler.widest, max(before, eng.scheduler.widest)
+    return out, widest
+
+
+@pytest.fixture(scope="module")
+def fp32(tiny_dir):
+    eng = Engine.from_path(str(tiny_dir("per_expert")), prompt_cache=PromptCache(memory_bytes=0))
+    yield eng
+    eng.close()
+
+
+def _greedy(ids: list[int], n: int, **kw) -> GenerationRequest:
+    return GenerationRequest(prompt_ids=ids, sampling=GREEDY, max_tokens=n, use_cache=False, **kw)
+
+
+@pytest.mark.parametrize("which", ["fp32", "4bit"])
+def test_greedy_in_a_batch_equals_alone(which, fp32, engine):
+    eng = fp32 if which == "fp32" else engine
+    # Different max_tokens: sequences leave the batch at different steps while others go on.
+    reqs = [_greedy(p, 12 + 5 * i) for i, p in enumerate(PROMPTS)]
+    ref = [alone(eng, r) for r in reqs]
+    got, widest = together(eng, reqs)
+    assert widest >= 4  # they really ran as one batch
+    for r, g in zip(ref, got, strict=True):
+        assert g.error is None and g.finish_reason == r.finish_reason
+        assert g.token_ids == r.token_ids
+        assert g.text == r.text and g.reasoning == r.reasoning
+
+
+def test_a_request_joining_mid_stream_leaves_the_others_unchanged(engine):
+    long = _greedy(PROMPTS[2], 60)
+    ref_long, ref_late = alone(engine, long), alone(engine, _greedy(PROMPTS[1], 10))
+    h = engine.submit(long)
+    events = h.events(timeout=120)
+    seen = 0
+    for ev in events:  # a few tokens in, a second request joins
+        if isinstance(ev, TextDelta):
+            seen += 1
+            if seen == 3:
+                break
+    late = engine.submit(_greedy(PROMPTS[1], 10)).result()
+    rest = list(events)
+    assert late.token_ids == ref_late.token_ids
+    assert rest[-1].token_ids == ref_long.token_ids
+
+
+def test_seeded_sampling_is_the_same_alone_and_in_a_batch(engine):
+    seeded = GenerationRequest(
+        prompt_ids=PROMPTS[2],
+        sampling=SamplingParams(temperature=1.0, top_p=0.9, top_k=50, seed=7),
+        max_tokens=30,
+        use_cache=False,
+    )
+    noise = SamplingParams(temperature=1.0, top_p=1.0, top_k=0)  # unseeded: draws from the global RNG
+    first = engine.submit(seeded).result()
+    others = [
+        GenerationRequest(prompt_ids=p, sampling=noise, max_tokens=30, use_cache=False) for p in PROMPTS[:3]
+    ]
+    got, widest = together(engine, [*others, seeded])
+    assert widest >= 2
+    assert got[-1].token_ids == first.token_ids
+    other_seed = GenerationRequest(**{**seeded.__dict__, "sampling": seeded.sampling.with_(seed=8)})
+    assert engine.submit(other_seed).result().token_ids != first.token_ids
+
+
+def test_penalties_apply_per_sequence_over_its_own_output(engine):
+    pen = GREEDY.with_(presence_penalty=1.5, repetition_penalty=1.3)
+    reqs = [
+        GenerationRequest(prompt_ids=p, sampling=pen, max_tokens=25, use_cache=False) for p in PROMPTS[:4]
+    ]
+    ref = [alone(engine, r) for r in reqs]
+    got, _ = together(engine, reqs)
+    assert [g.token_ids for g in got] == [r.token_ids for r in ref]
+
+
+def test_stop_strings_max_tokens_and_cancel_are_per_sequence(engine):
+    base = alone(engine, _greedy(PROMPTS[3], 40))
+    assert len(base.text) > 6, "the tiny model must write some text for this test"
+    stop = base.text[3:6]
+    long = _greedy(PROMPTS[4], 40)
+    ref_long = alone(engine, long)
+    h_long = engine.submit(long)
+    h_stop = engine.submit(_greedy(PROMPTS[3], 40, stop=[stop]))
+    h_len = engine.submit(_greedy(PROMPTS[2], 4))
+    h_cancel = engine.submit(_greedy(PROMPTS[1], 100000))
+    seen = 0
+    for ev in h_cancel.events(timeout=120):
+        if isinstance(ev, TextDelta):
+            seen += 1
+            if seen == 2:
+                h_cancel.cancel()
+    assert h_cancel.done.finish_reason == "cancelled" and len(h_cancel.done.token_ids) < 40
+    r_stop, r_len, r_long = h_stop.result(), h_len.result(), h_long.result()
+    assert r_stop.finish_reason == "stop" and r_stop.text == base.text[: base.text.index(stop)]
+    assert r_len.finish_reason == "length" and len(r_len.token_ids) == 4
+    assert r_long.token_ids == ref_long.token_ids
+
+
+def test_thinking_budget_closes_inside_the_batch_as_alone(fp32):
+    chat = [{"role": "user", "content": "Think about the sea."}]
+    req = GenerationRequest(messages=chat, sampling=GREEDY, max_tokens=20, thinking_budget=3, use_cache=False)
+    ref = alone(fp32, req)
+    got, widest = together(fp32, [_greedy(PROMPTS[4], 30), req, _greedy(PROMPTS[2], 30)])
+    assert widest >= 2
+    assert got[1].token_ids == ref.token_ids and got[1].reasoning == ref.reasoning
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    img = Image.new("RGB", (64, 48), (200, 30, 60))
+    for x in range(0, 64, 8):
+        img.putpixel((x, x % 48), (0, 255, 0))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_an_image_prompt_batches_with_text_and_keeps_its_positions(fp32):
+    msgs = [
+        {"role": "user", "content": [{"type": "image", "image": _png()}, {"type": "text", "text": "What?"}]}
+    ]
+    img = GenerationRequest(
+        messages=msgs, sampling=GREEDY, max_tokens=16, enable_thinking=False, use_cache=False
+    )
+    ref = alone(fp32, img)
+    texts = [_greedy(PROMPTS[2], 24), _greedy(PROMPTS[4], 24)]
+    ref_texts = [alone(fp32, r) for r in texts]
+    got, widest = together(fp32, [texts[0], img, texts[1]])
+    assert widest >= 2
+    assert got[1].token_ids == ref.token_ids
+    assert [got[0].token_ids, got[2].token_ids] == [r.token_ids for r in ref_texts]
+
+
+def _reply_snapshot(eng: Engine, ids: list[int]) -> list:
+    """The arrays of the prompt cache's snapshot of exactly `ids` (every layer's state)."""
+    import mlx.core as mx
+
+    def job() -> list:
+        lm = eng.model
+        cache, n = eng.prompt_cache.lookup(lm.model_id, [*ids, 0], lm.model.make_cache(), [])
+        assert n == len(ids)
+        out = []
+        for c in cache:
+            if hasattr(c, "keys") and c.keys is not None:
+                out += [c.keys[..., : c.offset, :], c.values[..., : c.offset, :]]
+            elif not hasattr(c, "keys"):
+                out += [x for x in c.cache if x is not None]
+        mx.eval(out)
+        return out
+
+    return eng._call(job)
+
+
+def test_prompt_cache_resume_inside_a_batch(tiny_dir):
+    """Each request snapshots its own reply in the batch and resumes from its own snapshot there:
+    the resumed reply equals one computed from scratch, with `cached_tokens` as alone."""
+    path = str(tiny_dir("per_expert"))
+    others = [_greedy(PROMPTS[4], 30), _greedy(PROMPTS[2], 30)]
+
+    def req(ids: list[int], **kw) -> GenerationRequest:
+        return GenerationRequest(prompt_ids=ids, sampling=GREEDY, max_tokens=12, session="a", **kw)
+
+    results = []
+    for batched in (False, True):
+        eng = Engine.from_path(path, prompt_cache=PromptCache(memory_bytes=1 << 30))
+        try:
+            if batched:  # the first turn's reply snapshot is taken as it leaves a batch
+                (first, *_), _ = together(eng, [req(PROMPTS[3]), *others])
+            else:
+                first = alone(eng, req(PROMPTS[3]))
+            ids2 = PROMPTS[3] + first.token_ids + PROMPTS[1]  # the next turn extends prompt + reply
+            if batched:
+                (second, *_), widest = together(eng, [req(ids2), *others])
+                assert widest >= 2
+            else:
+                second = alone(eng, req(ids2))
+            scratch = alone(eng, req(ids2, use_cache=False))
+            results.append((first, second, scratch, _reply_snapshot(eng, PROMPTS[3] + first.token_ids)))
+        finally:
+            eng.close()
+    (f_solo, solo, scratch_solo, snap_solo), (f_batch, batch, scratch_batch, snap_batch) = results
+    assert f_batch.token_ids == f_solo.token_ids
+    assert len(snap_batch) == len(snap_solo) and all(
+        a.shape == b.shape and bool((a == b).all()) for a, b in zip(snap_batch, snap_solo, strict=True)
+    ), "the reply snapshot taken in the batch differs from the one taken alone"
+    # Resumed from the reply's snapshot (prompt + reply), the one taken as it left the batch.
+    assert batch.usage.cached_tokens == solo.usage.cached_tokens == len(PROMPTS[3]) + len(f_solo.token_ids)
+    assert batch.token_ids == scratch_batch.token_ids == solo.token_ids == scratch_solo.token_ids
+
+
+# -- the scheduling policy ----------------------------------------------------------------------
+
+
+def _drive(eng: Engine, fn):
+    """Run `fn(scheduler)` on the worker thread, stepping the scheduler by hand."""
+    return eng._call(lambda: fn(eng.scheduler))
+
+
+def test_a_short_request_gets_its_first_token_before_a_long_prefill_ends(engine):
+    long_ids = _ids(6 * PREFILL_CHUNK, 99)
+    h_long, h_short = RequestHandle(), RequestHandle()
+
+    def run(s):
+        s.add(_greedy(long_ids, 4), h_long, None)
+        s.step()  # admitted, first chunk
+        s.step()
+        s.add(_greedy(PROMPTS[1], 4), h_short, None)
+        steps = 0
+        while not h_short._queue.qsize() or not any(
+            isinstance(e, TextDelta) for e in list(h_short._queue.queue)
+        ):
+            s.step()
+            steps += 1
+            assert steps < 50
+        return [e for e in list(h_long._queue.queue) if isinstance(e, PromptProgress)]
+
+    progress = _drive(engine, run)
+    # When the short reply's first text arrived, the long prompt was still being prefilled.
+    assert progress[-1].processed < progress[-1].total == len(long_ids)
+    assert h_long.result().error is None and h_short.result().error is None
+
+
+def test_interactive_requests_are_admitted_before_background_ones(tiny_model):
+    eng = Engine(tiny_model, parallel=1)
+    try:
+        order: list[str] = []
+        handles = {n: RequestHandle() for n in ("bg", "ui", "bg-short")}
+
+        def run(s):
+            s.add(_greedy(PROMPTS[2], 2, priority="background"), handles["bg"], None)
+            s.add(_greedy(PROMPTS[4], 2, priority="interactive"), handles["ui"], None)
+            s.add(_greedy(PROMPTS[0], 2, priority="background"), handles["bg-short"], None)
+            while s.busy:
+                s.step()
+                for n, h in handles.items():
+                    if h.ended and n not in order:
+                        order.append(n)
+
+        _drive(eng, run)
+        # One at a time: interactive first, then the background ones, shortest prompt first.
+        assert order == ["ui", "bg-short", "bg"]
+    finally:
+        eng.close()
+
+
+def test_stats_show_the_batch(engine):
+    stats = engine.stats()
+    assert stats.parallel == engine.scheduler.parallel >= 4
+    assert stats.running == stats.queued == stats.batch_size == 0
