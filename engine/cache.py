@@ -34,7 +34,7 @@ from .reuse import ReplyMemo
 
 log = logging.getLogger("locus.engine.cache")
 
-FORMAT_VERSION = 2  # 2: KV in shared blocks (version 1 files, whole prefixes, are ignored)
+FORMAT_VERSION = 2  # 2: KV in shared blocks (version 1 files, whole prefixes, are removed)
 _SUFFIX = ".locus-cache.safetensors"
 # Snapshots of prefixes many sessions share (system prompt + tools, client-marked breakpoints)
 # belong to no one session, so one session's turns never push them out of its own quota.
@@ -449,7 +449,15 @@ class PromptCache:
                     raise ValueError("bad header length")
                 header = json.loads(f.read(n))
             meta = header.get("__metadata__", {})
-            if meta.get("format") != "locus-prompt-cache" or meta.get("version") != str(FORMAT_VERSION):
+            version = str(meta.get("version", ""))
+            if (
+                meta.get("format") == "locus-prompt-cache"
+                and version.isdigit()
+                and int(version) < FORMAT_VERSION
+            ):
+                path.unlink(missing_ok=True)  # a whole-prefix snapshot of round 2: never read again
+                raise ValueError(f"an older format (version {version}); removed")
+            if meta.get("format") != "locus-prompt-cache" or version != str(FORMAT_VERSION):
                 raise ValueError("not a Locus prompt cache file of this version")
             tokens = tuple(int(t) for t in json.loads(meta["tokens"]))
             extra = tuple((int(p), str(d)) for p, d in json.loads(meta.get("extra", "[]")))
@@ -521,5 +529,12 @@ class PromptCache:
         }
 
     def snapshots(self) -> list[Snapshot]:
+        """The snapshots in memory, least recently used first."""
         with self._lock:
             return sorted(self._mem.values(), key=lambda s: s.last_used)
+
+    def disk_snapshots(self) -> list[Snapshot]:
+        """The snapshots on disk (their arrays not in memory), least recently used first."""
+        self._scan_disk()
+        with self._lock:
+            return sorted(self._disk.values(), key=lambda s: s.last_used)

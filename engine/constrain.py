@@ -150,6 +150,10 @@ def _function_rules(i: int, name: str, schema: dict[str, Any]) -> tuple[str, lis
     for j, (key, prop) in enumerate(props.items()):
         rules += _param_rule(f"f{i}_p{j}", key, prop, defs)
         parts.append(f"f{i}_p{j}" + ("" if key in req else "?"))
+    if not props and schema.get("additionalProperties") is not False:
+        # A schema that lists no parameters (an open object): any names, raw values.
+        rules += [f'f{i}_any: "<parameter=" /[^<>\\n=]+/ ">\\n" F{i}_ANY', f"F{i}_ANY: {_RAW_VALUE}"]
+        parts.append(f"f{i}_any*")
     # Parameters in the schema's order: required ones present, optional ones may be left out.
     body = " ".join(parts)
     rules.append(f"f{i}_args: {body}" if body else f'f{i}_args: ""')

@@ -37,6 +37,8 @@ from .scheduler import CLOSE, DEFAULT_PARALLEL, Scheduler
 T = TypeVar("T")
 log = logging.getLogger("locus.engine")
 
+# Longest the worker spends on other jobs between two batched steps (seconds).
+JOB_SLICE = 0.05
 # Said (as reasoning) when a thinking budget runs out, before the engine closes the reasoning.
 BUDGET_NOTE = "I have used my thinking budget, so I will answer now with what I have."
 
@@ -175,21 +177,28 @@ class _Worker:
         self.stream = mx.new_stream(mx.default_device())
         while True:
             busy = [s for s in list(self.schedulers) if s.busy]
-            job: Callable[[], None] | None = None
-            if busy:  # one job at most between two steps of the running batches
+            if not busy:
+                self._do(self.jobs.get())
+                continue
+            # Between two steps of the running batches: the jobs waiting now (new requests, their
+            # tokenization), for JOB_SLICE seconds at most; a job that re-queues itself waits a step.
+            deadline = time.perf_counter() + JOB_SLICE
+            for _ in range(self.jobs.qsize()):
                 try:
-                    job = self.jobs.get_nowait()
+                    self._do(self.jobs.get_nowait())
                 except queue.Empty:
-                    pass
-            else:
-                job = self.jobs.get()
-            if job is not None:
-                try:
-                    job()
-                except BaseException:  # a job reports its own errors; the worker must survive, and say so
-                    log.exception("a job on the MLX worker thread raised")
+                    break
+                if time.perf_counter() > deadline:
+                    break
             for sched in busy:
                 sched.step()
+
+    @staticmethod
+    def _do(job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException:  # a job reports its own errors; the worker must survive, and say so
+            log.exception("a job on the MLX worker thread raised")
 
 
 class Engine:

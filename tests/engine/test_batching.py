@@ -13,7 +13,7 @@ import random
 import pytest
 
 from engine import Engine, GenerationRequest, PromptCache, PromptProgress, SamplingParams, TextDelta
-from engine.request import RequestHandle
+from engine.request import GenerationResult, RequestHandle
 from engine.scheduler import PREFILL_CHUNK
 
 GREEDY = SamplingParams(temperature=0)
@@ -291,3 +291,25 @@ def test_stats_show_the_batch(engine):
     stats = engine.stats()
     assert stats.parallel == engine.scheduler.parallel >= 4
     assert stats.running == stats.queued == stats.batch_size == 0
+
+
+def test_mtp_drafts_alone_and_batches_without_drafting_with_the_same_output(tiny_model):
+    from dataclasses import replace
+
+    assert tiny_model.model.mtp_head is not None
+    eng = Engine(tiny_model, mtp=2, parallel=4)
+    try:
+        reqs = [_greedy(p, 20) for p in PROMPTS[1:4]]
+        ref = [alone(eng, replace(r, mtp=0)) for r in reqs]
+        eng.scheduler.widest = 0
+        first = eng.submit(reqs[0])
+        events = first.events(timeout=120)
+        next(events)  # it has started, alone
+        rest = [eng.submit(r) for r in reqs[1:]]
+        got = [GenerationResult.of(events), *(h.result() for h in rest)]
+        assert [g.token_ids for g in got] == [r.token_ids for r in ref]
+        # The first ran alone and drafted; the others, waiting together, were batched without drafts.
+        assert got[0].usage.draft_tokens > 0
+        assert eng.scheduler.widest == 2 and all(g.usage.draft_tokens == 0 for g in got[1:])
+    finally:
+        eng.close()

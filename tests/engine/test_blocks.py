@@ -114,8 +114,8 @@ def test_disk_holds_each_block_once_and_survives_a_restart(tiny_dir, tmp_path):
     eng = Engine.from_path(path, prompt_cache=PromptCache(disk_dir=tmp_path, block_tokens=B))
     first = _conversation(eng, 3)
     pc = eng.prompt_cache
-    snaps = pc.snapshots()
     eng.close()  # flushes snapshots to disk
+    snaps = pc.disk_snapshots()  # every one, those evicted during the session included
     files = _block_files(tmp_path)
     held = {k for s in snaps for k in s.blocks}
     assert files and {f.name.removesuffix(BLOCK_SUFFIX) for f in files} == held  # once each
@@ -314,3 +314,49 @@ def test_a_batch_restores_from_shared_blocks_with_quantized_kv(wide_head_dir):
         assert eng.prompt_cache.budget()["shared_blocks"] > 0  # the system prompt's, held once
     finally:
         eng.close()
+
+
+def test_snapshots_of_the_older_format_are_removed_and_foreign_files_kept(tmp_path):
+    import json
+    import struct
+
+    def write(name, meta):
+        header = json.dumps({"__metadata__": meta}).encode()
+        (tmp_path / name).write_bytes(struct.pack("<Q", len(header)) + header)
+
+    write("a.locus-cache.safetensors", {"format": "locus-prompt-cache", "version": "1"})
+    write("b.locus-cache.safetensors", {"format": "something-else", "version": "1"})
+    pc = PromptCache(disk_dir=tmp_path)
+    assert pc.disk_snapshots() == [] and pc.stats.rejected_files == 2
+    assert not (tmp_path / "a.locus-cache.safetensors").exists()  # round 2's whole prefixes: gone
+    assert (tmp_path / "b.locus-cache.safetensors").exists()  # not ours to delete
+
+
+def test_kv_parts_round_trip_plain_and_quantized_caches():
+    from mlx.utils import tree_flatten
+    from mlx_lm.models.cache import KVCache
+
+    from engine.mlxlm_compat import (
+        QUANTIZED_KV_CACHE,
+        cache_class_name,
+        kv_parts,
+        quantized_kv_cache,
+        set_kv_parts,
+    )
+
+    k = mx.random.normal((1, 2, 10, 64))
+    for make in (KVCache, lambda: quantized_kv_cache(8)):
+        src = make()
+        src.update_and_fetch(k, k + 1)
+        parts = kv_parts(src, 0, 10)
+        assert len(parts) == (6 if cache_class_name(src) == QUANTIZED_KV_CACHE else 2)
+        assert all(p.shape[2] == 10 for p in parts)
+        # Restored from its first 4 positions and the rest, it attends exactly like the original.
+        dst = make()
+        head = kv_parts(src, 0, 4)
+        tail = kv_parts(src, 4, 10)
+        set_kv_parts(dst, [mx.concatenate([a, b], axis=2) for a, b in zip(head, tail, strict=True)], 10)
+        q = mx.random.normal((1, 2, 1, 64))
+        a, b = src.update_and_fetch(q, q), dst.update_and_fetch(q, q)
+        assert dst.offset == src.offset == 11
+        assert all(mx.array_equal(x[1], y[1]) for x, y in zip(tree_flatten(a), tree_flatten(b), strict=True))

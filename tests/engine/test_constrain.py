@@ -96,6 +96,19 @@ def test_tool_grammar_takes_the_templates_calls_and_nothing_the_parser_would_ref
         WEATHER.replace("<parameter=days>", "<parameter=weeks>"),
     ):
         assert not _accepts(tiny_model, req, bad[len(CALL_PREFIX) :]), bad
+    # A tool whose schema lists no parameters takes any (raw), unless additionalProperties is false.
+    open_call = NOOP.replace("\n</function>", "\n<parameter=any thing>\nv\n</parameter>\n</function>")
+    assert _accepts(tiny_model, req, open_call[len(CALL_PREFIX) :])
+    shut = [
+        TOOLS[0],
+        {"type": "function", "function": {"name": "noop", "parameters": {"additionalProperties": False}}},
+    ]
+    assert not _accepts(
+        tiny_model, lambda tag: grammar(None, shut, "required", True, tag=tag), open_call[len(CALL_PREFIX) :]
+    )
+    assert _accepts(
+        tiny_model, lambda tag: grammar(None, shut, "required", True, tag=tag), NOOP[len(CALL_PREFIX) :]
+    )
     # Whole calls when the choice is auto with a strict tool: text, then calls.
     strict = [{**TOOLS[0], "function": {**TOOLS[0]["function"], "strict": True}}, TOOLS[1]]
     auto = lambda tag: grammar(None, strict, "auto", True, tag=tag)  # noqa: E731

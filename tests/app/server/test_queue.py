@@ -141,6 +141,7 @@ def test_health_reports_the_queue(serve, engine):
         "draft_accepted": 0,
         "ranks": 1,
         "rank_layers": [],
+        "memory": None,  # this engine was built without a load-time memory plan
     }
     json.dumps(h)
 
