@@ -156,8 +156,8 @@ def _function_rules(i: int, name: str, schema: dict[str, Any]) -> tuple[str, lis
         parts.append(f"f{i}_any*")
     # Parameters in the schema's order: required ones present, optional ones may be left out.
     body = " ".join(parts)
-    rules.append(f"f{i}_args: {body}" if body else f'f{i}_args: ""')
-    return f"f{i}_args", rules
+    rules.append(f"f{i}_fields: {body}" if body else f'f{i}_fields: ""')
+    return f"f{i}_fields", rules
 
 
 def tool_call_grammar(
@@ -184,7 +184,7 @@ def tool_call_grammar(
     if tool_choice == "auto":
         rules.append(f"calls: call{more}")
     else:
-        first = "fn" if tool_choice == "required" else f"{bodies[tool_choice]}_args"
+        first = "fn" if tool_choice == "required" else f"{bodies[tool_choice]}_fields"
         rules.append(f"calls: {first} {close}{more}")
     return "\n".join(rules), "calls"
 

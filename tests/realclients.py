@@ -8,8 +8,10 @@ back as JSON in `out`. Modes:
   the tiny checkpoint) that calls Claude Code's Bash tool, then answers.
 - "claude-full": `locus serve --demo` as a subprocess (the tiny random model: the answer is
   gibberish) and Claude Code's real prompt (default tools and system prompt), in two sessions.
+- "claude-subagents": Claude Code launching three sub-agents at once against the real batching
+  engine (tests.scripted.batched_reply_engine, --parallel 4); which requests shared decode steps.
 - "codex-scripted", "codex-demo": the same two for the Codex CLI (`codex exec`, its default tools,
-  configured as the README says).
+  configured as the README says); "codex-schema": `codex exec --output-schema` against the demo.
 """
 
 from __future__ import annotations
@@ -120,10 +122,16 @@ def codex_config(url: str, home: Path) -> Path:
 
 
 def run_codex(
-    url: str, prompt: str, cwd: Path, home: Path, timeout: float, resume: bool = False
+    url: str,
+    prompt: str,
+    cwd: Path,
+    home: Path,
+    timeout: float,
+    resume: bool = False,
+    flags: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     """`codex exec PROMPT` with Codex's default tools and sandbox, against `url`; `resume`: as the
-    next turn of the last session (`codex exec resume --last`)."""
+    next turn of the last session (`codex exec resume --last`); `flags`: more `codex exec` options."""
     codex_home = codex_config(url, home)
     keep = {k: os.environ[k] for k in ("PATH", "LANG", "TERM") if k in os.environ}
     # Codex will not put its sandbox helper in a CODEX_HOME under the temp folder: name another.
@@ -136,6 +144,7 @@ def run_codex(
             "exec",
             "--skip-git-repo-check",
             "--json",
+            *flags,
             *(["resume", "--last"] if resume else []),
             prompt,
         ],
@@ -226,6 +235,80 @@ def _codex_scripted(work: Path) -> dict[str, Any]:
     return _served(work, _codex_reply, codex, cache=True)
 
 
+SUBAGENTS = 3
+SUB_FINAL = "All three sub-agents answered. Done."
+
+
+def _agent_call(tool: str, k: int) -> str:
+    return (
+        f"<tool_call>\n<function={tool}>\n<parameter=description>\nSub-task {k}\n</parameter>\n"
+        f"<parameter=prompt>\nSUBTASK-{k}: say which sub-task you are.\n</parameter>\n"
+        "<parameter=subagent_type>\ngeneral-purpose\n</parameter>\n</function>\n</tool_call>"
+    )
+
+
+def _subagent_reply(req: Any) -> str:
+    """The scripted model for parallel sub-agents: the main agent (offered the sub-agent tool)
+    launches SUBAGENTS of them in one reply, then finishes; each sub-agent answers in ~350 tokens
+    (the tiny tokenizer's), longer than the gap between the calls as Claude Code starts them."""
+    think = "Planned.\n</think>\n\n" if req.enable_thinking else ""
+    msgs = req.messages or []
+    # A sub-agent's task is its first user message (sub-agents are offered the tool too).
+    first = json.dumps(next((m.get("content") for m in msgs if m.get("role") == "user"), ""))
+    for k in range(1, SUBAGENTS + 1):
+        if f"SUBTASK-{k}" in first:
+            return think + f"I am sub-agent {k}. " + "Checked and nothing else to report. " * 14
+    names = [t["function"]["name"] for t in req.tools or []]
+    tool = next((n for n in ("Agent", "Task") if n in names), None)
+    if tool is None:
+        return think + "ok"  # side requests (titles, summaries)
+    if any(m.get("role") == "tool" for m in msgs[-3:]):
+        return think + SUB_FINAL
+    return think + "\n".join(_agent_call(tool, k) for k in range(1, SUBAGENTS + 1))
+
+
+def _claude_subagents(work: Path) -> dict[str, Any]:
+    """Claude Code launching parallel sub-agents against the real app and the real batching
+    engine (tests.scripted.batched_reply_engine, --parallel 4): which requests shared decode steps."""
+    from app.server import ServerConfig, ServerThread, create_app
+    from engine import load_model, write_tiny_checkpoint
+    from tests.scripted import batched_reply_engine
+
+    write_tiny_checkpoint(work / "model", "mlx", bits=4)
+    eng = batched_reply_engine(load_model(work / "model"), _subagent_reply, parallel=4)
+    config = ServerConfig(port=0, log_level="warning", max_active=4)
+    srv = ServerThread(create_app(eng, config), config).start()
+    proj = work / "proj"
+    proj.mkdir()
+    try:
+        t0 = time.monotonic()
+        flags = ("--tools", "Agent", "--allowedTools", "Agent")
+        r = run_claude(srv.url, "Run the three sub-tasks in parallel.", proj, work / "home", 240, 6, flags)
+        seconds = time.monotonic() - t0
+        records = [
+            {"status": x.status, "error": x.error, "time": x.time, "duration": x.duration_s}
+            for x in srv.app.service.requests.records()
+        ]
+    finally:
+        srv.stop()
+        eng.close()
+    kinds = {hid: _subagent_reply(req)[:40] for hid, req in eng.runs.items()}
+    steps: dict[str, list[int]] = {}
+    for hid, step in eng.trace:
+        steps.setdefault(str(hid), []).append(step)
+    return {
+        "rc": r.returncode,
+        "stdout": r.stdout,
+        "stderr": r.stderr[-4000:],
+        "seconds": seconds,
+        "requests": records,
+        "kinds": {str(h): k for h, k in kinds.items()},
+        "tools": [[t["function"]["name"] for t in req.tools or []] for req in eng.runs.values()],
+        "steps": steps,
+        "widest": eng.scheduler.widest,
+    }
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -292,6 +375,33 @@ def _codex_demo(work: Path) -> dict[str, Any]:
     }
 
 
+# `codex exec --output-schema`: small, so the random model's constrained answer ends quickly.
+OUTPUT_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "maxLength": 40}, "count": {"type": "integer"}},
+    "required": ["answer", "count"],
+    "additionalProperties": False,
+}
+
+
+def _codex_schema(work: Path) -> dict[str, Any]:
+    """`codex exec --output-schema` against the demo model, thinking off (a random model would
+    think until the token limit, and the constraint starts after the thinking)."""
+    proj = work / "proj"
+    proj.mkdir()
+    schema = work / "schema.json"
+    schema.write_text(json.dumps(OUTPUT_SCHEMA))
+    flags = ("--output-schema", str(schema), "-c", 'model_reasoning_effort="minimal"')
+    with demo_server(work) as url:
+        r = run_codex(url, "Answer with a word and a number.", proj, work / "home", 400, flags=flags)
+    return {
+        "rc": r.returncode,
+        "stdout": r.stdout,
+        "stderr": r.stderr[-4000:],
+        "serve_log": (work / "serve.log").read_text()[-12000:],
+    }
+
+
 def run_isolated(mode: str, out: Path, timeout: float = 600) -> dict[str, Any]:
     """Run `mode` inside a loopback-only network namespace; its results."""
     script = 'ip link set lo up && exec "$0" -m tests.realclients "$1" "$2"'
@@ -318,6 +428,8 @@ def main(argv: list[str]) -> int:
     try:
         modes = {"scripted": _scripted, "claude-full": _claude_full, "codex-scripted": _codex_scripted}
         modes["codex-demo"] = _codex_demo
+        modes["claude-subagents"] = _claude_subagents
+        modes["codex-schema"] = _codex_schema
         result = modes[mode](work)
     finally:
         shutil.rmtree(work, ignore_errors=True)

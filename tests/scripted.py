@@ -191,3 +191,41 @@ class ReplyEngine:
         eng.requests = []
         eng.handles = []
         return eng
+
+
+def batched_reply_engine(loaded: Any, reply: Callable[[Any], str], parallel: int) -> Any:
+    """An Engine over the real tiny model that batches up to `parallel` requests (engine/scheduler.py),
+    each forced to write its own reply `reply(request)` by a logits processor on its own row.
+
+    `eng.trace` gets (handle id, scheduler step) for every token a request samples, and `eng.runs`
+    maps each handle id to its request: which requests shared batched decode steps shows in them.
+    """
+    from engine import Engine
+
+    tok, eos = loaded.tokenizer, loaded.eos_token_ids[0]
+
+    class _Engine(Engine):
+        def _new_run(self, req: Any, handle: Any) -> Any:
+            run = super()._new_run(req, handle)
+            ids = [*tok.encode(reply(req), add_special_tokens=False), eos]
+            own, sched = run.processors, self.scheduler
+            self.runs[handle.id] = req
+
+            def processors() -> list[Any]:
+                start = len(run.prompt)  # the history a processor gets opens with the prompt
+
+                def force(history: mx.array, logits: mx.array) -> mx.array:
+                    k = min(max(history.shape[-1] - start, 0), len(ids) - 1)
+                    self.trace.append((handle.id, sched.steps))
+                    forced = mx.full(logits.shape, -1e9)
+                    forced[..., ids[k]] = 0.0
+                    return logits * 0 + forced
+
+                return [*own(), force]
+
+            run.processors = processors
+            return run
+
+    eng = _Engine(loaded, parallel=parallel)
+    eng.trace, eng.runs = [], {}
+    return eng

@@ -8,9 +8,10 @@ import json
 import re
 import shutil
 
+import jsonschema
 import pytest
 
-from tests.realclients import FINAL, MARK, can_isolate, run_isolated
+from tests.realclients import FINAL, MARK, OUTPUT_SCHEMA, can_isolate, run_isolated
 
 pytestmark = [
     pytest.mark.slow,
@@ -61,3 +62,17 @@ def test_codex_against_the_demo_model_has_no_4xx(isolated, tmp_path):
     assert lines, log
     assert all(status == "200" for status, _ in lines), log
     assert all(int(n) > 10000 for _, n in lines)  # Codex's whole prompt and tools reached the model
+
+
+def test_codex_output_schema_gets_schema_valid_json_from_the_demo_model(isolated, tmp_path):
+    # Codex sends the schema as Responses text.format (json_schema, strict, "codex_output_schema");
+    # the random model's answer is JSON only because the constraint holds it to the schema.
+    res = run_isolated("codex-schema", tmp_path / "out.json", timeout=900)
+    log = res["serve_log"]
+    assert res["rc"] == 0, res["stdout"] + res["stderr"] + log
+    done = [e["item"] for e in _events(res["stdout"]) if e["type"] == "item.completed"]
+    said = [i["text"] for i in done if i["type"] == "agent_message"]
+    assert said, res["stdout"]
+    jsonschema.validate(json.loads(said[-1]), OUTPUT_SCHEMA)
+    statuses = re.findall(r"POST /v1/responses (\d+) ", log)
+    assert statuses and all(s == "200" for s in statuses), log
