@@ -97,6 +97,16 @@ class MemoryPlan:
         return self.sequences * (self.context_tokens * self.kv_bytes_per_token + self.state_bytes)
 
     @property
+    def live_room_bytes(self) -> int:
+        """What the batch's live caches may take together: free memory less the snapshot budget
+        and the working margin (admission checks against it)."""
+        return max(0, self.free_bytes - self.overhead_bytes - self.snapshot_budget_bytes)
+
+    def sequence_bytes(self, tokens: int) -> int:
+        """The live cache of one sequence of `tokens` tokens (its KV and its linear-attention state)."""
+        return self._cap(tokens) * self.kv_bytes_per_token + self.state_bytes
+
+    @property
     def context_fits_tokens(self) -> int:
         """The longest context each sequence may grow to once the snapshot budget is set aside."""
         left = self.free_bytes - self.overhead_bytes - self.snapshot_budget_bytes

@@ -105,6 +105,7 @@ class Scheduler:
         self.y: mx.array | None = None  # each row's token sampled last step, not yet handed over
         self.steps = 0  # batched forwards run (tests, stats)
         self.widest = 0  # the largest batch decoded so far
+        self.held = False  # the next admission waits for memory (the batch's caches would not fit)
         self._order = itertools.count()
 
     @property
@@ -154,6 +155,12 @@ class Scheduler:
             alone = self._alone(req)
             if alone == "wait" or (alone == "solo" and self.active):
                 return  # it runs alone once those running have finished; nothing passes it
+            if not self._fits(req, prepared):
+                if not self.held:
+                    log.info("request %d waits: the batch's caches would not fit in memory", handle.id)
+                self.held = True
+                return  # it waits until running sequences free their memory; nothing passes it
+            self.held = False
             self.waiting.remove(item)
             if alone == "solo":
                 self.engine._run_job(req, handle, prepared)  # the whole request, as before batching
@@ -165,6 +172,24 @@ class Scheduler:
             run.draft = 0  # batched steps do not draft
             seq.start(run.prompt, run.cached, True)
             self.prefilling.append(seq)
+
+    def _reserve(self, plan: Any, req: GenerationRequest, prompt_tokens: int) -> int:
+        """The live cache a sequence may grow to: its prompt plus all the tokens it may write."""
+        return plan.sequence_bytes(prompt_tokens + req.max_tokens)
+
+    def _fits(self, req: GenerationRequest, prepared: PreparedRequest | None) -> bool:
+        """Admission by memory (the load-time memory plan): the caches the running sequences and
+        this one may grow to must fit the plan's room for live caches. Alone, a request always
+        starts (the context and fit checks govern it)."""
+        pc = getattr(self.engine, "prompt_cache", None)
+        plan = getattr(pc, "plan", None)
+        if plan is None or not self.active:
+            return True
+        n = prepared.prompt_tokens if prepared is not None else len(req.prompt_ids or ())
+        need = self._reserve(plan, req, n)
+        for seq in self.prefilling + self.rows:
+            need += self._reserve(plan, seq.run.req, len(seq.run.prompt))
+        return need <= plan.live_room_bytes
 
     def _alone(self, req: GenerationRequest) -> str:
         """ "batch"; "solo" (drafts with the MTP head: alone when nothing else waits or runs);

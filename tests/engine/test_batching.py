@@ -313,3 +313,31 @@ def test_mtp_drafts_alone_and_batches_without_drafting_with_the_same_output(tiny
         assert eng.scheduler.widest == 2 and all(g.usage.draft_tokens == 0 for g in got[1:])
     finally:
         eng.close()
+
+
+def test_admission_waits_for_memory_the_batch_caches_need(fp32):
+    """With a memory plan whose room for live caches holds two sequences' worst case (prompt plus
+    max_tokens), a third waits for one to finish, instead of joining; every output is unchanged."""
+    from engine.memplan import MemoryPlan
+
+    reqs = [_greedy(_ids(10, 70 + i), 20) for i in range(4)]
+    want = [alone(fp32, r).token_ids for r in reqs]
+    per_seq = 30 * 1000  # (10 prompt + 20 new tokens) x 1000 bytes, no state
+
+    def plan(free: int) -> MemoryPlan:
+        return MemoryPlan(
+            weights_bytes=0, free_bytes=free, kv_bytes_per_token=1000, state_bytes=0, sequences=4,
+            context_tokens=30, snapshot_budget_bytes=0, overhead_bytes=0,
+        )  # fmt: skip
+
+    pc = fp32.prompt_cache
+    try:
+        pc.plan = plan(2 * per_seq + per_seq // 2)
+        out, widest = together(fp32, reqs)
+        assert [r.token_ids for r in out] == want
+        assert widest == 2
+        pc.plan = plan(10 * per_seq)  # room for all: they batch
+        out, widest = together(fp32, reqs)
+        assert [r.token_ids for r in out] == want and widest == 4
+    finally:
+        pc.plan = None
