@@ -37,6 +37,9 @@ CLOSE = "close"
 # Prompt tokens prefilled per scheduler step: small enough that the running batch decodes between
 # chunks of a long prompt, large enough to keep prefill efficient.
 PREFILL_CHUNK = 512
+# Seconds after which a request goes by arrival within its priority class, so a long prompt is not
+# starved by a steady stream of shorter ones.
+AGE_LIMIT_S = 30.0
 __all__ = ["CLOSE", "DEFAULT_PARALLEL", "PREFILL_CHUNK", "Scheduler"]
 
 
@@ -57,9 +60,10 @@ def row_sampler(params: Any) -> Sampler:
 class _Seq:
     """One request in the scheduler: its `_Run`, its prefill position, its sampling state."""
 
-    def __init__(self, run: Any, order: int) -> None:
+    def __init__(self, run: Any, order: int, since: float) -> None:
         self.run = run
         self.order = order
+        self.since = since  # when the request arrived (time.monotonic)
         self.ids: list[int] = []
         self.pos = 0  # of `ids`, how many the cache holds
         self.first = True  # prefilling the prompt (not a continuation after a closed budget)
@@ -77,9 +81,9 @@ class _Seq:
         self.checkpoints = sorted(p for p in kinds if start < p < len(ids))
 
     @property
-    def rank(self) -> tuple[int, int, int]:
+    def rank(self) -> tuple[int, int, int, int]:
         pri = PRIORITIES.index(self.run.req.priority)
-        return (pri, len(self.ids) - self.pos, self.order)
+        return _ranked(pri, len(self.ids) - self.pos, self.order, self.since)
 
     def sample(self, logits: mx.array, fed: mx.array | None) -> mx.array:
         """The next token (1,) from this row's logits (1, vocab); `fed` is the token just fed."""
@@ -107,6 +111,7 @@ class Scheduler:
         self.widest = 0  # the largest batch decoded so far
         self.held = False  # the next admission waits for memory (the batch's caches would not fit)
         self._order = itertools.count()
+        self.arrived: dict[int, float] = {}  # arrival time of each waiting request, by its order
 
     @property
     def busy(self) -> bool:
@@ -119,7 +124,9 @@ class Scheduler:
 
     def add(self, req: GenerationRequest, handle: RequestHandle, prepared: PreparedRequest | None) -> None:
         """Queue a request (worker thread)."""
-        self.waiting.append((next(self._order), req, handle, prepared))
+        order = next(self._order)
+        self.arrived[order] = time.monotonic()
+        self.waiting.append((order, req, handle, prepared))
 
     # -- one step -------------------------------------------------------------------------------
     def step(self) -> None:
@@ -139,14 +146,16 @@ class Scheduler:
         for seq in seqs:
             seq.run.handle._put(Done("error", seq.run.tokens, None, error, None, "internal"))
 
-    def _waiting_rank(self, item: tuple[int, GenerationRequest, RequestHandle, Any]) -> tuple[int, int, int]:
+    def _waiting_rank(
+        self, item: tuple[int, GenerationRequest, RequestHandle, Any]
+    ) -> tuple[int, int, int, int]:
         order, req, _, prepared = item
         pri = PRIORITIES.index(req.priority) if req.priority in PRIORITIES else 0
         if prepared is not None:
             n = prepared.prompt_tokens
         else:  # not prepared: token ids say their length; text is taken as short
             n = len(req.prompt_ids) if req.prompt_ids is not None else 0
-        return (pri, n, order)
+        return _ranked(pri, n, order, self.arrived.get(order, time.monotonic()))
 
     def _admit(self) -> None:
         while self.waiting and self.active < self.parallel:
@@ -162,11 +171,12 @@ class Scheduler:
                 return  # it waits until running sequences free their memory; nothing passes it
             self.held = False
             self.waiting.remove(item)
+            since = self.arrived.pop(order, time.monotonic())
             if alone == "solo":
                 self.engine._run_job(req, handle, prepared)  # the whole request, as before batching
                 continue
             run = self.engine._new_run(req, handle)
-            seq = _Seq(run, order)
+            seq = _Seq(run, order, since)
             if run.settle(lambda r=run, p=prepared: r.begin(p)):
                 continue  # it ended before its first token (cancelled, a bad prompt)
             run.draft = 0  # batched steps do not draft
@@ -351,6 +361,13 @@ class Scheduler:
             "batch": len(self.rows),
             "parallel": self.parallel,
         }
+
+
+def _ranked(pri: int, left: int, order: int, since: float) -> tuple[int, int, int, int]:
+    """Priority class first; within it, the fewest prompt tokens left, except that a request older
+    than AGE_LIMIT_S goes ahead of younger ones, by arrival."""
+    aged = time.monotonic() - since >= AGE_LIMIT_S
+    return (pri, 0 if aged else 1, 0 if aged else left, order)
 
 
 def _cancelled() -> None:

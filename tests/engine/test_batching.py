@@ -341,3 +341,30 @@ def test_admission_waits_for_memory_the_batch_caches_need(fp32):
         assert [r.token_ids for r in out] == want and widest == 4
     finally:
         pc.plan = None
+
+
+def test_a_request_past_the_age_limit_goes_by_arrival(tiny_model, monkeypatch):
+    """Aging: once requests have waited AGE_LIMIT_S, the older goes first even when its prompt is
+    longer (a long prompt is not starved by a stream of short ones); the priority class still rules."""
+    from engine import scheduler
+
+    monkeypatch.setattr(scheduler, "AGE_LIMIT_S", 0.0)  # every request is already "old"
+    eng = Engine(tiny_model, parallel=1)
+    try:
+        order: list[str] = []
+        handles = {n: RequestHandle() for n in ("bg", "ui", "bg-short")}
+
+        def run(s):
+            s.add(_greedy(PROMPTS[2], 2, priority="background"), handles["bg"], None)
+            s.add(_greedy(PROMPTS[4], 2, priority="interactive"), handles["ui"], None)
+            s.add(_greedy(PROMPTS[0], 2, priority="background"), handles["bg-short"], None)
+            while s.busy:
+                s.step()
+                for n, h in handles.items():
+                    if h.ended and n not in order:
+                        order.append(n)
+
+        _drive(eng, run)
+        assert order == ["ui", "bg", "bg-short"]  # not shortest-first: the older background one first
+    finally:
+        eng.close()
