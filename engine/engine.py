@@ -201,6 +201,24 @@ class _Worker:
             log.exception("a job on the MLX worker thread raised")
 
 
+def on_mlx_thread(fn: Callable[[], T]) -> T:
+    """Run `fn` on the process's MLX worker thread and wait for its result: MLX work on two threads
+    at once (a demo model built in the window while the engine runs) can crash the process."""
+    worker = _Worker.get()
+    if threading.current_thread() is worker.thread:
+        return fn()
+    fut: Future[T] = Future()
+
+    def job() -> None:
+        try:
+            fut.set_result(fn())
+        except BaseException as e:  # handed back to the caller's thread
+            fut.set_exception(e)
+
+    worker.jobs.put(job)
+    return fut.result()
+
+
 class Engine:
     """Owns a model; all its MLX work runs on the process's single MLX worker thread.
 

@@ -539,8 +539,18 @@ def write_checkpoint(
 
     `per_expert` and `fused` are HF layouts, written in `shards` files with an index; `mlx` is
     the stacked `switch_mlp` layout that mlx-vlm writes, optionally quantized to `bits` (router
-    and shared-expert gate at 8 bits).
+    and shared-expert gate at 8 bits). Runs on the MLX worker thread (see engine.on_mlx_thread).
     """
+    from .engine import on_mlx_thread
+
+    return on_mlx_thread(
+        lambda: _write_checkpoint(path, layout, bits=bits, cfg=cfg, seed=seed, shards=shards)
+    )
+
+
+def _write_checkpoint(
+    path: str | Path, layout: Layout, *, bits: int | None, cfg: TinyConfig | None, seed: int, shards: int
+) -> Path:
     import mlx.core as mx
 
     cfg = cfg or TinyConfig()

@@ -325,10 +325,10 @@ def test_admission_waits_for_memory_the_batch_caches_need(fp32):
     per_seq = 30 * 1000  # (10 prompt + 20 new tokens) x 1000 bytes, no state
 
     def plan(free: int) -> MemoryPlan:
+        sizes = dict(weights_bytes=0, kv_bytes_per_token=1000, state_bytes=0, sequences=4)
         return MemoryPlan(
-            weights_bytes=0, free_bytes=free, kv_bytes_per_token=1000, state_bytes=0, sequences=4,
-            context_tokens=30, snapshot_budget_bytes=0, overhead_bytes=0,
-        )  # fmt: skip
+            free_bytes=free, context_tokens=30, snapshot_budget_bytes=0, overhead_bytes=0, **sizes
+        )
 
     pc = fp32.prompt_cache
     try:
