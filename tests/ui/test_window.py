@@ -88,6 +88,9 @@ def test_route_drop_prefers_first_usable_path(tmp_path):
 
 def test_demo_notice_and_model_loads_on_a_worker(window, qtbot, tiny_dir):
     assert window.demo_banner.isVisible() and "RANDOM" in window.demo_banner.text()
+    # The demo model's own load ends first: a load started while it runs crashed the whole test
+    # process (SIGSEGV) in full runs, undiagnosed; see the issue 23 note.
+    qtbot.waitUntil(lambda: window.loading_path is None, timeout=60000)
     with qtbot.waitSignal(window.model_loaded, timeout=60000):
         window.load_model(str(tiny_dir("mlx", 4)))
         assert window.backend is None and "Loading" in window.model_label.text()
