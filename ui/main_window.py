@@ -55,6 +55,7 @@ from .bridge import to_ui_thread
 from .chat_view import ChatView
 from .locate_view import IMAGE_SUFFIXES, LocateView, unsupported_image
 from .models_view import ModelsView, human_bytes
+from .preferences import context_words, model_context
 from .server_view import ServerView
 
 if TYPE_CHECKING:
@@ -96,17 +97,6 @@ def route_drop(paths: list[Path]) -> tuple[str, Path] | None:
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
             return "Locate", p
     return None
-
-
-def context_words(tokens: int) -> str:
-    """A context size as the toolbar and Preferences both say it: "256K", or "2000" when small."""
-    return f"{tokens // 1024}K" if tokens >= 4096 else str(tokens)
-
-
-def model_context(backend: Backend | None) -> int:
-    """The context the model in use serves (prompt + reply tokens); 0 when none or not known.
-    The one source for the toolbar and Preferences."""
-    return int(backend.info.context_tokens or 0) if backend is not None else 0
 
 
 def _describe_model(backend: Backend, memory: int, planned: int = 0) -> str:

@@ -23,6 +23,18 @@ from PySide6.QtWidgets import (
 
 from app.settings import PREFERENCES, Preference, data_dir, preference, save_ui_settings
 
+
+def context_words(tokens: int) -> str:
+    """A context size as the toolbar and Preferences both say it: "256K", or "2000" when small."""
+    return f"{tokens // 1024}K" if tokens >= 4096 else str(tokens)
+
+
+def model_context(backend: Any) -> int:
+    """The context the model in use serves (prompt + reply tokens); 0 when none or not known.
+    The one source for the toolbar and Preferences."""
+    return int(backend.info.context_tokens or 0) if backend is not None else 0
+
+
 __all__ = ["PreferencesDialog"]
 
 
@@ -82,8 +94,6 @@ class PreferencesDialog(QDialog):
     @staticmethod
     def _context_words(parent: QWidget | None) -> str:
         """The context the model in use serves: the same source as the window's toolbar."""
-        from .main_window import context_words, model_context
-
         backend = getattr(parent, "backend", None)
         ctx = model_context(backend)
         if backend is None:
