@@ -264,23 +264,30 @@ def test_a_short_request_gets_its_first_token_before_a_long_prefill_ends(engine)
     assert h_long.result().error is None and h_short.result().error is None
 
 
+def _finish_order(eng: Engine) -> list[str]:
+    """The order in which a long background, an interactive and a short background request end, one
+    at a time (the engine runs one sequence)."""
+    order: list[str] = []
+    handles = {n: RequestHandle() for n in ("bg", "ui", "bg-short")}
+
+    def run(s):
+        s.add(_greedy(PROMPTS[2], 2, priority="background"), handles["bg"], None)
+        s.add(_greedy(PROMPTS[4], 2, priority="interactive"), handles["ui"], None)
+        s.add(_greedy(PROMPTS[0], 2, priority="background"), handles["bg-short"], None)
+        while s.busy:
+            s.step()
+            for n, h in handles.items():
+                if h.ended and n not in order:
+                    order.append(n)
+
+    _drive(eng, run)
+    return order
+
+
 def test_interactive_requests_are_admitted_before_background_ones(tiny_model):
     eng = Engine(tiny_model, parallel=1)
     try:
-        order: list[str] = []
-        handles = {n: RequestHandle() for n in ("bg", "ui", "bg-short")}
-
-        def run(s):
-            s.add(_greedy(PROMPTS[2], 2, priority="background"), handles["bg"], None)
-            s.add(_greedy(PROMPTS[4], 2, priority="interactive"), handles["ui"], None)
-            s.add(_greedy(PROMPTS[0], 2, priority="background"), handles["bg-short"], None)
-            while s.busy:
-                s.step()
-                for n, h in handles.items():
-                    if h.ended and n not in order:
-                        order.append(n)
-
-        _drive(eng, run)
+        order = _finish_order(eng)
         # One at a time: interactive first, then the background ones, shortest prompt first.
         assert order == ["ui", "bg-short", "bg"]
     finally:
@@ -351,20 +358,7 @@ def test_a_request_past_the_age_limit_goes_by_arrival(tiny_model, monkeypatch):
     monkeypatch.setattr(scheduler, "AGE_LIMIT_S", 0.0)  # every request is already "old"
     eng = Engine(tiny_model, parallel=1)
     try:
-        order: list[str] = []
-        handles = {n: RequestHandle() for n in ("bg", "ui", "bg-short")}
-
-        def run(s):
-            s.add(_greedy(PROMPTS[2], 2, priority="background"), handles["bg"], None)
-            s.add(_greedy(PROMPTS[4], 2, priority="interactive"), handles["ui"], None)
-            s.add(_greedy(PROMPTS[0], 2, priority="background"), handles["bg-short"], None)
-            while s.busy:
-                s.step()
-                for n, h in handles.items():
-                    if h.ended and n not in order:
-                        order.append(n)
-
-        _drive(eng, run)
+        order = _finish_order(eng)
         assert order == ["ui", "bg", "bg-short"]  # not shortest-first: the older background one first
     finally:
         eng.close()
