@@ -1,12 +1,15 @@
 """The engine's scheduler: many requests, one model call per decoded token for all of them.
 
 It runs on the MLX worker thread, one `step` at a time between the worker's other jobs. Each step
-(1) admits waiting requests up to `parallel` sequences, (2) prefills one chunk of one prompt (the
-policy: interactive before background, then the fewest prompt tokens left, then arrival), whose
-first token is sampled alone, after which the sequence joins the running batch, (3) runs ONE
-batched forward for every running sequence and samples each row with that sequence's own logits
+(1) admits waiting requests up to `parallel` sequences, (2) prefills prompt chunks up to
+PREFILL_CHUNK tokens (the policy: interactive before background, then the fewest prompt tokens
+left, then arrival); a prompt fed all but its last id joins the running batch, (3) runs ONE
+batched forward for every running sequence (a joining one feeds its prompt's last id and gets its
+first token from it: no forward of its own) and samples each row with that sequence's own logits
 processors and sampler, and (4) hands each sequence its token (stop strings, parser, budget,
-cancel, max_tokens: the request's `_Run` in engine/engine.py) and lets finished ones leave.
+cancel, max_tokens: the request's `_Run` in engine/engine.py) and lets finished ones leave. A step
+in which sequences joined runs a second forward at once, so their first tokens are handed over
+without waiting for the next step's prefill.
 
 Decoding is pipelined as in mlx-lm: the next forward is queued before the tokens of the last one are
 read, so a sequence that ends has had its last token fed to its cache (its reply snapshot holds
@@ -69,6 +72,7 @@ class _Seq:
         self.first = True  # prefilling the prompt (not a continuation after a closed budget)
         self.checkpoints: list[int] = []
         self.fresh = False  # its next token is the first of the reply
+        self.pending = False  # in the batch feeding its prompt's last id; its first token comes next
         self.procs: list[LogitsProcessor] = []
         self.history: mx.array | None = None
         self.sampler: Sampler = row_sampler(run.req.sampling)
@@ -134,7 +138,10 @@ class Scheduler:
         try:
             self._admit()
             self._prefill()
+            joined = any(seq.pending for seq in self.rows)
             if self.rows:
+                self._decode()
+            if joined and self.rows:  # first tokens just computed: hand them over now
                 self._decode()
         except Exception as e:  # a failed batched call ends every sequence in flight, not the worker
             log.exception("a batched step failed")
@@ -249,7 +256,7 @@ class Scheduler:
                 self.prefilling.remove(seq)
             return n
         self.prefilling.remove(seq)
-        if not run.settle(lambda: self._first(seq)):
+        if not run.settle(lambda: self._join(seq) if _foldable(seq) else self._first(seq)):
             self.rows.append(seq)
         return 1
 
@@ -263,21 +270,38 @@ class Scheduler:
                 run.ticket.checkpoint(seq.pos)
         return None
 
-    def _first(self, seq: _Seq) -> None:
-        """The first token, from the prompt's last id run alone; then the sequence joins the batch."""
+    def _ready(self, seq: _Seq) -> None:
         run = seq.run
         seq.procs = run.processors()
         seq.simple = run.req.sampling.greedy and not seq.procs
         seq.history = mx.array(seq.ids, dtype=mx.uint32) if seq.procs else None
+        seq.fresh = True
+
+    def _enter(self, seq: _Seq, y0: mx.array) -> None:
+        run = seq.run
+        if self.batch is None:
+            self.batch = BatchCache(len(self.engine.model.model.layers))
+        self.batch.add(run.cache, getattr(run.model, "delta", 0))
+        self.y = y0 if self.y is None else mx.concatenate([self.y, y0.astype(self.y.dtype)])
+
+    def _join(self, seq: _Seq) -> None:
+        """The sequence joins the batch feeding its prompt's last id: the next batched forward
+        gives its first token together with everyone else's next one (no forward of its own)."""
+        self._ready(seq)
+        seq.pending = True
+        self._enter(seq, mx.array(seq.ids[-1:], dtype=mx.uint32))
+        return None
+
+    def _first(self, seq: _Seq) -> None:
+        """The first token, from the prompt's last id run alone (an image token: only the bound
+        model places it); then the sequence joins the batch."""
+        run = seq.run
+        self._ready(seq)
         with mx.stream(self.engine._stream):
             last = mx.array(seq.ids[-1:], dtype=mx.uint32)
             logits = run.model(last[None], cache=run.cache)[:, -1, :]
             y0 = seq.sample(logits, None)
-        if self.batch is None:
-            self.batch = BatchCache(len(self.engine.model.model.layers))
-        self.batch.add(run.cache, getattr(run.model, "delta", 0))
-        self.y = y0 if self.y is None else mx.concatenate([self.y, y0])
-        seq.fresh = True
+        self._enter(seq, y0)
         return None
 
     # -- decode -----------------------------------------------------------------------------------
@@ -292,11 +316,12 @@ class Scheduler:
         self.widest = max(self.widest, len(rows))
         if self.steps % 256 == 0:
             mx.clear_cache()
-        outs = [
-            (i, seq, out)
-            for i, (seq, tok) in enumerate(zip(rows, y.tolist(), strict=True))
-            if (out := self._deliver(seq, tok)) is not None
-        ]
+        outs = []
+        for i, (seq, tok) in enumerate(zip(rows, y.tolist(), strict=True)):
+            if seq.pending:  # it fed its prompt's last id: nothing to hand over yet
+                seq.pending = False
+            elif (out := self._deliver(seq, tok)) is not None:
+                outs.append((i, seq, out))
         if outs:
             nxt = self._leave(outs, nxt)
         self.y = nxt
@@ -309,8 +334,8 @@ class Scheduler:
         if all(s.simple for s in rows):
             return mx.argmax(logits - mx.logsumexp(logits, axis=-1, keepdims=True), axis=-1)
         parts = []
-        for i, seq in enumerate(rows):
-            parts.append(seq.sample(logits[i : i + 1], y[i : i + 1]))
+        for i, seq in enumerate(rows):  # a row that fed its prompt's last id has it in its history
+            parts.append(seq.sample(logits[i : i + 1], None if seq.pending else y[i : i + 1]))
         return mx.concatenate(parts)
 
     def _deliver(self, seq: _Seq, tok: int) -> Any:
@@ -368,6 +393,14 @@ def _ranked(pri: int, left: int, order: int, since: float) -> tuple[int, int, in
     than AGE_LIMIT_S goes ahead of younger ones, by arrival."""
     aged = time.monotonic() - since >= AGE_LIMIT_S
     return (pri, 0 if aged else 1, 0 if aged else left, order)
+
+
+def _foldable(seq: _Seq) -> bool:
+    """Whether the prompt's last id can be fed in the batch: any text token (the batch shifts its
+    rotary position by the row's delta, as the bound model does past the last image)."""
+    inputs = getattr(seq.run.model, "inputs", None)
+    last = len(seq.ids) - 1
+    return not seq.first or inputs is None or all(not (s.start <= last < s.end) for s in inputs.images)
 
 
 def _cancelled() -> None:

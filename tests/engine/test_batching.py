@@ -264,6 +264,38 @@ def test_a_short_request_gets_its_first_token_before_a_long_prefill_ends(engine)
     assert h_long.result().error is None and h_short.result().error is None
 
 
+def test_requests_starting_together_get_their_first_tokens_from_one_batched_forward(engine, monkeypatch):
+    lm_class = type(engine.model.model)
+    shapes: list[tuple[int, ...]] = []
+    call = lm_class.__call__
+
+    def counted(self, inputs, *a, **kw):
+        shapes.append(tuple(inputs.shape))
+        return call(self, inputs, *a, **kw)
+
+    reqs = [_greedy(_ids(n, n + 1), 3) for n in (9, 40, 3, 100)]
+    want = [alone(engine, r).token_ids for r in reqs]
+    handles = [RequestHandle() for _ in reqs]
+
+    def run(s):
+        for r, h in zip(reqs, handles, strict=True):
+            s.add(r, h, None)
+        monkeypatch.setattr(lm_class, "__call__", counted)
+        s.step()
+        firsts = [len(seq.run.tokens) for seq in s.rows]
+        monkeypatch.setattr(lm_class, "__call__", call)
+        while s.busy:
+            s.step()
+        return firsts
+
+    firsts = _drive(engine, run)
+    # One step: each prompt's chunk, then two batched forwards (first tokens; handing them over),
+    # and no single-token forward of a prompt's last id alone.
+    assert firsts == [1, 1, 1, 1]
+    assert shapes == [(1, 2), (1, 8), (1, 39), (1, 99), (4, 1), (4, 1)]
+    assert [h.result().token_ids for h in handles] == want
+
+
 def _finish_order(eng: Engine) -> list[str]:
     """The order in which a long background, an interactive and a short background request end, one
     at a time (the engine runs one sequence)."""
