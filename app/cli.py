@@ -92,7 +92,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         default=0,
         metavar="K",
         help="speculative decoding: draft K tokens (1-8) per step with the model's "
-        "MTP head; same output, faster when drafts are accepted (default 0: off)",
+        "MTP head; same output, faster when drafts are accepted (default 0: off; a request "
+        "with --seed and temperature > 0 does not draft)",
     )
 
 

@@ -595,6 +595,15 @@ class Engine:
         its own way (the pipeline's, in lockstep with other processes)."""
         return type(self)._generate is Engine._generate
 
+    def _draft_tokens(self, req: GenerationRequest) -> int:
+        """Tokens `req` drafts with the MTP head (0: none). A seeded, sampled request does not draft:
+        speculative sampling draws differently, and its text must depend on its seed alone."""
+        k = self.mtp if req.mtp is None else req.mtp
+        lm = self._loaded
+        if not k or lm is None or getattr(lm.model, "mtp_head", None) is None:
+            return 0
+        return 0 if req.sampling.seed is not None and not req.sampling.greedy else k
+
     def _new_run(self, req: GenerationRequest, handle: RequestHandle) -> _Run:
         """A request's state on the worker, for the scheduler to drive step by step."""
         return _Run(self, req, handle)
@@ -695,8 +704,7 @@ class _Run:
         # before the first token, e.g. in Anthropic's message_start).
         planned = max(0, ticket.marked - self.cached) if ticket.pc is not None else 0
         self.handle._put(PromptProgress(self.cached, len(self.prompt), cache_write=planned))
-        k = eng.mtp if req.mtp is None else req.mtp
-        self.draft = k if k and getattr(lm.model, "mtp_head", None) is not None else 0
+        self.draft = eng._draft_tokens(req)
         self.budget = req.thinking_budget if self.parser.in_reasoning else None
         if self.budget is None and self.parser.in_reasoning and constrained(req):
             self.budget = max(1, req.max_tokens // 2)  # leave the constrained answer room to finish

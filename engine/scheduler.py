@@ -219,8 +219,7 @@ class Scheduler:
         # processes), or a model the batch cannot drive, runs one request at a time.
         if not eng._batches() or lm is None or not isinstance(lm.model, Model):
             return "wait" if self.active else "solo"
-        k = eng.mtp if req.mtp is None else req.mtp
-        if k and lm.model.mtp_head is not None and len(self.waiting) == 1 and not self.active:
+        if eng._draft_tokens(req) and len(self.waiting) == 1 and not self.active:
             return "solo"
         return "batch"
 

@@ -354,6 +354,25 @@ def test_mtp_drafts_alone_and_batches_without_drafting_with_the_same_output(tiny
         eng.close()
 
 
+def test_a_seeded_sampled_request_does_not_draft_so_its_text_is_its_seeds(tiny_model):
+    """With --mtp on, a seeded request at temperature 1 gives the same text alone (where it would
+    otherwise draft, drawing differently) as in a batch: it does not draft."""
+    eng = Engine(tiny_model, mtp=2, parallel=4)
+    try:
+        seeded = GenerationRequest(
+            prompt_ids=PROMPTS[2],
+            sampling=SamplingParams(temperature=1.0, top_p=1.0, top_k=0, seed=11),
+            max_tokens=24,
+            use_cache=False,
+        )
+        lone = eng.submit(seeded).result()
+        assert lone.usage.draft_tokens == 0
+        got, widest = together(eng, [*(_greedy(p, 24) for p in PROMPTS[1:3]), seeded])
+        assert widest == 3 and got[-1].token_ids == lone.token_ids
+    finally:
+        eng.close()
+
+
 def test_admission_waits_for_memory_the_batch_caches_need(fp32):
     """With a memory plan whose room for live caches holds two sequences' worst case (prompt plus
     max_tokens), a third waits for one to finish, instead of joining; every output is unchanged."""
