@@ -3,13 +3,13 @@
 It runs on the MLX worker thread, one `step` at a time between the worker's other jobs. Each step
 (1) admits waiting requests up to `parallel` sequences, (2) prefills prompt chunks up to
 PREFILL_CHUNK tokens (the policy: interactive before background, then the fewest prompt tokens
-left, then arrival); a prompt fed all but its last id joins the running batch, (3) runs ONE
-batched forward for every running sequence (a joining one feeds its prompt's last id and gets its
-first token from it: no forward of its own) and samples each row with that sequence's own logits
-processors and sampler, and (4) hands each sequence its token (stop strings, parser, budget,
-cancel, max_tokens: the request's `_Run` in engine/engine.py) and lets finished ones leave. A step
-in which sequences joined runs a second forward at once, so their first tokens are handed over
-without waiting for the next step's prefill.
+left, then arrival); a prompt fed all but its last id joins the running batch, (3) when a decode
+step is due (`_decode_due`: at least every DECODE_EVERY prompt tokens) runs ONE batched forward
+for every running sequence (a joining one feeds its prompt's last id and gets its first token
+from it: no forward of its own) and samples each row with that sequence's own logits processors
+and sampler, and (4) hands each sequence its token (stop strings, parser, budget, cancel,
+max_tokens: the request's `_Run` in engine/engine.py) and lets finished ones leave. First tokens
+are handed over as soon as they are computed.
 
 Decoding is pipelined as in mlx-lm: the next forward is queued before the tokens of the last one are
 read, so a sequence that ends has had its last token fed to its cache (its reply snapshot holds
@@ -37,13 +37,17 @@ log = logging.getLogger("locus.engine")
 # What a request's `accept` says when its thinking budget closes the reasoning (tokens to feed).
 CLOSE = "close"
 
-# Prompt tokens prefilled per scheduler step: small enough that the running batch decodes between
-# chunks of a long prompt, large enough to keep prefill efficient.
+# Prompt tokens prefilled per scheduler step: the worker takes new requests between steps, so a
+# short prompt that arrives during a long one's prefill starts after one chunk at most.
 PREFILL_CHUNK = 512
+# Prompt tokens prefilled at most between two decode steps of the running batch: each decode step
+# delays every prompt still to prefill, so a burst of prompts is prefilled mostly back to back,
+# while a running sequence still gets a token after every two chunks of someone's long prompt.
+DECODE_EVERY = 2 * PREFILL_CHUNK
 # Seconds after which a request goes by arrival within its priority class, so a long prompt is not
 # starved by a steady stream of shorter ones.
 AGE_LIMIT_S = 30.0
-__all__ = ["CLOSE", "DEFAULT_PARALLEL", "PREFILL_CHUNK", "Scheduler"]
+__all__ = ["CLOSE", "DECODE_EVERY", "DEFAULT_PARALLEL", "PREFILL_CHUNK", "Scheduler"]
 
 
 def row_sampler(params: Any) -> Sampler:
@@ -73,6 +77,8 @@ class _Seq:
         self.checkpoints: list[int] = []
         self.fresh = False  # its next token is the first of the reply
         self.pending = False  # in the batch feeding its prompt's last id; its first token comes next
+        self.ahead = False  # its first token was handed over as soon as computed, before being fed
+        self.said: Any = None  # what handing it over said (the row leaves once the token is fed)
         self.procs: list[LogitsProcessor] = []
         self.history: mx.array | None = None
         self.sampler: Sampler = row_sampler(run.req.sampling)
@@ -114,6 +120,7 @@ class Scheduler:
         self.steps = 0  # batched forwards run (tests, stats)
         self.widest = 0  # the largest batch decoded so far
         self.held = False  # the next admission waits for memory (the batch's caches would not fit)
+        self.since = 0  # prompt tokens prefilled since the last decode step
         self._order = itertools.count()
         self.arrived: dict[int, float] = {}  # arrival time of each waiting request, by its order
 
@@ -134,18 +141,27 @@ class Scheduler:
 
     # -- one step -------------------------------------------------------------------------------
     def step(self) -> None:
-        """Admit, prefill one chunk, decode one token for every running sequence."""
+        """Admit, prefill one chunk, and (when due) decode one token for every running sequence."""
         try:
             self._admit()
-            self._prefill()
-            joined = any(seq.pending for seq in self.rows)
-            if self.rows:
-                self._decode()
-            if joined and self.rows:  # first tokens just computed: hand them over now
+            self.since += self._prefill()
+            if self.rows and self._decode_due():
+                self.since = 0
                 self._decode()
         except Exception as e:  # a failed batched call ends every sequence in flight, not the worker
             log.exception("a batched step failed")
             self._fail_all(f"{type(e).__name__}: {e}")
+
+    def _decode_due(self) -> bool:
+        """Decode now when no prompt is left to prefill, when DECODE_EVERY prompt tokens have been
+        prefilled since the last decode, or when a sequence waits for its first token and the next
+        prompt would not finish within that budget (a short request during a long prefill)."""
+        if not self.prefilling or self.since >= DECODE_EVERY:
+            return True
+        if not any(seq.pending for seq in self.rows):
+            return False
+        nxt = min(self.prefilling, key=lambda s: s.rank)
+        return len(nxt.ids) - 1 - nxt.pos > DECODE_EVERY - self.since
 
     def _fail_all(self, error: str) -> None:
         seqs, self.prefilling, self.rows = self.prefilling + self.rows, [], []
@@ -224,17 +240,18 @@ class Scheduler:
         return "batch"
 
     # -- prefill ----------------------------------------------------------------------------------
-    def _prefill(self) -> None:
+    def _prefill(self) -> int:
         """Prompt chunks by policy, up to PREFILL_CHUNK tokens a step (at least one chunk): several
         short prompts start in one step, a long one goes on between decode steps of the batch. A
-        prompt whose prefill is done gets its first token and joins the batch."""
+        prompt whose prefill is done joins the batch. Returns the tokens prefilled."""
         budget = PREFILL_CHUNK
         while self.prefilling and budget > 0:
             seq = min(self.prefilling, key=lambda s: s.rank)
             n = self._prefill_one(seq, budget if budget < PREFILL_CHUNK else None)
             if n is None:
-                return  # its next chunk waits for the next step
+                break  # its next chunk waits for the next step
             budget -= n
+        return PREFILL_CHUNK - budget
 
     def _prefill_one(self, seq: _Seq, budget: int | None) -> int | None:
         """One chunk of `seq` (its boundaries never depend on what else runs, so its numbers are
@@ -317,13 +334,22 @@ class Scheduler:
             mx.clear_cache()
         outs = []
         for i, (seq, tok) in enumerate(zip(rows, y.tolist(), strict=True)):
-            if seq.pending:  # it fed its prompt's last id: nothing to hand over yet
-                seq.pending = False
+            if seq.pending:  # it fed its prompt's last id: its first token is in `nxt`
+                seq.pending, seq.ahead, seq.said = False, True, None
+            elif seq.ahead:  # handed over already; now fed, the row may leave
+                seq.ahead = False
+                if seq.said is not None:
+                    outs.append((i, seq, seq.said))
             elif (out := self._deliver(seq, tok)) is not None:
                 outs.append((i, seq, out))
         if outs:
             nxt = self._leave(outs, nxt)
         self.y = nxt
+        if any(seq.ahead for seq in self.rows):
+            # First tokens go out now, not after the prompts prefilled before the next decode step.
+            for seq, tok in zip(self.rows, nxt.tolist(), strict=True):
+                if seq.ahead:
+                    seq.said = self._deliver(seq, tok)
         time.sleep(0)  # let the readers of the events just queued run (and cancel in time)
 
     @staticmethod

@@ -14,7 +14,7 @@ import pytest
 
 from engine import Engine, GenerationRequest, PromptCache, PromptProgress, SamplingParams, TextDelta
 from engine.request import GenerationResult, RequestHandle
-from engine.scheduler import PREFILL_CHUNK
+from engine.scheduler import DECODE_EVERY, PREFILL_CHUNK
 
 GREEDY = SamplingParams(temperature=0)
 
@@ -241,26 +241,43 @@ def _drive(eng: Engine, fn):
 
 
 def test_a_short_request_gets_its_first_token_before_a_long_prefill_ends(engine):
-    long_ids = _ids(6 * PREFILL_CHUNK, 99)
+    """The short prompt is prefilled at the next step and its first token computed and handed over
+    in that same step; then it gets a token at least every DECODE_EVERY prompt tokens of the long
+    one, so its text flows while the long prompt is still being prefilled."""
+    long_ids = _ids(16 * PREFILL_CHUNK, 99)
     h_long, h_short = RequestHandle(), RequestHandle()
+
+    def long_done() -> int:
+        return max(
+            (e.processed for e in list(h_long._queue.queue) if isinstance(e, PromptProgress)), default=0
+        )
 
     def run(s):
         s.add(_greedy(long_ids, 4), h_long, None)
         s.step()  # admitted, first chunk
+        s.add(_greedy(PROMPTS[1], 12), h_short, None)
         s.step()
-        s.add(_greedy(PROMPTS[1], 4), h_short, None)
+        first_at = long_done()
+        assert [len(seq.run.tokens) for seq in s.rows] == [1]  # the short one's first token
         steps = 0
-        while not h_short._queue.qsize() or not any(
-            isinstance(e, TextDelta) for e in list(h_short._queue.queue)
-        ):
+        while not any(isinstance(e, TextDelta) for e in list(h_short._queue.queue)):
             s.step()
             steps += 1
             assert steps < 50
-        return [e for e in list(h_long._queue.queue) if isinstance(e, PromptProgress)]
+        text_at = long_done()
+        gaps, last = [], (s.steps, long_done())
+        while s.rows and s.rows[0].run is not None and long_done() < len(long_ids):
+            s.step()
+            if s.steps != last[0]:  # a decode step ran: prompt tokens prefilled since the one before
+                gaps.append(long_done() - last[1])
+                last = (s.steps, long_done())
+        return first_at, text_at, gaps
 
-    progress = _drive(engine, run)
-    # When the short reply's first text arrived, the long prompt was still being prefilled.
-    assert progress[-1].processed < progress[-1].total == len(long_ids)
+    first_at, text_at, gaps = _drive(engine, run)
+    # First token after one chunk of the long prompt; text while it was still being prefilled.
+    assert first_at == PREFILL_CHUNK
+    assert text_at < len(long_ids)
+    assert gaps and max(gaps) <= DECODE_EVERY
     assert h_long.result().error is None and h_short.result().error is None
 
 
@@ -289,10 +306,34 @@ def test_requests_starting_together_get_their_first_tokens_from_one_batched_forw
         return firsts
 
     firsts = _drive(engine, run)
-    # One step: each prompt's chunk, then two batched forwards (first tokens; handing them over),
-    # and no single-token forward of a prompt's last id alone.
+    # One step: each prompt's chunk, then one batched forward whose tokens are the four first
+    # tokens, handed over at once; no single-token forward of a prompt's last id alone.
     assert firsts == [1, 1, 1, 1]
-    assert shapes == [(1, 2), (1, 8), (1, 39), (1, 99), (4, 1), (4, 1)]
+    assert shapes == [(1, 2), (1, 8), (1, 39), (1, 99), (4, 1)]
+    assert [h.result().token_ids for h in handles] == want
+
+
+def test_a_burst_of_prompts_is_prefilled_back_to_back(engine):
+    """Six prompts arriving together: each decode step would delay every prompt still waiting, so
+    they are prefilled with two decode steps in between (not one after each), outputs unchanged."""
+    reqs = [_greedy(_ids(300, k), 3) for k in range(6)]
+    want = [alone(engine, r).token_ids for r in reqs]
+    handles = [RequestHandle() for _ in reqs]
+
+    def run(s):
+        before = s.steps
+        for r, h in zip(reqs, handles, strict=True):
+            s.add(r, h, None)
+        started: set[int] = set()
+        while len(started) < len(reqs) and s.busy:
+            s.step()
+            started |= {id(seq.run) for seq in s.rows if seq.run.tokens}
+        decodes = s.steps - before
+        while s.busy:
+            s.step()
+        return decodes
+
+    assert _drive(engine, run) == 2
     assert [h.result().token_ids for h in handles] == want
 
 
