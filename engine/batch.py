@@ -16,7 +16,14 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import scaled_dot_product_attention
 
-from .mlxlm_compat import extend_states, extract_state, filter_states, is_kv_cache, merge_states
+from .mlxlm_compat import (
+    extend_states,
+    extract_state,
+    filter_states,
+    is_kv_cache,
+    merge_states,
+    set_lengths,
+)
 
 
 class RowKV:
@@ -28,15 +35,18 @@ class RowKV:
     def __init__(self) -> None:
         self.caches: list[Any] = []
         self.deltas: list[int] = []
+        self.lengths: list[int] | None = None  # prefilling: each row's real tokens (right padding)
 
     def make_mask(self, n: int, **kwargs: Any) -> None:
-        # Decoding only (one token a row): no mask, as mlx-lm uses for a single position.
-        if n != 1:
+        # Each row's attention builds its own mask (`attend`); decoding one token needs none.
+        if n != 1 and self.lengths is None:
             raise ValueError("a batched call decodes one token per sequence")
         return None
 
     def attend(self, layer: Any, queries: mx.array, keys: mx.array, values: mx.array) -> mx.array:
-        """Each row's rotary positions, cache update and attention, as alone: (B, heads, 1, dim)."""
+        """Each row's rotary positions, cache update and attention, as alone: (B, heads, L, dim)."""
+        if self.lengths is not None:
+            return self._prefill(layer, queries, keys, values)
         offsets = [c.offset + d for c, d in zip(self.caches, self.deltas, strict=True)]
         if isinstance(layer.rope, nn.RoPE) and len(offsets) > 1:
             # One rotation for all rows, each at its own offset: the same numbers as row by row,
@@ -53,6 +63,48 @@ class RowKV:
             k, v = c.update_and_fetch(k, v)
             outs.append(scaled_dot_product_attention(q, k, v, cache=c, scale=layer.scale, mask=None))
         return mx.concatenate(outs, axis=0)
+
+    def _prefill(self, layer: Any, queries: mx.array, keys: mx.array, values: mx.array) -> mx.array:
+        """Several prompts' chunks: each row's first `lengths[i]` positions attend as alone (its
+        own causal mask at its own offset); the padding after them comes out as zeros."""
+        assert self.lengths is not None
+        width = queries.shape[2]
+        outs = []
+        for i, (c, d, n) in enumerate(zip(self.caches, self.deltas, self.lengths, strict=True)):
+            mask = c.make_mask(n, return_array=False, window_size=None)  # before the update, as alone
+            q = layer.rope(queries[i : i + 1, :, :n], offset=c.offset + d)
+            k = layer.rope(keys[i : i + 1, :, :n], offset=c.offset + d)
+            k, v = c.update_and_fetch(k, values[i : i + 1, :, :n])
+            out = scaled_dot_product_attention(q, k, v, cache=c, scale=layer.scale, mask=mask)
+            outs.append(mx.pad(out, [(0, 0), (0, 0), (0, width - n), (0, 0)]) if n < width else out)
+        return mx.concatenate(outs, axis=0)
+
+
+def prefill_together(model: Any, chunks: list[list[int]], caches: list[list[Any]], n_layers: int) -> None:
+    """Feed each prompt chunk into its own sequence's caches in ONE forward (rows right-padded to
+    the longest chunk), leaving every cache as if its chunk had been fed alone. Text prompts only:
+    rotary positions are each cache's offset. The caches' lists are updated in place."""
+    lengths = [len(c) for c in chunks]
+    width = max(lengths)
+    tokens = mx.array([c + [0] * (width - len(c)) for c in chunks], dtype=mx.uint32)
+    layers: list[Any] = []
+    for j in range(n_layers):
+        col = [cache[j] for cache in caches]
+        if is_kv_cache(col[0]):
+            kv = RowKV()
+            kv.caches, kv.deltas, kv.lengths = col, [0] * len(col), lengths
+            layers.append(kv)
+        else:
+            states = merge_states(col)
+            set_lengths(states, lengths)
+            layers.append(states)
+    model(tokens, cache=layers)
+    for j, layer in enumerate(layers):
+        if not isinstance(layer, RowKV):
+            set_lengths(layer, None)
+            for i, cache in enumerate(caches):
+                cache[j] = extract_state(layer, i)
+    mx.eval([c.state for cache in caches for c in cache[:n_layers]])
 
 
 class BatchCache:

@@ -201,3 +201,13 @@ def filter_states(batch: Any, rows: list[int]) -> None:
 def extract_state(batch: Any, row: int) -> Any:
     """Row `row` of `batch` as a batch-1 ArraysCache of its own."""
     return batch.extract(row)
+
+
+def set_lengths(batch: Any, lengths: list[int] | None) -> None:
+    """Right-padded rows of `lengths` real tokens for the next forward of `batch` (an ArraysCache
+    from `merge_states`): padded positions leave each row's state alone and its conv state ends at
+    its own last token. None: back to decoding (no padding)."""
+    if lengths is None:
+        batch.finalize()
+    else:
+        batch.prepare(lengths=lengths)

@@ -26,7 +26,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from .batch import BatchCache
+from .batch import BatchCache, prefill_together
 from .events import Done, PromptProgress
 from .generate import prefill
 from .request import DEFAULT_PARALLEL, PRIORITIES, GenerationRequest, PreparedRequest, RequestHandle
@@ -44,6 +44,9 @@ PREFILL_CHUNK = 512
 # delays every prompt still to prefill, so a burst of prompts is prefilled mostly back to back,
 # while a running sequence still gets a token after every two chunks of someone's long prompt.
 DECODE_EVERY = 2 * PREFILL_CHUNK
+# Prompt tokens one batched prefill forward may take (several prompts' chunks, right-padded): the
+# sequential parts (the Gated DeltaNet recurrence, small ops) then run once for all of them.
+PREFILL_TOKENS = 8 * PREFILL_CHUNK
 # Seconds after which a request goes by arrival within its priority class, so a long prompt is not
 # starved by a steady stream of shorter ones.
 AGE_LIMIT_S = 30.0
@@ -241,45 +244,86 @@ class Scheduler:
 
     # -- prefill ----------------------------------------------------------------------------------
     def _prefill(self) -> int:
-        """Prompt chunks by policy, up to PREFILL_CHUNK tokens a step (at least one chunk): several
-        short prompts start in one step, a long one goes on between decode steps of the batch. A
-        prompt whose prefill is done joins the batch. Returns the tokens prefilled."""
-        budget = PREFILL_CHUNK
-        while self.prefilling and budget > 0:
-            seq = min(self.prefilling, key=lambda s: s.rank)
-            n = self._prefill_one(seq, budget if budget < PREFILL_CHUNK else None)
-            if n is None:
-                break  # its next chunk waits for the next step
-            budget -= n
-        return PREFILL_CHUNK - budget
-
-    def _prefill_one(self, seq: _Seq, budget: int | None) -> int | None:
-        """One chunk of `seq` (its boundaries never depend on what else runs, so its numbers are
-        the same alone or not), or its first token; the tokens it took, None past `budget`."""
-        run = seq.run
-        if run.handle.cancelled:  # as alone: a prefill cut short keeps no reply snapshot
-            self.prefilling.remove(seq)
-            run.settle(_cancelled)
+        """One prefill forward by policy: the first prompt's next chunk, together with the next
+        ones' when they are text and about as long (several short prompts, or chunks of several
+        long ones, in one batched call). Prompts fed all but their last id join the batch.
+        Returns the prompt tokens fed."""
+        self._settle_ready()
+        group = self._group()
+        if not group:
             return 0
-        end = len(seq.ids) - 1  # the last id is fed by the first step
-        if seq.pos < end:
-            stop = next((p for p in seq.checkpoints if p > seq.pos), end)
-            n = min(PREFILL_CHUNK, stop - seq.pos)
-            if budget is not None and n > budget:
-                return None
+        if len(group) == 1:
+            seq, n = group[0]
             chunk = mx.array(seq.ids[seq.pos : seq.pos + n], dtype=mx.uint32)
-            if run.settle(lambda: self._chunk(seq, chunk)):
+            if seq.run.settle(lambda: self._chunk(seq, chunk)):
                 self.prefilling.remove(seq)
-            return n
-        self.prefilling.remove(seq)
-        if not run.settle(lambda: self._join(seq) if _foldable(seq) else self._first(seq)):
-            self.rows.append(seq)
-        return 1
+        else:
+            self._chunk_together(group)
+        self._settle_ready()
+        return sum(n for _, n in group)
+
+    def _settle_ready(self) -> None:
+        """Cancelled prompts end; prompts fed all but their last id join the batch."""
+        for seq in sorted(self.prefilling, key=lambda s: s.rank):
+            run = seq.run
+            if run.handle.cancelled:  # as alone: a prefill cut short keeps no reply snapshot
+                self.prefilling.remove(seq)
+                run.settle(_cancelled)
+            elif seq.pos >= len(seq.ids) - 1:  # the last id is fed by the batch's next step
+                self.prefilling.remove(seq)
+                if not run.settle(lambda s=seq: self._join(s) if _foldable(s) else self._first(s)):
+                    self.rows.append(seq)
+
+    def _group(self) -> list[tuple[_Seq, int]]:
+        """The chunks of the next prefill forward: (sequence, tokens). Each is the sequence's own
+        next chunk (its boundaries never depend on what else runs), so its numbers are the same
+        alone or not; padding may waste at most about a quarter of the call."""
+        ranked = sorted(self.prefilling, key=lambda s: s.rank)
+        if not ranked:
+            return []
+        first = ranked[0]
+        group = [(first, _next_chunk(first))]
+        total = width = group[0][1]
+        for seq in ranked[1:] if _plain(first) else ():
+            n = _next_chunk(seq)
+            wide = max(width, n)
+            if len(group) >= self.parallel or total + n > PREFILL_TOKENS or not _plain(seq):
+                break
+            if wide * (len(group) + 1) > 1.25 * (total + n) + 64:
+                break
+            group.append((seq, n))
+            total, width = total + n, wide
+        return group
+
+    def _chunk_together(self, group: list[tuple[_Seq, int]]) -> None:
+        model = self.engine.model.model
+        try:
+            with mx.stream(self.engine._stream):
+                prefill_together(
+                    model,
+                    [seq.ids[seq.pos : seq.pos + n] for seq, n in group],
+                    [seq.run.cache for seq, _ in group],
+                    len(model.layers),
+                )
+        except Exception as e:  # every sequence of the call ends with the error
+            log.exception("a batched prefill failed")
+            for seq, _ in group:
+                self.prefilling.remove(seq)
+                seq.run.settle(lambda e=e: _raise(e))
+            return
+        for seq, n in group:
+            if seq.run.settle(lambda s=seq, k=n: self._fed(s, k)):
+                self.prefilling.remove(seq)
 
     def _chunk(self, seq: _Seq, chunk: mx.array) -> None:
         run = seq.run
         prefill(run.model, chunk, run.cache, step=chunk.shape[0], stream=self.engine._stream)
-        seq.pos += chunk.shape[0]
+        return self._fed(seq, chunk.shape[0])
+
+    def _fed(self, seq: _Seq, n: int) -> None:
+        """`n` more prompt tokens are in the cache: progress, and a snapshot at a boundary."""
+        run = seq.run
+        seq.pos += n
         if seq.first:
             run.handle._put(PromptProgress(seq.pos, len(seq.ids)))
             if seq.pos in seq.checkpoints:
@@ -418,6 +462,23 @@ def _ranked(pri: int, left: int, order: int, since: float) -> tuple[int, int, in
     than AGE_LIMIT_S goes ahead of younger ones, by arrival."""
     aged = time.monotonic() - since >= AGE_LIMIT_S
     return (pri, 0 if aged else 1, 0 if aged else left, order)
+
+
+def _next_chunk(seq: _Seq) -> int:
+    """Tokens of the sequence's next prefill chunk: up to PREFILL_CHUNK, never past its next
+    snapshot point, all but the prompt's last id."""
+    end = len(seq.ids) - 1
+    stop = next((p for p in seq.checkpoints if p > seq.pos), end)
+    return max(0, min(PREFILL_CHUNK, stop - seq.pos))
+
+
+def _plain(seq: _Seq) -> bool:
+    """A text prompt (no images): its chunks can be fed together with others'."""
+    return getattr(seq.run.model, "inputs", None) is None
+
+
+def _raise(e: Exception) -> None:
+    raise e
 
 
 def _foldable(seq: _Seq) -> bool:

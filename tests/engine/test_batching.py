@@ -281,7 +281,7 @@ def test_a_short_request_gets_its_first_token_before_a_long_prefill_ends(engine)
     assert h_long.result().error is None and h_short.result().error is None
 
 
-def test_requests_starting_together_get_their_first_tokens_from_one_batched_forward(engine, monkeypatch):
+def test_prompts_starting_together_are_prefilled_and_answered_in_one_forward_each(engine, monkeypatch):
     lm_class = type(engine.model.model)
     shapes: list[tuple[int, ...]] = []
     call = lm_class.__call__
@@ -290,7 +290,7 @@ def test_requests_starting_together_get_their_first_tokens_from_one_batched_forw
         shapes.append(tuple(inputs.shape))
         return call(self, inputs, *a, **kw)
 
-    reqs = [_greedy(_ids(n, n + 1), 3) for n in (9, 40, 3, 100)]
+    reqs = [_greedy(_ids(n, n + 1), 3) for n in (41, 45, 38, 48)]
     want = [alone(engine, r).token_ids for r in reqs]
     handles = [RequestHandle() for _ in reqs]
 
@@ -306,17 +306,32 @@ def test_requests_starting_together_get_their_first_tokens_from_one_batched_forw
         return firsts
 
     firsts = _drive(engine, run)
-    # One step: each prompt's chunk, then one batched forward whose tokens are the four first
-    # tokens, handed over at once; no single-token forward of a prompt's last id alone.
+    # One step: the four prompts (all but their last ids, right-padded) in ONE forward, then one
+    # batched forward whose tokens are the four first tokens, handed over at once.
     assert firsts == [1, 1, 1, 1]
-    assert shapes == [(1, 2), (1, 8), (1, 39), (1, 99), (4, 1)]
+    assert shapes == [(4, 47), (4, 1)]
     assert [h.result().token_ids for h in handles] == want
 
 
-def test_a_burst_of_prompts_is_prefilled_back_to_back(engine):
-    """Six prompts arriving together: each decode step would delay every prompt still waiting, so
-    they are prefilled with two decode steps in between (not one after each), outputs unchanged."""
-    reqs = [_greedy(_ids(300, k), 3) for k in range(6)]
+@pytest.mark.parametrize("which", ["fp32", "4bit"])
+def test_long_prompts_prefilled_together_chunk_by_chunk_equal_alone(which, fp32, engine):
+    """Three long prompts of about the same length share each prefill forward, chunk after chunk
+    (at cache offsets 0, 512, 1024), with a prompt-cache boundary inside; each output as alone."""
+    eng = fp32 if which == "fp32" else engine
+    reqs = [
+        _greedy(_ids(n, n), 6)
+        for n in (2 * PREFILL_CHUNK + 90, 2 * PREFILL_CHUNK + 70, 2 * PREFILL_CHUNK + 99)
+    ]
+    want = [alone(eng, r).token_ids for r in reqs]
+    got, widest = together(eng, reqs)
+    assert widest == 3 and [g.token_ids for g in got] == want
+
+
+def test_prompts_arriving_together_are_prefilled_back_to_back(engine):
+    """Four prompts of different lengths arriving together (too different to share a forward):
+    each decode step would delay every prompt still waiting, so they are prefilled with two decode
+    steps in between (not one after each), outputs unchanged."""
+    reqs = [_greedy(_ids(n, n), 3) for n in (60, 200, 350, 500)]
     want = [alone(engine, r).token_ids for r in reqs]
     handles = [RequestHandle() for _ in reqs]
 
