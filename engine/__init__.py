@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .cache import PromptCache
     from .chat import render_prompt, supports_preserve_thinking
     from .convert import convert
-    from .engine import BUDGET_NOTE, Engine
+    from .engine import BUDGET_NOTE, Engine, on_mlx_thread
     from .errors import (
         BackendUnavailableError,
         ChatTemplateError,
@@ -80,6 +80,7 @@ _WHERE = {
     "supports_preserve_thinking": "chat",
     "BUDGET_NOTE": "engine",
     "Engine": "engine",
+    "on_mlx_thread": "engine",
     "GenerationRequest": "request",
     "GenerationResult": "request",
     "RequestHandle": "request",
@@ -162,6 +163,7 @@ __all__ = [
     "inspect_checkpoint",
     "load_image",
     "load_model",
+    "on_mlx_thread",
     "parse_tool_calls",
     "preset",
     "render_prompt",
