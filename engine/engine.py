@@ -39,6 +39,9 @@ log = logging.getLogger("locus.engine")
 
 # Longest the worker spends on other jobs between two batched steps (seconds).
 JOB_SLICE = 0.05
+# Seconds the worker waits, before the next step, for a request prepared between steps: its caller
+# submits it a moment later, and a step of a large model can take seconds.
+SUBMIT_GRACE_S = 0.05
 # Said (as reasoning) when a thinking budget runs out, before the engine closes the reasoning.
 BUDGET_NOTE = "I have used my thinking budget, so I will answer now with what I have."
 
@@ -161,6 +164,8 @@ class _Worker:
         self.stream: Any = None
         # Each engine's scheduler (engine/scheduler.py); those with requests step between jobs.
         self.schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+        self.expecting = 0  # requests prepared between steps and not submitted yet
+        self.expect_until = 0.0  # how long to wait for them (time.monotonic)
         self.thread = threading.Thread(target=self._run, name="locus-mlx", daemon=True)
         self.thread.start()
 
@@ -190,8 +195,22 @@ class _Worker:
                     break
                 if time.perf_counter() > deadline:
                     break
+            self._await_submits()
             for sched in busy:
                 sched.step()
+
+    def _await_submits(self) -> None:
+        """Requests just prepared are submitted from their callers' threads a moment later: run
+        those submits before the next step (SUBMIT_GRACE_S at most), so they join it."""
+        for _ in range(64):
+            left = self.expect_until - time.monotonic()
+            if self.expecting <= 0 or left <= 0:
+                break
+            try:
+                self._do(self.jobs.get(timeout=left))
+            except queue.Empty:
+                break
+        self.expecting = 0
 
     @staticmethod
     def _do(job: Callable[[], None]) -> None:
@@ -383,6 +402,8 @@ class Engine:
         def job() -> PreparedRequest:
             inputs = self._prepare(req)
             self._check_context(len(inputs.ids))
+            self._worker.expecting += 1  # its submit follows: the worker waits for it a moment
+            self._worker.expect_until = time.monotonic() + SUBMIT_GRACE_S
             prefix = req.reply_prefix
             n = len(encode_prompt(self.model.tokenizer, self._prefix(req))) if prefix else 0
             opens = _primed_parser(req, inputs.reasoning).in_reasoning
@@ -422,8 +443,14 @@ class Engine:
         except RequestError as e:
             handle._put(Done("error", error=str(e), error_kind=e.kind))  # type: ignore[arg-type]
             return handle
-        sched = self.scheduler
-        self._jobs.put(lambda: sched.add(request, handle, prepared))
+        sched, worker = self.scheduler, self._worker
+
+        def add() -> None:
+            if prepared is not None:
+                worker.expecting -= 1
+            sched.add(request, handle, prepared)
+
+        self._jobs.put(add)
         return handle
 
     def _run_job(

@@ -1,9 +1,10 @@
 """The engine's scheduler: many requests, one model call per decoded token for all of them.
 
 It runs on the MLX worker thread, one `step` at a time between the worker's other jobs. Each step
-(1) admits waiting requests up to `parallel` sequences, (2) prefills prompt chunks up to
-PREFILL_CHUNK tokens (the policy: interactive before background, then the fewest prompt tokens
-left, then arrival); a prompt fed all but its last id joins the running batch, (3) when a decode
+(1) admits waiting requests up to `parallel` sequences, (2) runs one prefill forward: the next
+chunk (up to PREFILL_CHUNK tokens) of the first prompt by policy (interactive before background,
+then the fewest prompt tokens left, then arrival), with the next prompts' chunks when they are
+text and about as long; a prompt fed all but its last id joins the running batch, (3) when a decode
 step is due (`_decode_due`: at least every DECODE_EVERY prompt tokens) runs ONE batched forward
 for every running sequence (a joining one feeds its prompt's last id and gets its first token
 from it: no forward of its own) and samples each row with that sequence's own logits processors
@@ -37,8 +38,8 @@ log = logging.getLogger("locus.engine")
 # What a request's `accept` says when its thinking budget closes the reasoning (tokens to feed).
 CLOSE = "close"
 
-# Prompt tokens prefilled per scheduler step: the worker takes new requests between steps, so a
-# short prompt that arrives during a long one's prefill starts after one chunk at most.
+# A prompt's prefill chunk, one per scheduler step: the worker takes new requests between steps,
+# so a short prompt that arrives during a long one's prefill starts after one chunk at most.
 PREFILL_CHUNK = 512
 # Prompt tokens prefilled at most between two decode steps of the running batch: each decode step
 # delays every prompt still to prefill, so a burst of prompts is prefilled mostly back to back,
@@ -47,9 +48,11 @@ DECODE_EVERY = 2 * PREFILL_CHUNK
 # Prompt tokens one batched prefill forward may take (several prompts' chunks, right-padded): the
 # sequential parts (the Gated DeltaNet recurrence, small ops) then run once for all of them.
 PREFILL_TOKENS = 8 * PREFILL_CHUNK
-# Seconds after which a request goes by arrival within its priority class, so a long prompt is not
-# starved by a steady stream of shorter ones.
+# Seconds without progress (waiting for admission, or no chunk of its prompt prefilled) after which
+# a request goes by arrival within its priority class, so a long prompt is not starved by a steady
+# stream of shorter ones. A prompt being prefilled chunk after chunk is not starved, however slow.
 AGE_LIMIT_S = 30.0
+_now = time.monotonic  # the scheduler's clock (a test sets it)
 __all__ = ["CLOSE", "DECODE_EVERY", "DEFAULT_PARALLEL", "PREFILL_CHUNK", "Scheduler"]
 
 
@@ -73,7 +76,7 @@ class _Seq:
     def __init__(self, run: Any, order: int, since: float) -> None:
         self.run = run
         self.order = order
-        self.since = since  # when the request arrived (time.monotonic)
+        self.since = since  # when it arrived, then when it last made progress (time.monotonic)
         self.ids: list[int] = []
         self.pos = 0  # of `ids`, how many the cache holds
         self.first = True  # prefilling the prompt (not a continuation after a closed budget)
@@ -139,7 +142,7 @@ class Scheduler:
     def add(self, req: GenerationRequest, handle: RequestHandle, prepared: PreparedRequest | None) -> None:
         """Queue a request (worker thread)."""
         order = next(self._order)
-        self.arrived[order] = time.monotonic()
+        self.arrived[order] = _now()
         self.waiting.append((order, req, handle, prepared))
 
     # -- one step -------------------------------------------------------------------------------
@@ -181,7 +184,7 @@ class Scheduler:
             n = prepared.prompt_tokens
         else:  # not prepared: token ids say their length; text is taken as short
             n = len(req.prompt_ids) if req.prompt_ids is not None else 0
-        return _ranked(pri, n, order, self.arrived.get(order, time.monotonic()))
+        return _ranked(pri, n, order, self.arrived.get(order, _now()))
 
     def _admit(self) -> None:
         while self.waiting and self.active < self.parallel:
@@ -197,7 +200,7 @@ class Scheduler:
                 return  # it waits until running sequences free their memory; nothing passes it
             self.held = False
             self.waiting.remove(item)
-            since = self.arrived.pop(order, time.monotonic())
+            since = self.arrived.pop(order, _now())
             if alone == "solo":
                 self.engine._run_job(req, handle, prepared)  # the whole request, as before batching
                 continue
@@ -324,6 +327,7 @@ class Scheduler:
         """`n` more prompt tokens are in the cache: progress, and a snapshot at a boundary."""
         run = seq.run
         seq.pos += n
+        seq.since = _now()  # progress: its aging clock starts again
         if seq.first:
             run.handle._put(PromptProgress(seq.pos, len(seq.ids)))
             if seq.pos in seq.checkpoints:
@@ -459,8 +463,8 @@ class Scheduler:
 
 def _ranked(pri: int, left: int, order: int, since: float) -> tuple[int, int, int, int]:
     """Priority class first; within it, the fewest prompt tokens left, except that a request older
-    than AGE_LIMIT_S goes ahead of younger ones, by arrival."""
-    aged = time.monotonic() - since >= AGE_LIMIT_S
+    than AGE_LIMIT_S without progress goes ahead of younger ones, by arrival."""
+    aged = _now() - since >= AGE_LIMIT_S
     return (pri, 0 if aged else 1, 0 if aged else left, order)
 
 

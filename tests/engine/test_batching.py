@@ -469,3 +469,31 @@ def test_a_request_past_the_age_limit_goes_by_arrival(tiny_model, monkeypatch):
         assert order == ["ui", "bg", "bg-short"]  # not shortest-first: the older background one first
     finally:
         eng.close()
+
+
+def test_a_prompt_being_prefilled_is_not_aged_however_slow(engine, monkeypatch):
+    """Aging counts time without progress: a long prompt that arrived more than AGE_LIMIT_S ago but
+    had a chunk prefilled since does not go ahead of a short request that arrives now (on a slow
+    machine every chunk may take longer than the limit)."""
+    from engine import scheduler
+
+    clock = [0.0]
+    monkeypatch.setattr(scheduler, "AGE_LIMIT_S", 1.0)
+    monkeypatch.setattr(scheduler, "_now", lambda: clock[0])
+    h_long, h_short = RequestHandle(), RequestHandle()
+
+    def run(s):
+        s.add(_greedy(_ids(4 * PREFILL_CHUNK, 5), 2), h_long, None)  # arrives at 0
+        clock[0] = 0.5
+        s.step()  # its first chunk, done at 0.5
+        clock[0] = 1.2  # 1.2 s since it arrived, 0.7 s since its last progress
+        s.add(_greedy(PROMPTS[1], 2), h_short, None)
+        s.step()
+        short_started = bool(s.rows) and s.rows[0].run.handle is h_short
+        long_pos = s.prefilling[0].pos if s.prefilling else None
+        while s.busy:
+            s.step()
+        return short_started, long_pos
+
+    assert _drive(engine, run) == (True, PREFILL_CHUNK)
+    assert h_long.result().error is None and h_short.result().error is None
