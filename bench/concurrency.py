@@ -133,7 +133,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         if side == "locus":
             cmd = [sys.executable, "-m", "app.cli", "serve", "--model", str(path), "--port", str(self.port)]
-            cmd += ["--parallel", str(args.parallel), "--max-queue", "256", "--log-level", os.environ.get("LOCUS_BENCH_LOG", "warning")]
+            cmd += ["--parallel", str(args.parallel), "--max-queue", "256", "--log-level", "warning"]
             cmd += ["--no-memory-check"]
         else:
             cmd = [sys.executable, "-m", "mlx_lm.server", "--model", str(path), "--port", str(self.port)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import random
+import time
 
 import pytest
 
@@ -497,3 +498,41 @@ def test_a_prompt_being_prefilled_is_not_aged_however_slow(engine, monkeypatch):
 
     assert _drive(engine, run) == (True, PREFILL_CHUNK)
     assert h_long.result().error is None and h_short.result().error is None
+
+
+def test_a_request_prepared_between_steps_joins_the_next_step(engine, monkeypatch):
+    """A server prepares a request (a job between two steps), then submits it from its own thread a
+    moment later: the worker waits for that submit before stepping on, so the request is queued
+    before the next step, not one step (a whole prefill chunk, seconds on a large model) later."""
+    from engine.scheduler import Scheduler
+
+    started, added = [0], []
+    step, add = Scheduler.step, Scheduler.add
+
+    def counted_step(self):
+        started[0] += 1
+        return step(self)
+
+    def counted_add(self, *a):
+        added.append(started[0])
+        return add(self, *a)
+
+    monkeypatch.setattr(Scheduler, "step", counted_step)
+    monkeypatch.setattr(Scheduler, "add", counted_add)
+    h_long = engine.submit(_greedy(_ids(16 * PREFILL_CHUNK, 7), 2))
+    while started[0] < 2:  # the worker is stepping through the long prompt
+        time.sleep(0.001)
+    at_prepare: list[int] = []
+    prepare = engine._prepare
+
+    def recorded(req):  # on the worker, in the prepare job: the steps started so far
+        out = prepare(req)
+        at_prepare.append(started[0])
+        return out
+
+    monkeypatch.setattr(engine, "_prepare", recorded)
+    prepared = engine.prepare(_greedy(PROMPTS[2], 2))
+    time.sleep(0.01)  # the caller's own work between prepare and submit
+    h_short = engine.submit(prepared)
+    assert h_short.result().error is None and h_long.result().error is None
+    assert added[-1] == at_prepare[-1]
