@@ -147,7 +147,7 @@ class Scheduler:
 
     # -- one step -------------------------------------------------------------------------------
     def step(self) -> None:
-        """Admit, prefill one chunk, and (when due) decode one token for every running sequence."""
+        """Admit, run one prefill forward, and (when due) decode one token for every running sequence."""
         try:
             self._admit()
             self.since += self._prefill()
